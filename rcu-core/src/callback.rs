@@ -1,0 +1,337 @@
+//! `call_rcu` callbacks: per-CPU segmented lists and the operations the worker runs on them.
+//!
+//! # Implementation
+//!
+//! Each CPU slot has a [`CbList`] protected by its own try-lock. A list has three segments, in
+//! the order its callbacks will run:
+//!
+//! ```text
+//!   done ──── wait[0] (snap a) ── wait[1] (snap b) ── … ── next (no snapshot yet)
+//!   ready     waiting for the grace period `snap`           queued since the last harvest
+//! ```
+//!
+//! * `enqueue` (any thread): push on `next`. If the slot of the caller's CPU is locked, try the
+//!   other slots once each, and only then wait on the own slot's lock.
+//! * `harvest` (the worker): under the lock, move every `wait` batch whose snapshot is done onto
+//!   `done`; stamp `next` with `get_state()` taken *now* (the enqueuers' removals happen-before
+//!   this through the lock) and append it to `wait` (merging with the last batch if the snapshot
+//!   is equal); take `done` out for invocation. Returns the oldest snapshot still waited for, so
+//!   the worker knows which grace period to drive.
+//! * `entrain` (`rcu_barrier`): append a barrier callback behind the newest callback of the list:
+//!   at the end of `next` if non-empty, else of the newest `wait` batch, else on `done`. Callbacks
+//!   of one list run in list order, so the barrier callback runs after every callback queued
+//!   before it on this list.
+//!
+//! `pending` counts callbacks queued on the list and not yet *finished*: it is decremented by the
+//! worker after invoking them, so `rcu_barrier` never mistakes a list whose callbacks are being
+//! invoked right now for an empty one.
+//!
+//! ## Invariants
+//!
+//! 1. Segments are only touched with the list's lock held.
+//! 2. Every `wait` batch's snapshot was taken after every callback in it was enqueued; snapshots
+//!    are non-decreasing from `wait[0]` to the back.
+//! 3. A callback moves to `done` only when `poll(snap)` of its batch is true (asserted in debug
+//!    builds again before invocation, like the kernel's `WARN_ON_ONCE` on `gp_snap`).
+//!
+//! ## Memory orderings
+//!
+//! The lock (Acquire on lock, Release on unlock) orders enqueue before harvest; the snapshot fence
+//! inside `get_state` orders the stamped callbacks' removals before the grace period that ends
+//! it; `poll`'s Acquire orders the grace period before invocation. `pending` is Relaxed: it is a
+//! hint for skipping lists and is re-checked under the lock where it matters.
+
+extern crate alloc;
+
+use alloc::boxed::Box;
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+use core::mem::MaybeUninit;
+
+use crate::gp::Domain;
+use crate::primitive::cell::UnsafeCell;
+use crate::primitive::sync::atomic::{AtomicUsize, Ordering};
+use crate::primitive::sync::Arc;
+use crate::seq::GpSeq;
+use crate::sys::lock::RawLock;
+
+/// Words of closure state stored inline in a [`Callback`] (no allocation for small closures).
+const INLINE_WORDS: usize = 2;
+type InlineData = MaybeUninit<[usize; INLINE_WORDS]>;
+
+/// Shared state of one `rcu_barrier` call.
+#[derive(Debug)]
+pub(crate) struct BarrierWait {
+    /// Barrier callbacks not yet run (plus one held by the caller while it entrains).
+    pub(crate) remaining: AtomicUsize,
+    /// The waiting thread.
+    #[cfg(not(rcu_loom))]
+    pub(crate) waiter: std::thread::Thread,
+}
+
+/// A deferred function, run by the worker after a grace period.
+///
+/// A callback that is dropped without running leaks what it captured (never double-drops); the
+/// engine only does that on paths where the process is going away.
+pub(crate) enum Callback {
+    /// A closure too large (or too aligned) to be stored inline.
+    Boxed(Box<dyn FnOnce() + Send>),
+    /// A closure stored in place; `call` moves it out of `data` and runs it.
+    Inline { call: unsafe fn(*mut InlineData), data: InlineData },
+    /// A raw function and argument (`call_rcu_raw`).
+    Raw { call: unsafe fn(*mut ()), data: *mut () },
+    /// One CPU slot's part of an `rcu_barrier`.
+    Barrier(Arc<BarrierWait>),
+}
+
+impl core::fmt::Debug for Callback {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Callback::Boxed(_) => "Callback::Boxed",
+            Callback::Inline { .. } => "Callback::Inline",
+            Callback::Raw { .. } => "Callback::Raw",
+            Callback::Barrier(_) => "Callback::Barrier",
+        })
+    }
+}
+
+// SAFETY: `Boxed` and `Inline` hold `Send` closures (enforced by `Callback::new`); `Raw` is only
+// built by `call_rcu_raw`, whose contract requires `data` to be usable from the worker thread;
+// `Barrier` holds an `Arc` of `Sync` atomics and a `Thread` handle.
+unsafe impl Send for Callback {}
+
+impl Callback {
+    /// Wraps a closure, inline when it fits in two words.
+    pub(crate) fn new<F: FnOnce() + Send + 'static>(f: F) -> Callback {
+        if core::mem::size_of::<F>() <= core::mem::size_of::<InlineData>()
+            && core::mem::align_of::<F>() <= core::mem::align_of::<InlineData>()
+        {
+            let mut data = InlineData::uninit();
+            // SAFETY: `F` fits in `data` in size and alignment (checked above); the value is
+            // moved in and will be moved out exactly once by `call_inline::<F>`.
+            unsafe { data.as_mut_ptr().cast::<F>().write(f) };
+            Callback::Inline { call: call_inline::<F>, data }
+        } else {
+            Callback::Boxed(Box::new(f))
+        }
+    }
+
+    /// Runs the callback.
+    pub(crate) fn invoke(self) {
+        match self {
+            Callback::Boxed(f) => f(),
+            Callback::Inline { call, mut data } => {
+                // SAFETY: `call` is `call_inline::<F>` for the `F` written into `data` by `new`,
+                // and `self` is consumed, so the value is moved out only once.
+                unsafe { call(&mut data) }
+            }
+            Callback::Raw { call, data } => {
+                // SAFETY: the contract of `call_rcu_raw`: `call(data)` may run once on any thread
+                // after a grace period.
+                unsafe { call(data) }
+            }
+            Callback::Barrier(b) => {
+                // Release pairs with the waiter's Acquire load: every callback this list ran
+                // before the barrier happens-before `rcu_barrier` returns.
+                if b.remaining.fetch_sub(1, Ordering::Release) == 1 {
+                    #[cfg(not(rcu_loom))]
+                    b.waiter.unpark();
+                }
+            }
+        }
+    }
+}
+
+/// Moves an `F` out of inline storage and calls it.
+///
+/// # Safety
+/// `data` must hold an initialised `F` written by [`Callback::new`] that was not moved out yet.
+unsafe fn call_inline<F: FnOnce()>(data: *mut InlineData) {
+    // SAFETY: by the function contract, `data` holds an initialised, suitably aligned `F`.
+    let f = unsafe { data.cast::<F>().read() };
+    f()
+}
+
+/// The three segments of one list (module docs).
+#[derive(Debug, Default)]
+struct Segments {
+    done: Vec<Callback>,
+    wait: VecDeque<(GpSeq, Vec<Callback>)>,
+    next: Vec<Callback>,
+}
+
+/// One CPU slot's callback list.
+#[derive(Debug)]
+pub struct CbList {
+    /// Guards `segs` (Invariant 1).
+    lock: RawLock,
+    /// The segments.
+    segs: UnsafeCell<Segments>,
+    /// Callbacks queued here and not yet finished (Relaxed hint; see module docs).
+    pub(crate) pending: AtomicUsize,
+}
+
+// SAFETY: `segs` is only accessed with `lock` held (Invariant 1), and everything in it is `Send`.
+unsafe impl Sync for CbList {}
+// SAFETY: as above; the list owns `Send` callbacks.
+unsafe impl Send for CbList {}
+
+impl Default for CbList {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CbList {
+    /// An empty list.
+    pub fn new() -> CbList {
+        CbList {
+            lock: RawLock::new(),
+            segs: UnsafeCell::new(Segments::default()),
+            pending: AtomicUsize::new(0),
+        }
+    }
+
+    /// Runs `f` on the segments with the lock held.
+    fn locked<R>(&self, f: impl FnOnce(&mut Segments) -> R) -> R {
+        self.lock.lock();
+        let r = self.with_segs(f);
+        self.lock.unlock();
+        r
+    }
+
+    /// Runs `f` on the segments; the lock must be held.
+    fn with_segs<R>(&self, f: impl FnOnce(&mut Segments) -> R) -> R {
+        // SAFETY: the caller holds `lock` (Invariant 1), so no other reference to the segments
+        // exists.
+        self.segs.with_mut(|p| f(unsafe { &mut *p }))
+    }
+
+    /// Appends `cb` if the lock is free; gives it back otherwise.
+    pub(crate) fn try_enqueue(&self, cb: Callback) -> Result<(), Callback> {
+        if !self.lock.try_lock() {
+            return Err(cb);
+        }
+        self.push_locked(cb);
+        self.lock.unlock();
+        Ok(())
+    }
+
+    /// Appends `cb`, waiting for the lock.
+    pub(crate) fn enqueue(&self, cb: Callback) {
+        self.lock.lock();
+        self.push_locked(cb);
+        self.lock.unlock();
+    }
+
+    fn push_locked(&self, cb: Callback) {
+        self.with_segs(|s| s.next.push(cb));
+        self.pending.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Worker step (module docs). Appends ready callbacks to `ready` and returns the oldest
+    /// snapshot still waited for.
+    pub(crate) fn harvest(&self, dom: &Domain, ready: &mut Vec<Callback>) -> Option<GpSeq> {
+        self.locked(|s| {
+            let cur = dom.current();
+            while let Some((snap, _)) = s.wait.front() {
+                if !cur.done(*snap) {
+                    break;
+                }
+                let (_, mut batch) = s.wait.pop_front().expect("front exists");
+                s.done.append(&mut batch);
+            }
+            if !s.next.is_empty() {
+                // Invariant 2: taken after the lock made every enqueue in `next` visible.
+                let snap = dom.get_state();
+                let cap = s.next.len();
+                let batch = core::mem::replace(&mut s.next, Vec::with_capacity(cap));
+                match s.wait.back_mut() {
+                    Some((last, cbs)) if *last == snap => cbs.extend(batch),
+                    _ => s.wait.push_back((snap, batch)),
+                }
+            }
+            if ready.is_empty() {
+                core::mem::swap(ready, &mut s.done);
+            } else {
+                ready.append(&mut s.done);
+            }
+            s.wait.front().map(|(snap, _)| *snap)
+        })
+    }
+
+    /// Appends a barrier callback behind the newest callback; returns `false` (and does nothing)
+    /// if nothing queued here is unfinished.
+    pub(crate) fn entrain(&self, barrier: &Arc<BarrierWait>) -> bool {
+        self.locked(|s| {
+            if self.pending.load(Ordering::Relaxed) == 0 {
+                return false;
+            }
+            // Counted before it becomes visible to the worker (the lock orders both).
+            barrier.remaining.fetch_add(1, Ordering::Relaxed);
+            let cb = Callback::Barrier(barrier.clone());
+            if !s.next.is_empty() {
+                s.next.push(cb);
+            } else if let Some((_, batch)) = s.wait.back_mut() {
+                batch.push(cb);
+            } else {
+                s.done.push(cb);
+            }
+            self.pending.fetch_add(1, Ordering::Relaxed);
+            true
+        })
+    }
+
+    /// Whether anything queued here is unfinished (checked under the lock).
+    pub(crate) fn has_pending_locked(&self) -> bool {
+        self.locked(|_| self.pending.load(Ordering::Relaxed) != 0)
+    }
+
+    /// Marks `n` callbacks of this list finished.
+    pub(crate) fn finished(&self, n: usize) {
+        self.pending.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// Takes the lock for `fork()` (prepare handler).
+    #[cfg(not(rcu_loom))]
+    pub(crate) fn fork_lock(&self) {
+        self.lock.lock();
+    }
+
+    /// Releases the lock after `fork()` in the parent.
+    #[cfg(not(rcu_loom))]
+    pub(crate) fn fork_unlock(&self) {
+        self.lock.unlock();
+    }
+
+    /// Resets the lock in the `fork()` child (the prepare handler held it; the child's copy of
+    /// the holder is the forking thread itself, so the segments are consistent).
+    #[cfg(not(rcu_loom))]
+    pub(crate) fn fork_reset(&self) {
+        self.lock.reset_after_fork();
+    }
+}
+
+/// Invokes and empties `ready` (callbacks whose grace period is over), isolating panics so that
+/// one bad callback cannot stop the worker. Returns how many ran.
+pub(crate) fn invoke_batch(ready: &mut Vec<Callback>) -> usize {
+    let n = ready.len();
+    for cb in ready.drain(..) {
+        #[cfg(not(rcu_loom))]
+        {
+            if let Err(payload) =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb.invoke()))
+            {
+                let msg = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "<non-string panic>".into());
+                eprintln!("rcu: a call_rcu callback panicked (ignored, worker continues): {msg}");
+            }
+        }
+        #[cfg(rcu_loom)]
+        cb.invoke();
+    }
+    n
+}

@@ -1,0 +1,588 @@
+//! The process-wide engine behind the free functions: thread registration, the callback worker,
+//! `rcu_barrier`, the polled API, `fork()` handling and misuse checks.
+//!
+//! # Implementation
+//!
+//! * **Registration.** A thread's first guard claims a record ([`crate::reader::Registry`]) and
+//!   caches it in a `const`-initialised thread-local without destructor (one `fs:`-relative load
+//!   on the fast path). A second thread-local with a destructor gives the record back at thread
+//!   exit, reporting a thread that exits inside a critical section. A thread that takes its first
+//!   guard while its thread-locals are being destroyed keeps its record for good (it is then
+//!   scanned, quiescent, forever; it cannot be reused).
+//! * **Worker.** One thread (`rcu-cb-worker`), started at the first `call_rcu`/`start_poll`/
+//!   barrier. Loop: harvest each list with pending callbacks, invoke what is ready, drive the
+//!   oldest waited-for snapshot with [`Domain::wait_for`], and park when nothing is pending.
+//!   Grace periods are not delayed on purpose: each one serves every callback queued while the
+//!   previous one ran, so the batch size grows with the load.
+//! * **Idle protocol.** The worker stores `IDLE = true`, then re-checks every list *under its lock*
+//!   and the poll requests, then parks. An enqueuer checks `IDLE` after unlocking its list: if the
+//!   worker's check of that list came first, the enqueuer's lock acquisition made `IDLE = true`
+//!   visible; if it came second, the worker saw the callback. Polled requests use a `SeqCst` fence
+//!   pair instead (Dekker).
+//! * **fork().** `pthread_atfork` handlers (registered once, no allocation in them): *prepare*
+//!   locks every callback list (never held across a wait, so this cannot deadlock); *parent*
+//!   unlocks them; *child* resets the locks, clears the records of threads that do not exist in
+//!   the child, resets the grace-period lock and marks the worker as not running; the next use
+//!   restarts it. Callbacks queued in the parent run in both processes (each frees its own copy).
+
+use core::cell::Cell;
+use core::marker::PhantomData;
+use std::sync::{Once, OnceLock};
+
+use crate::callback::{invoke_batch, BarrierWait, Callback, CbList};
+use crate::gp::Domain;
+use crate::primitive::cell::UnsafeCell;
+use crate::primitive::rcu_thread_local;
+use crate::primitive::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use crate::primitive::sync::Arc;
+use crate::primitive::thread;
+use crate::reader::Record;
+use crate::seq::GpSeq;
+use crate::stall::{StallKind, StallReport};
+use crate::sys::membarrier::Mode;
+use crate::util::CachePadded;
+
+/// The global domain.
+static DOMAIN: Domain = Domain::new_const();
+/// Decides the barrier mode and installs the fork handlers, once.
+static INIT: Once = Once::new();
+/// Per-CPU callback lists (allocated once, never freed: lock-free paths reach them).
+static LISTS: OnceLock<Box<[CachePadded<CbList>]>> = OnceLock::new();
+
+/// Worker state: `NONE` → `STARTING` (one thread won the CAS) → `RUNNING`.
+static WORKER_STATE: AtomicU32 = AtomicU32::new(WORKER_NONE);
+const WORKER_NONE: u32 = 0;
+const WORKER_STARTING: u32 = 1;
+const WORKER_RUNNING: u32 = 2;
+/// The worker's handle; written by the starter before the Release store of `RUNNING`, read by
+/// wakers after an Acquire load of `RUNNING`.
+static WORKER_THREAD: WorkerSlot = WorkerSlot(UnsafeCell::new(None));
+/// Set by the worker right before it parks (idle protocol in the module docs).
+static IDLE: AtomicBool = AtomicBool::new(false);
+/// Highest snapshot asked for by `start_poll_synchronize_rcu` (raw `GpSeq`).
+static POLL_REQUEST: AtomicU64 = AtomicU64::new(0);
+/// Callbacks queued / invoked (statistics).
+static QUEUED: AtomicU64 = AtomicU64::new(0);
+static INVOKED: AtomicU64 = AtomicU64::new(0);
+
+struct WorkerSlot(UnsafeCell<Option<std::thread::Thread>>);
+// SAFETY: the slot is written only by the thread that won the `NONE → STARTING` CAS, before its
+// Release store of `RUNNING`, and read only after an Acquire load of `RUNNING`.
+unsafe impl Sync for WorkerSlot {}
+
+rcu_thread_local! {
+    /// This thread's record, or null before registration. No destructor, so always accessible.
+    static LOCAL: Cell<*const Record> = const { Cell::new(core::ptr::null()) };
+}
+rcu_thread_local! {
+    /// Gives the record back at thread exit (its destructor).
+    static EXIT: ExitHook = const { ExitHook };
+}
+rcu_thread_local! {
+    /// Set while the worker runs callbacks (misuse check for `rcu_barrier` in a callback).
+    static IN_CALLBACK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Decides the barrier mode and installs the fork handlers (idempotent).
+pub(crate) fn init() {
+    INIT.call_once(|| {
+        DOMAIN.set_mode(crate::sys::membarrier::probe());
+        install_fork_handlers();
+    });
+}
+
+fn lists() -> &'static [CachePadded<CbList>] {
+    LISTS.get_or_init(|| (0..crate::cpu::possible_cpus()).map(|_| CachePadded::new(CbList::new())).collect())
+}
+
+/// This thread's record, registering on first use.
+#[inline(always)]
+pub(crate) fn local_record() -> &'static Record {
+    let p = LOCAL.with(|c| c.get());
+    if p.is_null() {
+        return register_slow();
+    }
+    // SAFETY: records are never freed (reader Invariant 2) and this one is owned by this thread.
+    unsafe { &*p }
+}
+
+#[cold]
+#[inline(never)]
+fn register_slow() -> &'static Record {
+    init();
+    let rec = DOMAIN.register();
+    rec.set_identity(crate::sys::gettid(), thread_name().as_deref());
+    // Touch the exit hook so its destructor is registered; during thread-local teardown this
+    // fails and the record simply stays owned (module docs).
+    let _ = EXIT.try_with(|_| ());
+    LOCAL.with(|c| c.set(rec));
+    rec
+}
+
+/// The calling thread's name from the kernel (works during thread-local teardown, unlike std).
+fn thread_name() -> Option<String> {
+    let mut buf = [0u8; 17];
+    // SAFETY: PR_GET_NAME writes at most 16 bytes including the NUL into a 16-byte buffer.
+    let r = unsafe { libc::prctl(libc::PR_GET_NAME, buf.as_mut_ptr() as libc::c_ulong, 0, 0, 0) };
+    if r != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(16);
+    Some(String::from_utf8_lossy(&buf[..end]).into_owned())
+}
+
+/// Destructor of `EXIT`: gives the record back.
+struct ExitHook;
+impl Drop for ExitHook {
+    fn drop(&mut self) {
+        let p = LOCAL.with(|c| c.replace(core::ptr::null()));
+        if p.is_null() {
+            return;
+        }
+        // SAFETY: as in `local_record`.
+        let rec = unsafe { &*p };
+        let nesting = rec.nesting();
+        if nesting != 0 {
+            crate::stall::report(&StallReport {
+                kind: StallKind::ExitedInCriticalSection,
+                thread_name: rec.name(),
+                tid: rec.tid.load(Ordering::Relaxed),
+                duration: std::time::Duration::ZERO,
+                gp: DOMAIN.current(),
+                nesting,
+            });
+            // Release: the thread's accesses are over; pairs with the scan's Acquire.
+            rec.word.store(0, Ordering::Release);
+        }
+        DOMAIN.unregister(rec);
+    }
+}
+
+/// Whether the calling thread is inside a read-side critical section.
+#[inline]
+pub fn rcu_read_lock_held() -> bool {
+    let p = LOCAL.with(|c| c.get());
+    // SAFETY: as in `local_record`.
+    !p.is_null() && unsafe { &*p }.nesting() != 0
+}
+
+/// Panics if a blocking call is made where it would wait for itself.
+#[track_caller]
+pub(crate) fn assert_may_block(what: &str) {
+    let p = LOCAL.with(|c| c.get());
+    if !p.is_null() {
+        // SAFETY: as in `local_record`.
+        let n = unsafe { &*p }.nesting();
+        if n != 0 {
+            misuse_in_reader(what, n);
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn misuse_in_reader(what: &str, nesting: u64) -> ! {
+    panic!(
+        "{what}() called inside an RCU read-side critical section (nesting depth {nesting}): it \
+         would wait for the caller's own reader forever; drop every RcuReadGuard first"
+    );
+}
+
+/// A guard for a read-side critical section; see [`rcu_read_lock`].
+///
+/// Not `Send`: the critical section belongs to the thread that entered it.
+#[must_use = "the critical section ends when the guard is dropped"]
+pub struct RcuReadGuard {
+    rec: &'static Record,
+    _not_send: PhantomData<*mut ()>,
+}
+
+impl core::fmt::Debug for RcuReadGuard {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("RcuReadGuard").field("nesting", &self.rec.nesting()).finish()
+    }
+}
+
+/// Enters a read-side critical section; it lasts until the guard is dropped.
+///
+/// Objects reached through RCU-protected pointers stay valid until then. Guards nest; the
+/// outermost one costs two plain stores and a compiler fence (with `membarrier`), no atomic
+/// read-modify-write and no shared cache-line write. A registered thread may also take guards in
+/// a signal handler.
+///
+/// ```
+/// let guard = rcu_core::rcu_read_lock();
+/// assert!(rcu_core::rcu_read_lock_held());
+/// drop(guard);
+/// assert!(!rcu_core::rcu_read_lock_held());
+/// ```
+#[inline]
+pub fn rcu_read_lock() -> RcuReadGuard {
+    let rec = local_record();
+    DOMAIN.read_lock(rec);
+    RcuReadGuard { rec, _not_send: PhantomData }
+}
+
+impl Drop for RcuReadGuard {
+    #[inline]
+    fn drop(&mut self) {
+        crate::reader::unlock(self.rec);
+    }
+}
+
+/// Waits until every read-side critical section that began before the call has ended.
+///
+/// Concurrent callers share grace periods. Sleeps (after a short spin) while a reader holds it up.
+///
+/// # Panics
+/// Inside a read-side critical section (it would wait for itself): the message says
+/// "read-side critical section".
+#[track_caller]
+pub fn synchronize_rcu() {
+    assert_may_block("synchronize_rcu");
+    init();
+    DOMAIN.synchronize(false);
+}
+
+/// Like [`synchronize_rcu`], minimising latency: never sleeps while waiting for readers (spins,
+/// then yields).
+///
+/// # Panics
+/// Inside a read-side critical section.
+#[track_caller]
+pub fn synchronize_rcu_expedited() {
+    assert_may_block("synchronize_rcu_expedited");
+    init();
+    DOMAIN.synchronize(true);
+}
+
+/// A grace-period cookie from the polled API.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct GpState(pub(crate) GpSeq);
+
+impl GpState {
+    /// The sequence value this state waits for.
+    pub fn seq(self) -> GpSeq {
+        self.0
+    }
+}
+
+/// A cookie that polls true once a full grace period has passed after this call. Lock-free, no
+/// allocation; does not start a grace period (see [`start_poll_synchronize_rcu`]).
+#[inline]
+pub fn get_state_synchronize_rcu() -> GpState {
+    GpState(DOMAIN.get_state())
+}
+
+/// Like [`get_state_synchronize_rcu`], and makes sure the grace period will happen without anyone
+/// waiting for it (the worker drives it). Lock-free and allocation-free once the worker runs (the
+/// first call in a process may start it).
+pub fn start_poll_synchronize_rcu() -> GpState {
+    init();
+    let s = DOMAIN.get_state();
+    let mut cur = POLL_REQUEST.load(Ordering::Relaxed);
+    while GpSeq(cur).before(s) {
+        match POLL_REQUEST.compare_exchange_weak(cur, s.raw(), Ordering::Relaxed, Ordering::Relaxed)
+        {
+            Ok(_) => break,
+            Err(c) => cur = c,
+        }
+    }
+    // Pairs with the worker's fence between `IDLE = true` and its re-check of POLL_REQUEST.
+    fence(Ordering::SeqCst);
+    wake_worker();
+    GpState(s)
+}
+
+/// Whether the grace period of `state` is over. Lock-free, no allocation.
+#[inline]
+pub fn poll_state_synchronize_rcu(state: GpState) -> bool {
+    DOMAIN.poll(state.0)
+}
+
+/// Waits for the grace period of `state` unless it is already over.
+///
+/// # Panics
+/// Inside a read-side critical section when it would have to wait.
+#[track_caller]
+pub fn cond_synchronize_rcu(state: GpState) {
+    if DOMAIN.poll(state.0) {
+        return;
+    }
+    assert_may_block("cond_synchronize_rcu");
+    init();
+    DOMAIN.wait_for(state.0, false);
+}
+
+/// Runs `f` on the worker thread after a grace period.
+///
+/// Closures of up to two words are stored without allocation. Callable inside a read-side
+/// critical section.
+///
+/// ```
+/// let data = Box::new(42u64);
+/// rcu_core::call_rcu(move || drop(data));
+/// rcu_core::rcu_barrier(); // the callback has run
+/// ```
+pub fn call_rcu<F: FnOnce() + Send + 'static>(f: F) {
+    enqueue(Callback::new(f));
+}
+
+/// Runs `f(data)` on the worker thread after a grace period, without allocating.
+///
+/// # Safety
+/// `f(data)` must be sound to call exactly once, from another thread, at any time after a grace
+/// period (for example `data` is a `Box::into_raw` of a `Send` value and `f` frees it).
+pub unsafe fn call_rcu_raw(f: unsafe fn(*mut ()), data: *mut ()) {
+    enqueue(Callback::Raw { call: f, data });
+}
+
+fn enqueue(cb: Callback) {
+    let lists = lists();
+    let n = lists.len();
+    let home = crate::cpu::current_cpu() % n;
+    let mut cb = cb;
+    for i in 0..n.min(4) {
+        match lists[(home + i) % n].try_enqueue(cb) {
+            Ok(()) => return enqueued(),
+            Err(back) => cb = back,
+        }
+    }
+    lists[home].enqueue(cb);
+    enqueued();
+}
+
+/// Bookkeeping after a callback is on a list: count it and make sure the worker will see it.
+#[inline]
+fn enqueued() {
+    QUEUED.fetch_add(1, Ordering::Relaxed);
+    if WORKER_STATE.load(Ordering::Acquire) != WORKER_RUNNING {
+        ensure_worker();
+    } else if IDLE.load(Ordering::Relaxed) {
+        wake_worker();
+    }
+}
+
+/// Waits until every callback queued (by any thread) before this call has run.
+///
+/// On an idle engine this returns at once; with pending callbacks it takes about one grace
+/// period after they are ready.
+///
+/// # Panics
+/// Inside a read-side critical section, or from a `call_rcu` callback (both would wait forever).
+#[track_caller]
+pub fn rcu_barrier() {
+    assert_may_block("rcu_barrier");
+    if IN_CALLBACK.with(|c| c.get()) {
+        panic!("rcu_barrier() called from a call_rcu callback: it would wait for itself forever");
+    }
+    let Some(lists) = LISTS.get() else {
+        return; // nothing was ever queued
+    };
+    let barrier = Arc::new(BarrierWait {
+        remaining: AtomicUsize::new(1),
+        waiter: std::thread::current(),
+    });
+    let mut entrained = false;
+    for l in lists.iter() {
+        entrained |= l.entrain(&barrier);
+    }
+    if !entrained {
+        return;
+    }
+    if WORKER_STATE.load(Ordering::Acquire) != WORKER_RUNNING {
+        ensure_worker();
+    }
+    wake_worker();
+    // Drop our own count; the last barrier callback unparks us.
+    if barrier.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+        return;
+    }
+    // Acquire pairs with the Release decrement in the barrier callbacks.
+    while barrier.remaining.load(Ordering::Acquire) != 0 {
+        thread::park();
+    }
+}
+
+/// Wakes the worker if it is parked (or about to park).
+fn wake_worker() {
+    if IDLE.load(Ordering::Relaxed) && IDLE.swap(false, Ordering::Relaxed) {
+        unpark_worker();
+    }
+}
+
+fn unpark_worker() {
+    // Acquire pairs with the Release store of RUNNING after the handle was written.
+    if WORKER_STATE.load(Ordering::Acquire) == WORKER_RUNNING {
+        // SAFETY: RUNNING was observed with Acquire, so the slot is initialised and no longer
+        // written (WorkerSlot's contract).
+        WORKER_THREAD.0.with(|p| {
+            if let Some(t) = unsafe { &*p } {
+                t.unpark();
+            }
+        });
+    }
+}
+
+/// Starts the worker if it is not running (first use, or in a `fork()` child).
+#[cold]
+fn ensure_worker() {
+    if WORKER_STATE
+        .compare_exchange(WORKER_NONE, WORKER_STARTING, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        return; // running, or another thread is starting it (it scans the lists on start)
+    }
+    init();
+    let spawned = std::thread::Builder::new().name("rcu-cb-worker".into()).spawn(worker_main);
+    match spawned {
+        Ok(handle) => {
+            let t = handle.thread().clone();
+            drop(handle); // detach
+            // SAFETY: we won the NONE → STARTING CAS, so we are the only writer, and readers wait
+            // for RUNNING (WorkerSlot's contract).
+            WORKER_THREAD.0.with_mut(|p| unsafe { *p = Some(t) });
+            // Release publishes the handle to `unpark_worker`.
+            WORKER_STATE.store(WORKER_RUNNING, Ordering::Release);
+            // The worker may have parked before the handle existed; a spurious unpark is harmless.
+            unpark_worker();
+        }
+        Err(e) => {
+            WORKER_STATE.store(WORKER_NONE, Ordering::Release);
+            eprintln!(
+                "rcu: cannot start the call_rcu worker thread ({e}); callbacks stay queued and \
+                 the next call_rcu/rcu_barrier retries"
+            );
+        }
+    }
+}
+
+/// The callback worker's loop (module docs).
+fn worker_main() {
+    init();
+    IN_CALLBACK.with(|c| c.set(true));
+    let lists = lists();
+    let mut ready: Vec<Callback> = Vec::new();
+    loop {
+        let mut need: Option<GpSeq> = None;
+        let mut ran = 0usize;
+        for l in lists.iter() {
+            if l.pending.load(Ordering::Relaxed) == 0 {
+                continue;
+            }
+            if let Some(s) = l.harvest(&DOMAIN, &mut ready) {
+                need = Some(match need {
+                    Some(n) if n.before(s) => n,
+                    _ => s,
+                });
+            }
+            if !ready.is_empty() {
+                let n = invoke_batch(&mut ready);
+                l.finished(n);
+                ran += n;
+            }
+        }
+        if ran != 0 {
+            INVOKED.fetch_add(ran as u64, Ordering::Relaxed);
+        }
+        let req = GpSeq(POLL_REQUEST.load(Ordering::Relaxed));
+        if !DOMAIN.poll(req) {
+            need = Some(match need {
+                Some(n) if n.before(req) => n,
+                _ => req,
+            });
+        }
+        if let Some(s) = need {
+            DOMAIN.wait_for(s, false);
+            continue;
+        }
+        if ran != 0 {
+            continue;
+        }
+        // Idle protocol (module docs).
+        IDLE.store(true, Ordering::Relaxed);
+        // Pairs with the fence in start_poll_synchronize_rcu.
+        fence(Ordering::SeqCst);
+        let busy = lists.iter().any(|l| l.has_pending_locked())
+            || !DOMAIN.poll(GpSeq(POLL_REQUEST.load(Ordering::Relaxed)));
+        if busy {
+            IDLE.store(false, Ordering::Relaxed);
+            continue;
+        }
+        while IDLE.load(Ordering::Relaxed) {
+            thread::park();
+        }
+    }
+}
+
+/// Engine statistics (see [`stats`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GpStats {
+    /// Grace periods completed.
+    pub grace_periods: u64,
+    /// Heavy barriers (membarrier calls or writer fences) issued by grace periods.
+    pub heavy_barriers: u64,
+    /// Callbacks queued with `call_rcu`/`call_rcu_raw`.
+    pub callbacks_queued: u64,
+    /// Callbacks invoked (excluding `rcu_barrier`'s own).
+    pub callbacks_invoked: u64,
+    /// Reader records (threads that ever took a guard, minus reuse).
+    pub reader_records: usize,
+    /// The barrier mode in force.
+    pub mode: Mode,
+}
+
+/// A snapshot of the engine's counters.
+pub fn stats() -> GpStats {
+    init();
+    GpStats {
+        grace_periods: DOMAIN.grace_periods.load(Ordering::Relaxed),
+        heavy_barriers: DOMAIN.heavy_barriers.load(Ordering::Relaxed),
+        callbacks_queued: QUEUED.load(Ordering::Relaxed),
+        callbacks_invoked: INVOKED.load(Ordering::Relaxed),
+        reader_records: DOMAIN.registry.len(),
+        mode: DOMAIN.mode(),
+    }
+}
+
+/// The barrier mode the process uses (decided at first use).
+pub fn barrier_mode() -> Mode {
+    init();
+    DOMAIN.mode()
+}
+
+fn install_fork_handlers() {
+    extern "C" fn prepare() {
+        if let Some(lists) = LISTS.get() {
+            for l in lists.iter() {
+                l.fork_lock();
+            }
+        }
+    }
+    extern "C" fn parent() {
+        if let Some(lists) = LISTS.get() {
+            for l in lists.iter() {
+                l.fork_unlock();
+            }
+        }
+    }
+    extern "C" fn child() {
+        if let Some(lists) = LISTS.get() {
+            for l in lists.iter() {
+                l.fork_reset();
+            }
+        }
+        let own = LOCAL.with(|c| c.get());
+        // SAFETY: as in `local_record`.
+        DOMAIN.after_fork_child(unsafe { own.as_ref() });
+        IDLE.store(false, Ordering::Relaxed);
+        WORKER_STATE.store(WORKER_NONE, Ordering::Relaxed);
+    }
+    // SAFETY: the handlers are `extern "C" fn()` with static lifetime; they only touch atomics
+    // and locks (no allocation), as POSIX requires for async-signal-safety in the child.
+    let r = unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
+    if r != 0 {
+        eprintln!("rcu: pthread_atfork failed ({r}); fork() children may hang in grace periods");
+    }
+}

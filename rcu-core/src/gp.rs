@@ -1,0 +1,346 @@
+//! Grace periods: the domain state, `synchronize_rcu`, and the polled-state helpers.
+//!
+//! # Implementation
+//!
+//! A [`Domain`] owns the grace-period sequence `gp_seq` (see [`crate::seq`]), the registry of
+//! reader records and a lock that serialises grace periods. One grace period:
+//!
+//! ```text
+//!   runner (holds gp_lock)                      reader (owns one record)
+//!   ----------------------                      ------------------------
+//!   s = gp_seq.start(); store(s, Release)       w = gp_seq (Acquire)
+//!   heavy barrier  ─────────── pairs ────────── word = (w<<16)|1 ; light barrier
+//!   for rec in registry:                         ... protected loads ...
+//!       wait while blocks_gp(rec.word, s)        word = 0 (Release)
+//!   store(s.end(), Release)
+//! ```
+//!
+//! **One heavy barrier per grace period.** liburcu-memb issues a membarrier at the start and one at
+//! the end of `synchronize_rcu`. The end one orders the readers' critical sections before the
+//! caller's free; here the readers' outermost unlock is a Release store and the scan an Acquire
+//! load, which gives that order without a second IPI round. The 64-bit snapshot in the reader word
+//! removes liburcu's second *wait* (its one-bit phase flip).
+//!
+//! **Sharing.** A caller computes `snap = gp_seq.snap()` after a full fence, then takes `gp_lock`
+//! only if `snap` is not already done; having the lock it re-checks, so every caller that queued on
+//! the lock while one grace period ran is served by the next one (callers that arrive during grace
+//! period N need N+1; all of them share it). Sixteen concurrent callers use about two grace
+//! periods.
+//!
+//! **Polling.** `get_state` = full fence + `snap`; `poll(snap)` = Acquire load + `done`. A state
+//! taken before a `synchronize_rcu()` always polls true after it returns, because that call waits
+//! for `gp_seq` to reach its own snapshot, which is at least as large.
+//!
+//! **fork().** The child's `gp_lock` is reset; if the parent was in the middle of a grace period,
+//! `gp_seq` still says "in progress" and the next runner finishes that grace period (scanning the
+//! records again) instead of starting a new one.
+//!
+//! ## Invariants
+//!
+//! 1. `gp_seq` is only stored by the holder of `gp_lock` (or by the fork child handler, which runs
+//!    alone).
+//! 2. A grace period ends only after every record that blocked its start value was seen quiescent
+//!    or newer (Acquire), so every critical section that began before the start happens-before the
+//!    end store.
+//!
+//! ## Memory orderings
+//!
+//! * start store Release ↔ reader's `gp_seq` Acquire load (see `reader`).
+//! * heavy barrier ↔ every reader's light barrier.
+//! * scan Acquire loads ↔ readers' Release stores of their word.
+//! * end store Release ↔ `poll` Acquire load: the waiter's frees happen after every old section.
+//! * `get_state`'s `fence(SeqCst)` orders the caller's removals before its snapshot; it pairs with
+//!   the heavy barrier of the grace period that ends the snapshot.
+
+use crate::primitive::sync::atomic::{fence, AtomicU64, AtomicU8, Ordering};
+use crate::reader::{blocks_gp, Record, Registry};
+use crate::seq::GpSeq;
+use crate::sys::lock::RawLock;
+use crate::sys::membarrier::{self, Mode};
+use crate::util::CachePadded;
+
+/// Spins on one reader before looking at the clock.
+const SPIN_LIMIT: u32 = 200;
+/// Yields after the spins, before sleeping (normal grace periods only).
+const YIELD_LIMIT: u32 = 20;
+
+/// An RCU domain: one grace-period sequence and the readers it waits for.
+///
+/// The process has one global domain behind the free functions of this crate; loom models build
+/// their own.
+#[derive(Debug)]
+pub struct Domain {
+    /// The grace-period sequence. Stored by the `gp_lock` holder (Invariant 1); loaded by every
+    /// reader's outermost lock and every poller. Alone on its cache line pair.
+    pub(crate) gp_seq: CachePadded<AtomicU64>,
+    /// Serialises grace periods. Never held across anything but one grace period.
+    gp_lock: RawLock,
+    /// Barrier mode (encoded [`Mode`]); set once before the first registration.
+    mode: AtomicU8,
+    /// Reader records.
+    pub(crate) registry: Registry,
+    /// Statistics, written by the `gp_lock` holder (Relaxed: counters only).
+    pub(crate) grace_periods: AtomicU64,
+    /// Heavy barriers issued by grace periods.
+    pub(crate) heavy_barriers: AtomicU64,
+}
+
+/// Unlocks `gp_lock` even if a stall hook panics.
+struct GpLockGuard<'a>(&'a RawLock);
+impl Drop for GpLockGuard<'_> {
+    fn drop(&mut self) {
+        self.0.unlock();
+    }
+}
+
+impl Domain {
+    /// A domain with no readers, idle at sequence 0, using `mode`.
+    #[cfg(not(rcu_loom))]
+    pub(crate) const fn new_const() -> Domain {
+        Domain {
+            gp_seq: CachePadded::new(AtomicU64::new(0)),
+            gp_lock: RawLock::new(),
+            mode: AtomicU8::new(1),
+            registry: Registry::new(),
+            grace_periods: AtomicU64::new(0),
+            heavy_barriers: AtomicU64::new(0),
+        }
+    }
+
+    /// A domain for a model or a test, using `mode`.
+    pub fn new(mode: Mode) -> Domain {
+        let d = Domain {
+            gp_seq: CachePadded::new(AtomicU64::new(0)),
+            gp_lock: RawLock::new(),
+            mode: AtomicU8::new(1),
+            registry: Registry::new(),
+            grace_periods: AtomicU64::new(0),
+            heavy_barriers: AtomicU64::new(0),
+        };
+        d.set_mode(mode);
+        d
+    }
+
+    /// Sets the barrier mode; only before any reader registers.
+    pub(crate) fn set_mode(&self, mode: Mode) {
+        let v = match mode {
+            Mode::Membarrier => 0,
+            Mode::Fences => 1,
+        };
+        // Relaxed: published to readers by the registration path (OnceLock / Once), which
+        // happens-before any record is handed out.
+        self.mode.store(v, Ordering::Relaxed);
+    }
+
+    /// The barrier mode.
+    pub fn mode(&self) -> Mode {
+        if self.mode.load(Ordering::Relaxed) == 0 {
+            Mode::Membarrier
+        } else {
+            Mode::Fences
+        }
+    }
+
+    /// Registers a reader (claims or creates a record).
+    pub fn register(&self) -> &Record {
+        self.registry.acquire(self.mode())
+    }
+
+    /// Unregisters a quiescent reader.
+    pub fn unregister(&self, rec: &Record) {
+        self.registry.release(rec)
+    }
+
+    /// Read lock on `rec` (see [`crate::reader`]).
+    #[inline(always)]
+    pub fn read_lock(&self, rec: &Record) {
+        crate::reader::lock(&self.gp_seq, rec)
+    }
+
+    /// Read unlock on `rec`.
+    #[inline(always)]
+    pub fn read_unlock(&self, rec: &Record) {
+        crate::reader::unlock(rec)
+    }
+
+    /// The current sequence (Acquire: pairs with the Release end store).
+    #[inline]
+    pub fn current(&self) -> GpSeq {
+        GpSeq(self.gp_seq.load(Ordering::Acquire))
+    }
+
+    /// A snapshot whose completion proves that every reader that could have seen the caller's
+    /// earlier updates has finished.
+    #[inline]
+    pub fn get_state(&self) -> GpSeq {
+        // Orders the caller's prior removals before the snapshot load; pairs with the heavy
+        // barrier of the grace period that ends `snap` (it started after this load).
+        fence(Ordering::SeqCst);
+        GpSeq(self.gp_seq.load(Ordering::Relaxed)).snap()
+    }
+
+    /// Whether the grace period of `snap` is over.
+    #[inline]
+    pub fn poll(&self, snap: GpSeq) -> bool {
+        // Acquire (in `current`) pairs with the Release end store: frees that follow happen after
+        // every critical section the grace period waited for.
+        self.current().done(snap)
+    }
+
+    /// Waits for a full grace period (sharing one with concurrent callers).
+    pub fn synchronize(&self, expedited: bool) {
+        let snap = self.get_state();
+        self.wait_for(snap, expedited);
+    }
+
+    /// Waits until `snap` is done, running grace periods as needed.
+    pub fn wait_for(&self, snap: GpSeq, expedited: bool) {
+        loop {
+            if self.poll(snap) {
+                return;
+            }
+            self.gp_lock.lock();
+            let _unlock = GpLockGuard(&self.gp_lock);
+            if self.poll(snap) {
+                return;
+            }
+            self.run_gp(expedited);
+        }
+    }
+
+    /// Runs grace periods until `snap` is done if the lock is free; returns whether it is done.
+    /// Used by the callback worker so that it never sleeps on the lock behind a writer.
+    pub fn try_advance(&self, snap: GpSeq) -> bool {
+        while !self.poll(snap) {
+            if !self.gp_lock.try_lock() {
+                return false;
+            }
+            let _unlock = GpLockGuard(&self.gp_lock);
+            if !self.poll(snap) {
+                self.run_gp(false);
+            }
+        }
+        true
+    }
+
+    /// Runs one grace period. Caller holds `gp_lock`.
+    fn run_gp(&self, expedited: bool) {
+        // Relaxed: only the lock holder stores gp_seq (Invariant 1); the lock's Acquire made the
+        // previous holder's stores visible.
+        let cur = GpSeq(self.gp_seq.load(Ordering::Relaxed));
+        let s = if cur.in_progress() {
+            // Left in progress by a parent that forked mid-grace-period: finish it.
+            cur
+        } else {
+            let s = cur.start();
+            // Release pairs with the readers' Acquire load of gp_seq: a reader that sees `s` sees
+            // the removals made before this grace period.
+            self.gp_seq.store(s.raw(), Ordering::Release);
+            s
+        };
+        membarrier::heavy(self.mode());
+        self.heavy_barriers.fetch_add(1, Ordering::Relaxed);
+        for rec in self.registry.iter() {
+            self.wait_for_reader(rec, s, expedited);
+        }
+        // Release pairs with `poll`'s Acquire (Invariant 2).
+        self.gp_seq.store(s.end().raw(), Ordering::Release);
+        self.grace_periods.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Waits until `rec` is not inside a critical section that began before `s`.
+    fn wait_for_reader(&self, rec: &Record, s: GpSeq, expedited: bool) {
+        // Acquire pairs with the reader's Release stores of its word.
+        if !blocks_gp(rec.word.load(Ordering::Acquire), s) {
+            return;
+        }
+        self.wait_for_reader_slow(rec, s, expedited)
+    }
+
+    #[cold]
+    fn wait_for_reader_slow(&self, rec: &Record, s: GpSeq, expedited: bool) {
+        #[cfg(not(rcu_loom))]
+        let mut clock = StallClock::new();
+        let mut spins: u32 = 0;
+        loop {
+            let w = rec.word.load(Ordering::Acquire);
+            if !blocks_gp(w, s) {
+                return;
+            }
+            spins = spins.saturating_add(1);
+            #[cfg(rcu_loom)]
+            {
+                let _ = (expedited, spins);
+                crate::primitive::thread::yield_now();
+            }
+            #[cfg(not(rcu_loom))]
+            {
+                if spins < SPIN_LIMIT {
+                    crate::primitive::thread::spin_hint();
+                    continue;
+                }
+                clock.check(rec, s, w);
+                if expedited || spins < SPIN_LIMIT + YIELD_LIMIT {
+                    crate::primitive::thread::yield_now();
+                } else {
+                    clock.sleep();
+                }
+            }
+        }
+    }
+
+    /// Clears the records of threads that do not exist in a `fork()` child and resets the lock.
+    /// Runs alone in the child; no allocation.
+    #[cfg(not(rcu_loom))]
+    pub(crate) fn after_fork_child(&self, own: Option<&Record>) {
+        self.gp_lock.reset_after_fork();
+        for rec in self.registry.iter() {
+            if own.is_some_and(|o| core::ptr::eq(o, rec)) {
+                continue;
+            }
+            rec.word.store(0, Ordering::Relaxed);
+            rec.owned.store(false, Ordering::Relaxed);
+        }
+        membarrier::reregister_after_fork(self.mode());
+    }
+}
+
+/// Timing of one wait: stall reports and the sleep backoff.
+#[cfg(not(rcu_loom))]
+struct StallClock {
+    start: std::time::Instant,
+    next_report: std::time::Duration,
+    sleep: std::time::Duration,
+}
+
+#[cfg(not(rcu_loom))]
+impl StallClock {
+    fn new() -> Self {
+        StallClock {
+            start: std::time::Instant::now(),
+            next_report: crate::stall::stall_timeout(),
+            sleep: std::time::Duration::from_micros(20),
+        }
+    }
+
+    fn check(&mut self, rec: &Record, s: GpSeq, word: u64) {
+        let waited = self.start.elapsed();
+        if waited < self.next_report {
+            return;
+        }
+        crate::stall::report(&crate::stall::StallReport {
+            kind: crate::stall::StallKind::ReaderStall,
+            thread_name: rec.name(),
+            tid: rec.tid.load(Ordering::Relaxed),
+            duration: waited,
+            gp: s,
+            nesting: word & crate::reader::NEST_MASK,
+        });
+        self.next_report = self.next_report.saturating_mul(2).max(waited);
+    }
+
+    fn sleep(&mut self) {
+        std::thread::sleep(self.sleep);
+        self.sleep = (self.sleep * 2).min(std::time::Duration::from_millis(1));
+    }
+}

@@ -1,0 +1,83 @@
+//! # rcu-core: the grace-period engine of rcu-kit
+//!
+//! Read-copy update (RCU) lets readers traverse shared data with no locks and no atomic
+//! read-modify-write, while writers publish new versions and free old ones only after a **grace
+//! period**: a span of time by whose end every reader that could have seen the old version has
+//! left its **read-side critical section**.
+//!
+//! * Readers: [`rcu_read_lock`] returns an [`RcuReadGuard`]; the critical section lasts until it is
+//!   dropped. Guards nest, are not `Send`, and cost about as much as liburcu-memb's inlined read
+//!   side (a thread-local word, a compiler fence; the writer pays with `membarrier`).
+//! * Waiting: [`synchronize_rcu`] / [`synchronize_rcu_expedited`] block until a grace period has
+//!   passed; concurrent callers share one.
+//! * Deferring: [`call_rcu`] runs a closure after a grace period on a worker thread;
+//!   [`rcu_barrier`] waits until every earlier callback has run.
+//! * Polling: [`get_state_synchronize_rcu`], [`start_poll_synchronize_rcu`],
+//!   [`poll_state_synchronize_rcu`], [`cond_synchronize_rcu`] (lock-free, no allocation).
+//! * Owning pointers: [`RcuCell`].
+//! * Per-CPU helpers: [`cpu::current_cpu`], [`cpu::possible_cpus`].
+//!
+//! Misuse is an error, not a hang: blocking calls inside a critical section panic with a message
+//! naming the "read-side critical section"; readers that stall grace periods are reported through
+//! [`set_stall_hook`]; a thread that exits inside a critical section is reported and released.
+//!
+//! ```
+//! use rcu_core::{rcu_read_lock, synchronize_rcu, RcuCell};
+//! let config = RcuCell::new(Some(Box::new(1u32)));
+//! let g = rcu_read_lock();
+//! assert_eq!(config.read(&g), Some(&1));
+//! drop(g);
+//! let old = config.replace_sync(Some(Box::new(2)));
+//! assert_eq!(old.as_deref(), Some(&1));
+//! synchronize_rcu();
+//! ```
+//!
+//! If `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` is unavailable, or `RCU_KIT_NO_MEMBARRIER=1`
+//! is set, readers use real fences instead ([`barrier_mode`]). `fork()` children keep working.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod callback;
+mod gp;
+mod primitive;
+mod reader;
+mod seq;
+mod stall;
+mod sys;
+mod util;
+
+#[cfg(not(rcu_loom))]
+mod cell;
+#[cfg(not(rcu_loom))]
+mod global;
+
+/// CPU numbers for per-CPU data (rseq when glibc registered it, else `sched_getcpu`).
+pub mod cpu {
+    pub use crate::sys::cpu::{current_cpu, possible_cpus};
+}
+
+pub use seq::GpSeq;
+pub use stall::{
+    set_stall_hook, set_stall_timeout, stall_timeout, StallKind, StallReport,
+    DEFAULT_STALL_TIMEOUT,
+};
+pub use sys::membarrier::Mode;
+pub use util::CachePadded;
+
+#[cfg(not(rcu_loom))]
+pub use cell::RcuCell;
+#[cfg(not(rcu_loom))]
+pub use global::{
+    barrier_mode, call_rcu, call_rcu_raw, cond_synchronize_rcu, get_state_synchronize_rcu,
+    poll_state_synchronize_rcu, rcu_barrier, rcu_read_lock, rcu_read_lock_held, start_poll_synchronize_rcu,
+    stats, synchronize_rcu, synchronize_rcu_expedited, GpState, GpStats, RcuReadGuard,
+};
+
+/// The raw core, for loom models and white-box tests: a [`raw::Domain`] with explicit reader
+/// records and callback lists, the same code the global functions run.
+#[doc(hidden)]
+pub mod raw {
+    pub use crate::callback::CbList;
+    pub use crate::gp::Domain;
+    pub use crate::reader::Record;
+}

@@ -1,0 +1,118 @@
+//! Stall reporting: readers that hold up a grace period for too long, and threads that exit
+//! inside a read-side critical section.
+//!
+//! # Implementation
+//!
+//! A reader's fast path cannot read a clock, so stalls are detected by the waiter: when a grace
+//! period has waited for one reader longer than the stall timeout, a [`StallReport`] goes to the
+//! hook (default: one line on stderr), and again each time the wait doubles. The reported duration
+//! is how long the grace period has waited for that reader, a lower bound of the section's length.
+//!
+//! The timeout and hook are process-wide configuration, not modelled concurrency: they use
+//! `core` atomics directly (also under `rcu_loom`, where stall checks are compiled out).
+
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::seq::GpSeq;
+
+/// Default stall timeout: 10 s (the kernel uses 21 s; userspace tests want reports sooner).
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Stall timeout in milliseconds; `u64::MAX` = not yet read from the environment.
+static TIMEOUT_MS: AtomicU64 = AtomicU64::new(u64::MAX);
+/// The hook, as a `fn(&StallReport)` address; 0 = the default stderr printer.
+static HOOK: AtomicUsize = AtomicUsize::new(0);
+
+/// What a [`StallReport`] is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StallKind {
+    /// A grace period has been waiting for this reader for `duration`.
+    ReaderStall,
+    /// The thread exited while inside a read-side critical section (a leaked guard); its read
+    /// lock was released so that grace periods can go on.
+    ExitedInCriticalSection,
+}
+
+/// One stall report, passed to the hook set with [`set_stall_hook`].
+#[derive(Clone, Debug)]
+pub struct StallReport {
+    /// What happened.
+    pub kind: StallKind,
+    /// The reader thread's name, empty if it had none.
+    pub thread_name: String,
+    /// The reader's kernel thread id (0 if unknown).
+    pub tid: u32,
+    /// How long the grace period has waited for this reader so far (zero for exits).
+    pub duration: Duration,
+    /// The grace period that is waiting (for exits: the sequence at exit).
+    pub gp: GpSeq,
+    /// Nesting depth of the reader when observed.
+    pub nesting: u64,
+}
+
+impl core::fmt::Display for StallReport {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let name = if self.thread_name.is_empty() { "<unnamed>" } else { &self.thread_name };
+        match self.kind {
+            StallKind::ReaderStall => write!(
+                f,
+                "rcu: INFO: rcu stall: thread '{}' (tid {}) has been inside a read-side critical \
+                 section for at least {:.3?} (nesting {}), blocking grace period {:?}",
+                name, self.tid, self.duration, self.nesting, self.gp
+            ),
+            StallKind::ExitedInCriticalSection => write!(
+                f,
+                "rcu: BUG: thread '{}' (tid {}) exited inside a read-side critical section \
+                 (nesting {}, a read guard was leaked); its read lock has been released",
+                name, self.tid, self.nesting
+            ),
+        }
+    }
+}
+
+/// Sets how long a grace period waits for one reader before reporting a stall.
+/// The default is [`DEFAULT_STALL_TIMEOUT`], or `RCU_KIT_STALL_MS` from the environment.
+pub fn set_stall_timeout(timeout: Duration) {
+    let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX - 1).min(u64::MAX - 1);
+    TIMEOUT_MS.store(ms, Ordering::Relaxed);
+}
+
+/// The stall timeout in force.
+pub fn stall_timeout() -> Duration {
+    let ms = TIMEOUT_MS.load(Ordering::Relaxed);
+    if ms != u64::MAX {
+        return Duration::from_millis(ms);
+    }
+    let from_env = std::env::var("RCU_KIT_STALL_MS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|v| v.min(u64::MAX - 1))
+        .unwrap_or(DEFAULT_STALL_TIMEOUT.as_millis() as u64);
+    // A racing `set_stall_timeout` wins: only replace the "unset" marker.
+    let _ = TIMEOUT_MS.compare_exchange(u64::MAX, from_env, Ordering::Relaxed, Ordering::Relaxed);
+    Duration::from_millis(TIMEOUT_MS.load(Ordering::Relaxed))
+}
+
+/// Replaces the stall hook; `None` restores the default (one line on stderr).
+///
+/// The hook runs on the thread that waits for the grace period (a `synchronize_rcu` caller or the
+/// callback worker); it must not wait for a grace period itself.
+pub fn set_stall_hook(hook: Option<fn(&StallReport)>) {
+    HOOK.store(hook.map_or(0, |f| f as usize), Ordering::Release);
+}
+
+/// Delivers a report to the hook.
+pub(crate) fn report(r: &StallReport) {
+    // Acquire pairs with the Release in `set_stall_hook` (the fn address is code, but keep the
+    // hand-off explicit).
+    let h = HOOK.load(Ordering::Acquire);
+    if h == 0 {
+        eprintln!("{r}");
+    } else {
+        // SAFETY: non-zero values are only ever stored from a `fn(&StallReport)` in
+        // `set_stall_hook`, and function pointers are never null.
+        let f: fn(&StallReport) = unsafe { core::mem::transmute::<usize, fn(&StallReport)>(h) };
+        f(r);
+    }
+}
