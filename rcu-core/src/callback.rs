@@ -50,7 +50,7 @@ use core::mem::MaybeUninit;
 
 use crate::gp::Domain;
 use crate::primitive::cell::UnsafeCell;
-use crate::primitive::sync::atomic::{AtomicUsize, Ordering};
+use crate::primitive::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use crate::primitive::sync::Arc;
 use crate::seq::GpSeq;
 use crate::sys::lock::RawLock;
@@ -77,9 +77,15 @@ pub(crate) enum Callback {
     /// A closure too large (or too aligned) to be stored inline.
     Boxed(Box<dyn FnOnce() + Send>),
     /// A closure stored in place; `call` moves it out of `data` and runs it.
-    Inline { call: unsafe fn(*mut InlineData), data: InlineData },
+    Inline {
+        call: unsafe fn(*mut InlineData),
+        data: InlineData,
+    },
     /// A raw function and argument (`call_rcu_raw`).
-    Raw { call: unsafe fn(*mut ()), data: *mut () },
+    Raw {
+        call: unsafe fn(*mut ()),
+        data: *mut (),
+    },
     /// One CPU slot's part of an `rcu_barrier`.
     Barrier(Arc<BarrierWait>),
 }
@@ -110,7 +116,10 @@ impl Callback {
             // SAFETY: `F` fits in `data` in size and alignment (checked above); the value is
             // moved in and will be moved out exactly once by `call_inline::<F>`.
             unsafe { data.as_mut_ptr().cast::<F>().write(f) };
-            Callback::Inline { call: call_inline::<F>, data }
+            Callback::Inline {
+                call: call_inline::<F>,
+                data,
+            }
         } else {
             Callback::Boxed(Box::new(f))
         }
@@ -282,6 +291,23 @@ impl CbList {
         })
     }
 
+    /// Queues a closure (white-box API for models and tests; the engine uses `try_enqueue`).
+    #[doc(hidden)]
+    pub fn enqueue_fn<F: FnOnce() + Send + 'static>(&self, f: F) {
+        self.enqueue(Callback::new(f));
+    }
+
+    /// One worker step on this list alone: harvest, invoke what is ready, and return how many
+    /// callbacks ran and the oldest snapshot still waited for (white-box API).
+    #[doc(hidden)]
+    pub fn process(&self, dom: &Domain) -> (usize, Option<GpSeq>) {
+        let mut ready = Vec::new();
+        let need = self.harvest(dom, &mut ready);
+        let n = invoke_batch(&mut ready, &AtomicU64::new(0));
+        self.finished(n);
+        (n, need)
+    }
+
     /// Whether anything queued here is unfinished (checked under the lock).
     pub(crate) fn has_pending_locked(&self) -> bool {
         self.locked(|_| self.pending.load(Ordering::Relaxed) != 0)
@@ -313,10 +339,19 @@ impl CbList {
 }
 
 /// Invokes and empties `ready` (callbacks whose grace period is over), isolating panics so that
-/// one bad callback cannot stop the worker. Returns how many ran.
-pub(crate) fn invoke_batch(ready: &mut Vec<Callback>) -> usize {
+/// one bad callback cannot stop the worker. Returns how many ran. `invoked` counts the callbacks
+/// other than barriers; it is brought up to date *before* each barrier callback runs, so that
+/// statistics read after `rcu_barrier` include every callback queued before it.
+pub(crate) fn invoke_batch(ready: &mut Vec<Callback>, invoked: &AtomicU64) -> usize {
     let n = ready.len();
+    let mut unflushed = 0u64;
     for cb in ready.drain(..) {
+        if matches!(cb, Callback::Barrier(_)) {
+            invoked.fetch_add(unflushed, Ordering::Relaxed);
+            unflushed = 0;
+        } else {
+            unflushed += 1;
+        }
         #[cfg(not(rcu_loom))]
         {
             if let Err(payload) =
@@ -333,5 +368,6 @@ pub(crate) fn invoke_batch(ready: &mut Vec<Callback>) -> usize {
         #[cfg(rcu_loom)]
         cb.invoke();
     }
+    invoked.fetch_add(unflushed, Ordering::Relaxed);
     n
 }

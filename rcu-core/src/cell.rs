@@ -44,7 +44,10 @@ unsafe impl<T: Send + 'static> Send for RcuCell<T> {}
 impl<T: Send + 'static> RcuCell<T> {
     /// A cell holding `value`.
     pub fn new(value: Option<Box<T>>) -> Self {
-        RcuCell { ptr: AtomicPtr::new(into_raw(value)), _owns: PhantomData }
+        RcuCell {
+            ptr: AtomicPtr::new(into_raw(value)),
+            _owns: PhantomData,
+        }
     }
 
     /// The current value, valid while `guard` (and the cell borrow) live.

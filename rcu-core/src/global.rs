@@ -33,7 +33,9 @@ use crate::callback::{invoke_batch, BarrierWait, Callback, CbList};
 use crate::gp::Domain;
 use crate::primitive::cell::UnsafeCell;
 use crate::primitive::rcu_thread_local;
-use crate::primitive::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use crate::primitive::sync::atomic::{
+    fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+};
 use crate::primitive::sync::Arc;
 use crate::primitive::thread;
 use crate::reader::Record;
@@ -92,7 +94,11 @@ pub(crate) fn init() {
 }
 
 fn lists() -> &'static [CachePadded<CbList>] {
-    LISTS.get_or_init(|| (0..crate::cpu::possible_cpus()).map(|_| CachePadded::new(CbList::new())).collect())
+    LISTS.get_or_init(|| {
+        (0..crate::cpu::possible_cpus())
+            .map(|_| CachePadded::new(CbList::new()))
+            .collect()
+    })
 }
 
 /// This thread's record, registering on first use.
@@ -123,7 +129,15 @@ fn register_slow() -> &'static Record {
 fn thread_name() -> Option<String> {
     let mut buf = [0u8; 17];
     // SAFETY: PR_GET_NAME writes at most 16 bytes including the NUL into a 16-byte buffer.
-    let r = unsafe { libc::prctl(libc::PR_GET_NAME, buf.as_mut_ptr() as libc::c_ulong, 0, 0, 0) };
+    let r = unsafe {
+        libc::prctl(
+            libc::PR_GET_NAME,
+            buf.as_mut_ptr() as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
     if r != 0 {
         return None;
     }
@@ -200,7 +214,9 @@ pub struct RcuReadGuard {
 
 impl core::fmt::Debug for RcuReadGuard {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("RcuReadGuard").field("nesting", &self.rec.nesting()).finish()
+        f.debug_struct("RcuReadGuard")
+            .field("nesting", &self.rec.nesting())
+            .finish()
     }
 }
 
@@ -221,7 +237,10 @@ impl core::fmt::Debug for RcuReadGuard {
 pub fn rcu_read_lock() -> RcuReadGuard {
     let rec = local_record();
     DOMAIN.read_lock(rec);
-    RcuReadGuard { rec, _not_send: PhantomData }
+    RcuReadGuard {
+        rec,
+        _not_send: PhantomData,
+    }
 }
 
 impl Drop for RcuReadGuard {
@@ -429,19 +448,26 @@ fn unpark_worker() {
 #[cold]
 fn ensure_worker() {
     if WORKER_STATE
-        .compare_exchange(WORKER_NONE, WORKER_STARTING, Ordering::Acquire, Ordering::Relaxed)
+        .compare_exchange(
+            WORKER_NONE,
+            WORKER_STARTING,
+            Ordering::Acquire,
+            Ordering::Relaxed,
+        )
         .is_err()
     {
         return; // running, or another thread is starting it (it scans the lists on start)
     }
     init();
-    let spawned = std::thread::Builder::new().name("rcu-cb-worker".into()).spawn(worker_main);
+    let spawned = std::thread::Builder::new()
+        .name("rcu-cb-worker".into())
+        .spawn(worker_main);
     match spawned {
         Ok(handle) => {
             let t = handle.thread().clone();
             drop(handle); // detach
-            // SAFETY: we won the NONE → STARTING CAS, so we are the only writer, and readers wait
-            // for RUNNING (WorkerSlot's contract).
+                          // SAFETY: we won the NONE → STARTING CAS, so we are the only writer, and readers wait
+                          // for RUNNING (WorkerSlot's contract).
             WORKER_THREAD.0.with_mut(|p| unsafe { *p = Some(t) });
             // Release publishes the handle to `unpark_worker`.
             WORKER_STATE.store(WORKER_RUNNING, Ordering::Release);
@@ -478,13 +504,10 @@ fn worker_main() {
                 });
             }
             if !ready.is_empty() {
-                let n = invoke_batch(&mut ready);
+                let n = invoke_batch(&mut ready, &INVOKED);
                 l.finished(n);
                 ran += n;
             }
-        }
-        if ran != 0 {
-            INVOKED.fetch_add(ran as u64, Ordering::Relaxed);
         }
         let req = GpSeq(POLL_REQUEST.load(Ordering::Relaxed));
         if !DOMAIN.poll(req) {

@@ -36,6 +36,8 @@
 //! is set, readers use real fences instead ([`barrier_mode`]). `fork()` children keep working.
 
 #![deny(unsafe_op_in_unsafe_fn)]
+// Models compile only the raw core; the global layer and its helpers are out of the build.
+#![cfg_attr(rcu_loom, allow(dead_code))]
 
 mod callback;
 mod gp;
@@ -58,8 +60,7 @@ pub mod cpu {
 
 pub use seq::GpSeq;
 pub use stall::{
-    set_stall_hook, set_stall_timeout, stall_timeout, StallKind, StallReport,
-    DEFAULT_STALL_TIMEOUT,
+    set_stall_hook, set_stall_timeout, stall_timeout, StallKind, StallReport, DEFAULT_STALL_TIMEOUT,
 };
 pub use sys::membarrier::Mode;
 pub use util::CachePadded;
@@ -69,8 +70,9 @@ pub use cell::RcuCell;
 #[cfg(not(rcu_loom))]
 pub use global::{
     barrier_mode, call_rcu, call_rcu_raw, cond_synchronize_rcu, get_state_synchronize_rcu,
-    poll_state_synchronize_rcu, rcu_barrier, rcu_read_lock, rcu_read_lock_held, start_poll_synchronize_rcu,
-    stats, synchronize_rcu, synchronize_rcu_expedited, GpState, GpStats, RcuReadGuard,
+    poll_state_synchronize_rcu, rcu_barrier, rcu_read_lock, rcu_read_lock_held,
+    start_poll_synchronize_rcu, stats, synchronize_rcu, synchronize_rcu_expedited, GpState,
+    GpStats, RcuReadGuard,
 };
 
 /// The raw core, for loom models and white-box tests: a [`raw::Domain`] with explicit reader

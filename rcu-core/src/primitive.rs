@@ -11,8 +11,8 @@
 pub(crate) mod sync {
     pub(crate) mod atomic {
         pub(crate) use core::sync::atomic::{
-            compiler_fence, fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize,
-            Ordering,
+            compiler_fence, fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8,
+            AtomicUsize, Ordering,
         };
     }
     pub(crate) use std::sync::Arc;
@@ -67,10 +67,10 @@ pub(crate) mod cell {
 
 /// Thread operations the engine uses (yield while spinning, park/unpark of its worker).
 pub(crate) mod thread {
-    #[cfg(not(rcu_loom))]
-    pub(crate) use std::thread::{park, yield_now};
     #[cfg(rcu_loom)]
     pub(crate) use loom::thread::yield_now;
+    #[cfg(not(rcu_loom))]
+    pub(crate) use std::thread::{park, yield_now};
 
     /// One step of a spin loop: a CPU hint outside loom, a scheduling point inside it (loom must
     /// be told that the thread waits for another one, or it explores the spin forever).
@@ -84,6 +84,7 @@ pub(crate) mod thread {
 }
 
 /// Declares a thread-local through the shim (`std::thread_local!` or loom's).
+#[cfg_attr(rcu_loom, allow(unused_macros))]
 macro_rules! rcu_thread_local {
     ($($tt:tt)*) => {
         #[cfg(not(rcu_loom))]
@@ -92,4 +93,5 @@ macro_rules! rcu_thread_local {
         loom::thread_local!($($tt)*);
     };
 }
+#[cfg_attr(rcu_loom, allow(unused_imports))]
 pub(crate) use rcu_thread_local;

@@ -52,7 +52,9 @@
 //!   (see `sys::membarrier`): either the writer's scan sees the new word, or the reader's
 //!   protected loads see the writer's removals.
 
-use crate::primitive::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use crate::primitive::sync::atomic::{
+    AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering,
+};
 use crate::seq::GpSeq;
 use crate::sys::membarrier::{self, Mode};
 
@@ -221,7 +223,10 @@ pub(crate) fn unlock(rec: &Record) {
 #[cold]
 #[inline(never)]
 fn nesting_overflow() -> ! {
-    panic!("rcu_read_lock nested more than {} deep on one thread", NEST_MASK);
+    panic!(
+        "rcu_read_lock nested more than {} deep on one thread",
+        NEST_MASK
+    );
 }
 
 /// The list of reader records of one domain.
@@ -235,12 +240,16 @@ impl Registry {
     /// An empty registry.
     #[cfg(not(rcu_loom))]
     pub(crate) const fn new() -> Registry {
-        Registry { head: AtomicPtr::new(core::ptr::null_mut()) }
+        Registry {
+            head: AtomicPtr::new(core::ptr::null_mut()),
+        }
     }
     /// An empty registry.
     #[cfg(rcu_loom)]
     pub(crate) fn new() -> Registry {
-        Registry { head: AtomicPtr::new(core::ptr::null_mut()) }
+        Registry {
+            head: AtomicPtr::new(core::ptr::null_mut()),
+        }
     }
 
     /// Claims a free record or appends a new one. The record is owned by the caller, quiescent.
@@ -266,7 +275,9 @@ impl Registry {
             // SAFETY: `new` is not yet published; we are its only user.
             unsafe { (*new).next.store(head, Ordering::Relaxed) };
             // Release publishes the initialised record (and its `next`) to scanners (Invariant 2).
-            match self.head.compare_exchange_weak(head, new, Ordering::Release, Ordering::Relaxed)
+            match self
+                .head
+                .compare_exchange_weak(head, new, Ordering::Release, Ordering::Relaxed)
             {
                 Ok(_) => break,
                 Err(h) => head = h,
@@ -311,12 +322,13 @@ impl Registry {
 impl Drop for Registry {
     fn drop(&mut self) {
         // Only loom models and tests drop registries; the global one lives forever.
-        let mut p = *self.head.get_mut();
+        // Relaxed: `&mut self` excludes every other user.
+        let mut p = self.head.load(Ordering::Relaxed);
         while !p.is_null() {
             // SAFETY: `&mut self` means no scanner or owner remains; every record was allocated
             // by `Box::new` in `acquire` and is freed exactly once here.
-            let mut b = unsafe { Box::from_raw(p) };
-            p = *b.next.get_mut();
+            let b = unsafe { Box::from_raw(p) };
+            p = b.next.load(Ordering::Relaxed);
         }
     }
 }
@@ -363,7 +375,10 @@ mod tests {
         assert_eq!(rec.nesting(), 1);
         lock(&gp, rec);
         assert_eq!(rec.nesting(), 2);
-        assert!(blocks_gp(rec.word.load(Ordering::Relaxed), seq(3, false).start()));
+        assert!(blocks_gp(
+            rec.word.load(Ordering::Relaxed),
+            seq(3, false).start()
+        ));
         unlock(rec);
         assert_eq!(rec.nesting(), 1);
         unlock(rec);

@@ -65,7 +65,11 @@ impl GpSeq {
 
     /// The value after starting a grace period. The sequence must be idle.
     pub fn start(self) -> GpSeq {
-        debug_assert_eq!(self.state(), 0, "GpSeq::start on a sequence already in progress");
+        debug_assert_eq!(
+            self.state(),
+            0,
+            "GpSeq::start on a sequence already in progress"
+        );
         GpSeq(self.0.wrapping_add(1))
     }
 
@@ -146,7 +150,10 @@ mod tests {
         let snap = s.snap();
         assert_eq!(snap.completed(), 9);
         let after_current = s.end();
-        assert!(!after_current.done(snap), "the GP in progress may predate the update");
+        assert!(
+            !after_current.done(snap),
+            "the GP in progress may predate the update"
+        );
         assert!(after_current.start().end().done(snap));
     }
 

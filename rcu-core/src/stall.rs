@@ -53,7 +53,11 @@ pub struct StallReport {
 
 impl core::fmt::Display for StallReport {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        let name = if self.thread_name.is_empty() { "<unnamed>" } else { &self.thread_name };
+        let name = if self.thread_name.is_empty() {
+            "<unnamed>"
+        } else {
+            &self.thread_name
+        };
         match self.kind {
             StallKind::ReaderStall => write!(
                 f,
@@ -74,7 +78,9 @@ impl core::fmt::Display for StallReport {
 /// Sets how long a grace period waits for one reader before reporting a stall.
 /// The default is [`DEFAULT_STALL_TIMEOUT`], or `RCU_KIT_STALL_MS` from the environment.
 pub fn set_stall_timeout(timeout: Duration) {
-    let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX - 1).min(u64::MAX - 1);
+    let ms = u64::try_from(timeout.as_millis())
+        .unwrap_or(u64::MAX - 1)
+        .min(u64::MAX - 1);
     TIMEOUT_MS.store(ms, Ordering::Relaxed);
 }
 

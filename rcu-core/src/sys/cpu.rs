@@ -149,7 +149,10 @@ mod imp {
                     agree += 1;
                 }
             }
-            assert!(agree > 900, "rseq and sched_getcpu agreed only {agree}/1000 times");
+            assert!(
+                agree > 900,
+                "rseq and sched_getcpu agreed only {agree}/1000 times"
+            );
         }
     }
 }

@@ -28,18 +28,24 @@ impl RawLock {
     /// An unlocked lock.
     #[cfg(not(rcu_loom))]
     pub(crate) const fn new() -> Self {
-        Self { state: AtomicU32::new(0) }
+        Self {
+            state: AtomicU32::new(0),
+        }
     }
     /// An unlocked lock.
     #[cfg(rcu_loom)]
     pub(crate) fn new() -> Self {
-        Self { state: AtomicU32::new(0) }
+        Self {
+            state: AtomicU32::new(0),
+        }
     }
 
     /// Takes the lock if it is free. Acquire pairs with the Release in `unlock`.
     #[inline]
     pub(crate) fn try_lock(&self) -> bool {
-        self.state.compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed).is_ok()
+        self.state
+            .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
     }
 
     /// Takes the lock, sleeping while it is held.
@@ -53,6 +59,7 @@ impl RawLock {
     #[cold]
     fn lock_contended(&self) {
         // Spin a little first: the engine's critical sections are short.
+        #[cfg(not(rcu_loom))]
         for _ in 0..100 {
             crate::primitive::thread::spin_hint();
             if self.state.load(Ordering::Relaxed) == 0 && self.try_lock() {
@@ -99,7 +106,12 @@ fn wait(state: &AtomicU32, expected: u32) {
 fn wake_one(state: &AtomicU32) {
     // SAFETY: FUTEX_WAKE on a valid, aligned u32.
     unsafe {
-        libc::syscall(libc::SYS_futex, state.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, 1);
+        libc::syscall(
+            libc::SYS_futex,
+            state.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            1,
+        );
     }
 }
 

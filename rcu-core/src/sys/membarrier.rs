@@ -36,7 +36,14 @@ mod imp {
 
     fn membarrier(cmd: libc::c_int) -> libc::c_long {
         // SAFETY: membarrier(cmd, flags = 0, cpu_id = 0) only reads its integer arguments.
-        unsafe { libc::syscall(libc::SYS_membarrier, cmd, 0 as libc::c_uint, 0 as libc::c_int) }
+        unsafe {
+            libc::syscall(
+                libc::SYS_membarrier,
+                cmd,
+                0 as libc::c_uint,
+                0 as libc::c_int,
+            )
+        }
     }
 
     /// Probes and registers; returns the mode the whole process will use.
