@@ -434,9 +434,9 @@ fn wake_worker() {
 fn unpark_worker() {
     // Acquire pairs with the Release store of RUNNING after the handle was written.
     if WORKER_STATE.load(Ordering::Acquire) == WORKER_RUNNING {
-        // SAFETY: RUNNING was observed with Acquire, so the slot is initialised and no longer
-        // written (WorkerSlot's contract).
         WORKER_THREAD.0.with(|p| {
+            // SAFETY: RUNNING was observed with Acquire, so the slot is initialised and no longer
+            // written (WorkerSlot's contract).
             if let Some(t) = unsafe { &*p } {
                 t.unpark();
             }

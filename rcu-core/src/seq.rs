@@ -160,7 +160,7 @@ mod tests {
     #[test]
     fn wrap_around() {
         // Walk through the wrap point of the u64 in both states.
-        let mut s = GpSeq::from_raw((u64::MAX & !STATE_MASK) - 4 * 3); // idle, 4 GPs before the wrap
+        let mut s = GpSeq::from_raw(!STATE_MASK - 4 * 3); // idle, 4 GPs before the wrap
         assert_eq!(s.state(), 0);
         for _ in 0..8 {
             let snap = s.snap();

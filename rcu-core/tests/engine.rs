@@ -1,6 +1,7 @@
 //! Engine behaviour: polled grace periods, call_rcu/rcu_barrier, stall reports, a thread that
 //! exits inside a critical section, fork() children and readers in signal handlers. Cases that
 //! change process-wide settings or fork run in a child process with a deadline.
+#![cfg(not(rcu_loom))]
 
 mod common;
 
@@ -280,7 +281,7 @@ fn child_signal() {
     // SAFETY: installing a handler that only uses async-signal-safe operations.
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_signal as usize;
+        sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
         sa.sa_flags = libc::SA_RESTART;
         libc::sigemptyset(&mut sa.sa_mask);
         assert_eq!(libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()), 0);

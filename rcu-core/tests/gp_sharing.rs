@@ -3,6 +3,7 @@
 //! grace periods (the one in progress, the one they all queued for, and one of slack). The
 //! free-running ratio is a benchmark figure (`compare`), not asserted here.
 //! Alone in its test binary so no other test adds grace periods.
+#![cfg(not(rcu_loom))]
 
 use std::sync::{Arc, Barrier};
 use std::time::Duration;

@@ -32,6 +32,7 @@ impl Obj {
 /// really freeing it (the model frees everything at the end).
 fn poison(o: &Obj) {
     o.freed.store(true, Ordering::Relaxed);
+    // SAFETY: loom checks this write against every read; a race is the bug we look for.
     o.payload.with_mut(|p| unsafe { *p = u64::MAX });
 }
 
@@ -41,6 +42,7 @@ fn reader_checks(dom: &Domain, slot: &AtomicPtr<Obj>) {
     let p = slot.load(Ordering::Acquire);
     // SAFETY: the model keeps every object allocated until the end.
     let o = unsafe { &*p };
+    // SAFETY: loom checks this read against the poisoning write.
     let v = o.payload.with(|p| unsafe { *p });
     assert_ne!(
         v,
@@ -136,6 +138,7 @@ fn nested_reader() {
                 dom.read_unlock(rec);
                 // SAFETY: kept allocated until the end.
                 let o = unsafe { &*p };
+                // SAFETY: loom checks this read against the poisoning write.
                 o.payload.with(|p| assert_ne!(unsafe { *p }, u64::MAX));
                 dom.read_unlock(rec);
                 dom.unregister(rec);

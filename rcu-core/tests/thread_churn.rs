@@ -1,6 +1,7 @@
 //! 1000 short-lived reader threads: records are reused (the registry does not grow with the
 //! number of threads ever seen) and a grace period afterwards completes promptly.
 //! Alone in its test binary so the record count is not disturbed by other tests.
+#![cfg(not(rcu_loom))]
 
 use std::time::{Duration, Instant};
 

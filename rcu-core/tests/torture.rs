@@ -4,6 +4,7 @@
 //! "freed". A retired element is first poisoned (its `state` set to DEAD and payload scrambled)
 //! and only really freed at the end, so a premature free is detected instead of being undefined
 //! behaviour. Bounded in time (about 2 s) and count.
+#![cfg(not(rcu_loom))]
 
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -6,16 +6,21 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// Environment variable naming the case a child process should run.
-pub const CHILD_ENV: &str = "RCU_TEST_CHILD";
+pub(crate) const CHILD_ENV: &str = "RCU_TEST_CHILD";
 
 /// The case this process should run as a child, if any.
-pub fn child_case() -> Option<String> {
+pub(crate) fn child_case() -> Option<String> {
     std::env::var(CHILD_ENV).ok()
 }
 
 /// Runs test `test_name` of the current test binary in a child process with `RCU_TEST_CHILD=case`
 /// and extra environment; kills it and panics if it runs past `deadline`.
-pub fn run_child(test_name: &str, case: &str, env: &[(&str, &str)], deadline: Duration) -> Output {
+pub(crate) fn run_child(
+    test_name: &str,
+    case: &str,
+    env: &[(&str, &str)],
+    deadline: Duration,
+) -> Output {
     let exe = std::env::current_exe().expect("current_exe");
     let mut cmd = Command::new(exe);
     cmd.args([test_name, "--exact", "--nocapture", "--test-threads=1"])
@@ -45,6 +50,6 @@ pub fn run_child(test_name: &str, case: &str, env: &[(&str, &str)], deadline: Du
 }
 
 /// Text of a child's stderr.
-pub fn stderr(o: &Output) -> String {
+pub(crate) fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
