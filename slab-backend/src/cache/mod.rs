@@ -1,0 +1,922 @@
+//! `KmemCache<T>`: fixed-size object caches over the page layer.
+//!
+//! # Implementation
+//!
+//! A cache is a type-erased [`RawCache`] (shared by `KmemCache<T>` and the kmalloc classes) with
+//! three layers, fastest first:
+//!
+//! 1. per-CPU sheaves and the per-node barn ([`sheaf`]);
+//! 2. per-node partial/full/empty slab lists ([`node`]);
+//! 3. slabs: page runs from [`crate::page`] with out-of-line free bitmaps ([`slab`]).
+//!
+//! `alloc` pops from the current CPU's sheaf (one try-lock CAS, one release store); only when
+//! sheaf, spare and barn are empty does it refill from the slab lists, and only when those are
+//! empty does it map a new slab (running the ctor over every object of it, once). `free` pushes to
+//! the sheaf and spills to the barn, then to the slab lists. If every slot is held (all CPUs'
+//! slots busy: preemption, or a signal handler), `Normal` callers go straight to the slab lists.
+//!
+//! Empty slabs beyond [`node::MIN_EMPTY`] per node, and all empty slabs on [`KmemCache::shrink`],
+//! are detached and *discarded*: objects dropped (ctor caches own their `T`s) and pages unmapped —
+//! at once for ordinary caches, after a grace period for `SLAB_TYPESAFE_BY_RCU` ones
+//! ([`crate::typesafe`]).
+//!
+//! ## Lock order
+//! One global order, the lesson of the 2021 SLUB lockdep report:
+//!
+//! ```text
+//! REGISTRY (cache list) → FLUSH (per-CPU flush/shrink) → barn lock | node lock (leaves)
+//! ```
+//! CPU slot locks are only ever try-locked, so they are outside the order. Nothing takes
+//! `REGISTRY` or `FLUSH` while holding a barn or node lock, and **no page is allocated while any
+//! of these locks is held**: page allocations may run shrinkers, and the slab shrinker takes
+//! `REGISTRY → FLUSH`. Shrinking never waits for a held CPU slot (the holder may be the very
+//! thread whose page allocation is running the shrinker); only destroy, which owns the cache
+//! exclusively, waits for slots, and it does so without holding `FLUSH`.
+//!
+//! Invariants:
+//! 1. A `RawCache` outlives every slab whose header points to it: destroy discards all slabs
+//!    (waiting with `rcu_barrier` for RCU-deferred discards) or, if objects leaked, leaks the
+//!    cache too.
+//! 2. `KmemCache<T>` objects are `T`-sized and aligned slots; with a ctor they always hold a
+//!    valid `T` (slab Invariant 4).
+//!
+//! ## Memory orderings
+//! Objects travel between threads only through the slot, barn and node locks (Acquire/Release
+//! pairs documented there) or through the user's own synchronisation. Statistics are Relaxed.
+
+pub mod sheaf;
+
+pub(crate) mod node;
+pub(crate) mod slab;
+
+use core::fmt;
+use core::marker::PhantomData;
+use core::mem::{align_of, size_of, ManuallyDrop};
+use core::ptr::NonNull;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use self::node::{Detached, Node, NodeCounts};
+use self::sheaf::{Backing, Miss, Mode, PerCpu, Sheaf};
+use self::slab::{header_of, SlabHeader, SlabLayout, OBJ_ALLOCATED, OBJ_FREE};
+use crate::page::PAGE_SIZE;
+use crate::primitive::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use crate::stats::CacheStats;
+
+/// Errors of cache creation and destruction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlabError {
+    /// `typesafe_by_rcu(true)` without a ctor: readers may look at free objects, which must
+    /// therefore always be valid `T`s.
+    TypesafeWithoutCtor(String),
+    /// `typesafe_by_rcu(true)` for a zero-sized type: there is no memory to keep type-stable.
+    ZeroSizedTypesafe(String),
+    /// The alignment is not a power of two or exceeds the page size.
+    BadAlignment {
+        /// Cache name.
+        name: String,
+        /// Requested alignment.
+        align: usize,
+    },
+    /// Not even one object fits the largest slab.
+    TooLarge {
+        /// Cache name.
+        name: String,
+        /// Object size.
+        size: usize,
+    },
+    /// A live cache already has this name (names identify caches in `slabinfo`).
+    DuplicateName(String),
+    /// Destroy found objects still allocated; the cache and their slabs were leaked (kept mapped)
+    /// instead of being freed under a possible user.
+    Leaked {
+        /// Cache name.
+        name: String,
+        /// Objects still allocated.
+        objects: usize,
+    },
+}
+
+impl fmt::Display for SlabError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TypesafeWithoutCtor(n) => write!(
+                f,
+                "slab cache {n}: SLAB_TYPESAFE_BY_RCU requires a ctor (readers may see free objects)"
+            ),
+            Self::ZeroSizedTypesafe(n) => {
+                write!(f, "slab cache {n}: SLAB_TYPESAFE_BY_RCU of a zero-sized type")
+            }
+            Self::BadAlignment { name, align } => write!(
+                f,
+                "slab cache {name}: alignment {align} is not a power of two <= {PAGE_SIZE}"
+            ),
+            Self::TooLarge { name, size } => {
+                write!(f, "slab cache {name}: objects of {size} bytes do not fit a slab")
+            }
+            Self::DuplicateName(n) => write!(f, "slab cache {n}: a cache with this name exists"),
+            Self::Leaked { name, objects } => write!(
+                f,
+                "slab cache {name}: destroyed with {objects} objects still allocated (leaked)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SlabError {}
+
+type CtorFn = dyn Fn(*mut u8) + Send + Sync;
+
+/// The type-erased cache behind `KmemCache<T>` and the kmalloc classes.
+pub(crate) struct RawCache {
+    pub(crate) name: String,
+    pub(crate) layout: SlabLayout,
+    pub(crate) typesafe: bool,
+    pub(crate) debug: bool,
+    pub(crate) kmalloc: bool,
+    /// Writes a fresh `T` into an object slot (slab creation only).
+    pub(crate) ctor: Option<Box<CtorFn>>,
+    /// Drops the `T` in an object slot (slab discard; ctor caches whose `T` needs it).
+    pub(crate) drop_obj: Option<unsafe fn(*mut u8)>,
+    pub(crate) cpu: PerCpu,
+    /// One entry per memory node; never freed before the cache (node Invariant, seed 2021).
+    nodes: Box<[Node]>,
+    pub(crate) slabs_created: AtomicU64,
+    pub(crate) slabs_freed: AtomicU64,
+    /// Slabs detached and waiting for a grace period before being unmapped.
+    pub(crate) rcu_pending: AtomicUsize,
+    /// Objects handed out / taken back by the slab lists directly (all slots busy).
+    direct_allocs: AtomicU64,
+    direct_frees: AtomicU64,
+    /// Allocations that returned nothing.
+    pub(crate) alloc_failures: AtomicU64,
+}
+
+impl fmt::Debug for RawCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawCache")
+            .field("name", &self.name)
+            .field("layout", &self.layout)
+            .field("typesafe", &self.typesafe)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Options of a new cache.
+pub(crate) struct RawConfig {
+    pub(crate) name: String,
+    pub(crate) size: usize,
+    pub(crate) align: usize,
+    pub(crate) typesafe: bool,
+    pub(crate) debug: bool,
+    pub(crate) kmalloc: bool,
+    pub(crate) ctor: Option<Box<CtorFn>>,
+    pub(crate) drop_obj: Option<unsafe fn(*mut u8)>,
+}
+
+static REGISTRY: Mutex<Vec<Arc<RawCache>>> = Mutex::new(Vec::new());
+static FLUSH: Mutex<()> = Mutex::new(());
+
+/// The cache registry (first in the lock order). Poisoning is ignored: the list stays valid.
+pub(crate) fn registry() -> MutexGuard<'static, Vec<Arc<RawCache>>> {
+    REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn flush_lock() -> MutexGuard<'static, ()> {
+    FLUSH.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Registers the slab shrinker with the page layer (once).
+fn ensure_shrinker() {
+    static ONCE: OnceLock<crate::shrink::ShrinkerId> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        crate::shrink::register_shrinker(
+            "slab-caches",
+            || {
+                let r = registry();
+                r.iter().map(|c| c.freeable()).sum()
+            },
+            |_| {
+                crate::nolock::drain_deferred();
+                let r = registry();
+                r.iter().map(|c| c.shrink()).sum()
+            },
+        )
+    });
+}
+
+impl RawCache {
+    /// Creates and registers a cache.
+    pub(crate) fn create(cfg: RawConfig) -> Result<Arc<RawCache>, SlabError> {
+        if !cfg.align.is_power_of_two() || cfg.align > PAGE_SIZE {
+            return Err(SlabError::BadAlignment {
+                name: cfg.name,
+                align: cfg.align,
+            });
+        }
+        let Some(layout) = SlabLayout::new(cfg.size, cfg.align, cfg.debug) else {
+            return Err(SlabError::TooLarge {
+                name: cfg.name,
+                size: cfg.size,
+            });
+        };
+        ensure_shrinker();
+        let mut reg = registry();
+        // The kmalloc classes are created once, whatever a user named a cache before.
+        if !cfg.kmalloc && reg.iter().any(|c| c.name == cfg.name) {
+            return Err(SlabError::DuplicateName(cfg.name));
+        }
+        let cache = Arc::new(RawCache {
+            name: cfg.name,
+            layout,
+            typesafe: cfg.typesafe,
+            debug: cfg.debug,
+            kmalloc: cfg.kmalloc,
+            ctor: cfg.ctor,
+            drop_obj: cfg.drop_obj,
+            cpu: PerCpu::new(rcu_core::cpu::possible_cpus()),
+            nodes: (0..nr_nodes()).map(|_| Node::new()).collect(),
+            slabs_created: AtomicU64::new(0),
+            slabs_freed: AtomicU64::new(0),
+            rcu_pending: AtomicUsize::new(0),
+            direct_allocs: AtomicU64::new(0),
+            direct_frees: AtomicU64::new(0),
+            alloc_failures: AtomicU64::new(0),
+        });
+        reg.push(cache.clone());
+        Ok(cache)
+    }
+
+    fn node(&self) -> &Node {
+        &self.nodes[0]
+    }
+
+    /// Allocates one object. `Nolock` never blocks and reports `Busy` when this CPU's slot is held.
+    #[inline]
+    pub(crate) fn alloc(&self, mode: Mode) -> Result<NonNull<u8>, Miss> {
+        let cpu = rcu_core::cpu::current_cpu();
+        let r = match self.cpu.alloc(cpu, self, mode) {
+            Ok(p) => Ok(p),
+            Err(Miss::Busy) if mode == Mode::Normal => self.alloc_direct(),
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(p) => {
+                if self.debug {
+                    self.mark_allocated(p);
+                }
+                // SAFETY: objects are addresses inside mapped slabs, never null.
+                Ok(unsafe { NonNull::new_unchecked(p) })
+            }
+            Err(e) => {
+                self.alloc_failures.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    #[cold]
+    fn alloc_direct(&self) -> Result<*mut u8, Miss> {
+        let mut one = None;
+        loop {
+            self.node()
+                .lock(Mode::Normal)
+                .expect("Normal lock succeeds")
+                .take(&self.layout, |o| {
+                    if one.is_some() {
+                        return false;
+                    }
+                    one = Some(o);
+                    true
+                });
+            if let Some(o) = one {
+                self.direct_allocs.fetch_add(1, Ordering::Relaxed);
+                return Ok(o);
+            }
+            let s = SlabHeader::create(self, true).ok_or(Miss::Empty)?;
+            self.node().lock(Mode::Normal).expect("Normal").add_slab(s);
+        }
+    }
+
+    /// Frees one object. In `Nolock` mode `Err(p)` means it could not be placed without blocking.
+    ///
+    /// # Safety
+    /// `p` is an object of this cache that the caller owns (allocated, not yet freed) and nobody
+    /// uses any more — except readers inside a read-side critical section for a typesafe cache.
+    #[inline]
+    pub(crate) unsafe fn free(
+        &self,
+        p: NonNull<u8>,
+        mode: Mode,
+        checked: bool,
+    ) -> Result<(), NonNull<u8>> {
+        if self.debug && !checked {
+            self.check_free(p.as_ptr());
+        }
+        let cpu = rcu_core::cpu::current_cpu();
+        match self.cpu.free(cpu, self, p.as_ptr(), mode) {
+            Ok(()) => Ok(()),
+            Err(o) if mode == Mode::Normal => {
+                self.free_direct(&[o]);
+                Ok(())
+            }
+            // SAFETY: `o` is `p`, non-null.
+            Err(o) => Err(unsafe { NonNull::new_unchecked(o) }),
+        }
+    }
+
+    #[cold]
+    fn free_direct(&self, objs: &[*mut u8]) {
+        self.direct_frees
+            .fetch_add(objs.len() as u64, Ordering::Relaxed);
+        self.return_objects(objs, Mode::Normal);
+    }
+
+    /// Returns objects to their slabs; false only for a `Nolock` caller whose try-lock failed.
+    fn return_objects(&self, objs: &[*mut u8], mode: Mode) -> bool {
+        let mut out = Detached::new();
+        {
+            let Some(mut g) = self.node().lock(mode) else {
+                return false;
+            };
+            for &o in objs {
+                let s = header_of(o);
+                // SAFETY: `o` is an object of this cache (checked on entry in debug caches), so
+                // `s` is its live slab (slab Invariant 1).
+                let idx = unsafe { (*s).index_of(&self.layout, o) };
+                let idx = idx.expect("slab: object pointer not at an object start");
+                g.put(&self.layout, s, idx, mode == Mode::Normal, &mut out);
+            }
+        }
+        self.discard(out);
+        true
+    }
+
+    /// Discards detached slabs: at once, or after a grace period for typesafe caches. Returns
+    /// how many.
+    fn discard(&self, chain: Detached) -> usize {
+        let mut n = 0;
+        for s in chain {
+            n += 1;
+            if self.typesafe {
+                crate::typesafe::defer_discard(self, s);
+            } else {
+                // SAFETY: the slab was detached with every object free (node::put / detach_empty),
+                // and an ordinary cache promises nothing to readers of freed objects.
+                unsafe { slab::discard_now(s) };
+            }
+        }
+        n
+    }
+
+    fn mark_allocated(&self, p: *mut u8) {
+        let h = header_of(p);
+        // SAFETY: `p` was just taken from one of our slabs, which is live.
+        let (h, idx) = unsafe { (&*h, (*h).index_of(&self.layout, p)) };
+        let idx = idx.expect("slab: allocator produced a misaligned object");
+        let old = h.swap_state(&self.layout, idx, OBJ_ALLOCATED);
+        assert_eq!(
+            old, OBJ_FREE,
+            "slab cache {}: object {p:p} handed out twice (allocator corruption)",
+            self.name
+        );
+    }
+
+    /// Debug check of a pointer passed to free: a slab object of this cache, currently allocated.
+    fn check_free(&self, p: *mut u8) {
+        assert!(
+            slab::is_slab_object(p),
+            "slab cache {}: free of {p:p}, which is not a slab object",
+            self.name
+        );
+        let h = header_of(p);
+        // SAFETY: `is_slab_object` found a live slab header at `h`.
+        let h = unsafe { &*h };
+        assert!(
+            core::ptr::eq(h.cache, self),
+            "slab cache {}: free of {p:p}, which belongs to another cache",
+            self.name
+        );
+        let idx = h.index_of(&self.layout, p);
+        let Some(idx) = idx else {
+            panic!(
+                "slab cache {}: free of {p:p}, which is not the start of an object",
+                self.name
+            );
+        };
+        let old = h.swap_state(&self.layout, idx, OBJ_FREE);
+        assert_eq!(
+            old, OBJ_ALLOCATED,
+            "slab cache {}: double free of {p:p}",
+            self.name
+        );
+    }
+
+    /// Flushes per-CPU sheaves and gives every empty slab back; returns the slabs released.
+    pub(crate) fn shrink(&self) -> usize {
+        let mut out = Detached::new();
+        {
+            let _f = flush_lock();
+            self.cpu.flush_all(self, false);
+            self.node()
+                .lock(Mode::Normal)
+                .expect("Normal")
+                .detach_empty(&mut out);
+        }
+        self.discard(out)
+    }
+
+    /// What the shrinker could free now (cached objects plus objects of empty slabs).
+    fn freeable(&self) -> usize {
+        let c = self.node_counts();
+        self.cpu.cached_objects() + c.empty * self.layout.nr
+    }
+
+    pub(crate) fn node_counts(&self) -> NodeCounts {
+        self.node().lock(Mode::Normal).expect("Normal").counts()
+    }
+
+    /// Statistics snapshot.
+    pub(crate) fn stats(&self) -> CacheStats {
+        let c = self.node_counts();
+        let (a, f) = self.cpu.counts();
+        let allocs = a + self.direct_allocs.load(Ordering::Relaxed);
+        let frees = f + self.direct_frees.load(Ordering::Relaxed);
+        let slabs = c.partial + c.full + c.empty;
+        CacheStats {
+            name: self.name.clone(),
+            object_size: self.layout.size,
+            object_stride: self.layout.stride,
+            objects_per_slab: self.layout.nr,
+            pages_per_slab: self.layout.pages,
+            active_objects: allocs.saturating_sub(frees) as usize,
+            total_objects: slabs * self.layout.nr,
+            slabs,
+            partial_slabs: c.partial,
+            full_slabs: c.full,
+            empty_slabs: c.empty,
+            cpu_cached_objects: self.cpu.cached_objects(),
+            rcu_pending_slabs: self.rcu_pending.load(Ordering::Relaxed),
+            slabs_created: self.slabs_created.load(Ordering::Relaxed),
+            slabs_freed: self.slabs_freed.load(Ordering::Relaxed),
+            allocs,
+            frees,
+            alloc_failures: self.alloc_failures.load(Ordering::Relaxed),
+            typesafe_by_rcu: self.typesafe,
+        }
+    }
+}
+
+impl Backing for RawCache {
+    fn refill(&self, sheaf: &mut Sheaf, mode: Mode) -> usize {
+        let mut total = 0;
+        loop {
+            let Some(mut g) = self.node().lock(mode) else {
+                return total;
+            };
+            total += g.take(&self.layout, |o| {
+                if sheaf.is_full() {
+                    return false;
+                }
+                sheaf.push(o);
+                true
+            });
+            drop(g);
+            if total > 0 || mode == Mode::Nolock {
+                return total;
+            }
+            // No free object on this node: map a new slab with no lock held (lock order: page
+            // allocations may run shrinkers). Only the CPU slot try-lock is held.
+            match SlabHeader::create(self, true) {
+                Some(s) => self.node().lock(mode).expect("Normal").add_slab(s),
+                None => return total,
+            }
+        }
+    }
+
+    fn flush(&self, sheaf: &mut Sheaf, mode: Mode) -> bool {
+        if sheaf.is_empty() {
+            return true;
+        }
+        let ok = self.return_objects(sheaf.objects(), mode);
+        if ok {
+            sheaf.clear();
+        }
+        ok
+    }
+}
+
+/// Memory nodes the caches keep lists for (NUMA is not probed: one).
+fn nr_nodes() -> usize {
+    1
+}
+
+/// Destroys a cache (see [`KmemCache::destroy`]). The caller gave up the last user handle, so
+/// no thread allocates from or frees to it any more.
+pub(crate) fn destroy_raw(raw: Arc<RawCache>) -> Result<(), SlabError> {
+    registry().retain(|c| !Arc::ptr_eq(c, &raw));
+    let mut out = Detached::new();
+    let counts = {
+        // No FLUSH lock here: the cache is out of the registry (no shrinker reaches it) and its
+        // owner gave it up, so nobody else flushes it; and waiting for slots while holding FLUSH
+        // could deadlock against a slot holder whose page allocation runs the slab shrinker.
+        raw.cpu.flush_all(&*raw, true);
+        let mut g = raw.node().lock(Mode::Normal).expect("Normal");
+        g.detach_empty(&mut out);
+        g.counts()
+    };
+    raw.discard(out);
+    if raw.typesafe {
+        // Every RCU-deferred discard (this one's and earlier shrinks') must have run before the
+        // cache goes (Invariant 1).
+        rcu_core::rcu_barrier();
+    }
+    if counts.inuse > 0 {
+        let e = SlabError::Leaked {
+            name: raw.name.clone(),
+            objects: counts.inuse,
+        };
+        eprintln!("{e}");
+        // Invariant 1: slabs with live objects keep pointing at the cache, so it must stay.
+        core::mem::forget(raw);
+        return Err(e);
+    }
+    drop(raw);
+    Ok(())
+}
+
+/// A cache of `T`-sized objects with per-CPU sheaves, per-node slab lists and optional
+/// `SLAB_TYPESAFE_BY_RCU` semantics.
+///
+/// ```
+/// use slab_backend::KmemCache;
+/// #[derive(Default)]
+/// struct Node { key: u64, val: u64 }
+/// let cache = KmemCache::<Node>::builder("doc-nodes").ctor(Node::default).build().unwrap();
+/// let p = cache.alloc().unwrap();
+/// // SAFETY (doc): with a ctor, `p` points to a valid Node that we own.
+/// unsafe {
+///     (*p.as_ptr()).key = 7;
+///     cache.free(p);
+/// }
+/// assert_eq!(cache.stats().active_objects, 0);
+/// ```
+///
+/// Dropping a typesafe cache waits for pending RCU page releases with `rcu_barrier()`, so it must
+/// not happen inside a read-side critical section (that panics). Dropping a cache with objects
+/// still allocated reports the leak on stderr and keeps their memory (see [`KmemCache::destroy`]).
+pub struct KmemCache<T> {
+    /// Taken out exactly once, by `destroy` or `Drop`.
+    raw: ManuallyDrop<Arc<RawCache>>,
+    _t: PhantomData<fn(T) -> T>,
+}
+
+// SAFETY: the cache hands out `T` slots that any thread may use and free; its interior is
+// synchronised by the slot, barn and node locks. `T: Send` because objects (and, for ctor
+// caches, the drop of `T` on slab discard, maybe on an RCU worker) cross threads.
+unsafe impl<T: Send> Send for KmemCache<T> {}
+// SAFETY: as for Send; every `&self` method is thread-safe.
+unsafe impl<T: Send> Sync for KmemCache<T> {}
+
+impl<T> fmt::Debug for KmemCache<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KmemCache")
+            .field("name", &self.raw.name)
+            .field("object_size", &self.raw.layout.size)
+            .field("typesafe_by_rcu", &self.raw.typesafe)
+            .finish()
+    }
+}
+
+/// Builder of a [`KmemCache`], from [`KmemCache::builder`].
+pub struct KmemCacheBuilder<T> {
+    name: String,
+    typesafe: bool,
+    hwcache: bool,
+    debug: bool,
+    align: usize,
+    ctor: Option<fn() -> T>,
+}
+
+impl<T> fmt::Debug for KmemCacheBuilder<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KmemCacheBuilder")
+            .field("name", &self.name)
+            .field("typesafe", &self.typesafe)
+            .field("hwcache", &self.hwcache)
+            .field("debug", &self.debug)
+            .field("align", &self.align)
+            .field("ctor", &self.ctor.is_some())
+            .finish()
+    }
+}
+
+impl<T: Send + 'static> KmemCacheBuilder<T> {
+    /// `SLAB_TYPESAFE_BY_RCU`: freed objects may be reused at once, but their memory stays a valid
+    /// `T` of this cache until every read-side critical section that could have seen them ended.
+    /// Requires a ctor. Read the crate-level WARNING.
+    pub fn typesafe_by_rcu(mut self, on: bool) -> Self {
+        self.typesafe = on;
+        self
+    }
+
+    /// `SLAB_HWCACHE_ALIGN`: objects start on (and are padded to) 64-byte cache lines.
+    pub fn hwcache_align(mut self, on: bool) -> Self {
+        self.hwcache = on;
+        self
+    }
+
+    /// A constructor run once per object when a fresh slab is made (never on `alloc`). Its state
+    /// survives reuse: `free` hands the object back still holding a valid `T`, which the cache
+    /// drops only when the slab's pages are released.
+    pub fn ctor(mut self, f: fn() -> T) -> Self {
+        self.ctor = Some(f);
+        self
+    }
+
+    /// A minimum object alignment (a power of two up to the page size).
+    pub fn align(mut self, align: usize) -> Self {
+        self.align = align;
+        self
+    }
+
+    /// Double-free and foreign-pointer checks on every free. On by default in debug builds.
+    pub fn debug(mut self, on: bool) -> Self {
+        self.debug = on;
+        self
+    }
+
+    /// Creates the cache.
+    pub fn build(self) -> Result<KmemCache<T>, SlabError> {
+        let name = self.name;
+        if self.typesafe && size_of::<T>() == 0 {
+            return Err(SlabError::ZeroSizedTypesafe(name));
+        }
+        if self.typesafe && self.ctor.is_none() {
+            return Err(SlabError::TypesafeWithoutCtor(name));
+        }
+        if !self.align.is_power_of_two() {
+            return Err(SlabError::BadAlignment {
+                name,
+                align: self.align,
+            });
+        }
+        let mut align = self.align.max(align_of::<T>());
+        if self.hwcache {
+            align = align.max(64);
+        }
+        let ctor: Option<Box<CtorFn>> = self.ctor.map(|f| {
+            Box::new(move |p: *mut u8| {
+                // SAFETY: `p` is an object slot of a `T` cache: sized and aligned for `T`
+                // (layout), fresh (no `T` to overwrite).
+                unsafe { p.cast::<T>().write(f()) }
+            }) as Box<CtorFn>
+        });
+        let drop_obj: Option<unsafe fn(*mut u8)> =
+            if self.ctor.is_some() && core::mem::needs_drop::<T>() {
+                Some(drop_slot::<T>)
+            } else {
+                None
+            };
+        let raw = RawCache::create(RawConfig {
+            name,
+            size: size_of::<T>(),
+            align,
+            typesafe: self.typesafe,
+            debug: self.debug,
+            kmalloc: false,
+            ctor,
+            drop_obj,
+        })?;
+        Ok(KmemCache {
+            raw: ManuallyDrop::new(raw),
+            _t: PhantomData,
+        })
+    }
+}
+
+/// Drops the `T` in a slot.
+///
+/// # Safety
+/// `p` holds a valid `T` that nobody uses any more.
+unsafe fn drop_slot<T>(p: *mut u8) {
+    // SAFETY: forwarded contract.
+    unsafe { core::ptr::drop_in_place(p.cast::<T>()) }
+}
+
+impl<T: Send + 'static> KmemCache<T> {
+    /// Starts building a cache named `name`.
+    pub fn builder(name: &str) -> KmemCacheBuilder<T> {
+        KmemCacheBuilder {
+            name: name.to_owned(),
+            typesafe: false,
+            hwcache: false,
+            debug: cfg!(debug_assertions),
+            align: 1,
+            ctor: None,
+        }
+    }
+
+    /// Allocates an object: with a ctor a valid `T` (maybe a reused one, in whatever state its
+    /// last user freed it), without one uninitialised memory. `None` when no memory can be had.
+    #[inline]
+    pub fn alloc(&self) -> Option<NonNull<T>> {
+        self.raw.alloc(Mode::Normal).ok().map(NonNull::cast)
+    }
+
+    /// Gives an object back.
+    ///
+    /// # Safety
+    /// `p` came from this cache's `alloc` and was not freed since; the caller does not use it
+    /// afterwards. With a ctor it must hold a valid `T` (the next `alloc` returns it as is);
+    /// without one, the cache never drops it (drop it first if needed). For a typesafe cache,
+    /// readers in read-side critical sections may still look at it (that is the point), but they
+    /// must revalidate identity.
+    #[inline]
+    pub unsafe fn free(&self, p: NonNull<T>) {
+        // SAFETY: forwarded contract; `Normal` mode never fails.
+        let _ = unsafe { self.raw.free(p.cast(), Mode::Normal, false) };
+    }
+
+    /// Frees a batch of objects.
+    ///
+    /// # Safety
+    /// As for [`KmemCache::free`], for each pointer; no pointer twice.
+    pub unsafe fn free_bulk(&self, ps: &[NonNull<T>]) {
+        for &p in ps {
+            // SAFETY: forwarded contract.
+            unsafe { self.free(p) };
+        }
+    }
+
+    /// Flushes the per-CPU sheaves and releases every empty slab; returns how many slabs were
+    /// released (for a typesafe cache: queued for release after a grace period; this never waits
+    /// for readers).
+    pub fn shrink(&self) -> usize {
+        self.raw.shrink()
+    }
+
+    /// A statistics snapshot.
+    pub fn stats(&self) -> CacheStats {
+        self.raw.stats()
+    }
+
+    /// The cache's name.
+    pub fn name(&self) -> &str {
+        &self.raw.name
+    }
+
+    /// Whether freed objects stay type-stable until a grace period passes.
+    pub fn is_typesafe_by_rcu(&self) -> bool {
+        self.raw.typesafe
+    }
+
+    /// Destroys the cache: flushes it, releases its slabs (after `rcu_barrier()` for typesafe
+    /// caches) and reports objects still allocated as [`SlabError::Leaked`], in which case their
+    /// memory is kept (leaked) rather than freed under a possible user.
+    pub fn destroy(self) -> Result<(), SlabError> {
+        let mut this = ManuallyDrop::new(self);
+        // SAFETY: `this` is never used or dropped again, so the Arc is taken exactly once.
+        let raw = unsafe { ManuallyDrop::take(&mut this.raw) };
+        destroy_raw(raw)
+    }
+
+    /// Test hook: the type-erased cache.
+    #[cfg(all(test, not(rcu_loom)))]
+    pub(crate) fn raw(&self) -> &RawCache {
+        &self.raw
+    }
+}
+
+impl<T> Drop for KmemCache<T> {
+    fn drop(&mut self) {
+        // SAFETY: `drop` runs once and `self.raw` is not used after this take.
+        let raw = unsafe { ManuallyDrop::take(&mut self.raw) };
+        let _ = destroy_raw(raw);
+    }
+}
+
+#[cfg(all(test, not(rcu_loom)))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize as StdAtomicUsize;
+
+    #[test]
+    fn builder_rejects_bad_input() {
+        #[derive(Default)]
+        struct Z;
+        let e = KmemCache::<Z>::builder("u-zst")
+            .typesafe_by_rcu(true)
+            .ctor(|| Z)
+            .build();
+        assert!(matches!(e, Err(SlabError::ZeroSizedTypesafe(_))));
+        let e = KmemCache::<u64>::builder("u-noctor")
+            .typesafe_by_rcu(true)
+            .build();
+        assert!(matches!(e, Err(SlabError::TypesafeWithoutCtor(_))));
+        let e = KmemCache::<u64>::builder("u-align").align(3).build();
+        assert!(matches!(e, Err(SlabError::BadAlignment { .. })));
+        let e = KmemCache::<u64>::builder("u-align2")
+            .align(2 * PAGE_SIZE)
+            .build();
+        assert!(matches!(e, Err(SlabError::BadAlignment { .. })));
+        let e = KmemCache::<[u8; 70_000]>::builder("u-big").build();
+        assert!(matches!(e, Err(SlabError::TooLarge { .. })));
+        let a = KmemCache::<u64>::builder("u-dup").build().unwrap();
+        let e = KmemCache::<u64>::builder("u-dup").build();
+        assert!(matches!(e, Err(SlabError::DuplicateName(_))));
+        assert!(e.unwrap_err().to_string().contains("u-dup"));
+        drop(a);
+        KmemCache::<u64>::builder("u-dup")
+            .build()
+            .expect("name free again after destroy");
+    }
+
+    #[test]
+    fn hwcache_align_pads_to_cache_lines() {
+        let c = KmemCache::<[u8; 24]>::builder("u-hw")
+            .hwcache_align(true)
+            .build()
+            .unwrap();
+        let ps: Vec<_> = (0..10).map(|_| c.alloc().unwrap()).collect();
+        for p in &ps {
+            assert_eq!(p.as_ptr() as usize % 64, 0);
+        }
+        assert_eq!(c.stats().object_stride, 64);
+        // SAFETY: each pointer is a live object of `c`, freed once.
+        unsafe { c.free_bulk(&ps) };
+    }
+
+    #[test]
+    fn all_slots_busy_goes_to_the_slab_lists() {
+        let c = KmemCache::<u64>::builder("u-direct").build().unwrap();
+        let cpus = rcu_core::cpu::possible_cpus();
+        fn hold(c: &RawCache, cpu: usize, n: usize, f: &mut dyn FnMut()) {
+            if cpu == n {
+                f();
+            } else {
+                c.cpu.with_slot_held(cpu, || hold(c, cpu + 1, n, f));
+            }
+        }
+        let mut ps = Vec::new();
+        hold(c.raw(), 0, cpus, &mut || {
+            for _ in 0..5 {
+                ps.push(c.alloc().unwrap());
+            }
+            // SAFETY: live objects of `c`.
+            unsafe { c.free_bulk(&ps) };
+        });
+        let s = c.stats();
+        assert_eq!(s.allocs, 5);
+        assert_eq!(s.frees, 5);
+        assert_eq!(s.active_objects, 0);
+    }
+
+    #[test]
+    fn ctor_state_survives_reuse_and_is_dropped_on_destroy() {
+        static DROPS: StdAtomicUsize = StdAtomicUsize::new(0);
+        struct D(u64);
+        impl Drop for D {
+            fn drop(&mut self) {
+                DROPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let c = KmemCache::<D>::builder("u-drop")
+            .ctor(|| D(5))
+            .build()
+            .unwrap();
+        let p = c.alloc().unwrap();
+        // SAFETY: a valid D we own.
+        unsafe {
+            assert_eq!((*p.as_ptr()).0, 5);
+            (*p.as_ptr()).0 = 9;
+            c.free(p);
+        }
+        let q = c.alloc().unwrap();
+        // SAFETY: a valid D we own (LIFO sheaf: the same object, state kept).
+        unsafe {
+            assert_eq!(q, p);
+            assert_eq!((*q.as_ptr()).0, 9);
+            c.free(q);
+        }
+        let per_slab = c.stats().objects_per_slab;
+        c.destroy().unwrap();
+        assert_eq!(DROPS.load(std::sync::atomic::Ordering::Relaxed), per_slab);
+    }
+
+    #[test]
+    fn destroy_reports_leaks() {
+        let c = KmemCache::<u64>::builder("u-leak")
+            .debug(true)
+            .build()
+            .unwrap();
+        let _p = c.alloc().unwrap();
+        let e = c.destroy().unwrap_err();
+        assert_eq!(
+            e,
+            SlabError::Leaked {
+                name: "u-leak".into(),
+                objects: 1
+            }
+        );
+    }
+}

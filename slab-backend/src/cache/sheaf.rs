@@ -1,0 +1,587 @@
+//! Per-CPU object arrays ("sheaves") and the per-node barn of full and empty sheaves.
+//!
+//! # Implementation
+//!
+//! Each CPU slot holds two sheaves, `main` and `spare`, each an array of up to
+//! [`SHEAF_CAPACITY`] free object pointers, behind a one-word try-lock. Below the slots sits one
+//! *barn* per node with up to [`BARN_MAX`] full and [`BARN_MAX`] empty sheaves; below the barn the
+//! per-node slab lists (the [`Backing`] of this module, implemented by the cache).
+//!
+//! ```text
+//!   CPU 0 slot [lock|main|spare]   CPU 1 slot [lock|main|spare]   ...     <- try-lock, no spinning
+//!                  \                     /
+//!                   barn { full: [..≤10], empty: [..≤10] }                 <- RawLock (leaf)
+//!                              |
+//!                   node lists: partial / full / empty slabs              <- RawLock (leaf)
+//! ```
+//!
+//! **alloc** (slot locked): pop from `main`; else swap in `spare` if it has objects; else trade the
+//! empty `main` for a full sheaf from the barn; else refill `main` from the slabs.
+//! **free** (slot locked): push to `main`; else swap with a non-full `spare`; else trade the full
+//! `main` for an empty sheaf (the barn's, or a newly allocated one); else (barn holds `BARN_MAX`
+//! full sheaves) flush `main` to the slabs and push.
+//!
+//! **Slot choice**: [`Mode::Normal`] starts at the caller's CPU and takes the first slot whose
+//! try-lock succeeds; it never waits for a held slot (a stale CPU number or a preempted holder
+//! only costs locality). [`Mode::Nolock`] (signal handlers, `kmalloc_nolock`) tries *only* the
+//! caller's CPU slot, once: if it is held, the interrupted code on this thread may hold it, and
+//! the caller must go elsewhere ([`Miss::Busy`]). In `Nolock` mode the barn and the backing are
+//! only try-locked and nothing is allocated or freed with the global allocator.
+//!
+//! Slot lock states: `false` = free, `true` = held by exactly one thread (or signal handler).
+//!
+//! Invariants:
+//! 1. `main` and `spare` of a slot are never null and are only read or written by the thread
+//!    holding the slot lock (or by `&mut self` in `Drop`).
+//! 2. Every object pointer is in exactly one place: a user's hands, one sheaf, or its slab's free
+//!    bitmap. Sheaves move between slot and barn only under the lock of both ends.
+//! 3. The barn's lists never exceed `BARN_MAX` entries and their capacity is reserved up front, so
+//!    pushes under the barn lock never allocate (the `Nolock` mode relies on it).
+//! 4. Slots and the barn live as long as the cache; they are never freed while another thread or
+//!    a signal handler could reach them (the cache owner destroys them with `&mut` access).
+//!
+//! ## Memory orderings
+//! The slot lock is a CAS `false → true` with Acquire and a `store(false, Release)`: the Release
+//! of one holder pairs with the Acquire of the next, so sheaf contents written under the lock are
+//! visible to the next holder. The barn uses [`RawLock`] (same pairing). The `cached`, `allocs`
+//! and `frees` mirrors are statistics (Relaxed, written only by the lock holder).
+
+use crate::lock::RawLock;
+use crate::primitive::cell::UnsafeCell;
+use crate::primitive::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+/// Objects per sheaf (the kernel uses 32 for its VMA and maple-node caches). Loom uses 2.
+#[cfg(not(rcu_loom))]
+pub const SHEAF_CAPACITY: usize = 32;
+/// Objects per sheaf (loom model size).
+#[cfg(rcu_loom)]
+pub const SHEAF_CAPACITY: usize = 2;
+
+/// Full (and empty) sheaves a barn keeps at most (the kernel's `MAX_FULL_SHEAVES`).
+#[cfg(not(rcu_loom))]
+pub const BARN_MAX: usize = 10;
+/// Full (and empty) sheaves a barn keeps at most (loom model size).
+#[cfg(rcu_loom)]
+pub const BARN_MAX: usize = 1;
+
+/// How much a caller may do to get or place an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// May block on the barn and node locks, allocate sheaves and new slabs, run shrinkers.
+    Normal,
+    /// Async-signal-safe: only try-locks, no allocation, only the current CPU's slot.
+    Nolock,
+}
+
+/// Why an allocation did not produce an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Miss {
+    /// The slot(s) the mode allows were held by someone else.
+    Busy,
+    /// Slots were free but no object could be had (out of memory, or a `Nolock` try-lock failed).
+    Empty,
+}
+
+/// An array of free objects.
+#[derive(Debug)]
+pub struct Sheaf {
+    len: usize,
+    objs: [*mut u8; SHEAF_CAPACITY],
+}
+
+impl Sheaf {
+    fn new_boxed() -> *mut Sheaf {
+        Box::into_raw(Box::new(Sheaf {
+            len: 0,
+            objs: [core::ptr::null_mut(); SHEAF_CAPACITY],
+        }))
+    }
+
+    /// Number of objects held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the sheaf holds no object.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether the sheaf is at capacity.
+    pub fn is_full(&self) -> bool {
+        self.len == SHEAF_CAPACITY
+    }
+
+    /// Adds an object; the caller checked `!is_full()`.
+    pub fn push(&mut self, obj: *mut u8) {
+        debug_assert!(!self.is_full());
+        self.objs[self.len] = obj;
+        self.len += 1;
+    }
+
+    /// Removes the most recently added object.
+    pub fn pop(&mut self) -> Option<*mut u8> {
+        if self.len == 0 {
+            return None;
+        }
+        self.len -= 1;
+        Some(self.objs[self.len])
+    }
+
+    /// The objects held.
+    pub fn objects(&self) -> &[*mut u8] {
+        &self.objs[..self.len]
+    }
+
+    /// Forgets every object (the caller moved them elsewhere).
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+}
+
+/// Where sheaves get objects from and give them back to (the cache's slab lists).
+pub trait Backing {
+    /// Moves up to `sheaf`'s free room of objects into it; returns how many. In `Nolock` mode it
+    /// must not block or allocate (returns 0 instead).
+    fn refill(&self, sheaf: &mut Sheaf, mode: Mode) -> usize;
+    /// Returns every object of `sheaf` to the slabs and empties it. In `Nolock` mode it may fail
+    /// (returns `false`, sheaf unchanged); in `Normal` mode it always succeeds.
+    fn flush(&self, sheaf: &mut Sheaf, mode: Mode) -> bool;
+}
+
+/// One CPU's slot: a try-lock and two sheaves. Padded so slots do not share cache lines.
+#[derive(Debug)]
+#[repr(align(128))]
+struct CpuSlot {
+    locked: AtomicBool,
+    /// Invariant 1: non-null, only touched by the lock holder.
+    main: UnsafeCell<*mut Sheaf>,
+    /// Invariant 1: non-null, only touched by the lock holder.
+    spare: UnsafeCell<*mut Sheaf>,
+    /// Mirror of `main.len + spare.len` for statistics.
+    cached: AtomicUsize,
+    /// Objects handed out / taken back through this slot (statistics, written by the holder).
+    allocs: AtomicU64,
+    frees: AtomicU64,
+}
+
+/// A held slot lock.
+struct SlotGuard<'a> {
+    slot: &'a CpuSlot,
+}
+
+impl SlotGuard<'_> {
+    fn main(&mut self) -> &mut Sheaf {
+        // SAFETY: Invariant 1: `main` is a valid, non-null Box'd sheaf and we hold the slot lock,
+        // so nobody else reads or writes it; `&mut self` prevents a second reference here.
+        self.slot.main.with_mut(|p| unsafe { &mut **p })
+    }
+
+    fn spare(&mut self) -> &mut Sheaf {
+        // SAFETY: as in `main` (Invariant 1).
+        self.slot.spare.with_mut(|p| unsafe { &mut **p })
+    }
+
+    fn main_ptr(&self) -> *mut Sheaf {
+        // SAFETY: we hold the slot lock (Invariant 1), so reading the pointer races with nobody.
+        self.slot.main.with(|p| unsafe { *p })
+    }
+
+    fn set_main(&mut self, s: *mut Sheaf) {
+        debug_assert!(!s.is_null());
+        // SAFETY: we hold the slot lock (Invariant 1).
+        self.slot.main.with_mut(|p| unsafe { *p = s });
+    }
+
+    fn swap_main_spare(&mut self) {
+        self.slot.main.with_mut(|m| {
+            self.slot.spare.with_mut(|s| {
+                // SAFETY: we hold the slot lock (Invariant 1); the two cells are distinct.
+                unsafe { core::ptr::swap(m, s) }
+            })
+        });
+    }
+
+    fn count(&self, alloc: bool) {
+        let c = if alloc {
+            &self.slot.allocs
+        } else {
+            &self.slot.frees
+        };
+        // Relaxed load+store, not an RMW: only the lock holder writes this counter.
+        c.store(c.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        let n = self.main().len() + self.spare().len();
+        self.slot.cached.store(n, Ordering::Relaxed);
+        // Release: pairs with the Acquire CAS of the next holder (publishes the sheaf contents).
+        self.slot.locked.store(false, Ordering::Release);
+    }
+}
+
+impl CpuSlot {
+    fn new() -> Self {
+        Self {
+            locked: AtomicBool::new(false),
+            main: UnsafeCell::new(Sheaf::new_boxed()),
+            spare: UnsafeCell::new(Sheaf::new_boxed()),
+            cached: AtomicUsize::new(0),
+            allocs: AtomicU64::new(0),
+            frees: AtomicU64::new(0),
+        }
+    }
+
+    fn try_lock(&self) -> Option<SlotGuard<'_>> {
+        // Acquire: pairs with the Release store in SlotGuard::drop of the previous holder.
+        self.locked
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .ok()
+            .map(|_| SlotGuard { slot: self })
+    }
+}
+
+/// The barn's lists (guarded by `Barn::lock`).
+#[derive(Debug)]
+struct BarnLists {
+    full: Vec<*mut Sheaf>,
+    empty: Vec<*mut Sheaf>,
+}
+
+/// Per-node store of full and empty sheaves.
+#[derive(Debug)]
+struct Barn {
+    lock: RawLock,
+    lists: UnsafeCell<BarnLists>,
+    /// Mirror of `full.len() * SHEAF_CAPACITY` for statistics (written under the lock).
+    cached: AtomicUsize,
+}
+
+impl Barn {
+    fn new() -> Self {
+        Self {
+            lock: RawLock::new(),
+            // Invariant 3: capacity reserved, pushes never allocate.
+            lists: UnsafeCell::new(BarnLists {
+                full: Vec::with_capacity(BARN_MAX),
+                empty: Vec::with_capacity(BARN_MAX),
+            }),
+            cached: AtomicUsize::new(0),
+        }
+    }
+
+    fn acquire(&self, mode: Mode) -> bool {
+        match mode {
+            Mode::Normal => {
+                self.lock.lock();
+                true
+            }
+            Mode::Nolock => self.lock.try_lock(),
+        }
+    }
+
+    /// Runs `f` on the lists with the barn lock held (or returns `None` if a `Nolock` try failed).
+    fn with<R>(&self, mode: Mode, f: impl FnOnce(&mut BarnLists) -> R) -> Option<R> {
+        if !self.acquire(mode) {
+            return None;
+        }
+        let r = self.lists.with_mut(|l| {
+            // SAFETY: the barn lock is held, so we are the only user of the lists.
+            let l = unsafe { &mut *l };
+            let r = f(l);
+            self.cached
+                .store(l.full.len() * SHEAF_CAPACITY, Ordering::Relaxed);
+            r
+        });
+        self.lock.unlock();
+        Some(r)
+    }
+
+    /// Trades an empty sheaf for a full one. The empty one is kept if there is room; otherwise it
+    /// is handed back to be freed (only in `Normal` mode; `Nolock` declines the trade instead).
+    fn trade_empty_for_full(
+        &self,
+        empty: *mut Sheaf,
+        mode: Mode,
+    ) -> Option<(*mut Sheaf, Option<*mut Sheaf>)> {
+        self.with(mode, |l| {
+            if l.full.is_empty() {
+                return None;
+            }
+            let to_free = if l.empty.len() < BARN_MAX {
+                l.empty.push(empty);
+                None
+            } else if mode == Mode::Normal {
+                Some(empty)
+            } else {
+                return None;
+            };
+            let full = l.full.pop().expect("checked non-empty");
+            Some((full, to_free))
+        })
+        .flatten()
+    }
+
+    /// Stores a full sheaf if there is room and hands back an empty one (the barn's, or `None`
+    /// when the caller must allocate one). `Err(())` if the barn cannot take it.
+    fn trade_full_for_empty(&self, full: *mut Sheaf, mode: Mode) -> Result<Option<*mut Sheaf>, ()> {
+        self.with(mode, |l| {
+            if l.full.len() >= BARN_MAX {
+                return Err(());
+            }
+            let empty = l.empty.pop();
+            if empty.is_none() && mode == Mode::Nolock {
+                return Err(());
+            }
+            l.full.push(full);
+            Ok(empty)
+        })
+        .unwrap_or(Err(()))
+    }
+}
+
+/// The per-CPU layer of one cache: one slot per possible CPU, one barn (one node).
+#[derive(Debug)]
+pub struct PerCpu {
+    slots: Box<[CpuSlot]>,
+    barn: Barn,
+}
+
+// SAFETY: the raw sheaf pointers are owned by the slots and the barn and only dereferenced under
+// their locks (Invariants 1 and 2); the object pointers inside are plain addresses of slab memory
+// that may be handed to any thread.
+unsafe impl Send for PerCpu {}
+// SAFETY: as for Send: all shared access to the interior goes through the slot or barn locks.
+unsafe impl Sync for PerCpu {}
+
+impl PerCpu {
+    /// A layer with `ncpus` slots (at least one).
+    pub fn new(ncpus: usize) -> Self {
+        Self {
+            slots: (0..ncpus.max(1)).map(|_| CpuSlot::new()).collect(),
+            barn: Barn::new(),
+        }
+    }
+
+    #[inline]
+    fn lock_slot(&self, cpu: usize, mode: Mode) -> Option<SlotGuard<'_>> {
+        let n = self.slots.len();
+        let cpu = if cpu < n { cpu } else { cpu % n };
+        if let Some(g) = self.slots[cpu].try_lock() {
+            return Some(g);
+        }
+        if mode == Mode::Nolock {
+            return None;
+        }
+        self.lock_other_slot(cpu)
+    }
+
+    /// The own slot is held: take the first free one after it, never waiting.
+    #[cold]
+    fn lock_other_slot(&self, cpu: usize) -> Option<SlotGuard<'_>> {
+        let n = self.slots.len();
+        (1..n).find_map(|i| {
+            let j = cpu + i;
+            self.slots[if j >= n { j - n } else { j }].try_lock()
+        })
+    }
+
+    /// Takes an object for the caller running on `cpu`.
+    pub fn alloc<B: Backing>(&self, cpu: usize, b: &B, mode: Mode) -> Result<*mut u8, Miss> {
+        let mut g = self.lock_slot(cpu, mode).ok_or(Miss::Busy)?;
+        if let Some(o) = g.main().pop() {
+            g.count(true);
+            return Ok(o);
+        }
+        let r = self.alloc_slow(&mut g, b, mode);
+        if r.is_ok() {
+            g.count(true);
+        }
+        r
+    }
+
+    #[cold]
+    fn alloc_slow<B: Backing>(
+        &self,
+        g: &mut SlotGuard<'_>,
+        b: &B,
+        mode: Mode,
+    ) -> Result<*mut u8, Miss> {
+        if !g.spare().is_empty() {
+            g.swap_main_spare();
+            return g.main().pop().ok_or(Miss::Empty);
+        }
+        if let Some((full, to_free)) = self.barn.trade_empty_for_full(g.main_ptr(), mode) {
+            g.set_main(full);
+            if let Some(e) = to_free {
+                // SAFETY: `e` was our main sheaf (a Box from `new_boxed`), now owned by nobody else;
+                // Normal mode only (trade_empty_for_full never returns it in Nolock mode).
+                drop(unsafe { Box::from_raw(e) });
+            }
+            return g.main().pop().ok_or(Miss::Empty);
+        }
+        b.refill(g.main(), mode);
+        g.main().pop().ok_or(Miss::Empty)
+    }
+
+    /// Gives an object back for the caller running on `cpu`. `Err(obj)` if no slot could take it
+    /// (busy slots, or a `Nolock` caller could not make room).
+    pub fn free<B: Backing>(
+        &self,
+        cpu: usize,
+        b: &B,
+        obj: *mut u8,
+        mode: Mode,
+    ) -> Result<(), *mut u8> {
+        let Some(mut g) = self.lock_slot(cpu, mode) else {
+            return Err(obj);
+        };
+        if !g.main().is_full() {
+            g.main().push(obj);
+            g.count(false);
+            return Ok(());
+        }
+        let r = self.free_slow(&mut g, b, obj, mode);
+        if r.is_ok() {
+            g.count(false);
+        }
+        r
+    }
+
+    #[cold]
+    fn free_slow<B: Backing>(
+        &self,
+        g: &mut SlotGuard<'_>,
+        b: &B,
+        obj: *mut u8,
+        mode: Mode,
+    ) -> Result<(), *mut u8> {
+        if !g.spare().is_full() {
+            g.swap_main_spare();
+            g.main().push(obj);
+            return Ok(());
+        }
+        match self.barn.trade_full_for_empty(g.main_ptr(), mode) {
+            Ok(Some(empty)) => g.set_main(empty),
+            // Normal mode only: the barn took our full sheaf but had no empty one.
+            Ok(None) => g.set_main(Sheaf::new_boxed()),
+            Err(()) => {
+                if !b.flush(g.main(), mode) {
+                    return Err(obj);
+                }
+            }
+        }
+        g.main().push(obj);
+        Ok(())
+    }
+
+    /// Flushes every slot and the barn's full sheaves to the backing (`Normal` mode). With
+    /// `wait`, held slots are waited for (destroy: the owner has exclusive access, so holders are
+    /// only finishing); without it they are skipped (shrink must never wait on a held slot: the
+    /// holder may be this very thread, inside a page allocation that runs shrinkers).
+    pub fn flush_all<B: Backing>(&self, b: &B, wait: bool) {
+        for slot in self.slots.iter() {
+            let g = loop {
+                match slot.try_lock() {
+                    Some(g) => break Some(g),
+                    None if wait => crate::primitive::thread::yield_now(),
+                    None => break None,
+                }
+            };
+            if let Some(mut g) = g {
+                b.flush(g.main(), Mode::Normal);
+                b.flush(g.spare(), Mode::Normal);
+            }
+        }
+        // `drain`, not `take`: the list keeps its reserved capacity (Invariant 3), so a `Nolock`
+        // push between the two critical sections below still never allocates.
+        let full: Vec<*mut Sheaf> = self
+            .barn
+            .with(Mode::Normal, |l| l.full.drain(..).collect())
+            .unwrap_or_default();
+        let mut spare_boxes = Vec::new();
+        for s in full {
+            // SAFETY: the sheaf left the barn above; we are its only owner now.
+            let sheaf = unsafe { &mut *s };
+            b.flush(sheaf, Mode::Normal);
+            spare_boxes.push(s);
+        }
+        let rest = self
+            .barn
+            .with(Mode::Normal, |l| {
+                while l.empty.len() < BARN_MAX {
+                    match spare_boxes.pop() {
+                        Some(s) => l.empty.push(s),
+                        None => break,
+                    }
+                }
+                spare_boxes
+            })
+            .unwrap_or_default();
+        for s in rest {
+            // SAFETY: a Box'd sheaf that is no longer referenced anywhere.
+            drop(unsafe { Box::from_raw(s) });
+        }
+    }
+
+    /// Objects cached in slots and the barn (a racy statistic).
+    pub fn cached_objects(&self) -> usize {
+        let slots: usize = self
+            .slots
+            .iter()
+            .map(|s| s.cached.load(Ordering::Relaxed))
+            .sum();
+        slots + self.barn.cached.load(Ordering::Relaxed)
+    }
+
+    /// Objects handed out and taken back through the slots (statistics).
+    pub fn counts(&self) -> (u64, u64) {
+        self.slots.iter().fold((0, 0), |(a, f), s| {
+            (
+                a + s.allocs.load(Ordering::Relaxed),
+                f + s.frees.load(Ordering::Relaxed),
+            )
+        })
+    }
+
+    /// Test hook: runs `f` while the slot of `cpu` is held, as an interrupted allocator would.
+    #[cfg(all(test, not(rcu_loom)))]
+    pub(crate) fn with_slot_held<R>(&self, cpu: usize, f: impl FnOnce() -> R) -> R {
+        let slot = &self.slots[cpu % self.slots.len()];
+        let g = loop {
+            // Other threads hold slots only briefly.
+            if let Some(g) = slot.try_lock() {
+                break g;
+            }
+            std::thread::yield_now();
+        };
+        let r = f();
+        drop(g);
+        r
+    }
+}
+
+impl Drop for PerCpu {
+    fn drop(&mut self) {
+        // The owner flushed the objects before; here only the sheaf boxes go (Invariant 4).
+        for slot in self.slots.iter() {
+            for cell in [&slot.main, &slot.spare] {
+                // SAFETY: `&mut self`: no holder exists; the pointers are Box'd sheaves.
+                cell.with_mut(|p| unsafe {
+                    debug_assert!((**p).is_empty(), "sheaf dropped with objects in it");
+                    drop(Box::from_raw(*p));
+                });
+            }
+        }
+        self.barn.lists.with_mut(|l| {
+            // SAFETY: `&mut self`: nobody else uses the barn.
+            let l = unsafe { &mut *l };
+            for s in l.full.drain(..).chain(l.empty.drain(..)) {
+                // SAFETY: Box'd sheaves owned by the barn.
+                drop(unsafe { Box::from_raw(s) });
+            }
+        });
+    }
+}

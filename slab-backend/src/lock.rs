@@ -1,0 +1,160 @@
+//! The word-sized lock used for the barn and the per-node slab lists.
+//!
+//! # Implementation
+//!
+//! A futex mutex with a `try_lock` that is async-signal-safe (one CAS), so the `*_nolock` paths
+//! can use it from a signal handler: they only ever `try_lock`, and a failed attempt means "the
+//! interrupted code may hold it", never "wait".
+//!
+//! | state | meaning                                  |
+//! |-------|------------------------------------------|
+//! | 0     | unlocked                                 |
+//! | 1     | locked, nobody sleeps on it              |
+//! | 2     | locked, waiters may sleep on the futex   |
+//!
+//! `lock`: CAS `0 → 1` (Acquire); on failure spin briefly, then swap in `2` and `FUTEX_WAIT` until
+//! the swap returns 0. `unlock`: swap in `0` (Release), `FUTEX_WAKE` one waiter if the old value
+//! was 2. Under `rcu_loom` the wait is a yield loop.
+//!
+//! ## Memory orderings
+//! The Acquire of every successful CAS/swap pairs with the Release swap in `unlock` of the previous
+//! holder, so all writes of one critical section happen-before the next one.
+//!
+//! Locks of this type are *leaves* apart from the documented order in `cache/mod.rs`: no code
+//! takes another blocking lock while it holds a barn or node lock.
+
+use crate::primitive::sync::atomic::{AtomicU32, Ordering};
+
+/// A futex mutex with an explicit `lock`/`unlock` API (see the module docs).
+#[derive(Debug)]
+pub(crate) struct RawLock {
+    state: AtomicU32,
+}
+
+impl RawLock {
+    /// An unlocked lock.
+    pub(crate) fn new() -> Self {
+        Self {
+            state: AtomicU32::new(0),
+        }
+    }
+
+    /// Takes the lock if it is free; async-signal-safe. Acquire pairs with `unlock`'s Release.
+    #[inline]
+    pub(crate) fn try_lock(&self) -> bool {
+        self.state
+            .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// Takes the lock, sleeping while another thread holds it. Never from a signal handler.
+    #[inline]
+    pub(crate) fn lock(&self) {
+        if !self.try_lock() {
+            self.lock_contended();
+        }
+    }
+
+    #[cold]
+    fn lock_contended(&self) {
+        for _ in 0..64 {
+            crate::primitive::thread::spin_hint();
+            // Relaxed peek; the CAS in try_lock carries the Acquire.
+            if self.state.load(Ordering::Relaxed) == 0 && self.try_lock() {
+                return;
+            }
+        }
+        // Acquire: pairs with the Release swap in `unlock` of the previous holder.
+        while self.state.swap(2, Ordering::Acquire) != 0 {
+            wait(&self.state, 2);
+        }
+    }
+
+    /// Releases the lock. Release pairs with the Acquire of the next `lock`/`try_lock`.
+    #[inline]
+    pub(crate) fn unlock(&self) {
+        if self.state.swap(0, Ordering::Release) == 2 {
+            wake_one(&self.state);
+        }
+    }
+}
+
+#[cfg(all(target_os = "linux", not(rcu_loom)))]
+fn wait(state: &AtomicU32, expected: u32) {
+    // SAFETY: FUTEX_WAIT on a valid, aligned u32 that outlives the call; a spurious return is
+    // handled by the caller's loop.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            state.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            expected,
+            core::ptr::null::<libc::timespec>(),
+        );
+    }
+}
+
+#[cfg(all(target_os = "linux", not(rcu_loom)))]
+fn wake_one(state: &AtomicU32) {
+    // SAFETY: FUTEX_WAKE on a valid, aligned u32.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            state.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            1,
+        );
+    }
+}
+
+#[cfg(not(all(target_os = "linux", not(rcu_loom))))]
+fn wait(state: &AtomicU32, expected: u32) {
+    while state.load(Ordering::Relaxed) == expected {
+        crate::primitive::thread::yield_now();
+    }
+}
+
+#[cfg(not(all(target_os = "linux", not(rcu_loom))))]
+fn wake_one(_state: &AtomicU32) {}
+
+#[cfg(all(test, not(rcu_loom)))]
+mod tests {
+    use super::RawLock;
+    use std::sync::Arc;
+
+    #[test]
+    fn try_lock_is_exclusive() {
+        let l = RawLock::new();
+        assert!(l.try_lock());
+        assert!(!l.try_lock());
+        l.unlock();
+        assert!(l.try_lock());
+        l.unlock();
+    }
+
+    #[test]
+    fn contended_counter() {
+        struct Shared(RawLock, std::cell::UnsafeCell<u64>);
+        // SAFETY: the u64 is only touched with the lock held.
+        unsafe impl Sync for Shared {}
+        let s = Arc::new(Shared(RawLock::new(), std::cell::UnsafeCell::new(0)));
+        let hs: Vec<_> = (0..2)
+            .map(|_| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..20_000 {
+                        s.0.lock();
+                        // SAFETY: the lock is held for the increment.
+                        unsafe { *s.1.get() += 1 };
+                        s.0.unlock();
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+        // SAFETY: all threads joined.
+        assert_eq!(unsafe { *s.1.get() }, 40_000);
+    }
+}

@@ -1,0 +1,58 @@
+//! `SLAB_TYPESAFE_BY_RCU`: slab pages of typesafe caches go back only after a grace period.
+//!
+//! # Implementation
+//!
+//! A typesafe cache reuses freed objects at once (sheaves and slab bitmaps do not care), and its
+//! free-list lives out of line (the slab bitmap), so a freed object keeps the bytes of a valid `T`
+//! (the ctor made it one when the slab was created, and users free objects in a valid state). The
+//! only way its memory could stop being a `T` is the slab being discarded: the `T`s dropped and
+//! the pages unmapped. This module delays exactly that:
+//!
+//! 1. the node detaches the empty slab (no further allocation can come from it);
+//! 2. [`defer_discard`] takes a GP snapshot and queues `call_rcu`; `rcu_pending` counts it;
+//! 3. after a full grace period the callback asserts (debug) that the snapshot's GP completed,
+//!    drops the objects and unmaps the pages.
+//!
+//! Any reader that could have obtained a pointer into the slab did so before step 1 (after it no
+//! object of the slab is reachable: all were free, and allocation no longer sees the slab), so it
+//! was inside a read-side critical section that began before the grace period of step 2 and has
+//! ended before step 3.
+//!
+//! `shrink()` never waits for that grace period; destroy waits for every queued discard with
+//! `rcu_barrier()` before the cache itself goes (cache Invariant 1).
+//!
+//! ## Memory orderings
+//! The grace period orders the readers' accesses before the unmap (rcu-core's guarantee);
+//! `rcu_pending` is a statistic (Relaxed).
+
+use core::ptr::NonNull;
+
+use crate::cache::slab::{self, SlabHeader};
+use crate::cache::RawCache;
+use crate::primitive::sync::atomic::Ordering;
+
+/// A slab address that may travel to the RCU callback thread.
+struct SlabAddr(usize);
+
+/// Queues the discard of a detached, empty slab of a typesafe cache after a grace period.
+pub(crate) fn defer_discard(cache: &RawCache, slab: NonNull<SlabHeader>) {
+    debug_assert!(cache.typesafe);
+    cache.rcu_pending.fetch_add(1, Ordering::Relaxed);
+    let snap = rcu_core::get_state_synchronize_rcu();
+    let addr = SlabAddr(slab.as_ptr() as usize);
+    rcu_core::call_rcu(move || {
+        let addr = addr;
+        debug_assert!(
+            rcu_core::poll_state_synchronize_rcu(snap),
+            "typesafe slab released before its grace period completed"
+        );
+        let slab = NonNull::new(addr.0 as *mut SlabHeader).expect("slab address");
+        // SAFETY: the slab is still mapped (we unmap it below) and its cache outlives every queued
+        // discard (destroy runs rcu_barrier first: cache Invariant 1).
+        let cache = unsafe { &*slab.as_ref().cache };
+        // SAFETY: detached with every object free (node::put / detach_empty), and a grace period
+        // has elapsed since, so no reader can still hold a pointer into it (module docs).
+        unsafe { slab::discard_now(slab) };
+        cache.rcu_pending.fetch_sub(1, Ordering::Relaxed);
+    });
+}
