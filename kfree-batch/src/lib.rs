@@ -1,7 +1,273 @@
-//! # kfree-batch: the `kvfree_rcu` batcher (coming with issue 4)
+//! # kfree-batch: the `kvfree_rcu` batcher
 //!
-//! This crate will hold the kernel's `kvfree_rcu()` in userspace: `kfree_rcu(Box<T>)` and a
-//! two-argument form for types with an embedded `RcuHead`, per-CPU page-sized blocks of pointers
-//! grouped by free function and stamped with grace-period states, an emergency page cache per CPU,
-//! the synchronize-and-free fallback when no page can be had, and a hard bound on memory waiting
-//! for a grace period. Until then it is empty.
+//! `kfree_rcu(obj)` frees `obj` after a grace period, like `call_rcu(move || drop(obj))`, but
+//! without a callback per object: pointers are batched in per-CPU, page-sized blocks (8 bytes per
+//! object), each block waits for one grace period, and blocks whose grace period has already
+//! passed are freed at once. What no userspace reclamation scheme gives, it gives: a **hard bound
+//! on memory waiting for a grace period** ([`Config::pending_cap`]), and a defined behaviour when
+//! memory runs out.
+//!
+//! * [`kfree_rcu`] (headless: any `Box<T>`), [`kfree_rcu_head`] (types embedding an [`RcuHead`]),
+//!   [`kfree_rcu_cache`] (objects of a `KmemCache`, freed back in bulk), [`kfree_rcu_kmalloc`].
+//! * [`kvfree_rcu_barrier`]: returns once everything retired before it is freed.
+//! * [`stats`], [`configure`].
+//!
+//! When no block page can be had, or the pending cap is reached:
+//!
+//! | caller            | headless (`kfree_rcu`)                         | with `RcuHead`                   |
+//! |-------------------|-----------------------------------------------|----------------------------------|
+//! | outside a reader  | waits for a grace period, frees (`fallback_sync`) | no page: links through its head; cap: waits and frees |
+//! | inside a reader   | parks the object in pre-reserved per-thread slots; the worker frees it after the grace period | links through its head |
+//!
+//! Nothing is ever lost and nothing is freed early. The only failure left is a thread that
+//! retires more than [`PARK_SLOTS`] headless objects inside *one* read-side critical section while
+//! no memory can be had: that panics with a message saying so (it could otherwise only deadlock
+//! or free early).
+//!
+//! ```
+//! use kfree_batch::{kfree_rcu, kvfree_rcu_barrier, stats};
+//! for i in 0..1000u64 {
+//!     kfree_rcu(Box::new([i; 4]));
+//! }
+//! kvfree_rcu_barrier();
+//! let s = stats();
+//! assert!(s.freed >= 1000 && s.queued >= 1000);
+//! ```
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![cfg_attr(rcu_loom, allow(dead_code, unused_imports))]
+
+mod block;
+mod config;
+mod head;
+mod krc;
+mod lock;
+mod primitive;
+
+#[cfg(not(rcu_loom))]
+mod park;
+#[cfg(not(rcu_loom))]
+mod worker;
+
+pub use config::{
+    config, configure, parse_size, Config, ConfigError, DEFAULT_DRAIN_DELAY, DEFAULT_PAGES_PER_CPU,
+    DEFAULT_PENDING_CAP,
+};
+pub use head::{HasRcuHead, RcuHead};
+
+#[cfg(not(rcu_loom))]
+pub use api::*;
+#[cfg(not(rcu_loom))]
+pub use park::PARK_SLOTS;
+
+/// Pointers per block (506 with 4 KiB pages).
+pub const BLOCK_CAPACITY: usize = block::BLOCK_CAPACITY;
+
+#[cfg(not(rcu_loom))]
+mod api {
+    use core::ptr::NonNull;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    use slab_backend::KmemCache;
+
+    use crate::block::FreeFn;
+    use crate::head::{drop_via_head, HasRcuHead};
+    use crate::krc::Refused;
+    use crate::park;
+    use crate::worker::{self, batcher, kick, kick_after_publish, HEADS};
+
+    pub use crate::worker::KfreeStats;
+
+    /// Frees a batch of `Box<T>`s.
+    unsafe fn free_boxes<T>(_ctx: *const (), objs: &[*mut u8]) {
+        for &p in objs {
+            // SAFETY: every pointer of a `free_boxes::<T>` channel is a retired `Box<T>` whose
+            // grace period is over (FreeFn contract).
+            drop(unsafe { Box::from_raw(p.cast::<T>()) });
+        }
+    }
+
+    /// Frees a batch of objects of the `KmemCache<T>` at `ctx` (an `Arc` strong count held per
+    /// object by `kfree_rcu_cache`).
+    unsafe fn free_cache_objs<T: Send + 'static>(ctx: *const (), objs: &[*mut u8]) {
+        let cache = ctx.cast::<KmemCache<T>>();
+        // SAFETY: `*mut u8` and `NonNull<T>` have the same layout, and every pointer is non-null
+        // (checked at retire).
+        let ptrs =
+            unsafe { core::slice::from_raw_parts(objs.as_ptr().cast::<NonNull<T>>(), objs.len()) };
+        // SAFETY: the cache is alive (we hold strong counts); the objects came from it, were
+        // retired once and their grace period is over.
+        unsafe { (*cache).free_bulk(ptrs) };
+        for _ in objs {
+            // SAFETY: one strong count was taken per object in `kfree_rcu_cache`.
+            unsafe { Arc::decrement_strong_count(cache) };
+        }
+    }
+
+    /// Frees a batch of kmalloc blocks.
+    unsafe fn free_kmalloc(_ctx: *const (), objs: &[*mut u8]) {
+        // SAFETY: same layout; non-null checked at retire.
+        let ptrs =
+            unsafe { core::slice::from_raw_parts(objs.as_ptr().cast::<NonNull<u8>>(), objs.len()) };
+        // SAFETY: every pointer came from `kmalloc`, was retired once, its grace period is over.
+        unsafe { slab_backend::kfree_bulk(ptrs) };
+    }
+
+    /// How a retire may fall back.
+    #[derive(Clone, Copy)]
+    enum Form {
+        /// Headless: may map a page inline; parks inside readers.
+        Headless,
+        /// Embedded head: never maps inline; links through the head.
+        Head(unsafe fn(*mut crate::RcuHead), usize),
+    }
+
+    #[inline]
+    fn retire(obj: *mut u8, size: usize, free: FreeFn, ctx: *const (), form: Form) {
+        let b = batcher();
+        let headless = matches!(form, Form::Headless);
+        if headless {
+            // Pre-reserve park slots before any pressure (one thread-local load after the first).
+            park::reserve();
+        }
+        let cpu = rcu_core::cpu::current_cpu();
+        match b.enqueue(cpu, obj, size, free, ctx, headless) {
+            Ok(a) => {
+                if a.handed || a.opened {
+                    kick();
+                }
+            }
+            Err(why) => fallback(obj, free, ctx, form, why),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn fallback(obj: *mut u8, free: FreeFn, ctx: *const (), form: Form, why: Refused) {
+        let in_reader = rcu_core::rcu_read_lock_held();
+        if let Form::Head(drop_fn, off) = form {
+            if why == Refused::NoPage || in_reader {
+                // SAFETY: `obj` is a retired object of the head's type, its head at `off`.
+                unsafe { HEADS.push(obj.add(off).cast(), drop_fn) };
+                worker::HEAD_QUEUED.fetch_add(1, Ordering::Relaxed);
+                kick_after_publish();
+                return;
+            }
+        }
+        worker::FALLBACK_QUEUED.fetch_add(1, Ordering::Relaxed);
+        if in_reader {
+            let snap = rcu_core::raw::global_domain().get_state();
+            if park::park(obj, free, ctx, snap) {
+                kick_after_publish();
+                return;
+            }
+            panic!(
+                "kfree_rcu: no memory to batch an object retired inside an RCU read-side critical \
+                 section, and all {} park slots of this thread are taken; retiring this many \
+                 objects in one critical section under memory pressure would otherwise deadlock \
+                 or free early (retire after the guard is dropped, or embed an RcuHead and use \
+                 kfree_rcu_head)",
+                crate::PARK_SLOTS
+            );
+        }
+        // Outside a reader: wait for a grace period ourselves and free (kernel: synchronize_rcu()
+        // + kvfree() in the caller).
+        rcu_core::synchronize_rcu();
+        // SAFETY: `obj` was unpublished by the caller before the grace period we just waited for.
+        unsafe { free(ctx, &[obj]) };
+        worker::FALLBACK_SYNC.fetch_add(1, Ordering::Relaxed);
+        worker::FREED.fetch_add(1, Ordering::Relaxed);
+        kick();
+    }
+
+    /// Frees `obj` after a grace period (headless: `T` needs no field). Callable inside a
+    /// read-side critical section. Never loses the object, never frees it early.
+    ///
+    /// When no batching memory can be had it waits for a grace period and frees the object itself
+    /// (counted in [`KfreeStats::fallback_sync`]), or, inside a read-side critical section, parks
+    /// it (see the crate docs).
+    #[inline]
+    pub fn kfree_rcu<T: Send + 'static>(obj: Box<T>) {
+        let p = Box::into_raw(obj).cast::<u8>();
+        retire(
+            p,
+            core::mem::size_of::<T>(),
+            free_boxes::<T>,
+            core::ptr::null(),
+            Form::Headless,
+        );
+    }
+
+    /// Frees `obj`, which embeds an [`crate::RcuHead`], after a grace period. Never maps memory
+    /// on the caller's path: without a cached page it links the object through its head (never
+    /// blocks, never allocates).
+    #[inline]
+    pub fn kfree_rcu_head<T: HasRcuHead>(obj: Box<T>) {
+        let p = Box::into_raw(obj).cast::<u8>();
+        retire(
+            p,
+            core::mem::size_of::<T>(),
+            free_boxes::<T>,
+            core::ptr::null(),
+            Form::Head(drop_via_head::<T>, T::RCU_HEAD_OFFSET),
+        );
+    }
+
+    /// Returns `obj` to `cache` after a grace period (objects of one cache are freed back in
+    /// bulk).
+    ///
+    /// # Safety
+    /// `obj` was allocated from `cache`, is no longer reachable by new readers, and is retired
+    /// once.
+    #[inline]
+    pub unsafe fn kfree_rcu_cache<T: Send + 'static>(cache: &Arc<KmemCache<T>>, obj: NonNull<T>) {
+        let ctx = Arc::into_raw(Arc::clone(cache)).cast::<()>();
+        retire(
+            obj.as_ptr().cast(),
+            core::mem::size_of::<T>(),
+            free_cache_objs::<T>,
+            ctx,
+            Form::Headless,
+        );
+    }
+
+    /// Frees kmalloc memory after a grace period.
+    ///
+    /// # Safety
+    /// `p` came from `slab_backend::kmalloc`, is no longer reachable by new readers, and is
+    /// retired once.
+    #[inline]
+    pub unsafe fn kfree_rcu_kmalloc(p: NonNull<u8>) {
+        // SAFETY: `p` is a live kmalloc block (caller's contract).
+        let size = unsafe { slab_backend::ksize(p) };
+        retire(
+            p.as_ptr(),
+            size,
+            free_kmalloc,
+            core::ptr::null(),
+            Form::Headless,
+        );
+    }
+
+    /// Waits until every object retired (through any path) before the call is freed.
+    ///
+    /// # Panics
+    /// Inside a read-side critical section (it would wait for itself): the message says
+    /// "read-side critical section".
+    #[track_caller]
+    pub fn kvfree_rcu_barrier() {
+        if rcu_core::rcu_read_lock_held() {
+            panic!(
+                "kvfree_rcu_barrier() called inside an RCU read-side critical section: it would \
+                 wait for the caller's own reader forever; drop every RcuReadGuard first"
+            );
+        }
+        worker::barrier();
+    }
+
+    /// A snapshot of the batcher's counters.
+    pub fn stats() -> KfreeStats {
+        worker::stats()
+    }
+}

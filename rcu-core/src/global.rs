@@ -85,6 +85,13 @@ rcu_thread_local! {
     static IN_CALLBACK: Cell<bool> = const { Cell::new(false) };
 }
 
+/// The process-wide domain (initialised), for crates that drive grace periods through the raw
+/// API (`kfree-batch`).
+pub fn global_domain() -> &'static Domain {
+    init();
+    &DOMAIN
+}
+
 /// Decides the barrier mode and installs the fork handlers (idempotent).
 pub(crate) fn init() {
     INIT.call_once(|| {

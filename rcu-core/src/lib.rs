@@ -80,6 +80,8 @@ pub use global::{
 #[doc(hidden)]
 pub mod raw {
     pub use crate::callback::CbList;
+    #[cfg(not(rcu_loom))]
+    pub use crate::global::global_domain;
     pub use crate::gp::Domain;
     pub use crate::reader::Record;
 }

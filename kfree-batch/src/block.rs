@@ -1,0 +1,144 @@
+//! Page-sized blocks of pointers waiting for a grace period.
+//!
+//! # Implementation
+//!
+//! A block is exactly one page from the page layer: a 48-byte header and as many 8-byte object
+//! pointers as fit (506 on 4 KiB pages, checked by a `const` assertion). All pointers of one block
+//! share one *bulk free function* and its context (the channel key), so the common one-type
+//! workload pays 8 bytes per pending object.
+//!
+//! ```text
+//!  +--------------------------------------------------------------+  one page
+//!  | next | snap | free | ctx | count | origin | bytes | ptr[0..506] |
+//!  +--------------------------------------------------------------+
+//! ```
+//!
+//! `snap` is the grace-period state taken when the block is *handed over* (full, or drained after
+//! the delay) under the per-CPU lock, i.e. after every enqueue into it: the kernel stamps on every
+//! add, which costs a full fence per object; stamping once per block is later and therefore at
+//! least as conservative. Before a block's pointers are freed, a debug assertion checks that
+//! `snap` has completed (the kernel's `WARN_ON_ONCE(!poll_state_synchronize_rcu_full())`).
+
+use core::mem::size_of;
+use core::ptr::NonNull;
+
+use rcu_core::GpSeq;
+
+/// Size of one block: the page layer's page.
+pub(crate) const PAGE_SIZE: usize = 4096;
+
+/// Frees a batch of objects. `ctx` is the channel's context (null for boxes, an `Arc` of the
+/// cache for slab objects).
+pub(crate) type FreeFn = unsafe fn(ctx: *const (), objs: &[*mut u8]);
+
+/// The block header (kernel-doc style field notes: who writes it, under which lock).
+#[repr(C)]
+pub(crate) struct BlockHeader {
+    /// Link in a per-CPU list (handed-over or page cache). Written under that CPU's lock, or by
+    /// the single owner of a detached batch.
+    pub(crate) next: *mut Block,
+    /// Grace-period state taken at hand-over (raw `GpSeq`).
+    pub(crate) snap: u64,
+    /// The channel's bulk free function.
+    pub(crate) free: FreeFn,
+    /// The free function's context.
+    pub(crate) ctx: *const (),
+    /// Pointers stored.
+    pub(crate) count: u32,
+    /// CPU slot the block was filled on (its page goes back to that slot's cache).
+    pub(crate) origin: u32,
+    /// Object bytes charged to the pending budget for this block's pointers.
+    pub(crate) bytes: usize,
+}
+
+/// Pointers per block: whatever fits in the page after the header.
+pub(crate) const BLOCK_CAPACITY: usize =
+    (PAGE_SIZE - size_of::<BlockHeader>()) / size_of::<*mut u8>();
+
+/// One page: header and pointers.
+#[repr(C)]
+pub(crate) struct Block {
+    pub(crate) hdr: BlockHeader,
+    pub(crate) ptrs: [*mut u8; BLOCK_CAPACITY],
+}
+
+const _: () = assert!(
+    size_of::<Block>() <= PAGE_SIZE,
+    "a block must fit in one page"
+);
+const _: () = assert!(BLOCK_CAPACITY >= 500, "about 500 pointers per 4 KiB block");
+
+/// A free function that never runs (placeholder in fresh or cached blocks).
+unsafe fn no_free(_ctx: *const (), _objs: &[*mut u8]) {}
+
+impl Block {
+    /// Initialises a fresh page as an empty block of channel `(free, ctx)`.
+    ///
+    /// # Safety
+    /// `page` must be a writable, page-aligned page owned by the caller.
+    pub(crate) unsafe fn init(
+        page: NonNull<u8>,
+        free: FreeFn,
+        ctx: *const (),
+        origin: u32,
+    ) -> *mut Block {
+        let b = page.as_ptr().cast::<Block>();
+        // SAFETY: the page is ours, aligned and large enough for a header (const assertion above);
+        // the pointer array is left uninitialised (only `ptrs[..count]` is ever read).
+        unsafe {
+            core::ptr::addr_of_mut!((*b).hdr).write(BlockHeader {
+                next: core::ptr::null_mut(),
+                snap: 0,
+                free,
+                ctx,
+                count: 0,
+                origin,
+                bytes: 0,
+            });
+        }
+        b
+    }
+
+    /// Re-keys a cached page for a channel (header only).
+    ///
+    /// # Safety
+    /// As for [`Block::init`].
+    pub(crate) unsafe fn empty_page(page: NonNull<u8>, origin: u32) -> *mut Block {
+        // SAFETY: forwarded contract.
+        unsafe { Self::init(page, no_free, core::ptr::null(), origin) }
+    }
+
+    /// The stored pointers.
+    ///
+    /// # Safety
+    /// `b` must be a valid block not concurrently written.
+    pub(crate) unsafe fn objs<'a>(b: *const Block) -> &'a [*mut u8] {
+        // SAFETY: `ptrs[..count]` were written by `push`, and the caller excludes writers.
+        unsafe {
+            let n = (*b).hdr.count as usize;
+            core::slice::from_raw_parts(core::ptr::addr_of!((*b).ptrs).cast::<*mut u8>(), n)
+        }
+    }
+
+    /// Frees every pointer of `b` with its channel's function. The caller owns `b` (detached).
+    ///
+    /// # Safety
+    /// `b` is a detached block whose grace period (`snap`) has completed.
+    pub(crate) unsafe fn free_objects(b: *mut Block, dom: &rcu_core::raw::Domain) -> usize {
+        // SAFETY: the caller owns `b`.
+        let hdr = unsafe { &(*b).hdr };
+        debug_assert!(
+            dom.poll(GpSeq::from_raw(hdr.snap)),
+            "kfree-batch: block freed before its grace period {:?} completed (current {:?})",
+            GpSeq::from_raw(hdr.snap),
+            dom.current()
+        );
+        // SAFETY: the caller owns `b`; its objects were retired and their grace period is over,
+        // so the channel's free function may release them.
+        unsafe {
+            let objs = Self::objs(b);
+            (hdr.free)(hdr.ctx, objs);
+            objs.len()
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! Configuration and the pending-memory budget.
+//!
+//! # Implementation
+//!
+//! **Budget.** `PENDING` counts bytes that may be waiting for a grace period: object bytes
+//! (`size_of::<T>()`) of every queued pointer, one page per block, and the unspent part of each
+//! CPU's *reservation*. A CPU reserves budget in chunks (`RESERVE_CHUNK`, or exactly what it needs
+//! near the cap) with a CAS that never lets `PENDING` pass the cap, then spends the chunk under its
+//! own lock without touching a shared line. Freeing a block returns its bytes and page. Hence
+//!
+//! * Invariant 1: `PENDING <= cap` at every moment, and
+//! * Invariant 2: the real pending memory is `<= PENDING` (reservations only over-count).
+//!
+//! When a reservation cannot be had the caller falls back: it waits for a grace period itself and
+//! frees its object (`fallback_sync`), or parks it when it is inside a read-side critical section.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::primitive::sync::atomic::{AtomicUsize, Ordering};
+
+/// Default delay after which a partially filled block is handed over.
+pub const DEFAULT_DRAIN_DELAY: Duration = Duration::from_millis(20);
+/// Default emergency pages kept per CPU.
+pub const DEFAULT_PAGES_PER_CPU: usize = 5;
+/// Default cap on pending memory.
+pub const DEFAULT_PENDING_CAP: usize = 128 << 20;
+/// Budget reserved by a CPU at a time.
+pub(crate) const RESERVE_CHUNK: usize = 64 << 10;
+
+/// Batcher configuration. Set it with [`configure`] before the first `kfree_rcu`, or through the
+/// environment (`RCU_KIT_KFREE_DRAIN_MS`, `RCU_KIT_KFREE_PAGES_PER_CPU`, `RCU_KIT_KFREE_CAP`,
+/// which accepts suffixes K, M, G).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// How long a partially filled block may wait before it is handed over.
+    pub drain_delay: Duration,
+    /// Emergency pages kept per CPU (refilled by the worker, never on the caller's path).
+    pub pages_per_cpu: usize,
+    /// Hard cap on pending memory (objects waiting for a grace period plus block pages).
+    pub pending_cap: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            drain_delay: DEFAULT_DRAIN_DELAY,
+            pages_per_cpu: DEFAULT_PAGES_PER_CPU,
+            pending_cap: DEFAULT_PENDING_CAP,
+        }
+    }
+}
+
+/// Why [`configure`] refused a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The batcher already started with another configuration.
+    AlreadyStarted(Config),
+    /// A value is out of range (the message says which).
+    Invalid(&'static str),
+}
+
+impl core::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ConfigError::AlreadyStarted(c) => {
+                write!(
+                    f,
+                    "kfree-batch already started with {c:?}; configure before the first kfree_rcu"
+                )
+            }
+            ConfigError::Invalid(why) => write!(f, "invalid kfree-batch configuration: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+static CONFIG: OnceLock<Config> = OnceLock::new();
+
+/// Sets the configuration. Fails if the batcher already runs with a different one, or if a value
+/// is out of range (cap below two pages, more than 1024 cached pages per CPU, delay over 60 s).
+pub fn configure(c: Config) -> Result<(), ConfigError> {
+    if c.pending_cap < 2 * crate::block::PAGE_SIZE {
+        return Err(ConfigError::Invalid(
+            "pending_cap must be at least two pages (8 KiB)",
+        ));
+    }
+    if c.pages_per_cpu > 1024 {
+        return Err(ConfigError::Invalid("pages_per_cpu must be at most 1024"));
+    }
+    if c.drain_delay > Duration::from_secs(60) {
+        return Err(ConfigError::Invalid("drain_delay must be at most 60 s"));
+    }
+    let got = CONFIG.get_or_init(|| c);
+    if *got == c {
+        Ok(())
+    } else {
+        Err(ConfigError::AlreadyStarted(*got))
+    }
+}
+
+/// The configuration in force (from [`configure`], else the environment, else defaults).
+pub fn config() -> Config {
+    *CONFIG.get_or_init(from_env)
+}
+
+fn from_env() -> Config {
+    let mut c = Config::default();
+    if let Some(ms) = env_num("RCU_KIT_KFREE_DRAIN_MS") {
+        c.drain_delay = Duration::from_millis(ms.min(60_000) as u64);
+    }
+    if let Some(n) = env_num("RCU_KIT_KFREE_PAGES_PER_CPU") {
+        c.pages_per_cpu = n.min(1024);
+    }
+    if let Some(cap) = env_num("RCU_KIT_KFREE_CAP") {
+        c.pending_cap = cap.max(2 * crate::block::PAGE_SIZE);
+    }
+    c
+}
+
+/// Parses `123`, `64K`, `512M`, `2G` (binary units).
+pub fn parse_size(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let (num, mult) = match s.as_bytes().last()? {
+        b'k' | b'K' => (&s[..s.len() - 1], 1usize << 10),
+        b'm' | b'M' => (&s[..s.len() - 1], 1 << 20),
+        b'g' | b'G' => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.trim().parse::<usize>().ok()?.checked_mul(mult)
+}
+
+fn env_num(key: &str) -> Option<usize> {
+    std::env::var(key).ok().and_then(|v| parse_size(&v))
+}
+
+/// The process-wide pending counter (Invariants 1 and 2).
+#[derive(Debug)]
+pub(crate) struct Budget {
+    pending: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl Budget {
+    #[cfg(not(rcu_loom))]
+    pub(crate) const fn new() -> Self {
+        Budget {
+            pending: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+        }
+    }
+    #[cfg(rcu_loom)]
+    pub(crate) fn new() -> Self {
+        Budget {
+            pending: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+        }
+    }
+
+    /// Reserves between `need` and `want` bytes without passing `cap`; returns what it got.
+    pub(crate) fn reserve(&self, need: usize, want: usize, cap: usize) -> Option<usize> {
+        // Relaxed: a budget word; nothing is published through it (Invariant 1 needs atomicity
+        // only).
+        let mut cur = self.pending.load(Ordering::Relaxed);
+        loop {
+            let room = cap.checked_sub(cur)?;
+            if room < need {
+                return None;
+            }
+            let take = want.max(need).min(room);
+            match self.pending.compare_exchange_weak(
+                cur,
+                cur + take,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    self.peak.fetch_max(cur + take, Ordering::Relaxed);
+                    return Some(take);
+                }
+                Err(c) => cur = c,
+            }
+        }
+    }
+
+    /// Returns `bytes` to the budget.
+    pub(crate) fn release(&self, bytes: usize) {
+        let old = self.pending.fetch_sub(bytes, Ordering::Relaxed);
+        debug_assert!(old >= bytes, "kfree-batch budget underflow");
+    }
+
+    /// Bytes currently charged.
+    pub(crate) fn pending(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Highest charge seen.
+    pub(crate) fn peak(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(all(test, not(rcu_loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("512"), Some(512));
+        assert_eq!(parse_size("64K"), Some(64 << 10));
+        assert_eq!(parse_size("2G"), Some(2 << 30));
+        assert_eq!(parse_size(" 8m "), Some(8 << 20));
+        assert_eq!(parse_size("x"), None);
+        assert_eq!(parse_size(""), None);
+    }
+
+    #[test]
+    fn budget_never_passes_cap() {
+        let b = Budget::new();
+        assert_eq!(b.reserve(10, 100, 150), Some(100));
+        assert_eq!(b.reserve(10, 100, 150), Some(50));
+        assert_eq!(b.reserve(1, 100, 150), None);
+        b.release(60);
+        assert_eq!(b.reserve(60, 60, 150), Some(60));
+        assert_eq!(b.pending(), 150);
+        assert_eq!(b.peak(), 150);
+    }
+}

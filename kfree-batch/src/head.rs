@@ -1,0 +1,175 @@
+//! The two-argument form: objects that embed an [`RcuHead`] can always be retired, even when no
+//! page can be had, by linking them through their own head (the kernel's "channel 3").
+//!
+//! # Implementation
+//!
+//! When the per-CPU block path refuses (no cached page: the two-argument form never maps pages on
+//! the caller's path), the object's head records its free function and is pushed on a global
+//! lock-free Treiber stack with one CAS — never blocking, never allocating. The collector takes
+//! the whole stack with one swap (no ABA: nodes are only ever popped all at once), stamps it with
+//! a grace-period snapshot, waits, and frees every object through its head.
+//!
+//! The head lives inside the object, so readers may still be reading the object's other fields
+//! while the head is written: the head is never part of what readers inspect, which the
+//! [`HasRcuHead`] contract requires.
+//!
+//! Memory orderings: the push CAS is Release (the head's `free` and the retire are visible to the
+//! collector), the collector's swap Acquire; a `fence(SeqCst)` after the push pairs with the
+//! worker's fence in its idle check.
+
+use crate::primitive::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+
+/// A link embedded in objects retired with [`crate::kfree_rcu_head`]. Readers never look at it.
+#[derive(Debug, Default)]
+#[repr(C)]
+pub struct RcuHead {
+    next: AtomicPtr<RcuHead>,
+    /// `unsafe fn(*mut RcuHead)` address that frees the containing object; 0 when idle.
+    free: AtomicUsize,
+}
+
+impl RcuHead {
+    /// A fresh head.
+    #[cfg(not(rcu_loom))]
+    pub const fn new() -> RcuHead {
+        RcuHead {
+            next: AtomicPtr::new(core::ptr::null_mut()),
+            free: AtomicUsize::new(0),
+        }
+    }
+    /// A fresh head.
+    #[cfg(rcu_loom)]
+    pub fn new() -> RcuHead {
+        RcuHead {
+            next: AtomicPtr::new(core::ptr::null_mut()),
+            free: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// Types with an embedded [`RcuHead`], retired with [`crate::kfree_rcu_head`].
+/// Implement it with [`crate::impl_has_rcu_head!`].
+///
+/// # Safety
+/// `RCU_HEAD_OFFSET` must be the byte offset of a field of type `RcuHead` inside `Self`, and no
+/// reader may rely on that field's contents.
+pub unsafe trait HasRcuHead: Send + Sized + 'static {
+    /// Byte offset of the `RcuHead` field.
+    const RCU_HEAD_OFFSET: usize;
+}
+
+/// Implements [`HasRcuHead`] for `$t` whose field `$field` is an [`RcuHead`].
+///
+/// ```
+/// use kfree_batch::{impl_has_rcu_head, RcuHead};
+/// struct Node { key: u64, head: RcuHead }
+/// impl_has_rcu_head!(Node, head);
+/// kfree_batch::kfree_rcu_head(Box::new(Node { key: 1, head: RcuHead::new() }));
+/// kfree_batch::kvfree_rcu_barrier();
+/// ```
+#[macro_export]
+macro_rules! impl_has_rcu_head {
+    ($t:ty, $field:ident) => {
+        const _: fn(&$t) -> &$crate::RcuHead = |x| &x.$field;
+        // SAFETY: the offset is computed by `offset_of!` for a field checked above to be an
+        // `RcuHead`.
+        unsafe impl $crate::HasRcuHead for $t {
+            const RCU_HEAD_OFFSET: usize = ::core::mem::offset_of!($t, $field);
+        }
+    };
+}
+
+/// Frees the `Box<T>` containing `head`.
+///
+/// # Safety
+/// `head` points into a live `Box<T>` at `T::RCU_HEAD_OFFSET`, retired and past its grace period.
+pub(crate) unsafe fn drop_via_head<T: HasRcuHead>(head: *mut RcuHead) {
+    // SAFETY: by the contract, the object starts RCU_HEAD_OFFSET bytes before the head.
+    unsafe {
+        drop(Box::from_raw(
+            head.cast::<u8>().sub(T::RCU_HEAD_OFFSET).cast::<T>(),
+        ))
+    }
+}
+
+/// The global stack of head-linked objects.
+#[derive(Debug)]
+pub(crate) struct HeadStack {
+    top: AtomicPtr<RcuHead>,
+    /// Objects on the stack (statistics and the worker's idle check).
+    pub(crate) len: AtomicUsize,
+}
+
+impl HeadStack {
+    #[cfg(not(rcu_loom))]
+    pub(crate) const fn new() -> Self {
+        HeadStack {
+            top: AtomicPtr::new(core::ptr::null_mut()),
+            len: AtomicUsize::new(0),
+        }
+    }
+    #[cfg(rcu_loom)]
+    pub(crate) fn new() -> Self {
+        HeadStack {
+            top: AtomicPtr::new(core::ptr::null_mut()),
+            len: AtomicUsize::new(0),
+        }
+    }
+
+    /// Pushes `head` (of an object freed by `free`). Lock-free; never blocks or allocates.
+    ///
+    /// # Safety
+    /// `head` belongs to a retired object that nothing else will free; `free(head)` frees it.
+    pub(crate) unsafe fn push(&self, head: *mut RcuHead, free: unsafe fn(*mut RcuHead)) {
+        // SAFETY: the caller owns the retired object and therefore its head.
+        let h = unsafe { &*head };
+        h.free.store(free as usize, Ordering::Relaxed);
+        let mut top = self.top.load(Ordering::Relaxed);
+        loop {
+            h.next.store(top, Ordering::Relaxed);
+            // Release publishes `free`/`next` to the collector's Acquire swap.
+            match self
+                .top
+                .compare_exchange_weak(top, head, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(t) => top = t,
+            }
+        }
+        self.len.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Takes every pushed head (the caller then owns them).
+    pub(crate) fn take_all(&self) -> *mut RcuHead {
+        // Acquire pairs with the Release of every push.
+        self.top.swap(core::ptr::null_mut(), Ordering::Acquire)
+    }
+
+    /// Frees a list returned by `take_all`; returns how many objects were freed.
+    ///
+    /// # Safety
+    /// The list came from `take_all` and a grace period passed since it was taken.
+    pub(crate) unsafe fn free_list(&self, mut list: *mut RcuHead) -> usize {
+        let mut n = 0;
+        while !list.is_null() {
+            // SAFETY: nodes of a taken list are retired objects we own; read `next` and `free`
+            // before freeing the object that contains them.
+            let (next, f) = unsafe {
+                let h = &*list;
+                (
+                    h.next.load(Ordering::Relaxed),
+                    h.free.load(Ordering::Relaxed),
+                )
+            };
+            // SAFETY: `f` was stored from an `unsafe fn(*mut RcuHead)` in `push`.
+            let f: unsafe fn(*mut RcuHead) =
+                unsafe { core::mem::transmute::<usize, unsafe fn(*mut RcuHead)>(f) };
+            // SAFETY: the grace period passed (caller's contract).
+            unsafe { f(list) };
+            list = next;
+            n += 1;
+        }
+        self.len.fetch_sub(n, Ordering::Relaxed);
+        n
+    }
+}

@@ -1,0 +1,649 @@
+//! Per-CPU batching state ("krc" in the kernel) and the block hand-off between enqueue, drain and
+//! the worker.
+//!
+//! # Implementation
+//!
+//! Each CPU slot has a [`Krc`]: a try-lock and, under it, up to [`NCHAN`] open blocks (one per
+//! bulk-free function + context, the *channels*), the list of blocks handed over and not yet
+//! collected, a small cache of empty pages, and the slot's unspent budget reservation.
+//!
+//! ```text
+//!   enqueue ──▶ chans[c].block (open) ──full──▶ handed (stamped) ──collect──▶ worker batch
+//!                     │                                                       │ poll(snap)?
+//!                     └──── drain delay expired / barrier / shrinker ─────────┤ yes: free now
+//!                                                                             │ no: wait GP, free
+//!   cache (empty pages) ◀──────────────────────── page recycled ──────────────┘
+//! ```
+//!
+//! * **Enqueue** (any thread): try the lock of the caller's CPU slot, then the others once each;
+//!   only when every slot is busy does it spin. Under the lock: find or open the channel's block
+//!   (a page from the slot's cache, else — headless form only — a fresh page from the page layer
+//!   without reclaim), charge the object to the slot's reservation (refilled from the global
+//!   budget in chunks), store the pointer. A block that becomes full is stamped and handed over at
+//!   once.
+//! * **Hand-over** stamps `snap = get_state()` under the lock, after every store into the block.
+//! * **Collect** (worker, barrier, shrinker): under the lock, hand over channels whose delay
+//!   expired (or all of them), then take the whole `handed` list. From then on the collector owns
+//!   those blocks exclusively.
+//! * **Process**: blocks whose `snap` already completed are freed at once (*ready-first*); for the
+//!   rest the collector drives one grace period up to the newest snapshot, then frees them.
+//!   Each freed page returns to its origin slot's cache when that cache is below its target.
+//!
+//! ## Invariants
+//!
+//! 1. Everything in `KrcInner` is touched only with the slot's lock held.
+//! 2. A block is in exactly one place: a channel, a `handed` list, a collector's batch, a cache.
+//! 3. A block's `snap` is taken after the last store into it (hand-over happens under the lock
+//!    that every store held), so `poll(snap)` proves a grace period passed after every retire.
+//! 4. Budget: see `config` (`PENDING <= cap`; pages and object bytes are charged before use).
+//!
+//! ## Memory orderings
+//!
+//! The try-lock's Acquire/Release orders enqueues before hand-over and collection; the snapshot's
+//! fence (inside `get_state`) orders the retires before the grace period; `poll`/`wait_for` have
+//! Acquire semantics, ordering the grace period before the frees. Statistics are Relaxed.
+
+use core::ptr::NonNull;
+
+use rcu_core::raw::Domain;
+use rcu_core::{CachePadded, GpSeq};
+
+use crate::block::{Block, FreeFn, BLOCK_CAPACITY, PAGE_SIZE};
+use crate::config::{Budget, RESERVE_CHUNK};
+use crate::lock::TryLock;
+use crate::primitive::cell::UnsafeCell;
+use crate::primitive::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// Channels (distinct free functions) open at once per CPU slot.
+pub(crate) const NCHAN: usize = 4;
+
+/// One open block of a channel.
+#[derive(Clone, Copy)]
+struct Chan {
+    /// The open block, or null.
+    block: *mut Block,
+    /// When it was opened (`now_ms` clock), for the drain delay.
+    opened_ms: u64,
+}
+
+const NO_CHAN: Chan = Chan {
+    block: core::ptr::null_mut(),
+    opened_ms: 0,
+};
+
+/// State of one CPU slot, guarded by [`Krc::lock`] (Invariant 1).
+struct KrcInner {
+    chans: [Chan; NCHAN],
+    /// Blocks handed over and not yet collected (linked through `hdr.next`).
+    handed: *mut Block,
+    /// Length of `handed`.
+    nhanded: usize,
+    /// Empty pages kept for emergencies (linked through `hdr.next`).
+    cache: *mut Block,
+    ncache: usize,
+    /// Unspent budget reserved by this slot.
+    reserve_left: usize,
+}
+
+/// One CPU slot.
+pub(crate) struct Krc {
+    lock: TryLock,
+    inner: UnsafeCell<KrcInner>,
+    /// Objects queued on this slot (written by the lock holder; Relaxed load+store, no RMW).
+    pub(crate) queued: AtomicU64,
+    /// Pages in `cache` (mirrors `ncache` for lock-free statistics).
+    pub(crate) cached: AtomicUsize,
+    /// Pages taken from the cache for new blocks (emergency pages used).
+    pub(crate) cache_used: AtomicU64,
+    /// Blocks on `handed` (mirror for lock-free statistics).
+    pub(crate) handed_n: AtomicUsize,
+}
+
+// SAFETY: `inner` is only accessed with `lock` held (Invariant 1); the raw block pointers it holds
+// are owned by the slot, and the objects behind them are `Send` (checked by the public API).
+unsafe impl Sync for Krc {}
+// SAFETY: as above.
+unsafe impl Send for Krc {}
+
+impl core::fmt::Debug for Krc {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Krc")
+            .field("queued", &self.queued)
+            .field("cached", &self.cached)
+            .finish()
+    }
+}
+
+impl Krc {
+    fn new() -> Krc {
+        Krc {
+            lock: TryLock::new(),
+            inner: UnsafeCell::new(KrcInner {
+                chans: [NO_CHAN; NCHAN],
+                handed: core::ptr::null_mut(),
+                nhanded: 0,
+                cache: core::ptr::null_mut(),
+                ncache: 0,
+                reserve_left: 0,
+            }),
+            queued: AtomicU64::new(0),
+            cached: AtomicUsize::new(0),
+            cache_used: AtomicU64::new(0),
+            handed_n: AtomicUsize::new(0),
+        }
+    }
+
+    /// Runs `f` on the slot state; the lock must be held.
+    fn with<R>(&self, f: impl FnOnce(&mut KrcInner) -> R) -> R {
+        // SAFETY: the caller holds `lock` (Invariant 1), so this is the only reference.
+        self.inner.with_mut(|p| f(unsafe { &mut *p }))
+    }
+
+    fn locked<R>(&self, f: impl FnOnce(&mut KrcInner) -> R) -> R {
+        self.lock.lock();
+        let r = self.with(f);
+        self.lock.unlock();
+        r
+    }
+}
+
+/// Why an enqueue could not batch the object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// The pending-memory cap is reached.
+    Cap,
+    /// No block page could be had.
+    NoPage,
+}
+
+/// What an enqueue did besides storing the pointer (the caller may need to wake the worker).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Added {
+    /// A full block was handed over.
+    pub(crate) handed: bool,
+    /// A new block was opened (the worker must drain it after the delay).
+    pub(crate) opened: bool,
+}
+
+/// A detached list of blocks owned by one collector.
+#[derive(Debug)]
+pub(crate) struct Batch {
+    head: *mut Block,
+    len: usize,
+}
+
+impl Batch {
+    pub(crate) fn new() -> Batch {
+        Batch {
+            head: core::ptr::null_mut(),
+            len: 0,
+        }
+    }
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+    fn push(&mut self, b: *mut Block) {
+        // SAFETY: the batch owns `b` (Invariant 2).
+        unsafe { (*b).hdr.next = self.head };
+        self.head = b;
+        self.len += 1;
+    }
+    fn pop(&mut self) -> Option<*mut Block> {
+        let b = NonNull::new(self.head)?.as_ptr();
+        // SAFETY: the batch owns `b`.
+        self.head = unsafe { (*b).hdr.next };
+        self.len -= 1;
+        Some(b)
+    }
+}
+
+/// What a collection pass freed.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Processed {
+    /// Blocks freed.
+    pub(crate) blocks: usize,
+    /// Objects freed from blocks.
+    pub(crate) objects: usize,
+    /// Blocks freed without waiting for a new grace period.
+    pub(crate) ready_first: usize,
+}
+
+/// Page source for blocks: the page layer, or the heap inside loom models.
+pub(crate) trait Pages {
+    /// A fresh page without reclaim, or `None`.
+    fn alloc(&self) -> Option<NonNull<u8>>;
+    /// Gives a page back.
+    ///
+    /// # Safety
+    /// `p` came from `alloc` and is no longer used.
+    unsafe fn free(&self, p: NonNull<u8>);
+}
+
+/// The batcher core: per-CPU slots, the budget and the grace-period domain.
+pub(crate) struct Batcher<'d, P: Pages> {
+    krcs: Box<[CachePadded<Krc>]>,
+    pub(crate) budget: Budget,
+    pub(crate) cap: usize,
+    pub(crate) pages_per_cpu: usize,
+    pub(crate) dom: &'d Domain,
+    pub(crate) pages: P,
+    /// Milliseconds clock, read only when a block is opened.
+    clock: fn() -> u64,
+}
+
+impl<P: Pages> core::fmt::Debug for Batcher<'_, P> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Batcher")
+            .field("slots", &self.krcs.len())
+            .field("cap", &self.cap)
+            .finish()
+    }
+}
+
+impl<'d, P: Pages> Batcher<'d, P> {
+    pub(crate) fn new(
+        ncpu: usize,
+        cap: usize,
+        pages_per_cpu: usize,
+        dom: &'d Domain,
+        pages: P,
+        clock: fn() -> u64,
+    ) -> Self {
+        Batcher {
+            krcs: (0..ncpu.max(1))
+                .map(|_| CachePadded::new(Krc::new()))
+                .collect(),
+            budget: Budget::new(),
+            cap,
+            pages_per_cpu,
+            dom,
+            pages,
+            clock,
+        }
+    }
+
+    /// Batches `obj` (of `size` bytes) on the caller's CPU slot. `may_alloc`: whether a fresh
+    /// page may be mapped when the slot's cache is empty (headless form only).
+    #[inline]
+    pub(crate) fn enqueue(
+        &self,
+        cpu: usize,
+        obj: *mut u8,
+        size: usize,
+        free: FreeFn,
+        ctx: *const (),
+        may_alloc: bool,
+    ) -> Result<Added, Refused> {
+        let n = self.krcs.len();
+        let home = cpu % n;
+        let mut spins = 0u32;
+        loop {
+            for j in 0..n {
+                let idx = (home + j) % n;
+                let k = &self.krcs[idx];
+                if k.lock.try_lock() {
+                    let r =
+                        k.with(|inner| self.add(k, inner, idx, obj, size, free, ctx, may_alloc));
+                    k.lock.unlock();
+                    return r;
+                }
+            }
+            // Every slot is busy (more threads than CPUs, all inside enqueue): wait a moment.
+            crate::primitive::spin_wait(spins);
+            spins = spins.saturating_add(1);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    fn add(
+        &self,
+        k: &Krc,
+        inner: &mut KrcInner,
+        origin: usize,
+        obj: *mut u8,
+        size: usize,
+        free: FreeFn,
+        ctx: *const (),
+        may_alloc: bool,
+    ) -> Result<Added, Refused> {
+        let mut added = Added::default();
+        let found = inner.chans.iter().position(|c| {
+            // SAFETY: open blocks belong to the slot (Invariant 2) and we hold its lock.
+            !c.block.is_null() && unsafe { same_channel(&(*c.block).hdr, free, ctx) }
+        });
+        let ci = match found {
+            Some(ci) => {
+                self.charge(inner, size)?;
+                ci
+            }
+            None => {
+                self.charge(inner, size + PAGE_SIZE)?;
+                let page = match self.take_page(k, inner, may_alloc) {
+                    Some(p) => p,
+                    None => {
+                        // The reservation stays with the slot (still counted; Invariant 4).
+                        return Err(Refused::NoPage);
+                    }
+                };
+                inner.reserve_left -= PAGE_SIZE;
+                let ci = match inner.chans.iter().position(|c| c.block.is_null()) {
+                    Some(ci) => ci,
+                    None => {
+                        // Evict the oldest channel: hand its block over.
+                        let oldest = (0..NCHAN)
+                            .min_by_key(|&i| inner.chans[i].opened_ms)
+                            .unwrap_or(0);
+                        self.hand_over(inner, oldest);
+                        added.handed = true;
+                        oldest
+                    }
+                };
+                // SAFETY: `page` is a page we own.
+                let b = unsafe { Block::init(page, free, ctx, origin as u32) };
+                inner.chans[ci] = Chan {
+                    block: b,
+                    opened_ms: (self.clock)(),
+                };
+                added.opened = true;
+                ci
+            }
+        };
+        inner.reserve_left -= size;
+        let b = inner.chans[ci].block;
+        // SAFETY: `b` is the channel's open block (not full: full blocks are handed over at once)
+        // and we hold the slot's lock.
+        let full = unsafe {
+            let h = &mut (*b).hdr;
+            let i = h.count as usize;
+            debug_assert!(i < BLOCK_CAPACITY);
+            core::ptr::addr_of_mut!((*b).ptrs)
+                .cast::<*mut u8>()
+                .add(i)
+                .write(obj);
+            h.count += 1;
+            h.bytes += size;
+            h.count as usize == BLOCK_CAPACITY
+        };
+        // Relaxed load+store: only the lock holder writes (statistics).
+        k.queued
+            .store(k.queued.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        if full {
+            self.hand_over(inner, ci);
+            added.handed = true;
+        }
+        if added.handed {
+            k.handed_n.store(inner.nhanded, Ordering::Relaxed);
+        }
+        Ok(added)
+    }
+
+    /// Makes sure the slot's reservation covers `need` bytes.
+    #[inline]
+    fn charge(&self, inner: &mut KrcInner, need: usize) -> Result<(), Refused> {
+        if inner.reserve_left >= need {
+            return Ok(());
+        }
+        let missing = need - inner.reserve_left;
+        let got = self
+            .budget
+            .reserve(missing, RESERVE_CHUNK, self.cap)
+            .ok_or(Refused::Cap)?;
+        inner.reserve_left += got;
+        Ok(())
+    }
+
+    /// A page for a new block: the slot's cache first, then (if allowed) the page layer.
+    fn take_page(&self, k: &Krc, inner: &mut KrcInner, may_alloc: bool) -> Option<NonNull<u8>> {
+        if let Some(b) = NonNull::new(inner.cache) {
+            // SAFETY: cached pages belong to the slot (Invariant 2).
+            inner.cache = unsafe { (*b.as_ptr()).hdr.next };
+            inner.ncache -= 1;
+            k.cached.store(inner.ncache, Ordering::Relaxed);
+            k.cache_used
+                .store(k.cache_used.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+            return Some(b.cast());
+        }
+        if may_alloc {
+            self.pages.alloc()
+        } else {
+            None
+        }
+    }
+
+    /// Stamps channel `ci`'s block and moves it to `handed` (Invariant 3).
+    fn hand_over(&self, inner: &mut KrcInner, ci: usize) {
+        let b = inner.chans[ci].block;
+        debug_assert!(!b.is_null());
+        // Taken under the lock, after every store into the block (Invariant 3).
+        let snap = self.dom.get_state();
+        // SAFETY: the slot owns `b` and we hold its lock.
+        unsafe {
+            (*b).hdr.snap = snap.raw();
+            (*b).hdr.next = inner.handed;
+        }
+        inner.handed = b;
+        inner.nhanded += 1;
+        inner.chans[ci] = NO_CHAN;
+    }
+
+    /// Collects handed-over blocks of every slot into `out`, first handing over open channels
+    /// whose delay expired (all of them if `flush_all`). Returns whether open blocks remain.
+    pub(crate) fn collect(
+        &self,
+        out: &mut Batch,
+        flush_all: bool,
+        now_ms: u64,
+        delay_ms: u64,
+    ) -> bool {
+        let mut open_left = false;
+        for k in self.krcs.iter() {
+            k.locked(|inner| {
+                for ci in 0..NCHAN {
+                    let c = inner.chans[ci];
+                    if c.block.is_null() {
+                        continue;
+                    }
+                    if flush_all || now_ms.saturating_sub(c.opened_ms) >= delay_ms {
+                        self.hand_over(inner, ci);
+                    } else {
+                        open_left = true;
+                    }
+                }
+                inner.nhanded = 0;
+                k.handed_n.store(0, Ordering::Relaxed);
+                let mut b = core::mem::replace(&mut inner.handed, core::ptr::null_mut());
+                while let Some(blk) = NonNull::new(b) {
+                    // SAFETY: handed blocks belong to the slot; we move them to `out`.
+                    b = unsafe { (*blk.as_ptr()).hdr.next };
+                    out.push(blk.as_ptr());
+                }
+            });
+        }
+        open_left
+    }
+
+    /// Frees the blocks of `batch` whose grace period is already over (*ready-first*), and
+    /// returns the others with the newest snapshot among them.
+    pub(crate) fn free_ready(
+        &self,
+        batch: &mut Batch,
+        res: &mut Processed,
+    ) -> (Batch, Option<GpSeq>) {
+        let mut later = Batch::new();
+        let mut newest: Option<GpSeq> = None;
+        let cur = self.dom.current();
+        while let Some(b) = batch.pop() {
+            // SAFETY: the batch owns `b`.
+            let snap = GpSeq::from_raw(unsafe { (*b).hdr.snap });
+            if cur.done(snap) {
+                res.ready_first += 1;
+                self.free_block(b, res);
+            } else {
+                newest = Some(newer(newest, snap));
+                later.push(b);
+            }
+        }
+        (later, newest)
+    }
+
+    /// Frees every block of `batch`. The caller has waited for the newest snapshot among them.
+    pub(crate) fn free_all(&self, batch: &mut Batch, res: &mut Processed) {
+        while let Some(b) = batch.pop() {
+            self.free_block(b, res);
+        }
+    }
+
+    /// Frees a detached block's objects and recycles its page.
+    fn free_block(&self, b: *mut Block, res: &mut Processed) {
+        // SAFETY: the collector owns `b` and its grace period completed (checked by the debug
+        // assertion inside `free_objects`).
+        let n = unsafe { Block::free_objects(b, self.dom) };
+        // SAFETY: owned.
+        let (bytes, origin) = unsafe { ((*b).hdr.bytes, (*b).hdr.origin as usize) };
+        self.budget.release(bytes + PAGE_SIZE);
+        res.blocks += 1;
+        res.objects += n;
+        // SAFETY: `b` is an owned page of ours.
+        let page = unsafe { NonNull::new_unchecked(b.cast::<u8>()) };
+        self.recycle_page(origin, page);
+    }
+
+    /// Returns a page to slot `origin`'s cache if it is below target, else to the page layer.
+    pub(crate) fn recycle_page(&self, origin: usize, page: NonNull<u8>) {
+        let k = &self.krcs[origin % self.krcs.len()];
+        let kept = k.locked(|inner| {
+            if inner.ncache >= self.pages_per_cpu {
+                return false;
+            }
+            // SAFETY: the page is ours; it becomes a cached empty block of this slot.
+            let b = unsafe { Block::empty_page(page, origin as u32) };
+            // SAFETY: as above.
+            unsafe { (*b).hdr.next = inner.cache };
+            inner.cache = b;
+            inner.ncache += 1;
+            k.cached.store(inner.ncache, Ordering::Relaxed);
+            true
+        });
+        if !kept {
+            // SAFETY: the page came from `self.pages` and is no longer used.
+            unsafe { self.pages.free(page) };
+        }
+    }
+
+    /// Tops every slot's cache up to `pages_per_cpu` (worker only; never on a caller's path).
+    /// Returns pages added; stops at the first allocation failure.
+    pub(crate) fn refill_caches(&self) -> usize {
+        let mut added = 0;
+        for (i, k) in self.krcs.iter().enumerate() {
+            while k.cached.load(Ordering::Relaxed) < self.pages_per_cpu {
+                let Some(p) = self.pages.alloc() else {
+                    return added;
+                };
+                self.recycle_page(i, p);
+                added += 1;
+            }
+        }
+        added
+    }
+
+    /// Empties every slot's page cache (shrinker). Returns pages given back.
+    pub(crate) fn drain_caches(&self) -> usize {
+        let mut freed = 0;
+        for k in self.krcs.iter() {
+            let mut list = k.locked(|inner| {
+                inner.ncache = 0;
+                k.cached.store(0, Ordering::Relaxed);
+                core::mem::replace(&mut inner.cache, core::ptr::null_mut())
+            });
+            while let Some(b) = NonNull::new(list) {
+                // SAFETY: detached cached pages are ours.
+                list = unsafe { (*b.as_ptr()).hdr.next };
+                // SAFETY: the page came from `self.pages`.
+                unsafe { self.pages.free(b.cast()) };
+                freed += 1;
+            }
+        }
+        freed
+    }
+
+    /// Whether any slot has handed-over blocks (checked under each slot's lock).
+    pub(crate) fn has_handed(&self) -> bool {
+        self.krcs
+            .iter()
+            .any(|k| k.locked(|inner| !inner.handed.is_null()))
+    }
+
+    /// Handed-over blocks not yet collected (racy sum, for the shrinker's count).
+    pub(crate) fn handed_estimate(&self) -> usize {
+        self.krcs
+            .iter()
+            .map(|k| k.handed_n.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Puts collected blocks back on their origin slots' handed lists (the shrinker could not
+    /// wait for them; the worker will).
+    pub(crate) fn requeue(&self, mut batch: Batch) {
+        while let Some(b) = batch.pop() {
+            // SAFETY: the batch owned `b`; it moves back to a slot.
+            let origin = unsafe { (*b).hdr.origin } as usize % self.krcs.len();
+            let k = &self.krcs[origin];
+            k.locked(|inner| {
+                // SAFETY: as above; we hold the slot's lock.
+                unsafe { (*b).hdr.next = inner.handed };
+                inner.handed = b;
+                inner.nhanded += 1;
+                k.handed_n.store(inner.nhanded, Ordering::Relaxed);
+            });
+        }
+    }
+
+    /// Objects queued on every slot (statistics).
+    pub(crate) fn queued(&self) -> u64 {
+        self.krcs
+            .iter()
+            .map(|k| k.queued.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Pages cached on every slot (statistics).
+    pub(crate) fn cached_pages(&self) -> usize {
+        self.krcs
+            .iter()
+            .map(|k| k.cached.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Emergency pages taken (statistics).
+    pub(crate) fn cache_used(&self) -> u64 {
+        self.krcs
+            .iter()
+            .map(|k| k.cache_used.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Resets the slot locks in a `fork()` child.
+    #[cfg(not(rcu_loom))]
+    pub(crate) fn reset_locks_after_fork(&self) {
+        for k in self.krcs.iter() {
+            k.lock.reset_after_fork();
+        }
+    }
+}
+
+/// The newer of an optional snapshot and `s`.
+pub(crate) fn newer(a: Option<GpSeq>, s: GpSeq) -> GpSeq {
+    match a {
+        Some(n) if s.before(n) => n,
+        _ => s,
+    }
+}
+
+/// Whether a block header belongs to channel `(free, ctx)`.
+#[inline]
+fn same_channel(h: &crate::block::BlockHeader, free: FreeFn, ctx: *const ()) -> bool {
+    // Compared as addresses: a function duplicated across codegen units only costs a second
+    // channel, never a wrong free.
+    h.free as usize == free as usize && h.ctx == ctx
+}

@@ -1,0 +1,360 @@
+//! The process-wide batcher: its worker thread, `kvfree_rcu_barrier`, the shrinker, `fork()`
+//! handling and statistics.
+//!
+//! # Implementation
+//!
+//! * **Worker** (`rcu-kfree`, started at the first retire). One *pass*, under the busy lock:
+//!   collect handed-over blocks (and partial blocks older than the drain delay) from every slot,
+//!   take the head-linked stack, free the blocks whose grace period already completed
+//!   (ready-first), wait once for the newest remaining snapshot (blocks, heads, parked objects),
+//!   free the rest, then top up the emergency page caches unless the shrinker asked for a
+//!   back-off. It parks with the drain delay as timeout while partial blocks exist, and without
+//!   timeout when idle.
+//! * **Idle protocol**: as in rcu-core: `IDLE = true`, then a re-check of every slot *under its
+//!   lock* plus the head stack and park count behind a `fence(SeqCst)`; producers check `IDLE`
+//!   after unlocking their slot (or after a fence for heads and parks).
+//! * **Busy lock** serialises collectors (the worker, `kvfree_rcu_barrier`): a barrier that takes
+//!   it after detaching everything also waits for a worker pass that took blocks earlier, so every
+//!   object retired before the barrier is freed when it returns.
+//! * **Shrinker** `kfree-rcu` (registered with the page layer): `count` = cached pages + handed
+//!   blocks; `scan` empties the page caches, frees ready-first blocks without waiting (it may run
+//!   inside a reader), wakes the worker for the rest, and backs refills off for one second.
+//! * **fork()**: the child resets the slot locks and the busy lock and restarts the worker lazily.
+//!   Blocks that a parent's worker pass held at fork time are not freed in the child (a copy that
+//!   leaks there; the parent frees its own).
+
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use core::ptr::NonNull;
+
+use crate::config::config;
+use crate::head::HeadStack;
+use crate::krc::{newer, Batch, Batcher, Pages, Processed};
+use crate::lock::TryLock;
+use crate::park;
+
+/// Pages from the kit's page layer (accounted, limited, really unmapped on free).
+#[derive(Debug)]
+pub(crate) struct PageLayer;
+
+impl Pages for PageLayer {
+    fn alloc(&self) -> Option<NonNull<u8>> {
+        // Never reclaim on the batching paths: "don't rob reclaim of memory".
+        slab_backend::page::try_alloc_pages(1)
+    }
+    unsafe fn free(&self, p: NonNull<u8>) {
+        // SAFETY: forwarded contract (a page from `try_alloc_pages(1)`, unused now).
+        unsafe { slab_backend::page::free_pages(p, 1) }
+    }
+}
+
+pub(crate) type Global = Batcher<'static, PageLayer>;
+
+static BATCHER: OnceLock<Global> = OnceLock::new();
+pub(crate) static HEADS: HeadStack = HeadStack::new();
+static BUSY: TryLock = TryLock::new();
+
+static WORKER_STATE: AtomicU32 = AtomicU32::new(0); // 0 none, 1 starting, 2 running
+/// The worker's handle, behind a try-lock the `fork()` child can reset (a std `Mutex` held by a
+/// parent thread at fork time would stay locked in the child forever).
+static WORKER: WorkerSlot = WorkerSlot {
+    lock: TryLock::new(),
+    t: std::cell::UnsafeCell::new(None),
+};
+
+struct WorkerSlot {
+    lock: TryLock,
+    t: std::cell::UnsafeCell<Option<std::thread::Thread>>,
+}
+
+// SAFETY: `t` is only accessed with `lock` held.
+unsafe impl Sync for WorkerSlot {}
+
+impl WorkerSlot {
+    fn with<R>(&self, f: impl FnOnce(&mut Option<std::thread::Thread>) -> R) -> R {
+        self.lock.lock();
+        // SAFETY: we hold `lock`, so this is the only access.
+        let r = f(unsafe { &mut *self.t.get() });
+        self.lock.unlock();
+        r
+    }
+}
+static IDLE: AtomicBool = AtomicBool::new(false);
+/// Refills are backed off until this time (ms on `now_ms`'s clock).
+static BACKOFF_UNTIL_MS: AtomicU64 = AtomicU64::new(0);
+
+pub(crate) static FREED: AtomicU64 = AtomicU64::new(0);
+pub(crate) static FALLBACK_SYNC: AtomicU64 = AtomicU64::new(0);
+pub(crate) static HEAD_QUEUED: AtomicU64 = AtomicU64::new(0);
+static BLOCKS_FREED: AtomicU64 = AtomicU64::new(0);
+static READY_FIRST: AtomicU64 = AtomicU64::new(0);
+static GPS_WAITED: AtomicU64 = AtomicU64::new(0);
+static BLOCKS_IN_FLIGHT: AtomicU64 = AtomicU64::new(0);
+
+/// Milliseconds since the first call (a monotonic clock for drain delays).
+pub(crate) fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// The global batcher (created at first use with the configuration in force).
+pub(crate) fn batcher() -> &'static Global {
+    BATCHER.get_or_init(|| {
+        let c = config();
+        let b = Batcher::new(
+            rcu_core::cpu::possible_cpus(),
+            c.pending_cap,
+            c.pages_per_cpu,
+            rcu_core::raw::global_domain(),
+            PageLayer,
+            now_ms,
+        );
+        slab_backend::register_shrinker("kfree-rcu", shrink_count, shrink_scan);
+        install_fork_handlers();
+        b
+    })
+}
+
+/// Wakes the worker if it is idle; starts it if it does not run.
+#[inline]
+pub(crate) fn kick() {
+    if WORKER_STATE.load(Ordering::Acquire) != 2 {
+        start_worker();
+    } else if IDLE.load(Ordering::Relaxed) && IDLE.swap(false, Ordering::Relaxed) {
+        unpark_worker();
+    }
+}
+
+/// `kick` after a lock-free publication (heads, parks): the fence pairs with the worker's fence
+/// between `IDLE = true` and its re-check.
+pub(crate) fn kick_after_publish() {
+    fence(Ordering::SeqCst);
+    kick();
+}
+
+fn unpark_worker() {
+    WORKER.with(|t| {
+        if let Some(t) = t {
+            t.unpark();
+        }
+    });
+}
+
+#[cold]
+fn start_worker() {
+    if WORKER_STATE
+        .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        return;
+    }
+    match std::thread::Builder::new()
+        .name("rcu-kfree".into())
+        .spawn(worker_main)
+    {
+        Ok(h) => {
+            let t = h.thread().clone();
+            // The previous handle (a parent's worker, after fork) is dropped outside the lock.
+            let old = WORKER.with(|slot| slot.replace(t));
+            drop(old);
+            WORKER_STATE.store(2, Ordering::Release);
+            unpark_worker();
+        }
+        Err(e) => {
+            WORKER_STATE.store(0, Ordering::Release);
+            eprintln!("kfree-batch: cannot start the worker ({e}); blocks wait for the next retry");
+        }
+    }
+}
+
+fn worker_main() {
+    let b = batcher();
+    let delay = config().drain_delay;
+    loop {
+        let (freed_any, open_left) = pass(b, false);
+        if now_ms() >= BACKOFF_UNTIL_MS.load(Ordering::Relaxed) {
+            b.refill_caches();
+        }
+        if freed_any {
+            continue;
+        }
+        IDLE.store(true, Ordering::Relaxed);
+        // Pairs with `kick_after_publish`.
+        fence(Ordering::SeqCst);
+        if has_work(b) {
+            IDLE.store(false, Ordering::Relaxed);
+            continue;
+        }
+        if open_left {
+            std::thread::park_timeout(delay);
+            IDLE.store(false, Ordering::Relaxed);
+        } else {
+            while IDLE.load(Ordering::Relaxed) {
+                std::thread::park();
+            }
+        }
+    }
+}
+
+/// Whether anything needs a pass now (slots checked under their locks: idle protocol).
+fn has_work(b: &Global) -> bool {
+    HEADS.len.load(Ordering::Relaxed) != 0
+        || park::PARKED_NOW.load(Ordering::Relaxed) != 0
+        || b.has_handed()
+}
+
+/// One collection pass (module docs). Returns whether anything was freed and whether partial
+/// blocks remain open.
+pub(crate) fn pass(b: &Global, flush_all: bool) -> (bool, bool) {
+    BUSY.lock();
+    let mut batch = Batch::new();
+    let open_left = b.collect(
+        &mut batch,
+        flush_all,
+        now_ms(),
+        config().drain_delay.as_millis() as u64,
+    );
+    BLOCKS_IN_FLIGHT.fetch_add(batch.len() as u64, Ordering::Relaxed);
+    let heads = HEADS.take_all();
+    let heads_snap = (!heads.is_null()).then(|| b.dom.get_state());
+    let mut res = Processed::default();
+    let (mut later, newest) = b.free_ready(&mut batch, &mut res);
+    let mut need = newest;
+    for s in [heads_snap, park::newest_snap()].into_iter().flatten() {
+        need = Some(newer(need, s));
+    }
+    if let Some(s) = need {
+        if !b.dom.poll(s) {
+            b.dom.wait_for(s, false);
+            GPS_WAITED.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    b.free_all(&mut later, &mut res);
+    // SAFETY: `heads` was taken before `heads_snap` was taken and we waited for it.
+    let head_objs = unsafe { HEADS.free_list(heads) };
+    let parked = park::sweep(b.dom);
+    BUSY.unlock();
+    let objs = res.objects + head_objs + parked;
+    FREED.fetch_add(objs as u64, Ordering::Relaxed);
+    BLOCKS_FREED.fetch_add(res.blocks as u64, Ordering::Relaxed);
+    BLOCKS_IN_FLIGHT.fetch_sub(res.blocks as u64, Ordering::Relaxed);
+    READY_FIRST.fetch_add(res.ready_first as u64, Ordering::Relaxed);
+    (objs != 0, open_left)
+}
+
+/// Waits until every object retired before the call is freed (module docs).
+pub(crate) fn barrier() {
+    let Some(b) = BATCHER.get() else { return };
+    pass(b, true);
+}
+
+fn shrink_count() -> usize {
+    let Some(b) = BATCHER.get() else { return 0 };
+    b.cached_pages() + BLOCKS_IN_FLIGHT.load(Ordering::Relaxed) as usize + b.handed_estimate()
+}
+
+fn shrink_scan(_n: usize) -> usize {
+    let Some(b) = BATCHER.get() else { return 0 };
+    BACKOFF_UNTIL_MS.store(now_ms() + 1000, Ordering::Relaxed);
+    let mut freed = b.drain_caches();
+    // Free what is already safe without waiting (we may be inside a reader), if no collector
+    // runs right now; the worker does the rest.
+    if BUSY.try_lock() {
+        let mut batch = Batch::new();
+        b.collect(&mut batch, true, now_ms(), 0);
+        let mut res = Processed::default();
+        let (later, _) = b.free_ready(&mut batch, &mut res);
+        b.requeue(later);
+        BUSY.unlock();
+        FREED.fetch_add(res.objects as u64, Ordering::Relaxed);
+        BLOCKS_FREED.fetch_add(res.blocks as u64, Ordering::Relaxed);
+        READY_FIRST.fetch_add(res.ready_first as u64, Ordering::Relaxed);
+        freed += res.blocks;
+    }
+    kick();
+    freed
+}
+
+/// Batcher statistics (see [`crate::stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KfreeStats {
+    /// Objects retired (every path).
+    pub queued: u64,
+    /// Objects freed (every path).
+    pub freed: u64,
+    /// Retires where the caller itself waited for a grace period because batching memory could
+    /// not be had (no page, page budget, or the pending cap).
+    pub fallback_sync: u64,
+    /// Blocks collected and not yet freed.
+    pub blocks_in_flight: u64,
+    /// Blocks freed.
+    pub blocks_freed: u64,
+    /// Blocks freed without waiting for a new grace period (their snapshot had completed).
+    pub blocks_ready_first: u64,
+    /// Empty pages in the per-CPU emergency caches.
+    pub pages_cached: u64,
+    /// Pages taken from the emergency caches for new blocks.
+    pub emergency_pages_used: u64,
+    /// Objects retired through their `RcuHead` because no page was available.
+    pub head_queued: u64,
+    /// Objects parked inside read-side critical sections (total, and right now).
+    pub objects_parked: u64,
+    /// Objects parked right now.
+    pub parked_now: u64,
+    /// Grace periods the batcher waited for.
+    pub grace_periods: u64,
+    /// Bytes charged to the pending budget now (objects + pages + reservations).
+    pub pending_bytes: u64,
+    /// Highest pending charge seen.
+    pub peak_pending_bytes: u64,
+    /// The pending cap in force.
+    pub pending_cap: u64,
+}
+
+/// A snapshot of the batcher's counters.
+pub(crate) fn stats() -> KfreeStats {
+    let Some(b) = BATCHER.get() else {
+        return KfreeStats::default();
+    };
+    KfreeStats {
+        queued: b.queued()
+            + HEAD_QUEUED.load(Ordering::Relaxed)
+            + FALLBACK_QUEUED.load(Ordering::Relaxed),
+        freed: FREED.load(Ordering::Relaxed),
+        fallback_sync: FALLBACK_SYNC.load(Ordering::Relaxed),
+        blocks_in_flight: BLOCKS_IN_FLIGHT.load(Ordering::Relaxed),
+        blocks_freed: BLOCKS_FREED.load(Ordering::Relaxed),
+        blocks_ready_first: READY_FIRST.load(Ordering::Relaxed),
+        pages_cached: b.cached_pages() as u64,
+        emergency_pages_used: b.cache_used(),
+        head_queued: HEAD_QUEUED.load(Ordering::Relaxed),
+        objects_parked: park::PARKED_TOTAL.load(Ordering::Relaxed),
+        parked_now: park::PARKED_NOW.load(Ordering::Relaxed) as u64,
+        grace_periods: GPS_WAITED.load(Ordering::Relaxed),
+        pending_bytes: b.budget.pending() as u64,
+        peak_pending_bytes: b.budget.peak() as u64,
+        pending_cap: b.cap as u64,
+    }
+}
+
+/// Objects retired through a fallback (synchronize-and-free or park), counted as queued.
+pub(crate) static FALLBACK_QUEUED: AtomicU64 = AtomicU64::new(0);
+
+fn install_fork_handlers() {
+    extern "C" fn child() {
+        if let Some(b) = BATCHER.get() {
+            b.reset_locks_after_fork();
+        }
+        BUSY.reset_after_fork();
+        WORKER.lock.reset_after_fork();
+        IDLE.store(false, Ordering::Relaxed);
+        WORKER_STATE.store(0, Ordering::Relaxed);
+    }
+    // SAFETY: a static `extern "C" fn()` that only stores to atomics (async-signal-safe).
+    let r = unsafe { libc::pthread_atfork(None, None, Some(child)) };
+    if r != 0 {
+        eprintln!("kfree-batch: pthread_atfork failed ({r}); fork() children may stall");
+    }
+}
