@@ -13,3 +13,17 @@ pub use rcu_core::{
     rcu_barrier, rcu_read_lock, rcu_read_lock_held, start_poll_synchronize_rcu, synchronize_rcu,
     synchronize_rcu_expedited, GpState, RcuCell, RcuReadGuard,
 };
+
+pub use slab_backend::{
+    kfree, kfree_nolock, kmalloc, kmalloc_nolock, set_memory_limit, slabinfo, KmemCache, SlabError,
+};
+
+pub use kfree_batch::{
+    impl_has_rcu_head, kfree_rcu, kfree_rcu_cache, kfree_rcu_head, kfree_rcu_kmalloc,
+    kvfree_rcu_barrier, HasRcuHead, KfreeStats, RcuHead,
+};
+
+/// `kfree_batch::stats` under a name that does not clash with the other crates' statistics.
+pub use kfree_batch::stats as kfree_stats;
+/// `rcu_core::stats` under a name that does not clash with the other crates' statistics.
+pub use rcu_core::stats as gp_stats;

@@ -133,12 +133,39 @@ impl Block {
             GpSeq::from_raw(hdr.snap),
             dom.current()
         );
-        // SAFETY: the caller owns `b`; its objects were retired and their grace period is over,
-        // so the channel's free function may release them.
-        unsafe {
-            let objs = Self::objs(b);
-            (hdr.free)(hdr.ctx, objs);
-            objs.len()
+        // SAFETY: the caller owns `b`.
+        let objs = unsafe { Self::objs(b) };
+        // SAFETY: the objects were retired and their grace period is over, so the channel's free
+        // function may release them.
+        unsafe { run_free(hdr.free, hdr.ctx, objs) };
+        objs.len()
+    }
+}
+
+/// Runs a free function, containing a panicking destructor so that it cannot unwind through a
+/// collector that holds locks (the rest of that batch leaks; nothing is freed twice).
+///
+/// # Safety
+/// `objs` are retired objects of channel `(free, ctx)` whose grace period is over, freed once.
+#[inline]
+pub(crate) unsafe fn run_free(free: FreeFn, ctx: *const (), objs: &[*mut u8]) {
+    #[cfg(not(rcu_loom))]
+    {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // SAFETY: the function's contract.
+            unsafe { free(ctx, objs) }
+        }));
+        if r.is_err() {
+            eprintln!(
+                "kfree-batch: a destructor panicked while freeing a batch of {} objects; the rest \
+                 of that batch is leaked",
+                objs.len()
+            );
         }
+    }
+    #[cfg(rcu_loom)]
+    // SAFETY: as above.
+    unsafe {
+        free(ctx, objs)
     }
 }

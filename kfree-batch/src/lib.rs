@@ -263,6 +263,12 @@ mod api {
                  wait for the caller's own reader forever; drop every RcuReadGuard first"
             );
         }
+        if worker::in_pass() {
+            panic!(
+                "kvfree_rcu_barrier() called from the destructor of an object being freed by \
+                 kfree-batch: it would wait for its own collection pass forever"
+            );
+        }
         worker::barrier();
     }
 

@@ -210,7 +210,7 @@ pub(crate) fn sweep(dom: &rcu_core::raw::Domain) -> usize {
             // SAFETY: `f` was stored from a `FreeFn` in `park`.
             let f: FreeFn = unsafe { core::mem::transmute::<usize, FreeFn>(f) };
             // SAFETY: the object was parked after being retired, and its grace period is over.
-            unsafe { f(ctx, &[obj.as_ptr()]) };
+            unsafe { crate::block::run_free(f, ctx, &[obj.as_ptr()]) };
             // Release: our reads of the slot happen before the owner reuses it.
             s.obj.store(core::ptr::null_mut(), Ordering::Release);
             a.parked.fetch_sub(1, Ordering::Relaxed);

@@ -40,16 +40,18 @@ pub(crate) mod cell {
     pub(crate) use loom::cell::UnsafeCell;
 }
 
-/// One step of a wait loop: a CPU hint (and a yield every so often) outside loom, a scheduling
-/// point inside it.
+/// One step of a wait loop: spin, then yield, then sleep (a collector may hold a lock across a
+/// grace period, and this machine has two cores) outside loom; a scheduling point inside it.
 #[inline]
 pub(crate) fn spin_wait(iter: u32) {
     #[cfg(not(rcu_loom))]
     {
         if iter < 64 {
             core::hint::spin_loop();
-        } else {
+        } else if iter < 256 {
             std::thread::yield_now();
+        } else {
+            std::thread::sleep(std::time::Duration::from_micros(50));
         }
     }
     #[cfg(rcu_loom)]

@@ -169,6 +169,16 @@ fn start_worker() {
     }
 }
 
+std::thread_local! {
+    /// Set while this thread runs a collection pass (destructors of freed objects run inside it).
+    static IN_PASS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the caller is inside a collection pass (a destructor of a freed object).
+pub(crate) fn in_pass() -> bool {
+    IN_PASS.with(|w| w.get())
+}
+
 fn worker_main() {
     let b = batcher();
     let delay = config().drain_delay;
@@ -209,6 +219,7 @@ fn has_work(b: &Global) -> bool {
 /// blocks remain open.
 pub(crate) fn pass(b: &Global, flush_all: bool) -> (bool, bool) {
     BUSY.lock();
+    IN_PASS.with(|w| w.set(true));
     let mut batch = Batch::new();
     let open_left = b.collect(
         &mut batch,
@@ -235,6 +246,7 @@ pub(crate) fn pass(b: &Global, flush_all: bool) -> (bool, bool) {
     // SAFETY: `heads` was taken before `heads_snap` was taken and we waited for it.
     let head_objs = unsafe { HEADS.free_list(heads) };
     let parked = park::sweep(b.dom);
+    IN_PASS.with(|w| w.set(false));
     BUSY.unlock();
     let objs = res.objects + head_objs + parked;
     FREED.fetch_add(objs as u64, Ordering::Relaxed);

@@ -3,13 +3,11 @@
 //! change process-wide settings or fork run in a child process with a deadline.
 #![cfg(not(rcu_loom))]
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{child_case, run_child, stderr};
+use test_support::{child_case, run_child, stderr};
 use rcu_core::*;
 
 #[test]

@@ -3,11 +3,9 @@
 //! outside, so a hang fails the test instead of stalling the suite.
 #![cfg(not(rcu_loom))]
 
-mod common;
-
 use std::time::Duration;
 
-use common::{child_case, run_child, stderr};
+use test_support::{child_case, run_child, stderr};
 
 fn run_case(case: &str) {
     match case {

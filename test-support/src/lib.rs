@@ -1,0 +1,88 @@
+//! Helpers shared by the integration tests of the rcu-kit crates: running a test case in a child
+//! process (for process-wide settings, memory limits, expected panics and hang detection) with a
+//! deadline checked from outside, setting `RLIMIT_AS`, and reading memory figures.
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Environment variable naming the case a child process should run.
+pub const CHILD_ENV: &str = "RCU_TEST_CHILD";
+
+/// The case this process should run as a child, if any.
+pub fn child_case() -> Option<String> {
+    std::env::var(CHILD_ENV).ok()
+}
+
+/// Runs test `test_name` of the current test binary in a child process with `RCU_TEST_CHILD=case`
+/// and extra environment; kills it and panics if it runs past `deadline`.
+pub fn run_child(test_name: &str, case: &str, env: &[(&str, &str)], deadline: Duration) -> Output {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut cmd = Command::new(exe);
+    cmd.args([test_name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, case)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn child test process");
+    let start = Instant::now();
+    loop {
+        if let Some(_status) = child.try_wait().expect("try_wait") {
+            return child.wait_with_output().expect("wait_with_output");
+        }
+        if start.elapsed() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("wait_with_output");
+            panic!(
+                "child case '{case}' hung for more than {deadline:?}\nstdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Text of a child's stderr.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Address-space size of this process in bytes (`VmSize` from `/proc/self/status`).
+pub fn vm_size() -> usize {
+    status_kib("VmSize:") * 1024
+}
+
+/// Peak resident set size of this process in bytes (`VmHWM`).
+pub fn peak_rss() -> usize {
+    status_kib("VmHWM:") * 1024
+}
+
+/// Current resident set size in bytes (`VmRSS`).
+pub fn rss() -> usize {
+    status_kib("VmRSS:") * 1024
+}
+
+fn status_kib(key: &str) -> usize {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Sets `RLIMIT_AS` (soft and hard) for this process. Only for child processes of tests.
+pub fn set_rlimit_as(bytes: usize) -> std::io::Result<()> {
+    let lim = libc::rlimit {
+        rlim_cur: bytes as libc::rlim_t,
+        rlim_max: bytes as libc::rlim_t,
+    };
+    // SAFETY: setrlimit reads a valid rlimit struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_AS, &lim) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
