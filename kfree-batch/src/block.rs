@@ -29,7 +29,7 @@ pub(crate) const PAGE_SIZE: usize = 4096;
 
 /// Frees a batch of objects. `ctx` is the channel's context (null for boxes, an `Arc` of the
 /// cache for slab objects).
-pub(crate) type FreeFn = unsafe fn(ctx: *const (), objs: &[*mut u8]);
+pub type FreeFn = unsafe fn(ctx: *const (), objs: &[*mut u8]);
 
 /// The block header (kernel-doc style field notes: who writes it, under which lock).
 #[repr(C)]

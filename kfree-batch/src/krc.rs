@@ -149,7 +149,7 @@ impl Krc {
 
 /// Why an enqueue could not batch the object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Refused {
+pub enum Refused {
     /// The pending-memory cap is reached.
     Cap,
     /// No block page could be had.
@@ -158,29 +158,41 @@ pub(crate) enum Refused {
 
 /// What an enqueue did besides storing the pointer (the caller may need to wake the worker).
 #[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Added {
+pub struct Added {
     /// A full block was handed over.
-    pub(crate) handed: bool,
+    pub handed: bool,
     /// A new block was opened (the worker must drain it after the delay).
-    pub(crate) opened: bool,
+    pub opened: bool,
 }
 
 /// A detached list of blocks owned by one collector.
 #[derive(Debug)]
-pub(crate) struct Batch {
+pub struct Batch {
     head: *mut Block,
     len: usize,
 }
 
+impl Default for Batch {
+    fn default() -> Self {
+        Batch::new()
+    }
+}
+
 impl Batch {
-    pub(crate) fn new() -> Batch {
+    /// An empty batch.
+    pub fn new() -> Batch {
         Batch {
             head: core::ptr::null_mut(),
             len: 0,
         }
     }
-    pub(crate) fn len(&self) -> usize {
+    /// Blocks in the batch.
+    pub fn len(&self) -> usize {
         self.len
+    }
+    /// Whether the batch holds no block.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
     fn push(&mut self, b: *mut Block) {
         // SAFETY: the batch owns `b` (Invariant 2).
@@ -199,17 +211,17 @@ impl Batch {
 
 /// What a collection pass freed.
 #[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Processed {
+pub struct Processed {
     /// Blocks freed.
-    pub(crate) blocks: usize,
+    pub blocks: usize,
     /// Objects freed from blocks.
-    pub(crate) objects: usize,
+    pub objects: usize,
     /// Blocks freed without waiting for a new grace period.
-    pub(crate) ready_first: usize,
+    pub ready_first: usize,
 }
 
 /// Page source for blocks: the page layer, or the heap inside loom models.
-pub(crate) trait Pages {
+pub trait Pages {
     /// A fresh page without reclaim, or `None`.
     fn alloc(&self) -> Option<NonNull<u8>>;
     /// Gives a page back.
@@ -220,7 +232,7 @@ pub(crate) trait Pages {
 }
 
 /// The batcher core: per-CPU slots, the budget and the grace-period domain.
-pub(crate) struct Batcher<'d, P: Pages> {
+pub struct Batcher<'d, P: Pages> {
     krcs: Box<[CachePadded<Krc>]>,
     pub(crate) budget: Budget,
     pub(crate) cap: usize,
@@ -241,7 +253,9 @@ impl<P: Pages> core::fmt::Debug for Batcher<'_, P> {
 }
 
 impl<'d, P: Pages> Batcher<'d, P> {
-    pub(crate) fn new(
+    /// A batcher with `ncpu` slots, a pending `cap`, `pages_per_cpu` cached pages, grace periods
+    /// from `dom`, pages from `pages`, and a millisecond `clock` for the drain delay.
+    pub fn new(
         ncpu: usize,
         cap: usize,
         pages_per_cpu: usize,
@@ -262,10 +276,15 @@ impl<'d, P: Pages> Batcher<'d, P> {
         }
     }
 
-    /// Batches `obj` (of `size` bytes) on the caller's CPU slot. `may_alloc`: whether a fresh
+    /// The grace-period domain the batcher waits on.
+    pub fn domain(&self) -> &'d Domain {
+        self.dom
+    }
+
+    /// Batches `obj` (of `size` bytes) on CPU slot `cpu` (or another free one). `may_alloc`: whether a fresh
     /// page may be mapped when the slot's cache is empty (headless form only).
     #[inline]
-    pub(crate) fn enqueue(
+    pub fn enqueue(
         &self,
         cpu: usize,
         obj: *mut u8,
@@ -429,13 +448,7 @@ impl<'d, P: Pages> Batcher<'d, P> {
 
     /// Collects handed-over blocks of every slot into `out`, first handing over open channels
     /// whose delay expired (all of them if `flush_all`). Returns whether open blocks remain.
-    pub(crate) fn collect(
-        &self,
-        out: &mut Batch,
-        flush_all: bool,
-        now_ms: u64,
-        delay_ms: u64,
-    ) -> bool {
+    pub fn collect(&self, out: &mut Batch, flush_all: bool, now_ms: u64, delay_ms: u64) -> bool {
         let mut open_left = false;
         for k in self.krcs.iter() {
             k.locked(|inner| {
@@ -465,11 +478,7 @@ impl<'d, P: Pages> Batcher<'d, P> {
 
     /// Frees the blocks of `batch` whose grace period is already over (*ready-first*), and
     /// returns the others with the newest snapshot among them.
-    pub(crate) fn free_ready(
-        &self,
-        batch: &mut Batch,
-        res: &mut Processed,
-    ) -> (Batch, Option<GpSeq>) {
+    pub fn free_ready(&self, batch: &mut Batch, res: &mut Processed) -> (Batch, Option<GpSeq>) {
         let mut later = Batch::new();
         let mut newest: Option<GpSeq> = None;
         let cur = self.dom.current();
@@ -488,7 +497,7 @@ impl<'d, P: Pages> Batcher<'d, P> {
     }
 
     /// Frees every block of `batch`. The caller has waited for the newest snapshot among them.
-    pub(crate) fn free_all(&self, batch: &mut Batch, res: &mut Processed) {
+    pub fn free_all(&self, batch: &mut Batch, res: &mut Processed) {
         while let Some(b) = batch.pop() {
             self.free_block(b, res);
         }

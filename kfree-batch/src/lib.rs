@@ -60,6 +60,14 @@ pub use api::*;
 #[cfg(not(rcu_loom))]
 pub use park::PARK_SLOTS;
 
+/// The batching core with explicit slots, pages and grace-period domain, for the loom model and
+/// white-box tests. Not a stable API.
+#[doc(hidden)]
+pub mod raw {
+    pub use crate::block::FreeFn;
+    pub use crate::krc::{Added, Batch, Batcher, Pages, Processed, Refused};
+}
+
 /// Pointers per block (506 with 4 KiB pages).
 pub const BLOCK_CAPACITY: usize = block::BLOCK_CAPACITY;
 

@@ -1,0 +1,296 @@
+//! The batcher under memory pressure and misuse. Every case runs in a child process (the page
+//! budget, RLIMIT_AS and the batcher configuration are process-wide) with a deadline checked from
+//! outside; the parent checks the exit status and the child's report.
+#![cfg(not(rcu_loom))]
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kfree_batch::{
+    impl_has_rcu_head, kfree_rcu, kfree_rcu_head, kvfree_rcu_barrier, stats, RcuHead,
+};
+use rcu_core::rcu_read_lock;
+use test_support::{child_case, run_child, stderr};
+
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+struct Tracked(#[allow(dead_code)] [u64; 4]);
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        DROPPED.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+struct Linked {
+    _v: [u64; 4],
+    head: RcuHead,
+}
+impl_has_rcu_head!(Linked, head);
+impl Drop for Linked {
+    fn drop(&mut self) {
+        DROPPED.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn warm_up() {
+    for i in 0..5_000u64 {
+        kfree_rcu(Box::new(Tracked([i; 4])));
+    }
+    kvfree_rcu_barrier();
+}
+
+/// Page budget 0 after warm-up: every object is still freed, the fallback is counted, and no
+/// object is freed before its grace period (a reader holds the first ones throughout).
+fn case_budget_zero() {
+    warm_up();
+    let base = DROPPED.load(Ordering::Relaxed);
+    slab_backend::set_memory_limit(Some(0));
+    slab_backend::shrink_all(); // the batcher's shrinker gives its cached pages back
+    let n = 20_000u64;
+    for i in 0..n {
+        kfree_rcu(Box::new(Tracked([i; 4])));
+    }
+    kvfree_rcu_barrier();
+    let s = stats();
+    println!("budget0: {s:?}");
+    assert_eq!(DROPPED.load(Ordering::Relaxed) - base, n, "objects lost");
+    assert!(
+        s.fallback_sync > 0,
+        "no fallback taken with a zero budget: {s:?}"
+    );
+    assert_eq!(s.queued, s.freed);
+    slab_backend::set_memory_limit(None);
+}
+
+/// Inside a reader with no memory: no deadlock, nothing freed before the guard drops, all freed
+/// after it.
+fn case_reader_under_pressure() {
+    warm_up();
+    slab_backend::set_memory_limit(Some(0));
+    slab_backend::shrink_all();
+    let base = DROPPED.load(Ordering::Relaxed);
+    let n = 100u64;
+    {
+        let _g = rcu_read_lock();
+        for i in 0..n {
+            kfree_rcu(Box::new(Tracked([i; 4]))); // parks
+        }
+        for _ in 0..20 {
+            kfree_rcu_head(Box::new(Linked {
+                _v: [0; 4],
+                head: RcuHead::new(),
+            })); // links
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(
+            DROPPED.load(Ordering::Relaxed),
+            base,
+            "freed inside the retiring reader"
+        );
+    }
+    kvfree_rcu_barrier();
+    let s = stats();
+    println!("reader-under-pressure: {s:?}");
+    assert_eq!(
+        DROPPED.load(Ordering::Relaxed) - base,
+        n + 20,
+        "objects lost"
+    );
+    assert!(s.objects_parked >= n, "{s:?}");
+    assert!(s.head_queued >= 20, "{s:?}");
+    assert_eq!(s.parked_now, 0);
+    slab_backend::set_memory_limit(None);
+}
+
+/// RLIMIT_AS nearly full: the page layer's mmap fails, the batcher falls back, nothing aborts.
+fn case_rlimit() {
+    warm_up();
+    // Allocate the objects first (Box::new aborts on OOM), then leave little address space.
+    let n = 50_000usize;
+    let objs: Vec<Box<Tracked>> = (0..n).map(|i| Box::new(Tracked([i as u64; 4]))).collect();
+    // A reader holds grace periods off for 100 ms, so freed pages cannot be recycled in time and
+    // the batcher must map new ones, which RLIMIT_AS refuses.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let _g = rcu_read_lock();
+        tx.send(()).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    });
+    rx.recv().unwrap();
+    slab_backend::shrink_all();
+    let limit = test_support::vm_size() + (64 << 10);
+    test_support::set_rlimit_as(limit).expect("setrlimit");
+    let base = DROPPED.load(Ordering::Relaxed);
+    for o in objs {
+        kfree_rcu(o);
+    }
+    reader.join().unwrap();
+    kvfree_rcu_barrier();
+    let os_refusals = slab_backend::memory_stats().os_refusals;
+    println!("rlimit: page-layer OS refusals {os_refusals}");
+    assert!(os_refusals > 0, "RLIMIT_AS never refused a mapping");
+    let s = stats();
+    println!("rlimit: {s:?}");
+    assert_eq!(
+        DROPPED.load(Ordering::Relaxed) - base,
+        n as u64,
+        "objects lost"
+    );
+    assert!(s.fallback_sync > 0, "no fallback under RLIMIT_AS: {s:?}");
+}
+
+/// A reader holds its guard for 200 ms while another thread retires many objects under a small
+/// cap: pending memory never passes the cap; callers fall back; everything is freed.
+fn case_cap_stalled_reader() {
+    let cap = 1usize << 20;
+    kfree_batch::configure(kfree_batch::Config {
+        pending_cap: cap,
+        ..Default::default()
+    })
+    .unwrap();
+    let hold = Arc::new(AtomicBool::new(true));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = hold.clone();
+    let reader = std::thread::spawn(move || {
+        let _g = rcu_read_lock();
+        tx.send(()).unwrap();
+        let t = Instant::now();
+        while h.load(Ordering::Relaxed) && t.elapsed() < Duration::from_millis(200) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    rx.recv().unwrap();
+    let n: u64 = if cfg!(debug_assertions) {
+        1_000_000
+    } else {
+        10_000_000
+    };
+    let base = DROPPED.load(Ordering::Relaxed);
+    let t = Instant::now();
+    for i in 0..n {
+        kfree_rcu(Box::new(Tracked([i; 4])));
+    }
+    let took = t.elapsed();
+    hold.store(false, Ordering::Relaxed);
+    reader.join().unwrap();
+    kvfree_rcu_barrier();
+    let s = stats();
+    println!("cap-stalled: {n} objects in {took:?}: {s:?}");
+    assert!(
+        s.peak_pending_bytes as usize <= cap,
+        "pending {} passed the cap {cap}",
+        s.peak_pending_bytes
+    );
+    assert!(s.fallback_sync > 0, "{s:?}");
+    assert_eq!(DROPPED.load(Ordering::Relaxed) - base, n, "objects lost");
+    assert_eq!(s.queued, s.freed);
+}
+
+/// The barrier inside a reader panics with a clear message.
+fn case_barrier_in_reader() {
+    let _g = rcu_read_lock();
+    kvfree_rcu_barrier();
+}
+
+/// A fork child keeps working (worker restarted lazily).
+fn case_fork() {
+    warm_up();
+    for i in 0..1000u64 {
+        kfree_rcu(Box::new(Tracked([i; 4])));
+    }
+    // SAFETY: the child only uses the kit and leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let base = DROPPED.load(Ordering::Relaxed);
+        for i in 0..10_000u64 {
+            kfree_rcu(Box::new(Tracked([i; 4])));
+        }
+        kvfree_rcu_barrier();
+        let ok = DROPPED.load(Ordering::Relaxed) - base >= 10_000;
+        // SAFETY: async-signal-safe exit of the fork child.
+        unsafe { libc::_exit(if ok { 0 } else { 3 }) };
+    }
+    let mut status = 0;
+    let t = Instant::now();
+    loop {
+        // SAFETY: our own child.
+        if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(20) {
+            // SAFETY: our own child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("fork child hung");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "fork child failed: {status}"
+    );
+    kvfree_rcu_barrier();
+}
+
+#[test]
+fn pressure_child() {
+    match child_case().as_deref() {
+        Some("budget0") => case_budget_zero(),
+        Some("reader") => case_reader_under_pressure(),
+        Some("rlimit") => case_rlimit(),
+        Some("cap") => case_cap_stalled_reader(),
+        Some("barrier_in_reader") => case_barrier_in_reader(),
+        Some("fork") => case_fork(),
+        Some(other) => panic!("unknown case {other}"),
+        None => {}
+    }
+}
+
+fn expect_ok(case: &str) -> String {
+    let out = run_child("pressure_child", case, &[], Duration::from_secs(120));
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(out.status.success(), "case {case} failed:\n{all}");
+    all
+}
+
+#[test]
+fn budget_zero_after_warm_up_frees_everything_through_fallbacks() {
+    expect_ok("budget0");
+}
+
+#[test]
+fn retire_inside_reader_under_pressure_parks_and_links() {
+    expect_ok("reader");
+}
+
+#[test]
+fn rlimit_as_nearly_full() {
+    expect_ok("rlimit");
+}
+
+#[test]
+fn pending_memory_stays_under_cap_with_stalled_reader() {
+    expect_ok("cap");
+}
+
+#[test]
+fn fork_child_keeps_working() {
+    expect_ok("fork");
+}
+
+#[test]
+fn barrier_inside_reader_panics() {
+    let out = run_child(
+        "pressure_child",
+        "barrier_in_reader",
+        &[],
+        Duration::from_secs(30),
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("read-side critical section"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -1,0 +1,199 @@
+//! Readers check that objects retired through `kfree_rcu` (headless), `kfree_rcu_head` and
+//! `kfree_rcu_cache` are never freed inside their critical section. Each object carries an id;
+//! its destructor (run by the batcher after the grace period) marks `DEAD[id]`; readers check the
+//! mark of what they hold at the start and end of their section. Bounded in time and count.
+#![cfg(not(rcu_loom))]
+
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kfree_batch::{
+    impl_has_rcu_head, kfree_rcu, kfree_rcu_cache, kfree_rcu_head, kvfree_rcu_barrier, RcuHead,
+};
+use rcu_core::rcu_read_lock;
+use slab_backend::KmemCache;
+
+const MAX_IDS: usize = 1 << 21;
+static DEAD: [AtomicBool; MAX_IDS] = [const { AtomicBool::new(false) }; MAX_IDS];
+static DROPS: AtomicU64 = AtomicU64::new(0);
+
+struct Obj {
+    id: usize,
+    head: RcuHead,
+    pad: [u64; 2],
+}
+impl_has_rcu_head!(Obj, head);
+
+impl Drop for Obj {
+    fn drop(&mut self) {
+        if self.id != usize::MAX {
+            DEAD[self.id].store(true, Ordering::Relaxed);
+            DROPS.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn obj(id: usize) -> Obj {
+    Obj {
+        id,
+        head: RcuHead::new(),
+        pad: [id as u64; 2],
+    }
+}
+
+#[test]
+fn kfree_rcu_never_frees_inside_a_reader() {
+    const SLOTS: usize = 16;
+    let cache = Arc::new(
+        KmemCache::<Obj>::builder("kfree-torture-objs")
+            .ctor(|| obj(usize::MAX))
+            .build()
+            .unwrap(),
+    );
+    let next_id = Arc::new(AtomicUsize::new(0));
+    let new_id = {
+        let n = next_id.clone();
+        move || {
+            let id = n.fetch_add(1, Ordering::Relaxed);
+            assert!(id < MAX_IDS, "id space exhausted");
+            id
+        }
+    };
+    // Slots hold either a Box<Obj> or a cache object (tagged in the low bit). Cache objects are
+    // fully overwritten with a new id when allocated, so reuse before a grace period is visible.
+    let slots: Arc<Vec<AtomicPtr<Obj>>> = Arc::new(
+        (0..SLOTS)
+            .map(|_| AtomicPtr::new(Box::into_raw(Box::new(obj(new_id())))))
+            .collect(),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let reads = Arc::new(AtomicU64::new(0));
+
+    let readers: Vec<_> = (0..2)
+        .map(|r| {
+            let (slots, stop, errors, reads) =
+                (slots.clone(), stop.clone(), errors.clone(), reads.clone());
+            std::thread::spawn(move || {
+                let mut i = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    let g = rcu_read_lock();
+                    let p = slots[i % SLOTS].load(Ordering::Acquire);
+                    let p = (p as usize & !1) as *const Obj;
+                    // SAFETY: published objects are freed only after a grace period, which this
+                    // guard holds off.
+                    let o = unsafe { &*p };
+                    let id = o.id;
+                    let bad = |o: &Obj| {
+                        DEAD[id].load(Ordering::Relaxed) || o.id != id || o.pad[0] != id as u64
+                    };
+                    if bad(o) {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if r == 1 && i % 64 == 0 {
+                        // A long reader: hold the object for ~5 ms, checking it all along, so a
+                        // block freed before its grace period is caught while it is held.
+                        let t = Instant::now();
+                        while t.elapsed() < Duration::from_millis(5) {
+                            if bad(o) {
+                                errors.fetch_add(1, Ordering::Relaxed);
+                                break;
+                            }
+                            std::thread::sleep(Duration::from_micros(100));
+                        }
+                    } else {
+                        for _ in 0..(i % 32) {
+                            std::hint::spin_loop();
+                        }
+                    }
+                    if bad(o) {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    drop(g);
+                    reads.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+
+    let writers: Vec<_> = (0..2)
+        .map(|w| {
+            let (slots, stop, cache, new_id) =
+                (slots.clone(), stop.clone(), cache.clone(), new_id.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) && n < 400_000 {
+                    n += 1;
+                    let kind = (n as usize + w) % 3;
+                    let id = new_id();
+                    let newp: *mut Obj = if kind == 2 {
+                        let c = cache.alloc().expect("cache alloc");
+                        // SAFETY: a fresh object from the cache (ctor-initialised), ours.
+                        unsafe { c.as_ptr().write(obj(id)) };
+                        (c.as_ptr() as usize | 1) as *mut Obj
+                    } else {
+                        Box::into_raw(Box::new(obj(id)))
+                    };
+                    let old = slots[(n as usize * 7 + w) % SLOTS].swap(newp, Ordering::AcqRel);
+                    if old as usize & 1 == 1 {
+                        let o = NonNull::new((old as usize & !1) as *mut Obj).unwrap();
+                        // SAFETY: `o` came from `cache`, is unpublished and retired once. Cache
+                        // frees run no destructor: a premature free shows up as the object being
+                        // reallocated (its id changing) inside a reader's section.
+                        unsafe { kfree_rcu_cache(&cache, o) };
+                    } else {
+                        // SAFETY: `old` is an unpublished Box<Obj>.
+                        let b = unsafe { Box::from_raw(old) };
+                        if n % 2 == 0 {
+                            kfree_rcu(b);
+                        } else {
+                            kfree_rcu_head(b);
+                        }
+                    }
+                }
+                n
+            })
+        })
+        .collect();
+
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(1500) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let n: u64 = writers.into_iter().map(|w| w.join().unwrap()).sum();
+    for r in readers {
+        r.join().unwrap();
+    }
+    kvfree_rcu_barrier();
+    let st = kfree_batch::stats();
+    eprintln!(
+        "kfree torture: {n} retires, {} reads, {} drops, stats {st:?}",
+        reads.load(Ordering::Relaxed),
+        DROPS.load(Ordering::Relaxed)
+    );
+    assert_eq!(
+        errors.load(Ordering::Relaxed),
+        0,
+        "a reader saw an object freed inside its section"
+    );
+    assert!(reads.load(Ordering::Relaxed) > 1000);
+    assert!(n > 1000);
+    assert_eq!(
+        st.queued, st.freed,
+        "after the barrier everything retired is freed"
+    );
+    for s in slots.iter() {
+        let p = s.load(Ordering::Relaxed);
+        if p as usize & 1 == 1 {
+            // SAFETY: a live cache object, freed once at the end.
+            unsafe { cache.free(NonNull::new((p as usize & !1) as *mut Obj).unwrap()) };
+        } else {
+            // SAFETY: a live box, freed once.
+            drop(unsafe { Box::from_raw(p) });
+        }
+    }
+}
