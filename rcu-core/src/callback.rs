@@ -24,7 +24,9 @@
 //!
 //! `pending` counts callbacks queued on the list and not yet *finished*: it is decremented by the
 //! worker after invoking them, so `rcu_barrier` never mistakes a list whose callbacks are being
-//! invoked right now for an empty one.
+//! invoked right now for an empty one. It and `queued` are only written with the lock held, so
+//! they are updated with plain load + store (one atomic read-modify-write per `call_rcu`: the
+//! lock's CAS; the unlock is a Release store).
 //!
 //! ## Invariants
 //!
@@ -53,7 +55,7 @@ use crate::primitive::cell::UnsafeCell;
 use crate::primitive::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use crate::primitive::sync::Arc;
 use crate::seq::GpSeq;
-use crate::sys::lock::RawLock;
+use crate::sys::lock::SpinLock;
 
 /// Words of closure state stored inline in a [`Callback`] (no allocation for small closures).
 const INLINE_WORDS: usize = 2;
@@ -173,11 +175,13 @@ struct Segments {
 #[derive(Debug)]
 pub struct CbList {
     /// Guards `segs` (Invariant 1).
-    lock: RawLock,
+    lock: SpinLock,
     /// The segments.
     segs: UnsafeCell<Segments>,
-    /// Callbacks queued here and not yet finished (Relaxed hint; see module docs).
+    /// Callbacks queued here and not yet finished. Written under `lock` only; read as a hint.
     pub(crate) pending: AtomicUsize,
+    /// Callbacks ever queued here (statistics). Written under `lock` only.
+    pub(crate) queued: AtomicU64,
 }
 
 // SAFETY: `segs` is only accessed with `lock` held (Invariant 1), and everything in it is `Send`.
@@ -195,9 +199,10 @@ impl CbList {
     /// An empty list.
     pub fn new() -> CbList {
         CbList {
-            lock: RawLock::new(),
+            lock: SpinLock::new(),
             segs: UnsafeCell::new(Segments::default()),
             pending: AtomicUsize::new(0),
+            queued: AtomicU64::new(0),
         }
     }
 
@@ -233,14 +238,21 @@ impl CbList {
         self.lock.unlock();
     }
 
+    #[inline]
     fn push_locked(&self, cb: Callback) {
         self.with_segs(|s| s.next.push(cb));
-        self.pending.fetch_add(1, Ordering::Relaxed);
+        // Plain load + store: only lock holders write these (module docs).
+        self.pending
+            .store(self.pending.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        self.queued
+            .store(self.queued.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
     }
 
-    /// Worker step (module docs). Appends ready callbacks to `ready` and returns the oldest
-    /// snapshot still waited for.
+    /// Worker step (module docs). Appends ready callbacks to `ready` and returns the newest
+    /// snapshot still waited for (one grace period up to it makes every waiting batch ready).
     pub(crate) fn harvest(&self, dom: &Domain, ready: &mut Vec<Callback>) -> Option<GpSeq> {
+        // Allocated outside the lock: the replacement for `next`, sized like the last batch.
+        let spare = Vec::with_capacity(self.pending.load(Ordering::Relaxed).min(1 << 16));
         self.locked(|s| {
             let cur = dom.current();
             while let Some((snap, _)) = s.wait.front() {
@@ -253,8 +265,7 @@ impl CbList {
             if !s.next.is_empty() {
                 // Invariant 2: taken after the lock made every enqueue in `next` visible.
                 let snap = dom.get_state();
-                let cap = s.next.len();
-                let batch = core::mem::replace(&mut s.next, Vec::with_capacity(cap));
+                let batch = core::mem::replace(&mut s.next, spare);
                 match s.wait.back_mut() {
                     Some((last, cbs)) if *last == snap => cbs.extend(batch),
                     _ => s.wait.push_back((snap, batch)),
@@ -265,7 +276,7 @@ impl CbList {
             } else {
                 ready.append(&mut s.done);
             }
-            s.wait.front().map(|(snap, _)| *snap)
+            s.wait.back().map(|(snap, _)| *snap)
         })
     }
 
@@ -278,6 +289,8 @@ impl CbList {
             }
             // Counted before it becomes visible to the worker (the lock orders both).
             barrier.remaining.fetch_add(1, Ordering::Relaxed);
+            self.pending
+                .store(self.pending.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
             let cb = Callback::Barrier(barrier.clone());
             if !s.next.is_empty() {
                 s.next.push(cb);
@@ -286,7 +299,6 @@ impl CbList {
             } else {
                 s.done.push(cb);
             }
-            self.pending.fetch_add(1, Ordering::Relaxed);
             true
         })
     }
@@ -315,7 +327,10 @@ impl CbList {
 
     /// Marks `n` callbacks of this list finished.
     pub(crate) fn finished(&self, n: usize) {
-        self.pending.fetch_sub(n, Ordering::Relaxed);
+        self.locked(|_| {
+            self.pending
+                .store(self.pending.load(Ordering::Relaxed) - n, Ordering::Relaxed)
+        });
     }
 
     /// Takes the lock for `fork()` (prepare handler).

@@ -63,9 +63,15 @@ static WORKER_THREAD: WorkerSlot = WorkerSlot(UnsafeCell::new(None));
 static IDLE: AtomicBool = AtomicBool::new(false);
 /// Highest snapshot asked for by `start_poll_synchronize_rcu` (raw `GpSeq`).
 static POLL_REQUEST: AtomicU64 = AtomicU64::new(0);
-/// Callbacks queued / invoked (statistics).
-static QUEUED: AtomicU64 = AtomicU64::new(0);
+/// Callbacks invoked (statistics; queued counts live in the lists).
 static INVOKED: AtomicU64 = AtomicU64::new(0);
+/// `rcu_barrier` calls waiting right now: the worker then skips its batching delay.
+static URGENT: AtomicUsize = AtomicUsize::new(0);
+/// How long the worker lets callbacks accumulate before starting a grace period for them
+/// (liburcu's worker naps 10 ms; the kernel batches for jiffies). Skipped when urgent.
+const GP_BATCH_DELAY: std::time::Duration = std::time::Duration::from_millis(1);
+/// Callbacks waiting above which the worker does not delay (bounds memory held by callbacks).
+const GP_BATCH_MAX: usize = 1 << 16;
 
 struct WorkerSlot(UnsafeCell<Option<std::thread::Thread>>);
 // SAFETY: the slot is written only by the thread that won the `NONE → STARTING` CAS, before its
@@ -379,10 +385,9 @@ fn enqueue(cb: Callback) {
     enqueued();
 }
 
-/// Bookkeeping after a callback is on a list: count it and make sure the worker will see it.
+/// After a callback is on a list: make sure the worker will see it.
 #[inline]
 fn enqueued() {
-    QUEUED.fetch_add(1, Ordering::Relaxed);
     if WORKER_STATE.load(Ordering::Acquire) != WORKER_RUNNING {
         ensure_worker();
     } else if IDLE.load(Ordering::Relaxed) {
@@ -417,10 +422,14 @@ pub fn rcu_barrier() {
     if !entrained {
         return;
     }
+    URGENT.fetch_add(1, Ordering::Relaxed);
     if WORKER_STATE.load(Ordering::Acquire) != WORKER_RUNNING {
         ensure_worker();
     }
     wake_worker();
+    // The worker may be in its batching delay (not idle): cut it short.
+    unpark_worker();
+    let _urgent = UrgentGuard;
     // Drop our own count; the last barrier callback unparks us.
     if barrier.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
         return;
@@ -428,6 +437,14 @@ pub fn rcu_barrier() {
     // Acquire pairs with the Release decrement in the barrier callbacks.
     while barrier.remaining.load(Ordering::Acquire) != 0 {
         thread::park();
+    }
+}
+
+/// Ends an `rcu_barrier`'s urgency when it returns (or unwinds).
+struct UrgentGuard;
+impl Drop for UrgentGuard {
+    fn drop(&mut self) {
+        URGENT.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -497,18 +514,19 @@ fn worker_main() {
     IN_CALLBACK.with(|c| c.set(true));
     let lists = lists();
     let mut ready: Vec<Callback> = Vec::new();
+    let mut delayed = false;
     loop {
         let mut need: Option<GpSeq> = None;
         let mut ran = 0usize;
+        let mut waiting = 0usize;
         for l in lists.iter() {
-            if l.pending.load(Ordering::Relaxed) == 0 {
+            let pending = l.pending.load(Ordering::Relaxed);
+            if pending == 0 {
                 continue;
             }
+            waiting += pending;
             if let Some(s) = l.harvest(&DOMAIN, &mut ready) {
-                need = Some(match need {
-                    Some(n) if n.before(s) => n,
-                    _ => s,
-                });
+                need = Some(newer(need, s));
             }
             if !ready.is_empty() {
                 let n = invoke_batch(&mut ready, &INVOKED);
@@ -517,16 +535,27 @@ fn worker_main() {
             }
         }
         let req = GpSeq(POLL_REQUEST.load(Ordering::Relaxed));
-        if !DOMAIN.poll(req) {
-            need = Some(match need {
-                Some(n) if n.before(req) => n,
-                _ => req,
-            });
+        let poll_wanted = !DOMAIN.poll(req);
+        if poll_wanted {
+            need = Some(newer(need, req));
         }
         if let Some(s) = need {
-            DOMAIN.wait_for(s, false);
+            if !DOMAIN.poll(s) {
+                // Batching: let callbacks accumulate once before paying for a grace period
+                // (each one IPIs every running thread), unless someone waits for it.
+                let urgent =
+                    poll_wanted || URGENT.load(Ordering::Relaxed) != 0 || waiting > GP_BATCH_MAX;
+                if !urgent && !delayed {
+                    delayed = true;
+                    thread::park_timeout(GP_BATCH_DELAY);
+                    continue; // re-harvest: callbacks queued meanwhile join this grace period
+                }
+                DOMAIN.wait_for(s, false);
+            }
+            delayed = false;
             continue;
         }
+        delayed = false;
         if ran != 0 {
             continue;
         }
@@ -543,6 +572,14 @@ fn worker_main() {
         while IDLE.load(Ordering::Relaxed) {
             thread::park();
         }
+    }
+}
+
+/// The newer of an optional snapshot and `s`.
+fn newer(a: Option<GpSeq>, s: GpSeq) -> GpSeq {
+    match a {
+        Some(n) if s.before(n) => n,
+        _ => s,
     }
 }
 
@@ -569,7 +606,9 @@ pub fn stats() -> GpStats {
     GpStats {
         grace_periods: DOMAIN.grace_periods.load(Ordering::Relaxed),
         heavy_barriers: DOMAIN.heavy_barriers.load(Ordering::Relaxed),
-        callbacks_queued: QUEUED.load(Ordering::Relaxed),
+        callbacks_queued: LISTS.get().map_or(0, |ls| {
+            ls.iter().map(|l| l.queued.load(Ordering::Relaxed)).sum()
+        }),
         callbacks_invoked: INVOKED.load(Ordering::Relaxed),
         reader_records: DOMAIN.registry.len(),
         mode: DOMAIN.mode(),

@@ -21,11 +21,13 @@
 //! load, which gives that order without a second IPI round. The 64-bit snapshot in the reader word
 //! removes liburcu's second *wait* (its one-bit phase flip).
 //!
-//! **Sharing.** A caller computes `snap = gp_seq.snap()` after a full fence, then takes `gp_lock`
-//! only if `snap` is not already done; having the lock it re-checks, so every caller that queued on
-//! the lock while one grace period ran is served by the next one (callers that arrive during grace
-//! period N need N+1; all of them share it). Sixteen concurrent callers use about two grace
-//! periods.
+//! **Sharing.** A caller computes `snap = gp_seq.snap()` after a full fence. If `snap` is not done
+//! it tries to become the *leader* (`gp_lock.try_lock()`) and runs grace periods until it is; the
+//! others sleep on `gp_wake`, which the leader bumps and broadcasts (`FUTEX_WAKE` all) whenever it
+//! releases the lock. On waking, every caller whose snapshot is done returns together; of the rest
+//! (they arrived while that grace period ran) one becomes the next leader. So each grace period
+//! serves every caller that arrived before it started — liburcu's waiter-queue batching, without
+//! the queue.
 //!
 //! **Polling.** `get_state` = full fence + `snap`; `poll(snap)` = Acquire load + `done`. A state
 //! taken before a `synchronize_rcu()` always polls true after it returns, because that call waits
@@ -52,10 +54,10 @@
 //! * `get_state`'s `fence(SeqCst)` orders the caller's removals before its snapshot; it pairs with
 //!   the heavy barrier of the grace period that ends the snapshot.
 
-use crate::primitive::sync::atomic::{fence, AtomicU64, AtomicU8, Ordering};
+use crate::primitive::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use crate::reader::{blocks_gp, Record, Registry};
 use crate::seq::GpSeq;
-use crate::sys::lock::RawLock;
+use crate::sys::lock::{futex_wait, futex_wake_all, SpinLock};
 use crate::sys::membarrier::{self, Mode};
 use crate::util::CachePadded;
 
@@ -73,8 +75,8 @@ pub struct Domain {
     /// The grace-period sequence. Stored by the `gp_lock` holder (Invariant 1); loaded by every
     /// reader's outermost lock and every poller. Alone on its cache line pair.
     pub(crate) gp_seq: CachePadded<AtomicU64>,
-    /// Serialises grace periods. Never held across anything but one grace period.
-    gp_lock: RawLock,
+    /// Serialises grace periods; only ever try-locked (the holder is the leader).
+    gp_lock: SpinLock,
     /// Barrier mode (encoded [`Mode`]); set once before the first registration.
     mode: AtomicU8,
     /// Reader records.
@@ -83,13 +85,25 @@ pub struct Domain {
     pub(crate) grace_periods: AtomicU64,
     /// Heavy barriers issued by grace periods.
     pub(crate) heavy_barriers: AtomicU64,
+    /// Bumped (SeqCst) every time `gp_lock` is released; waiters sleep on it.
+    gp_wake: AtomicU32,
+    /// Callers sleeping (or about to sleep) on `gp_wake`.
+    nwait: AtomicU32,
 }
 
-/// Unlocks `gp_lock` even if a stall hook panics.
-struct GpLockGuard<'a>(&'a RawLock);
+/// Releases `gp_lock` and wakes the waiters, even if a stall hook panics.
+struct GpLockGuard<'a>(&'a Domain);
 impl Drop for GpLockGuard<'_> {
     fn drop(&mut self) {
-        self.0.unlock();
+        let d = self.0;
+        d.gp_lock.unlock();
+        // SeqCst pairs with the waiter's SeqCst increment of `nwait` and load of `gp_wake`
+        // (Dekker): either we see the waiter and wake it, or it sees the new `gp_wake` (and,
+        // through this RMW's Release, the end of the grace period) and does not sleep.
+        d.gp_wake.fetch_add(1, Ordering::SeqCst);
+        if d.nwait.load(Ordering::SeqCst) != 0 {
+            futex_wake_all(&d.gp_wake);
+        }
     }
 }
 
@@ -99,11 +113,13 @@ impl Domain {
     pub(crate) const fn new_const() -> Domain {
         Domain {
             gp_seq: CachePadded::new(AtomicU64::new(0)),
-            gp_lock: RawLock::new(),
+            gp_lock: SpinLock::new(),
             mode: AtomicU8::new(1),
             registry: Registry::new(),
             grace_periods: AtomicU64::new(0),
             heavy_barriers: AtomicU64::new(0),
+            gp_wake: AtomicU32::new(0),
+            nwait: AtomicU32::new(0),
         }
     }
 
@@ -111,11 +127,13 @@ impl Domain {
     pub fn new(mode: Mode) -> Domain {
         let d = Domain {
             gp_seq: CachePadded::new(AtomicU64::new(0)),
-            gp_lock: RawLock::new(),
+            gp_lock: SpinLock::new(),
             mode: AtomicU8::new(1),
             registry: Registry::new(),
             grace_periods: AtomicU64::new(0),
             heavy_barriers: AtomicU64::new(0),
+            gp_wake: AtomicU32::new(0),
+            nwait: AtomicU32::new(0),
         };
         d.set_mode(mode);
         d
@@ -193,34 +211,63 @@ impl Domain {
         self.wait_for(snap, expedited);
     }
 
-    /// Waits until `snap` is done, running grace periods as needed.
+    /// Waits until `snap` is done, leading grace periods or sleeping until the leader's ends.
     pub fn wait_for(&self, snap: GpSeq, expedited: bool) {
         loop {
             if self.poll(snap) {
                 return;
             }
-            self.gp_lock.lock();
-            let _unlock = GpLockGuard(&self.gp_lock);
-            if self.poll(snap) {
+            if self.gp_lock.try_lock() {
+                let _unlock = GpLockGuard(self);
+                if !expedited && self.nwait.load(Ordering::Relaxed) != 0 {
+                    // Others are waiting, so callers are arriving concurrently: give the ones the
+                    // last grace period just woke a moment to take their snapshots, so that the
+                    // grace period we start serves them too. A lone caller never pays this.
+                    self.let_callers_join();
+                }
+                while !self.poll(snap) {
+                    self.run_gp(expedited);
+                }
                 return;
             }
-            self.run_gp(expedited);
+            self.wait_for_leader(snap, expedited);
         }
     }
 
-    /// Runs grace periods until `snap` is done if the lock is free; returns whether it is done.
-    /// Used by the callback worker so that it never sleeps on the lock behind a writer.
-    pub fn try_advance(&self, snap: GpSeq) -> bool {
-        while !self.poll(snap) {
-            if !self.gp_lock.try_lock() {
-                return false;
-            }
-            let _unlock = GpLockGuard(&self.gp_lock);
-            if !self.poll(snap) {
-                self.run_gp(false);
+    /// A short pause before a shared grace period (see `wait_for`).
+    #[cold]
+    fn let_callers_join(&self) {
+        #[cfg(not(rcu_loom))]
+        {
+            let before = self.nwait.load(Ordering::Relaxed);
+            for _ in 0..4 {
+                crate::primitive::thread::yield_now();
+                if self.nwait.load(Ordering::Relaxed) > before {
+                    break;
+                }
             }
         }
-        true
+    }
+
+    /// Sleeps until the current leader releases `gp_lock` (or `snap` is done).
+    #[cold]
+    fn wait_for_leader(&self, snap: GpSeq, expedited: bool) {
+        // SeqCst: Dekker with `GpLockGuard::drop` (see there).
+        self.nwait.fetch_add(1, Ordering::SeqCst);
+        let w = self.gp_wake.load(Ordering::SeqCst);
+        let mut i = 0u32;
+        while self.gp_wake.load(Ordering::SeqCst) == w
+            && !self.poll(snap)
+            && self.gp_lock.is_locked()
+        {
+            if expedited && i < 1000 {
+                crate::primitive::thread::spin_hint();
+                i += 1;
+            } else {
+                futex_wait(&self.gp_wake, w);
+            }
+        }
+        self.nwait.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Runs one grace period. Caller holds `gp_lock`.

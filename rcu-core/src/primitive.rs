@@ -70,7 +70,7 @@ pub(crate) mod thread {
     #[cfg(rcu_loom)]
     pub(crate) use loom::thread::yield_now;
     #[cfg(not(rcu_loom))]
-    pub(crate) use std::thread::{park, yield_now};
+    pub(crate) use std::thread::{park, park_timeout, yield_now};
 
     /// One step of a spin loop: a CPU hint outside loom, a scheduling point inside it (loom must
     /// be told that the thread waits for another one, or it explores the spin forever).

@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use test_support::{child_case, run_child, stderr};
 use rcu_core::*;
+use test_support::{child_case, run_child, stderr};
 
 #[test]
 fn state_before_synchronize_polls_true_after() {

@@ -1,91 +1,15 @@
-//! A minimal mutex the engine can reset in a `fork()` child.
+//! The engine's locks and futex helpers.
 //!
 //! # Implementation
 //!
 //! `std::sync::Mutex` cannot be unlocked by a thread that does not hold its guard, and a child of
-//! `fork()` inherits locks held by threads that no longer exist. The engine's few locks are
-//! therefore this word-sized lock, which the atfork child handler may [`RawLock::reset_after_fork`].
-//!
-//! | state | meaning                          |
-//! |-------|----------------------------------|
-//! | 0     | unlocked                         |
-//! | 1     | locked, no waiter                |
-//! | 2     | locked, waiters may sleep on the futex |
-//!
-//! Same protocol as std's futex mutex: lock is a `0 → 1` CAS (Acquire), contended lockers swap in
-//! `2` and `FUTEX_WAIT`; unlock swaps in `0` (Release) and wakes one waiter if the old value was 2.
-//! Under `rcu_loom` waiting is a yield loop.
+//! `fork()` inherits locks held by threads that no longer exist. The engine's locks are therefore
+//! [`SpinLock`]s, which the atfork child handler may reset. None of them is ever held across a
+//! wait for readers except the grace-period lock, which is only ever *try*-locked: callers that do
+//! not get it sleep on a futex word (`futex_wait`) that the holder bumps and broadcasts
+//! (`futex_wake_all`) when it lets go. Under `rcu_loom` waiting is a yield loop.
 
 use crate::primitive::sync::atomic::{AtomicU32, Ordering};
-
-/// A futex mutex with an explicit guard-free API (callers pair `lock`/`unlock`).
-#[derive(Debug)]
-pub(crate) struct RawLock {
-    state: AtomicU32,
-}
-
-impl RawLock {
-    /// An unlocked lock.
-    #[cfg(not(rcu_loom))]
-    pub(crate) const fn new() -> Self {
-        Self {
-            state: AtomicU32::new(0),
-        }
-    }
-    /// An unlocked lock.
-    #[cfg(rcu_loom)]
-    pub(crate) fn new() -> Self {
-        Self {
-            state: AtomicU32::new(0),
-        }
-    }
-
-    /// Takes the lock if it is free. Acquire pairs with the Release in `unlock`.
-    #[inline]
-    pub(crate) fn try_lock(&self) -> bool {
-        self.state
-            .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
-    }
-
-    /// Takes the lock, sleeping while it is held.
-    #[inline]
-    pub(crate) fn lock(&self) {
-        if !self.try_lock() {
-            self.lock_contended();
-        }
-    }
-
-    #[cold]
-    fn lock_contended(&self) {
-        // Spin a little first: the engine's critical sections are short.
-        #[cfg(not(rcu_loom))]
-        for _ in 0..100 {
-            crate::primitive::thread::spin_hint();
-            if self.state.load(Ordering::Relaxed) == 0 && self.try_lock() {
-                return;
-            }
-        }
-        // Acquire: pairs with the Release swap in `unlock` of the previous holder.
-        while self.state.swap(2, Ordering::Acquire) != 0 {
-            wait(&self.state, 2);
-        }
-    }
-
-    /// Releases the lock. Release pairs with the Acquire of the next `lock`/`try_lock`.
-    #[inline]
-    pub(crate) fn unlock(&self) {
-        if self.state.swap(0, Ordering::Release) == 2 {
-            wake_one(&self.state);
-        }
-    }
-
-    /// Forces the lock free. Only for the single-threaded `fork()` child, where the holder (another
-    /// thread of the parent) does not exist. Async-signal-safe.
-    pub(crate) fn reset_after_fork(&self) {
-        self.state.store(0, Ordering::Relaxed);
-    }
-}
 
 #[cfg(all(target_os = "linux", not(rcu_loom)))]
 fn wait(state: &AtomicU32, expected: u32) {
@@ -102,19 +26,6 @@ fn wait(state: &AtomicU32, expected: u32) {
     }
 }
 
-#[cfg(all(target_os = "linux", not(rcu_loom)))]
-fn wake_one(state: &AtomicU32) {
-    // SAFETY: FUTEX_WAKE on a valid, aligned u32.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            state.as_ptr(),
-            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-            1,
-        );
-    }
-}
-
 #[cfg(not(all(target_os = "linux", not(rcu_loom))))]
 fn wait(state: &AtomicU32, expected: u32) {
     while state.load(Ordering::Relaxed) == expected {
@@ -122,5 +33,96 @@ fn wait(state: &AtomicU32, expected: u32) {
     }
 }
 
-#[cfg(not(all(target_os = "linux", not(rcu_loom))))]
-fn wake_one(_state: &AtomicU32) {}
+/// Sleeps while `word == expected` (a spurious return is possible; callers re-check).
+pub(crate) fn futex_wait(word: &AtomicU32, expected: u32) {
+    wait(word, expected)
+}
+
+/// Wakes every thread sleeping in [`futex_wait`] on `word`.
+pub(crate) fn futex_wake_all(word: &AtomicU32) {
+    #[cfg(all(target_os = "linux", not(rcu_loom)))]
+    // SAFETY: FUTEX_WAKE on a valid, aligned u32.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            i32::MAX,
+        );
+    }
+    #[cfg(not(all(target_os = "linux", not(rcu_loom))))]
+    let _ = word;
+}
+
+/// A spin lock whose unlock is a plain Release store (no second read-modify-write): for short
+/// critical sections on paths where one atomic RMW per operation matters (`call_rcu`). Waiters
+/// spin, then yield, then sleep briefly; the `fork()` child may reset it.
+#[derive(Debug)]
+pub(crate) struct SpinLock {
+    locked: crate::primitive::sync::atomic::AtomicBool,
+}
+
+impl SpinLock {
+    /// An unlocked lock.
+    #[cfg(not(rcu_loom))]
+    pub(crate) const fn new() -> Self {
+        SpinLock {
+            locked: crate::primitive::sync::atomic::AtomicBool::new(false),
+        }
+    }
+    /// An unlocked lock.
+    #[cfg(rcu_loom)]
+    pub(crate) fn new() -> Self {
+        SpinLock {
+            locked: crate::primitive::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Takes the lock if free. Acquire pairs with the Release in `unlock`.
+    #[inline(always)]
+    pub(crate) fn try_lock(&self) -> bool {
+        !self.locked.load(Ordering::Relaxed)
+            && self
+                .locked
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+    }
+
+    /// Takes the lock, waiting while it is held.
+    pub(crate) fn lock(&self) {
+        let mut i = 0u32;
+        while !self.try_lock() {
+            #[cfg(not(rcu_loom))]
+            {
+                if i < 64 {
+                    core::hint::spin_loop();
+                } else if i < 256 {
+                    std::thread::yield_now();
+                } else {
+                    std::thread::sleep(std::time::Duration::from_micros(20));
+                }
+            }
+            #[cfg(rcu_loom)]
+            crate::primitive::thread::yield_now();
+            i = i.saturating_add(1);
+        }
+    }
+
+    /// Releases the lock (Release pairs with the next Acquire).
+    #[inline(always)]
+    pub(crate) fn unlock(&self) {
+        self.locked.store(false, Ordering::Release);
+    }
+
+    /// Whether the lock is held right now (a racy hint).
+    #[inline]
+    pub(crate) fn is_locked(&self) -> bool {
+        self.locked.load(Ordering::Relaxed)
+    }
+
+    /// Forces the lock free in a `fork()` child.
+    #[cfg(not(rcu_loom))]
+    pub(crate) fn reset_after_fork(&self) {
+        self.locked.store(false, Ordering::Relaxed);
+    }
+}
