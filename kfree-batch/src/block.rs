@@ -2,14 +2,14 @@
 //!
 //! # Implementation
 //!
-//! A block is exactly one page from the page layer: a 48-byte header and as many 8-byte object
-//! pointers as fit (506 on 4 KiB pages, checked by a `const` assertion). All pointers of one block
+//! A block is exactly one page from the page layer: a 56-byte header and as many 8-byte object
+//! pointers as fit (505 on 4 KiB pages, checked by a `const` assertion). All pointers of one block
 //! share one *bulk free function* and its context (the channel key), so the common one-type
 //! workload pays 8 bytes per pending object.
 //!
 //! ```text
 //!  +--------------------------------------------------------------+  one page
-//!  | next | snap | free | ctx | count | origin | bytes | ptr[0..506] |
+//!  | next | snap | free | ctx | count | origin | bytes | handed | ptr[0..505] |
 //!  +--------------------------------------------------------------+
 //! ```
 //!
@@ -49,6 +49,8 @@ pub(crate) struct BlockHeader {
     pub(crate) origin: u32,
     /// Object bytes charged to the pending budget for this block's pointers.
     pub(crate) bytes: usize,
+    /// When the block was handed over (the batcher's millisecond clock).
+    pub(crate) handed_ms: u64,
 }
 
 /// Pointers per block: whatever fits in the page after the header.
@@ -94,6 +96,7 @@ impl Block {
                 count: 0,
                 origin,
                 bytes: 0,
+                handed_ms: 0,
             });
         }
         b

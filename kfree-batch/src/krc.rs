@@ -74,8 +74,10 @@ const NO_CHAN: Chan = Chan {
 /// State of one CPU slot, guarded by [`Krc::lock`] (Invariant 1).
 struct KrcInner {
     chans: [Chan; NCHAN],
-    /// Blocks handed over and not yet collected (linked through `hdr.next`).
+    /// Blocks handed over and not yet collected, oldest first (FIFO linked through `hdr.next`).
     handed: *mut Block,
+    /// Newest handed block (tail of `handed`), or null.
+    handed_tail: *mut Block,
     /// Length of `handed`.
     nhanded: usize,
     /// Empty pages kept for emergencies (linked through `hdr.next`).
@@ -84,6 +86,56 @@ struct KrcInner {
     /// Unspent budget reserved by this slot.
     reserve_left: usize,
 }
+
+impl KrcInner {
+    /// Appends `b` (stamped) to the handed FIFO.
+    fn push_handed(&mut self, b: *mut Block) {
+        // SAFETY: the slot owns `b` and its handed blocks; the caller holds the lock.
+        unsafe {
+            (*b).hdr.next = core::ptr::null_mut();
+            match NonNull::new(self.handed_tail) {
+                Some(t) => (*t.as_ptr()).hdr.next = b,
+                None => self.handed = b,
+            }
+        }
+        self.handed_tail = b;
+        self.nhanded += 1;
+    }
+
+    /// Removes the oldest handed block.
+    fn pop_handed(&mut self) -> Option<*mut Block> {
+        let b = NonNull::new(self.handed)?.as_ptr();
+        // SAFETY: as in `push_handed`.
+        self.handed = unsafe { (*b).hdr.next };
+        if self.handed.is_null() {
+            self.handed_tail = core::ptr::null_mut();
+        }
+        self.nhanded -= 1;
+        Some(b)
+    }
+
+    /// The oldest handed block's snapshot and hand-over time.
+    fn oldest_handed(&self) -> Option<(GpSeq, u64)> {
+        let b = NonNull::new(self.handed)?;
+        // SAFETY: as in `push_handed`.
+        let h = unsafe { &(*b.as_ptr()).hdr };
+        Some((GpSeq::from_raw(h.snap), h.handed_ms))
+    }
+
+    /// The newest handed block's snapshot.
+    fn newest_handed(&self) -> Option<GpSeq> {
+        let b = NonNull::new(self.handed_tail)?;
+        // SAFETY: as in `push_handed`.
+        Some(GpSeq::from_raw(unsafe { (*b.as_ptr()).hdr.snap }))
+    }
+}
+
+/// Handed blocks a slot keeps for its producers' ready-first reclaim before the worker takes the
+/// surplus.
+pub(crate) const MAX_KEEP_HANDED: usize = 16;
+/// Ready blocks a producer frees inline per hand-over (two keep up with one hand-over each, with
+/// room to catch up).
+pub(crate) const RECLAIM_PER_HANDOVER: usize = 2;
 
 /// One CPU slot.
 pub(crate) struct Krc {
@@ -121,6 +173,7 @@ impl Krc {
             inner: UnsafeCell::new(KrcInner {
                 chans: [NO_CHAN; NCHAN],
                 handed: core::ptr::null_mut(),
+                handed_tail: core::ptr::null_mut(),
                 nhanded: 0,
                 cache: core::ptr::null_mut(),
                 ncache: 0,
@@ -156,13 +209,29 @@ pub enum Refused {
     NoPage,
 }
 
+/// An object being retired: where it is, what it weighs, and how to free it.
+#[derive(Clone, Copy, Debug)]
+pub struct Retired {
+    /// The object.
+    pub obj: *mut u8,
+    /// Bytes charged to the pending budget.
+    pub size: usize,
+    /// Its channel's bulk free function.
+    pub free: FreeFn,
+    /// The free function's context.
+    pub ctx: *const (),
+}
+
 /// What an enqueue did besides storing the pointer (the caller may need to wake the worker).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct Added {
     /// A full block was handed over.
     pub handed: bool,
     /// A new block was opened (the worker must drain it after the delay).
     pub opened: bool,
+    /// Handed blocks whose grace period had completed, detached for the caller to free
+    /// ([`Batcher::free_detached`]) after the slot lock is released.
+    pub(crate) reclaimed: [Option<NonNull<Block>>; RECLAIM_PER_HANDOVER],
 }
 
 /// A detached list of blocks owned by one collector.
@@ -207,6 +276,17 @@ impl Batch {
         self.len -= 1;
         Some(b)
     }
+}
+
+/// What [`Batcher::collect`] left in the slots.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Collected {
+    /// Partial blocks younger than the delay remain open.
+    pub open_left: bool,
+    /// Handed blocks left for their producers' ready-first reclaim.
+    pub handed_left: usize,
+    /// Newest snapshot among those blocks (the worker drives grace periods up to it).
+    pub newest_left: Option<GpSeq>,
 }
 
 /// What a collection pass freed.
@@ -287,11 +367,9 @@ impl<'d, P: Pages> Batcher<'d, P> {
     pub fn enqueue(
         &self,
         cpu: usize,
-        obj: *mut u8,
-        size: usize,
-        free: FreeFn,
-        ctx: *const (),
+        r: Retired,
         may_alloc: bool,
+        may_reclaim: bool,
     ) -> Result<Added, Refused> {
         let n = self.krcs.len();
         let home = cpu % n;
@@ -301,8 +379,7 @@ impl<'d, P: Pages> Batcher<'d, P> {
                 let idx = (home + j) % n;
                 let k = &self.krcs[idx];
                 if k.lock.try_lock() {
-                    let r =
-                        k.with(|inner| self.add(k, inner, idx, obj, size, free, ctx, may_alloc));
+                    let r = k.with(|inner| self.add(k, inner, idx, r, may_alloc, may_reclaim));
                     k.lock.unlock();
                     return r;
                 }
@@ -313,19 +390,22 @@ impl<'d, P: Pages> Batcher<'d, P> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     #[inline]
     fn add(
         &self,
         k: &Krc,
         inner: &mut KrcInner,
         origin: usize,
-        obj: *mut u8,
-        size: usize,
-        free: FreeFn,
-        ctx: *const (),
+        r: Retired,
         may_alloc: bool,
+        may_reclaim: bool,
     ) -> Result<Added, Refused> {
+        let Retired {
+            obj,
+            size,
+            free,
+            ctx,
+        } = r;
         let mut added = Added::default();
         let found = inner.chans.iter().position(|c| {
             // SAFETY: open blocks belong to the slot (Invariant 2) and we hold its lock.
@@ -392,6 +472,19 @@ impl<'d, P: Pages> Batcher<'d, P> {
             added.handed = true;
         }
         if added.handed {
+            if may_reclaim {
+                // Ready-first on the caller's path: blocks whose grace period is over are freed
+                // by the thread that allocated their objects (no cross-thread free).
+                let cur = self.dom.current();
+                for slot in added.reclaimed.iter_mut() {
+                    match inner.oldest_handed() {
+                        Some((snap, _)) if cur.done(snap) => {
+                            *slot = inner.pop_handed().and_then(NonNull::new);
+                        }
+                        _ => break,
+                    }
+                }
+            }
             k.handed_n.store(inner.nhanded, Ordering::Relaxed);
         }
         Ok(added)
@@ -439,41 +532,53 @@ impl<'d, P: Pages> Batcher<'d, P> {
         // SAFETY: the slot owns `b` and we hold its lock.
         unsafe {
             (*b).hdr.snap = snap.raw();
-            (*b).hdr.next = inner.handed;
+            (*b).hdr.handed_ms = (self.clock)();
         }
-        inner.handed = b;
-        inner.nhanded += 1;
+        inner.push_handed(b);
         inner.chans[ci] = NO_CHAN;
     }
 
-    /// Collects handed-over blocks of every slot into `out`, first handing over open channels
-    /// whose delay expired (all of them if `flush_all`). Returns whether open blocks remain.
-    pub fn collect(&self, out: &mut Batch, flush_all: bool, now_ms: u64, delay_ms: u64) -> bool {
-        let mut open_left = false;
+    /// Collects handed-over blocks into `out`: every block when `flush_all`, otherwise blocks
+    /// handed over at least `delay_ms` ago (their producers did not reclaim them) and the surplus
+    /// beyond [`MAX_KEEP_HANDED`] per slot. Open channels older than the delay (all of them when
+    /// `flush_all`) are handed over first.
+    pub fn collect(
+        &self,
+        out: &mut Batch,
+        flush_all: bool,
+        now_ms: u64,
+        delay_ms: u64,
+    ) -> Collected {
+        let mut c = Collected::default();
         for k in self.krcs.iter() {
             k.locked(|inner| {
                 for ci in 0..NCHAN {
-                    let c = inner.chans[ci];
-                    if c.block.is_null() {
+                    let ch = inner.chans[ci];
+                    if ch.block.is_null() {
                         continue;
                     }
-                    if flush_all || now_ms.saturating_sub(c.opened_ms) >= delay_ms {
+                    if flush_all || now_ms.saturating_sub(ch.opened_ms) >= delay_ms {
                         self.hand_over(inner, ci);
                     } else {
-                        open_left = true;
+                        c.open_left = true;
                     }
                 }
-                inner.nhanded = 0;
-                k.handed_n.store(0, Ordering::Relaxed);
-                let mut b = core::mem::replace(&mut inner.handed, core::ptr::null_mut());
-                while let Some(blk) = NonNull::new(b) {
-                    // SAFETY: handed blocks belong to the slot; we move them to `out`.
-                    b = unsafe { (*blk.as_ptr()).hdr.next };
-                    out.push(blk.as_ptr());
+                while let Some((_, handed_ms)) = inner.oldest_handed() {
+                    let old = now_ms.saturating_sub(handed_ms) >= delay_ms;
+                    if !(flush_all || old || inner.nhanded > MAX_KEEP_HANDED) {
+                        break;
+                    }
+                    let b = inner.pop_handed().expect("oldest exists");
+                    out.push(b);
                 }
+                if let Some(s) = inner.newest_handed() {
+                    c.newest_left = Some(newer(c.newest_left, s));
+                    c.handed_left += inner.nhanded;
+                }
+                k.handed_n.store(inner.nhanded, Ordering::Relaxed);
             });
         }
-        open_left
+        c
     }
 
     /// Frees the blocks of `batch` whose grace period is already over (*ready-first*), and
@@ -500,6 +605,15 @@ impl<'d, P: Pages> Batcher<'d, P> {
     pub fn free_all(&self, batch: &mut Batch, res: &mut Processed) {
         while let Some(b) = batch.pop() {
             self.free_block(b, res);
+        }
+    }
+
+    /// Frees blocks a producer reclaimed in [`Batcher::enqueue`] (call after the slot lock is
+    /// released, outside any read-side critical section).
+    pub fn free_detached(&self, added: &mut Added, res: &mut Processed) {
+        for b in added.reclaimed.iter_mut().filter_map(Option::take) {
+            res.ready_first += 1;
+            self.free_block(b.as_ptr(), res);
         }
     }
 
@@ -576,11 +690,12 @@ impl<'d, P: Pages> Batcher<'d, P> {
         freed
     }
 
-    /// Whether any slot has handed-over blocks (checked under each slot's lock).
-    pub(crate) fn has_handed(&self) -> bool {
+    /// Whether any slot has a handed-over block whose grace period has not completed (checked
+    /// under each slot's lock).
+    pub(crate) fn has_handed_waiting(&self) -> bool {
         self.krcs
             .iter()
-            .any(|k| k.locked(|inner| !inner.handed.is_null()))
+            .any(|k| k.locked(|inner| inner.newest_handed().is_some_and(|s| !self.dom.poll(s))))
     }
 
     /// Handed-over blocks not yet collected (racy sum, for the shrinker's count).
@@ -599,10 +714,7 @@ impl<'d, P: Pages> Batcher<'d, P> {
             let origin = unsafe { (*b).hdr.origin } as usize % self.krcs.len();
             let k = &self.krcs[origin];
             k.locked(|inner| {
-                // SAFETY: as above; we hold the slot's lock.
-                unsafe { (*b).hdr.next = inner.handed };
-                inner.handed = b;
-                inner.nhanded += 1;
+                inner.push_handed(b);
                 k.handed_n.store(inner.nhanded, Ordering::Relaxed);
             });
         }

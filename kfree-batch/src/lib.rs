@@ -65,7 +65,7 @@ pub use park::PARK_SLOTS;
 #[doc(hidden)]
 pub mod raw {
     pub use crate::block::FreeFn;
-    pub use crate::krc::{Added, Batch, Batcher, Pages, Processed, Refused};
+    pub use crate::krc::{Added, Batch, Batcher, Collected, Pages, Processed, Refused, Retired};
 }
 
 /// Pointers per block (506 with 4 KiB pages).
@@ -81,7 +81,7 @@ mod api {
 
     use crate::block::FreeFn;
     use crate::head::{drop_via_head, HasRcuHead};
-    use crate::krc::Refused;
+    use crate::krc::{Refused, Retired};
     use crate::park;
     use crate::worker::{self, batcher, kick, kick_after_publish, HEADS};
 
@@ -140,10 +140,25 @@ mod api {
             park::reserve();
         }
         let cpu = rcu_core::cpu::current_cpu();
-        match b.enqueue(cpu, obj, size, free, ctx, headless) {
-            Ok(a) => {
+        // Ready-first reclaim runs destructors: never inside a read-side critical section.
+        let may_reclaim = !rcu_core::rcu_read_lock_held();
+        match b.enqueue(
+            cpu,
+            Retired {
+                obj,
+                size,
+                free,
+                ctx,
+            },
+            headless,
+            may_reclaim,
+        ) {
+            Ok(mut a) => {
                 if a.handed || a.opened {
                     kick();
+                }
+                if a.handed {
+                    worker::free_reclaimed(b, &mut a);
                 }
             }
             Err(why) => fallback(obj, free, ctx, form, why),

@@ -31,7 +31,7 @@ use core::ptr::NonNull;
 
 use crate::config::config;
 use crate::head::HeadStack;
-use crate::krc::{newer, Batch, Batcher, Pages, Processed};
+use crate::krc::{newer, Added, Batch, Batcher, Pages, Processed};
 use crate::lock::TryLock;
 use crate::park;
 
@@ -179,17 +179,25 @@ pub(crate) fn in_pass() -> bool {
     IN_PASS.with(|w| w.get())
 }
 
+/// How long the worker lets hand-overs accumulate after a grace period before driving the next
+/// one (each grace period IPIs every running thread of the process).
+const GP_BATCH: std::time::Duration = std::time::Duration::from_micros(200);
+
 fn worker_main() {
     let b = batcher();
     let delay = config().drain_delay;
     loop {
-        let (freed_any, open_left) = pass(b, false);
+        let p = pass(b, false);
         if now_ms() >= BACKOFF_UNTIL_MS.load(Ordering::Relaxed) {
             b.refill_caches();
         }
-        if freed_any {
+        if p.waited_gp || p.freed {
+            // Work is flowing: batch the next grace period (producers reclaim ready blocks
+            // themselves meanwhile).
+            std::thread::park_timeout(GP_BATCH);
             continue;
         }
+        let open_left = p.open_left || p.handed_left;
         IDLE.store(true, Ordering::Relaxed);
         // Pairs with `kick_after_publish`.
         fence(Ordering::SeqCst);
@@ -208,20 +216,41 @@ fn worker_main() {
     }
 }
 
-/// Whether anything needs a pass now (slots checked under their locks: idle protocol).
+/// Whether anything needs a pass now (slots checked under their locks: idle protocol). Handed
+/// blocks whose grace period is over wait for their producers (or the drain delay), so only
+/// blocks still needing a grace period count.
 fn has_work(b: &Global) -> bool {
     HEADS.len.load(Ordering::Relaxed) != 0
         || park::PARKED_NOW.load(Ordering::Relaxed) != 0
-        || b.has_handed()
+        || b.has_handed_waiting()
 }
 
-/// One collection pass (module docs). Returns whether anything was freed and whether partial
-/// blocks remain open.
-pub(crate) fn pass(b: &Global, flush_all: bool) -> (bool, bool) {
+/// What one pass did.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct PassResult {
+    freed: bool,
+    waited_gp: bool,
+    open_left: bool,
+    handed_left: bool,
+}
+
+/// Frees the blocks a producer reclaimed inline and counts them.
+pub(crate) fn free_reclaimed(b: &Global, a: &mut Added) {
+    let mut res = Processed::default();
+    b.free_detached(a, &mut res);
+    if res.blocks != 0 {
+        FREED.fetch_add(res.objects as u64, Ordering::Relaxed);
+        BLOCKS_FREED.fetch_add(res.blocks as u64, Ordering::Relaxed);
+        READY_FIRST.fetch_add(res.ready_first as u64, Ordering::Relaxed);
+    }
+}
+
+/// One collection pass (module docs).
+pub(crate) fn pass(b: &Global, flush_all: bool) -> PassResult {
     BUSY.lock();
     IN_PASS.with(|w| w.set(true));
     let mut batch = Batch::new();
-    let open_left = b.collect(
+    let c = b.collect(
         &mut batch,
         flush_all,
         now_ms(),
@@ -232,14 +261,21 @@ pub(crate) fn pass(b: &Global, flush_all: bool) -> (bool, bool) {
     let heads_snap = (!heads.is_null()).then(|| b.dom.get_state());
     let mut res = Processed::default();
     let (mut later, newest) = b.free_ready(&mut batch, &mut res);
+    // One grace period covers the collected blocks, the head-linked objects, the parked ones and
+    // the blocks left for their producers to reclaim.
     let mut need = newest;
-    for s in [heads_snap, park::newest_snap()].into_iter().flatten() {
+    for s in [heads_snap, park::newest_snap(), c.newest_left]
+        .into_iter()
+        .flatten()
+    {
         need = Some(newer(need, s));
     }
+    let mut waited_gp = false;
     if let Some(s) = need {
         if !b.dom.poll(s) {
             b.dom.wait_for(s, false);
             GPS_WAITED.fetch_add(1, Ordering::Relaxed);
+            waited_gp = true;
         }
     }
     b.free_all(&mut later, &mut res);
@@ -253,7 +289,12 @@ pub(crate) fn pass(b: &Global, flush_all: bool) -> (bool, bool) {
     BLOCKS_FREED.fetch_add(res.blocks as u64, Ordering::Relaxed);
     BLOCKS_IN_FLIGHT.fetch_sub(res.blocks as u64, Ordering::Relaxed);
     READY_FIRST.fetch_add(res.ready_first as u64, Ordering::Relaxed);
-    (objs != 0, open_left)
+    PassResult {
+        freed: objs != 0,
+        waited_gp,
+        open_left: c.open_left,
+        handed_left: c.handed_left != 0,
+    }
 }
 
 /// Waits until every object retired before the call is freed (module docs).

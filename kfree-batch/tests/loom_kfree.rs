@@ -9,7 +9,7 @@
 
 use std::ptr::NonNull;
 
-use kfree_batch::raw::{Batch, Batcher, Pages, Processed};
+use kfree_batch::raw::{Batch, Batcher, Pages, Processed, Retired};
 use loom::cell::UnsafeCell;
 use loom::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use loom::sync::Arc;
@@ -96,8 +96,18 @@ fn block_hand_off() {
                     payload: UnsafeCell::new(2),
                 }));
                 let old = slot.swap(n, Ordering::AcqRel);
-                b.enqueue(0, old.cast(), 8, poison, ctx as *const (), true)
-                    .expect("enqueue");
+                b.enqueue(
+                    0,
+                    Retired {
+                        obj: old.cast(),
+                        size: 8,
+                        free: poison,
+                        ctx: ctx as *const (),
+                    },
+                    true,
+                    false,
+                )
+                .expect("enqueue");
             })
         };
         // The collector runs once concurrently with the producer, once after it.
@@ -142,8 +152,18 @@ fn contended_slot_moves_to_another() {
             .map(|&o| {
                 let (b, done) = (b.clone(), done.clone());
                 thread::spawn(move || {
-                    b.enqueue(0, o as *mut u8, 8, poison, ctx as *const (), true)
-                        .expect("enqueue");
+                    b.enqueue(
+                        0,
+                        Retired {
+                            obj: o as *mut u8,
+                            size: 8,
+                            free: poison,
+                            ctx: ctx as *const (),
+                        },
+                        true,
+                        false,
+                    )
+                    .expect("enqueue");
                     done.fetch_add(1, Ordering::Relaxed);
                 })
             })
