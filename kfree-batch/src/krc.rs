@@ -132,10 +132,13 @@ impl KrcInner {
 
 /// Handed blocks a slot keeps for its producers' ready-first reclaim before the worker takes the
 /// surplus.
-pub(crate) const MAX_KEEP_HANDED: usize = 16;
-/// Ready blocks a producer frees inline per hand-over (two keep up with one hand-over each, with
-/// room to catch up).
-pub(crate) const RECLAIM_PER_HANDOVER: usize = 2;
+pub(crate) const MAX_KEEP_HANDED: usize = 64;
+/// Ready blocks a producer frees inline per hand-over (one keeps up with one hand-over each; the
+/// rest catch up after a grace period ends).
+pub(crate) const RECLAIM_PER_HANDOVER: usize = 4;
+
+/// Recycled block pages a slot keeps (beyond the emergency target) before unmapping.
+pub(crate) const RECYCLE_KEEP: usize = 32;
 
 /// One CPU slot.
 pub(crate) struct Krc {
@@ -263,13 +266,13 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
-    fn push(&mut self, b: *mut Block) {
+    pub(crate) fn push(&mut self, b: *mut Block) {
         // SAFETY: the batch owns `b` (Invariant 2).
         unsafe { (*b).hdr.next = self.head };
         self.head = b;
         self.len += 1;
     }
-    fn pop(&mut self) -> Option<*mut Block> {
+    pub(crate) fn pop(&mut self) -> Option<*mut Block> {
         let b = NonNull::new(self.head)?.as_ptr();
         // SAFETY: the batch owns `b`.
         self.head = unsafe { (*b).hdr.next };
@@ -473,17 +476,7 @@ impl<'d, P: Pages> Batcher<'d, P> {
         }
         if added.handed {
             if may_reclaim {
-                // Ready-first on the caller's path: blocks whose grace period is over are freed
-                // by the thread that allocated their objects (no cross-thread free).
-                let cur = self.dom.current();
-                for slot in added.reclaimed.iter_mut() {
-                    match inner.oldest_handed() {
-                        Some((snap, _)) if cur.done(snap) => {
-                            *slot = inner.pop_handed().and_then(NonNull::new);
-                        }
-                        _ => break,
-                    }
-                }
+                self.reclaim_ready(inner, &mut added);
             }
             k.handed_n.store(inner.nhanded, Ordering::Relaxed);
         }
@@ -608,6 +601,75 @@ impl<'d, P: Pages> Batcher<'d, P> {
         }
     }
 
+    /// Opens a block for channel `(free, ctx)` outside any slot: a page from slot `cpu`'s cache,
+    /// else (if `may_alloc`) from the page layer, charged to the budget (used by the per-thread
+    /// fronts).
+    pub(crate) fn open_block(
+        &self,
+        cpu: usize,
+        free: FreeFn,
+        ctx: *const (),
+        may_alloc: bool,
+    ) -> Result<*mut Block, Refused> {
+        self.budget
+            .reserve(PAGE_SIZE, PAGE_SIZE, self.cap)
+            .ok_or(Refused::Cap)?;
+        let origin = cpu % self.krcs.len();
+        let k = &self.krcs[origin];
+        let page = k.locked(|inner| self.take_page(k, inner, false));
+        let page = match page.or_else(|| if may_alloc { self.pages.alloc() } else { None }) {
+            Some(p) => p,
+            None => {
+                self.budget.release(PAGE_SIZE);
+                return Err(Refused::NoPage);
+            }
+        };
+        // SAFETY: `page` is a page we own.
+        Ok(unsafe { Block::init(page, free, ctx, origin as u32) })
+    }
+
+    /// Hands a detached block (a per-thread front that filled up or whose thread exited) to slot
+    /// `cpu`: stamped under the slot's lock, after every store into it (the caller owns the
+    /// block, so its stores happen-before). With `may_reclaim`, ready handed blocks of that slot
+    /// are detached for the caller to free, as in [`Batcher::enqueue`].
+    pub(crate) fn hand_over_detached(&self, cpu: usize, b: *mut Block, may_reclaim: bool) -> Added {
+        let idx = cpu % self.krcs.len();
+        let k = &self.krcs[idx];
+        let mut added = Added {
+            handed: true,
+            ..Added::default()
+        };
+        k.locked(|inner| {
+            let snap = self.dom.get_state();
+            // SAFETY: the caller gave us `b`; it becomes the slot's.
+            unsafe {
+                (*b).hdr.snap = snap.raw();
+                (*b).hdr.handed_ms = (self.clock)();
+            }
+            inner.push_handed(b);
+            if may_reclaim {
+                self.reclaim_ready(inner, &mut added);
+            }
+            k.handed_n.store(inner.nhanded, Ordering::Relaxed);
+        });
+        added
+    }
+
+    /// Ready-first on the caller's path: detaches up to [`RECLAIM_PER_HANDOVER`] of the slot's
+    /// oldest handed blocks whose grace period is over, for the caller to free after unlocking —
+    /// so objects are freed by the thread that allocated them (no cross-thread free).
+    fn reclaim_ready(&self, inner: &mut KrcInner, added: &mut Added) {
+        let cur = self.dom.current();
+        for slot in added.reclaimed.iter_mut() {
+            match inner.oldest_handed() {
+                Some((snap, _)) if cur.done(snap) => {
+                    *slot = inner.pop_handed().and_then(NonNull::new);
+                }
+                _ => break,
+            }
+        }
+    }
+
     /// Frees blocks a producer reclaimed in [`Batcher::enqueue`] (call after the slot lock is
     /// released, outside any read-side critical section).
     pub fn free_detached(&self, added: &mut Added, res: &mut Processed) {
@@ -632,11 +694,15 @@ impl<'d, P: Pages> Batcher<'d, P> {
         self.recycle_page(origin, page);
     }
 
-    /// Returns a page to slot `origin`'s cache if it is below target, else to the page layer.
+    /// Returns a page to slot `origin`'s cache if it holds fewer than
+    /// `max(pages_per_cpu, RECYCLE_KEEP)` pages (freed blocks are the next blocks: no
+    /// munmap/mmap/page-fault round trip per ~505 objects), else to the page layer. Refills only
+    /// aim at `pages_per_cpu`; the shrinker empties the caches.
     pub(crate) fn recycle_page(&self, origin: usize, page: NonNull<u8>) {
         let k = &self.krcs[origin % self.krcs.len()];
+        let keep = self.pages_per_cpu.max(RECYCLE_KEEP);
         let kept = k.locked(|inner| {
-            if inner.ncache >= self.pages_per_cpu {
+            if inner.ncache >= keep {
                 return false;
             }
             // SAFETY: the page is ours; it becomes a cached empty block of this slot.

@@ -41,6 +41,8 @@ mod block;
 mod config;
 mod head;
 mod krc;
+#[cfg(not(rcu_loom))]
+mod local;
 mod lock;
 mod primitive;
 
@@ -139,6 +141,22 @@ mod api {
             // Pre-reserve park slots before any pressure (one thread-local load after the first).
             park::reserve();
         }
+        let r = Retired {
+            obj,
+            size,
+            free,
+            ctx,
+        };
+        // The thread's own front block first: plain stores under a nested read lock.
+        let Err(r) = crate::local::try_retire(b, r, headless) else {
+            return;
+        };
+        let Retired {
+            obj,
+            size,
+            free,
+            ctx,
+        } = r;
         let cpu = rcu_core::cpu::current_cpu();
         // Ready-first reclaim runs destructors: never inside a read-side critical section.
         let may_reclaim = !rcu_core::rcu_read_lock_held();

@@ -117,6 +117,11 @@ pub(crate) fn batcher() -> &'static Global {
     })
 }
 
+/// The global batcher if it was created.
+pub(crate) fn batcher_if_started() -> Option<&'static Global> {
+    BATCHER.get()
+}
+
 /// Wakes the worker if it is idle; starts it if it does not run.
 #[inline]
 pub(crate) fn kick() {
@@ -181,7 +186,7 @@ pub(crate) fn in_pass() -> bool {
 
 /// How long the worker lets hand-overs accumulate after a grace period before driving the next
 /// one (each grace period IPIs every running thread of the process).
-const GP_BATCH: std::time::Duration = std::time::Duration::from_micros(200);
+const GP_BATCH: std::time::Duration = std::time::Duration::from_micros(100);
 
 fn worker_main() {
     let b = batcher();
@@ -250,12 +255,10 @@ pub(crate) fn pass(b: &Global, flush_all: bool) -> PassResult {
     BUSY.lock();
     IN_PASS.with(|w| w.set(true));
     let mut batch = Batch::new();
-    let c = b.collect(
-        &mut batch,
-        flush_all,
-        now_ms(),
-        config().drain_delay.as_millis() as u64,
-    );
+    let (now, delay) = (now_ms(), config().drain_delay.as_millis() as u64);
+    let mut c = b.collect(&mut batch, flush_all, now, delay);
+    let (stolen_snap, fronts_open) = crate::local::steal(b, &mut batch, flush_all, now, delay);
+    c.open_left |= fronts_open;
     BLOCKS_IN_FLIGHT.fetch_add(batch.len() as u64, Ordering::Relaxed);
     let heads = HEADS.take_all();
     let heads_snap = (!heads.is_null()).then(|| b.dom.get_state());
@@ -264,7 +267,7 @@ pub(crate) fn pass(b: &Global, flush_all: bool) -> PassResult {
     // One grace period covers the collected blocks, the head-linked objects, the parked ones and
     // the blocks left for their producers to reclaim.
     let mut need = newest;
-    for s in [heads_snap, park::newest_snap(), c.newest_left]
+    for s in [heads_snap, park::newest_snap(), c.newest_left, stolen_snap]
         .into_iter()
         .flatten()
     {
@@ -373,6 +376,7 @@ pub(crate) fn stats() -> KfreeStats {
     };
     KfreeStats {
         queued: b.queued()
+            + crate::local::queued()
             + HEAD_QUEUED.load(Ordering::Relaxed)
             + FALLBACK_QUEUED.load(Ordering::Relaxed),
         freed: FREED.load(Ordering::Relaxed),

@@ -197,3 +197,58 @@ fn kfree_rcu_never_frees_inside_a_reader() {
         }
     }
 }
+
+/// A thread retires objects into its partial front block and stays idle; a reader still holds one
+/// of them; `kvfree_rcu_barrier` on another thread takes (steals) the front block. The object must
+/// stay alive until the reader's guard drops, and be freed once the barrier returns.
+#[test]
+fn stolen_front_block_waits_for_readers() {
+    let base = 1 << 20; // ids disjoint from the other test's
+    let obj_ptr = std::sync::Arc::new(AtomicPtr::new(std::ptr::null_mut::<Obj>()));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (retired_tx, retired_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    // The reader takes its guard, loads the object, then waits for the retire to happen.
+    let p = obj_ptr.clone();
+    let reader = std::thread::spawn(move || {
+        let g = rcu_read_lock();
+        ready_tx.send(()).unwrap();
+        retired_rx.recv().unwrap();
+        let o = p.load(Ordering::Acquire);
+        // SAFETY: the object was retired after this critical section began, so RCU keeps it alive
+        // until the guard drops (the writer leaves the stale pointer in `p` only so that this
+        // test can reach it; it does not own the object any more).
+        let id = unsafe { &*o }.id;
+        std::thread::sleep(Duration::from_millis(200)); // the barrier runs meanwhile
+        let alive = !DEAD[id].load(Ordering::Relaxed);
+        drop(g);
+        alive
+    });
+    let p = obj_ptr.clone();
+    let writer = std::thread::spawn(move || {
+        let o = Box::into_raw(Box::new(obj(base)));
+        p.store(o, Ordering::Release);
+        ready_rx.recv().unwrap(); // the reader is inside its section
+                                  // Unpublish and retire into this thread's front block (partial: one object).
+        let o = p.swap(std::ptr::null_mut(), Ordering::AcqRel);
+        // SAFETY: unpublished box.
+        kfree_rcu(unsafe { Box::from_raw(o) });
+        // Keep the pointer readable for the reader (it loaded it before the swap in real use;
+        // here it re-reads the stale value we restore without ownership).
+        p.store(o, Ordering::Release);
+        retired_tx.send(()).unwrap();
+        done_rx.recv().unwrap(); // stay alive (idle) so the block is only reachable by stealing
+    });
+    std::thread::sleep(Duration::from_millis(50));
+    kvfree_rcu_barrier(); // steals the writer's front block; must wait for the reader
+    assert!(
+        DEAD[base].load(Ordering::Relaxed),
+        "the barrier returned before freeing the object"
+    );
+    assert!(
+        reader.join().unwrap(),
+        "the object was freed while a reader held it"
+    );
+    done_tx.send(()).unwrap();
+    writer.join().unwrap();
+}
