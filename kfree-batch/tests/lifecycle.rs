@@ -1,0 +1,78 @@
+//! Lifecycle: threads that exit with objects in flight lose nothing; a partially filled block
+//! is freed after the drain delay without any barrier; the block layout constants hold.
+#![cfg(not(rcu_loom))]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use kfree_batch::{kfree_rcu, kvfree_rcu_barrier};
+
+static DROPS_EXIT: AtomicU64 = AtomicU64::new(0);
+static DROPS_DRAIN: AtomicU64 = AtomicU64::new(0);
+
+struct CountOnDrop(&'static AtomicU64, #[allow(dead_code)] [u64; 3]);
+impl Drop for CountOnDrop {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn exiting_threads_lose_nothing() {
+    let per_thread = 1234u64; // not a multiple of the block capacity: partial blocks in flight
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for i in 0..per_thread {
+                    kfree_rcu(Box::new(CountOnDrop(&DROPS_EXIT, [t, i, 0])));
+                }
+                // exits at once, with its front block partially filled
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    kvfree_rcu_barrier();
+    assert_eq!(DROPS_EXIT.load(Ordering::Relaxed), 8 * per_thread);
+}
+
+#[test]
+fn partial_block_drains_after_the_delay_without_a_barrier() {
+    let n = 7u64;
+    // Retire from a thread that stays alive and idle, so only the worker's drain can free them.
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let t = std::thread::spawn(move || {
+        for i in 0..n {
+            kfree_rcu(Box::new(CountOnDrop(&DROPS_DRAIN, [i; 3])));
+        }
+        rx.recv().unwrap();
+    });
+    let delay = kfree_batch::config().drain_delay;
+    let start = Instant::now();
+    while DROPS_DRAIN.load(Ordering::Relaxed) < n {
+        assert!(
+            start.elapsed() < delay * 50 + Duration::from_secs(5),
+            "partial block not drained: {} of {n} freed after {:?} (drain delay {delay:?})",
+            DROPS_DRAIN.load(Ordering::Relaxed),
+            start.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    eprintln!(
+        "partial block drained after {:?} (drain delay {delay:?})",
+        start.elapsed()
+    );
+    tx.send(()).unwrap();
+    t.join().unwrap();
+}
+
+#[test]
+fn block_capacity_is_about_500_per_page() {
+    assert!(
+        (500..=511).contains(&kfree_batch::BLOCK_CAPACITY),
+        "{}",
+        kfree_batch::BLOCK_CAPACITY
+    );
+    const { assert!(kfree_batch::PARK_SLOTS >= 64) };
+}
