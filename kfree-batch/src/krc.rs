@@ -764,6 +764,16 @@ impl<'d, P: Pages> Batcher<'d, P> {
             .any(|k| k.locked(|inner| inner.newest_handed().is_some_and(|s| !self.dom.poll(s))))
     }
 
+    /// Whether any slot has an open channel or a handed block (checked under each slot's lock:
+    /// the worker's idle protocol).
+    pub(crate) fn any_open_locked(&self) -> bool {
+        self.krcs.iter().any(|k| {
+            k.locked(|inner| {
+                !inner.handed.is_null() || inner.chans.iter().any(|c| !c.block.is_null())
+            })
+        })
+    }
+
     /// Handed-over blocks not yet collected (racy sum, for the shrinker's count).
     pub(crate) fn handed_estimate(&self) -> usize {
         self.krcs

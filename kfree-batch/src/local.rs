@@ -167,7 +167,9 @@ fn open_and_retry(
                 .store(crate::worker::now_ms(), Ordering::Relaxed);
             // Release: the initialised header is visible to a collector that swaps it out.
             f.block.store(blk, Ordering::Release);
-            crate::worker::kick(); // the worker drains it after the delay if we stop
+            // The worker drains it after the delay if we stop; the fence orders the store above
+            // before our check of the worker's idle flag (pairs with its fence).
+            crate::worker::kick_after_publish();
             try_retire(b, r, may_alloc)
         }
         Err(Refused::Cap | Refused::NoPage) => Err(r),
@@ -299,6 +301,11 @@ pub(crate) fn steal(
         out.push(blk);
     }
     (newest, open_left)
+}
+
+/// Whether any front holds an open block (the worker's idle check, after its fence).
+pub(crate) fn any_open() -> bool {
+    fronts().any(|f| !f.block.load(Ordering::Relaxed).is_null())
 }
 
 /// Objects appended through fronts (statistics).

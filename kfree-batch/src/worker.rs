@@ -202,14 +202,18 @@ fn worker_main() {
             std::thread::park_timeout(GP_BATCH);
             continue;
         }
-        let open_left = p.open_left || p.handed_left;
         IDLE.store(true, Ordering::Relaxed);
-        // Pairs with `kick_after_publish`.
+        // Pairs with `kick_after_publish` (fronts, heads, parks); slots are re-checked under
+        // their locks, which orders them against producers that kick after unlocking.
         fence(Ordering::SeqCst);
         if has_work(b) {
             IDLE.store(false, Ordering::Relaxed);
             continue;
         }
+        // Partial blocks (slot channels or thread fronts) and ready blocks left for their
+        // producers must be collected after the drain delay even if nobody retires again.
+        let open_left =
+            p.open_left || p.handed_left || b.any_open_locked() || crate::local::any_open();
         if open_left {
             std::thread::park_timeout(delay);
             IDLE.store(false, Ordering::Relaxed);
