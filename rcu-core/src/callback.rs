@@ -163,12 +163,27 @@ unsafe fn call_inline<F: FnOnce()>(data: *mut InlineData) {
     f()
 }
 
-/// The three segments of one list (module docs).
+/// The three segments of one list (module docs). Batches move between segments as whole
+/// `Vec`s, so advancing never copies callbacks or allocates beyond a small outer slot.
 #[derive(Debug, Default)]
 struct Segments {
-    done: Vec<Callback>,
+    done: Vec<Vec<Callback>>,
     wait: VecDeque<(GpSeq, Vec<Callback>)>,
     next: Vec<Callback>,
+}
+
+/// Callbacks `next` may hold before enqueuers must fall back: bounds the largest allocation on
+/// the `call_rcu` path (32 B per callback: 32 MiB, reached only when the worker cannot keep up)
+/// and applies backpressure then. Every growth is fallible (`try_reserve`).
+pub(crate) const NEXT_MAX: usize = 1 << 20;
+
+/// Why an enqueue did not happen.
+#[derive(Debug)]
+pub(crate) enum EnqueueError {
+    /// The list's lock is held (try another list).
+    Busy(Callback),
+    /// No memory to grow the list, or `next` is full (the caller must fall back).
+    NoMemory(Callback),
 }
 
 /// One CPU slot's callback list.
@@ -221,71 +236,88 @@ impl CbList {
         self.segs.with_mut(|p| f(unsafe { &mut *p }))
     }
 
-    /// Appends `cb` if the lock is free; gives it back otherwise.
-    pub(crate) fn try_enqueue(&self, cb: Callback) -> Result<(), Callback> {
+    /// Appends `cb` if the lock is free.
+    pub(crate) fn try_enqueue(&self, cb: Callback) -> Result<(), EnqueueError> {
         if !self.lock.try_lock() {
-            return Err(cb);
+            return Err(EnqueueError::Busy(cb));
         }
-        self.push_locked(cb);
+        let r = self.push_locked(cb);
         self.lock.unlock();
-        Ok(())
+        r.map_err(EnqueueError::NoMemory)
     }
 
-    /// Appends `cb`, waiting for the lock.
-    pub(crate) fn enqueue(&self, cb: Callback) {
+    /// Appends `cb`, waiting for the lock; gives it back when no memory can be had.
+    pub(crate) fn enqueue(&self, cb: Callback) -> Result<(), Callback> {
         self.lock.lock();
-        self.push_locked(cb);
+        let r = self.push_locked(cb);
         self.lock.unlock();
+        r
     }
 
     #[inline]
-    fn push_locked(&self, cb: Callback) {
-        self.with_segs(|s| s.next.push(cb));
+    fn push_locked(&self, cb: Callback) -> Result<(), Callback> {
+        let cb = self.with_segs(|s| {
+            if s.next.len() == s.next.capacity()
+                && (s.next.len() >= NEXT_MAX || s.next.try_reserve(1).is_err())
+            {
+                return Some(cb);
+            }
+            s.next.push(cb);
+            None
+        });
+        if let Some(cb) = cb {
+            return Err(cb);
+        }
         // Plain load + store: only lock holders write these (module docs).
         self.pending
             .store(self.pending.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         self.queued
             .store(self.queued.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Worker step (module docs). Appends ready callbacks to `ready` and returns the newest
     /// snapshot still waited for (one grace period up to it makes every waiting batch ready).
-    pub(crate) fn harvest(&self, dom: &Domain, ready: &mut Vec<Callback>) -> Option<GpSeq> {
-        // Allocated outside the lock: the replacement for `next`, sized like the last batch.
-        let spare = Vec::with_capacity(self.pending.load(Ordering::Relaxed).min(1 << 16));
+    pub(crate) fn harvest(&self, dom: &Domain, ready: &mut Vec<Vec<Callback>>) -> Option<GpSeq> {
         self.locked(|s| {
             let cur = dom.current();
             while let Some((snap, _)) = s.wait.front() {
-                if !cur.done(*snap) {
+                // A full `done` list (no memory for its outer slot) waits for the next round.
+                if !cur.done(*snap) || s.done.try_reserve(1).is_err() {
                     break;
                 }
-                let (_, mut batch) = s.wait.pop_front().expect("front exists");
-                s.done.append(&mut batch);
+                let (_, batch) = s.wait.pop_front().expect("front exists");
+                s.done.push(batch);
             }
-            if !s.next.is_empty() {
+            if !s.next.is_empty() && s.wait.try_reserve(1).is_ok() {
                 // Invariant 2: taken after the lock made every enqueue in `next` visible.
                 let snap = dom.get_state();
-                let batch = core::mem::replace(&mut s.next, spare);
-                match s.wait.back_mut() {
-                    Some((last, cbs)) if *last == snap => cbs.extend(batch),
-                    _ => s.wait.push_back((snap, batch)),
-                }
+                let batch = core::mem::take(&mut s.next);
+                s.wait.push_back((snap, batch));
             }
-            if ready.is_empty() {
-                core::mem::swap(ready, &mut s.done);
-            } else {
-                ready.append(&mut s.done);
-            }
+            debug_assert!(ready.is_empty());
+            core::mem::swap(ready, &mut s.done);
             s.wait.back().map(|(snap, _)| *snap)
         })
     }
 
-    /// Appends a barrier callback behind the newest callback; returns `false` (and does nothing)
-    /// if nothing queued here is unfinished.
-    pub(crate) fn entrain(&self, barrier: &Arc<BarrierWait>) -> bool {
+    /// Appends a barrier callback behind the newest callback; returns `Ok(false)` (and does
+    /// nothing) if nothing queued here is unfinished, `Err(())` if no memory could be had (the
+    /// caller retries).
+    pub(crate) fn entrain(&self, barrier: &Arc<BarrierWait>) -> Result<bool, ()> {
         self.locked(|s| {
             if self.pending.load(Ordering::Relaxed) == 0 {
-                return false;
+                return Ok(false);
+            }
+            let room = if !s.next.is_empty() {
+                s.next.try_reserve(1)
+            } else if let Some((_, batch)) = s.wait.back_mut() {
+                batch.try_reserve(1)
+            } else {
+                s.done.try_reserve(1)
+            };
+            if room.is_err() {
+                return Err(());
             }
             // Counted before it becomes visible to the worker (the lock orders both).
             barrier.remaining.fetch_add(1, Ordering::Relaxed);
@@ -297,16 +329,27 @@ impl CbList {
             } else if let Some((_, batch)) = s.wait.back_mut() {
                 batch.push(cb);
             } else {
-                s.done.push(cb);
+                // One-element batch: `Vec::with_capacity(1)` is the only allocation left here.
+                let mut one = Vec::new();
+                if one.try_reserve_exact(1).is_err() {
+                    barrier.remaining.fetch_sub(1, Ordering::Relaxed);
+                    self.pending
+                        .store(self.pending.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
+                    return Err(());
+                }
+                one.push(cb);
+                s.done.push(one);
             }
-            true
+            Ok(true)
         })
     }
 
     /// Queues a closure (white-box API for models and tests; the engine uses `try_enqueue`).
     #[doc(hidden)]
     pub fn enqueue_fn<F: FnOnce() + Send + 'static>(&self, f: F) {
-        self.enqueue(Callback::new(f));
+        if self.enqueue(Callback::new(f)).is_err() {
+            panic!("CbList::enqueue_fn: out of memory in a model");
+        }
     }
 
     /// One worker step on this list alone: harvest, invoke what is ready, and return how many
@@ -315,7 +358,7 @@ impl CbList {
     pub fn process(&self, dom: &Domain) -> (usize, Option<GpSeq>) {
         let mut ready = Vec::new();
         let need = self.harvest(dom, &mut ready);
-        let n = invoke_batch(&mut ready, &AtomicU64::new(0));
+        let n = invoke_batches(&mut ready, &AtomicU64::new(0));
         self.finished(n);
         (n, need)
     }
@@ -357,10 +400,10 @@ impl CbList {
 /// one bad callback cannot stop the worker. Returns how many ran. `invoked` counts the callbacks
 /// other than barriers; it is brought up to date *before* each barrier callback runs, so that
 /// statistics read after `rcu_barrier` include every callback queued before it.
-pub(crate) fn invoke_batch(ready: &mut Vec<Callback>, invoked: &AtomicU64) -> usize {
-    let n = ready.len();
+pub(crate) fn invoke_batches(ready: &mut Vec<Vec<Callback>>, invoked: &AtomicU64) -> usize {
+    let n = ready.iter().map(Vec::len).sum();
     let mut unflushed = 0u64;
-    for cb in ready.drain(..) {
+    for cb in ready.drain(..).flatten() {
         if matches!(cb, Callback::Barrier(_)) {
             invoked.fetch_add(unflushed, Ordering::Relaxed);
             unflushed = 0;

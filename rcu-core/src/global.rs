@@ -29,7 +29,7 @@ use core::cell::Cell;
 use core::marker::PhantomData;
 use std::sync::{Once, OnceLock};
 
-use crate::callback::{invoke_batch, BarrierWait, Callback, CbList};
+use crate::callback::{invoke_batches, BarrierWait, Callback, CbList, EnqueueError};
 use crate::gp::Domain;
 use crate::primitive::cell::UnsafeCell;
 use crate::primitive::rcu_thread_local;
@@ -65,6 +65,8 @@ static IDLE: AtomicBool = AtomicBool::new(false);
 static POLL_REQUEST: AtomicU64 = AtomicU64::new(0);
 /// Callbacks invoked (statistics; queued counts live in the lists).
 static INVOKED: AtomicU64 = AtomicU64::new(0);
+/// Callbacks a `call_rcu` caller ran itself after a grace period because no memory could be had.
+static INLINE_FALLBACK: AtomicU64 = AtomicU64::new(0);
 /// `rcu_barrier` calls waiting right now: the worker then skips its batching delay.
 static URGENT: AtomicUsize = AtomicUsize::new(0);
 /// How long the worker lets callbacks accumulate before starting a grace period for them
@@ -378,11 +380,45 @@ fn enqueue(cb: Callback) {
     for i in 0..n.min(4) {
         match lists[(home + i) % n].try_enqueue(cb) {
             Ok(()) => return enqueued(),
-            Err(back) => cb = back,
+            Err(EnqueueError::Busy(back)) => cb = back,
+            Err(EnqueueError::NoMemory(back)) => return no_memory(back),
         }
     }
-    lists[home].enqueue(cb);
-    enqueued();
+    match lists[home].enqueue(cb) {
+        Ok(()) => enqueued(),
+        Err(back) => no_memory(back),
+    }
+}
+
+/// `call_rcu` could not queue the callback (no memory, or the list is full because the worker is
+/// behind): the caller waits for a grace period and runs it itself — never an abort, never an
+/// early call.
+#[cold]
+#[inline(never)]
+fn no_memory(cb: Callback) {
+    let p = LOCAL.with(|c| c.get());
+    // SAFETY: as in `local_record`.
+    if !p.is_null() && unsafe { &*p }.nesting() != 0 {
+        panic!(
+            "call_rcu: no memory to queue a callback inside an RCU read-side critical section; \
+             waiting for a grace period here would wait for this reader forever (queue it after \
+             the guard is dropped, or free memory first)"
+        );
+    }
+    init();
+    ensure_worker_or_wake();
+    DOMAIN.synchronize(false);
+    INLINE_FALLBACK.fetch_add(1, Ordering::Relaxed);
+    cb.invoke();
+}
+
+#[inline]
+fn ensure_worker_or_wake() {
+    if WORKER_STATE.load(Ordering::Acquire) != WORKER_RUNNING {
+        ensure_worker();
+    } else {
+        wake_worker();
+    }
 }
 
 /// After a callback is on a list: make sure the worker will see it.
@@ -417,7 +453,22 @@ pub fn rcu_barrier() {
     });
     let mut entrained = false;
     for l in lists.iter() {
-        entrained |= l.entrain(&barrier);
+        // Entraining only fails when no memory can be had; the worker frees memory as it runs
+        // callbacks, and we are outside any reader, so wait and retry.
+        let mut tries = 0u32;
+        loop {
+            match l.entrain(&barrier) {
+                Ok(e) => {
+                    entrained |= e;
+                    break;
+                }
+                Err(()) => {
+                    tries += 1;
+                    ensure_worker_or_wake();
+                    std::thread::sleep(std::time::Duration::from_micros(100 << tries.min(6)));
+                }
+            }
+        }
     }
     if !entrained {
         return;
@@ -513,7 +564,7 @@ fn worker_main() {
     init();
     IN_CALLBACK.with(|c| c.set(true));
     let lists = lists();
-    let mut ready: Vec<Callback> = Vec::new();
+    let mut ready: Vec<Vec<Callback>> = Vec::new();
     let mut delayed = false;
     loop {
         let mut need: Option<GpSeq> = None;
@@ -529,7 +580,7 @@ fn worker_main() {
                 need = Some(newer(need, s));
             }
             if !ready.is_empty() {
-                let n = invoke_batch(&mut ready, &INVOKED);
+                let n = invoke_batches(&mut ready, &INVOKED);
                 l.finished(n);
                 ran += n;
             }
@@ -592,8 +643,11 @@ pub struct GpStats {
     pub heavy_barriers: u64,
     /// Callbacks queued with `call_rcu`/`call_rcu_raw`.
     pub callbacks_queued: u64,
-    /// Callbacks invoked (excluding `rcu_barrier`'s own).
+    /// Callbacks invoked (excluding `rcu_barrier`'s own), by the worker or by a caller.
     pub callbacks_invoked: u64,
+    /// Callbacks a `call_rcu` caller ran itself after waiting for a grace period, because no
+    /// memory could be had to queue them (included in `callbacks_invoked`).
+    pub callbacks_inline_fallback: u64,
     /// Reader records (threads that ever took a guard, minus reuse).
     pub reader_records: usize,
     /// The barrier mode in force.
@@ -607,9 +661,13 @@ pub fn stats() -> GpStats {
         grace_periods: DOMAIN.grace_periods.load(Ordering::Relaxed),
         heavy_barriers: DOMAIN.heavy_barriers.load(Ordering::Relaxed),
         callbacks_queued: LISTS.get().map_or(0, |ls| {
-            ls.iter().map(|l| l.queued.load(Ordering::Relaxed)).sum()
-        }),
-        callbacks_invoked: INVOKED.load(Ordering::Relaxed),
+            ls.iter()
+                .map(|l| l.queued.load(Ordering::Relaxed))
+                .sum::<u64>()
+        }) + INLINE_FALLBACK.load(Ordering::Relaxed),
+        callbacks_invoked: INVOKED.load(Ordering::Relaxed)
+            + INLINE_FALLBACK.load(Ordering::Relaxed),
+        callbacks_inline_fallback: INLINE_FALLBACK.load(Ordering::Relaxed),
         reader_records: DOMAIN.registry.len(),
         mode: DOMAIN.mode(),
     }

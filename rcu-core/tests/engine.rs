@@ -340,9 +340,49 @@ fn child_signal() {
     );
 }
 
+/// Address space nearly full and a reader holding grace periods off: `call_rcu` cannot grow its
+/// lists, so callers fall back to waiting for a grace period and running the callback
+/// themselves; nothing aborts, every callback runs exactly once.
+fn child_oom() {
+    let ran = Arc::new(AtomicU64::new(0));
+    call_rcu(|| ());
+    rcu_barrier(); // worker started before the limit
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let _g = rcu_read_lock();
+        tx.send(()).unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+    });
+    rx.recv().unwrap();
+    test_support::set_rlimit_as(test_support::vm_size() + (1 << 20)).expect("setrlimit");
+    // More callbacks (32 B each) than a glibc thread arena's 64 MiB reservation holds, while no
+    // grace period can end: queueing them all needs new mappings, which RLIMIT_AS refuses.
+    let n = 4_000_000u64;
+    for _ in 0..n {
+        let r = ran.clone();
+        call_rcu(move || {
+            r.fetch_add(1, Ordering::Relaxed);
+        });
+    }
+    reader.join().unwrap();
+    rcu_barrier();
+    let st = stats();
+    eprintln!("oom: {st:?}");
+    assert_eq!(
+        ran.load(Ordering::Relaxed),
+        n,
+        "callbacks lost or run twice"
+    );
+    assert!(
+        st.callbacks_inline_fallback > 0,
+        "no fallback taken: {st:?}"
+    );
+}
+
 #[test]
 fn engine_child() {
     match child_case().as_deref() {
+        Some("oom") => child_oom(),
         Some("stall") => child_stall(),
         Some("exit") => child_exit_inside_reader(),
         Some("fork") => child_fork(),
@@ -379,4 +419,9 @@ fn fork_child_keeps_working() {
 #[test]
 fn readers_in_signal_handlers() {
     expect_ok("signal");
+}
+
+#[test]
+fn call_rcu_under_tight_rlimit_as_falls_back_without_abort() {
+    expect_ok("oom");
 }
