@@ -186,7 +186,18 @@ mod tests {
     #[test]
     fn nolock_round_trip() {
         crate::kmalloc::kmalloc_init();
-        let p = kmalloc_nolock(100).expect("object");
+        // kmalloc_nolock never maps a slab: it only succeeds when this CPU's slot (or the barn
+        // or a partial slab) has an object at hand. Concurrent tests and CPU migration can drain
+        // it, so warm it with a normal alloc/free and retry (bounded).
+        let p = (0..1000)
+            .find_map(|_| {
+                if let Some(w) = kmalloc(100) {
+                    // SAFETY: a live object we own.
+                    unsafe { kfree(w) };
+                }
+                kmalloc_nolock(100)
+            })
+            .expect("kmalloc_nolock found no object after 1000 warm-ups");
         // SAFETY: live object.
         unsafe {
             assert_eq!(ksize(p), 128);
