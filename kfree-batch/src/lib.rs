@@ -7,6 +7,14 @@
 //! on memory waiting for a grace period** ([`Config::pending_cap`]), and a defined behaviour when
 //! memory runs out.
 //!
+//! Concepts: a reader is inside a *read-side critical section* while it holds an
+//! `rcu_core::RcuReadGuard`; an object a writer has unpublished may still be read until a *grace
+//! period* has passed (every critical section running at the unpublish has ended). `kfree_rcu` is
+//! the retire path for plain memory; `rcu_core::call_rcu` (run code), `rcu_core::synchronize_rcu`
+//! (wait) and `SLAB_TYPESAFE_BY_RCU` caches (reuse at once, readers revalidate) are the others.
+//!
+//! By task:
+//!
 //! * [`kfree_rcu`] (headless: any `Box<T>`), [`kfree_rcu_head`] (types embedding an [`RcuHead`]),
 //!   [`kfree_rcu_cache`] (objects of a `KmemCache`, freed back in bulk), [`kfree_rcu_kmalloc`].
 //! * [`kvfree_rcu_barrier`]: returns once everything retired before it is freed.

@@ -5,16 +5,22 @@
 //! An `AtomicPtr<T>` holding a `Box<T>` (or null). Readers load it with Acquire (pairs with the
 //! Release of the swap that published the value, so the pointee's initialisation is visible) inside
 //! a read-side critical section; the reference they get lives no longer than their guard. Writers
-//! swap (AcqRel: Release publishes the new value, Acquire makes the old one's contents ours to
-//! drop) and retire the old box: through `call_rcu` ([`RcuCell::replace`], [`RcuCell::take`]) or by
-//! waiting ([`RcuCell::replace_sync`], which hands the old box back after `synchronize_rcu`).
+//! swap or compare-and-swap (AcqRel: Release publishes the new value, Acquire makes the old one's
+//! contents ours to drop) and retire the old box: through `call_rcu` ([`RcuCell::replace`],
+//! [`RcuCell::take`], [`RcuCell::compare_exchange`]), by waiting ([`RcuCell::replace_sync`], which
+//! hands the old box back after `synchronize_rcu`), or through any [`Retire`] strategy
+//! ([`RcuCell::replace_with`], [`RcuCell::update_with`], ...). The facade crate `rcu-kit` adds a
+//! strategy that retires through `kfree_rcu` and an extension trait built on it.
+//!
+//! `Retire` is an `unsafe trait` because the box it receives may still be read: an implementation
+//! that dropped it at once would let safe code read freed memory.
 //!
 //! Dropping the cell frees the current value at once: `&self` borrows end first, and a reference
 //! from [`RcuCell::read`] borrows the cell, so no reader can still hold it.
 
 use core::marker::PhantomData;
 
-use crate::global::{call_rcu_raw, synchronize_rcu, RcuReadGuard};
+use crate::global::{call_rcu_raw, rcu_read_lock, synchronize_rcu, RcuReadGuard};
 use crate::primitive::sync::atomic::{AtomicPtr, Ordering};
 
 /// An RCU-protected, owning, nullable pointer to a `T`.
@@ -59,6 +65,142 @@ impl<T: Send + 'static> RcuCell<T> {
         // period that starts after it was unpublished, and `_guard` keeps this thread's critical
         // section open for the returned lifetime.
         unsafe { p.as_ref() }
+    }
+
+    /// The current value, valid while `guard` (and the cell borrow) live. Same as
+    /// [`RcuCell::read`], under the name crossbeam and arc-swap users look for.
+    #[inline]
+    pub fn load<'a>(&'a self, guard: &'a RcuReadGuard) -> Option<&'a T> {
+        self.read(guard)
+    }
+
+    /// Publishes `value` and hands the previous value (if any) to `retire`, which frees it after
+    /// a grace period.
+    ///
+    /// ```
+    /// use rcu_core::{RcuCell, RetireBySync};
+    /// let cell = RcuCell::new(Some(Box::new(1u8)));
+    /// cell.replace_with(Some(Box::new(2)), RetireBySync); // waits, then drops 1
+    /// ```
+    pub fn replace_with<R: Retire<T>>(&self, value: Option<Box<T>>, retire: R) {
+        let old = self.swap_raw(value);
+        retire_with(old, retire);
+    }
+
+    /// Unpublishes the value and hands it to `retire`.
+    pub fn take_with<R: Retire<T>>(&self, retire: R) {
+        self.replace_with(None, retire)
+    }
+
+    /// Publishes `new` if the cell still holds `current` (compared by address; `None` = empty),
+    /// and retires the replaced value with `call_rcu`.
+    ///
+    /// `current` normally comes from [`RcuCell::read`] under the same `guard`: its object cannot be
+    /// freed and reused while the guard lives, so the comparison has no ABA problem. On success
+    /// it returns the newly published value (valid under `guard`); on failure it returns what the
+    /// cell holds now together with `new`, which was not published.
+    ///
+    /// ```
+    /// use rcu_core::{rcu_read_lock, RcuCell};
+    /// let cell = RcuCell::new(Some(Box::new(1u32)));
+    /// let g = rcu_read_lock();
+    /// let seen = cell.read(&g);
+    /// assert_eq!(cell.compare_exchange(seen, Some(Box::new(2)), &g).unwrap(), Some(&2));
+    /// // `seen` is stale now: the second attempt fails and gives the box back.
+    /// let err = cell.compare_exchange(seen, Some(Box::new(3)), &g).unwrap_err();
+    /// assert_eq!(err.current, Some(&2));
+    /// assert_eq!(err.new.as_deref(), Some(&3));
+    /// ```
+    pub fn compare_exchange<'g>(
+        &'g self,
+        current: Option<&T>,
+        new: Option<Box<T>>,
+        guard: &'g RcuReadGuard,
+    ) -> Result<Option<&'g T>, CompareExchangeError<'g, T>> {
+        self.compare_exchange_with(current, new, guard, RetireByCallRcu)
+    }
+
+    /// [`RcuCell::compare_exchange`] with a chosen [`Retire`] strategy for the replaced value.
+    ///
+    /// The strategy runs while `guard` is held, so it must not block for a grace period
+    /// ([`RetireBySync`] panics here).
+    pub fn compare_exchange_with<'g, R: Retire<T>>(
+        &'g self,
+        current: Option<&T>,
+        new: Option<Box<T>>,
+        _guard: &'g RcuReadGuard,
+        retire: R,
+    ) -> Result<Option<&'g T>, CompareExchangeError<'g, T>> {
+        let expected = current.map_or(core::ptr::null_mut(), |r| (r as *const T).cast_mut());
+        let new_raw = into_raw(new);
+        // Success AcqRel: Release publishes the new box's contents to readers (pairs with the
+        // Acquire load in `read`); Acquire takes over the old value's contents (pairs with the
+        // Release of the swap/CAS that published it). Failure Acquire: the value we hand back as
+        // `current` may be read, so pair with the Release that published it.
+        match self
+            .ptr
+            .compare_exchange(expected, new_raw, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(old) => {
+                retire_with(old, retire);
+                // SAFETY: `new_raw` came from `Box::into_raw` (or is null); even if another
+                // writer has replaced it since, it is retired only after a grace period, and
+                // `_guard` keeps this thread's critical section open for `'g`.
+                Ok(unsafe { new_raw.as_ref() })
+            }
+            Err(now) => Err(CompareExchangeError {
+                // SAFETY: as in `read`: published pointer, guard held for `'g`.
+                current: unsafe { now.as_ref() },
+                // SAFETY: `new_raw` came from `into_raw` above and was never published.
+                new: (!new_raw.is_null()).then(|| unsafe { Box::from_raw(new_raw) }),
+            }),
+        }
+    }
+
+    /// Replaces the value with `f(current)` in a compare-and-swap loop and hands the replaced
+    /// value to `retire` after the swap succeeded (outside the internal read-side critical
+    /// section, so [`RetireBySync`] works when the caller holds no guard).
+    ///
+    /// `f` may run several times when writers race; boxes it returned for failed attempts are
+    /// dropped at once (they were never published). Returning `None` empties the cell.
+    ///
+    /// ```
+    /// use rcu_core::{rcu_barrier, rcu_read_lock, RcuCell, RetireByCallRcu};
+    /// let counter = RcuCell::new(Some(Box::new(0u64)));
+    /// counter.update_with(|old| Some(Box::new(old.copied().unwrap_or(0) + 1)), RetireByCallRcu);
+    /// assert_eq!(counter.read(&rcu_read_lock()), Some(&1));
+    /// # rcu_barrier();
+    /// ```
+    pub fn update_with<F, R>(&self, mut f: F, retire: R)
+    where
+        F: FnMut(Option<&T>) -> Option<Box<T>>,
+        R: Retire<T>,
+    {
+        let old = {
+            let _guard = rcu_read_lock();
+            // Acquire: `f` reads the pointee (pairs with the Release that published it).
+            let mut cur = self.ptr.load(Ordering::Acquire);
+            loop {
+                // SAFETY: as in `read`: a published pointer read under `_guard`.
+                let new_raw = into_raw(f(unsafe { cur.as_ref() }));
+                // Orderings as in `compare_exchange_with`.
+                match self
+                    .ptr
+                    .compare_exchange(cur, new_raw, Ordering::AcqRel, Ordering::Acquire)
+                {
+                    Ok(old) => break old,
+                    Err(now) => {
+                        if !new_raw.is_null() {
+                            // SAFETY: from `into_raw` above, never published.
+                            drop(unsafe { Box::from_raw(new_raw) });
+                        }
+                        cur = now;
+                    }
+                }
+            }
+            // `_guard` drops here, before the retire strategy runs.
+        };
+        retire_with(old, retire);
     }
 
     /// Publishes `value` and retires the previous one with `call_rcu` (dropped on the worker
@@ -114,6 +256,15 @@ unsafe fn drop_box<T>(p: *mut ()) {
     drop(unsafe { Box::from_raw(p.cast::<T>()) });
 }
 
+fn retire_with<T: Send + 'static, R: Retire<T>>(old: *mut T, retire: R) {
+    if old.is_null() {
+        return;
+    }
+    // SAFETY: `old` came from `Box::into_raw` and was unpublished by the caller's swap/CAS, which
+    // won it exclusively; `Retire`'s contract makes `retire` free it only after a grace period.
+    retire.retire(unsafe { Box::from_raw(old) });
+}
+
 fn retire<T: Send + 'static>(old: *mut T) {
     if old.is_null() {
         return;
@@ -139,6 +290,70 @@ impl<T: Send + Sync + core::fmt::Debug + 'static> core::fmt::Debug for RcuCell<T
         f.debug_tuple("RcuCell").field(&self.read(&g)).finish()
     }
 }
+
+/// How an unpublished value is freed once no reader can see it.
+///
+/// # Safety
+/// `retire` receives a box that readers which entered their critical section before it was
+/// unpublished may still be reading. An implementation must not drop it, move out of it or
+/// mutate it before a grace period has passed since the call (for example: queue it with
+/// `call_rcu`, wait with `synchronize_rcu`, or hand it to `kfree_rcu`).
+pub unsafe trait Retire<T: Send + 'static> {
+    /// Frees `old` after a grace period.
+    fn retire(self, old: Box<T>);
+}
+
+/// [`Retire`] through `call_rcu`: dropped on the callback worker after a grace period. Never
+/// blocks; callable inside a read-side critical section.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RetireByCallRcu;
+
+// SAFETY: the box is dropped by a callback that runs after a grace period.
+unsafe impl<T: Send + 'static> Retire<T> for RetireByCallRcu {
+    fn retire(self, old: Box<T>) {
+        retire(Box::into_raw(old));
+    }
+}
+
+/// [`Retire`] by waiting: `synchronize_rcu()`, then drop in the caller.
+///
+/// Panics when used inside a read-side critical section (see [`synchronize_rcu`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RetireBySync;
+
+// SAFETY: the box is dropped only after `synchronize_rcu` returned.
+unsafe impl<T: Send + 'static> Retire<T> for RetireBySync {
+    #[track_caller]
+    fn retire(self, old: Box<T>) {
+        synchronize_rcu();
+        drop(old);
+    }
+}
+
+/// The failure of [`RcuCell::compare_exchange`]: the cell held another value.
+pub struct CompareExchangeError<'g, T> {
+    /// What the cell holds now (valid under the guard that was passed in).
+    pub current: Option<&'g T>,
+    /// The value that was not published, handed back.
+    pub new: Option<Box<T>>,
+}
+
+impl<T: core::fmt::Debug> core::fmt::Debug for CompareExchangeError<'_, T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("CompareExchangeError")
+            .field("current", &self.current)
+            .field("new", &self.new)
+            .finish()
+    }
+}
+
+impl<T> core::fmt::Display for CompareExchangeError<'_, T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("RcuCell::compare_exchange: the cell no longer holds the expected value")
+    }
+}
+
+impl<T: core::fmt::Debug> std::error::Error for CompareExchangeError<'_, T> {}
 
 #[cfg(all(test, not(rcu_loom)))]
 mod tests {
@@ -174,5 +389,121 @@ mod tests {
         let g = crate::global::rcu_read_lock();
         assert_eq!(cell.read(&g), Some(&2));
         assert!(format!("{cell:?}").contains('2'));
+    }
+
+    #[test]
+    fn load_is_read() {
+        let cell = RcuCell::new(Some(Box::new(7u8)));
+        let g = crate::global::rcu_read_lock();
+        assert_eq!(cell.load(&g), cell.read(&g));
+        assert_eq!(cell.load(&g), Some(&7));
+    }
+
+    #[test]
+    fn replace_with_and_take_with_use_the_strategy() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let cell = RcuCell::new(Some(Box::new(Counted(drops.clone()))));
+        cell.replace_with(Some(Box::new(Counted(drops.clone()))), RetireBySync);
+        assert_eq!(drops.load(std::sync::atomic::Ordering::SeqCst), 1);
+        cell.take_with(RetireBySync);
+        assert_eq!(drops.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert!(cell.is_none());
+        cell.take_with(RetireBySync); // empty: nothing to retire
+        assert_eq!(drops.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn compare_exchange_success_and_failure() {
+        let cell = RcuCell::new(None::<Box<u32>>);
+        let g = crate::global::rcu_read_lock();
+        assert_eq!(
+            cell.compare_exchange(None, Some(Box::new(1)), &g).unwrap(),
+            Some(&1)
+        );
+        let err = cell
+            .compare_exchange(None, Some(Box::new(2)), &g)
+            .unwrap_err();
+        assert_eq!(err.current, Some(&1));
+        assert_eq!(err.new.as_deref(), Some(&2));
+        assert!(err.to_string().contains("compare_exchange"));
+        let cur = cell.read(&g);
+        assert_eq!(cell.compare_exchange(cur, None, &g).unwrap(), None);
+        assert!(cell.is_none());
+        drop(g);
+        crate::global::rcu_barrier();
+    }
+
+    #[test]
+    fn update_with_applies_function() {
+        let cell = RcuCell::new(Some(Box::new(String::from("a"))));
+        cell.update_with(
+            |old| Some(Box::new(format!("{}b", old.map_or("", String::as_str)))),
+            RetireBySync,
+        );
+        assert_eq!(cell.read(&crate::global::rcu_read_lock()).unwrap(), "ab");
+        cell.update_with(|_| None, RetireByCallRcu);
+        assert!(cell.is_none());
+        crate::global::rcu_barrier();
+    }
+
+    #[test]
+    fn concurrent_update_loses_no_increment() {
+        use std::time::{Duration, Instant};
+        const THREADS: u64 = 4;
+        const PER: u64 = 2_000;
+        let drops = Arc::new(AtomicUsize::new(0));
+        struct N(u64, Arc<AtomicUsize>);
+        impl Drop for N {
+            fn drop(&mut self) {
+                self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let cell = Arc::new(RcuCell::new(Some(Box::new(N(0, drops.clone())))));
+        let made = Arc::new(AtomicUsize::new(1));
+        let start = Instant::now();
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (cell, drops, made) = (cell.clone(), drops.clone(), made.clone());
+                std::thread::spawn(move || {
+                    for i in 0..PER {
+                        if t == 0 && i % 64 == 0 {
+                            // a CAS writer racing the update loops
+                            let g = crate::global::rcu_read_lock();
+                            let cur = cell.read(&g);
+                            let v = cur.map_or(0, |n| n.0);
+                            made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            if let Err(e) =
+                                cell.compare_exchange(cur, Some(Box::new(N(v, drops.clone()))), &g)
+                            {
+                                drop(e.new);
+                            }
+                        }
+                        cell.update_with(
+                            |old| {
+                                made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                Some(Box::new(N(old.unwrap().0 + 1, drops.clone())))
+                            },
+                            RetireByCallRcu,
+                        );
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "took too long");
+        assert_eq!(
+            cell.read(&crate::global::rcu_read_lock()).unwrap().0,
+            THREADS * PER
+        );
+        crate::global::rcu_barrier();
+        drop(cell);
+        let made = made.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            drops.load(std::sync::atomic::Ordering::Relaxed),
+            made,
+            "every box freed once"
+        );
     }
 }

@@ -14,8 +14,17 @@
 //!   [`rcu_barrier`] waits until every earlier callback has run.
 //! * Polling: [`get_state_synchronize_rcu`], [`start_poll_synchronize_rcu`],
 //!   [`poll_state_synchronize_rcu`], [`cond_synchronize_rcu`] (lock-free, no allocation).
-//! * Owning pointers: [`RcuCell`].
+//! * Owning pointers: [`RcuCell`] — [`RcuCell::read`]/[`RcuCell::load`] under a guard,
+//!   [`RcuCell::replace`], [`RcuCell::take`], [`RcuCell::compare_exchange`] (retiring through
+//!   `call_rcu`), [`RcuCell::replace_sync`] (waiting), and `*_with` variants taking a [`Retire`]
+//!   strategy ([`RetireByCallRcu`], [`RetireBySync`]; the `rcu-kit` facade adds one for
+//!   `kfree_rcu` and an `update(|old| new)` built on it).
 //! * Per-CPU helpers: [`cpu::current_cpu`], [`cpu::possible_cpus`].
+//!
+//! Retiring an unpublished object: wait with [`synchronize_rcu`] and drop it; defer code with
+//! [`call_rcu`]; or, one layer up, batch frees with `kfree_batch::kfree_rcu` (bounded memory) or
+//! reuse objects at once from a `SLAB_TYPESAFE_BY_RCU` cache (`slab_backend`). The facade crate's
+//! `guide` module compares the four.
 //!
 //! Misuse is an error, not a hang: blocking calls inside a critical section panic with a message
 //! naming the "read-side critical section"; readers that stall grace periods are reported through
@@ -66,7 +75,7 @@ pub use sys::membarrier::Mode;
 pub use util::CachePadded;
 
 #[cfg(not(rcu_loom))]
-pub use cell::RcuCell;
+pub use cell::{CompareExchangeError, RcuCell, Retire, RetireByCallRcu, RetireBySync};
 #[cfg(not(rcu_loom))]
 pub use global::{
     barrier_mode, call_rcu, call_rcu_raw, cond_synchronize_rcu, get_state_synchronize_rcu,

@@ -3,14 +3,22 @@
 //! * **Page layer** ([`page`]): every page the kit uses is mapped here, accounted, and limited by
 //!   [`set_memory_limit`]; failures return `None` after the registered shrinkers ([`shrink`]) ran.
 //!   Released pages are unmapped, so a premature release faults instead of hiding.
-//! * **[`KmemCache<T>`]**: fixed-size object caches with per-CPU sheaves, a per-node barn and
-//!   per-node slab lists, optional ctor (run once per object when a slab is made),
+//! * **[`KmemCache<T>`]**: fixed-size object caches with per-thread object caches in front of
+//!   per-CPU sheaves, a per-node barn and per-node slab lists, optional ctor (run once per
+//!   object when a slab is made),
 //!   `HWCACHE_ALIGN`, bulk free, [`KmemCache::shrink`], [`KmemCache::stats`] and [`slabinfo`].
 //! * **`SLAB_TYPESAFE_BY_RCU`** ([`KmemCacheBuilder::typesafe_by_rcu`]): freed objects may be
 //!   reused at once, but their memory stays a valid `T` of the cache while any reader that could
 //!   have seen them is inside a read-side critical section.
 //! * **kmalloc** ([`kmalloc`], [`kfree`], [`ksize`]) in 13 size classes from 8 B to 8 KiB, and the
 //!   async-signal-safe [`kmalloc_nolock`] / [`kfree_nolock`].
+//!
+//! Where it fits: RCU readers hold a read-side critical section (`rcu_core::rcu_read_lock`) while
+//! they use objects; writers retire unpublished objects so that they are freed only after a grace
+//! period (`rcu_core::synchronize_rcu`, `rcu_core::call_rcu`, `kfree_batch::kfree_rcu`). A
+//! typesafe cache is the fourth path: it frees objects at once and delays only the return of its
+//! pages, which is cheaper but moves the burden of revalidation to readers (below). Fallible calls
+//! return [`SlabError`] (implements `std::error::Error`) or `None` for "no memory".
 //!
 //! # WARNING: read this (`SLAB_TYPESAFE_BY_RCU`)
 //!

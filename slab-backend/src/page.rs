@@ -10,7 +10,7 @@
 //!
 //! * **Budget**: `IN_USE` is reserved with a CAS loop *before* `mmap`, so concurrent allocations
 //!   can never overshoot the limit together; a failed `mmap` gives the reservation back.
-//! * **Alignment**: slabs need their base aligned to their size class ([`crate::cache`] finds a
+//! * **Alignment**: slabs need their base aligned to their size class (the `cache` module finds a
 //!   slab header by masking an object address). An aligned run is mapped `align - PAGE_SIZE` bytes
 //!   longer and the head and tail are unmapped again; only the run itself is accounted.
 //! * **Reclaim**: [`alloc_pages`] may run shrinkers (never recursively on one thread: a

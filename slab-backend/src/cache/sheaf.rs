@@ -43,7 +43,7 @@
 //! ## Memory orderings
 //! The slot lock is a CAS `false → true` with Acquire and a `store(false, Release)`: the Release
 //! of one holder pairs with the Acquire of the next, so sheaf contents written under the lock are
-//! visible to the next holder. The barn uses [`RawLock`] (same pairing). The `cached`, `allocs`
+//! visible to the next holder. The barn uses `RawLock` (same pairing). The `cached`, `allocs`
 //! and `frees` mirrors are statistics (Relaxed, written only by the lock holder).
 
 use crate::lock::RawLock;
