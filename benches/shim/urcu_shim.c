@@ -15,6 +15,10 @@
  *                 then rcu_barrier(); warmed with 100000 + rcu_barrier() first
  *   barrier idle: after one call_rcu has created the worker, mean of `calls`
  *                 rcu_barrier() with nothing pending
+ *   memory:       urcu_shim_enqueue / urcu_shim_barrier / urcu_shim_stall_*
+ *                 are the pieces of the compare binary's memory children (10M
+ *                 call_rcu, optionally while a thread holds rcu_read_lock);
+ *                 the Rust side reads VmHWM around them
  *
  * The shim does not count membarrier calls (liburcu exposes no counter); the
  * "heavy barriers per grace period" figure is ours only.
@@ -227,6 +231,76 @@ double urcu_shim_barrier_idle(uint64_t calls)
 	double v = (now_ns() - t0) / (double)calls / 1000.0;
 	urcu_memb_unregister_thread();
 	return v;
+}
+
+/* malloc(32 B) + call_rcu(free) x n from the calling thread (registered around the loop). */
+void urcu_shim_enqueue(uint64_t n)
+{
+	urcu_memb_register_thread();
+	enqueue(n);
+	urcu_memb_unregister_thread();
+}
+
+/* rcu_barrier() from the calling thread (registered around the call). */
+void urcu_shim_barrier(void)
+{
+	urcu_memb_register_thread();
+	urcu_memb_barrier();
+	urcu_memb_unregister_thread();
+}
+
+/* A reader that holds rcu_read_lock() until told to stop or max_ms pass. */
+struct stall {
+	pthread_t th;
+	volatile int stop;
+	volatile int started;
+	double max_ns;
+	double held_ms;
+};
+
+static void *stall_reader(void *p)
+{
+	struct stall *s = p;
+	urcu_memb_register_thread();
+	urcu_memb_read_lock();
+	double t0 = now_ns();
+	CMM_STORE_SHARED(s->started, 1);
+	while (!CMM_LOAD_SHARED(s->stop) && now_ns() - t0 < s->max_ns)
+		sleep_ms(1);
+	urcu_memb_read_unlock();
+	s->held_ms = (now_ns() - t0) / 1e6;
+	urcu_memb_unregister_thread();
+	return NULL;
+}
+
+/*
+ * Starts the stalled reader; returns once it holds its read lock. Returns NULL
+ * on failure. Give the handle to urcu_shim_stall_stop exactly once.
+ */
+void *urcu_shim_stall_start(uint64_t max_ms)
+{
+	struct stall *s = calloc(1, sizeof *s);
+	if (!s)
+		return NULL;
+	s->max_ns = (double)max_ms * 1e6;
+	if (pthread_create(&s->th, NULL, stall_reader, s) != 0) {
+		free(s);
+		return NULL;
+	}
+	while (!CMM_LOAD_SHARED(s->started))
+		sleep_ms(1);
+	return s;
+}
+
+/* Stops the stalled reader, joins it and returns how long it held the lock (ms). */
+double urcu_shim_stall_stop(void *h)
+{
+	struct stall *s = h;
+	CMM_STORE_SHARED(s->stop, 1);
+	pthread_join(s->th, NULL);
+	double held = s->held_ms;
+	free(s);
+	return held;
 }
 
 /* 1 when liburcu-memb uses the membarrier syscall (else it fell back to fences). */

@@ -230,6 +230,23 @@ mod api {
         kick();
     }
 
+    /// Bytes a `Box<T>` really occupies in the heap, charged to the pending budget so that the cap
+    /// bounds resident memory, not just `size_of::<T>()`: glibc's chunk for a request of `n`
+    /// bytes is `max(32, round_up(n + 8, 16))` (8 bytes of header, 16-byte granules). Other
+    /// allocators have similar or smaller overheads, so this is a conservative estimate.
+    const fn heap_bytes<T>() -> usize {
+        let n = core::mem::size_of::<T>();
+        if n == 0 {
+            return 0;
+        }
+        let chunk = (n + 8 + 15) & !15;
+        if chunk < 32 {
+            32
+        } else {
+            chunk
+        }
+    }
+
     /// Frees `obj` after a grace period (headless: `T` needs no field). Callable inside a
     /// read-side critical section. Never loses the object, never frees it early.
     ///
@@ -241,7 +258,7 @@ mod api {
         let p = Box::into_raw(obj).cast::<u8>();
         retire(
             p,
-            core::mem::size_of::<T>(),
+            heap_bytes::<T>(),
             free_boxes::<T>,
             core::ptr::null(),
             Form::Headless,
@@ -256,7 +273,7 @@ mod api {
         let p = Box::into_raw(obj).cast::<u8>();
         retire(
             p,
-            core::mem::size_of::<T>(),
+            heap_bytes::<T>(),
             free_boxes::<T>,
             core::ptr::null(),
             Form::Head(drop_via_head::<T>, T::RCU_HEAD_OFFSET),

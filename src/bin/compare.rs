@@ -10,13 +10,26 @@
 //! * `--quick`: ~10x shorter loops and 3 rounds (a smoke test of the harness, not a measurement).
 //! * `--only <s>`: only the groups whose id, figure or subject name contains `<s>` (repeatable).
 //! * `--json`: print JSON instead of the table.
-//! * `--rounds N`: rounds per group (default 5).
+//! * `--rounds N`: rounds per group (default 5; the memory groups, one child process per sample,
+//!   run at most 3).
+//!
+//! Groups (ids for `--only`): `read1`, `read2`, `readscale`, `nested`, `sync0`, `sync1`,
+//! `call_rcu`, `barrier`, `sync16`, `heavy`, `rcucell`, `kfree`, `kfree_mixed`, `mem`,
+//! `mem_stall`, `slab`, `slab_pc`.
+//!
+//! Memory figures (peak RSS, pending bytes, grace periods, drain time of 10M retired objects)
+//! run each sample in a fresh child process: this binary re-executes itself with
+//! `RCU_KIT_COMPARE_CHILD=<figure>` (see `compare/child.rs`), so `VmHWM` is per figure and the
+//! kfree-batch pending cap can differ per child. A missing anchor or a failed child shows `n/a`;
+//! the command never panics for it.
 //!
 //! Methods mirror `shared/anchors` (see `anchors/RESULTS.md`) so the anchor columns can be checked
 //! against the anchor harness. This is a benchmark: nothing here asserts a timing.
 
 #[path = "compare/anchors.rs"]
 mod anchors;
+#[path = "compare/child.rs"]
+mod child;
 #[path = "compare/harness.rs"]
 mod harness;
 #[path = "compare/ours.rs"]
@@ -41,6 +54,14 @@ struct Sizes {
     sync16: u64,
     /// RcuCell::replace / ArcSwap::store per sample
     replace: u64,
+    /// kfree_rcu / defer / retire objects per sample
+    kfree: u64,
+    /// objects retired by each memory child (one process per sample)
+    mem: u64,
+    /// alloc+free pairs per sample
+    slab: u64,
+    /// objects per producer/consumer sample
+    pc: u64,
 }
 
 impl Sizes {
@@ -52,6 +73,10 @@ impl Sizes {
             barrier: 50,
             sync16: 200,
             replace: 2_000_000,
+            kfree: 2_000_000,
+            mem: 10_000_000,
+            slab: 10_000_000,
+            pc: 2_000_000,
         };
         if quick {
             Sizes {
@@ -61,6 +86,10 @@ impl Sizes {
                 barrier: 10,
                 sync16: 50,
                 replace: full.replace / 10,
+                kfree: full.kfree / 10,
+                mem: full.mem / 10,
+                slab: full.slab / 10,
+                pc: full.pc / 10,
             }
         } else {
             full
@@ -153,9 +182,7 @@ fn machine() -> Machine {
                 .map(|(_, v)| v.trim().to_owned())
         })
         .unwrap_or_else(|| "unknown".to_owned());
-    let loadavg = std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default();
+    let loadavg = loadavg();
     Machine {
         nproc,
         kernel,
@@ -244,6 +271,43 @@ fn groups(sz: Sizes) -> Vec<Group> {
             Target::None,
         );
     }
+    out.push(g);
+
+    // --- read side: does it write a shared cache line? ---------------------------------------
+    // The same loop on 1 thread pinned to CPU 0, then on 2 threads pinned to CPUs 0 and 1. A read
+    // side that writes only its own line keeps its per-thread cost like the private-line control;
+    // one that wrote a shared line would degrade like the shared-line control.
+    let mut g = Group::new("readscale");
+    let o = g.subject_n("ours read lock+unlock, pinned", move || {
+        harness::pinned_scaling(n, ours::read_body)
+    });
+    let pc = g.subject_n("control: load+store, private line", move || {
+        harness::pinned_scaling(n, anchors::control::private_line)
+    });
+    let sc = g.subject_n("control: load+store, shared line", move || {
+        harness::pinned_scaling(n, anchors::control::shared_line)
+    });
+    g.row(
+        "read side 2 thr/1 thr (pinned), vs private-line control",
+        Unit::Ratio,
+        (o, 2),
+        Some((pc, 2)),
+        Target::RatioLe(1.2),
+    );
+    g.row(
+        "read side 2 thr/1 thr (pinned), vs shared-line control",
+        Unit::Ratio,
+        (o, 2),
+        Some((sc, 2)),
+        Target::None,
+    );
+    g.row(
+        "read lock+unlock, thread CPU ns/pair with 2 thr pinned",
+        Unit::Ns,
+        (o, 1),
+        Some((sc, 1)),
+        Target::None,
+    );
     out.push(g);
 
     // --- nested read side ----------------------------------------------------------------
@@ -474,10 +538,403 @@ fn groups(sz: Sizes) -> Vec<Group> {
     );
     out.push(g);
 
+    // --- kfree_rcu end to end ---------------------------------------------------------------------
+    let mut g = Group::new("kfree");
+    let k = sz.kfree;
+    let o = g.subject_n("ours kfree_rcu", move || ours::kfree_end_to_end(k));
+    let cb = g.subject("crossbeam-epoch defer_destroy", move || {
+        anchors::cb::defer_rate(k)
+    });
+    let c = std::sync::Arc::new(seize::Collector::new());
+    let se = g.subject("seize retire", move || anchors::sz::retire_each(&c, k));
+    let oc = g.subject_n("ours call_rcu", move || ours::call_rcu_end_to_end(k));
+    g.row(
+        "kfree_rcu 32 B end to end (+barrier), vs crossbeam defer",
+        Unit::Mps,
+        (o, 0),
+        Some(cb),
+        Target::RatioGe(3.0),
+    );
+    g.row(
+        "kfree_rcu 32 B end to end, vs seize retire",
+        Unit::Mps,
+        (o, 0),
+        Some(se),
+        Target::RatioGe(1.5),
+    );
+    #[cfg(rcu_have_liburcu)]
+    {
+        let u = g.subject_n("liburcu memb call_rcu", move || anchors::urcu::call_rcu(k));
+        g.row(
+            "kfree_rcu 32 B end to end, vs liburcu call_rcu end to end",
+            Unit::Mps,
+            (o, 0),
+            Some((u, 0)),
+            Target::None,
+        );
+    }
+    g.row(
+        "kfree_rcu 32 B end to end, vs our call_rcu end to end",
+        Unit::Mps,
+        (o, 0),
+        Some((oc, 0)),
+        Target::None,
+    );
+    g.row(
+        "kfree_rcu 32 B retire loop alone, vs crossbeam defer",
+        Unit::Mps,
+        (o, 1),
+        Some(cb),
+        Target::None,
+    );
+    out.push(g);
+
+    // --- kfree_rcu, three types ---------------------------------------------------------------
+    let mut g = Group::new("kfree_mixed");
+    let o = g.subject_n("ours kfree_rcu 16/32/64 B", move || {
+        ours::kfree_mixed_end_to_end(k)
+    });
+    let o1 = g.subject_n("ours kfree_rcu 32 B only", move || {
+        ours::kfree_end_to_end(k)
+    });
+    let cb = g.subject("crossbeam-epoch defer 16/32/64 B", move || {
+        anchors::cb::defer_mixed_rate(k)
+    });
+    let c = std::sync::Arc::new(seize::Collector::new());
+    let se = g.subject("seize retire 16/32/64 B", move || {
+        anchors::sz::retire_mixed(&c, k)
+    });
+    g.row(
+        "kfree_rcu 3 types end to end, vs crossbeam defer 3 types",
+        Unit::Mps,
+        (o, 0),
+        Some(cb),
+        Target::None,
+    );
+    g.row(
+        "kfree_rcu 3 types end to end, vs seize retire 3 types",
+        Unit::Mps,
+        (o, 0),
+        Some(se),
+        Target::None,
+    );
+    g.row(
+        "kfree_rcu 3 types end to end, vs ours 1 type",
+        Unit::Mps,
+        (o, 0),
+        Some((o1, 0)),
+        Target::None,
+    );
+    out.push(g);
+
+    // --- memory: 10M retired objects, no reader (one child process per sample) ---------------
+    let mo = sz.mem;
+    let mem_subject = move |g: &mut Group, label: &str, child_name: &'static str| {
+        g.subject_n(label, move || child::run(child_name, child::m::COUNT, mo))
+    };
+    let nm = if mo % 1_000_000 == 0 {
+        format!("{}M", mo / 1_000_000)
+    } else {
+        format!("{mo}")
+    };
+    let lbl = |rest: &str| format!("{nm} retired{rest}");
+    let mut g = Group::new("mem");
+    g.max_rounds(3);
+    let o = mem_subject(&mut g, "ours kfree_rcu", "kfree");
+    let cb = mem_subject(&mut g, "crossbeam-epoch defer", "cb");
+    let oc = mem_subject(&mut g, "ours call_rcu", "call_rcu");
+    #[cfg(rcu_have_liburcu)]
+    let u = Some(mem_subject(&mut g, "liburcu memb call_rcu", "urcu"));
+    #[cfg(not(rcu_have_liburcu))]
+    let u: Option<usize> = None;
+    use child::m;
+    g.row(
+        &lbl(", no reader: peak RSS growth, vs crossbeam"),
+        Unit::MiB,
+        (o, m::PEAK_RSS),
+        Some((cb, m::PEAK_RSS)),
+        Target::None,
+    );
+    if let Some(u) = u {
+        g.row(
+            &lbl(", no reader: peak RSS growth, vs liburcu call_rcu"),
+            Unit::MiB,
+            (o, m::PEAK_RSS),
+            Some((u, m::PEAK_RSS)),
+            Target::None,
+        );
+    }
+    g.row(
+        &lbl(", no reader: peak pending, vs crossbeam"),
+        Unit::MiB,
+        (o, m::PEAK_PENDING),
+        Some((cb, m::PEAK_PENDING)),
+        Target::None,
+    );
+    g.row(
+        &lbl(": grace periods used, kfree_rcu vs our call_rcu"),
+        Unit::Count,
+        (o, m::GPS),
+        Some((oc, m::GPS)),
+        Target::None,
+    );
+    if let Some(u) = u {
+        g.row(
+            &lbl(": last retire -> last free, vs liburcu call_rcu"),
+            Unit::Ms,
+            (o, m::DRAIN),
+            Some((u, m::DRAIN)),
+            Target::None,
+        );
+    }
+    g.row(
+        &lbl(": last retire -> last free, vs our call_rcu"),
+        Unit::Ms,
+        (o, m::DRAIN),
+        Some((oc, m::DRAIN)),
+        Target::None,
+    );
+    g.row(
+        &lbl(": last retire -> last free, vs crossbeam (pin+flush)"),
+        Unit::Ms,
+        (o, m::DRAIN),
+        Some((cb, m::DRAIN)),
+        Target::None,
+    );
+    g.row(
+        &lbl(": retire loop, vs crossbeam"),
+        Unit::Ms,
+        (o, m::LOOP),
+        Some((cb, m::LOOP)),
+        Target::None,
+    );
+    out.push(g);
+
+    // --- memory: 10M retired objects while a reader stalls ------------------------------------
+    let mut g = Group::new("mem_stall");
+    g.max_rounds(3);
+    let o = mem_subject(&mut g, "ours kfree_rcu, cap 128 MiB", "kfree_stall");
+    let o16 = mem_subject(&mut g, "ours kfree_rcu, cap 16 MiB", "kfree_stall_16m");
+    let cb = mem_subject(&mut g, "crossbeam-epoch defer, pinned reader", "cb_stall");
+    #[cfg(rcu_have_liburcu)]
+    let u = Some(mem_subject(&mut g, "liburcu memb call_rcu", "urcu_stall"));
+    #[cfg(not(rcu_have_liburcu))]
+    let u: Option<usize> = None;
+    let cap = (kfree_batch::DEFAULT_PENDING_CAP >> 20) as f64;
+    g.row(
+        &lbl(", stalled reader, cap 128 MiB: peak pending, vs crossbeam"),
+        Unit::MiB,
+        (o, m::PEAK_PENDING),
+        Some((cb, m::PEAK_PENDING)),
+        Target::AbsLe(cap),
+    );
+    g.row(
+        &lbl(", stalled reader, cap 128 MiB: peak RSS growth, vs crossbeam"),
+        Unit::MiB,
+        (o, m::PEAK_RSS),
+        Some((cb, m::PEAK_RSS)),
+        Target::AbsLe(cap),
+    );
+    if let Some(u) = u {
+        g.row(
+            &lbl(", stalled reader, cap 128 MiB: peak RSS growth, vs liburcu call_rcu"),
+            Unit::MiB,
+            (o, m::PEAK_RSS),
+            Some((u, m::PEAK_RSS)),
+            Target::None,
+        );
+    }
+    g.row(
+        &lbl(", stalled reader, cap 16 MiB: peak pending, vs crossbeam"),
+        Unit::MiB,
+        (o16, m::PEAK_PENDING),
+        Some((cb, m::PEAK_PENDING)),
+        Target::AbsLe(16.0),
+    );
+    g.row(
+        &lbl(", stalled reader, cap 16 MiB: peak RSS growth, vs crossbeam"),
+        Unit::MiB,
+        (o16, m::PEAK_RSS),
+        Some((cb, m::PEAK_RSS)),
+        Target::AbsLe(16.0),
+    );
+    g.row(
+        "pending object, reader stalled: bytes beyond its own 32 B",
+        Unit::Bytes,
+        (o, m::OVERHEAD),
+        None,
+        Target::AbsLe(10.0),
+    );
+    g.row(
+        "pending object, reader stalled: RSS per object, vs crossbeam",
+        Unit::Bytes,
+        (o, m::RSS_PER_OBJ),
+        Some((cb, m::RSS_PER_OBJ)),
+        Target::None,
+    );
+    if let Some(u) = u {
+        g.row(
+            "pending object, reader stalled: RSS per object, vs liburcu call_rcu",
+            Unit::Bytes,
+            (o, m::RSS_PER_OBJ),
+            Some((u, m::RSS_PER_OBJ)),
+            Target::None,
+        );
+    }
+    g.row(
+        "stalled reader, cap 128 MiB: retire loop, vs crossbeam",
+        Unit::Ms,
+        (o, m::LOOP),
+        Some((cb, m::LOOP)),
+        Target::None,
+    );
+    g.row(
+        "stalled reader, cap 128 MiB: reader held, vs crossbeam",
+        Unit::Ms,
+        (o, m::HELD),
+        Some((cb, m::HELD)),
+        Target::None,
+    );
+    if let Some(u) = u {
+        g.row(
+            "stalled reader, cap 128 MiB: reader held, vs liburcu call_rcu",
+            Unit::Ms,
+            (o, m::HELD),
+            Some((u, m::HELD)),
+            Target::None,
+        );
+    }
+    g.row(
+        "stalled reader, cap 128 MiB: callers that waited (fallback_sync)",
+        Unit::Count,
+        (o, m::FALLBACK),
+        None,
+        Target::None,
+    );
+    g.row(
+        "stalled reader, cap 128 MiB: last retire -> last free, vs crossbeam",
+        Unit::Ms,
+        (o, m::DRAIN),
+        Some((cb, m::DRAIN)),
+        Target::None,
+    );
+    out.push(g);
+
+    // --- slab: alloc+free of 64-byte objects, one thread ---------------------------------------
+    let mut g = Group::new("slab");
+    let sn = sz.slab;
+    let plain = ours::cache64("compare-plain-64", false);
+    let o = g.subject("ours KmemCache", move || {
+        ours::kmem_pairs(plain.as_ref(), sn)
+    });
+    let typesafe = ours::cache64("compare-typesafe-64", true);
+    let ot = g.subject("ours KmemCache typesafe", move || {
+        ours::kmem_pairs(typesafe.as_ref(), sn)
+    });
+    let ok = g.subject("ours kmalloc(64)", move || ours::kmalloc_pairs(sn));
+    let bx = g.subject("Rust Box<[u8;64]>", move || anchors::glibc::box_pairs(sn));
+    let gm = g.subject("glibc malloc(64)", move || anchors::glibc::malloc_pairs(sn));
+    g.row(
+        "KmemCache alloc+free 64 B, vs Rust Box",
+        Unit::Ns,
+        o,
+        Some(bx),
+        Target::RatioLe(0.5),
+    );
+    g.row(
+        "KmemCache alloc+free 64 B, vs glibc malloc+free",
+        Unit::Ns,
+        o,
+        Some(gm),
+        Target::None,
+    );
+    g.row(
+        "KmemCache typesafe alloc+free 64 B, vs plain KmemCache",
+        Unit::Ns,
+        ot,
+        Some(o),
+        Target::RatioLe(1.1),
+    );
+    g.row(
+        "kmalloc(64)+kfree, vs glibc malloc(64)+free",
+        Unit::Ns,
+        ok,
+        Some(gm),
+        Target::RatioLe(0.8),
+    );
+    out.push(g);
+
+    // --- slab: producer/consumer (alloc on one thread, free on the other) -------------------------
+    let mut g = Group::new("slab_pc");
+    let pn = sz.pc;
+    let plain = ours::cache64("compare-pc-64", false);
+    let o = g.subject("ours KmemCache p/c", move || {
+        ours::kmem_producer_consumer(plain.as_ref(), pn)
+    });
+    let ok = g.subject("ours kmalloc p/c", move || {
+        ours::kmalloc_producer_consumer(pn)
+    });
+    let gm = g.subject("glibc malloc p/c", move || {
+        anchors::glibc::malloc_producer_consumer(pn)
+    });
+    g.row(
+        "producer/consumer 64 B, 2 thr: KmemCache vs glibc",
+        Unit::Ns,
+        o,
+        Some(gm),
+        Target::RatioLe(1.0),
+    );
+    g.row(
+        "producer/consumer 64 B, 2 thr: kmalloc vs glibc",
+        Unit::Ns,
+        ok,
+        Some(gm),
+        Target::RatioLe(1.0),
+    );
+    out.push(g);
+
     out
 }
 
+/// Runs one child figure (this process was started by [`child::run`]); returns the exit code.
+fn child_main(name: &str) -> i32 {
+    // A stalled reader is the point of some figures: keep the stall reports off stderr.
+    rcu_core::set_stall_hook(Some(|_| {}));
+    let mem = match name {
+        "kfree" => ours::kfree_mem(false, None),
+        "kfree_stall" => ours::kfree_mem(true, None),
+        "kfree_stall_16m" => ours::kfree_mem(true, Some(16 << 20)),
+        "call_rcu" => Ok(ours::call_rcu_mem()),
+        "cb" => Ok(anchors::cb::defer_mem(false)),
+        "cb_stall" => Ok(anchors::cb::defer_mem(true)),
+        #[cfg(rcu_have_liburcu)]
+        "urcu" => Ok(anchors::urcu::call_rcu_mem(false)),
+        #[cfg(rcu_have_liburcu)]
+        "urcu_stall" => Ok(anchors::urcu::call_rcu_mem(true)),
+        other => Err(format!("unknown child figure {other:?}")),
+    };
+    match mem {
+        Ok(mem) => {
+            child::report(&mem.0);
+            0
+        }
+        Err(e) => {
+            eprintln!("[compare child {name}] {e}");
+            1
+        }
+    }
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
 fn main() {
+    if let Ok(name) = std::env::var(child::CHILD_ENV) {
+        std::process::exit(child_main(&name));
+    }
     let opts = parse_args();
     let sz = Sizes::new(opts.quick);
     let m = machine();
@@ -486,6 +943,10 @@ fn main() {
     let mode = format!("{:?}", rcu_core::stats().mode);
     let urcu = liburcu_desc();
 
+    eprintln!(
+        "[compare] loadavg at start: {} (nproc {}): figures are noisy when this is near or above nproc",
+        m.loadavg, m.nproc
+    );
     let mut groups = groups(sz);
     if !opts.only.is_empty() {
         // A pattern selects the groups whose id contains it; a pattern that is in no id selects
@@ -511,15 +972,18 @@ fn main() {
         g.run(opts.rounds, progress);
         rows.extend(g.results());
     }
+    let load_end = loadavg();
 
     if opts.json {
         println!(
-            "{{\"machine\":{{\"nproc\":{},\"kernel\":{},\"cpu\":{},\"loadavg\":{}}},\"rcu_core_mode\":{},\
-             \"liburcu\":{},\"liburcu_built_in\":{},\"quick\":{},\"rounds\":{},\"rows\":{}}}",
+            "{{\"machine\":{{\"nproc\":{},\"kernel\":{},\"cpu\":{},\"loadavg\":{},\"loadavg_end\":{}}},\
+             \"rcu_core_mode\":{},\"liburcu\":{},\"liburcu_built_in\":{},\"quick\":{},\"rounds\":{},\
+             \"rows\":{}}}",
             m.nproc,
             harness::json_str(&m.kernel),
             harness::json_str(&m.cpu),
             harness::json_str(&m.loadavg),
+            harness::json_str(&load_end),
             harness::json_str(&mode),
             harness::json_str(&urcu),
             cfg!(rcu_have_liburcu),
@@ -531,12 +995,14 @@ fn main() {
     }
     println!("rcu-kit compare: ours vs anchors, same process, alternating rounds, medians");
     println!(
-        "machine: nproc={}, {}, cpu \"{}\", loadavg at start {}",
-        m.nproc, m.kernel, m.cpu, m.loadavg
+        "machine: nproc={}, {}, cpu \"{}\", loadavg at start {}, at end {}",
+        m.nproc, m.kernel, m.cpu, m.loadavg, load_end
     );
     println!("rcu-core mode: {mode}; liburcu: {urcu}");
     println!(
-        "rounds: {}{}; sizes: {} read pairs, {} sync calls, {} call_rcu, {} barriers, 16x{} syncs",
+        "rounds: {}{} (memory groups: at most 3, one child process each); sizes: {} read pairs, \
+         {} sync calls, {} call_rcu, {} barriers, 16x{} syncs, {} kfree_rcu, {} objects per memory \
+         child, {} slab pairs, {} producer/consumer objects",
         opts.rounds,
         if opts.quick {
             " (--quick: short loops, not a measurement)"
@@ -548,6 +1014,10 @@ fn main() {
         sz.call_rcu,
         sz.barrier,
         sz.sync16,
+        sz.kfree,
+        sz.mem,
+        sz.slab,
+        sz.pc,
     );
     println!();
     print!("{}", harness::table(&rows));
@@ -561,4 +1031,21 @@ fn main() {
     );
     println!("busy reader: a thread looping read lock; 16 compiler barriers; unlock (our guard for ours and");
     println!("  the raw membarrier row, liburcu's read lock for the liburcu row).");
+    println!("kfree_rcu: Box<[u8;32]> x N then kvfree_rcu_barrier (every object freed); crossbeam: pin +");
+    println!("  defer_destroy per object, flush every 1024; seize: enter + retire(reclaim::boxed) per object;");
+    println!("  crossbeam and seize rates are not end to end (they free lazily, some objects stay pending).");
+    println!("memory rows: one child process per sample; 32-byte objects with a counted drop; peak RSS growth =");
+    println!("  VmHWM delta over the figure; stalled reader = a thread inside rcu_read_lock() (crossbeam: pin(),");
+    println!(
+        "  liburcu: rcu_read_lock()) until the retire loop ends or {} s pass; crossbeam 'pending' =",
+        child::STALL_MAX.as_secs()
+    );
+    println!("  retired minus dropped objects x 32 B (no bookkeeping), ours = kfree_batch::stats (objects + pages).");
+    println!("slab: alloc+free pairs on one thread; Rust Box = Box<MaybeUninit<[u8;64]>> (System = glibc);");
+    println!(
+        "  producer/consumer: alloc on one thread, free on another through a 256-slot SPSC ring."
+    );
+    println!("readscale: same loop on 1 thread pinned to CPU 0, then 2 threads pinned to CPUs 0 and 1, timed");
+    println!("  with each thread's CPU clock (descheduled time not counted); the shared-line control shows");
+    println!("  whether the two threads overlapped (its ratio is far above 1 when they did).");
 }

@@ -3,6 +3,8 @@
 
 use std::fmt::Write as _;
 use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Barrier;
 use std::time::Instant;
 
 /// Unit of a figure (what the numbers of a row mean).
@@ -16,6 +18,14 @@ pub(crate) enum Unit {
     Mps,
     /// A dimensionless ratio (e.g. grace periods per call).
     Ratio,
+    /// Milliseconds (lower is better).
+    Ms,
+    /// Mebibytes (lower is better).
+    MiB,
+    /// Bytes (lower is better).
+    Bytes,
+    /// A plain count (e.g. grace periods used).
+    Count,
 }
 
 impl Unit {
@@ -25,6 +35,10 @@ impl Unit {
             Unit::Us => " µs",
             Unit::Mps => " M/s",
             Unit::Ratio => "",
+            Unit::Ms => " ms",
+            Unit::MiB => " MiB",
+            Unit::Bytes => " B",
+            Unit::Count => "",
         }
     }
 
@@ -34,6 +48,10 @@ impl Unit {
             Unit::Us => "us",
             Unit::Mps => "M/s",
             Unit::Ratio => "ratio",
+            Unit::Ms => "ms",
+            Unit::MiB => "MiB",
+            Unit::Bytes => "B",
+            Unit::Count => "count",
         }
     }
 }
@@ -64,7 +82,13 @@ impl Target {
         }
     }
 
+    /// `None` for informational rows and for rows whose figure is missing (a failed or absent
+    /// anchor, a child process that did not report).
     fn met(self, ours: f64, ratio: Option<f64>) -> Option<bool> {
+        let ratio = ratio.filter(|r| r.is_finite());
+        if !ours.is_finite() {
+            return None;
+        }
         match self {
             Target::None => None,
             Target::RatioLe(x) => ratio.map(|r| r <= x),
@@ -129,6 +153,7 @@ pub(crate) struct Group {
     id: &'static str,
     subjects: Vec<Subject>,
     rows: Vec<Row>,
+    max_rounds: usize,
 }
 
 impl Group {
@@ -138,7 +163,13 @@ impl Group {
             id,
             subjects: Vec::new(),
             rows: Vec::new(),
+            max_rounds: usize::MAX,
         }
+    }
+
+    /// Caps the rounds of this group (for slow figures such as one child process per sample).
+    pub(crate) fn max_rounds(&mut self, n: usize) {
+        self.max_rounds = n.max(1);
     }
 
     /// Adds a subject returning several metrics per run.
@@ -203,6 +234,7 @@ impl Group {
     /// odd rounds last to first, so neither side always runs right after the other's warm caches
     /// or background work.
     pub(crate) fn run(&mut self, rounds: usize, progress: bool) {
+        let rounds = rounds.min(self.max_rounds);
         for r in 0..rounds {
             let k = self.subjects.len();
             for j in 0..k {
@@ -270,12 +302,13 @@ impl Group {
     }
 }
 
-/// Median of the samples (NaN if none).
+/// Median of the finite samples (NaN if none: a figure that failed in some rounds is the median
+/// of the rounds that worked).
 pub(crate) fn median(v: &[f64]) -> f64 {
-    if v.is_empty() {
+    let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if s.is_empty() {
         return f64::NAN;
     }
-    let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     let n = s.len();
     if n % 2 == 1 {
@@ -300,11 +333,12 @@ pub(crate) struct RowResult {
     met: Option<bool>,
 }
 
-fn met_str(m: Option<bool>) -> &'static str {
-    match m {
-        None => "—",
-        Some(true) => "yes",
-        Some(false) => "NO",
+fn met_str(m: Option<bool>, target: Target) -> &'static str {
+    match (m, target) {
+        (None, Target::None) => "—",
+        (None, _) => "n/a",
+        (Some(true), _) => "yes",
+        (Some(false), _) => "NO",
     }
 }
 
@@ -332,7 +366,7 @@ pub(crate) fn table(rows: &[RowResult]) -> String {
                     .map(|x| fmt_val(x, Unit::Ratio))
                     .unwrap_or_else(|| "—".to_owned()),
                 r.target.describe(r.unit),
-                met_str(r.met).to_owned(),
+                met_str(r.met, r.target).to_owned(),
             ]
         })
         .collect();
@@ -437,4 +471,240 @@ pub(crate) fn ns_per(n: u64, f: impl FnOnce()) -> f64 {
     let t = Instant::now();
     f();
     black_box(t.elapsed().as_nanos() as f64 / n as f64)
+}
+
+/// Pins the calling thread to `cpu`; false if the kernel refuses (e.g. the CPU is not in the
+/// process's allowed set).
+pub(crate) fn pin_to_cpu(cpu: usize) -> bool {
+    // SAFETY: `cpu_set_t` is plain old data (a bit array), so all-zero is a valid (empty) set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: CPU_SET writes one bit of `set`, which is a valid cpu_set_t; `cpu` is bounded by
+    // the callers (< available_parallelism) and CPU_SET ignores out-of-range indices anyway.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: pid 0 = the calling thread; `set` is a valid cpu_set_t of the size passed.
+    unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0 }
+}
+
+/// CPU time consumed by the calling thread, ns (NaN if the clock is unavailable).
+fn thread_cpu_ns() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return f64::NAN;
+    }
+    ts.tv_sec as f64 * 1e9 + ts.tv_nsec as f64
+}
+
+/// Iterations per timed chunk of [`pinned_scaling`].
+const CHUNK: u64 = 20_000;
+
+/// Chunks each thread of [`pinned_scaling`] has finished (one padded line per thread, written by
+/// its owner only, once per chunk).
+struct Beats([rcu_core::CachePadded<AtomicU64>; 2]);
+
+/// Runs `body` in chunks of [`CHUNK`] until `n` iterations were counted or 3 s passed; counts a
+/// chunk only if this thread ran it without being descheduled (wall time within 10% of thread CPU
+/// time) and, when `other` is given, the other thread finished at least 2 chunks meanwhile (so it
+/// ran on its core during the whole chunk). Returns thread-CPU ns per counted iteration (NaN if
+/// none counted).
+fn chunked(
+    n: u64,
+    body: fn(u64),
+    beats: &Beats,
+    me: usize,
+    other: Option<usize>,
+    done: &AtomicUsize,
+) -> f64 {
+    let (mut cpu, mut ops) = (0.0f64, 0u64);
+    let start = Instant::now();
+    let mut counted_enough = false;
+    // Keep running (so the other thread keeps overlapping) until both threads counted enough.
+    while done.load(Ordering::Relaxed) < 2 && start.elapsed().as_secs() < 3 {
+        let o0 = other.map(|o| beats.0[o].load(Ordering::Relaxed));
+        let w0 = Instant::now();
+        let c0 = thread_cpu_ns();
+        body(CHUNK);
+        let c1 = thread_cpu_ns();
+        let wall = w0.elapsed().as_nanos() as f64;
+        let o1 = other.map(|o| beats.0[o].load(Ordering::Relaxed));
+        // Relaxed: a progress counter only this thread writes; readers need no ordering.
+        beats.0[me].store(beats.0[me].load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        let overlapped = match (o0, o1) {
+            (Some(a), Some(b)) => b.wrapping_sub(a) >= 2,
+            _ => true,
+        };
+        if overlapped && wall <= 1.1 * (c1 - c0) {
+            cpu += c1 - c0;
+            ops += CHUNK;
+        }
+        if !counted_enough && ops >= n {
+            counted_enough = true;
+            done.fetch_add(if other.is_some() { 1 } else { 2 }, Ordering::Relaxed);
+        }
+    }
+    if ops == 0 {
+        f64::NAN
+    } else {
+        black_box(cpu / ops as f64)
+    }
+}
+
+/// Runs `body` first on one thread pinned to CPU 0, then on two threads pinned to CPUs 0 and 1
+/// at once, and returns `[1-thread ns/iter, slower of the 2 threads' ns/iter, 2-thread /
+/// 1-thread]` (NaNs with fewer than 2 CPUs or when pinning fails).
+///
+/// Time is each thread's CPU time over chunks it ran undisturbed while (in the 2-thread phase) the
+/// other thread demonstrably ran too, so time-sharing with other processes on a loaded machine
+/// neither inflates the figures nor hides contention. A loop that writes only thread-private cache
+/// lines keeps its per-thread cost when the second core runs the same loop; one that writes a line
+/// the other core also writes stalls on cache-line transfers instead.
+pub(crate) fn pinned_scaling(n: u64, body: fn(u64)) -> Vec<f64> {
+    let nan = vec![f64::NAN; 3];
+    if std::thread::available_parallelism().map_or(1, |p| p.get()) < 2 {
+        return nan;
+    }
+    let beats = std::sync::Arc::new(Beats([
+        rcu_core::CachePadded::new(AtomicU64::new(0)),
+        rcu_core::CachePadded::new(AtomicU64::new(0)),
+    ]));
+    let b = beats.clone();
+    let one = std::thread::spawn(move || {
+        if !pin_to_cpu(0) {
+            return f64::NAN;
+        }
+        body(n / 10);
+        chunked(n, body, &b, 0, None, &AtomicUsize::new(0))
+    })
+    .join()
+    .unwrap_or(f64::NAN);
+    let bar = std::sync::Arc::new(Barrier::new(2));
+    let done = std::sync::Arc::new(AtomicUsize::new(0));
+    let hs: Vec<_> = (0..2)
+        .map(|cpu| {
+            let (bar, beats, done) = (bar.clone(), beats.clone(), done.clone());
+            std::thread::spawn(move || {
+                let pinned = pin_to_cpu(cpu);
+                body(n / 10);
+                bar.wait();
+                let v = chunked(n, body, &beats, cpu, Some(1 - cpu), &done);
+                if pinned {
+                    v
+                } else {
+                    f64::NAN
+                }
+            })
+        })
+        .collect();
+    let two = hs
+        .into_iter()
+        .map(|h| h.join().unwrap_or(f64::NAN))
+        .fold(0.0, |a: f64, b| if b.is_nan() { b } else { a.max(b) });
+    vec![one, two, two / one]
+}
+
+/// Bounded single-producer single-consumer ring of non-zero words (pointers as `usize`), used by
+/// the producer/consumer figures: the producer allocates and pushes, the consumer pops and frees.
+struct Ring {
+    buf: Box<[AtomicUsize]>,
+    /// Next slot to pop; written by the consumer only.
+    head: rcu_core::CachePadded<AtomicUsize>,
+    /// Next slot to push; written by the producer only.
+    tail: rcu_core::CachePadded<AtomicUsize>,
+}
+
+const RING_CAP: usize = 256;
+
+/// Spins a little, then yields: on a 2-vCPU machine the other side may not be running.
+fn backoff(spins: &mut u32) {
+    *spins += 1;
+    if *spins < 64 {
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
+    }
+}
+
+impl Ring {
+    fn new() -> Ring {
+        Ring {
+            buf: (0..RING_CAP).map(|_| AtomicUsize::new(0)).collect(),
+            head: rcu_core::CachePadded::new(AtomicUsize::new(0)),
+            tail: rcu_core::CachePadded::new(AtomicUsize::new(0)),
+        }
+    }
+
+    fn push(&self, v: usize) {
+        // Relaxed: only the producer writes `tail`.
+        let t = self.tail.load(Ordering::Relaxed);
+        let mut spins = 0;
+        // Acquire pairs with the consumer's Release store of `head`: the slot was read before
+        // we overwrite it.
+        while t.wrapping_sub(self.head.load(Ordering::Acquire)) >= RING_CAP {
+            backoff(&mut spins);
+        }
+        self.buf[t % RING_CAP].store(v, Ordering::Relaxed);
+        // Release pairs with the consumer's Acquire load of `tail`: the slot's value (and the
+        // object it points to) is visible before the slot is.
+        self.tail.store(t.wrapping_add(1), Ordering::Release);
+    }
+
+    fn pop(&self) -> usize {
+        // Relaxed: only the consumer writes `head`.
+        let h = self.head.load(Ordering::Relaxed);
+        let mut spins = 0;
+        // Acquire pairs with the producer's Release store of `tail`.
+        while self.tail.load(Ordering::Acquire) == h {
+            backoff(&mut spins);
+        }
+        let v = self.buf[h % RING_CAP].load(Ordering::Relaxed);
+        // Release pairs with the producer's Acquire load of `head`.
+        self.head.store(h.wrapping_add(1), Ordering::Release);
+        v
+    }
+}
+
+/// Producer/consumer free pattern: one thread calls `alloc` `n` times and passes each object
+/// through a 256-slot SPSC ring to a second thread, which calls `free` on it. Returns wall ns per
+/// object (both threads started together, clock stopped after the last free), or NaN if `alloc`
+/// returned 0 (out of memory).
+pub(crate) fn producer_consumer<A, F>(n: u64, alloc: A, free: F) -> f64
+where
+    A: Fn() -> usize + Sync,
+    F: Fn(usize) + Sync,
+{
+    let ring = Ring::new();
+    let bar = Barrier::new(2);
+    let failed = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            bar.wait();
+            for _ in 0..n {
+                let p = alloc();
+                if p == 0 {
+                    failed.store(true, Ordering::Relaxed);
+                }
+                ring.push(p);
+            }
+        });
+        let consumer = s.spawn(|| {
+            bar.wait();
+            let t = Instant::now();
+            for _ in 0..n {
+                let p = ring.pop();
+                if p != 0 {
+                    free(p);
+                }
+            }
+            t.elapsed().as_nanos() as f64 / n as f64
+        });
+        let v = consumer.join().unwrap_or(f64::NAN);
+        if failed.load(Ordering::Relaxed) {
+            f64::NAN
+        } else {
+            v
+        }
+    })
 }

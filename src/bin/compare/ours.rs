@@ -1,24 +1,32 @@
-//! Our side of the comparison: loops over `rcu_core`, written like the anchors' loops.
+//! Our side of the comparison: loops over `rcu_core`, `kfree_batch` and `slab_backend`, written
+//! like the anchors' loops.
 
 use std::hint::black_box;
+use std::ptr::NonNull;
 use std::sync::atomic::{compiler_fence, AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use kfree_batch::{kfree_rcu, kvfree_rcu_barrier};
 use rcu_core::{call_rcu, rcu_barrier, rcu_read_lock, synchronize_rcu, RcuCell};
+use slab_backend::{kfree, kmalloc, KmemCache};
 
-use crate::harness::ns_per;
+use crate::child::{self, m, Mem, Stalled, Tracked, DROPPED};
+use crate::harness::{ns_per, producer_consumer};
+
+/// `n` read_lock+unlock pairs on the calling thread.
+pub(crate) fn read_body(n: u64) {
+    for _ in 0..n {
+        let g = rcu_read_lock();
+        black_box(&g);
+        drop(g);
+    }
+}
 
 /// `n` read_lock+unlock pairs on the calling thread; ns/pair.
 pub(crate) fn read_loop(n: u64) -> f64 {
-    ns_per(n, || {
-        for _ in 0..n {
-            let g = rcu_read_lock();
-            black_box(&g);
-            drop(g);
-        }
-    })
+    ns_per(n, || read_body(n))
 }
 
 /// ns/pair after n/10 warm-up pairs.
@@ -267,4 +275,229 @@ pub(crate) fn rcucell_replace(cell: &RcuCell<u64>, n: u64) -> f64 {
         }
         rcu_barrier();
     })
+}
+
+// --- kfree_rcu ----------------------------------------------------------------------------------
+
+fn kfree_boxes(n: u64) {
+    for i in 0..n {
+        kfree_rcu(black_box(Box::new([i as u8; 32])));
+    }
+}
+
+/// Three types of different sizes in turn: three free functions, so three block channels.
+fn kfree_mixed_boxes(n: u64) {
+    for i in 0..n {
+        match i % 3 {
+            0 => kfree_rcu(black_box(Box::new([i as u8; 16]))),
+            1 => kfree_rcu(black_box(Box::new([i as u8; 32]))),
+            _ => kfree_rcu(black_box(Box::new([i as u8; 64]))),
+        }
+    }
+}
+
+fn kfree_timed(n: u64, f: fn(u64)) -> Vec<f64> {
+    f(100_000);
+    kvfree_rcu_barrier();
+    let t0 = Instant::now();
+    f(n);
+    let t1 = t0.elapsed().as_secs_f64();
+    kvfree_rcu_barrier();
+    let t2 = t0.elapsed().as_secs_f64();
+    vec![n as f64 / t2 / 1e6, n as f64 / t1 / 1e6]
+}
+
+/// `kfree_rcu(Box::new([u8; 32]))` × n, then `kvfree_rcu_barrier()`: [M objects/s end to end
+/// (every object freed), M/s of the retire loop alone]. Warmed like the call_rcu figure.
+pub(crate) fn kfree_end_to_end(n: u64) -> Vec<f64> {
+    kfree_timed(n, kfree_boxes)
+}
+
+/// As [`kfree_end_to_end`] with `Box<[u8; 16]>`, `Box<[u8; 32]>`, `Box<[u8; 64]>` in turn.
+pub(crate) fn kfree_mixed_end_to_end(n: u64) -> Vec<f64> {
+    kfree_timed(n, kfree_mixed_boxes)
+}
+
+/// Memory child: retires `child::objects()` 32-byte [`Tracked`] boxes through `kfree_rcu` on this
+/// thread, optionally while another thread holds `rcu_read_lock()` (see [`Stalled`]), optionally
+/// under a pending cap other than the default; then `kvfree_rcu_barrier()`.
+pub(crate) fn kfree_mem(stall: bool, cap: Option<usize>) -> Result<Mem, String> {
+    if let Some(cap) = cap {
+        kfree_batch::configure(kfree_batch::Config {
+            pending_cap: cap,
+            ..Default::default()
+        })
+        .map_err(|e| e.to_string())?;
+    }
+    let n = child::objects();
+    let checkpoint = n / 10;
+    let mut out = Mem::new();
+    let reader = stall.then(|| Stalled::start(rcu_read_lock));
+    let s0 = kfree_batch::stats();
+    let hwm0 = child::vm_hwm();
+    let rss0 = child::vm_rss();
+    let t = Instant::now();
+    for i in 0..n {
+        kfree_rcu(Box::new(Tracked([i; 4])));
+        if stall && i + 1 == checkpoint {
+            let s = kfree_batch::stats();
+            // Only meaningful while nothing has been freed or fallen back: then every retired
+            // object is pending, and pending bytes = objects + pages + unspent reservations.
+            if s.fallback_sync == s0.fallback_sync && DROPPED.load(Ordering::Relaxed) == 0 {
+                let extra =
+                    s.pending_bytes as f64 - s0.pending_bytes as f64 - 32.0 * checkpoint as f64;
+                out.set(m::OVERHEAD, extra / checkpoint as f64);
+                out.set(m::RSS_PER_OBJ, (child::vm_rss() - rss0) / checkpoint as f64);
+            }
+        }
+    }
+    let loop_end = Instant::now();
+    out.set(m::LOOP, t.elapsed().as_secs_f64() * 1e3);
+    if let Some(r) = reader {
+        out.set(m::HELD, r.release());
+    }
+    kvfree_rcu_barrier();
+    out.set(m::DRAIN, loop_end.elapsed().as_secs_f64() * 1e3);
+    let s1 = kfree_batch::stats();
+    out.set(m::PEAK_RSS, (child::vm_hwm() - hwm0) / child::MIB);
+    out.set(m::PEAK_PENDING, s1.peak_pending_bytes as f64 / child::MIB);
+    out.set(
+        m::GPS,
+        s1.grace_periods.wrapping_sub(s0.grace_periods) as f64,
+    );
+    out.set(
+        m::FALLBACK,
+        s1.fallback_sync.wrapping_sub(s0.fallback_sync) as f64,
+    );
+    if DROPPED.load(Ordering::Relaxed) != n {
+        return Err(format!(
+            "only {} of {n} objects freed after kvfree_rcu_barrier",
+            DROPPED.load(Ordering::Relaxed)
+        ));
+    }
+    Ok(out)
+}
+
+/// Memory child: the same 32-byte [`Tracked`] boxes through `call_rcu(move || drop(b))`, no
+/// reader, then `rcu_barrier()`. Grace periods are the engine's count.
+pub(crate) fn call_rcu_mem() -> Mem {
+    let n = child::objects();
+    let mut out = Mem::new();
+    let g0 = rcu_core::stats().grace_periods;
+    let hwm0 = child::vm_hwm();
+    let t = Instant::now();
+    for i in 0..n {
+        let b = Box::new(Tracked([i; 4]));
+        call_rcu(move || drop(b));
+    }
+    let loop_end = Instant::now();
+    out.set(m::LOOP, t.elapsed().as_secs_f64() * 1e3);
+    rcu_barrier();
+    out.set(m::DRAIN, loop_end.elapsed().as_secs_f64() * 1e3);
+    out.set(m::PEAK_RSS, (child::vm_hwm() - hwm0) / child::MIB);
+    out.set(
+        m::GPS,
+        rcu_core::stats().grace_periods.wrapping_sub(g0) as f64,
+    );
+    out
+}
+
+// --- slab ---------------------------------------------------------------------------------------
+
+/// The 64-byte object of the slab figures.
+pub(crate) type Obj64 = [u8; 64];
+
+/// A plain (`typesafe == false`) or typesafe (with a zeroing ctor) cache of [`Obj64`].
+pub(crate) fn cache64(name: &str, typesafe: bool) -> Option<Arc<KmemCache<Obj64>>> {
+    let b = KmemCache::<Obj64>::builder(name);
+    let b = if typesafe {
+        b.typesafe_by_rcu(true).ctor(|| [0u8; 64])
+    } else {
+        b
+    };
+    match b.build() {
+        Ok(c) => Some(Arc::new(c)),
+        Err(e) => {
+            eprintln!("[compare] KmemCache {name}: {e}");
+            None
+        }
+    }
+}
+
+fn kmem_loop(c: &KmemCache<Obj64>, n: u64) -> f64 {
+    let mut ok = true;
+    let v = ns_per(n, || {
+        for _ in 0..n {
+            let Some(p) = c.alloc() else {
+                ok = false;
+                break;
+            };
+            // SAFETY: `p` was just allocated from `c` and is not used afterwards.
+            unsafe { c.free(black_box(p)) };
+        }
+    });
+    if ok {
+        v
+    } else {
+        f64::NAN
+    }
+}
+
+/// ns per `cache.alloc()` + `cache.free()` on one thread, after n/10 warm-up pairs.
+pub(crate) fn kmem_pairs(c: Option<&Arc<KmemCache<Obj64>>>, n: u64) -> f64 {
+    let Some(c) = c else { return f64::NAN };
+    kmem_loop(c, n / 10);
+    kmem_loop(c, n)
+}
+
+fn kmalloc_loop(n: u64) -> f64 {
+    let mut ok = true;
+    let v = ns_per(n, || {
+        for _ in 0..n {
+            let Some(p) = kmalloc(64) else {
+                ok = false;
+                break;
+            };
+            // SAFETY: `p` was just returned by kmalloc and is not used afterwards.
+            unsafe { kfree(black_box(p)) };
+        }
+    });
+    if ok {
+        v
+    } else {
+        f64::NAN
+    }
+}
+
+/// ns per `kmalloc(64)` + `kfree()` on one thread, after n/10 warm-up pairs.
+pub(crate) fn kmalloc_pairs(n: u64) -> f64 {
+    kmalloc_loop(n / 10);
+    kmalloc_loop(n)
+}
+
+/// Producer/consumer: `cache.alloc()` on one thread, `cache.free()` on the other; ns/object.
+pub(crate) fn kmem_producer_consumer(c: Option<&Arc<KmemCache<Obj64>>>, n: u64) -> f64 {
+    let Some(c) = c else { return f64::NAN };
+    producer_consumer(
+        n,
+        || c.alloc().map_or(0, |p| p.as_ptr() as usize),
+        |p| {
+            // SAFETY: `p` is a non-zero address the producer got from `c.alloc()` and passed
+            // through the ring exactly once; nobody else uses it.
+            unsafe { c.free(NonNull::new_unchecked(p as *mut Obj64)) }
+        },
+    )
+}
+
+/// Producer/consumer: `kmalloc(64)` on one thread, `kfree()` on the other; ns/object.
+pub(crate) fn kmalloc_producer_consumer(n: u64) -> f64 {
+    producer_consumer(
+        n,
+        || kmalloc(64).map_or(0, |p| p.as_ptr() as usize),
+        |p| {
+            // SAFETY: `p` is a non-zero address from `kmalloc(64)`, passed through the ring
+            // exactly once; nobody else uses it.
+            unsafe { kfree(NonNull::new_unchecked(p as *mut u8)) }
+        },
+    )
 }

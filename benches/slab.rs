@@ -1,0 +1,166 @@
+//! Criterion bench of the producer/consumer free pattern (`cargo bench --bench slab`): objects
+//! allocated on one thread and freed on another, through a bounded SPSC ring, for `KmemCache`,
+//! `kmalloc` and glibc malloc.
+//!
+//! Single-thread alloc+free of 64-byte objects (KmemCache plain and typesafe, kmalloc, Box, glibc
+//! malloc) is benched by slab-backend itself: `cargo bench -p slab-backend --bench slab`; it is not
+//! repeated here. Side-by-side figures with targets: `cargo run --release --bin compare -- --only
+//! slab`.
+
+// `criterion_group!` generates an undocumented `pub fn`.
+#![allow(missing_docs)]
+
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use rcu_core::CachePadded;
+use slab_backend::{kfree, kmalloc, KmemCache};
+
+const CAP: usize = 256;
+const BATCH: u64 = 20_000;
+
+/// Bounded single-producer single-consumer ring of non-zero words.
+struct Ring {
+    buf: Box<[AtomicUsize]>,
+    head: CachePadded<AtomicUsize>,
+    tail: CachePadded<AtomicUsize>,
+}
+
+fn wait(spins: &mut u32) {
+    *spins += 1;
+    if *spins < 64 {
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
+    }
+}
+
+impl Ring {
+    fn new() -> Ring {
+        Ring {
+            buf: (0..CAP).map(|_| AtomicUsize::new(0)).collect(),
+            head: CachePadded::new(AtomicUsize::new(0)),
+            tail: CachePadded::new(AtomicUsize::new(0)),
+        }
+    }
+
+    fn push(&self, v: usize) {
+        // Relaxed: only the producer writes `tail`.
+        let t = self.tail.load(Ordering::Relaxed);
+        let mut s = 0;
+        // Acquire pairs with the consumer's Release store of `head` (slot consumed).
+        while t.wrapping_sub(self.head.load(Ordering::Acquire)) >= CAP {
+            wait(&mut s);
+        }
+        self.buf[t % CAP].store(v, Ordering::Relaxed);
+        // Release pairs with the consumer's Acquire load of `tail` (slot filled).
+        self.tail.store(t.wrapping_add(1), Ordering::Release);
+    }
+
+    fn pop(&self) -> usize {
+        // Relaxed: only the consumer writes `head`.
+        let h = self.head.load(Ordering::Relaxed);
+        let mut s = 0;
+        // Acquire pairs with the producer's Release store of `tail`.
+        while self.tail.load(Ordering::Acquire) == h {
+            wait(&mut s);
+        }
+        let v = self.buf[h % CAP].load(Ordering::Relaxed);
+        // Release pairs with the producer's Acquire load of `head`.
+        self.head.store(h.wrapping_add(1), Ordering::Release);
+        v
+    }
+}
+
+/// `iters` batches of `BATCH` objects: `alloc` on a producer thread, `free` on this thread.
+fn pc<A, F>(iters: u64, alloc: A, free: F) -> Duration
+where
+    A: Fn() -> usize + Sync,
+    F: Fn(usize),
+{
+    let n = iters * BATCH;
+    let ring = Ring::new();
+    let bar = Barrier::new(2);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            bar.wait();
+            for _ in 0..n {
+                ring.push(alloc());
+            }
+        });
+        bar.wait();
+        let t = Instant::now();
+        for _ in 0..n {
+            let p = ring.pop();
+            if p != 0 {
+                free(p);
+            }
+        }
+        t.elapsed()
+    })
+}
+
+fn producer_consumer(c: &mut Criterion) {
+    let mut g = c.benchmark_group("producer_consumer_64B");
+    g.throughput(Throughput::Elements(BATCH));
+    let cache = KmemCache::<[u8; 64]>::builder("bench-pc-64")
+        .build()
+        .expect("cache");
+    g.bench_function("KmemCache", |b| {
+        b.iter_custom(|iters| {
+            pc(
+                iters,
+                || cache.alloc().map_or(0, |p| p.as_ptr() as usize),
+                |p| {
+                    // SAFETY: a non-zero object of `cache`, passed through the ring once.
+                    unsafe { cache.free(NonNull::new_unchecked(p as *mut [u8; 64])) }
+                },
+            )
+        })
+    });
+    g.bench_function("kmalloc", |b| {
+        b.iter_custom(|iters| {
+            pc(
+                iters,
+                || kmalloc(64).map_or(0, |p| p.as_ptr() as usize),
+                |p| {
+                    // SAFETY: a non-zero kmalloc object, passed through the ring once.
+                    unsafe { kfree(NonNull::new_unchecked(p as *mut u8)) }
+                },
+            )
+        })
+    });
+    g.bench_function("glibc_malloc", |b| {
+        b.iter_custom(|iters| {
+            pc(
+                iters,
+                || {
+                    // SAFETY: plain malloc; NULL (0) is skipped by the consumer.
+                    unsafe { libc::malloc(64) as usize }
+                },
+                |p| {
+                    // SAFETY: `p` came from malloc and is freed once.
+                    unsafe { libc::free(p as *mut libc::c_void) }
+                },
+            )
+        })
+    });
+    g.finish();
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_millis(500))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = producer_consumer
+}
+criterion_main!(benches);
