@@ -31,7 +31,17 @@ pub const KMALLOC_MAX_SIZE: usize = 8192;
 static CLASSES: OnceLock<Box<[Arc<RawCache>]>> = OnceLock::new();
 
 /// The class caches, created on first use.
+#[inline]
 pub(crate) fn classes() -> &'static [Arc<RawCache>] {
+    match CLASSES.get() {
+        Some(c) => c,
+        None => create_classes(),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn create_classes() -> &'static [Arc<RawCache>] {
     CLASSES.get_or_init(|| {
         // Warm what the nolock paths read, so a signal handler never runs a lazy initialiser.
         let _ = rcu_core::cpu::possible_cpus();
@@ -68,9 +78,22 @@ pub fn kmalloc_init() {
     let _ = classes();
 }
 
+/// Class of sizes up to 192 bytes, by `(size + 7) / 8` (the kernel's `kmalloc_size_index`).
+const SMALL_CLASS: [u8; 25] = [
+    0, 0, 1, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 6, 6, 6, 6,
+];
+
 /// Index of the smallest class holding `size` bytes.
+#[inline]
 pub(crate) fn class_index(size: usize) -> Option<usize> {
-    KMALLOC_SIZES.iter().position(|&c| c >= size)
+    if size <= 192 {
+        Some(SMALL_CLASS[size.div_ceil(8)] as usize)
+    } else if size <= KMALLOC_MAX_SIZE {
+        // Power-of-two classes from 256 (index 7): ceil(log2(size)) - 8 + 7.
+        Some((usize::BITS - (size - 1).leading_zeros()) as usize - 1)
+    } else {
+        None
+    }
 }
 
 /// Allocates `size` bytes (uninitialised, at least 8-byte aligned; `size == 0` gets the smallest
@@ -90,21 +113,33 @@ pub fn kzalloc(size: usize) -> Option<NonNull<u8>> {
     Some(p)
 }
 
-/// The cache a slab object belongs to; panics with a clear message (debug builds) for a pointer
+/// The slab header of a slab object; panics with a clear message (debug builds) for a pointer
 /// that is not a slab object.
 ///
 /// # Safety
 /// `p` is a live slab object (or, in debug builds, any pointer: checked).
-pub(crate) unsafe fn cache_of<'a>(p: NonNull<u8>) -> &'a RawCache {
+#[inline]
+unsafe fn header_checked<'a>(p: NonNull<u8>) -> &'a slab::SlabHeader {
     if cfg!(debug_assertions) {
         assert!(
             slab::is_slab_object(p.as_ptr()),
             "kfree: {p:p} is not a slab object"
         );
     }
-    // SAFETY: a live slab object's header is mapped and points to its cache, which outlives it
-    // (slab Invariant 1).
-    unsafe { &*(*header_of(p.as_ptr())).cache }
+    // SAFETY: a live slab object's header is mapped (slab Invariant 1).
+    unsafe { &*header_of(p.as_ptr()) }
+}
+
+/// The cache a slab object belongs to; panics with a clear message (debug builds) for a pointer
+/// that is not a slab object.
+///
+/// # Safety
+/// `p` is a live slab object (or, in debug builds, any pointer: checked).
+#[inline]
+pub(crate) unsafe fn cache_of<'a>(p: NonNull<u8>) -> &'a RawCache {
+    // SAFETY: forwarded contract; the header points to its cache, which outlives it (slab
+    // Invariant 1).
+    unsafe { &*header_checked(p).cache }
 }
 
 /// Frees an object from [`kmalloc`] (or any slab object: the cache is found from the slab).
@@ -115,9 +150,11 @@ pub(crate) unsafe fn cache_of<'a>(p: NonNull<u8>) -> &'a RawCache {
 #[inline]
 pub unsafe fn kfree(p: NonNull<u8>) {
     crate::nolock::drain_if_pending();
-    // SAFETY: forwarded contract.
+    // SAFETY: forwarded contract; the header's cache outlives it (slab Invariant 1) and its
+    // `tc_id` is the cache's.
     unsafe {
-        let _ = cache_of(p).free(p, Mode::Normal, false);
+        let h = header_checked(p);
+        (*h.cache).free_normal(p, h.tc_id, false);
     }
 }
 
@@ -160,6 +197,10 @@ mod tests {
         assert_eq!(class_index(97), Some(5));
         assert_eq!(class_index(8192), Some(12));
         assert_eq!(class_index(8193), None);
+        for size in 0..=KMALLOC_MAX_SIZE + 64 {
+            let want = KMALLOC_SIZES.iter().position(|&c| c >= size);
+            assert_eq!(class_index(size), want, "size {size}");
+        }
     }
 
     #[test]

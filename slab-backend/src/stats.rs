@@ -30,8 +30,10 @@ pub struct CacheStats {
     pub full_slabs: usize,
     /// Slabs with every object free (kept for reuse until shrink).
     pub empty_slabs: usize,
-    /// Free objects cached in per-CPU sheaves and the barn.
+    /// Free objects cached in per-thread caches, per-CPU sheaves and the barn.
     pub cpu_cached_objects: usize,
+    /// Of `cpu_cached_objects`, those in per-thread caches (of live and exited threads).
+    pub thread_cached_objects: usize,
     /// Slabs detached and waiting for a grace period before their pages go back (typesafe).
     pub rcu_pending_slabs: usize,
     /// Slabs ever created.

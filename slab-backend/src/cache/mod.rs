@@ -3,17 +3,26 @@
 //! # Implementation
 //!
 //! A cache is a type-erased [`RawCache`] (shared by `KmemCache<T>` and the kmalloc classes) with
-//! three layers, fastest first:
+//! four layers, fastest first:
 //!
+//! 0. per-thread object caches ([`tcache`]): up to 32 free objects per thread and cache, popped
+//!    and pushed with plain loads and stores (no atomic read-modify-write);
 //! 1. per-CPU sheaves and the per-node barn ([`sheaf`]);
 //! 2. per-node partial/full/empty slab lists ([`node`]);
 //! 3. slabs: page runs from [`crate::page`] with out-of-line free bitmaps ([`slab`]).
 //!
-//! `alloc` pops from the current CPU's sheaf (one try-lock CAS, one release store); only when
-//! sheaf, spare and barn are empty does it refill from the slab lists, and only when those are
-//! empty does it map a new slab (running the ctor over every object of it, once). `free` pushes to
-//! the sheaf and spills to the barn, then to the slab lists. If every slot is held (all CPUs'
-//! slots busy: preemption, or a signal handler), `Normal` callers go straight to the slab lists.
+//! `alloc` (`Normal` mode) pops from the calling thread's cache; when that is empty it takes a
+//! batch of 16 from the current CPU's sheaf under one slot try-lock (one CAS, one release store
+//! per batch). `free` pushes to the thread cache; when that is full its oldest 16 objects go to
+//! the CPU's sheaf in one batch. The sheaf, in turn, swaps in its spare, trades with the barn,
+//! refills from the slab lists, and only when those are empty maps a new slab (running the ctor
+//! over every object of it, once). If every slot is held (all CPUs' slots busy: preemption, or a
+//! signal handler), `Normal` callers go straight to the slab lists. `Nolock` callers
+//! (`kmalloc_nolock`, `kfree_nolock`) skip the thread cache and use only the CPU slot.
+//!
+//! Objects in thread caches are free objects: `stats()` counts them as cached, and `shrink()`,
+//! the slab shrinker and destroy steal them from every thread (alive or exited) before flushing
+//! the per-CPU layer; thread exit flushes the thread's own caches ([`tcache`] has the protocol).
 //!
 //! Empty slabs beyond [`node::MIN_EMPTY`] per node, and all empty slabs on [`KmemCache::shrink`],
 //! are detached and *discarded*: objects dropped (ctor caches own their `T`s) and pages unmapped —
@@ -24,8 +33,11 @@
 //! One global order, the lesson of the 2021 SLUB lockdep report:
 //!
 //! ```text
-//! REGISTRY (cache list) → FLUSH (per-CPU flush/shrink) → barn lock | node lock (leaves)
+//! REGISTRY (cache list) → FLUSH (per-CPU flush/shrink) → tc_steal_lock (per cache)
+//!                                                       → barn lock | node lock (leaves)
 //! ```
+//! A thread's exit flush holds `REGISTRY` while it gives its objects back (so no cache it
+//! flushes can be destroyed under it); destroy takes `tc_steal_lock` without `FLUSH`.
 //! CPU slot locks are only ever try-locked, so they are outside the order. Nothing takes
 //! `REGISTRY` or `FLUSH` while holding a barn or node lock, and **no page is allocated while any
 //! of these locks is held**: page allocations may run shrinkers, and the slab shrinker takes
@@ -42,12 +54,14 @@
 //!
 //! ## Memory orderings
 //! Objects travel between threads only through the slot, barn and node locks (Acquire/Release
-//! pairs documented there) or through the user's own synchronisation. Statistics are Relaxed.
+//! pairs documented there), the thread caches' steal protocol (documented in [`tcache`]), or
+//! through the user's own synchronisation. Statistics are Relaxed.
 
 pub mod sheaf;
 
 pub(crate) mod node;
 pub(crate) mod slab;
+pub(crate) mod tcache;
 
 use core::fmt;
 use core::marker::PhantomData;
@@ -58,6 +72,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use self::node::{Detached, Node, NodeCounts};
 use self::sheaf::{Backing, Miss, Mode, PerCpu, Sheaf};
 use self::slab::{header_of, SlabHeader, SlabLayout, OBJ_ALLOCATED, OBJ_FREE};
+use self::tcache::TCACHE_BATCH;
 use crate::page::PAGE_SIZE;
 use crate::primitive::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use crate::stats::CacheStats;
@@ -138,6 +153,13 @@ pub(crate) struct RawCache {
     /// Drops the `T` in an object slot (slab discard; ctor caches whose `T` needs it).
     pub(crate) drop_obj: Option<unsafe fn(*mut u8)>,
     pub(crate) cpu: PerCpu,
+    /// Index of this cache's entry in every thread's cache block ([`tcache::NO_ID`]: none).
+    pub(crate) tc_id: usize,
+    /// Stealers of thread-cached objects at work (owners bypass their thread cache while
+    /// non-zero); on its own cache line, read on every fast-path call.
+    pub(crate) tc_steal: rcu_core::CachePadded<AtomicUsize>,
+    /// Serialises stealers of this cache (lock order: FLUSH → this → barn | node).
+    pub(crate) tc_steal_lock: Mutex<()>,
     /// One entry per memory node; never freed before the cache (node Invariant, seed 2021).
     nodes: Box<[Node]>,
     pub(crate) slabs_created: AtomicU64,
@@ -234,6 +256,9 @@ impl RawCache {
             ctor: cfg.ctor,
             drop_obj: cfg.drop_obj,
             cpu: PerCpu::new(rcu_core::cpu::possible_cpus()),
+            tc_id: tcache::alloc_id(),
+            tc_steal: rcu_core::CachePadded::new(AtomicUsize::new(0)),
+            tc_steal_lock: Mutex::new(()),
             nodes: (0..nr_nodes()).map(|_| Node::new()).collect(),
             slabs_created: AtomicU64::new(0),
             slabs_freed: AtomicU64::new(0),
@@ -253,11 +278,13 @@ impl RawCache {
     /// Allocates one object. `Nolock` never blocks and reports `Busy` when this CPU's slot is held.
     #[inline]
     pub(crate) fn alloc(&self, mode: Mode) -> Result<NonNull<u8>, Miss> {
-        let cpu = rcu_core::cpu::current_cpu();
-        let r = match self.cpu.alloc(cpu, self, mode) {
-            Ok(p) => Ok(p),
-            Err(Miss::Busy) if mode == Mode::Normal => self.alloc_direct(),
-            Err(e) => Err(e),
+        let r = if mode == Mode::Normal {
+            match tcache::alloc(self) {
+                Some(p) => Ok(p),
+                None => self.alloc_refill(),
+            }
+        } else {
+            self.alloc_cpu(mode)
         };
         match r {
             Ok(p) => {
@@ -271,6 +298,55 @@ impl RawCache {
                 self.alloc_failures.fetch_add(1, Ordering::Relaxed);
                 Err(e)
             }
+        }
+    }
+
+    /// One object from the per-CPU layer (or the slab lists when every slot is busy).
+    fn alloc_cpu(&self, mode: Mode) -> Result<*mut u8, Miss> {
+        let cpu = rcu_core::cpu::current_cpu();
+        match self.cpu.alloc(cpu, self, mode) {
+            Ok(p) => Ok(p),
+            Err(Miss::Busy) if mode == Mode::Normal => self.alloc_direct(),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The thread cache had nothing (or is not set up): take a batch from the per-CPU layer
+    /// under one slot lock, hand out one object and keep the rest in the thread cache.
+    #[cold]
+    #[inline(never)]
+    fn alloc_refill(&self) -> Result<*mut u8, Miss> {
+        let Some(slot) = tcache::slot(self) else {
+            return self.alloc_cpu(Mode::Normal);
+        };
+        let mut buf = [core::ptr::null_mut(); TCACHE_BATCH];
+        let cpu = rcu_core::cpu::current_cpu();
+        let n = match self.cpu.alloc_bulk(cpu, self, &mut buf, Mode::Normal) {
+            Ok(n) => n,
+            Err(Miss::Busy) => return self.alloc_direct(),
+            Err(e) => return Err(e),
+        };
+        let (p, rest) = (buf[n - 1], &buf[..n - 1]);
+        match tcache::refill(slot, self, rest) {
+            Some(k) => self.give_back(&rest[k..]),
+            None => {
+                // A steal is in progress: no thread cache now; count the allocation here.
+                self.give_back(rest);
+                self.direct_allocs.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(p)
+    }
+
+    /// Moves free objects (not counted as frees: they left a thread cache) to the per-CPU layer,
+    /// or to the slab lists when every slot is busy.
+    pub(crate) fn give_back(&self, objs: &[*mut u8]) {
+        if objs.is_empty() {
+            return;
+        }
+        let cpu = rcu_core::cpu::current_cpu();
+        if let Err(k) = self.cpu.free_bulk(cpu, self, objs, Mode::Normal) {
+            self.return_objects(&objs[k..], Mode::Normal);
         }
     }
 
@@ -309,18 +385,64 @@ impl RawCache {
         mode: Mode,
         checked: bool,
     ) -> Result<(), NonNull<u8>> {
+        if mode == Mode::Normal {
+            // SAFETY: forwarded contract.
+            unsafe { self.free_normal(p, self.tc_id, checked) };
+            return Ok(());
+        }
         if self.debug && !checked {
             self.check_free(p.as_ptr());
         }
+        self.free_cpu(p.as_ptr(), mode).map_err(|o| {
+            // SAFETY: `o` is `p`, non-null.
+            unsafe { NonNull::new_unchecked(o) }
+        })
+    }
+
+    /// [`RawCache::free`] in `Normal` mode; `tc_id` is `self.tc_id` (`kfree` passes the copy in
+    /// the slab header, one dependent load less).
+    ///
+    /// # Safety
+    /// As for [`RawCache::free`].
+    #[inline]
+    pub(crate) unsafe fn free_normal(&self, p: NonNull<u8>, tc_id: usize, checked: bool) {
+        if self.debug && !checked {
+            // Before the object enters any cache layer, so a thread cache cannot hide a double
+            // free.
+            self.check_free(p.as_ptr());
+        }
+        if !tcache::free(self, tc_id, p.as_ptr()) {
+            self.free_spill(p.as_ptr());
+        }
+    }
+
+    /// The thread cache is full (or not set up): move its oldest half to the per-CPU layer
+    /// under one slot lock and keep `p`.
+    #[cold]
+    #[inline(never)]
+    fn free_spill(&self, p: *mut u8) {
+        let spilled = tcache::slot(self).and_then(|slot| {
+            let mut buf = [core::ptr::null_mut(); TCACHE_BATCH];
+            let n = tcache::spill(slot, self, p, &mut buf)?;
+            self.give_back(&buf[..n]);
+            Some(())
+        });
+        if spilled.is_none() {
+            let _ = self.free_cpu(p, Mode::Normal);
+        }
+    }
+
+    /// Frees one object to the per-CPU layer (`Normal`: or to the slab lists when every slot is
+    /// busy). `Err(p)` only in `Nolock` mode.
+    fn free_cpu(&self, p: *mut u8, mode: Mode) -> Result<(), *mut u8> {
         let cpu = rcu_core::cpu::current_cpu();
-        match self.cpu.free(cpu, self, p.as_ptr(), mode) {
+        match self.cpu.free(cpu, self, p, mode) {
             Ok(()) => Ok(()),
             Err(o) if mode == Mode::Normal => {
                 self.free_direct(&[o]);
                 Ok(())
             }
-            // SAFETY: `o` is `p`, non-null.
-            Err(o) => Err(unsafe { NonNull::new_unchecked(o) }),
+            Err(o) => Err(o),
         }
     }
 
@@ -416,6 +538,8 @@ impl RawCache {
         let mut out = Detached::new();
         {
             let _f = flush_lock();
+            let stolen = tcache::steal(self, false);
+            self.return_objects(&stolen, Mode::Normal);
             self.cpu.flush_all(self, false);
             self.node()
                 .lock(Mode::Normal)
@@ -428,7 +552,7 @@ impl RawCache {
     /// What the shrinker could free now (cached objects plus objects of empty slabs).
     fn freeable(&self) -> usize {
         let c = self.node_counts();
-        self.cpu.cached_objects() + c.empty * self.layout.nr
+        self.cpu.cached_objects() + tcache::counts(self).0 + c.empty * self.layout.nr
     }
 
     pub(crate) fn node_counts(&self) -> NodeCounts {
@@ -439,8 +563,9 @@ impl RawCache {
     pub(crate) fn stats(&self) -> CacheStats {
         let c = self.node_counts();
         let (a, f) = self.cpu.counts();
-        let allocs = a + self.direct_allocs.load(Ordering::Relaxed);
-        let frees = f + self.direct_frees.load(Ordering::Relaxed);
+        let (tc_cached, tc_a, tc_f) = tcache::counts(self);
+        let allocs = a + tc_a + self.direct_allocs.load(Ordering::Relaxed);
+        let frees = f + tc_f + self.direct_frees.load(Ordering::Relaxed);
         let slabs = c.partial + c.full + c.empty;
         CacheStats {
             name: self.name.clone(),
@@ -454,7 +579,8 @@ impl RawCache {
             partial_slabs: c.partial,
             full_slabs: c.full,
             empty_slabs: c.empty,
-            cpu_cached_objects: self.cpu.cached_objects(),
+            cpu_cached_objects: self.cpu.cached_objects() + tc_cached,
+            thread_cached_objects: tc_cached,
             rcu_pending_slabs: self.rcu_pending.load(Ordering::Relaxed),
             slabs_created: self.slabs_created.load(Ordering::Relaxed),
             slabs_freed: self.slabs_freed.load(Ordering::Relaxed),
@@ -519,6 +645,10 @@ pub(crate) fn destroy_raw(raw: Arc<RawCache>) -> Result<(), SlabError> {
         // No FLUSH lock here: the cache is out of the registry (no shrinker reaches it) and its
         // owner gave it up, so nobody else flushes it; and waiting for slots while holding FLUSH
         // could deadlock against a slot holder whose page allocation runs the slab shrinker.
+        // Thread caches first (every thread's, waiting for owners in a window; entries are
+        // unbound so the id can be reused), then the per-CPU layer.
+        let stolen = tcache::steal(&raw, true);
+        raw.return_objects(&stolen, Mode::Normal);
         raw.cpu.flush_all(&*raw, true);
         let mut g = raw.node().lock(Mode::Normal).expect("Normal");
         g.detach_empty(&mut out);
@@ -536,10 +666,12 @@ pub(crate) fn destroy_raw(raw: Arc<RawCache>) -> Result<(), SlabError> {
             objects: counts.inuse,
         };
         eprintln!("{e}");
-        // Invariant 1: slabs with live objects keep pointing at the cache, so it must stay.
+        // Invariant 1: slabs with live objects keep pointing at the cache, so it must stay (with
+        // its thread-cache id: tcache Invariant 2).
         core::mem::forget(raw);
         return Err(e);
     }
+    tcache::free_id(raw.tc_id);
     drop(raw);
     Ok(())
 }

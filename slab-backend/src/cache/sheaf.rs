@@ -21,6 +21,9 @@
 //! `main` for an empty sheaf (the barn's, or a newly allocated one); else (barn holds `BARN_MAX`
 //! full sheaves) flush `main` to the slabs and push.
 //!
+//! **Bulk** ([`PerCpu::alloc_bulk`], [`PerCpu::free_bulk`]): the per-thread caches in front of
+//! this layer move batches of objects under one slot lock, through the same steps.
+//!
 //! **Slot choice**: [`Mode::Normal`] starts at the caller's CPU and takes the first slot whose
 //! try-lock succeeds; it never waits for a held slot (a stale CPU number or a preempted holder
 //! only costs locality). [`Mode::Nolock`] (signal handlers, `kmalloc_nolock`) tries *only* the
@@ -474,6 +477,56 @@ impl PerCpu {
             }
         }
         g.main().push(obj);
+        Ok(())
+    }
+
+    /// Takes up to `out.len()` objects under one slot lock (the per-thread caches' refill).
+    /// Returns how many (at least one), or why none. Transfers are not counted as allocations:
+    /// the caller counts what it hands to users.
+    pub fn alloc_bulk<B: Backing>(
+        &self,
+        cpu: usize,
+        b: &B,
+        out: &mut [*mut u8],
+        mode: Mode,
+    ) -> Result<usize, Miss> {
+        let mut g = self.lock_slot(cpu, mode).ok_or(Miss::Busy)?;
+        let mut n = 0;
+        while n < out.len() {
+            let o = match g.main().pop() {
+                Some(o) => o,
+                None => match self.alloc_slow(&mut g, b, mode) {
+                    Ok(o) => o,
+                    Err(_) if n > 0 => break,
+                    Err(e) => return Err(e),
+                },
+            };
+            out[n] = o;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Gives back a batch of objects under one slot lock (the per-thread caches' flush).
+    /// `Err(k)`: the objects from index `k` on could not be placed (no slot could be locked, or a
+    /// `Nolock` caller could not make room). Transfers are not counted as frees.
+    pub fn free_bulk<B: Backing>(
+        &self,
+        cpu: usize,
+        b: &B,
+        objs: &[*mut u8],
+        mode: Mode,
+    ) -> Result<(), usize> {
+        let Some(mut g) = self.lock_slot(cpu, mode) else {
+            return Err(0);
+        };
+        for (i, &o) in objs.iter().enumerate() {
+            if !g.main().is_full() {
+                g.main().push(o);
+            } else if self.free_slow(&mut g, b, o, mode).is_err() {
+                return Err(i);
+            }
+        }
         Ok(())
     }
 

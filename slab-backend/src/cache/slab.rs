@@ -66,6 +66,9 @@ pub(crate) struct SlabHeader {
     magic: usize,
     /// The owning cache (Invariant 1).
     pub(crate) cache: *const RawCache,
+    /// The owning cache's thread-cache id (`cache.tc_id`, next to `cache` so that `kfree` finds
+    /// the thread cache with one load less).
+    pub(crate) tc_id: usize,
     /// Node list links (Invariant 2).
     pub(crate) prev: *mut SlabHeader,
     pub(crate) next: *mut SlabHeader,
@@ -187,6 +190,7 @@ impl SlabHeader {
             h.write(SlabHeader {
                 magic: SLAB_MAGIC ^ (h as usize),
                 cache,
+                tc_id: cache.tc_id,
                 prev: core::ptr::null_mut(),
                 next: core::ptr::null_mut(),
                 inuse: 0,
