@@ -423,5 +423,11 @@ fn readers_in_signal_handlers() {
 
 #[test]
 fn call_rcu_under_tight_rlimit_as_falls_back_without_abort() {
+    if cfg!(rcu_sanitize) {
+        // AddressSanitizer's own allocator needs address space RLIMIT_AS takes away (it aborts in
+        // its InternalMmapVector); the case runs in the plain and no-membarrier test jobs.
+        eprintln!("skipped under AddressSanitizer: RLIMIT_AS starves the sanitizer runtime");
+        return;
+    }
     expect_ok("oom");
 }
