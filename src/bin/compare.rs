@@ -759,7 +759,7 @@ fn groups(sz: Sizes) -> Vec<Group> {
         Target::AbsLe(16.0),
     );
     g.row(
-        "pending object, reader stalled: bytes beyond its own 32 B",
+        "pending object, reader stalled: batcher bytes beyond its heap chunk",
         Unit::Bytes,
         (o, m::OVERHEAD),
         None,

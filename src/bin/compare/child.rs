@@ -40,7 +40,7 @@ pub(crate) mod m {
     /// `kfree_batch::stats().fallback_sync` delta (callers that waited for a grace period).
     pub(crate) const FALLBACK: usize = 5;
     /// At the checkpoint (1/10 of the objects retired, reader stalled): pending bytes beyond the
-    /// objects themselves, per pending object (ours, from stats).
+    /// objects' own heap chunks, per pending object (ours, from stats: the batcher's bookkeeping).
     pub(crate) const OVERHEAD: usize = 6;
     /// At the checkpoint: RSS growth per pending object, bytes (malloc chunk + reclaimer).
     pub(crate) const RSS_PER_OBJ: usize = 7;
