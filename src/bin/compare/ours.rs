@@ -346,7 +346,8 @@ pub(crate) fn kfree_mem(stall: bool, cap: Option<usize>) -> Result<Mem, String> 
             if s.fallback_sync == s0.fallback_sync && DROPPED.load(Ordering::Relaxed) == 0 {
                 // kfree-batch charges each object's heap chunk (glibc: 48 B for a 32-byte
                 // request); what is left is the batcher's own bookkeeping per object.
-                let chunk = ((32 + 8 + 15) & !15usize).max(32) as f64;
+                const CHUNK: usize = (32 + 8 + 15) & !15; // glibc: round_up(32 + 8, 16) = 48
+                let chunk = CHUNK as f64;
                 let extra =
                     s.pending_bytes as f64 - s0.pending_bytes as f64 - chunk * checkpoint as f64;
                 out.set(m::OVERHEAD, extra / checkpoint as f64);
