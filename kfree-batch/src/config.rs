@@ -120,20 +120,45 @@ fn from_env() -> Config {
     c
 }
 
+/// Why [`parse_size`] rejected a string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseSizeError {
+    input: String,
+}
+
+impl core::fmt::Display for ParseSizeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "'{}' is not a size (like 4096, 64K, 512M, 2G)",
+            self.input
+        )
+    }
+}
+
+impl std::error::Error for ParseSizeError {}
+
 /// Parses `123`, `64K`, `512M`, `2G` (binary units).
-pub fn parse_size(s: &str) -> Option<usize> {
-    let s = s.trim();
-    let (num, mult) = match s.as_bytes().last()? {
-        b'k' | b'K' => (&s[..s.len() - 1], 1usize << 10),
-        b'm' | b'M' => (&s[..s.len() - 1], 1 << 20),
-        b'g' | b'G' => (&s[..s.len() - 1], 1 << 30),
-        _ => (s, 1),
+pub fn parse_size(s: &str) -> Result<usize, ParseSizeError> {
+    let err = || ParseSizeError {
+        input: s.to_string(),
     };
-    num.trim().parse::<usize>().ok()?.checked_mul(mult)
+    let t = s.trim();
+    let (num, mult) = match t.as_bytes().last().ok_or_else(err)? {
+        b'k' | b'K' => (&t[..t.len() - 1], 1usize << 10),
+        b'm' | b'M' => (&t[..t.len() - 1], 1 << 20),
+        b'g' | b'G' => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    num.trim()
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(err)
 }
 
 fn env_num(key: &str) -> Option<usize> {
-    std::env::var(key).ok().and_then(|v| parse_size(&v))
+    std::env::var(key).ok().and_then(|v| parse_size(&v).ok())
 }
 
 /// The process-wide pending counter (Invariants 1 and 2).
@@ -208,12 +233,17 @@ mod tests {
 
     #[test]
     fn sizes_parse() {
-        assert_eq!(parse_size("512"), Some(512));
-        assert_eq!(parse_size("64K"), Some(64 << 10));
-        assert_eq!(parse_size("2G"), Some(2 << 30));
-        assert_eq!(parse_size(" 8m "), Some(8 << 20));
-        assert_eq!(parse_size("x"), None);
-        assert_eq!(parse_size(""), None);
+        assert_eq!(parse_size("512"), Ok(512));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size(" 8m "), Ok(8 << 20));
+        assert!(parse_size("x").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999999999999G").is_err());
+        assert_eq!(
+            parse_size("12Q").unwrap_err().to_string(),
+            "'12Q' is not a size (like 4096, 64K, 512M, 2G)"
+        );
     }
 
     #[test]

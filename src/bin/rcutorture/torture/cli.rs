@@ -174,7 +174,7 @@ fn parse_count(opt: &str, v: &str, min: usize, max: usize) -> Result<usize, Stri
 }
 
 fn parse_size_opt(opt: &str, v: &str) -> Result<usize, String> {
-    parse_size(v).ok_or_else(|| format!("{opt}: '{v}' is not a size (like 4096, 64K, 512M, 2G)"))
+    parse_size(v).map_err(|e| format!("{opt}: {e}"))
 }
 
 fn parse_seed(v: &str) -> Result<u64, String> {
