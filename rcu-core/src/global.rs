@@ -100,6 +100,15 @@ pub fn global_domain() -> &'static Domain {
     &DOMAIN
 }
 
+/// The writer side of the asymmetric barrier in the process's mode: `membarrier
+/// (PRIVATE_EXPEDITED)` when readers use compiler fences, a `fence(SeqCst)` otherwise. For other
+/// crates' asymmetric protocols that pair it with a light barrier on their fast path (the slab
+/// thread caches), so that the process has one implementation of it.
+pub fn heavy_barrier() {
+    init();
+    crate::sys::membarrier::heavy(DOMAIN.mode());
+}
+
 /// Decides the barrier mode and installs the fork handlers (idempotent).
 pub(crate) fn init() {
     INIT.call_once(|| {

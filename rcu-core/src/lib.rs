@@ -90,7 +90,7 @@ pub use global::{
 pub mod raw {
     pub use crate::callback::CbList;
     #[cfg(not(rcu_loom))]
-    pub use crate::global::global_domain;
+    pub use crate::global::{global_domain, heavy_barrier};
     pub use crate::gp::Domain;
     pub use crate::reader::Record;
 }

@@ -247,28 +247,9 @@ fn light() {
 }
 
 fn heavy() {
-    match rcu_core::barrier_mode() {
-        rcu_core::Mode::Fences => fence(Ordering::SeqCst),
-        rcu_core::Mode::Membarrier => {
-            const PRIVATE_EXPEDITED: libc::c_int = 1 << 3;
-            const REGISTER_PRIVATE_EXPEDITED: libc::c_int = 1 << 4;
-            let mb = |cmd: libc::c_int| {
-                // SAFETY: membarrier(cmd, flags = 0, cpu_id = 0) only reads its integer arguments.
-                unsafe { libc::syscall(libc::SYS_membarrier, cmd, 0 as libc::c_uint, 0) }
-            };
-            if mb(PRIVATE_EXPEDITED) == 0 {
-                return;
-            }
-            // A fork child whose new mm is not registered yet: register and retry.
-            if mb(REGISTER_PRIVATE_EXPEDITED) == 0 && mb(PRIVATE_EXPEDITED) == 0 {
-                return;
-            }
-            panic!(
-                "slab thread caches: membarrier(PRIVATE_EXPEDITED) failed after rcu-core probed \
-                 it (run with RCU_KIT_NO_MEMBARRIER=1 in this environment)"
-            );
-        }
-    }
+    // rcu-core's writer-side barrier in the mode it decided (membarrier or a SeqCst fence): the
+    // same pairing its readers use, and the one `light` mirrors (LIGHT_IS_FENCE).
+    rcu_core::raw::heavy_barrier();
 }
 
 // ---------------------------------------------------------------------------------------------
