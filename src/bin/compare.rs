@@ -208,6 +208,25 @@ fn liburcu_desc() -> String {
     "not built in (install liburcu-dev and rebuild: rows vs liburcu are left out)".to_owned()
 }
 
+/// About half a second of mixed work on this thread (read side, allocator, a few grace periods).
+fn warm_up() {
+    let t = std::time::Instant::now();
+    while t.elapsed() < std::time::Duration::from_millis(500) {
+        ours::read_loop(1_000_000);
+        for i in 0..10_000u64 {
+            std::hint::black_box(Box::new(i));
+        }
+        rcu_core::synchronize_rcu();
+    }
+}
+
+/// Waits for every queued callback and retired object, then gives the workers time to park.
+fn settle() {
+    rcu_core::rcu_barrier();
+    kfree_batch::kvfree_rcu_barrier();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+}
+
 fn groups(sz: Sizes) -> Vec<Group> {
     let mut out = Vec::new();
 
@@ -968,9 +987,15 @@ fn main() {
     }
     let progress = std::io::stderr().is_terminal();
     let mut rows = Vec::new();
+    // Warm the process up before the first group (page faults, lazy initialisation, CPU
+    // frequency), so that the first group is not measured on a cold process.
+    warm_up();
     for g in &mut groups {
         g.run(opts.rounds, progress);
         rows.extend(g.results());
+        // Let the background workers a group leaves behind (call_rcu and kfree workers finishing
+        // their batches) go idle before the next group is timed.
+        settle();
     }
     let load_end = loadavg();
 
