@@ -203,6 +203,8 @@ fn register_and_retry(b: &'static Global, r: Retired, may_alloc: bool) -> Result
 
 fn claim_or_register() -> &'static Front {
     for f in fronts() {
+        // Acquire pairs with the Release store of `owned = false` in the previous owner's exit
+        // hook: its last stores to the front are visible.
         if !f.owned.load(Ordering::Relaxed)
             && f.owned
                 .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
@@ -242,6 +244,8 @@ impl Drop for ExitHook {
             return;
         };
         if let Some(b) = crate::worker::batcher_if_started() {
+            // The owner detaches its own block (a collector may have swapped it out already:
+            // then null comes back, Invariant 1); Acquire as in `hand_over_full`.
             let blk = f.block.swap(core::ptr::null_mut(), Ordering::Acquire);
             if !blk.is_null() {
                 let mut added = b.hand_over_detached(rcu_core::cpu::current_cpu(), blk, false);

@@ -174,6 +174,7 @@ pub(crate) fn newest_snap() -> Option<GpSeq> {
             continue;
         }
         for s in a.slots.iter() {
+            // Acquire pairs with the owner's Release publish in `park`: `snap` is the parked one.
             if !s.obj.load(Ordering::Acquire).is_null() {
                 let snap = GpSeq::from_raw(s.snap.load(Ordering::Relaxed));
                 newest = Some(match newest {

@@ -149,6 +149,9 @@ fn unpark_worker() {
 
 #[cold]
 fn start_worker() {
+    // State 0 → 1 elects one starter; the handle itself is guarded by `WORKER.lock`, so these
+    // orderings only publish the state: Acquire here pairs with the Release stores below (a
+    // retry after a failed start sees it), and `kick`'s Acquire load pairs with the store of 2.
     if WORKER_STATE
         .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
         .is_err()

@@ -423,6 +423,7 @@ fn no_memory(cb: Callback) {
 
 #[inline]
 fn ensure_worker_or_wake() {
+    // Acquire pairs with the Release store of RUNNING in `ensure_worker` (the handle is set).
     if WORKER_STATE.load(Ordering::Acquire) != WORKER_RUNNING {
         ensure_worker();
     } else {
@@ -483,6 +484,7 @@ pub fn rcu_barrier() {
         return;
     }
     URGENT.fetch_add(1, Ordering::Relaxed);
+    // Acquire pairs with the Release store of RUNNING in `ensure_worker`.
     if WORKER_STATE.load(Ordering::Acquire) != WORKER_RUNNING {
         ensure_worker();
     }
@@ -531,6 +533,8 @@ fn unpark_worker() {
 /// Starts the worker if it is not running (first use, or in a `fork()` child).
 #[cold]
 fn ensure_worker() {
+    // Acquire: a winner after a failed start (Release store of NONE) sees that attempt's state;
+    // losers return without touching the handle.
     if WORKER_STATE
         .compare_exchange(
             WORKER_NONE,

@@ -310,6 +310,8 @@ impl Domain {
         let mut clock = StallClock::new();
         let mut spins: u32 = 0;
         loop {
+            // Acquire pairs with the reader's Release stores of its word (as in
+            // `wait_for_reader`).
             let w = rec.word.load(Ordering::Acquire);
             if !blocks_gp(w, s) {
                 return;
