@@ -93,4 +93,5 @@ pub mod raw {
     pub use crate::global::{global_domain, heavy_barrier};
     pub use crate::gp::Domain;
     pub use crate::reader::Record;
+    pub use crate::sys::lock::{futex_wait, futex_wake, futex_wake_all};
 }

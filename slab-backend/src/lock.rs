@@ -79,43 +79,15 @@ impl RawLock {
     }
 }
 
-#[cfg(all(target_os = "linux", not(rcu_loom)))]
+/// Sleeps while the lock word still reads `expected` (rcu-core's futex wrapper).
 fn wait(state: &AtomicU32, expected: u32) {
-    // SAFETY: FUTEX_WAIT on a valid, aligned u32 that outlives the call; a spurious return is
-    // handled by the caller's loop.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            state.as_ptr(),
-            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-            expected,
-            core::ptr::null::<libc::timespec>(),
-        );
-    }
+    rcu_core::raw::futex_wait(state, expected)
 }
 
-#[cfg(all(target_os = "linux", not(rcu_loom)))]
+/// Wakes one waiter.
 fn wake_one(state: &AtomicU32) {
-    // SAFETY: FUTEX_WAKE on a valid, aligned u32.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            state.as_ptr(),
-            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-            1,
-        );
-    }
+    rcu_core::raw::futex_wake(state, 1)
 }
-
-#[cfg(not(all(target_os = "linux", not(rcu_loom))))]
-fn wait(state: &AtomicU32, expected: u32) {
-    while state.load(Ordering::Relaxed) == expected {
-        crate::primitive::thread::yield_now();
-    }
-}
-
-#[cfg(not(all(target_os = "linux", not(rcu_loom))))]
-fn wake_one(_state: &AtomicU32) {}
 
 #[cfg(all(test, not(rcu_loom)))]
 mod tests {

@@ -33,13 +33,19 @@ fn wait(state: &AtomicU32, expected: u32) {
     }
 }
 
-/// Sleeps while `word == expected` (a spurious return is possible; callers re-check).
-pub(crate) fn futex_wait(word: &AtomicU32, expected: u32) {
+/// Sleeps while `word == expected` (a spurious return is possible; callers re-check). Under
+/// `rcu_loom` (or off Linux) a yield loop.
+pub fn futex_wait(word: &AtomicU32, expected: u32) {
     wait(word, expected)
 }
 
 /// Wakes every thread sleeping in [`futex_wait`] on `word`.
-pub(crate) fn futex_wake_all(word: &AtomicU32) {
+pub fn futex_wake_all(word: &AtomicU32) {
+    futex_wake(word, i32::MAX)
+}
+
+/// Wakes up to `n` threads sleeping in [`futex_wait`] on `word`.
+pub fn futex_wake(word: &AtomicU32, n: i32) {
     #[cfg(all(target_os = "linux", not(rcu_loom)))]
     // SAFETY: FUTEX_WAKE on a valid, aligned u32.
     unsafe {
@@ -47,11 +53,11 @@ pub(crate) fn futex_wake_all(word: &AtomicU32) {
             libc::SYS_futex,
             word.as_ptr(),
             libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-            i32::MAX,
+            n,
         );
     }
     #[cfg(not(all(target_os = "linux", not(rcu_loom))))]
-    let _ = word;
+    let _ = (word, n);
 }
 
 /// A spin lock whose unlock is a plain Release store (no second read-modify-write): for short
