@@ -9,7 +9,7 @@
 //!
 //! ```text
 //!  +--------------------------------------------------------------+  one page
-//!  | next | snap | free | ctx | count | origin | bytes | handed | ptr[0..505] |
+//!  | next | snap | free | ctx | count | origin | inline | bytes | handed | ptr[0..505] |
 //!  +--------------------------------------------------------------+
 //! ```
 //!
@@ -18,7 +18,16 @@
 //! add, which costs a full fence per object; stamping once per block is later and therefore at
 //! least as conservative. Before a block's pointers are freed, a debug assertion checks that
 //! `snap` has completed (the kernel's `WARN_ON_ONCE(!poll_state_synchronize_rcu_full())`).
+//!
+//! `inline_free` marks the [`dealloc_boxes`] channels: boxes of types without drop glue, freed by
+//! the global allocator's `dealloc` alone, with the layout encoded in the channel's context (so
+//! every such type of one layout shares a channel). That free runs no user code and never waits,
+//! so ready blocks of these channels may be *drained* one object per retire on a producer's thread,
+//! inside its read-side critical section (see `local.rs`): the allocator's thread cache then takes
+//! each freed chunk and hands it to the next allocation, instead of overflowing on a whole block
+//! at once.
 
+use core::alloc::Layout;
 use core::mem::size_of;
 use core::ptr::NonNull;
 
@@ -46,7 +55,9 @@ pub(crate) struct BlockHeader {
     /// Pointers stored.
     pub(crate) count: u32,
     /// CPU slot the block was filled on (its page goes back to that slot's cache).
-    pub(crate) origin: u32,
+    pub(crate) origin: u16,
+    /// The channel is a [`dealloc_boxes`] channel (module docs); set at open.
+    pub(crate) inline_free: bool,
     /// Object bytes charged to the pending budget for this block's pointers.
     pub(crate) bytes: usize,
     /// When the block was handed over (the batcher's millisecond clock).
@@ -69,6 +80,46 @@ const _: () = assert!(
     "a block must fit in one page"
 );
 const _: () = assert!(BLOCK_CAPACITY >= 500, "about 500 pointers per 4 KiB block");
+const _: () = assert!(
+    size_of::<BlockHeader>() == 56,
+    "header of 7 words: 505 pointers per 4 KiB page"
+);
+
+/// Most CPU slots a batcher may have (`origin` is 16 bits).
+pub(crate) const MAX_SLOTS: usize = u16::MAX as usize + 1;
+
+/// The channel context of [`dealloc_boxes`] for allocations of `layout` (size and log2 of the
+/// alignment; never null for a non-zero size).
+pub(crate) const fn encode_layout(layout: Layout) -> *const () {
+    // An integer carried in a pointer-sized context, never dereferenced.
+    ((layout.size() << 6) | layout.align().trailing_zeros() as usize) as *const ()
+}
+
+/// The layout a [`dealloc_boxes`] context encodes.
+///
+/// # Safety
+/// `ctx` came from [`encode_layout`].
+#[inline]
+pub(crate) unsafe fn decode_layout(ctx: *const ()) -> Layout {
+    let v = ctx as usize;
+    // SAFETY: `encode_layout` took these from a valid layout.
+    unsafe { Layout::from_size_align_unchecked(v >> 6, 1 << (v & 63)) }
+}
+
+/// Frees a batch of global-allocator allocations of the layout encoded in `ctx` (boxes of types
+/// without drop glue, non-zero size): the only `inline_free` channel.
+///
+/// # Safety
+/// `ctx` came from [`encode_layout`]; every pointer was allocated by the global allocator with
+/// that layout, retired once, and its grace period is over.
+pub(crate) unsafe fn dealloc_boxes(ctx: *const (), objs: &[*mut u8]) {
+    // SAFETY: the function's contract.
+    let layout = unsafe { decode_layout(ctx) };
+    for &p in objs {
+        // SAFETY: as above.
+        unsafe { std::alloc::dealloc(p, layout) };
+    }
+}
 
 /// A free function that never runs (placeholder in fresh or cached blocks).
 unsafe fn no_free(_ctx: *const (), _objs: &[*mut u8]) {}
@@ -82,7 +133,8 @@ impl Block {
         page: NonNull<u8>,
         free: FreeFn,
         ctx: *const (),
-        origin: u32,
+        origin: usize,
+        inline_free: bool,
     ) -> *mut Block {
         let b = page.as_ptr().cast::<Block>();
         // SAFETY: the page is ours, aligned and large enough for a header (const assertion above);
@@ -94,7 +146,8 @@ impl Block {
                 free,
                 ctx,
                 count: 0,
-                origin,
+                origin: origin as u16,
+                inline_free,
                 bytes: 0,
                 handed_ms: 0,
             });
@@ -106,9 +159,9 @@ impl Block {
     ///
     /// # Safety
     /// As for [`Block::init`].
-    pub(crate) unsafe fn empty_page(page: NonNull<u8>, origin: u32) -> *mut Block {
+    pub(crate) unsafe fn empty_page(page: NonNull<u8>, origin: usize) -> *mut Block {
         // SAFETY: forwarded contract.
-        unsafe { Self::init(page, no_free, core::ptr::null(), origin) }
+        unsafe { Self::init(page, no_free, core::ptr::null(), origin, false) }
     }
 
     /// The stored pointers.

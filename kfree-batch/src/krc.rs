@@ -48,7 +48,7 @@ use core::ptr::NonNull;
 use rcu_core::raw::Domain;
 use rcu_core::{CachePadded, GpSeq};
 
-use crate::block::{Block, FreeFn, BLOCK_CAPACITY, PAGE_SIZE};
+use crate::block::{Block, BlockHeader, FreeFn, BLOCK_CAPACITY, PAGE_SIZE};
 use crate::config::{Budget, RESERVE_CHUNK};
 use crate::lock::TryLock;
 use crate::primitive::cell::UnsafeCell;
@@ -122,6 +122,36 @@ impl KrcInner {
         Some((GpSeq::from_raw(h.snap), h.handed_ms))
     }
 
+    /// Detaches the oldest handed block whose grace period is over (snapshots grow along the
+    /// FIFO, so those form a prefix) and that satisfies `pred`.
+    fn take_ready_where(
+        &mut self,
+        cur: GpSeq,
+        mut pred: impl FnMut(&BlockHeader) -> bool,
+    ) -> Option<*mut Block> {
+        let (mut prev, mut b) = (core::ptr::null_mut::<Block>(), self.handed);
+        // SAFETY: handed blocks belong to the slot; the caller holds its lock.
+        unsafe {
+            while !b.is_null() && cur.done(GpSeq::from_raw((*b).hdr.snap)) {
+                if pred(&(*b).hdr) {
+                    let next = (*b).hdr.next;
+                    match NonNull::new(prev) {
+                        Some(p) => (*p.as_ptr()).hdr.next = next,
+                        None => self.handed = next,
+                    }
+                    if self.handed_tail == b {
+                        self.handed_tail = prev;
+                    }
+                    self.nhanded -= 1;
+                    return Some(b);
+                }
+                prev = b;
+                b = (*b).hdr.next;
+            }
+        }
+        None
+    }
+
     /// The newest handed block's snapshot.
     fn newest_handed(&self) -> Option<GpSeq> {
         let b = NonNull::new(self.handed_tail)?;
@@ -136,6 +166,12 @@ pub(crate) const MAX_KEEP_HANDED: usize = 64;
 /// Ready blocks a producer frees inline per hand-over (one keeps up with one hand-over each; the
 /// rest catch up after a grace period ends).
 pub(crate) const RECLAIM_PER_HANDOVER: usize = 4;
+/// A channel as a front keys it: the free function's address and its context.
+pub(crate) type ChanKey = (usize, *const ());
+
+/// Handed blocks beyond which a producer that drains `inline_free` blocks one object at a time
+/// also frees ready ones in bulk at hand-over (it fell behind; see `local.rs`).
+pub(crate) const DRAIN_BACKLOG: usize = 16;
 
 /// Recycled block pages a slot keeps (beyond the emergency target) before unmapping.
 pub(crate) const RECYCLE_KEEP: usize = 32;
@@ -223,6 +259,9 @@ pub struct Retired {
     pub free: FreeFn,
     /// The free function's context.
     pub ctx: *const (),
+    /// `free` runs no user code and never waits: ready blocks of this channel may be freed one
+    /// object at a time inside a producer's read-side critical section (block docs).
+    pub inline_free: bool,
 }
 
 /// What an enqueue did besides storing the pointer (the caller may need to wake the worker).
@@ -235,6 +274,9 @@ pub struct Added {
     /// Handed blocks whose grace period had completed, detached for the caller to free
     /// ([`Batcher::free_detached`]) after the slot lock is released.
     pub(crate) reclaimed: [Option<NonNull<Block>>; RECLAIM_PER_HANDOVER],
+    /// A ready block of an `inline_free` channel for the caller's front to drain (only when
+    /// asked for: [`Batcher::hand_over_detached`] with `want_drain`).
+    pub(crate) drain: Option<NonNull<Block>>,
 }
 
 /// A detached list of blocks owned by one collector.
@@ -346,6 +388,11 @@ impl<'d, P: Pages> Batcher<'d, P> {
         pages: P,
         clock: fn() -> u64,
     ) -> Self {
+        assert!(
+            ncpu <= crate::block::MAX_SLOTS,
+            "kfree-batch: at most {} CPU slots",
+            crate::block::MAX_SLOTS
+        );
         Batcher {
             krcs: (0..ncpu.max(1))
                 .map(|_| CachePadded::new(Krc::new()))
@@ -408,6 +455,7 @@ impl<'d, P: Pages> Batcher<'d, P> {
             size,
             free,
             ctx,
+            inline_free,
         } = r;
         let mut added = Added::default();
         let found = inner.chans.iter().position(|c| {
@@ -442,7 +490,7 @@ impl<'d, P: Pages> Batcher<'d, P> {
                     }
                 };
                 // SAFETY: `page` is a page we own.
-                let b = unsafe { Block::init(page, free, ctx, origin as u32) };
+                let b = unsafe { Block::init(page, free, ctx, origin, inline_free) };
                 inner.chans[ci] = Chan {
                     block: b,
                     opened_ms: (self.clock)(),
@@ -476,7 +524,7 @@ impl<'d, P: Pages> Batcher<'d, P> {
         }
         if added.handed {
             if may_reclaim {
-                self.reclaim_ready(inner, &mut added);
+                self.reclaim_ready(inner, &mut added, false, None);
             }
             k.handed_n.store(inner.nhanded, Ordering::Relaxed);
         }
@@ -609,6 +657,7 @@ impl<'d, P: Pages> Batcher<'d, P> {
         cpu: usize,
         free: FreeFn,
         ctx: *const (),
+        inline_free: bool,
         may_alloc: bool,
     ) -> Result<*mut Block, Refused> {
         self.budget
@@ -625,14 +674,22 @@ impl<'d, P: Pages> Batcher<'d, P> {
             }
         };
         // SAFETY: `page` is a page we own.
-        Ok(unsafe { Block::init(page, free, ctx, origin as u32) })
+        Ok(unsafe { Block::init(page, free, ctx, origin, inline_free) })
     }
 
     /// Hands a detached block (a per-thread front that filled up or whose thread exited) to slot
     /// `cpu`: stamped under the slot's lock, after every store into it (the caller owns the
     /// block, so its stores happen-before). With `may_reclaim`, ready handed blocks of that slot
-    /// are detached for the caller to free, as in [`Batcher::enqueue`].
-    pub(crate) fn hand_over_detached(&self, cpu: usize, b: *mut Block, may_reclaim: bool) -> Added {
+    /// are detached for the caller to free, as in [`Batcher::enqueue`], except that the caller is
+    /// a front that drains `inline_free` blocks itself (`local.rs`): with `drain_for` (that
+    /// channel's drain is empty) the oldest ready block of the channel goes to [`Added::drain`].
+    pub(crate) fn hand_over_detached(
+        &self,
+        cpu: usize,
+        b: *mut Block,
+        may_reclaim: bool,
+        drain_for: Option<ChanKey>,
+    ) -> Added {
         let idx = cpu % self.krcs.len();
         let k = &self.krcs[idx];
         let mut added = Added {
@@ -648,24 +705,54 @@ impl<'d, P: Pages> Batcher<'d, P> {
             }
             inner.push_handed(b);
             if may_reclaim {
-                self.reclaim_ready(inner, &mut added);
+                self.reclaim_ready(inner, &mut added, true, drain_for);
             }
             k.handed_n.store(inner.nhanded, Ordering::Relaxed);
         });
         added
     }
 
+    /// The oldest handed block of slot `cpu` of channel `key` (an `inline_free` one) whose grace
+    /// period is over: the next drain block of that channel of a front (`local.rs`).
+    pub(crate) fn take_ready_of(&self, cpu: usize, key: ChanKey) -> Option<NonNull<Block>> {
+        let k = &self.krcs[cpu % self.krcs.len()];
+        k.locked(|inner| {
+            let b = inner.take_ready_where(self.dom.current(), |h| {
+                h.inline_free && h.free as usize == key.0 && h.ctx == key.1
+            });
+            k.handed_n.store(inner.nhanded, Ordering::Relaxed);
+            b.and_then(NonNull::new)
+        })
+    }
+
     /// Ready-first on the caller's path: detaches up to [`RECLAIM_PER_HANDOVER`] of the slot's
     /// oldest handed blocks whose grace period is over, for the caller to free after unlocking —
     /// so objects are freed by the thread that allocated them (no cross-thread free).
-    fn reclaim_ready(&self, inner: &mut KrcInner, added: &mut Added) {
+    ///
+    /// A `front` caller drains ready `inline_free` blocks itself, so those are freed in bulk only
+    /// past [`DRAIN_BACKLOG`] handed blocks (in the steady state the front frees one object per
+    /// retire); with `drain_for`, the oldest ready block of that channel goes to
+    /// [`Added::drain`].
+    fn reclaim_ready(
+        &self,
+        inner: &mut KrcInner,
+        added: &mut Added,
+        front: bool,
+        drain_for: Option<ChanKey>,
+    ) {
         let cur = self.dom.current();
+        if let Some(key) = drain_for {
+            added.drain = inner
+                .take_ready_where(cur, |h| {
+                    h.inline_free && h.free as usize == key.0 && h.ctx == key.1
+                })
+                .and_then(NonNull::new);
+        }
         for slot in added.reclaimed.iter_mut() {
-            match inner.oldest_handed() {
-                Some((snap, _)) if cur.done(snap) => {
-                    *slot = inner.pop_handed().and_then(NonNull::new);
-                }
-                _ => break,
+            let backlog = inner.nhanded > DRAIN_BACKLOG;
+            match inner.take_ready_where(cur, |h| !front || !h.inline_free || backlog) {
+                Some(b) => *slot = NonNull::new(b),
+                None => break,
             }
         }
     }
@@ -680,7 +767,7 @@ impl<'d, P: Pages> Batcher<'d, P> {
     }
 
     /// Frees a detached block's objects and recycles its page.
-    fn free_block(&self, b: *mut Block, res: &mut Processed) {
+    pub(crate) fn free_block(&self, b: *mut Block, res: &mut Processed) {
         // SAFETY: the collector owns `b` and its grace period completed (checked by the debug
         // assertion inside `free_objects`).
         let n = unsafe { Block::free_objects(b, self.dom) };
@@ -706,7 +793,7 @@ impl<'d, P: Pages> Batcher<'d, P> {
                 return false;
             }
             // SAFETY: the page is ours; it becomes a cached empty block of this slot.
-            let b = unsafe { Block::empty_page(page, origin as u32) };
+            let b = unsafe { Block::empty_page(page, origin) };
             // SAFETY: as above.
             unsafe { (*b).hdr.next = inner.cache };
             inner.cache = b;

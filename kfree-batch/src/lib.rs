@@ -27,6 +27,19 @@
 //! | outside a reader  | waits for a grace period, frees (`fallback_sync`) | no page: links through its head; cap: waits and frees |
 //! | inside a reader   | parks the object in pre-reserved per-thread slots; the worker frees it after the grace period | links through its head |
 //!
+//! ## Where objects are freed
+//!
+//! Blocks whose grace period is over are freed by the thread that retires into the same CPU
+//! slot, not by a background thread, so the memory goes back to the allocator's cache of the
+//! thread that allocated it (a cross-thread free costs several times a local one in glibc). For
+//! `Box<T>` where `T` has no drop glue, freeing is only the allocator's `dealloc`: such a ready
+//! block is freed *one object per `kfree_rcu` call* ([`KfreeStats::freed_inline`]), which keeps the
+//! allocator's thread cache (glibc's tcache holds 7 chunks per size) in balance — each retire
+//! hands back the chunk its caller's next allocation takes. Objects with destructors are freed a
+//! block at a time, never inside a read-side critical section. The worker frees what a thread
+//! left behind when it stopped retiring (after the drain delay) and [`kvfree_rcu_barrier`] frees
+//! everything.
+//!
 //! Nothing is ever lost and nothing is freed early. The only failure left is a thread that
 //! retires more than [`PARK_SLOTS`] headless objects inside *one* read-side critical section while
 //! no memory can be had: that panics with a message saying so (it could otherwise only deadlock
@@ -78,7 +91,7 @@ pub mod raw {
     pub use crate::krc::{Added, Batch, Batcher, Collected, Pages, Processed, Refused, Retired};
 }
 
-/// Pointers per block (506 with 4 KiB pages).
+/// Pointers per block (505 with 4 KiB pages).
 pub const BLOCK_CAPACITY: usize = block::BLOCK_CAPACITY;
 
 #[cfg(not(rcu_loom))]
@@ -142,7 +155,14 @@ mod api {
     }
 
     #[inline]
-    fn retire(obj: *mut u8, size: usize, free: FreeFn, ctx: *const (), form: Form) {
+    fn retire(
+        obj: *mut u8,
+        size: usize,
+        free: FreeFn,
+        ctx: *const (),
+        inline_free: bool,
+        form: Form,
+    ) {
         let b = batcher();
         let headless = matches!(form, Form::Headless);
         if headless {
@@ -154,6 +174,7 @@ mod api {
             size,
             free,
             ctx,
+            inline_free,
         };
         // The thread's own front block first: plain stores under a nested read lock.
         let Err(r) = crate::local::try_retire(b, r, headless) else {
@@ -164,6 +185,7 @@ mod api {
             size,
             free,
             ctx,
+            inline_free,
         } = r;
         let cpu = rcu_core::cpu::current_cpu();
         // Ready-first reclaim runs destructors: never inside a read-side critical section.
@@ -175,6 +197,7 @@ mod api {
                 size,
                 free,
                 ctx,
+                inline_free,
             },
             headless,
             may_reclaim,
@@ -256,13 +279,24 @@ mod api {
     #[inline]
     pub fn kfree_rcu<T: Send + 'static>(obj: Box<T>) {
         let p = Box::into_raw(obj).cast::<u8>();
-        retire(
-            p,
-            heap_bytes::<T>(),
-            free_boxes::<T>,
-            core::ptr::null(),
-            Form::Headless,
-        );
+        let (free, ctx, inline_free) = box_channel::<T>();
+        retire(p, heap_bytes::<T>(), free, ctx, inline_free, Form::Headless);
+    }
+
+    /// The channel of `Box<T>`: without drop glue (and non-zero size) the free is the global
+    /// allocator's `dealloc` alone, shared by every such type of `T`'s layout and drained one
+    /// object per retire (block docs); otherwise `T`'s own drop.
+    #[inline(always)]
+    fn box_channel<T>() -> (FreeFn, *const (), bool) {
+        if const { !core::mem::needs_drop::<T>() && core::mem::size_of::<T>() != 0 } {
+            (
+                crate::block::dealloc_boxes,
+                const { crate::block::encode_layout(core::alloc::Layout::new::<T>()) },
+                true,
+            )
+        } else {
+            (free_boxes::<T>, core::ptr::null(), false)
+        }
     }
 
     /// Frees `obj`, which embeds an [`crate::RcuHead`], after a grace period. Never maps memory
@@ -271,11 +305,13 @@ mod api {
     #[inline]
     pub fn kfree_rcu_head<T: HasRcuHead>(obj: Box<T>) {
         let p = Box::into_raw(obj).cast::<u8>();
+        let (free, ctx, inline_free) = box_channel::<T>();
         retire(
             p,
             heap_bytes::<T>(),
-            free_boxes::<T>,
-            core::ptr::null(),
+            free,
+            ctx,
+            inline_free,
             Form::Head(drop_via_head::<T>, T::RCU_HEAD_OFFSET),
         );
     }
@@ -294,6 +330,7 @@ mod api {
             core::mem::size_of::<T>(),
             free_cache_objs::<T>,
             ctx,
+            false,
             Form::Headless,
         );
     }
@@ -312,6 +349,7 @@ mod api {
             size,
             free_kmalloc,
             core::ptr::null(),
+            false,
             Form::Headless,
         );
     }

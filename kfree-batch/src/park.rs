@@ -90,6 +90,7 @@ fn arrays() -> impl Iterator<Item = &'static ParkArray> {
 
 /// Makes sure the calling thread has park slots (call before any pressure). Returns whether it
 /// has them.
+#[inline]
 pub(crate) fn reserve() -> bool {
     if !MINE.with(|m| m.get()).is_null() {
         return true;
@@ -98,6 +99,7 @@ pub(crate) fn reserve() -> bool {
 }
 
 #[cold]
+#[inline(never)]
 fn reserve_slow() -> bool {
     // Reuse an array given back by an exited thread.
     for a in arrays() {

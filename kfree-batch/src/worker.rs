@@ -100,7 +100,17 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 /// The global batcher (created at first use with the configuration in force).
+#[inline]
 pub(crate) fn batcher() -> &'static Global {
+    match BATCHER.get() {
+        Some(b) => b,
+        None => create_batcher(),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn create_batcher() -> &'static Global {
     BATCHER.get_or_init(|| {
         let c = config();
         let b = Batcher::new(
@@ -257,6 +267,16 @@ pub(crate) fn free_reclaimed(b: &Global, a: &mut Added) {
     }
 }
 
+/// Frees the rest of a ready block the caller owns (a front's drain block) and counts it as a
+/// block freed ready-first.
+pub(crate) fn free_owned(b: &Global, blk: *mut crate::block::Block) {
+    let mut res = Processed::default();
+    b.free_block(blk, &mut res);
+    FREED.fetch_add(res.objects as u64, Ordering::Relaxed);
+    BLOCKS_FREED.fetch_add(1, Ordering::Relaxed);
+    READY_FIRST.fetch_add(1, Ordering::Relaxed);
+}
+
 /// One collection pass (module docs).
 pub(crate) fn pass(b: &Global, flush_all: bool) -> PassResult {
     BUSY.lock();
@@ -356,6 +376,9 @@ pub struct KfreeStats {
     pub blocks_freed: u64,
     /// Blocks freed without waiting for a new grace period (their snapshot had completed).
     pub blocks_ready_first: u64,
+    /// Objects freed one per retire on the retiring thread, from ready blocks of types without
+    /// drop glue (included in `freed`; see the crate docs' "Where objects are freed").
+    pub freed_inline: u64,
     /// Empty pages in the per-CPU emergency caches.
     pub pages_cached: u64,
     /// Pages taken from the emergency caches for new blocks.
@@ -381,16 +404,18 @@ pub(crate) fn stats() -> KfreeStats {
     let Some(b) = BATCHER.get() else {
         return KfreeStats::default();
     };
+    let freed_inline = crate::local::freed_inline();
     KfreeStats {
         queued: b.queued()
             + crate::local::queued()
             + HEAD_QUEUED.load(Ordering::Relaxed)
             + FALLBACK_QUEUED.load(Ordering::Relaxed),
-        freed: FREED.load(Ordering::Relaxed),
+        freed: FREED.load(Ordering::Relaxed) + freed_inline,
         fallback_sync: FALLBACK_SYNC.load(Ordering::Relaxed),
         blocks_in_flight: BLOCKS_IN_FLIGHT.load(Ordering::Relaxed),
         blocks_freed: BLOCKS_FREED.load(Ordering::Relaxed),
         blocks_ready_first: READY_FIRST.load(Ordering::Relaxed),
+        freed_inline,
         pages_cached: b.cached_pages() as u64,
         emergency_pages_used: b.cache_used(),
         head_queued: HEAD_QUEUED.load(Ordering::Relaxed),

@@ -93,6 +93,14 @@ pub(crate) mod cb {
         let n = child::objects();
         let checkpoint = n / 10;
         let mut out = Mem::new();
+        // Warm-up outside the figure, as in every memory child (one-time set-up).
+        for i in 0..1024u64 {
+            let g = epoch::pin();
+            g.defer(move || {
+                black_box(i);
+            });
+            g.flush();
+        }
         let reader = stall.then(|| Stalled::start(epoch::pin));
         let hwm0 = child::vm_hwm();
         let rss0 = child::vm_rss();
@@ -334,6 +342,13 @@ pub(crate) mod urcu {
         let n = child::objects();
         let checkpoint = n / 10;
         let mut out = Mem::new();
+        // Warm-up outside the figure, as in every memory child (one-time set-up: the call_rcu
+        // worker thread).
+        // SAFETY: queues 1024 malloc'd objects with `free` callbacks, then waits for them.
+        unsafe {
+            urcu_shim_enqueue(1024);
+            urcu_shim_barrier();
+        }
         let h = if stall {
             // SAFETY: starts a C thread that registers, takes the read lock and waits; the
             // handle is given back to `urcu_shim_stall_stop` exactly once below.
