@@ -36,6 +36,11 @@
 //! 3. A block's `snap` is taken after the last store into it (hand-over happens under the lock
 //!    that every store held), so `poll(snap)` proves a grace period passed after every retire.
 //! 4. Budget: see `config` (`PENDING <= cap`; pages and object bytes are charged before use).
+//!    A page stays charged for as long as the batcher holds it — in a block *or in a cache* —
+//!    and is released when it goes back to the page layer, so the cap bounds every byte the
+//!    batcher keeps resident beyond its fixed structures, not only the blocks in use. The
+//!    emergency refill uses at most half of the cap; a caller that hits the cap first empties
+//!    the caches.
 //!
 //! ## Memory orderings
 //!
@@ -100,6 +105,20 @@ impl KrcInner {
         }
         self.handed_tail = b;
         self.nhanded += 1;
+    }
+
+    /// Puts an empty page on the slot's cache.
+    ///
+    /// # Safety
+    /// `page` is a page of the batcher's page source that nothing else uses.
+    unsafe fn push_cache(&mut self, k: &Krc, page: NonNull<u8>, origin: usize) {
+        // SAFETY: the page is ours; it becomes a cached empty block of this slot.
+        let b = unsafe { Block::empty_page(page, origin) };
+        // SAFETY: as above.
+        unsafe { (*b).hdr.next = self.cache };
+        self.cache = b;
+        self.ncache += 1;
+        k.cached.store(self.ncache, Ordering::Relaxed);
     }
 
     /// Removes the oldest handed block.
@@ -468,15 +487,25 @@ impl<'d, P: Pages> Batcher<'d, P> {
                 ci
             }
             None => {
-                self.charge(inner, size + PAGE_SIZE)?;
-                let page = match self.take_page(k, inner, may_alloc) {
-                    Some(p) => p,
-                    None => {
+                // A cached page is already charged (Invariant 4); a fresh one is charged here.
+                let page = if let Some(p) = self.take_cached(k, inner) {
+                    if let Err(e) = self.charge(inner, size) {
+                        // SAFETY: the page just came from this slot's cache.
+                        unsafe { inner.push_cache(k, p, origin) };
+                        return Err(e);
+                    }
+                    p
+                } else {
+                    self.charge(inner, size + PAGE_SIZE)?;
+                    match may_alloc.then(|| self.pages.alloc()).flatten() {
+                        Some(p) => {
+                            inner.reserve_left -= PAGE_SIZE;
+                            p
+                        }
                         // The reservation stays with the slot (still counted; Invariant 4).
-                        return Err(Refused::NoPage);
+                        None => return Err(Refused::NoPage),
                     }
                 };
-                inner.reserve_left -= PAGE_SIZE;
                 let ci = match inner.chans.iter().position(|c| c.block.is_null()) {
                     Some(ci) => ci,
                     None => {
@@ -546,22 +575,16 @@ impl<'d, P: Pages> Batcher<'d, P> {
         Ok(())
     }
 
-    /// A page for a new block: the slot's cache first, then (if allowed) the page layer.
-    fn take_page(&self, k: &Krc, inner: &mut KrcInner, may_alloc: bool) -> Option<NonNull<u8>> {
-        if let Some(b) = NonNull::new(inner.cache) {
-            // SAFETY: cached pages belong to the slot (Invariant 2).
-            inner.cache = unsafe { (*b.as_ptr()).hdr.next };
-            inner.ncache -= 1;
-            k.cached.store(inner.ncache, Ordering::Relaxed);
-            k.cache_used
-                .store(k.cache_used.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-            return Some(b.cast());
-        }
-        if may_alloc {
-            self.pages.alloc()
-        } else {
-            None
-        }
+    /// A page from the slot's cache (still charged to the budget, Invariant 4).
+    fn take_cached(&self, k: &Krc, inner: &mut KrcInner) -> Option<NonNull<u8>> {
+        let b = NonNull::new(inner.cache)?;
+        // SAFETY: cached pages belong to the slot (Invariant 2).
+        inner.cache = unsafe { (*b.as_ptr()).hdr.next };
+        inner.ncache -= 1;
+        k.cached.store(inner.ncache, Ordering::Relaxed);
+        k.cache_used
+            .store(k.cache_used.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        Some(b.cast())
     }
 
     /// Stamps channel `ci`'s block and moves it to `handed` (Invariant 3).
@@ -660,17 +683,22 @@ impl<'d, P: Pages> Batcher<'d, P> {
         inline_free: bool,
         may_alloc: bool,
     ) -> Result<*mut Block, Refused> {
-        self.budget
-            .reserve(PAGE_SIZE, PAGE_SIZE, self.cap)
-            .ok_or(Refused::Cap)?;
         let origin = cpu % self.krcs.len();
         let k = &self.krcs[origin];
-        let page = k.locked(|inner| self.take_page(k, inner, false));
-        let page = match page.or_else(|| if may_alloc { self.pages.alloc() } else { None }) {
+        // A cached page is already charged (Invariant 4); a fresh one is charged here.
+        let page = match k.locked(|inner| self.take_cached(k, inner)) {
             Some(p) => p,
             None => {
-                self.budget.release(PAGE_SIZE);
-                return Err(Refused::NoPage);
+                self.budget
+                    .reserve(PAGE_SIZE, PAGE_SIZE, self.cap)
+                    .ok_or(Refused::Cap)?;
+                match may_alloc.then(|| self.pages.alloc()).flatten() {
+                    Some(p) => p,
+                    None => {
+                        self.budget.release(PAGE_SIZE);
+                        return Err(Refused::NoPage);
+                    }
+                }
             }
         };
         // SAFETY: `page` is a page we own.
@@ -773,7 +801,8 @@ impl<'d, P: Pages> Batcher<'d, P> {
         let n = unsafe { Block::free_objects(b, self.dom) };
         // SAFETY: owned.
         let (bytes, origin) = unsafe { ((*b).hdr.bytes, (*b).hdr.origin as usize) };
-        self.budget.release(bytes + PAGE_SIZE);
+        // The objects' charge goes; the page's goes with the page (`recycle_page`, Invariant 4).
+        self.budget.release(bytes);
         res.blocks += 1;
         res.objects += n;
         // SAFETY: `b` is an owned page of ours.
@@ -792,19 +821,26 @@ impl<'d, P: Pages> Batcher<'d, P> {
             if inner.ncache >= keep {
                 return false;
             }
-            // SAFETY: the page is ours; it becomes a cached empty block of this slot.
-            let b = unsafe { Block::empty_page(page, origin) };
-            // SAFETY: as above.
-            unsafe { (*b).hdr.next = inner.cache };
-            inner.cache = b;
-            inner.ncache += 1;
-            k.cached.store(inner.ncache, Ordering::Relaxed);
+            // SAFETY: the page is ours.
+            unsafe { inner.push_cache(k, page, origin) };
             true
         });
         if !kept {
-            // SAFETY: the page came from `self.pages` and is no longer used.
-            unsafe { self.pages.free(page) };
+            self.free_page(page);
         }
+    }
+
+    /// Gives a page (charged, no longer used) back to the page layer and releases its charge.
+    fn free_page(&self, page: NonNull<u8>) {
+        // SAFETY: the page came from `self.pages` and is no longer used.
+        unsafe { self.pages.free(page) };
+        self.budget.release(PAGE_SIZE);
+    }
+
+    /// Empties the page caches if they hold anything (a caller hit the cap: cached pages are
+    /// charged, Invariant 4). Returns whether any page was given back.
+    pub(crate) fn release_caches_for_cap(&self) -> bool {
+        self.cached_pages() != 0 && self.drain_caches() != 0
     }
 
     /// Tops every slot's cache up to `pages_per_cpu` (worker only; never on a caller's path).
@@ -813,7 +849,16 @@ impl<'d, P: Pages> Batcher<'d, P> {
         let mut added = 0;
         for (i, k) in self.krcs.iter().enumerate() {
             while k.cached.load(Ordering::Relaxed) < self.pages_per_cpu {
+                // Charged like every held page (Invariant 4), within half of the cap.
+                if self
+                    .budget
+                    .reserve(PAGE_SIZE, PAGE_SIZE, self.cap / 2)
+                    .is_none()
+                {
+                    return added;
+                }
                 let Some(p) = self.pages.alloc() else {
+                    self.budget.release(PAGE_SIZE);
                     return added;
                 };
                 self.recycle_page(i, p);
@@ -835,8 +880,7 @@ impl<'d, P: Pages> Batcher<'d, P> {
             while let Some(b) = NonNull::new(list) {
                 // SAFETY: detached cached pages are ours.
                 list = unsafe { (*b.as_ptr()).hdr.next };
-                // SAFETY: the page came from `self.pages`.
-                unsafe { self.pages.free(b.cast()) };
+                self.free_page(b.cast());
                 freed += 1;
             }
         }

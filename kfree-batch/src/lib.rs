@@ -180,37 +180,35 @@ mod api {
         let Err(r) = crate::local::try_retire(b, r, headless) else {
             return;
         };
-        let Retired {
-            obj,
-            size,
-            free,
-            ctx,
-            inline_free,
-        } = r;
+        slow_retire(b, r, headless, form);
+    }
+
+    /// The per-CPU path (the front refused: cap, no page, thread teardown), then the fallbacks.
+    #[cold]
+    #[inline(never)]
+    fn slow_retire(b: &'static worker::Global, r: Retired, headless: bool, form: Form) {
         let cpu = rcu_core::cpu::current_cpu();
         // Ready-first reclaim runs destructors: never inside a read-side critical section.
         let may_reclaim = !rcu_core::rcu_read_lock_held();
-        match b.enqueue(
-            cpu,
-            Retired {
-                obj,
-                size,
-                free,
-                ctx,
-                inline_free,
-            },
-            headless,
-            may_reclaim,
-        ) {
-            Ok(mut a) => {
-                if a.handed || a.opened {
-                    kick();
+        let (obj, free, ctx) = (r.obj, r.free, r.ctx);
+        let mut released_caches = false;
+        loop {
+            match b.enqueue(cpu, r, headless, may_reclaim) {
+                Ok(mut a) => {
+                    if a.handed || a.opened {
+                        kick();
+                    }
+                    if a.handed {
+                        worker::free_reclaimed(b, &mut a);
+                    }
+                    return;
                 }
-                if a.handed {
-                    worker::free_reclaimed(b, &mut a);
+                // Cached pages count against the cap: give them back before waiting.
+                Err(Refused::Cap) if !released_caches && b.release_caches_for_cap() => {
+                    released_caches = true;
                 }
+                Err(why) => return fallback(obj, free, ctx, form, why),
             }
-            Err(why) => fallback(obj, free, ctx, form, why),
         }
     }
 
