@@ -165,10 +165,6 @@ mod api {
     ) {
         let b = batcher();
         let headless = matches!(form, Form::Headless);
-        if headless {
-            // Pre-reserve park slots before any pressure (one thread-local load after the first).
-            park::reserve();
-        }
         let r = Retired {
             obj,
             size,
@@ -187,6 +183,12 @@ mod api {
     #[cold]
     #[inline(never)]
     fn slow_retire(b: &'static worker::Global, r: Retired, headless: bool, form: Form) {
+        if headless {
+            // Park slots are reserved when the thread's front registers (its first retire,
+            // before any pressure); a thread without them (that reservation failed, or no front
+            // during thread-local teardown) tries again here.
+            park::reserve();
+        }
         let cpu = rcu_core::cpu::current_cpu();
         // Ready-first reclaim runs destructors: never inside a read-side critical section.
         let may_reclaim = !rcu_core::rcu_read_lock_held();

@@ -174,7 +174,7 @@ fn fronts() -> impl Iterator<Item = &'static Front> {
 
 /// Tries the calling thread's front. Returns the object back if it must take the per-CPU path
 /// (no budget slice, no page for a new block, thread-local teardown).
-#[inline]
+#[inline(always)]
 pub(crate) fn try_retire(b: &'static Global, r: Retired, may_alloc: bool) -> Result<(), Retired> {
     let f = MINE.with(|m| m.get());
     // SAFETY: fronts are never freed.
@@ -420,6 +420,9 @@ fn register_and_retry(b: &'static Global, r: Retired, may_alloc: bool) -> Result
     }
     let f = claim_or_register();
     MINE.with(|m| m.set(f));
+    // Pre-reserve park slots before any pressure: a headless retire inside a reader that finds
+    // no memory parks there (the fallback paths reserve again if this failed).
+    crate::park::reserve();
     try_retire(b, r, may_alloc)
 }
 

@@ -606,6 +606,23 @@ fn groups(sz: Sizes) -> Vec<Group> {
         Some(cb),
         Target::None,
     );
+    let floor = g.subject("Box<[u8;32]> new+drop (control)", move || {
+        ours::box_pair_rate(k)
+    });
+    g.row(
+        "kfree_rcu 32 B end to end, vs bare Box new+drop (allocator floor)",
+        Unit::Mps,
+        (o, 0),
+        Some(floor),
+        Target::None,
+    );
+    g.row(
+        "crossbeam defer, vs bare Box new+drop (allocator floor)",
+        Unit::Mps,
+        cb,
+        Some(floor),
+        Target::None,
+    );
     out.push(g);
 
     // --- kfree_rcu, three types ---------------------------------------------------------------

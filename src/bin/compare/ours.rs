@@ -313,6 +313,20 @@ pub(crate) fn kfree_end_to_end(n: u64) -> Vec<f64> {
     kfree_timed(n, kfree_boxes)
 }
 
+/// The control for the kfree rows: `drop(Box::new([u8; 32]))` × n, the allocator's malloc+free
+/// pair through its thread cache, in this (multi-threaded) process: M pairs/s. No reclamation
+/// scheme that allocates and frees each object can beat it.
+pub(crate) fn box_pair_rate(n: u64) -> f64 {
+    for i in 0..100_000u64 {
+        drop(black_box(Box::new([i as u8; 32])));
+    }
+    let t = Instant::now();
+    for i in 0..n {
+        drop(black_box(Box::new([i as u8; 32])));
+    }
+    n as f64 / t.elapsed().as_secs_f64() / 1e6
+}
+
 /// As [`kfree_end_to_end`] with `Box<[u8; 16]>`, `Box<[u8; 32]>`, `Box<[u8; 64]>` in turn.
 pub(crate) fn kfree_mixed_end_to_end(n: u64) -> Vec<f64> {
     kfree_timed(n, kfree_mixed_boxes)
