@@ -202,6 +202,8 @@ pub(crate) fn in_pass() -> bool {
 const GP_BATCH: std::time::Duration = std::time::Duration::from_micros(100);
 
 fn worker_main() {
+    // Not the affinity of whichever thread happened to start us.
+    rcu_core::cpu::unbind_thread();
     let b = batcher();
     let delay = config().drain_delay;
     loop {

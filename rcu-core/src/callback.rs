@@ -170,7 +170,19 @@ struct Segments {
     done: Vec<Vec<Callback>>,
     wait: VecDeque<(GpSeq, Vec<Callback>)>,
     next: Vec<Callback>,
+    /// Emptied batch buffers given back after invocation ([`CbList::finished`]), reused as
+    /// `next`.
+    spare: Vec<Vec<Callback>>,
 }
+
+/// Emptied batch buffers a list keeps for reuse. Without reuse every harvest leaves `next`
+/// empty, so it grows again by doubling: a copy per doubling, and frees of large buffers, which
+/// make glibc consolidate every small chunk the callbacks just freed (`malloc_consolidate`).
+const MAX_SPARE: usize = 4;
+/// Largest buffer (in callbacks) kept for reuse: a list holds at most
+/// `MAX_SPARE × SPARE_MAX_CAP × 32 B` (4 MiB per CPU slot) while callbacks flow; the worker
+/// frees the spares when it goes idle ([`CbList::trim_spare`]).
+const SPARE_MAX_CAP: usize = 1 << 15;
 
 /// Callbacks `next` may hold before enqueuers must fall back: bounds the largest allocation on
 /// the `call_rcu` path (32 B per callback: 32 MiB, reached only when the worker cannot keep up)
@@ -292,7 +304,8 @@ impl CbList {
             if !s.next.is_empty() && s.wait.try_reserve(1).is_ok() {
                 // Invariant 2: taken after the lock made every enqueue in `next` visible.
                 let snap = dom.get_state();
-                let batch = core::mem::take(&mut s.next);
+                let fresh = s.spare.pop().unwrap_or_default();
+                let batch = core::mem::replace(&mut s.next, fresh);
                 s.wait.push_back((snap, batch));
             }
             debug_assert!(ready.is_empty());
@@ -359,21 +372,38 @@ impl CbList {
         let mut ready = Vec::new();
         let need = self.harvest(dom, &mut ready);
         let n = invoke_batches(&mut ready, &AtomicU64::new(0));
-        self.finished(n);
+        self.finished(n, &mut ready);
         (n, need)
     }
 
-    /// Whether anything queued here is unfinished (checked under the lock).
-    pub(crate) fn has_pending_locked(&self) -> bool {
-        self.locked(|_| self.pending.load(Ordering::Relaxed) != 0)
+    /// Frees the list's spare batch buffers (the worker, when it goes idle).
+    pub(crate) fn trim_spare(&self) {
+        let spare = self.locked(|s| core::mem::take(&mut s.spare));
+        drop(spare);
     }
 
-    /// Marks `n` callbacks of this list finished.
-    pub(crate) fn finished(&self, n: usize) {
-        self.locked(|_| {
+    /// Whether callbacks wait in this list's segments (not yet harvested as ready; checked under
+    /// the lock). Callbacks handed to an invoker and not finished yet do not count (`pending`
+    /// does).
+    pub(crate) fn has_queued_locked(&self) -> bool {
+        self.locked(|s| !s.next.is_empty() || !s.wait.is_empty() || !s.done.is_empty())
+    }
+
+    /// Marks `n` callbacks of this list finished and takes back the emptied batch buffers of
+    /// `ran` for reuse (up to [`MAX_SPARE`]; the rest are freed after unlocking).
+    pub(crate) fn finished(&self, n: usize, ran: &mut Vec<Vec<Callback>>) {
+        self.locked(|s| {
             self.pending
-                .store(self.pending.load(Ordering::Relaxed) - n, Ordering::Relaxed)
+                .store(self.pending.load(Ordering::Relaxed) - n, Ordering::Relaxed);
+            while s.spare.len() < MAX_SPARE {
+                let Some(v) = ran.pop() else { break };
+                debug_assert!(v.is_empty());
+                if v.capacity() != 0 && v.capacity() <= SPARE_MAX_CAP {
+                    s.spare.push(v);
+                }
+            }
         });
+        ran.clear();
     }
 
     /// Takes the lock for `fork()` (prepare handler).
@@ -396,14 +426,16 @@ impl CbList {
     }
 }
 
-/// Invokes and empties `ready` (callbacks whose grace period is over), isolating panics so that
+/// Invokes the callbacks of `ready`'s batches, leaving the batches empty (callbacks whose grace
+/// period is over), isolating panics so that
 /// one bad callback cannot stop the worker. Returns how many ran. `invoked` counts the callbacks
 /// other than barriers; it is brought up to date *before* each barrier callback runs, so that
 /// statistics read after `rcu_barrier` include every callback queued before it.
-pub(crate) fn invoke_batches(ready: &mut Vec<Vec<Callback>>, invoked: &AtomicU64) -> usize {
+pub(crate) fn invoke_batches(ready: &mut [Vec<Callback>], invoked: &AtomicU64) -> usize {
     let n = ready.iter().map(Vec::len).sum();
     let mut unflushed = 0u64;
-    for cb in ready.drain(..).flatten() {
+    // Drained in place: the emptied buffers go back to their list (`CbList::finished`).
+    for cb in ready.iter_mut().flat_map(|v| v.drain(..)) {
         if matches!(cb, Callback::Barrier(_)) {
             invoked.fetch_add(unflushed, Ordering::Relaxed);
             unflushed = 0;

@@ -10,11 +10,14 @@
 //!   guard while its thread-locals are being destroyed keeps its record for good (it is then
 //!   scanned, quiescent, forever; it cannot be reused).
 //! * **Worker.** One thread (`rcu-cb-worker`), started at the first `call_rcu`/`start_poll`/
-//!   barrier. Loop: harvest each list with pending callbacks, invoke what is ready, drive the
-//!   oldest waited-for snapshot with [`Domain::wait_for`], and park when nothing is pending.
-//!   Grace periods are not delayed on purpose: each one serves every callback queued while the
-//!   previous one ran, so the batch size grows with the load.
+//!   barrier. Loop: harvest each list with pending callbacks, hand what is ready to that list's
+//!   invoker (a thread bound to the list's CPU, `invoker.rs`; the worker invokes them itself
+//!   if no invoker can run), drive the newest waited-for snapshot with [`Domain::wait_for`], and
+//!   park when no list holds callbacks. Callbacks accumulate for [`GP_BATCH_DELAY`] before a
+//!   grace period is started for them, unless someone waits (`rcu_barrier`, a poll request) or
+//!   many are queued.
 //! * **Idle protocol.** The worker stores `IDLE = true`, then re-checks every list *under its lock*
+//!   (callbacks still in its segments; those handed to invokers are theirs)
 //!   and the poll requests, then parks. An enqueuer checks `IDLE` after unlocking its list: if the
 //!   worker's check of that list came first, the enqueuer's lock acquisition made `IDLE = true`
 //!   visible; if it came second, the worker saw the callback. Polled requests use a `SeqCst` fence
@@ -91,6 +94,17 @@ rcu_thread_local! {
 rcu_thread_local! {
     /// Set while the worker runs callbacks (misuse check for `rcu_barrier` in a callback).
     static IN_CALLBACK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the calling thread as one that runs callbacks (`rcu_barrier` from it panics).
+pub(crate) fn mark_callback_thread() {
+    init();
+    IN_CALLBACK.with(|c| c.set(true));
+}
+
+/// The counter of invoked callbacks (statistics).
+pub(crate) fn invoked_counter() -> &'static AtomicU64 {
+    &INVOKED
 }
 
 /// The process-wide domain (initialised), for crates that drive grace periods through the raw
@@ -574,6 +588,8 @@ fn ensure_worker() {
 
 /// The callback worker's loop (module docs).
 fn worker_main() {
+    // Not the affinity of whichever thread happened to start us.
+    crate::sys::cpu::unbind();
     init();
     IN_CALLBACK.with(|c| c.set(true));
     let lists = lists();
@@ -583,7 +599,7 @@ fn worker_main() {
         let mut need: Option<GpSeq> = None;
         let mut ran = 0usize;
         let mut waiting = 0usize;
-        for l in lists.iter() {
+        for (i, l) in lists.iter().enumerate() {
             let pending = l.pending.load(Ordering::Relaxed);
             if pending == 0 {
                 continue;
@@ -592,10 +608,14 @@ fn worker_main() {
             if let Some(s) = l.harvest(&DOMAIN, &mut ready) {
                 need = Some(newer(need, s));
             }
-            if !ready.is_empty() {
-                let n = invoke_batches(&mut ready, &INVOKED);
-                l.finished(n);
-                ran += n;
+            if !ready.is_empty() || crate::invoker::stale(i) {
+                ran += ready.iter().map(Vec::len).sum::<usize>();
+                // To the list's invoker on its CPU (invoker module docs); ourselves if none
+                // can run.
+                if !crate::invoker::hand(lists, i, &mut ready) {
+                    let n = invoke_batches(&mut ready, &INVOKED);
+                    l.finished(n, &mut ready);
+                }
             }
         }
         let req = GpSeq(POLL_REQUEST.load(Ordering::Relaxed));
@@ -627,11 +647,16 @@ fn worker_main() {
         IDLE.store(true, Ordering::Relaxed);
         // Pairs with the fence in start_poll_synchronize_rcu.
         fence(Ordering::SeqCst);
-        let busy = lists.iter().any(|l| l.has_pending_locked())
+        // Callbacks handed to invokers are theirs: only those still in a list keep us awake.
+        let busy = lists.iter().any(|l| l.has_queued_locked())
             || !DOMAIN.poll(GpSeq(POLL_REQUEST.load(Ordering::Relaxed)));
         if busy {
             IDLE.store(false, Ordering::Relaxed);
             continue;
+        }
+        // Going idle: give the batch buffers kept for reuse back to the allocator.
+        for l in lists.iter() {
+            l.trim_spare();
         }
         while IDLE.load(Ordering::Relaxed) {
             thread::park();
@@ -699,8 +724,10 @@ fn install_fork_handlers() {
                 l.fork_lock();
             }
         }
+        crate::invoker::fork_lock();
     }
     extern "C" fn parent() {
+        crate::invoker::fork_unlock();
         if let Some(lists) = LISTS.get() {
             for l in lists.iter() {
                 l.fork_unlock();
@@ -708,6 +735,7 @@ fn install_fork_handlers() {
         }
     }
     extern "C" fn child() {
+        crate::invoker::fork_child();
         if let Some(lists) = LISTS.get() {
             for l in lists.iter() {
                 l.fork_reset();

@@ -61,10 +61,19 @@ mod util;
 mod cell;
 #[cfg(not(rcu_loom))]
 mod global;
+#[cfg(not(rcu_loom))]
+mod invoker;
 
 /// CPU numbers for per-CPU data (rseq when glibc registered it, else `sched_getcpu`).
 pub mod cpu {
     pub use crate::sys::cpu::{current_cpu, possible_cpus};
+
+    /// Lets the calling thread run on every CPU the process may use, undoing an affinity it
+    /// inherited from the thread that created it (for background threads of the kit: a worker
+    /// started by a pinned application thread must not stay on that thread's CPUs).
+    pub fn unbind_thread() {
+        crate::sys::cpu::unbind()
+    }
 }
 
 pub use seq::GpSeq;

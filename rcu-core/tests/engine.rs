@@ -93,6 +93,73 @@ fn call_rcu_runs_every_callback_before_barrier_returns() {
     assert!(st.callbacks_invoked >= 40_000, "{st:?}");
 }
 
+/// Binds the calling thread to `cpu` if allowed; returns whether it did.
+fn pin_to(cpu: usize) -> bool {
+    // SAFETY: plain-data cpu_set_t; CPU_SET within bounds (cpu < 64); the call reads the set.
+    unsafe {
+        let mut set: libc::cpu_set_t = core::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+    }
+}
+
+#[test]
+fn callbacks_run_in_order_on_the_invoker_of_the_callers_cpu() {
+    let cpus = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(4);
+    for cpu in 0..cpus {
+        let seen = Arc::new(Mutex::new(Vec::<(u64, usize, String)>::new()));
+        let h = {
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                if !pin_to(cpu) {
+                    return false;
+                }
+                for i in 0..3000u64 {
+                    let seen = seen.clone();
+                    call_rcu(move || {
+                        let name = std::thread::current().name().unwrap_or("").to_owned();
+                        seen.lock()
+                            .unwrap()
+                            .push((i, rcu_core::cpu::current_cpu(), name));
+                    });
+                }
+                true
+            })
+        };
+        if !h.join().unwrap() {
+            continue; // not allowed to run there (cpuset)
+        }
+        rcu_barrier();
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 3000);
+        // A caller that finds its CPU's list locked (the worker harvesting it) uses another
+        // CPU's list: those callbacks run on that list's invoker. Within one list, queue order.
+        let mut names: Vec<&str> = seen.iter().map(|s| s.2.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        for name in names {
+            assert!(name.starts_with("rcu-cb-inv/"), "a callback ran on {name}");
+            let order: Vec<u64> = seen.iter().filter(|s| s.2 == name).map(|s| s.0).collect();
+            assert!(
+                order.windows(2).all(|w| w[0] < w[1]),
+                "callbacks of one list ran out of order on {name}"
+            );
+        }
+        let want = format!("rcu-cb-inv/{cpu}");
+        let home = seen.iter().filter(|s| s.2 == want).count();
+        assert!(
+            home * 10 >= seen.len() * 9,
+            "only {home} of 3000 ran on {want}"
+        );
+        for (_, ran_on, name) in seen.iter() {
+            let bound: usize = name["rcu-cb-inv/".len()..].parse().unwrap();
+            assert_eq!(*ran_on, bound, "invoker {name} ran on CPU {ran_on}");
+        }
+    }
+}
+
 #[test]
 fn barrier_waits_for_callbacks_queued_inside_readers() {
     let done = Arc::new(AtomicBool::new(false));

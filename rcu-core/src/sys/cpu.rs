@@ -156,3 +156,50 @@ mod imp {
         }
     }
 }
+
+/// Binds the calling thread to `cpu` if the process may run there (its cpuset allows it);
+/// otherwise lets it run on every CPU the process may use. Returns whether it bound. For the
+/// engine's per-CPU threads, whose point is to run where their CPU's data is hot. A thread
+/// inherits the affinity of the thread that created it, so without this an engine thread started
+/// by a pinned application thread would stay on that thread's CPUs.
+#[cfg(all(target_os = "linux", not(rcu_loom)))]
+pub(crate) fn bind_to(cpu: usize) -> bool {
+    const SET: usize = core::mem::size_of::<libc::cpu_set_t>();
+    if cpu < 8 * SET {
+        // SAFETY: `cpu_set_t` is plain data (all zeroes is the empty set); `CPU_SET` indexes
+        // within it (checked above); the syscall reads exactly `SET` bytes of our set.
+        let bound = unsafe {
+            let mut one: libc::cpu_set_t = core::mem::zeroed();
+            libc::CPU_SET(cpu, &mut one);
+            libc::sched_setaffinity(0, SET, &one) == 0
+        };
+        if bound {
+            return true;
+        }
+    }
+    unbind();
+    false
+}
+
+/// Lets the calling thread run on every CPU the process may use (the kernel intersects the
+/// full mask with the cpuset), undoing an affinity inherited from the thread that created it.
+#[cfg(all(target_os = "linux", not(rcu_loom)))]
+pub(crate) fn unbind() {
+    const SET: usize = core::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: as in `bind_to`; every byte 0xff is the full set.
+    unsafe {
+        let mut all: libc::cpu_set_t = core::mem::zeroed();
+        core::ptr::write_bytes(core::ptr::addr_of_mut!(all).cast::<u8>(), 0xff, SET);
+        libc::sched_setaffinity(0, SET, &all);
+    }
+}
+
+/// Off Linux: never binds.
+#[cfg(not(all(target_os = "linux", not(rcu_loom))))]
+pub(crate) fn bind_to(_cpu: usize) -> bool {
+    false
+}
+
+/// Off Linux: nothing to undo.
+#[cfg(not(all(target_os = "linux", not(rcu_loom))))]
+pub(crate) fn unbind() {}
