@@ -25,8 +25,8 @@
 //! * **[`synchronize_rcu`]**: block the writer until a grace period has passed, then drop the
 //!   value in place. Simple and memory-exact, but milliseconds per call, and forbidden inside a
 //!   critical section.
-//! * **[`call_rcu`]**: queue a closure that a worker thread runs after a grace period. Never
-//!   blocks; one callback per object.
+//! * **[`call_rcu`]**: queue a closure that runs after a grace period on a thread bound to the
+//!   caller's CPU. Never blocks; one callback per object.
 //! * **[`kfree_rcu`]**: queue a `Box` for freeing after a grace period. Costs 8 bytes per object
 //!   in per-CPU page-sized blocks, keeps pending memory under a hard cap, and has a defined
 //!   fallback when memory runs out. The default choice for freeing memory.

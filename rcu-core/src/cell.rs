@@ -42,7 +42,7 @@ pub struct RcuCell<T: Send + 'static> {
 }
 
 // SAFETY: readers on several threads get `&T` (needs `T: Sync`); writers move boxes between
-// threads and the old value is dropped on the worker thread (needs `T: Send`).
+// threads and the old value is dropped on a callback thread (needs `T: Send`).
 unsafe impl<T: Send + Sync + 'static> Sync for RcuCell<T> {}
 // SAFETY: the cell owns a `Box<T>`.
 unsafe impl<T: Send + 'static> Send for RcuCell<T> {}
@@ -203,7 +203,7 @@ impl<T: Send + 'static> RcuCell<T> {
         retire_with(old, retire);
     }
 
-    /// Publishes `value` and retires the previous one with `call_rcu` (dropped on the worker
+    /// Publishes `value` and retires the previous one with `call_rcu` (dropped on a callback
     /// thread after a grace period). Callable inside a read-side critical section.
     pub fn replace(&self, value: Option<Box<T>>) {
         let old = self.swap_raw(value);
@@ -270,7 +270,7 @@ fn retire<T: Send + 'static>(old: *mut T) {
         return;
     }
     // SAFETY: `old` is an unpublished `Box<T>` with `T: Send`, dropped exactly once by
-    // `drop_box::<T>` on the worker after a grace period.
+    // `drop_box::<T>` on a callback thread after a grace period.
     unsafe { call_rcu_raw(drop_box::<T>, old.cast()) };
 }
 
@@ -303,7 +303,7 @@ pub unsafe trait Retire<T: Send + 'static> {
     fn retire(self, old: Box<T>);
 }
 
-/// [`Retire`] through `call_rcu`: dropped on the callback worker after a grace period. Never
+/// [`Retire`] through `call_rcu`: dropped on a callback thread after a grace period. Never
 /// blocks; callable inside a read-side critical section.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RetireByCallRcu;

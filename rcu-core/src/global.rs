@@ -372,10 +372,12 @@ pub fn cond_synchronize_rcu(state: GpState) {
     DOMAIN.wait_for(state.0, false);
 }
 
-/// Runs `f` on the worker thread after a grace period.
+/// Runs `f` after a grace period, on the callback invoker of the CPU the caller runs on (a
+/// thread bound to that CPU, like the kernel's `rcuc/N`: memory the callback frees goes back to
+/// the allocator where it was allocated). Callbacks queued on one CPU run in queue order.
 ///
 /// Closures of up to two words are stored without allocation. Callable inside a read-side
-/// critical section.
+/// critical section. `f` must not call `rcu_barrier` (it would wait for itself: it panics).
 ///
 /// ```
 /// let data = Box::new(42u64);
@@ -386,7 +388,8 @@ pub fn call_rcu<F: FnOnce() + Send + 'static>(f: F) {
     enqueue(Callback::new(f));
 }
 
-/// Runs `f(data)` on the worker thread after a grace period, without allocating.
+/// Runs `f(data)` after a grace period, without allocating (on an invoker thread, as
+/// [`call_rcu`]).
 ///
 /// # Safety
 /// `f(data)` must be sound to call exactly once, from another thread, at any time after a grace

@@ -10,7 +10,8 @@
 //!   side (a thread-local word, a compiler fence; the writer pays with `membarrier`).
 //! * Waiting: [`synchronize_rcu`] / [`synchronize_rcu_expedited`] block until a grace period has
 //!   passed; concurrent callers share one.
-//! * Deferring: [`call_rcu`] runs a closure after a grace period on a worker thread;
+//! * Deferring: [`call_rcu`] runs a closure after a grace period on a callback thread bound to
+//!   the caller's CPU;
 //!   [`rcu_barrier`] waits until every earlier callback has run.
 //! * Polling: [`get_state_synchronize_rcu`], [`start_poll_synchronize_rcu`],
 //!   [`poll_state_synchronize_rcu`], [`cond_synchronize_rcu`] (lock-free, no allocation).
