@@ -291,6 +291,16 @@ impl CbList {
     /// Worker step (module docs). Appends ready callbacks to `ready` and returns the newest
     /// snapshot still waited for (one grace period up to it makes every waiting batch ready).
     pub(crate) fn harvest(&self, dom: &Domain, ready: &mut Vec<Vec<Callback>>) -> Option<GpSeq> {
+        self.harvest_counted(dom, ready).0
+    }
+
+    /// [`CbList::harvest`], also returning how many callbacks are left waiting for a grace
+    /// period on this list (the worker's batching decision; ready ones do not count).
+    pub(crate) fn harvest_counted(
+        &self,
+        dom: &Domain,
+        ready: &mut Vec<Vec<Callback>>,
+    ) -> (Option<GpSeq>, usize) {
         self.locked(|s| {
             let cur = dom.current();
             while let Some((snap, _)) = s.wait.front() {
@@ -310,7 +320,8 @@ impl CbList {
             }
             debug_assert!(ready.is_empty());
             core::mem::swap(ready, &mut s.done);
-            s.wait.back().map(|(snap, _)| *snap)
+            let waiting = s.next.len() + s.wait.iter().map(|(_, b)| b.len()).sum::<usize>();
+            (s.wait.back().map(|(snap, _)| *snap), waiting)
         })
     }
 

@@ -603,12 +603,14 @@ fn worker_main() {
         let mut ran = 0usize;
         let mut waiting = 0usize;
         for (i, l) in lists.iter().enumerate() {
-            let pending = l.pending.load(Ordering::Relaxed);
-            if pending == 0 {
+            if l.pending.load(Ordering::Relaxed) == 0 {
                 continue;
             }
-            waiting += pending;
-            if let Some(s) = l.harvest(&DOMAIN, &mut ready) {
+            // Only callbacks still waiting for a grace period count toward the batching bound
+            // (handed ones belong to the invokers).
+            let (snap, left) = l.harvest_counted(&DOMAIN, &mut ready);
+            waiting += left;
+            if let Some(s) = snap {
                 need = Some(newer(need, s));
             }
             if !ready.is_empty() || crate::invoker::stale(i) {
