@@ -73,8 +73,8 @@ mod park;
 mod worker;
 
 pub use config::{
-    config, configure, parse_size, Config, ConfigError, ParseSizeError, DEFAULT_DRAIN_DELAY,
-    DEFAULT_PAGES_PER_CPU, DEFAULT_PENDING_CAP,
+    config, configure, counted_cap, parse_size, Config, ConfigError, ParseSizeError,
+    DEFAULT_DRAIN_DELAY, DEFAULT_PAGES_PER_CPU, DEFAULT_PENDING_CAP,
 };
 pub use head::{HasRcuHead, RcuHead};
 

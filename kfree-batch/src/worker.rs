@@ -115,7 +115,7 @@ fn create_batcher() -> &'static Global {
         let c = config();
         let b = Batcher::new(
             rcu_core::cpu::possible_cpus(),
-            c.pending_cap,
+            crate::config::counted_cap(c.pending_cap),
             c.pages_per_cpu,
             rcu_core::raw::global_domain(),
             PageLayer,
@@ -397,7 +397,8 @@ pub struct KfreeStats {
     pub pending_bytes: u64,
     /// Highest pending charge seen.
     pub peak_pending_bytes: u64,
-    /// The pending cap in force.
+    /// The pending cap in force (the configured one; the batcher's own count stays under
+    /// [`crate::counted_cap`] of it).
     pub pending_cap: u64,
 }
 
@@ -426,7 +427,7 @@ pub(crate) fn stats() -> KfreeStats {
         grace_periods: GPS_WAITED.load(Ordering::Relaxed),
         pending_bytes: b.budget.pending() as u64,
         peak_pending_bytes: b.budget.peak() as u64,
-        pending_cap: b.cap as u64,
+        pending_cap: config().pending_cap as u64,
     }
 }
 
