@@ -140,6 +140,24 @@ fn case_rlimit() {
     assert!(s.fallback_sync > 0, "no fallback under RLIMIT_AS: {s:?}");
 }
 
+/// Starts a thread that holds a read guard until the returned flag is cleared or `max` passes;
+/// returns once the guard is held.
+fn stalled_reader(max: Duration) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+    let hold = Arc::new(AtomicBool::new(true));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = hold.clone();
+    let reader = std::thread::spawn(move || {
+        let _g = rcu_read_lock();
+        tx.send(()).unwrap();
+        let t = Instant::now();
+        while h.load(Ordering::Relaxed) && t.elapsed() < max {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    rx.recv().unwrap();
+    (hold, reader)
+}
+
 /// A reader holds its guard for 200 ms while another thread retires many objects under a small
 /// cap: pending memory never passes the cap; callers fall back; everything is freed.
 fn case_cap_stalled_reader() {
@@ -149,18 +167,7 @@ fn case_cap_stalled_reader() {
         ..Default::default()
     })
     .unwrap();
-    let hold = Arc::new(AtomicBool::new(true));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let h = hold.clone();
-    let reader = std::thread::spawn(move || {
-        let _g = rcu_read_lock();
-        tx.send(()).unwrap();
-        let t = Instant::now();
-        while h.load(Ordering::Relaxed) && t.elapsed() < Duration::from_millis(200) {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    });
-    rx.recv().unwrap();
+    let (hold, reader) = stalled_reader(Duration::from_millis(200));
     let n: u64 = if cfg!(debug_assertions) {
         1_000_000
     } else {
@@ -202,18 +209,7 @@ fn case_rss_under_cap() {
         kfree_rcu(Box::new([i; 4]));
     }
     kvfree_rcu_barrier();
-    let hold = Arc::new(AtomicBool::new(true));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let h = hold.clone();
-    let reader = std::thread::spawn(move || {
-        let _g = rcu_read_lock();
-        tx.send(()).unwrap();
-        let t = Instant::now();
-        while h.load(Ordering::Relaxed) && t.elapsed() < Duration::from_millis(300) {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    });
-    rx.recv().unwrap();
+    let (hold, reader) = stalled_reader(Duration::from_millis(300));
     let hwm0 = test_support::peak_rss();
     // 48-byte heap chunks: 1M objects are about 6x the cap.
     let n = 1_000_000u64;

@@ -1076,7 +1076,9 @@ fn main() {
     println!("kfree_rcu: Box<[u8;32]> x N then kvfree_rcu_barrier (every object freed); crossbeam: pin +");
     println!("  defer_destroy per object, flush every 1024; seize: enter + retire(reclaim::boxed) per object;");
     println!("  crossbeam and seize rates are not end to end (they free lazily, some objects stay pending);");
-    println!("  allocator floor: drop(Box::new([u8;32])) x N in the same process (a malloc+free pair).");
+    println!(
+        "  allocator floor: drop(Box::new([u8;32])) x N in the same process (a malloc+free pair)."
+    );
     println!("memory rows: one child process per sample; 32-byte objects with a counted drop; peak RSS growth =");
     println!("  VmHWM delta over the figure; stalled reader = a thread inside rcu_read_lock() (crossbeam: pin(),");
     println!(
