@@ -278,8 +278,9 @@ pub struct Retired {
     pub free: FreeFn,
     /// The free function's context.
     pub ctx: *const (),
-    /// `free` runs no user code and never waits: ready blocks of this channel may be freed one
-    /// object at a time inside a producer's read-side critical section (block docs).
+    /// The channel is a `dealloc_boxes` channel (`ctx` encodes the layout): its free runs no
+    /// user code and never waits, so ready blocks may be freed one object at a time inside a
+    /// producer's read-side critical section (block docs).
     pub inline_free: bool,
 }
 
@@ -294,7 +295,7 @@ pub struct Added {
     /// ([`Batcher::free_detached`]) after the slot lock is released.
     pub(crate) reclaimed: [Option<NonNull<Block>>; RECLAIM_PER_HANDOVER],
     /// A ready block of an `inline_free` channel for the caller's front to drain (only when
-    /// asked for: [`Batcher::hand_over_detached`] with `want_drain`).
+    /// asked for: [`Batcher::hand_over_detached`] with `drain_for`).
     pub(crate) drain: Option<NonNull<Block>>,
 }
 
