@@ -4,8 +4,8 @@
 //!
 //! Each retiring thread owns a [`Front`]: up to [`FRONT_CHANS`] channels (a channel is a free
 //! function and its context: one per type, or per layout for types without drop glue), each with
-//! an open block and a drain block, and a slice of the pending budget. A thread that retires a
-//! fifth kind of object evicts one of its channels (round robin). Appending is plain stores by the
+//! an open block and a drain block, and a slice of the pending budget. A kind of object beyond
+//! those takes the per-CPU path until one of the channels goes idle. Appending is plain stores by the
 //! owner — but the worker and `kvfree_rcu_barrier` must be able to take a partial block from a
 //! thread that stopped retiring (drain delay, barrier, thread gone after `fork()`). RCU protects
 //! each channel's blocks:
@@ -139,8 +139,6 @@ impl FrontChan {
 #[derive(Debug)]
 pub(crate) struct Front {
     chans: [FrontChan; FRONT_CHANS],
-    /// The channel the next eviction takes (owner only).
-    evict_next: AtomicUsize,
     /// Objects this front's owner freed from drain blocks (owner load + store; statistics).
     freed_inline: AtomicU64,
     /// Objects appended through this front (owner writes with load + store; statistics).
@@ -340,7 +338,11 @@ fn release_chan(b: &'static Global, c: &FrontChan, may_reclaim: bool) {
     }
 }
 
-/// No channel of the front is `r`'s: take an unused one, or evict one (round robin).
+/// No channel of the front is `r`'s: take an unused one, or one that holds no block (its blocks
+/// were handed over or collected after the drain delay: the thread stopped retiring that kind).
+/// With every channel busy the object takes the per-CPU path: evicting a busy channel would hand
+/// over a block holding a few objects each time a thread rotates through more kinds than it has
+/// channels.
 #[cold]
 #[inline(never)]
 fn claim_chan_and_retry(
@@ -349,16 +351,13 @@ fn claim_chan_and_retry(
     r: Retired,
     may_alloc: bool,
 ) -> Result<(), Retired> {
-    let ci = match (0..FRONT_CHANS).find(|&i| f.chans[i].free.load(Ordering::Relaxed) == 0) {
-        Some(i) => i,
-        None => {
-            let i = f.evict_next.load(Ordering::Relaxed) % FRONT_CHANS;
-            f.evict_next.store(i + 1, Ordering::Relaxed);
-            // Freeing a drain block here runs no user code (inline channels only); handing the
-            // open block over may reclaim ready blocks with destructors: not inside a reader.
-            release_chan(b, &f.chans[i], !rcu_core::rcu_read_lock_held());
-            i
-        }
+    let idle = |c: &FrontChan| {
+        c.free.load(Ordering::Relaxed) == 0
+            || (c.block.load(Ordering::Relaxed).is_null()
+                && c.drain.load(Ordering::Relaxed).is_null())
+    };
+    let Some(ci) = (0..FRONT_CHANS).find(|&i| idle(&f.chans[i])) else {
+        return Err(r);
     };
     let c = &f.chans[ci];
     // Invariant 0: both blocks are null (unused, or just released).
@@ -440,7 +439,6 @@ fn claim_or_register() -> &'static Front {
     }
     let f = Box::into_raw(Box::new(Front {
         chans: [const { FrontChan::new() }; FRONT_CHANS],
-        evict_next: AtomicUsize::new(0),
         freed_inline: AtomicU64::new(0),
         queued: AtomicU64::new(0),
         owned: AtomicBool::new(true),
