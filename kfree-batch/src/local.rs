@@ -5,10 +5,10 @@
 //! Each retiring thread owns a [`Front`]: up to [`FRONT_CHANS`] channels (a channel is a free
 //! function and its context: one per type, or per layout for types without drop glue), each with
 //! an open block and a drain block, and a slice of the pending budget. A kind of object beyond
-//! those takes the per-CPU path until one of the channels goes idle. Appending is plain stores by the
-//! owner — but the worker and `kvfree_rcu_barrier` must be able to take a partial block from a
-//! thread that stopped retiring (drain delay, barrier, thread gone after `fork()`). RCU protects
-//! each channel's blocks:
+//! those takes the per-CPU path until one of the channels goes idle. Appending is plain stores by
+//! the owner — but the worker and `kvfree_rcu_barrier` must be able to take a partial block from
+//! a thread that stopped retiring (drain delay, barrier, thread gone after `fork()`). RCU
+//! protects each channel's blocks:
 //!
 //! ```text
 //!   owner                                    collector (holds the busy lock)
