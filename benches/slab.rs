@@ -11,69 +11,17 @@
 #![allow(missing_docs)]
 
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use rcu_core::CachePadded;
 use slab_backend::{kfree, kmalloc, KmemCache};
 
-const CAP: usize = 256;
+#[path = "../src/bin/compare/ring.rs"]
+mod ring;
+use ring::Ring;
+
 const BATCH: u64 = 20_000;
-
-/// Bounded single-producer single-consumer ring of non-zero words.
-struct Ring {
-    buf: Box<[AtomicUsize]>,
-    head: CachePadded<AtomicUsize>,
-    tail: CachePadded<AtomicUsize>,
-}
-
-fn wait(spins: &mut u32) {
-    *spins += 1;
-    if *spins < 64 {
-        std::hint::spin_loop();
-    } else {
-        std::thread::yield_now();
-    }
-}
-
-impl Ring {
-    fn new() -> Ring {
-        Ring {
-            buf: (0..CAP).map(|_| AtomicUsize::new(0)).collect(),
-            head: CachePadded::new(AtomicUsize::new(0)),
-            tail: CachePadded::new(AtomicUsize::new(0)),
-        }
-    }
-
-    fn push(&self, v: usize) {
-        // Relaxed: only the producer writes `tail`.
-        let t = self.tail.load(Ordering::Relaxed);
-        let mut s = 0;
-        // Acquire pairs with the consumer's Release store of `head` (slot consumed).
-        while t.wrapping_sub(self.head.load(Ordering::Acquire)) >= CAP {
-            wait(&mut s);
-        }
-        self.buf[t % CAP].store(v, Ordering::Relaxed);
-        // Release pairs with the consumer's Acquire load of `tail` (slot filled).
-        self.tail.store(t.wrapping_add(1), Ordering::Release);
-    }
-
-    fn pop(&self) -> usize {
-        // Relaxed: only the consumer writes `head`.
-        let h = self.head.load(Ordering::Relaxed);
-        let mut s = 0;
-        // Acquire pairs with the producer's Release store of `tail`.
-        while self.tail.load(Ordering::Acquire) == h {
-            wait(&mut s);
-        }
-        let v = self.buf[h % CAP].load(Ordering::Relaxed);
-        // Release pairs with the producer's Acquire load of `head`.
-        self.head.store(h.wrapping_add(1), Ordering::Release);
-        v
-    }
-}
 
 /// `iters` batches of `BATCH` objects: `alloc` on a producer thread, `free` on this thread.
 fn pc<A, F>(iters: u64, alloc: A, free: F) -> Duration

@@ -480,7 +480,7 @@ impl<'d, P: Pages> Batcher<'d, P> {
         let mut added = Added::default();
         let found = inner.chans.iter().position(|c| {
             // SAFETY: open blocks belong to the slot (Invariant 2) and we hold its lock.
-            !c.block.is_null() && unsafe { same_channel(&(*c.block).hdr, free, ctx) }
+            !c.block.is_null() && unsafe { same_channel(&(*c.block).hdr, free as usize, ctx) }
         });
         let ci = match found {
             Some(ci) => {
@@ -746,9 +746,7 @@ impl<'d, P: Pages> Batcher<'d, P> {
     pub(crate) fn take_ready_of(&self, cpu: usize, key: ChanKey) -> Option<NonNull<Block>> {
         let k = &self.krcs[cpu % self.krcs.len()];
         k.locked(|inner| {
-            let b = inner.take_ready_where(self.dom.current(), |h| {
-                h.inline_free && h.free as usize == key.0 && h.ctx == key.1
-            });
+            let b = inner.take_ready_where(self.dom.current(), |h| drains_as(h, key));
             k.handed_n.store(inner.nhanded, Ordering::Relaxed);
             b.and_then(NonNull::new)
         })
@@ -772,9 +770,7 @@ impl<'d, P: Pages> Batcher<'d, P> {
         let cur = self.dom.current();
         if let Some(key) = drain_for {
             added.drain = inner
-                .take_ready_where(cur, |h| {
-                    h.inline_free && h.free as usize == key.0 && h.ctx == key.1
-                })
+                .take_ready_where(cur, |h| drains_as(h, key))
                 .and_then(NonNull::new);
         }
         for slot in added.reclaimed.iter_mut() {
@@ -971,8 +967,13 @@ pub(crate) fn newer(a: Option<GpSeq>, s: GpSeq) -> GpSeq {
 
 /// Whether a block header belongs to channel `(free, ctx)`.
 #[inline]
-fn same_channel(h: &crate::block::BlockHeader, free: FreeFn, ctx: *const ()) -> bool {
+/// Whether a block of header `h` may be a drain block of a front channel keyed `key`.
+fn drains_as(h: &BlockHeader, key: ChanKey) -> bool {
+    h.inline_free && same_channel(h, key.0, key.1)
+}
+
+fn same_channel(h: &BlockHeader, free: usize, ctx: *const ()) -> bool {
     // Compared as addresses: a function duplicated across codegen units only costs a second
     // channel, never a wrong free.
-    h.free as usize == free as usize && h.ctx == ctx
+    h.free as usize == free && h.ctx == ctx
 }

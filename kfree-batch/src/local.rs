@@ -220,6 +220,7 @@ pub(crate) fn try_retire(b: &'static Global, r: Retired, may_alloc: bool) -> Res
     let emptied = !d.is_null() && unsafe { drain_one(d) };
     drop(g);
     RESERVE.with(|c| c.set(left - r.size));
+    // Statistics, owner-only writers: load + store, Relaxed (no RMW on the fast path).
     f.queued
         .store(f.queued.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
     if !d.is_null() {
@@ -295,6 +296,7 @@ fn install_drain(b: &Global, c: &FrontChan, d: *mut Block) {
         crate::worker::free_owned(b, d);
         return;
     }
+    // Relaxed: a hint for the collectors' delay check; the block itself is published below.
     c.drain_ms.store(crate::worker::now_ms(), Ordering::Relaxed);
     // Release: the block's header and pointers are visible to a collector that swaps it out.
     c.drain.store(d, Ordering::Release);
@@ -314,6 +316,8 @@ fn hand_over_full(b: &'static Global, c: &FrontChan) {
     let may_reclaim = !rcu_core::rcu_read_lock_held();
     // SAFETY: we own `blk`.
     let inline = unsafe { (*blk).hdr.inline_free };
+    // Relaxed: only we install a drain block (Invariant 4); a collector's swap to null only
+    // makes us ask for one a little later.
     let drain_for = (inline && c.drain.load(Ordering::Relaxed).is_null()).then(|| c.key());
     let mut added = b.hand_over_detached(rcu_core::cpu::current_cpu(), blk, may_reclaim, drain_for);
     crate::worker::kick();
@@ -351,6 +355,8 @@ fn claim_chan_and_retry(
     r: Retired,
     may_alloc: bool,
 ) -> Result<(), Retired> {
+    // Relaxed: the key is owner-written, and collectors only ever swap a block to null, so a
+    // null seen here stays null (Invariant 0/1).
     let idle = |c: &FrontChan| {
         c.free.load(Ordering::Relaxed) == 0
             || (c.block.load(Ordering::Relaxed).is_null()
@@ -384,6 +390,7 @@ fn open_and_retry(
     ) {
         Ok(blk) => {
             let c = &f.chans[ci];
+            // Relaxed: as `drain_ms` in `install_drain`.
             c.opened_ms
                 .store(crate::worker::now_ms(), Ordering::Relaxed);
             // Release: the initialised header is visible to a collector that swaps it out.
@@ -500,6 +507,7 @@ pub(crate) fn steal(
     let mut open_left = false;
     for c in fronts().flat_map(|f| f.chans.iter()) {
         for (slot, since) in [(&c.block, &c.opened_ms), (&c.drain, &c.drain_ms)] {
+            // Relaxed: hints (a stale age only delays a steal); the swap below decides.
             if slot.load(Ordering::Relaxed).is_null() {
                 continue;
             }

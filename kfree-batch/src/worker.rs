@@ -25,7 +25,6 @@
 
 use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
-use std::time::Instant;
 
 use core::ptr::NonNull;
 
@@ -95,8 +94,7 @@ static BLOCKS_IN_FLIGHT: AtomicU64 = AtomicU64::new(0);
 
 /// Milliseconds since the first call (a monotonic clock for drain delays).
 pub(crate) fn now_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+    rcu_core::raw::monotonic_ns() / 1_000_000
 }
 
 /// The global batcher (created at first use with the configuration in force).
@@ -258,10 +256,8 @@ pub(crate) struct PassResult {
     handed_left: bool,
 }
 
-/// Frees the blocks a producer reclaimed inline and counts them.
-pub(crate) fn free_reclaimed(b: &Global, a: &mut Added) {
-    let mut res = Processed::default();
-    b.free_detached(a, &mut res);
+/// Adds what was freed outside a collection pass to the statistics.
+fn count_freed(res: &Processed) {
     if res.blocks != 0 {
         FREED.fetch_add(res.objects as u64, Ordering::Relaxed);
         BLOCKS_FREED.fetch_add(res.blocks as u64, Ordering::Relaxed);
@@ -269,14 +265,22 @@ pub(crate) fn free_reclaimed(b: &Global, a: &mut Added) {
     }
 }
 
+/// Frees the blocks a producer reclaimed inline and counts them.
+pub(crate) fn free_reclaimed(b: &Global, a: &mut Added) {
+    let mut res = Processed::default();
+    b.free_detached(a, &mut res);
+    count_freed(&res);
+}
+
 /// Frees the rest of a ready block the caller owns (a front's drain block) and counts it as a
 /// block freed ready-first.
 pub(crate) fn free_owned(b: &Global, blk: *mut crate::block::Block) {
-    let mut res = Processed::default();
+    let mut res = Processed {
+        ready_first: 1,
+        ..Processed::default()
+    };
     b.free_block(blk, &mut res);
-    FREED.fetch_add(res.objects as u64, Ordering::Relaxed);
-    BLOCKS_FREED.fetch_add(1, Ordering::Relaxed);
-    READY_FIRST.fetch_add(1, Ordering::Relaxed);
+    count_freed(&res);
 }
 
 /// One collection pass (module docs).
@@ -353,9 +357,7 @@ fn shrink_scan(_n: usize) -> usize {
         let (later, _) = b.free_ready(&mut batch, &mut res);
         b.requeue(later);
         BUSY.unlock();
-        FREED.fetch_add(res.objects as u64, Ordering::Relaxed);
-        BLOCKS_FREED.fetch_add(res.blocks as u64, Ordering::Relaxed);
-        READY_FIRST.fetch_add(res.ready_first as u64, Ordering::Relaxed);
+        count_freed(&res);
         freed += res.blocks;
     }
     kick();

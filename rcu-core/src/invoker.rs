@@ -53,6 +53,9 @@ struct Invoker {
     /// Bumped after every push (futex word).
     seq: AtomicU32,
     /// `NONE` → `STARTING` → `RUNNING`; back to `NONE` in a `fork()` child or a failed start.
+    /// Written by the worker (the only thread that hands off and starts invokers) and by the
+    /// `fork()` child handler; nothing is published through it, so every access is Relaxed (the
+    /// inbox has its lock, the wake-up its futex word).
     state: AtomicU32,
     /// After a failed start: no new attempt before this time (`now_ms`; only the worker starts).
     retry_at_ms: AtomicU64,
@@ -90,7 +93,7 @@ pub(crate) fn hand(
     ready: &mut Vec<Vec<Callback>>,
 ) -> bool {
     let inv = &invokers(lists.len())[i];
-    if inv.state.load(Ordering::Acquire) != RUNNING && !start(lists, i) {
+    if inv.state.load(Ordering::Relaxed) != RUNNING && !start(lists, i) {
         return false;
     }
     if ready.is_empty() {
@@ -127,12 +130,13 @@ pub(crate) fn stale(i: usize) -> bool {
 #[cold]
 fn start(lists: &'static [CachePadded<CbList>], i: usize) -> bool {
     let inv = &invokers(lists.len())[i];
+    // Relaxed: worker-only back-off time (as `state`).
     if now_ms() < inv.retry_at_ms.load(Ordering::Relaxed) {
         return false;
     }
     match inv
         .state
-        .compare_exchange(NONE, STARTING, Ordering::Acquire, Ordering::Acquire)
+        .compare_exchange(NONE, STARTING, Ordering::Relaxed, Ordering::Relaxed)
     {
         Ok(_) => {}
         // Another thread is starting it (only the worker hands off, so this is rare) or it runs.
@@ -143,8 +147,7 @@ fn start(lists: &'static [CachePadded<CbList>], i: usize) -> bool {
         .spawn(move || invoker_main(lists, i));
     match spawned {
         Ok(_) => {
-            // Release: pairs with the Acquire load in `hand`.
-            inv.state.store(RUNNING, Ordering::Release);
+            inv.state.store(RUNNING, Ordering::Relaxed);
             true
         }
         Err(e) => {
@@ -152,7 +155,7 @@ fn start(lists: &'static [CachePadded<CbList>], i: usize) -> bool {
             // failed attempt costs a mapping attempt); reported once.
             inv.retry_at_ms
                 .store(now_ms().saturating_add(1000), Ordering::Relaxed);
-            inv.state.store(NONE, Ordering::Release);
+            inv.state.store(NONE, Ordering::Relaxed);
             if !inv.reported.swap(true, Ordering::Relaxed) {
                 eprintln!(
                     "rcu: cannot start callback invoker {i} ({e}); the worker invokes its \
@@ -187,13 +190,9 @@ fn invoker_main(lists: &'static [CachePadded<CbList>], i: usize) {
     }
 }
 
-/// Milliseconds since the first call (monotonic).
+/// Milliseconds of the kit's monotonic clock.
 fn now_ms() -> u64 {
-    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
-    EPOCH
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_millis() as u64
+    crate::util::monotonic_ns() / 1_000_000
 }
 
 /// The engine's invoked-callback counter.

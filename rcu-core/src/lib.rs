@@ -104,4 +104,5 @@ pub mod raw {
     pub use crate::gp::Domain;
     pub use crate::reader::Record;
     pub use crate::sys::lock::{futex_wait, futex_wake, futex_wake_all};
+    pub use crate::util::monotonic_ns;
 }

@@ -1,4 +1,4 @@
-//! Small layout helpers.
+//! Small layout helpers and the kit's monotonic clock.
 
 use core::ops::{Deref, DerefMut};
 
@@ -26,4 +26,14 @@ impl<T> DerefMut for CachePadded<T> {
     fn deref_mut(&mut self) -> &mut T {
         &mut self.0
     }
+}
+
+/// Nanoseconds since the first call in this process (monotonic): the one clock the kit's
+/// background machinery uses for delays and back-offs (`rcu_core::raw::monotonic_ns`).
+pub fn monotonic_ns() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_nanos() as u64
 }

@@ -30,8 +30,6 @@
 
 use core::ptr::NonNull;
 use std::cell::Cell;
-use std::sync::OnceLock;
-use std::time::Instant;
 
 use crate::primitive::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -269,8 +267,7 @@ fn map_aligned(len: usize, align: usize) -> Option<NonNull<u8>> {
 }
 
 fn now_ns() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64
+    rcu_core::raw::monotonic_ns()
 }
 
 /// Runs the shrinkers when use is above 7/8 of the limit, at most once per 10 ms.

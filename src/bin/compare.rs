@@ -34,6 +34,8 @@ mod child;
 mod harness;
 #[path = "compare/ours.rs"]
 mod ours;
+#[path = "compare/ring.rs"]
+mod ring;
 
 use std::io::IsTerminal as _;
 

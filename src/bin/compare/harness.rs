@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Barrier;
 use std::time::Instant;
 
+use crate::ring::Ring;
+
 /// Unit of a figure (what the numbers of a row mean).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Unit {
@@ -603,67 +605,6 @@ pub(crate) fn pinned_scaling(n: u64, body: fn(u64)) -> Vec<f64> {
         .map(|h| h.join().unwrap_or(f64::NAN))
         .fold(0.0, |a: f64, b| if b.is_nan() { b } else { a.max(b) });
     vec![one, two, two / one]
-}
-
-/// Bounded single-producer single-consumer ring of non-zero words (pointers as `usize`), used by
-/// the producer/consumer figures: the producer allocates and pushes, the consumer pops and frees.
-struct Ring {
-    buf: Box<[AtomicUsize]>,
-    /// Next slot to pop; written by the consumer only.
-    head: rcu_core::CachePadded<AtomicUsize>,
-    /// Next slot to push; written by the producer only.
-    tail: rcu_core::CachePadded<AtomicUsize>,
-}
-
-const RING_CAP: usize = 256;
-
-/// Spins a little, then yields: on a 2-vCPU machine the other side may not be running.
-fn backoff(spins: &mut u32) {
-    *spins += 1;
-    if *spins < 64 {
-        std::hint::spin_loop();
-    } else {
-        std::thread::yield_now();
-    }
-}
-
-impl Ring {
-    fn new() -> Ring {
-        Ring {
-            buf: (0..RING_CAP).map(|_| AtomicUsize::new(0)).collect(),
-            head: rcu_core::CachePadded::new(AtomicUsize::new(0)),
-            tail: rcu_core::CachePadded::new(AtomicUsize::new(0)),
-        }
-    }
-
-    fn push(&self, v: usize) {
-        // Relaxed: only the producer writes `tail`.
-        let t = self.tail.load(Ordering::Relaxed);
-        let mut spins = 0;
-        // Acquire pairs with the consumer's Release store of `head`: the slot was read before
-        // we overwrite it.
-        while t.wrapping_sub(self.head.load(Ordering::Acquire)) >= RING_CAP {
-            backoff(&mut spins);
-        }
-        self.buf[t % RING_CAP].store(v, Ordering::Relaxed);
-        // Release pairs with the consumer's Acquire load of `tail`: the slot's value (and the
-        // object it points to) is visible before the slot is.
-        self.tail.store(t.wrapping_add(1), Ordering::Release);
-    }
-
-    fn pop(&self) -> usize {
-        // Relaxed: only the consumer writes `head`.
-        let h = self.head.load(Ordering::Relaxed);
-        let mut spins = 0;
-        // Acquire pairs with the producer's Release store of `tail`.
-        while self.tail.load(Ordering::Acquire) == h {
-            backoff(&mut spins);
-        }
-        let v = self.buf[h % RING_CAP].load(Ordering::Relaxed);
-        // Release pairs with the producer's Acquire load of `head`.
-        self.head.store(h.wrapping_add(1), Ordering::Release);
-        v
-    }
 }
 
 /// Producer/consumer free pattern: one thread calls `alloc` `n` times and passes each object
