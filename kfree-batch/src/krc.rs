@@ -374,6 +374,10 @@ pub trait Pages {
     /// # Safety
     /// `p` came from `alloc` and is no longer used.
     unsafe fn free(&self, p: NonNull<u8>);
+    /// Whether the source is over its limit: freed pages then go back instead of into a cache.
+    fn over_limit(&self) -> bool {
+        false
+    }
 }
 
 /// The batcher core: per-CPU slots, the budget and the grace-period domain.
@@ -810,8 +814,14 @@ impl<'d, P: Pages> Batcher<'d, P> {
     /// Returns a page to slot `origin`'s cache if it holds fewer than
     /// `max(pages_per_cpu, RECYCLE_KEEP)` pages (freed blocks are the next blocks: no
     /// munmap/mmap/page-fault round trip per ~505 objects), else to the page layer. Refills only
-    /// aim at `pages_per_cpu`; the shrinker empties the caches.
+    /// aim at `pages_per_cpu`; the shrinker empties the caches. While the page source is over its
+    /// limit (lowered below the use) every freed page goes back: the batcher shrinks to the limit
+    /// instead of living on recycled pages.
     pub(crate) fn recycle_page(&self, origin: usize, page: NonNull<u8>) {
+        if self.pages.over_limit() {
+            self.free_page(page);
+            return;
+        }
         let k = &self.krcs[origin % self.krcs.len()];
         let keep = self.pages_per_cpu.max(RECYCLE_KEEP);
         let kept = k.locked(|inner| {

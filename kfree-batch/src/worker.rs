@@ -47,6 +47,9 @@ impl Pages for PageLayer {
         // SAFETY: forwarded contract (a page from `try_alloc_pages(1)`, unused now).
         unsafe { slab_backend::page::free_pages(p, 1) }
     }
+    fn over_limit(&self) -> bool {
+        slab_backend::page::over_limit()
+    }
 }
 
 pub(crate) type Global = Batcher<'static, PageLayer>;

@@ -63,6 +63,46 @@ fn case_budget_zero() {
     slab_backend::set_memory_limit(None);
 }
 
+/// The budget drops to 0 while blocks are in flight and nobody runs the shrinkers: freed blocks
+/// pages go back instead of being recycled, so the batcher runs out of pages, falls back, and ends
+/// holding no page at all (it shrinks to the limit instead of living on its recycled pages).
+fn case_budget_lowered_in_flight() {
+    warm_up();
+    let base = DROPPED.load(Ordering::Relaxed);
+    for i in 0..50_000u64 {
+        kfree_rcu(Box::new(Tracked([i; 4])));
+    }
+    let before = slab_backend::memory_stats();
+    slab_backend::set_memory_limit(Some(0));
+    let n = 200_000u64;
+    for i in 0..n {
+        kfree_rcu(Box::new(Tracked([i; 4])));
+    }
+    kvfree_rcu_barrier();
+    let s = stats();
+    let after = slab_backend::memory_stats();
+    println!("lowered: before {before:?}\nafter {after:?}\n{s:?}");
+    assert_eq!(
+        DROPPED.load(Ordering::Relaxed) - base,
+        50_000 + n,
+        "objects lost"
+    );
+    assert!(
+        after.budget_refusals > before.budget_refusals,
+        "the budget never refused: the batcher lived on recycled pages"
+    );
+    assert!(s.fallback_sync > 0, "no fallback taken: {s:?}");
+    // What may stay: this thread's park array (two pages, kept for reuse by later threads like
+    // a thread record). Blocks and cached pages must all be gone.
+    assert_eq!(s.pages_cached, 0, "pages cached over a zero limit: {s:?}");
+    assert!(
+        after.bytes_in_use <= 2 * slab_backend::PAGE_SIZE,
+        "{} bytes of pages still held over a zero limit after the barrier",
+        after.bytes_in_use
+    );
+    slab_backend::set_memory_limit(None);
+}
+
 /// Inside a reader with no memory: no deadlock, nothing freed before the guard drops, all freed
 /// after it.
 fn case_reader_under_pressure() {
@@ -291,6 +331,7 @@ fn case_fork() {
 fn pressure_child() {
     match child_case().as_deref() {
         Some("budget0") => case_budget_zero(),
+        Some("lowered") => case_budget_lowered_in_flight(),
         Some("reader") => case_reader_under_pressure(),
         Some("rlimit") => case_rlimit(),
         Some("cap") => case_cap_stalled_reader(),
@@ -319,6 +360,11 @@ fn peak_rss_grows_by_at_most_the_cap() {
 #[test]
 fn budget_zero_after_warm_up_frees_everything_through_fallbacks() {
     expect_ok("budget0");
+}
+
+#[test]
+fn budget_lowered_with_blocks_in_flight_shrinks_the_batcher() {
+    expect_ok("lowered");
 }
 
 #[test]

@@ -91,7 +91,8 @@ pub struct MemoryStats {
 }
 
 /// Sets (`Some(bytes)`) or clears (`None`) the process-wide limit on bytes handed out by the page
-/// layer. Lowering it below the current use makes later allocations fail until memory is freed.
+/// layer. Lowering it below the current use makes later allocations fail until memory is freed,
+/// and makes recycling holders give pages back (see [`over_limit`]).
 pub fn set_memory_limit(limit: Option<usize>) {
     LIMIT.store(limit.unwrap_or(usize::MAX), Ordering::Relaxed);
 }
@@ -102,6 +103,14 @@ pub fn memory_limit() -> Option<usize> {
         usize::MAX => None,
         l => Some(l),
     }
+}
+
+/// Whether more bytes are handed out than the current limit allows (the limit was lowered below
+/// the use). Holders of recyclable pages (kfree-batch's page caches) give pages back instead of
+/// keeping them while this holds, so lowering the limit shrinks the kit instead of only
+/// stopping its growth.
+pub fn over_limit() -> bool {
+    IN_USE.load(Ordering::Relaxed) > LIMIT.load(Ordering::Relaxed)
 }
 
 /// A snapshot of the page layer's counters.
