@@ -70,9 +70,19 @@ pub(crate) const BLOCK_CAPACITY: usize =
 
 /// One page: header and pointers.
 #[repr(C)]
-pub(crate) struct Block {
+pub struct Block {
     pub(crate) hdr: BlockHeader,
     pub(crate) ptrs: [*mut u8; BLOCK_CAPACITY],
+}
+
+impl core::fmt::Debug for Block {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Block")
+            .field("count", &self.hdr.count)
+            .field("snap", &self.hdr.snap)
+            .field("inline_free", &self.hdr.inline_free)
+            .finish_non_exhaustive()
+    }
 }
 
 const _: () = assert!(

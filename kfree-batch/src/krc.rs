@@ -299,6 +299,14 @@ pub struct Added {
     pub(crate) drain: Option<NonNull<Block>>,
 }
 
+impl Added {
+    /// The ready block handed back for the caller's front to drain, if any
+    /// ([`crate::raw::FrontChan::install_drain`]).
+    pub fn take_drain(&mut self) -> Option<NonNull<Block>> {
+        self.drain.take()
+    }
+}
+
 /// A detached list of blocks owned by one collector.
 #[derive(Debug)]
 pub struct Batch {
@@ -795,6 +803,20 @@ impl<'d, P: Pages> Batcher<'d, P> {
         }
     }
 
+    /// Frees the rest of a ready block the caller owns (a front's drain block), counted as a
+    /// block freed ready-first.
+    ///
+    /// # Safety
+    /// The caller owns `b` (detached from every slot and channel) and its grace period is over.
+    pub(crate) unsafe fn free_owned_block(&self, b: *mut Block) -> Processed {
+        let mut res = Processed {
+            ready_first: 1,
+            ..Processed::default()
+        };
+        self.free_block(b, &mut res);
+        res
+    }
+
     /// Frees a detached block's objects and recycles its page.
     pub(crate) fn free_block(&self, b: *mut Block, res: &mut Processed) {
         // SAFETY: the collector owns `b` and its grace period completed (checked by the debug
@@ -875,8 +897,13 @@ impl<'d, P: Pages> Batcher<'d, P> {
         added
     }
 
+    /// The page source.
+    pub fn pages(&self) -> &P {
+        &self.pages
+    }
+
     /// Empties every slot's page cache (shrinker). Returns pages given back.
-    pub(crate) fn drain_caches(&self) -> usize {
+    pub fn drain_caches(&self) -> usize {
         let mut freed = 0;
         for k in self.krcs.iter() {
             let mut list = k.locked(|inner| {

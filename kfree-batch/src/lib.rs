@@ -59,6 +59,7 @@
 #![cfg_attr(rcu_loom, allow(dead_code, unused_imports))]
 
 mod block;
+mod chan;
 mod config;
 mod head;
 mod krc;
@@ -87,7 +88,9 @@ pub use park::PARK_SLOTS;
 /// white-box tests. Not a stable API.
 #[doc(hidden)]
 pub mod raw {
+    pub use crate::block::Block;
     pub use crate::block::FreeFn;
+    pub use crate::chan::{stamp_stolen, FrontChan};
     pub use crate::krc::{Added, Batch, Batcher, Collected, Pages, Processed, Refused, Retired};
 }
 

@@ -260,7 +260,7 @@ pub(crate) struct PassResult {
 }
 
 /// Adds what was freed outside a collection pass to the statistics.
-fn count_freed(res: &Processed) {
+pub(crate) fn count_freed(res: &Processed) {
     if res.blocks != 0 {
         FREED.fetch_add(res.objects as u64, Ordering::Relaxed);
         BLOCKS_FREED.fetch_add(res.blocks as u64, Ordering::Relaxed);
@@ -272,17 +272,6 @@ fn count_freed(res: &Processed) {
 pub(crate) fn free_reclaimed(b: &Global, a: &mut Added) {
     let mut res = Processed::default();
     b.free_detached(a, &mut res);
-    count_freed(&res);
-}
-
-/// Frees the rest of a ready block the caller owns (a front's drain block) and counts it as a
-/// block freed ready-first.
-pub(crate) fn free_owned(b: &Global, blk: *mut crate::block::Block) {
-    let mut res = Processed {
-        ready_first: 1,
-        ..Processed::default()
-    };
-    b.free_block(blk, &mut res);
     count_freed(&res);
 }
 
