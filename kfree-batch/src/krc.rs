@@ -454,11 +454,12 @@ impl<'d, P: Pages> Batcher<'d, P> {
         may_reclaim: bool,
     ) -> Result<Added, Refused> {
         let n = self.krcs.len();
-        let home = cpu % n;
+        // No `%` per object (an integer division costs ~25 cycles): `cpu` is normally `< n`.
+        let home = if cpu < n { cpu } else { cpu % n };
         let mut spins = 0u32;
         loop {
             for j in 0..n {
-                let idx = (home + j) % n;
+                let idx = if home + j < n { home + j } else { home + j - n };
                 let k = &self.krcs[idx];
                 if k.lock.try_lock() {
                     let r = k.with(|inner| self.add(k, inner, idx, r, may_alloc, may_reclaim));

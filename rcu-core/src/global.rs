@@ -401,10 +401,14 @@ pub unsafe fn call_rcu_raw(f: unsafe fn(*mut ()), data: *mut ()) {
 fn enqueue(cb: Callback) {
     let lists = lists();
     let n = lists.len();
-    let home = crate::cpu::current_cpu() % n;
+    // No `%` on this path (two integer divisions per call before): `current_cpu() <
+    // possible_cpus() == n`, and the branch keeps it safe regardless.
+    let cpu = crate::cpu::current_cpu();
+    let home = if cpu < n { cpu } else { cpu % n };
     let mut cb = cb;
     for i in 0..n.min(4) {
-        match lists[(home + i) % n].try_enqueue(cb) {
+        let j = home + i; // < 2n
+        match lists[if j < n { j } else { j - n }].try_enqueue(cb) {
             Ok(()) => return enqueued(),
             Err(EnqueueError::Busy(back)) => cb = back,
             Err(EnqueueError::NoMemory(back)) => return no_memory(back),
