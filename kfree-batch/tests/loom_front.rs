@@ -9,63 +9,15 @@
 //! the cell that loom reports) fails the model.
 #![cfg(rcu_loom)]
 
-use std::collections::HashSet;
-use std::ptr::NonNull;
+mod common_loom;
 
-use kfree_batch::raw::{stamp_stolen, Batch, Batcher, FrontChan, Pages, Processed};
-use loom::cell::UnsafeCell;
+use common_loom::{check_pages, collect_slots, obj, spawn_reader, HeapPages, Obj};
+use kfree_batch::raw::{stamp_stolen, Batch, Batcher, FrontChan, Processed};
 use loom::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use loom::sync::Arc;
 use loom::thread;
 use rcu_core::raw::Domain;
 use rcu_core::Mode;
-
-struct Obj {
-    payload: UnsafeCell<u64>,
-}
-
-fn obj(v: u64) -> *mut u8 {
-    Box::into_raw(Box::new(Obj {
-        payload: UnsafeCell::new(v),
-    }))
-    .cast()
-}
-
-/// Pages from the heap (the page layer is not part of the model). Tracks the pages handed out
-/// (outside loom's model: bookkeeping, not part of the protocol) so that a page given back twice
-/// — two owners of one block — fails the model instead of corrupting the heap.
-#[derive(Default)]
-struct HeapPages {
-    live: std::sync::Mutex<HashSet<usize>>,
-}
-impl Pages for HeapPages {
-    fn alloc(&self) -> Option<NonNull<u8>> {
-        let l = std::alloc::Layout::from_size_align(4096, 4096).unwrap();
-        // SAFETY: non-zero size layout.
-        let p = NonNull::new(unsafe { std::alloc::alloc_zeroed(l) })?;
-        self.live.lock().unwrap().insert(p.as_ptr() as usize);
-        Some(p)
-    }
-    unsafe fn free(&self, p: NonNull<u8>) {
-        assert!(
-            self.live.lock().unwrap().remove(&(p.as_ptr() as usize)),
-            "a block page was given back twice (two owners of one block)"
-        );
-        let l = std::alloc::Layout::from_size_align(4096, 4096).unwrap();
-        // SAFETY: `p` came from `alloc` with the same layout and is given back once (checked).
-        unsafe { std::alloc::dealloc(p.as_ptr(), l) }
-    }
-}
-
-/// Gives every cached page back and checks that none is missing or left: each page the batcher
-/// took came back exactly once.
-fn check_pages(b: &B) {
-    b.drain_caches();
-    assert!(
-        b.pages().live.lock().unwrap().is_empty(),
-        "block pages leaked (a block lost by both sides)"
-    );
-}
 
 /// Poisons one object (the write loom checks against readers) after checking it was not freed
 /// before, and counts it in the `AtomicUsize` that is the channel's context.
@@ -123,19 +75,6 @@ fn collect_front(b: &B, c: &FrontChan) -> usize {
     res.objects
 }
 
-/// Everything handed to the slot: collect, wait for the newest snapshot, free.
-fn collect_slots(b: &B) -> usize {
-    let mut batch = Batch::new();
-    b.collect(&mut batch, true, 0, 0);
-    let mut res = Processed::default();
-    let (mut later, newest) = b.free_ready(&mut batch, &mut res);
-    if let Some(s) = newest {
-        b.domain().wait_for(s, false);
-    }
-    b.free_all(&mut later, &mut res);
-    res.objects
-}
-
 fn free_objs(objs: &[usize]) {
     for &o in objs {
         // SAFETY: each object is dropped once, after the model's threads are done.
@@ -154,30 +93,16 @@ fn append_and_hand_over_race_a_collector() {
         let old = obj(1);
         let slot = Arc::new(AtomicPtr::new(old));
         c.open(&b, 0, false, true, 0).expect("open");
-        let reader = {
-            let slot = slot.clone();
-            thread::spawn(move || {
-                let rec = dom.register();
-                dom.read_lock(rec);
-                let p = slot.load(Ordering::Acquire);
-                // SAFETY: objects stay allocated until the end of the model.
-                let v = unsafe { &*(p as *const Obj) }
-                    .payload
-                    .with(|v| unsafe { *v });
-                assert_ne!(v, u64::MAX, "object freed inside the reader's section");
-                dom.read_unlock(rec);
-                dom.unregister(rec);
-            })
-        };
+        let reader = spawn_reader(dom, slot.clone());
         let owner = {
             let (b, c, slot) = (b.clone(), c.clone(), slot.clone());
             thread::spawn(move || {
                 let new = obj(2);
-                let old = slot.swap(new.cast(), Ordering::AcqRel);
+                let old = slot.swap(new, Ordering::AcqRel);
                 let rec = dom.register();
                 dom.read_lock(rec);
                 // SAFETY: this thread owns the channel and holds the read lock across the call.
-                let appended = unsafe { c.append(old, 8) }.is_some();
+                let appended = unsafe { c.append(old.cast(), 8) }.is_some();
                 dom.read_unlock(rec);
                 dom.unregister(rec);
                 if appended {
@@ -191,7 +116,7 @@ fn append_and_hand_over_race_a_collector() {
         let by_collector = collect_front(&b, &c);
         let appended = owner.join().unwrap();
         reader.join().unwrap();
-        let by_slots = collect_slots(&b);
+        let by_slots = collect_slots(&b).objects;
         assert!(c.hand_over(&b, 0, false, false).is_none());
         assert_eq!(
             by_collector + by_slots,
@@ -220,7 +145,7 @@ fn drain_steps_race_a_collector() {
         dom.read_lock(rec);
         for &o in &objs {
             // SAFETY: this thread owns the channel and holds the read lock.
-            assert_eq!(unsafe { c.append(o, 8) }, Some(false));
+            assert_eq!(unsafe { c.append(o.cast(), 8) }, Some(false));
         }
         dom.read_unlock(rec);
         dom.unregister(rec);

@@ -7,34 +7,15 @@
 //! ordered after the reader's access is a data race loom reports.
 #![cfg(rcu_loom)]
 
-use std::ptr::NonNull;
+mod common_loom;
 
-use kfree_batch::raw::{Batch, Batcher, Pages, Processed, Retired};
-use loom::cell::UnsafeCell;
+use common_loom::{check_pages, collect_slots, obj, spawn_reader, HeapPages, Obj};
+use kfree_batch::raw::{Batcher, Retired};
 use loom::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use loom::sync::Arc;
 use loom::thread;
 use rcu_core::raw::Domain;
 use rcu_core::Mode;
-
-struct Obj {
-    payload: UnsafeCell<u64>,
-}
-
-/// Pages from the heap (the page layer is not part of the model).
-struct HeapPages;
-impl Pages for HeapPages {
-    fn alloc(&self) -> Option<NonNull<u8>> {
-        let l = std::alloc::Layout::from_size_align(4096, 4096).unwrap();
-        // SAFETY: non-zero size layout.
-        NonNull::new(unsafe { std::alloc::alloc_zeroed(l) })
-    }
-    unsafe fn free(&self, p: NonNull<u8>) {
-        let l = std::alloc::Layout::from_size_align(4096, 4096).unwrap();
-        // SAFETY: `p` came from `alloc` with the same layout.
-        unsafe { std::alloc::dealloc(p.as_ptr(), l) }
-    }
-}
 
 /// The model's free function: poisons each object (the write loom checks) and counts it in the
 /// `AtomicUsize` passed as the channel context.
@@ -53,48 +34,27 @@ fn no_clock() -> u64 {
     0
 }
 
-fn drain(b: &Batcher<'static, HeapPages>) -> Processed {
-    let mut batch = Batch::new();
-    b.collect(&mut batch, true, 0, 0);
-    let mut res = Processed::default();
-    let (mut later, newest) = b.free_ready(&mut batch, &mut res);
-    if let Some(s) = newest {
-        b.domain().wait_for(s, false);
-    }
-    b.free_all(&mut later, &mut res);
-    res
-}
-
 #[test]
 fn block_hand_off() {
     loom::model(|| {
         let dom: &'static Domain = Box::leak(Box::new(Domain::new(Mode::Fences)));
-        let b = Arc::new(Batcher::new(2, 1 << 30, 1, dom, HeapPages, no_clock));
+        let b = Arc::new(Batcher::new(
+            2,
+            1 << 30,
+            1,
+            dom,
+            HeapPages::default(),
+            no_clock,
+        ));
         let freed = Arc::new(AtomicUsize::new(0));
         let ctx = &*freed as *const AtomicUsize as usize;
-        let a = Box::into_raw(Box::new(Obj {
-            payload: UnsafeCell::new(1),
-        }));
+        let a = obj(1);
         let slot = Arc::new(AtomicPtr::new(a));
-        let reader = {
-            let slot = slot.clone();
-            thread::spawn(move || {
-                let rec = dom.register();
-                dom.read_lock(rec);
-                let p = slot.load(Ordering::Acquire);
-                // SAFETY: objects stay allocated until the end of the model.
-                let v = unsafe { &*p }.payload.with(|v| unsafe { *v });
-                assert_ne!(v, u64::MAX, "object freed inside the reader's section");
-                dom.read_unlock(rec);
-                dom.unregister(rec);
-            })
-        };
+        let reader = spawn_reader(dom, slot.clone());
         let producer = {
             let (b, slot) = (b.clone(), slot.clone());
             thread::spawn(move || {
-                let n = Box::into_raw(Box::new(Obj {
-                    payload: UnsafeCell::new(2),
-                }));
+                let n = obj(2);
                 let old = slot.swap(n, Ordering::AcqRel);
                 b.enqueue(
                     0,
@@ -112,9 +72,9 @@ fn block_hand_off() {
             })
         };
         // The collector runs once concurrently with the producer, once after it.
-        let first = drain(&b);
+        let first = collect_slots(&b);
         producer.join().unwrap();
-        let second = drain(&b);
+        let second = collect_slots(&b);
         reader.join().unwrap();
         assert_eq!(
             first.objects + second.objects,
@@ -122,6 +82,7 @@ fn block_hand_off() {
             "the object was freed exactly once"
         );
         assert_eq!(freed.load(Ordering::Relaxed), 1);
+        check_pages(&b);
         let last = slot.load(Ordering::Relaxed);
         // SAFETY: both objects are freed once here.
         unsafe {
@@ -137,16 +98,17 @@ fn block_hand_off() {
 fn contended_slot_moves_to_another() {
     loom::model(|| {
         let dom: &'static Domain = Box::leak(Box::new(Domain::new(Mode::Fences)));
-        let b = Arc::new(Batcher::new(2, 1 << 30, 0, dom, HeapPages, no_clock));
+        let b = Arc::new(Batcher::new(
+            2,
+            1 << 30,
+            0,
+            dom,
+            HeapPages::default(),
+            no_clock,
+        ));
         let freed = Arc::new(AtomicUsize::new(0));
         let ctx = &*freed as *const AtomicUsize as usize;
-        let objs: Vec<usize> = (0..2)
-            .map(|i| {
-                Box::into_raw(Box::new(Obj {
-                    payload: UnsafeCell::new(i),
-                })) as usize
-            })
-            .collect();
+        let objs: Vec<usize> = (0..2).map(|i| obj(i as u64) as usize).collect();
         let done = Arc::new(AtomicUsize::new(0));
         let hs: Vec<_> = objs
             .iter()
@@ -173,9 +135,10 @@ fn contended_slot_moves_to_another() {
         for h in hs {
             h.join().unwrap();
         }
-        let res = drain(&b);
+        let res = collect_slots(&b);
         assert_eq!(res.objects, 2);
         assert_eq!(freed.load(Ordering::Relaxed), 2);
+        check_pages(&b);
         assert_eq!(done.load(Ordering::Relaxed), 2);
         for o in objs {
             // SAFETY: freed once.
