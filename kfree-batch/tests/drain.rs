@@ -7,12 +7,13 @@
 #![cfg(not(rcu_loom))]
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use kfree_batch::{kfree_rcu, kvfree_rcu_barrier, stats};
-use rcu_core::rcu_read_lock;
+
+mod common;
 
 /// 56 bytes with a self-check word (`check == id ^ MAGIC`).
 #[repr(C)]
@@ -80,55 +81,18 @@ fn drained_objects_are_never_freed_inside_a_reader() {
     const SLOTS: usize = 16;
     let frees0 = PLAIN_FREES.load(Ordering::Relaxed);
     let inline0 = stats().freed_inline;
-    let slots: Arc<Vec<AtomicPtr<Plain>>> = Arc::new(
+    let rd = common::Readers::new(
         (0..SLOTS as u64)
             .map(|i| AtomicPtr::new(Box::into_raw(plain(i))))
             .collect(),
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    let errors = Arc::new(AtomicU64::new(0));
-    let reads = Arc::new(AtomicU64::new(0));
-    let readers: Vec<_> = (0..2)
-        .map(|r| {
-            let (slots, stop, errors, reads) =
-                (slots.clone(), stop.clone(), errors.clone(), reads.clone());
-            std::thread::spawn(move || {
-                let mut i = 0usize;
-                while !stop.load(Ordering::Relaxed) {
-                    i += 1;
-                    let g = rcu_read_lock();
-                    let p = slots[i % SLOTS].load(Ordering::Acquire);
-                    // SAFETY: published objects are freed only after a grace period, which this
-                    // guard holds off (the property under test).
-                    let o = unsafe { &*p };
-                    if !intact(o) {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if r == 1 && i % 64 == 0 {
-                        // A long reader (~5 ms) checking all along: a block drained before its
-                        // grace period poisons the object while it is held.
-                        let t = Instant::now();
-                        while t.elapsed() < Duration::from_millis(5) {
-                            if !intact(o) {
-                                errors.fetch_add(1, Ordering::Relaxed);
-                                break;
-                            }
-                            std::thread::sleep(Duration::from_micros(100));
-                        }
-                    } else {
-                        for _ in 0..(i % 32) {
-                            std::hint::spin_loop();
-                        }
-                    }
-                    if !intact(o) {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                    drop(g);
-                    reads.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
+    let readers = common::spawn_readers(&rd, |p| p, |_| (), |o, _| !intact(o));
+    let common::Readers {
+        slots,
+        stop,
+        errors,
+        reads,
+    } = rd;
     // A barrier caller steals drain blocks (and open blocks) while their owners drain them.
     let barriers = {
         let stop = stop.clone();

@@ -15,6 +15,8 @@ use kfree_batch::{
 use rcu_core::rcu_read_lock;
 use slab_backend::KmemCache;
 
+mod common;
+
 const MAX_IDS: usize = 1 << 21;
 static DEAD: [AtomicBool; MAX_IDS] = [const { AtomicBool::new(false) }; MAX_IDS];
 static DROPS: AtomicU64 = AtomicU64::new(0);
@@ -63,61 +65,23 @@ fn kfree_rcu_never_frees_inside_a_reader() {
     };
     // Slots hold either a Box<Obj> or a cache object (tagged in the low bit). Cache objects are
     // fully overwritten with a new id when allocated, so reuse before a grace period is visible.
-    let slots: Arc<Vec<AtomicPtr<Obj>>> = Arc::new(
+    let rd = common::Readers::new(
         (0..SLOTS)
             .map(|_| AtomicPtr::new(Box::into_raw(Box::new(obj(new_id())))))
             .collect(),
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    let errors = Arc::new(AtomicU64::new(0));
-    let reads = Arc::new(AtomicU64::new(0));
-
-    let readers: Vec<_> = (0..2)
-        .map(|r| {
-            let (slots, stop, errors, reads) =
-                (slots.clone(), stop.clone(), errors.clone(), reads.clone());
-            std::thread::spawn(move || {
-                let mut i = 0usize;
-                while !stop.load(Ordering::Relaxed) {
-                    i += 1;
-                    let g = rcu_read_lock();
-                    let p = slots[i % SLOTS].load(Ordering::Acquire);
-                    let p = (p as usize & !1) as *const Obj;
-                    // SAFETY: published objects are freed only after a grace period, which this
-                    // guard holds off.
-                    let o = unsafe { &*p };
-                    let id = o.id;
-                    let bad = |o: &Obj| {
-                        DEAD[id].load(Ordering::Relaxed) || o.id != id || o.pad[0] != id as u64
-                    };
-                    if bad(o) {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if r == 1 && i % 64 == 0 {
-                        // A long reader: hold the object for ~5 ms, checking it all along, so a
-                        // block freed before its grace period is caught while it is held.
-                        let t = Instant::now();
-                        while t.elapsed() < Duration::from_millis(5) {
-                            if bad(o) {
-                                errors.fetch_add(1, Ordering::Relaxed);
-                                break;
-                            }
-                            std::thread::sleep(Duration::from_micros(100));
-                        }
-                    } else {
-                        for _ in 0..(i % 32) {
-                            std::hint::spin_loop();
-                        }
-                    }
-                    if bad(o) {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                    drop(g);
-                    reads.fetch_add(1, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
+    let readers = common::spawn_readers(
+        &rd,
+        |p| (p as usize & !1) as *const Obj,
+        |o| o.id,
+        |o, &id| DEAD[id].load(Ordering::Relaxed) || o.id != id || o.pad[0] != id as u64,
+    );
+    let common::Readers {
+        slots,
+        stop,
+        errors,
+        reads,
+    } = rd;
 
     let writers: Vec<_> = (0..2)
         .map(|w| {
