@@ -33,6 +33,13 @@
 //! taken before a `synchronize_rcu()` always polls true after it returns, because that call waits
 //! for `gp_seq` to reach its own snapshot, which is at least as large.
 //!
+//! **Trying without waiting.** `try_advance(snap)` runs grace periods only while no reader blocks
+//! them: it try-locks `gp_lock`, and at the first record that blocks it leaves the grace period
+//! in progress and returns. The next runner finishes that grace period as it finishes one a
+//! forking parent left: a new heavy barrier, then the scan. A caller that cannot wait (a
+//! kfree-batch producer whose grace-period thread lags) pays one heavy barrier instead of
+//! waiting; readers are never waited for on its behalf.
+//!
 //! **fork().** The child's `gp_lock` is reset; if the parent was in the middle of a grace period,
 //! `gp_seq` still says "in progress" and the next runner finishes that grace period (scanning the
 //! records again) instead of starting a new one.
@@ -197,6 +204,11 @@ impl Domain {
         GpSeq(self.gp_seq.load(Ordering::Relaxed)).snap()
     }
 
+    /// Grace periods this domain completed (statistics; Relaxed).
+    pub fn completed_grace_periods(&self) -> u64 {
+        self.grace_periods.load(Ordering::Relaxed)
+    }
+
     /// Whether the grace period of `snap` is over.
     #[inline]
     pub fn poll(&self, snap: GpSeq) -> bool {
@@ -232,6 +244,31 @@ impl Domain {
             }
             self.wait_for_leader(snap, expedited);
         }
+    }
+
+    /// Tries to make `snap` done without waiting: if no grace period is running, runs grace
+    /// periods until `snap` is done as long as no reader blocks them (one heavy barrier each).
+    /// Never sleeps and never spins on a reader: a grace period a reader blocks is left in
+    /// progress for the next runner (`wait_for`, or another `try_advance`), which finishes it.
+    /// Returns whether `snap` is done.
+    ///
+    /// For a caller that would rather do a little work now than wait for a grace-period thread
+    /// that lags (kfree-batch's producers when their recycled blocks run out). Inside a
+    /// read-side critical section it returns `false`: the caller's own section blocks.
+    pub fn try_advance(&self, snap: GpSeq) -> bool {
+        if self.poll(snap) {
+            return true;
+        }
+        if !self.gp_lock.try_lock() {
+            return false; // a grace period is running; its leader finishes it
+        }
+        let _unlock = GpLockGuard(self);
+        while !self.poll(snap) {
+            if !self.try_run_gp() {
+                return false;
+            }
+        }
+        true
     }
 
     /// A short pause before a shared grace period (see `wait_for`).
@@ -272,11 +309,37 @@ impl Domain {
 
     /// Runs one grace period. Caller holds `gp_lock`.
     fn run_gp(&self, expedited: bool) {
+        let s = self.start_gp();
+        for rec in self.registry.iter() {
+            self.wait_for_reader(rec, s, expedited);
+        }
+        self.end_gp(s);
+    }
+
+    /// Runs one grace period if no reader blocks it, without waiting; a grace period some
+    /// reader blocks is left in progress (the next runner finishes it). Caller holds `gp_lock`.
+    fn try_run_gp(&self) -> bool {
+        let s = self.start_gp();
+        for rec in self.registry.iter() {
+            // Acquire pairs with the reader's Release stores of its word (as in
+            // `wait_for_reader`).
+            if blocks_gp(rec.word.load(Ordering::Acquire), s) {
+                return false;
+            }
+        }
+        self.end_gp(s);
+        true
+    }
+
+    /// Starts a grace period (or takes over the one left in progress) and issues its heavy
+    /// barrier. Caller holds `gp_lock`.
+    fn start_gp(&self) -> GpSeq {
         // Relaxed: only the lock holder stores gp_seq (Invariant 1); the lock's Acquire made the
         // previous holder's stores visible.
         let cur = GpSeq(self.gp_seq.load(Ordering::Relaxed));
         let s = if cur.in_progress() {
-            // Left in progress by a parent that forked mid-grace-period: finish it.
+            // Left in progress by `try_advance`, or by a parent that forked mid-grace-period:
+            // finish it (its readers are scanned again after a new heavy barrier).
             cur
         } else {
             let s = cur.start();
@@ -287,9 +350,11 @@ impl Domain {
         };
         membarrier::heavy(self.mode());
         self.heavy_barriers.fetch_add(1, Ordering::Relaxed);
-        for rec in self.registry.iter() {
-            self.wait_for_reader(rec, s, expedited);
-        }
+        s
+    }
+
+    /// Ends grace period `s` (every reader that blocked it was seen quiescent or newer).
+    fn end_gp(&self, s: GpSeq) {
         // Release pairs with `poll`'s Acquire (Invariant 2).
         self.gp_seq.store(s.end().raw(), Ordering::Release);
         self.grace_periods.fetch_add(1, Ordering::Relaxed);
