@@ -63,9 +63,10 @@ pub(crate) fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// `Box::new` that reports allocation failure (`None`) instead of aborting, so that runs under
-/// `RLIMIT_AS` can count failures and go on.
-pub(crate) fn try_box<T>(value: T) -> Option<Box<T>> {
+/// `Box::new` that reports allocation failure instead of aborting, so that runs under
+/// `RLIMIT_AS` can count failures and go on. On failure the value comes back unmoved (`Err`):
+/// the caller decides whether it is dropped (an element's destructor ends its identity).
+pub(crate) fn try_box<T>(value: T) -> Result<Box<T>, T> {
     let layout = Layout::new::<T>();
     assert!(
         layout.size() > 0,
@@ -74,13 +75,13 @@ pub(crate) fn try_box<T>(value: T) -> Option<Box<T>> {
     // SAFETY: the layout has a non-zero size (checked above).
     let p = unsafe { std::alloc::alloc(layout) }.cast::<T>();
     if p.is_null() {
-        return None;
+        return Err(value);
     }
     // SAFETY: `p` is a fresh allocation from the global allocator with `T`'s layout; writing the
     // value and handing ownership to a `Box` is what `Box::new` does.
     unsafe {
         p.write(value);
-        Some(Box::from_raw(p))
+        Ok(Box::from_raw(p))
     }
 }
 
@@ -95,16 +96,29 @@ impl Elem {
         }
     }
 
-    /// A boxed element carrying identity `tag`, or `None` when memory cannot be had.
+    /// A boxed element carrying identity `tag`, or `None` when memory cannot be had (the
+    /// identity is then left alive for the caller to end: nothing was allocated, so no element
+    /// was destroyed).
     pub(crate) fn new_box(tag: u64) -> Option<Box<Elem>> {
-        let b = try_box(Elem {
+        let elem = Elem {
             tag: AtomicU64::new(tag),
             check: AtomicU64::new(mix(tag)),
             magic: AtomicU64::new(MAGIC_BOX),
             head: RcuHead::new(),
-        })?;
-        BOX_ALLOCS.fetch_add(1, Ordering::Relaxed);
-        Some(b)
+        };
+        match try_box(elem) {
+            Ok(b) => {
+                BOX_ALLOCS.fetch_add(1, Ordering::Relaxed);
+                Some(b)
+            }
+            Err(unallocated) => {
+                // Its destructor would end the identity and count a free of a box that never
+                // existed; the caller ends the identity once (`make_elem`). Atomics and an
+                // unlinked head own nothing, so forgetting it leaks nothing.
+                core::mem::forget(unallocated);
+                None
+            }
+        }
     }
 
     /// Gives a (possibly reused) typesafe object the identity `tag` before it is published.

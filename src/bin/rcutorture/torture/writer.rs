@@ -439,7 +439,8 @@ pub(crate) fn barrier_checker(ctx: Arc<Ctx>) {
                 "rcu_barrier"
             }
             _ => {
-                let Some(b) = try_box(s) else {
+                // On failure the sentinel drops here, marking `seq` done: nothing was queued.
+                let Ok(b) = try_box(s) else {
                     ctx.alloc_failures.fetch_add(1, Ordering::Relaxed);
                     std::thread::sleep(Duration::from_millis(5));
                     continue;
