@@ -13,19 +13,19 @@
 //!  +--------------------------------------------------------------+
 //! ```
 //!
-//! `snap` is the grace-period state taken when the block is *handed over* (full, or drained after
-//! the delay) under the per-CPU lock, i.e. after every enqueue into it: the kernel stamps on every
-//! add, which costs a full fence per object; stamping once per block is later and therefore at
-//! least as conservative. Before a block's pointers are freed, a debug assertion checks that
+//! `snap` is the grace-period state taken when the block is *handed over* (full, or taken after
+//! the drain delay) under the per-CPU lock, i.e. after every enqueue into it: the kernel stamps on
+//! every add, which costs a full fence per object; stamping once per block is later and therefore
+//! at least as conservative. A recycled block is stamped again at its next hand-over. Before a block's pointers are freed, a debug assertion checks that
 //! `snap` has completed (the kernel's `WARN_ON_ONCE(!poll_state_synchronize_rcu_full())`).
 //!
 //! `inline_free` marks the [`dealloc_boxes`] channels: boxes of types without drop glue, freed by
 //! the global allocator's `dealloc` alone, with the layout encoded in the channel's context (so
 //! every such type of one layout shares a channel). That free runs no user code and never waits,
-//! so ready blocks of these channels may be *drained* one object per retire on a producer's thread,
-//! inside its read-side critical section (see `local.rs`): the allocator's thread cache then takes
-//! each freed chunk and hands it to the next allocation, instead of overflowing on a whole block
-//! at once.
+//! so ready blocks of these channels may be *recycled in place* on a producer's thread (see
+//! `local.rs`): each retire takes one ready object out and puts the new one in its slot, and the
+//! allocator's thread cache then takes each freed chunk and hands it to the next allocation,
+//! instead of overflowing on a whole block at once.
 
 use core::alloc::Layout;
 use core::mem::size_of;

@@ -1,56 +1,65 @@
-//! One channel of a per-thread front: the lock-free protocol between the thread that appends
-//! to and drains its blocks and the collectors that take them away.
+//! One channel of a per-thread front: the lock-free protocol between the thread that puts
+//! objects into its block and the collectors that take the block away.
 //!
 //! # Implementation
 //!
 //! A channel is a free function and its context (one per type, or per layout for types without
-//! drop glue) with two block slots: the *open* block the owner appends to and the *drain* block,
-//! a ready block of an `inline_free` channel the owner frees one object per retire
-//! (`local.rs` says why). Appending and draining are plain stores by the owner — but the worker
-//! and `kvfree_rcu_barrier` must be able to take a block from a thread that stopped retiring
-//! (drain delay, barrier, thread gone after `fork()`). RCU protects both slots:
+//! drop glue) with one *open block* the owner puts objects into. An open block is either a fresh
+//! page being filled (`ptrs[count++] = obj`), or — for an `inline_free` channel — a ready block
+//! recycled in place: its first `old` pointers are objects whose grace period is over, and each
+//! put takes `ptrs[old - 1]` out and stores the new object in its slot (`local.rs` says why). Once
+//! `old` reaches 0 the block holds only new objects and is filled on like a fresh one. Putting is
+//! plain stores by the owner — but the worker and `kvfree_rcu_barrier` must be able to take a
+//! block from a thread that stopped retiring (drain delay, barrier, thread gone after `fork()`).
+//! RCU protects the slot:
 //!
 //! ```text
 //!   owner                                    collector (holds the busy lock)
 //!   -----                                    ---------
 //!   rcu_read_lock()                          b = chan.block.swap(null)
 //!   b = chan.block.load()                    snap = get_state()       // after the swap
-//!   b.ptrs[count] = obj; count += 1          wait_for(snap)           // waits for the owner's
-//!   d = chan.drain.load()                                             //   section that saw `b`
-//!   n = d.count - 1; p = d.ptrs[n]                                    //   or `d`
-//!   d.count = n; free(p)  // d's GP is over  read b.count, free b.ptrs[..count]
-//!   rcu_read_unlock()                        (the same for a stolen drain block)
+//!   if old > 0:                              wait_for(snap)           // waits for the owner's
+//!     old -= 1; p = b.ptrs[old]                                       //   section that saw `b`
+//!     b.ptrs[old] = obj                      read b.count, free b.ptrs[..count]
+//!   else: b.ptrs[count] = obj; count += 1
+//!   rcu_read_unlock()
+//!   free(p)        // p's grace period is over and p is no longer in the block
 //! ```
 //!
-//! An append or drain step that saw the old pointer ran inside a read-side critical section that
-//! began before the grace period, so it happens-before the collector reads `count`; one after
-//! the grace period's start sees null (heavy/light barrier pairing) and takes the slow path. The
-//! same grace period covers the appended objects themselves (they were retired before the swap),
-//! and a drain free in flight: when a collector's grace period ends, nothing popped before it is
-//! still being freed. The owner and the collector write disjoint header fields (`count`/`bytes`/
-//! `ptrs` vs `snap`/`next`/`handed_ms`), so there is no data race while a step is in flight.
+//! A put that saw the old pointer ran inside a read-side critical section that began before the
+//! grace period, so it happens-before the collector reads the pointers; one after the grace
+//! period's start sees null (heavy/light barrier pairing) and takes the slow path. The same grace
+//! period covers the put objects themselves (they were retired before the swap). A replaced
+//! object left the block inside that section, so the collector, reading after the grace period,
+//! sees its successor in the slot and never frees it; the owner frees it once, after its section.
+//! The owner and the collector write disjoint header fields (`count`/`bytes`/`ptrs` vs
+//! `snap`/`next`/`handed_ms`), so there is no data race while a put is in flight.
 //!
-//! A full open block and an empty drain block are detached by the owner with a swap: if a
+//! A full block (`old == 0`, `count` at capacity) is detached by the owner with a swap: if a
 //! collector won it, the collector has the block.
 //!
 //! Invariants:
-//! 0. The key (`free`, `ctx`) is written by the owner only, while both slots are null; a block
-//!    in either slot belongs to the key's channel.
-//! 1. Only the owner stores a non-null pointer into a slot; anyone may swap a slot to null, and
+//! 0. The key (`free`, `ctx`) is written by the owner only, while the slot is null; a block in the
+//!    slot belongs to the key's channel.
+//! 1. Only the owner stores a non-null pointer into the slot; anyone may swap it to null, and
 //!    whoever gets the non-null value owns the block.
-//! 2. The owner touches a slot's block only inside one read-side critical section that loaded
+//! 2. The owner touches the slot's block only inside one read-side critical section that loaded
 //!    the pointer, and only its owner fields (`count`, `bytes`, `ptrs`).
-//! 3. `drain` is null or a ready block of an `inline_free` channel with `count > 0` when
-//!    installed; its budget (objects and page) stays charged until the whole block is freed.
+//! 3. `old <= count`. `ptrs[..old]` are objects of a block whose grace period was over when it
+//!    was installed (a ready block of this `inline_free` channel); `ptrs[old..count]` were put
+//!    since. `old` is owner-only and meaningless while the slot is null.
+//! 4. A replacing put keeps the block's charge: an `inline_free` channel charges every object
+//!    the same size (its layout's), so the new object takes over the charge of the one it
+//!    replaces. Only filling puts charge the budget.
 //!
 //! ## Memory orderings
 //! * Slot loads by the owner are `Relaxed`: only the owner stores non-null values (Invariant 1),
 //!   and a collector's swap is ordered against the owner's section by the grace period.
 //! * Installing a block is a `Release` store; a collector's swap is `Acquire` (the block's header
-//!   and, for a drain block, its pointers are visible to it). The owner's own detaching swap is
-//!   `Acquire` for symmetry; it only ever gets back what it stored.
-//! * `opened_ms`/`drain_ms` and the key are `Relaxed` hints and owner-only words: a stale age only
-//!   delays a steal; the swap decides ownership.
+//!   and pointers are visible to it). The owner's own detaching swap is `Acquire` for symmetry;
+//!   it only ever gets back what it stored.
+//! * `opened_ms`, `old` and the key are `Relaxed` owner-only words (`opened_ms` is a hint to
+//!   collectors: a stale age only delays a steal; the swap decides).
 //!
 //! The channel is the unit the loom model (`tests/loom_front.rs`) runs against a real
 //! [`Batcher`] and grace-period domain.
@@ -61,9 +70,9 @@ use rcu_core::GpSeq;
 
 use crate::block::{Block, FreeFn, BLOCK_CAPACITY};
 use crate::krc::{newer, Added, Batch, Batcher, ChanKey, Pages, Processed, Refused};
-use crate::primitive::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use crate::primitive::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
-/// One channel of a front (module docs, Invariants 0-3).
+/// One channel of a front (module docs, Invariants 0-4).
 #[derive(Debug)]
 pub struct FrontChan {
     /// The channel's free function as an address, 0 while unused (owner writes, Invariant 0).
@@ -72,12 +81,34 @@ pub struct FrontChan {
     ctx: AtomicPtr<()>,
     /// The open block, or null (Invariant 1).
     block: AtomicPtr<Block>,
-    /// When the open block was opened (batcher clock), for the drain delay.
+    /// When the open block was installed (batcher clock), for the drain delay.
     opened_ms: AtomicU64,
-    /// The ready block being freed one object per retire, or null (Invariant 3).
-    drain: AtomicPtr<Block>,
-    /// When `drain` was installed (batcher clock): collectors steal it after the drain delay.
-    drain_ms: AtomicU64,
+    /// Ready objects left at the bottom of the open block (owner only, Invariant 3).
+    old: AtomicU32,
+}
+
+/// What a put did ([`FrontChan::put`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Put {
+    /// The object replaced `freed`, a ready object the caller must free (outside or inside its
+    /// read-side critical section: it runs no user code). `full`: the block holds only new
+    /// objects and is full (detach it with [`FrontChan::hand_over`]).
+    Replaced {
+        /// The ready object taken out of the block.
+        freed: *mut u8,
+        /// The block is full.
+        full: bool,
+    },
+    /// The object was appended (charge it to the budget). `full` as for `Replaced`.
+    Appended {
+        /// The block is full.
+        full: bool,
+    },
+    /// No open block (never opened, or a collector took it): nothing was done.
+    NoBlock,
+    /// Appending was not allowed (no budget) and there is no ready object to replace: nothing
+    /// was done.
+    NoBudget,
 }
 
 impl Default for FrontChan {
@@ -94,8 +125,7 @@ impl FrontChan {
             ctx: AtomicPtr::new(core::ptr::null_mut()),
             block: AtomicPtr::new(core::ptr::null_mut()),
             opened_ms: AtomicU64::new(0),
-            drain: AtomicPtr::new(core::ptr::null_mut()),
-            drain_ms: AtomicU64::new(0),
+            old: AtomicU32::new(0),
         }
     }
 
@@ -114,135 +144,125 @@ impl FrontChan {
         )
     }
 
-    /// Keys the channel for `(free, ctx)` (owner only, both slots null: Invariant 0).
+    /// Keys the channel for `(free, ctx)` (owner only, slot null: Invariant 0).
     pub fn set_key(&self, free: FreeFn, ctx: *const ()) {
         debug_assert!(
             self.is_idle(),
-            "kfree-batch: re-keying a channel that holds blocks"
+            "kfree-batch: re-keying a channel that holds a block"
         );
         self.free.store(free as usize, Ordering::Relaxed);
         self.ctx.store(ctx.cast_mut(), Ordering::Relaxed);
     }
 
-    /// Marks the channel unused (owner only, both slots detached).
+    /// Marks the channel unused (owner only, slot detached).
     pub(crate) fn clear_key(&self) {
         self.free.store(0, Ordering::Relaxed);
     }
 
     /// Whether the channel is unused or holds no block. Relaxed: the key is owner-written, and
-    /// collectors only ever swap a slot to null, so a null seen by the owner stays null.
+    /// collectors only ever swap the slot to null, so a null seen by the owner stays null.
     pub(crate) fn is_idle(&self) -> bool {
-        self.free.load(Ordering::Relaxed) == 0
-            || (self.block.load(Ordering::Relaxed).is_null()
-                && self.drain.load(Ordering::Relaxed).is_null())
+        self.free.load(Ordering::Relaxed) == 0 || self.block.load(Ordering::Relaxed).is_null()
     }
 
-    /// Whether either slot holds a block (a hint for the worker's idle check).
+    /// Whether the slot holds a block (a hint for the worker's idle check).
     pub(crate) fn has_blocks(&self) -> bool {
         !self.block.load(Ordering::Relaxed).is_null()
-            || !self.drain.load(Ordering::Relaxed).is_null()
     }
 
-    /// Whether the drain slot is empty (owner only; a collector's swap to null only makes the
-    /// owner ask for a drain block a little later).
-    #[inline]
-    pub(crate) fn drain_is_empty(&self) -> bool {
-        self.drain.load(Ordering::Relaxed).is_null()
-    }
-
-    /// Owner: opens a block for the channel from `b` (a page of slot `cpu`'s cache, else a new
-    /// page if `may_alloc`) and publishes it as the open block.
+    /// Owner: opens a fresh block for the channel from `b` (a page of slot `cpu`'s cache, else a
+    /// new page if `may_alloc`) and publishes it as the open block (the slot must be null).
+    /// `free` is the channel's free function (the caller's object matched the key).
     pub fn open<P: Pages>(
         &self,
         b: &Batcher<'_, P>,
         cpu: usize,
+        free: FreeFn,
         inline_free: bool,
         may_alloc: bool,
         now_ms: u64,
     ) -> Result<(), Refused> {
-        let (free, ctx) = self.key();
+        let (key, ctx) = self.key();
         debug_assert!(
-            free != 0,
-            "kfree-batch: opening a block on an unkeyed channel"
+            key != 0 && key == free as usize,
+            "kfree-batch: opening a block for another channel's free function"
         );
-        // SAFETY: a keyed channel's `free` is the address of a `FreeFn` (Invariant 0).
-        let free: FreeFn = unsafe { core::mem::transmute::<usize, FreeFn>(free) };
         let blk = b.open_block(cpu, free, ctx, inline_free, may_alloc)?;
-        self.opened_ms.store(now_ms, Ordering::Relaxed);
-        // Release: the initialised header is visible to a collector that swaps it out.
-        self.block.store(blk, Ordering::Release);
+        self.publish(blk, 0, now_ms);
         Ok(())
     }
 
-    /// Owner: appends `obj` (charged `size` bytes) to the open block. `None`: there is no open
-    /// block (never opened, or a collector took it); `Some(full)`: appended, and whether the
-    /// block is now full (detach it with [`FrontChan::hand_over`]).
+    /// Owner: makes `blk` the open block with `old` ready objects at its bottom.
+    fn publish(&self, blk: *mut Block, old: u32, now_ms: u64) {
+        debug_assert!(
+            self.block.load(Ordering::Relaxed).is_null(),
+            "kfree-batch: a channel already has an open block"
+        );
+        self.old.store(old, Ordering::Relaxed);
+        self.opened_ms.store(now_ms, Ordering::Relaxed);
+        // Release: the initialised header (and a recycled block's pointers) is visible to a
+        // collector that swaps it out.
+        self.block.store(blk, Ordering::Release);
+    }
+
+    /// Owner: puts `obj` (charged `size` bytes if appended) into the open block: in place of
+    /// its last ready object if it has one, else appended if `may_append` (the caller holds
+    /// `size` bytes of budget). See [`Put`].
     ///
     /// # Safety
     /// The caller owns the channel and is inside a read-side critical section that lasts until
     /// after the call (Invariant 2).
     #[inline(always)]
-    pub unsafe fn append(&self, obj: *mut u8, size: usize) -> Option<bool> {
+    pub unsafe fn put(&self, obj: *mut u8, size: usize, may_append: bool) -> Put {
         // Relaxed: only the owner stores non-null values (Invariant 1); a collector's swap is
         // ordered by the grace period (module docs).
-        let blk = NonNull::new(self.block.load(Ordering::Relaxed))?.as_ptr();
+        let Some(blk) = NonNull::new(self.block.load(Ordering::Relaxed)) else {
+            return Put::NoBlock;
+        };
+        let blk = blk.as_ptr();
+        let old = self.old.load(Ordering::Relaxed);
         // SAFETY: Invariant 2: we loaded the pointer inside this critical section, so a collector
         // that swapped it out waits for us before reading; we touch only owner fields, through
         // field pointers (a collector may be writing `snap`/`handed_ms` of the same header).
         unsafe {
             let h = core::ptr::addr_of_mut!((*blk).hdr);
+            let ptrs = core::ptr::addr_of_mut!((*blk).ptrs).cast::<*mut u8>();
+            if old != 0 {
+                // Invariant 3: `ptrs[old - 1]` is ready; it leaves the block in this section.
+                let i = old - 1;
+                let slot = ptrs.add(i as usize);
+                let freed = slot.read();
+                slot.write(obj);
+                self.old.store(i, Ordering::Relaxed);
+                let full = i == 0 && *core::ptr::addr_of!((*h).count) as usize == BLOCK_CAPACITY;
+                return Put::Replaced { freed, full };
+            }
+            if !may_append {
+                return Put::NoBudget;
+            }
             let count = core::ptr::addr_of_mut!((*h).count);
-            let i = *count as usize;
-            core::ptr::addr_of_mut!((*blk).ptrs)
-                .cast::<*mut u8>()
-                .add(i)
-                .write(obj);
-            *count += 1;
+            let n = *count;
+            ptrs.add(n as usize).write(obj);
+            *count = n + 1;
             *core::ptr::addr_of_mut!((*h).bytes) += size;
-            Some(*count as usize == BLOCK_CAPACITY)
-        }
-    }
-
-    /// Owner: takes the last object of the drain block and passes it, with the block's context,
-    /// to `free_one`. `None`: no drain block; `Some(emptied)`: one object freed, and whether the
-    /// drain block is now empty (finish it with [`FrontChan::take_drain`]).
-    ///
-    /// # Safety
-    /// As [`FrontChan::append`]; and `free_one` may run inside a read-side critical section: it
-    /// runs no user code and never waits (the drain block's grace period is over, Invariant 3).
-    #[inline(always)]
-    pub unsafe fn drain_one(&self, free_one: impl FnOnce(*mut u8, *const ())) -> Option<bool> {
-        // Relaxed as in `append`.
-        let d = NonNull::new(self.drain.load(Ordering::Relaxed))?.as_ptr();
-        // SAFETY: Invariants 2 and 3: loaded inside this section, ready, non-empty (an emptied
-        // block is detached by the owner before its next step); owner fields only.
-        unsafe {
-            let h = core::ptr::addr_of_mut!((*d).hdr);
-            let count = core::ptr::addr_of_mut!((*h).count);
-            let n = *count - 1;
-            let p = core::ptr::addr_of!((*d).ptrs)
-                .cast::<*mut u8>()
-                .add(n as usize)
-                .read();
-            // `p` leaves `count` before it is freed: a collector frees `ptrs[..count]` only.
-            *count = n;
-            free_one(p, (*h).ctx);
-            Some(n == 0)
+            Put::Appended {
+                full: n as usize + 1 == BLOCK_CAPACITY,
+            }
         }
     }
 
     /// Owner: detaches the open block (full, or the channel is given up) and hands it to slot
     /// `cpu` of `b`. With `may_reclaim`, ready blocks of that slot come back in the result for
-    /// the caller to free ([`Batcher::free_detached`]), and, with `want_drain` too, when this
-    /// channel drains and its drain slot is empty, the oldest ready block of the channel for
-    /// [`FrontChan::install_drain`] ([`Added::take_drain`]; the caller must install or free
-    /// it). Returns `None` if a collector took the block first.
+    /// the caller to free ([`Batcher::free_detached`]), and, with `want_next` too, for an
+    /// `inline_free` channel, the oldest ready block of the channel to recycle in place
+    /// ([`Added::take_drain`]; the caller must [`FrontChan::install`] or free it). Returns
+    /// `None` if a collector took the block first.
     pub fn hand_over<P: Pages>(
         &self,
         b: &Batcher<'_, P>,
         cpu: usize,
         may_reclaim: bool,
-        want_drain: bool,
+        want_next: bool,
     ) -> Option<Added> {
         // Whoever gets the non-null value owns the block (Invariant 1).
         let blk = self.block.swap(core::ptr::null_mut(), Ordering::Acquire);
@@ -251,14 +271,14 @@ impl FrontChan {
         }
         // SAFETY: we own `blk`.
         let inline = unsafe { (*blk).hdr.inline_free };
-        let drain_for =
-            (may_reclaim && want_drain && inline && self.drain_is_empty()).then(|| self.key());
+        let drain_for = (may_reclaim && want_next && inline).then(|| self.key());
         Some(b.hand_over_detached(cpu, blk, may_reclaim, drain_for))
     }
 
-    /// Owner: installs `d`, a ready block of this channel (from [`Added::take_drain`] or a slot),
-    /// as the drain block; an empty one is freed instead. Returns what was freed here.
-    pub fn install_drain<P: Pages>(
+    /// Owner: installs `d`, a ready block of this channel (from [`Added::take_drain`]), as the
+    /// open block, to be recycled in place (the slot must be null); an empty one is freed
+    /// instead. Returns what was freed here.
+    pub fn install<P: Pages>(
         &self,
         b: &Batcher<'_, P>,
         d: NonNull<Block>,
@@ -270,82 +290,37 @@ impl FrontChan {
             unsafe { ((*d).hdr.snap, (*d).hdr.count, (*d).hdr.inline_free) };
         debug_assert!(
             b.domain().poll(GpSeq::from_raw(snap)),
-            "kfree-batch: drain block installed before its grace period completed"
+            "kfree-batch: block recycled before its grace period completed"
         );
         debug_assert!(
             inline,
-            "kfree-batch: drain block of a channel that is not inline_free"
-        );
-        debug_assert!(
-            self.drain_is_empty(),
-            "kfree-batch: a drain block is installed already"
+            "kfree-batch: recycling a block of a channel that is not inline_free"
         );
         if count == 0 {
             // SAFETY: owned, and its grace period is over (checked above).
             return unsafe { b.free_owned_block(d) };
         }
-        self.drain_ms.store(now_ms, Ordering::Relaxed);
-        // Release: the block's header and pointers are visible to a collector that swaps it out.
-        self.drain.store(d, Ordering::Release);
+        self.publish(d, count, now_ms);
         Processed::default()
     }
 
-    /// Owner: the drain block was emptied (or the channel is given up): detaches it and frees
-    /// what is left of it with its page, unless a collector took it first. Returns what was
-    /// freed here.
-    pub fn take_drain<P: Pages>(&self, b: &Batcher<'_, P>) -> Processed {
-        // Whoever gets the non-null value owns the block (Invariant 1).
-        let d = self.drain.swap(core::ptr::null_mut(), Ordering::Acquire);
-        if d.is_null() {
-            return Processed::default();
-        }
-        // SAFETY: owned, and ready (Invariant 3).
-        unsafe { b.free_owned_block(d) }
-    }
-
-    /// Owner: installs the oldest ready block of this channel from slot `cpu`, if there is one
-    /// (the drain slot must be empty). Returns whether a block was installed, and what was freed.
-    pub fn refill_drain<P: Pages>(
-        &self,
-        b: &Batcher<'_, P>,
-        cpu: usize,
-        now_ms: u64,
-    ) -> (bool, Processed) {
-        match b.take_ready_of(cpu, self.key()) {
-            Some(next) => {
-                let res = self.install_drain(b, next, now_ms);
-                (res.blocks == 0, res)
-            }
-            None => (false, Processed::default()),
-        }
-    }
-
-    /// Collector: swaps out the open block if opened at least `delay_ms` before `now_ms` and the
-    /// drain block if installed that long ago (both when `flush_all`) into `stolen`. Returns
-    /// whether a younger block was left. Stamp the stolen blocks with [`stamp_stolen`] after
-    /// every swap of the pass.
+    /// Collector: swaps out the open block if installed at least `delay_ms` before `now_ms` (any
+    /// age when `flush_all`) into `stolen`. Returns whether a younger block was left. Stamp the
+    /// stolen blocks with [`stamp_stolen`] after every swap of the pass.
     pub fn steal(&self, stolen: &mut Batch, flush_all: bool, now_ms: u64, delay_ms: u64) -> bool {
-        let mut left = false;
-        for (slot, since) in [
-            (&self.block, &self.opened_ms),
-            (&self.drain, &self.drain_ms),
-        ] {
-            // Relaxed: hints (a stale age only delays a steal); the swap below decides.
-            if slot.load(Ordering::Relaxed).is_null() {
-                continue;
-            }
-            if !flush_all && now_ms.saturating_sub(since.load(Ordering::Relaxed)) < delay_ms {
-                left = true;
-                continue;
-            }
-            // Acquire pairs with the owner's Release store of the block (its header, and for a
-            // drain block its pointers).
-            let blk = slot.swap(core::ptr::null_mut(), Ordering::Acquire);
-            if !blk.is_null() {
-                stolen.push(blk);
-            }
+        // Relaxed: hints (a stale age only delays a steal); the swap below decides.
+        if self.block.load(Ordering::Relaxed).is_null() {
+            return false;
         }
-        left
+        if !flush_all && now_ms.saturating_sub(self.opened_ms.load(Ordering::Relaxed)) < delay_ms {
+            return true;
+        }
+        // Acquire pairs with the owner's Release store of the block (its header and pointers).
+        let blk = self.block.swap(core::ptr::null_mut(), Ordering::Acquire);
+        if !blk.is_null() {
+            stolen.push(blk);
+        }
+        false
     }
 }
 

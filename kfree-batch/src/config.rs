@@ -22,6 +22,8 @@ use crate::primitive::sync::atomic::{AtomicUsize, Ordering};
 
 /// Default delay after which a partially filled block is handed over.
 pub const DEFAULT_DRAIN_DELAY: Duration = Duration::from_millis(20);
+/// Default pause of the worker between grace periods while blocks keep coming.
+pub const DEFAULT_GP_BATCH: Duration = Duration::from_micros(100);
 /// Default emergency pages kept per CPU.
 pub const DEFAULT_PAGES_PER_CPU: usize = 5;
 /// Default cap on pending memory.
@@ -30,12 +32,18 @@ pub const DEFAULT_PENDING_CAP: usize = 128 << 20;
 pub(crate) const RESERVE_CHUNK: usize = 64 << 10;
 
 /// Batcher configuration. Set it with [`configure`] before the first `kfree_rcu`, or through the
-/// environment (`RCU_KIT_KFREE_DRAIN_MS`, `RCU_KIT_KFREE_PAGES_PER_CPU`, `RCU_KIT_KFREE_CAP`,
-/// which accepts suffixes K, M, G).
+/// environment (`RCU_KIT_KFREE_DRAIN_MS`, `RCU_KIT_KFREE_GP_BATCH_US`,
+/// `RCU_KIT_KFREE_PAGES_PER_CPU`, `RCU_KIT_KFREE_CAP`, which accepts suffixes K, M, G).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
     /// How long a partially filled block may wait before it is handed over.
     pub drain_delay: Duration,
+    /// How long the worker lets hand-overs accumulate after a grace period before it drives the
+    /// next one while blocks keep coming. Each grace period interrupts every running thread of
+    /// the process (one membarrier IPI each), so longer means fewer interruptions; a retiring
+    /// thread that runs out of ready blocks to recycle meanwhile runs one itself, without
+    /// waiting (see the crate docs).
+    pub gp_batch: Duration,
     /// Emergency pages kept per CPU (refilled by the worker, never on the caller's path).
     pub pages_per_cpu: usize,
     /// Hard cap on pending memory (objects waiting for a grace period, charged at their heap
@@ -57,6 +65,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             drain_delay: DEFAULT_DRAIN_DELAY,
+            gp_batch: DEFAULT_GP_BATCH,
             pages_per_cpu: DEFAULT_PAGES_PER_CPU,
             pending_cap: DEFAULT_PENDING_CAP,
         }
@@ -91,7 +100,7 @@ impl std::error::Error for ConfigError {}
 static CONFIG: OnceLock<Config> = OnceLock::new();
 
 /// Sets the configuration. Fails if the batcher already runs with a different one, or if a value
-/// is out of range (cap below two pages, more than 1024 cached pages per CPU, delay over 60 s).
+/// is out of range (cap below two pages, more than 1024 cached pages per CPU, a delay over 60 s).
 pub fn configure(c: Config) -> Result<(), ConfigError> {
     if c.pending_cap < 2 * crate::block::PAGE_SIZE {
         return Err(ConfigError::Invalid(
@@ -103,6 +112,9 @@ pub fn configure(c: Config) -> Result<(), ConfigError> {
     }
     if c.drain_delay > Duration::from_secs(60) {
         return Err(ConfigError::Invalid("drain_delay must be at most 60 s"));
+    }
+    if c.gp_batch > Duration::from_secs(60) {
+        return Err(ConfigError::Invalid("gp_batch must be at most 60 s"));
     }
     let got = CONFIG.get_or_init(|| c);
     if *got == c {
@@ -121,6 +133,9 @@ fn from_env() -> Config {
     let mut c = Config::default();
     if let Some(ms) = env_num("RCU_KIT_KFREE_DRAIN_MS") {
         c.drain_delay = Duration::from_millis(ms.min(60_000) as u64);
+    }
+    if let Some(us) = env_num("RCU_KIT_KFREE_GP_BATCH_US") {
+        c.gp_batch = Duration::from_micros(us.min(60_000_000) as u64);
     }
     if let Some(n) = env_num("RCU_KIT_KFREE_PAGES_PER_CPU") {
         c.pages_per_cpu = n.min(1024);

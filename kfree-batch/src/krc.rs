@@ -85,6 +85,9 @@ struct KrcInner {
     handed_tail: *mut Block,
     /// Length of `handed`.
     nhanded: usize,
+    /// Handed blocks that are not `inline_free` (the ones a front's ready-first reclaim frees
+    /// below [`DRAIN_BACKLOG`]).
+    nhanded_plain: usize,
     /// Empty pages kept for emergencies (linked through `hdr.next`).
     cache: *mut Block,
     ncache: usize,
@@ -105,6 +108,15 @@ impl KrcInner {
         }
         self.handed_tail = b;
         self.nhanded += 1;
+        // SAFETY: as above.
+        self.nhanded_plain += usize::from(!unsafe { (*b).hdr.inline_free });
+    }
+
+    /// Accounts for `b` leaving `handed`.
+    fn count_removed(&mut self, b: *mut Block) {
+        self.nhanded -= 1;
+        // SAFETY: the caller just unlinked `b`, which the slot owned.
+        self.nhanded_plain -= usize::from(!unsafe { (*b).hdr.inline_free });
     }
 
     /// Puts an empty page on the slot's cache.
@@ -129,7 +141,7 @@ impl KrcInner {
         if self.handed.is_null() {
             self.handed_tail = core::ptr::null_mut();
         }
-        self.nhanded -= 1;
+        self.count_removed(b);
         Some(b)
     }
 
@@ -161,10 +173,25 @@ impl KrcInner {
                     if self.handed_tail == b {
                         self.handed_tail = prev;
                     }
-                    self.nhanded -= 1;
+                    self.count_removed(b);
                     return Some(b);
                 }
                 prev = b;
+                b = (*b).hdr.next;
+            }
+        }
+        None
+    }
+
+    /// The snapshot of the oldest handed block that satisfies `pred`.
+    fn oldest_snap_where(&self, mut pred: impl FnMut(&BlockHeader) -> bool) -> Option<GpSeq> {
+        let mut b = self.handed;
+        // SAFETY: handed blocks belong to the slot; the caller holds its lock.
+        unsafe {
+            while !b.is_null() {
+                if pred(&(*b).hdr) {
+                    return Some(GpSeq::from_raw((*b).hdr.snap));
+                }
                 b = (*b).hdr.next;
             }
         }
@@ -188,9 +215,20 @@ pub(crate) const RECLAIM_PER_HANDOVER: usize = 4;
 /// A channel as a front keys it: the free function's address and its context.
 pub(crate) type ChanKey = (usize, *const ());
 
-/// Handed blocks beyond which a producer that drains `inline_free` blocks one object at a time
-/// also frees ready ones in bulk at hand-over (it fell behind; see `local.rs`).
-pub(crate) const DRAIN_BACKLOG: usize = 16;
+/// Handed blocks beyond which a producer that recycles ready `inline_free` blocks one object per
+/// retire also frees ready ones in bulk at hand-over (it fell behind; see `local.rs`). Above
+/// [`EXPEDITE_WAITING`], so that the blocks a producer's own grace period made ready are
+/// recycled, not freed in bulk.
+pub(crate) const DRAIN_BACKLOG: usize = 32;
+
+/// Handed blocks of a slot from which a producer that finds no ready block to recycle runs the
+/// grace period itself instead of opening a fresh block (`local.rs`): below it the slot's
+/// in-flight blocks are still growing to cover the worker's cadence.
+pub(crate) const EXPEDITE_WAITING: usize = 16;
+
+/// How long producers leave grace periods to the worker after one of theirs was blocked by a
+/// reader (ms).
+const EXPEDITE_BACKOFF_MS: u64 = 2;
 
 /// Recycled block pages a slot keeps (beyond the emergency target) before unmapping.
 pub(crate) const RECYCLE_KEEP: usize = 32;
@@ -233,6 +271,7 @@ impl Krc {
                 handed: core::ptr::null_mut(),
                 handed_tail: core::ptr::null_mut(),
                 nhanded: 0,
+                nhanded_plain: 0,
                 cache: core::ptr::null_mut(),
                 ncache: 0,
                 reserve_left: 0,
@@ -294,14 +333,17 @@ pub struct Added {
     /// Handed blocks whose grace period had completed, detached for the caller to free
     /// ([`Batcher::free_detached`]) after the slot lock is released.
     pub(crate) reclaimed: [Option<NonNull<Block>>; RECLAIM_PER_HANDOVER],
-    /// A ready block of an `inline_free` channel for the caller's front to drain (only when
-    /// asked for: [`Batcher::hand_over_detached`] with `drain_for`).
+    /// A ready block of an `inline_free` channel for the caller's front to recycle in place
+    /// (only when asked for: [`Batcher::hand_over_detached`] with `drain_for`).
     pub(crate) drain: Option<NonNull<Block>>,
+    /// No block to recycle came back, but the slot holds [`EXPEDITE_WAITING`] handed blocks:
+    /// the snapshot of the oldest one of the channel, for [`Batcher::expedite_ready_of`].
+    pub(crate) expedite: Option<GpSeq>,
 }
 
 impl Added {
-    /// The ready block handed back for the caller's front to drain, if any
-    /// ([`crate::raw::FrontChan::install_drain`]).
+    /// The ready block handed back for the caller's front to recycle in place, if any
+    /// ([`crate::raw::FrontChan::install`]).
     pub fn take_drain(&mut self) -> Option<NonNull<Block>> {
         self.drain.take()
     }
@@ -396,8 +438,14 @@ pub struct Batcher<'d, P: Pages> {
     pub(crate) pages_per_cpu: usize,
     pub(crate) dom: &'d Domain,
     pub(crate) pages: P,
-    /// Milliseconds clock, read only when a block is opened.
+    /// Milliseconds clock, read when a block is opened or handed over and before a producer's
+    /// own grace period.
     clock: fn() -> u64,
+    /// A producer's grace period failed (a reader blocked it): none is tried before this time
+    /// (`clock`). Relaxed: a hint.
+    expedite_after_ms: AtomicU64,
+    /// Grace periods producers ran themselves (statistics, Relaxed).
+    pub(crate) expedited: AtomicU64,
 }
 
 impl<P: Pages> core::fmt::Debug for Batcher<'_, P> {
@@ -435,6 +483,8 @@ impl<'d, P: Pages> Batcher<'d, P> {
             dom,
             pages,
             clock,
+            expedite_after_ms: AtomicU64::new(0),
+            expedited: AtomicU64::new(0),
         }
     }
 
@@ -723,8 +773,8 @@ impl<'d, P: Pages> Batcher<'d, P> {
     /// `cpu`: stamped under the slot's lock, after every store into it (the caller owns the
     /// block, so its stores happen-before). With `may_reclaim`, ready handed blocks of that slot
     /// are detached for the caller to free, as in [`Batcher::enqueue`], except that the caller is
-    /// a front that drains `inline_free` blocks itself (`local.rs`): with `drain_for` (that
-    /// channel's drain is empty) the oldest ready block of the channel goes to [`Added::drain`].
+    /// a front that recycles ready `inline_free` blocks itself (`local.rs`): with `drain_for`
+    /// the oldest ready block of that channel goes to [`Added::drain`].
     pub(crate) fn hand_over_detached(
         &self,
         cpu: usize,
@@ -754,9 +804,28 @@ impl<'d, P: Pages> Batcher<'d, P> {
         added
     }
 
-    /// The oldest handed block of slot `cpu` of channel `key` (an `inline_free` one) whose grace
-    /// period is over: the next drain block of that channel of a front (`local.rs`).
-    pub(crate) fn take_ready_of(&self, cpu: usize, key: ChanKey) -> Option<NonNull<Block>> {
+    /// A producer's own grace period, when the worker lags: runs `snap`'s grace period without
+    /// waiting ([`Domain::try_advance`]) unless a recent attempt was blocked by a reader, and
+    /// then takes the oldest ready block of channel `key` from slot `cpu` (to recycle in place).
+    /// Call outside any read-side critical section (inside one, the attempt fails).
+    pub(crate) fn expedite_ready_of(
+        &self,
+        cpu: usize,
+        key: ChanKey,
+        snap: GpSeq,
+    ) -> Option<NonNull<Block>> {
+        if !self.dom.poll(snap) {
+            let now = (self.clock)();
+            if now < self.expedite_after_ms.load(Ordering::Relaxed) {
+                return None;
+            }
+            if !self.dom.try_advance(snap) {
+                self.expedite_after_ms
+                    .store(now + EXPEDITE_BACKOFF_MS, Ordering::Relaxed);
+                return None;
+            }
+            self.expedited.fetch_add(1, Ordering::Relaxed);
+        }
         let k = &self.krcs[cpu % self.krcs.len()];
         k.locked(|inner| {
             let b = inner.take_ready_where(self.dom.current(), |h| drains_as(h, key));
@@ -769,9 +838,9 @@ impl<'d, P: Pages> Batcher<'d, P> {
     /// oldest handed blocks whose grace period is over, for the caller to free after unlocking —
     /// so objects are freed by the thread that allocated them (no cross-thread free).
     ///
-    /// A `front` caller drains ready `inline_free` blocks itself, so those are freed in bulk only
-    /// past [`DRAIN_BACKLOG`] handed blocks (in the steady state the front frees one object per
-    /// retire); with `drain_for`, the oldest ready block of that channel goes to
+    /// A `front` caller recycles ready `inline_free` blocks itself, so those are freed in bulk
+    /// only past [`DRAIN_BACKLOG`] handed blocks (in the steady state the front frees one object
+    /// per retire); with `drain_for`, the oldest ready block of that channel goes to
     /// [`Added::drain`].
     fn reclaim_ready(
         &self,
@@ -785,6 +854,12 @@ impl<'d, P: Pages> Batcher<'d, P> {
             added.drain = inner
                 .take_ready_where(cur, |h| drains_as(h, key))
                 .and_then(NonNull::new);
+            if added.drain.is_none() && inner.nhanded >= EXPEDITE_WAITING {
+                added.expedite = inner.oldest_snap_where(|h| drains_as(h, key));
+            }
+        }
+        if front && inner.nhanded <= DRAIN_BACKLOG && inner.nhanded_plain == 0 {
+            return; // nothing this caller would take: spare the walk over the ready blocks
         }
         for slot in added.reclaimed.iter_mut() {
             let backlog = inner.nhanded > DRAIN_BACKLOG;
@@ -804,8 +879,8 @@ impl<'d, P: Pages> Batcher<'d, P> {
         }
     }
 
-    /// Frees the rest of a ready block the caller owns (a front's drain block), counted as a
-    /// block freed ready-first.
+    /// Frees a ready block the caller owns (a recycled block that came back empty), counted as
+    /// a block freed ready-first.
     ///
     /// # Safety
     /// The caller owns `b` (detached from every slot and channel) and its grace period is over.
@@ -1003,13 +1078,13 @@ pub(crate) fn newer(a: Option<GpSeq>, s: GpSeq) -> GpSeq {
     }
 }
 
-/// Whether a block header belongs to channel `(free, ctx)`.
-#[inline]
-/// Whether a block of header `h` may be a drain block of a front channel keyed `key`.
+/// Whether a block of header `h` may be recycled in place by a front channel keyed `key`.
 fn drains_as(h: &BlockHeader, key: ChanKey) -> bool {
     h.inline_free && same_channel(h, key.0, key.1)
 }
 
+/// Whether a block header belongs to channel `(free, ctx)`.
+#[inline]
 fn same_channel(h: &BlockHeader, free: usize, ctx: *const ()) -> bool {
     // Compared as addresses: a function duplicated across codegen units only costs a second
     // channel, never a wrong free.

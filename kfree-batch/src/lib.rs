@@ -33,9 +33,10 @@
 //! slot, not by a background thread, so the memory goes back to the allocator's cache of the
 //! thread that allocated it (a cross-thread free costs several times a local one in glibc). For
 //! `Box<T>` where `T` has no drop glue, freeing is only the allocator's `dealloc`: such a ready
-//! block is freed *one object per `kfree_rcu` call* ([`KfreeStats::freed_inline`]), which keeps the
-//! allocator's thread cache (glibc's tcache holds 7 chunks per size) in balance — each retire
-//! hands back the chunk its caller's next allocation takes. Objects with destructors are freed a
+//! block is recycled in place, *one object per `kfree_rcu` call* — the new object takes the slot
+//! of a ready one, which is freed ([`KfreeStats::freed_inline`]) — and that keeps the allocator's
+//! thread cache (glibc's tcache holds 7 chunks per size) in balance: each retire hands back the
+//! chunk its caller's next allocation takes. Objects with destructors are freed a
 //! block at a time, never inside a read-side critical section. The worker frees what a thread
 //! left behind when it stopped retiring (after the drain delay) and [`kvfree_rcu_barrier`] frees
 //! everything.
@@ -75,7 +76,7 @@ mod worker;
 
 pub use config::{
     config, configure, counted_cap, parse_size, Config, ConfigError, ParseSizeError,
-    DEFAULT_DRAIN_DELAY, DEFAULT_PAGES_PER_CPU, DEFAULT_PENDING_CAP,
+    DEFAULT_DRAIN_DELAY, DEFAULT_GP_BATCH, DEFAULT_PAGES_PER_CPU, DEFAULT_PENDING_CAP,
 };
 pub use head::{HasRcuHead, RcuHead};
 
@@ -90,7 +91,7 @@ pub use park::PARK_SLOTS;
 pub mod raw {
     pub use crate::block::Block;
     pub use crate::block::FreeFn;
-    pub use crate::chan::{stamp_stolen, FrontChan};
+    pub use crate::chan::{stamp_stolen, FrontChan, Put};
     pub use crate::krc::{Added, Batch, Batcher, Collected, Pages, Processed, Refused, Retired};
 }
 
@@ -157,7 +158,7 @@ mod api {
         Head(unsafe fn(*mut crate::RcuHead), usize),
     }
 
-    #[inline]
+    #[inline(always)]
     fn retire(
         obj: *mut u8,
         size: usize,
@@ -166,8 +167,6 @@ mod api {
         inline_free: bool,
         form: Form,
     ) {
-        let b = batcher();
-        let headless = matches!(form, Form::Headless);
         let r = Retired {
             obj,
             size,
@@ -175,7 +174,20 @@ mod api {
             ctx,
             inline_free,
         };
-        // The thread's own front block first: plain stores under a nested read lock.
+        // The thread's own open block first: plain stores inside a read-side critical section.
+        if crate::local::put_fast(&r) {
+            return;
+        }
+        retire_via_front(r, form);
+    }
+
+    /// The front's slow paths (register, claim a channel, open a block, refill the budget
+    /// slice), then the per-CPU path and the fallbacks.
+    #[cold]
+    #[inline(never)]
+    fn retire_via_front(r: Retired, form: Form) {
+        let b = batcher();
+        let headless = matches!(form, Form::Headless);
         let Err(r) = crate::local::try_retire(b, r, headless) else {
             return;
         };
@@ -279,7 +291,7 @@ mod api {
     /// When no batching memory can be had it waits for a grace period and frees the object itself
     /// (counted in [`KfreeStats::fallback_sync`]), or, inside a read-side critical section, parks
     /// it (see the crate docs).
-    #[inline]
+    #[inline(always)]
     pub fn kfree_rcu<T: Send + 'static>(obj: Box<T>) {
         let p = Box::into_raw(obj).cast::<u8>();
         let (free, ctx, inline_free) = box_channel::<T>();
@@ -287,8 +299,8 @@ mod api {
     }
 
     /// The channel of `Box<T>`: without drop glue (and non-zero size) the free is the global
-    /// allocator's `dealloc` alone, shared by every such type of `T`'s layout and drained one
-    /// object per retire (block docs); otherwise `T`'s own drop.
+    /// allocator's `dealloc` alone, shared by every such type of `T`'s layout and recycled in
+    /// place one object per retire (block docs); otherwise `T`'s own drop.
     #[inline(always)]
     fn box_channel<T>() -> (FreeFn, *const (), bool) {
         if const { !core::mem::needs_drop::<T>() && core::mem::size_of::<T>() != 0 } {

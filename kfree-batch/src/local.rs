@@ -3,45 +3,53 @@
 //! # Implementation
 //!
 //! Each retiring thread owns a [`Front`]: up to [`FRONT_CHANS`] channels ([`FrontChan`], in
-//! `chan.rs`: a free function and its context, with an open block and a drain block, and the
-//! lock-free protocol by which collectors take them) and a slice of the pending budget. A kind
-//! of object beyond those takes the per-CPU path until one of the channels goes idle.
+//! `chan.rs`: a free function and its context, with one open block, and the lock-free protocol
+//! by which collectors take it) and a slice of the pending budget. A kind of object beyond those
+//! takes the per-CPU path until one of the channels goes idle.
 //!
 //! A full block is detached by the owner and handed to its CPU slot — one lock CAS per ~505
 //! objects — where ready-first reclaim frees older blocks on the owner's thread.
 //!
-//! ## Draining ready blocks one object per retire
+//! ## Recycling ready blocks in place, one object per retire
 //!
 //! Freeing a whole ready block at once overflows the allocator's thread cache (glibc's tcache
 //! keeps 7 chunks per size): 498 of 505 frees then go to the arena's shared bins with an atomic
 //! operation each, and the next 498 allocations come back through the arena's slow path. A
 //! malloc-and-free loop costs about 19 ns per pair on this machine; 505 mallocs then 505 frees
-//! cost about 48 ns per pair. So a ready block of an `inline_free` channel (no drop glue: the
-//! free is `dealloc` alone) becomes the channel's *drain* block, and every retire into that
-//! channel frees one of its objects right after appending its own, inside the same read-side
-//! critical section: the freed chunk has the size of the caller's next allocation of that type,
-//! which the thread cache hands straight back (one drain per channel keeps every size class in
-//! balance when several types are retired). Freeing inside a read-side section is allowed
-//! because an `inline_free` channel runs no user code and never waits. When the drain block is
-//! empty the owner detaches it, releases its budget, recycles its page and takes the oldest
-//! ready block of the same channel from its CPU slot. The worker steals drain blocks that sat
-//! for the drain delay (their thread stopped retiring); an exiting thread frees its own.
+//! cost about 48 ns per pair. So when a block of an `inline_free` channel (no drop glue: the free
+//! is `dealloc` alone) fills up, the owner takes the oldest *ready* block of the same channel
+//! from its CPU slot in the same locked hand-over and makes it the open block: every retire then
+//! takes one ready object out of it and stores the new one in its slot, and frees the taken
+//! object right after its read-side critical section. The freed chunk has the size of the
+//! caller's next allocation of that type, which the thread cache hands straight back (one
+//! recycled block per channel keeps every size class in balance when several types are retired).
+//! A retire is then one slot read and written in one block — no second block, no budget charge
+//! (the new object takes over the charge of the one it replaced), and no page changes hands:
+//! once all its objects are new the block is full and handed over again.
+//!
+//! A channel runs dry when no ready block is waiting at hand-over: it then fills a fresh block,
+//! whose allocations miss the thread cache and whose objects are later freed in bulk. Handed
+//! blocks accumulate until the worker's grace-period cadence keeps them ready; if the channel
+//! runs dry anyway with [`crate::krc::EXPEDITE_WAITING`] blocks waiting, the worker lags
+//! (descheduled, or slower than this thread) and the owner runs the grace period itself without
+//! waiting (`Domain::try_advance`: one heavy barrier; a reader in the way makes it fail, and
+//! producers then leave grace periods to the worker for a moment). The worker steals open blocks
+//! that sat for the drain delay (their thread stopped retiring); an exiting thread hands its own
+//! over.
 //!
 //! Invariants (besides the channel's, `chan.rs`):
 //! 1. `reserve` (the thread's unspent budget) is owner-only; it goes back to the budget at thread
 //!    exit.
-//! 2. A front is owned by at most one thread (`owned`), and only its owner keys, opens, appends
-//!    to, drains and detaches its channels.
+//! 2. A front is owned by at most one thread (`owned`), and only its owner keys, opens, puts
+//!    into and detaches its channels.
 //!
 //! Fronts are registered in a global lock-free list and never freed; an exiting thread hands its
 //! block over, gives its budget back and releases the front for reuse.
 
 use core::cell::Cell;
 
-use rcu_core::GpSeq;
-
-use crate::chan::{stamp_stolen, FrontChan};
-use crate::krc::{Batch, Processed, Refused, Retired};
+use crate::chan::{stamp_stolen, FrontChan, Put};
+use crate::krc::{Batch, Refused, Retired};
 use crate::primitive::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use crate::worker::Global;
 
@@ -55,10 +63,11 @@ pub(crate) const FRONT_CHANS: usize = 4;
 #[derive(Debug)]
 pub(crate) struct Front {
     chans: [FrontChan; FRONT_CHANS],
-    /// Objects this front's owner freed from drain blocks (owner load + store; statistics).
-    freed_inline: AtomicU64,
-    /// Objects appended through this front (owner writes with load + store; statistics).
-    queued: AtomicU64,
+    /// Objects put through this front: each put queues one object, and a replacing put also
+    /// frees one (owner load + store; statistics). One counter on the fast path.
+    puts: AtomicU64,
+    /// Puts that appended (the others replaced a ready object, which they freed).
+    appended: AtomicU64,
     /// Whether a thread owns this front.
     owned: AtomicBool,
     /// Next registered front (written once before publication).
@@ -86,10 +95,66 @@ fn fronts() -> impl Iterator<Item = &'static Front> {
     })
 }
 
-/// Tries the calling thread's front. Returns the object back if it must take the per-CPU path
-/// (no budget slice, no page for a new block, thread-local teardown).
+/// The fast path of a retire: puts `r` into the calling thread's open block of its channel
+/// (replacing a ready object, which it frees, or appending within the thread's budget slice).
+/// Returns `false`, having done nothing, when a slow path must run first ([`try_retire`]).
 #[inline(always)]
+pub(crate) fn put_fast(r: &Retired) -> bool {
+    let f = MINE.with(|m| m.get());
+    // SAFETY: fronts are never freed.
+    let Some(f) = (unsafe { f.as_ref() }) else {
+        return false;
+    };
+    let key = r.free as usize;
+    let Some(c) = f.chans.iter().find(|c| c.is(key, r.ctx)) else {
+        return false;
+    };
+    // The budget slice is owner-only (Invariant 1); only an appending put spends from it.
+    let left = RESERVE.with(|c| c.get());
+    let g = rcu_core::rcu_read_lock();
+    // SAFETY: we own the front (Invariant 2) and hold `g` across the call.
+    let put = unsafe { c.put(r.obj, r.size, left >= r.size) };
+    drop(g);
+    if let Put::Replaced { freed, full } = put {
+        bump(&f.puts);
+        if full {
+            hand_over_full(c);
+        }
+        debug_assert!(
+            r.inline_free,
+            "kfree-batch: a replacing put on a dropping channel"
+        );
+        // SAFETY: `freed` left its block inside our section and its grace period is over (the
+        // channel's Invariant 3); an `inline_free` channel's context encodes the layout its
+        // objects were allocated with, and its free is `dealloc` alone (no user code).
+        unsafe { std::alloc::dealloc(freed, crate::block::decode_layout(r.ctx)) };
+        return true;
+    }
+    if let Put::Appended { full } = put {
+        RESERVE.with(|c| c.set(left - r.size));
+        bump(&f.appended);
+        bump(&f.puts);
+        if full {
+            hand_over_full(c);
+        }
+        return true;
+    }
+    false
+}
+
+/// Statistics, owner-only writers: load + store, Relaxed (no RMW on the fast path).
+#[inline(always)]
+fn bump(n: &AtomicU64) {
+    n.store(n.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+}
+
+/// Retires `r` through the calling thread's front, running the slow paths the fast one
+/// ([`put_fast`]) needs first. Returns the object back if it must take the per-CPU path (no
+/// budget slice, no page for a new block, thread-local teardown).
 pub(crate) fn try_retire(b: &'static Global, r: Retired, may_alloc: bool) -> Result<(), Retired> {
+    if put_fast(&r) {
+        return Ok(());
+    }
     let f = MINE.with(|m| m.get());
     // SAFETY: fronts are never freed.
     let Some(f) = (unsafe { f.as_ref() }) else {
@@ -99,93 +164,53 @@ pub(crate) fn try_retire(b: &'static Global, r: Retired, may_alloc: bool) -> Res
     let Some(ci) = (0..FRONT_CHANS).find(|&i| f.chans[i].is(key, r.ctx)) else {
         return claim_chan_and_retry(b, f, r, may_alloc);
     };
-    let c = &f.chans[ci];
-    // Budget first (owner-only counter, Invariant 1).
-    let left = RESERVE.with(|c| c.get());
-    if left < r.size {
-        return refill_and_retry(b, r, may_alloc);
+    // With a block the put failed for want of budget (only we store a block into the slot, so
+    // one seen now was there during the put).
+    if f.chans[ci].has_blocks() {
+        refill_and_retry(b, r, may_alloc)
+    } else {
+        open_and_retry(b, f, ci, r, may_alloc)
     }
-    let g = rcu_core::rcu_read_lock();
-    // SAFETY: we own the front (Invariant 2) and hold `g` across the call.
-    let Some(full) = (unsafe { c.append(r.obj, r.size) }) else {
-        drop(g);
-        return open_and_retry(b, f, ci, r, may_alloc);
-    };
-    // SAFETY: as for `append`; the free is the global allocator's `dealloc` with the layout in
-    // the block's context (an `inline_free` block is a `dealloc_boxes` block), which runs no user
-    // code and never waits.
-    let drained =
-        unsafe { c.drain_one(|p, ctx| std::alloc::dealloc(p, crate::block::decode_layout(ctx))) };
-    drop(g);
-    RESERVE.with(|c| c.set(left - r.size));
-    // Statistics, owner-only writers: load + store, Relaxed (no RMW on the fast path).
-    f.queued
-        .store(f.queued.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-    if let Some(emptied) = drained {
-        f.freed_inline.store(
-            f.freed_inline.load(Ordering::Relaxed) + 1,
-            Ordering::Relaxed,
-        );
-        if emptied {
-            finish_drain(b, c);
-        }
-    }
-    if full {
-        hand_over_full(b, c);
-    }
-    Ok(())
 }
 
-/// The drain block of `c` is empty: free it and install the slot's next ready block of the same
-/// channel.
+/// The open block of `c` is full: detach it, hand it to this CPU's slot, and recycle the slot's
+/// oldest ready block of the same channel as the next open block.
 #[cold]
 #[inline(never)]
-fn finish_drain(b: &'static Global, c: &FrontChan) {
-    let mut res = c.take_drain(b);
-    let (installed, more) =
-        c.refill_drain(b, rcu_core::cpu::current_cpu(), crate::worker::now_ms());
-    add(&mut res, more);
-    crate::worker::count_freed(&res);
-    if installed {
-        // The worker steals it after the drain delay if we stop retiring (pairs with its fence).
-        crate::worker::kick_after_publish();
-    }
-}
-
-fn add(a: &mut Processed, b: Processed) {
-    a.blocks += b.blocks;
-    a.objects += b.objects;
-    a.ready_first += b.ready_first;
-}
-
-/// The open block of `c` is full: detach it and hand it to this CPU's slot.
-#[cold]
-#[inline(never)]
-fn hand_over_full(b: &'static Global, c: &FrontChan) {
+fn hand_over_full(c: &FrontChan) {
+    let b = crate::worker::batcher();
     let may_reclaim = !rcu_core::rcu_read_lock_held();
-    let Some(mut added) = c.hand_over(b, rcu_core::cpu::current_cpu(), may_reclaim, true) else {
+    let cpu = rcu_core::cpu::current_cpu();
+    let Some(mut added) = c.hand_over(b, cpu, may_reclaim, true) else {
         return; // a collector took it; it will free it after a grace period
     };
     crate::worker::kick();
-    let drain = added.take_drain();
+    let next = added.take_drain();
+    let expedite = added.expedite.take();
     crate::worker::free_reclaimed(b, &mut added);
-    if let Some(d) = drain {
-        let res = c.install_drain(b, d, crate::worker::now_ms());
+    // Nothing ready although many blocks wait: the worker lags (descheduled, or its cadence
+    // is too slow for this thread). Run the grace period here rather than fill a fresh block,
+    // whose allocations would miss the allocator's thread cache and whose objects would later
+    // be freed in bulk.
+    let next = next.or_else(|| expedite.and_then(|s| b.expedite_ready_of(cpu, c.key(), s)));
+    if let Some(d) = next {
+        let res = c.install(b, d, crate::worker::now_ms());
         crate::worker::count_freed(&res);
         if res.blocks == 0 {
+            // The worker steals it after the drain delay if we stop retiring (pairs with its
+            // fence).
             crate::worker::kick_after_publish();
         }
     }
 }
 
-/// Gives channel `c` up: hands its open block over and frees the rest of its drain block (it is
-/// ours and ready once detached). Owner only.
+/// Gives channel `c` up: hands its open block over (recycled or not, every object in it is
+/// live). Owner only.
 fn release_chan(b: &'static Global, c: &FrontChan, may_reclaim: bool) {
     if let Some(mut added) = c.hand_over(b, rcu_core::cpu::current_cpu(), may_reclaim, false) {
         crate::worker::free_reclaimed(b, &mut added);
         crate::worker::kick();
     }
-    crate::worker::count_freed(&c.take_drain(b));
 }
 
 /// No channel of the front is `r`'s: take an unused one, or one that holds no block (its blocks
@@ -221,6 +246,7 @@ fn open_and_retry(
     match c.open(
         b,
         rcu_core::cpu::current_cpu(),
+        r.free,
         r.inline_free,
         may_alloc,
         crate::worker::now_ms(),
@@ -277,8 +303,8 @@ fn claim_or_register() -> &'static Front {
     }
     let f = Box::into_raw(Box::new(Front {
         chans: core::array::from_fn(|_| FrontChan::new()),
-        freed_inline: AtomicU64::new(0),
-        queued: AtomicU64::new(0),
+        puts: AtomicU64::new(0),
+        appended: AtomicU64::new(0),
         owned: AtomicBool::new(true),
         next: AtomicPtr::new(core::ptr::null_mut()),
     }));
@@ -296,7 +322,7 @@ fn claim_or_register() -> &'static Front {
     unsafe { &*f }
 }
 
-/// Hands the exiting thread's blocks over, frees its drain blocks and gives its budget back.
+/// Hands the exiting thread's blocks over and gives its budget back.
 struct ExitHook;
 impl Drop for ExitHook {
     fn drop(&mut self) {
@@ -307,11 +333,10 @@ impl Drop for ExitHook {
         };
         if let Some(b) = crate::worker::batcher_if_started() {
             for c in f.chans.iter() {
-                // The owner detaches its own blocks (a collector may have swapped them out
-                // already: then null comes back, the channel's Invariant 1). No reclaim: thread
-                // teardown.
+                // The owner detaches its own block (a collector may have swapped it out already:
+                // then null comes back, the channel's Invariant 1). No reclaim: thread teardown.
                 release_chan(b, c, false);
-                // Both blocks are detached; the next owner starts unkeyed.
+                // The block is detached; the next owner starts unkeyed.
                 c.clear_key();
             }
             let left = RESERVE.with(|c| c.replace(0));
@@ -324,40 +349,46 @@ impl Drop for ExitHook {
     }
 }
 
-/// Collector side: swaps out the open blocks of channels opened at least `delay_ms` ago and the
-/// drain blocks installed at least that long ago (all of them when `flush_all`) into `out`,
-/// stamping them after the swaps. Returns the stamp (the caller must wait for it before freeing)
-/// and whether younger blocks remain.
+/// Collector side: swaps out the open blocks of channels opened (or recycled) at least `delay_ms`
+/// ago (all of them when `flush_all`) into `out`, stamping them after the swaps. Returns whether
+/// younger blocks remain. The stolen blocks carry their stamp into `out`: a caller that frees a
+/// block only once its snapshot is done (`Batcher::free_ready`, then a wait for the newest one
+/// left) waits for the puts in flight (`chan.rs`).
 pub(crate) fn steal(
     b: &Global,
     out: &mut Batch,
     flush_all: bool,
     now_ms: u64,
     delay_ms: u64,
-) -> (Option<GpSeq>, bool) {
+) -> bool {
     let mut stolen = Batch::new();
     let mut open_left = false;
     for c in fronts().flat_map(|f| f.chans.iter()) {
         open_left |= c.steal(&mut stolen, flush_all, now_ms, delay_ms);
     }
-    (stamp_stolen(b, stolen, out, now_ms), open_left)
+    stamp_stolen(b, stolen, out, now_ms);
+    open_left
 }
 
-/// Whether any front holds an open or drain block (the worker's idle check, after its fence).
+/// Whether any front holds an open block (the worker's idle check, after its fence).
 pub(crate) fn any_open() -> bool {
     fronts()
         .flat_map(|f| f.chans.iter())
         .any(FrontChan::has_blocks)
 }
 
-/// Objects freed from drain blocks by their fronts' owners (statistics).
+/// Objects freed from recycled blocks by their fronts' owners (statistics; a thread retiring
+/// meanwhile may make it one off for a moment: its two counters are read one after the other).
 pub(crate) fn freed_inline() -> u64 {
     fronts()
-        .map(|f| f.freed_inline.load(Ordering::Relaxed))
+        .map(|f| {
+            let appended = f.appended.load(Ordering::Relaxed);
+            f.puts.load(Ordering::Relaxed).saturating_sub(appended)
+        })
         .sum()
 }
 
-/// Objects appended through fronts (statistics).
+/// Objects put through fronts (statistics).
 pub(crate) fn queued() -> u64 {
-    fronts().map(|f| f.queued.load(Ordering::Relaxed)).sum()
+    fronts().map(|f| f.puts.load(Ordering::Relaxed)).sum()
 }

@@ -8,8 +8,10 @@
 //!   take the head-linked stack, free the blocks whose grace period already completed
 //!   (ready-first), wait once for the newest remaining snapshot (blocks, heads, parked objects),
 //!   free the rest, then top up the emergency page caches unless the shrinker asked for a
-//!   back-off. It parks with the drain delay as timeout while partial blocks exist, and without
-//!   timeout when idle.
+//!   back-off. After a pass that waited or freed (work is flowing) it pauses for
+//!   [`crate::Config::gp_batch`] so that one grace period serves many hand-overs (retiring threads
+//!   that run out of ready blocks meanwhile run one themselves: `local.rs`); otherwise it parks
+//!   with the drain delay as timeout while partial blocks exist, and without timeout when idle.
 //! * **Idle protocol**: as in rcu-core: `IDLE = true`, then a re-check of every slot *under its
 //!   lock* plus the head stack and park count behind a `fence(SeqCst)`; producers check `IDLE`
 //!   after unlocking their slot (or after a fence for heads and parks).
@@ -198,15 +200,11 @@ pub(crate) fn in_pass() -> bool {
     IN_PASS.with(|w| w.get())
 }
 
-/// How long the worker lets hand-overs accumulate after a grace period before driving the next
-/// one (each grace period IPIs every running thread of the process).
-const GP_BATCH: std::time::Duration = std::time::Duration::from_micros(100);
-
 fn worker_main() {
     // Not the affinity of whichever thread happened to start us.
     rcu_core::cpu::unbind_thread();
     let b = batcher();
-    let delay = config().drain_delay;
+    let (delay, gp_batch) = (config().drain_delay, config().gp_batch);
     loop {
         let p = pass(b, false);
         if now_ms() >= BACKOFF_UNTIL_MS.load(Ordering::Relaxed) {
@@ -215,7 +213,7 @@ fn worker_main() {
         if p.waited_gp || p.freed {
             // Work is flowing: batch the next grace period (producers reclaim ready blocks
             // themselves meanwhile).
-            std::thread::park_timeout(GP_BATCH);
+            std::thread::park_timeout(gp_batch);
             continue;
         }
         IDLE.store(true, Ordering::Relaxed);
@@ -282,17 +280,18 @@ pub(crate) fn pass(b: &Global, flush_all: bool) -> PassResult {
     let mut batch = Batch::new();
     let (now, delay) = (now_ms(), config().drain_delay.as_millis() as u64);
     let mut c = b.collect(&mut batch, flush_all, now, delay);
-    let (stolen_snap, fronts_open) = crate::local::steal(b, &mut batch, flush_all, now, delay);
+    let fronts_open = crate::local::steal(b, &mut batch, flush_all, now, delay);
     c.open_left |= fronts_open;
     BLOCKS_IN_FLIGHT.fetch_add(batch.len() as u64, Ordering::Relaxed);
     let heads = HEADS.take_all();
     let heads_snap = (!heads.is_null()).then(|| b.dom.get_state());
     let mut res = Processed::default();
     let (mut later, newest) = b.free_ready(&mut batch, &mut res);
-    // One grace period covers the collected blocks, the head-linked objects, the parked ones and
-    // the blocks left for their producers to reclaim.
+    // One grace period covers the collected blocks (stolen ones too: stamped after their swap),
+    // the head-linked objects, the parked ones and the blocks left for their producers to
+    // reclaim.
     let mut need = newest;
-    for s in [heads_snap, park::newest_snap(), c.newest_left, stolen_snap]
+    for s in [heads_snap, park::newest_snap(), c.newest_left]
         .into_iter()
         .flatten()
     {
@@ -385,8 +384,12 @@ pub struct KfreeStats {
     pub objects_parked: u64,
     /// Objects parked right now.
     pub parked_now: u64,
-    /// Grace periods the batcher waited for.
+    /// Grace periods the batcher waited for or ran (the worker's, and the producers' own in
+    /// `grace_periods_expedited`).
     pub grace_periods: u64,
+    /// Grace periods retiring threads ran themselves, without waiting, because no recycled
+    /// block was ready while many waited for the worker (included in `grace_periods`).
+    pub grace_periods_expedited: u64,
     /// Bytes charged to the pending budget now (objects + pages + reservations).
     pub pending_bytes: u64,
     /// Highest pending charge seen.
@@ -418,7 +421,8 @@ pub(crate) fn stats() -> KfreeStats {
         head_queued: HEAD_QUEUED.load(Ordering::Relaxed),
         objects_parked: park::PARKED_TOTAL.load(Ordering::Relaxed),
         parked_now: park::PARKED_NOW.load(Ordering::Relaxed) as u64,
-        grace_periods: GPS_WAITED.load(Ordering::Relaxed),
+        grace_periods: GPS_WAITED.load(Ordering::Relaxed) + b.expedited.load(Ordering::Relaxed),
+        grace_periods_expedited: b.expedited.load(Ordering::Relaxed),
         pending_bytes: b.budget.pending() as u64,
         peak_pending_bytes: b.budget.peak() as u64,
         pending_cap: config().pending_cap as u64,

@@ -1,18 +1,19 @@
-//! Loom model of a per-thread front channel (`chan.rs`) against a collector: the owner appends to
-//! its open block and frees from its drain block inside read-side critical sections, or detaches
-//! them itself, while a collector swaps them out, waits for a grace period and frees what they
-//! hold (run with `RUSTFLAGS="--cfg rcu_loom"`, `LOOM_MAX_PREEMPTIONS=2`, `--release`).
+//! Loom model of a per-thread front channel (`chan.rs`) against a collector: the owner puts
+//! objects into its open block inside read-side critical sections — appending, or replacing the
+//! ready objects of a recycled block and freeing those after the section — or detaches the block
+//! itself, while a collector swaps it out, waits for a grace period and frees what it holds (run
+//! with `RUSTFLAGS="--cfg rcu_loom"`, `LOOM_MAX_PREEMPTIONS=2`, `--release`).
 //!
 //! Every "free" poisons the object's loom cell after checking it was not poisoned already, and
-//! counts it: an object lost (an append the collector did not see), freed twice (a drain step
-//! and a collector on the same pointer), or freed while a reader may still read it (a race on
-//! the cell that loom reports) fails the model.
+//! counts it: an object lost (a put the collector did not see), freed twice (a replaced object
+//! the collector also frees), or freed while a reader may still read it (a race on the cell that
+//! loom reports) fails the model.
 #![cfg(rcu_loom)]
 
 mod common_loom;
 
 use common_loom::{check_pages, collect_slots, obj, spawn_reader, HeapPages, Obj};
-use kfree_batch::raw::{stamp_stolen, Batch, Batcher, FrontChan, Processed};
+use kfree_batch::raw::{stamp_stolen, Batch, Batcher, FrontChan, Processed, Put};
 use loom::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use loom::sync::Arc;
 use loom::thread;
@@ -33,7 +34,7 @@ fn poison_one(p: *mut u8, ctx: *const ()) {
     unsafe { &*(ctx as *const AtomicUsize) }.fetch_add(1, Ordering::Relaxed);
 }
 
-/// The channel's free function (blocks freed by a collector or at hand-over).
+/// The channel's free function (blocks freed by a collector or from a slot).
 unsafe fn poison(ctx: *const (), objs: &[*mut u8]) {
     for &p in objs {
         poison_one(p, ctx);
@@ -85,14 +86,14 @@ fn free_objs(objs: &[usize]) {
 /// A reader holds the object the owner unpublishes and appends to its open block, then the
 /// owner hands the block over (as when it fills up) while a collector steals it: the object is
 /// freed exactly once, never inside the reader's section, whichever side gets the block — and
-/// if the collector took the block before the append, the append sees no block.
+/// if the collector took the block before the put, the put sees no block.
 #[test]
 fn append_and_hand_over_race_a_collector() {
     loom::model(|| {
         let (dom, b, freed, c) = setup(1);
         let old = obj(1);
         let slot = Arc::new(AtomicPtr::new(old));
-        c.open(&b, 0, false, true, 0).expect("open");
+        c.open(&b, 0, poison, false, true, 0).expect("open");
         let reader = spawn_reader(dom, slot.clone());
         let owner = {
             let (b, c, slot) = (b.clone(), c.clone(), slot.clone());
@@ -102,7 +103,9 @@ fn append_and_hand_over_race_a_collector() {
                 let rec = dom.register();
                 dom.read_lock(rec);
                 // SAFETY: this thread owns the channel and holds the read lock across the call.
-                let appended = unsafe { c.append(old.cast(), 8) }.is_some();
+                let put = unsafe { c.put(old.cast(), 8, true) };
+                let appended = matches!(put, Put::Appended { full: false });
+                assert!(appended || put == Put::NoBlock, "{put:?}");
                 dom.read_unlock(rec);
                 dom.unregister(rec);
                 if appended {
@@ -130,63 +133,94 @@ fn append_and_hand_over_race_a_collector() {
     });
 }
 
-/// A ready drain block holds two objects; the owner frees one per step inside its read-side
-/// sections (and detaches the block once empty) while a collector steals the block, waits for
-/// a grace period and frees what is left: each object is freed exactly once.
+/// A recycled block holds two ready objects; the owner puts two new ones in their place inside
+/// its read-side sections (one of them unpublished while a reader may hold it) and frees each
+/// replaced object after its section, while a collector steals the block, waits for a grace
+/// period and frees what it holds: every object is freed exactly once, and the new object never
+/// inside the reader's section.
 #[test]
-fn drain_steps_race_a_collector() {
+fn replacing_puts_race_a_collector() {
     loom::model(|| {
-        let (dom, b, freed, c) = setup(1);
-        let objs = [obj(1), obj(2)];
-        // Set-up on this thread: append both, hand the block over, let its grace period end,
-        // and install it as the drain block (the owner's path after a hand-over).
-        c.open(&b, 0, true, true, 0).expect("open");
+        let (dom, b, freed, c) = setup(2);
+        let ready = [obj(1), obj(2)];
+        // Set-up on this thread: fill a block with the two objects, hand it over and let its
+        // grace period end; then hand over a second block, which brings the first back to be
+        // recycled (the owner's path when a block fills up).
         let rec = dom.register();
-        dom.read_lock(rec);
-        for &o in &objs {
+        let append = |o: *mut Obj| {
+            dom.read_lock(rec);
             // SAFETY: this thread owns the channel and holds the read lock.
-            assert_eq!(unsafe { c.append(o.cast(), 8) }, Some(false));
-        }
-        dom.read_unlock(rec);
-        dom.unregister(rec);
+            let put = unsafe { c.put(o.cast(), 8, true) };
+            dom.read_unlock(rec);
+            assert_eq!(put, Put::Appended { full: false });
+        };
+        c.open(&b, 0, poison, true, true, 0).expect("open");
+        ready.iter().for_each(|&o| append(o));
         assert!(c.hand_over(&b, 0, true, true).is_some());
         dom.wait_for(dom.get_state(), false);
-        let (installed, _) = c.refill_drain(&b, 0, 0);
-        assert!(installed, "the ready block became the drain block");
+        let second = obj(3);
+        c.open(&b, 0, poison, true, true, 0).expect("open");
+        append(second);
+        let mut added = c.hand_over(&b, 0, true, true).expect("ours");
+        let back = added.take_drain().expect("the ready block comes back");
+        assert_eq!(c.install(&b, back, 0).blocks, 0, "installed, not freed");
+        dom.unregister(rec);
+        let new = [obj(10), obj(11)];
+        let published = obj(12);
+        let slot = Arc::new(AtomicPtr::new(new[0]));
+        let reader = spawn_reader(dom, slot.clone());
         let owner = {
-            let (b, c) = (b.clone(), c.clone());
+            let (c, slot, count) = (c.clone(), slot.clone(), freed.clone());
+            let new = new.map(|o| o as usize);
+            let published = published as usize;
             thread::spawn(move || {
                 let rec = dom.register();
-                let mut by_owner = 0;
-                for _ in 0..2 {
+                let (mut replaced, mut put_in) = (0, 0);
+                for (i, &o) in new.iter().enumerate() {
+                    if i == 0 {
+                        // Unpublish the first new object before retiring it.
+                        slot.store(published as *mut Obj, Ordering::Release);
+                    }
                     dom.read_lock(rec);
                     // SAFETY: this thread owns the channel and holds the read lock.
-                    let step = unsafe { c.drain_one(poison_one) };
+                    let put = unsafe { c.put(o as *mut u8, 8, true) };
                     dom.read_unlock(rec);
-                    match step {
-                        Some(emptied) => {
-                            by_owner += 1;
-                            if emptied {
-                                by_owner += c.take_drain(&b).objects;
-                            }
+                    match put {
+                        Put::Replaced { freed: p, full } => {
+                            assert!(!full);
+                            // After the section, as the real path frees it.
+                            poison_one(p, Arc::as_ptr(&count).cast());
+                            replaced += 1;
+                            put_in += 1;
                         }
-                        None => break,
+                        Put::Appended { full: false } => put_in += 1,
+                        Put::NoBlock => break,
+                        other => panic!("{other:?}"),
                     }
                 }
                 dom.unregister(rec);
-                by_owner
+                (replaced, put_in)
             })
         };
         let by_collector = collect_front(&b, &c);
-        let by_owner = owner.join().unwrap();
-        let rest = c.take_drain(&b).objects;
-        assert_eq!(
-            by_owner + by_collector + rest,
-            2,
-            "a drained object was lost"
+        let (replaced, put_in) = owner.join().unwrap();
+        reader.join().unwrap();
+        let by_slots = collect_slots(&b).objects;
+        assert!(
+            c.hand_over(&b, 0, false, false).is_none(),
+            "the collector took the block"
         );
-        assert_eq!(freed.load(Ordering::Relaxed), 2);
+        // The two ready objects, the second block's object and every new object put in: each
+        // freed once, by the owner (replaced), the collector (still in the block) or a slot.
+        assert_eq!(
+            replaced + by_collector + by_slots,
+            3 + put_in,
+            "an object was lost"
+        );
+        assert_eq!(freed.load(Ordering::Relaxed), 3 + put_in);
         check_pages(&b);
-        free_objs(&objs.map(|o| o as usize));
+        free_objs(&[ready[0] as usize, ready[1] as usize, second as usize]);
+        free_objs(&new.map(|o| o as usize));
+        free_objs(&[published as usize]);
     });
 }
