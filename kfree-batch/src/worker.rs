@@ -309,6 +309,12 @@ pub(crate) fn pass(b: &Global, flush_all: bool) -> PassResult {
     // SAFETY: `heads` was taken before `heads_snap` was taken and we waited for it.
     let head_objs = unsafe { HEADS.free_list(heads) };
     let parked = park::sweep(b.dom);
+    // The page source is over its limit (lowered below its use): cached pages go back too, not
+    // only freed ones (`recycle_page`). A page a refill pushed just before the limit dropped
+    // would otherwise stay cached until a shrinker ran.
+    if b.pages.over_limit() && b.cached_pages() != 0 {
+        b.drain_caches();
+    }
     IN_PASS.with(|w| w.set(false));
     BUSY.unlock();
     let objs = res.objects + head_objs + parked;
