@@ -363,17 +363,12 @@ fn mapper_thread(
     lock(&live.map).add(&m.st);
 }
 
-/// Resets the kernel's peak-RSS counter for this process (best effort).
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
 /// Runs one mode: populate the mms, run fault and mapper threads for `cfg.seconds`, tear down,
 /// wait for every deferred free and count leaked VMAs. `tick` is called about every 100 ms with
 /// the elapsed time and the live counters (for a progress line).
 pub(crate) fn run_mode(cfg: &Config, tick: &mut dyn FnMut(Duration, &Live)) -> ModeReport {
     assert!(cfg.threads >= 1 && cfg.mms >= 1 && cfg.vmas >= 1);
-    reset_peak_rss();
+    test_support::start_peak_rss();
     let alloc = VmaAlloc::new(cfg.mode);
     let npages = (cfg.vmas * PAGES_PER_VMA).max(8);
     let mms: Vec<Arc<Mm>> = (0..cfg.mms).map(|_| Arc::new(Mm::new(npages))).collect();

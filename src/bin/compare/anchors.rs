@@ -102,7 +102,7 @@ pub(crate) mod cb {
             g.flush();
         }
         let reader = stall.then(|| Stalled::start(epoch::pin));
-        let hwm0 = child::vm_hwm();
+        let hwm0 = child::start_peak();
         let rss0 = child::vm_rss();
         let mut peak_pending = 0u64;
         let t = Instant::now();
@@ -360,7 +360,7 @@ pub(crate) mod urcu {
         } else {
             None
         };
-        let hwm0 = child::vm_hwm();
+        let hwm0 = child::start_peak();
         let rss0 = child::vm_rss();
         let t = Instant::now();
         // SAFETY: the calling thread holds no liburcu read lock; the shim registers it around

@@ -355,7 +355,7 @@ pub(crate) fn kfree_mem(stall: bool, cap: Option<usize>) -> Result<Mem, String> 
     kvfree_rcu_barrier();
     let reader = stall.then(|| Stalled::start(rcu_read_lock));
     let s0 = kfree_batch::stats();
-    let hwm0 = child::vm_hwm();
+    let hwm0 = child::start_peak();
     let rss0 = child::vm_rss();
     let t = Instant::now();
     for i in 0..n {
@@ -409,7 +409,7 @@ pub(crate) fn call_rcu_mem() -> Mem {
     let n = child::objects();
     let mut out = Mem::new();
     let g0 = rcu_core::stats().grace_periods;
-    let hwm0 = child::vm_hwm();
+    let hwm0 = child::start_peak();
     let t = Instant::now();
     for i in 0..n {
         let b = Box::new(Tracked([i; 4]));
