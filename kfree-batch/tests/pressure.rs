@@ -103,6 +103,31 @@ fn case_budget_lowered_in_flight() {
     slab_backend::set_memory_limit(None);
 }
 
+/// The limit drops below the use while the emergency caches are full, and no shrinker runs: the
+/// next collection pass (here the barrier's) gives the cached pages back. Before, they stayed
+/// cached over the limit until memory ran short enough for a shrinker.
+fn case_limit_drops_cached_pages() {
+    warm_up();
+    // The worker refills the caches after the warm-up (asynchronously).
+    let t = Instant::now();
+    while stats().pages_cached == 0 && t.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let cached = stats().pages_cached;
+    assert!(cached > 0, "the worker never refilled the caches");
+    slab_backend::set_memory_limit(Some(0));
+    kvfree_rcu_barrier();
+    let s = stats();
+    let m = slab_backend::memory_stats();
+    println!("limit-drops-cached: {cached} cached before; after {s:?}\n{m:?}");
+    assert_eq!(s.pages_cached, 0, "pages kept cached over the limit");
+    assert_eq!(
+        m.shrinker_runs, 0,
+        "a shrinker ran: the case tests the pass alone"
+    );
+    slab_backend::set_memory_limit(None);
+}
+
 /// Inside a reader with no memory: no deadlock, nothing freed before the guard drops, all freed
 /// after it.
 fn case_reader_under_pressure() {
@@ -341,6 +366,7 @@ fn pressure_child() {
     match child_case().as_deref() {
         Some("budget0") => case_budget_zero(),
         Some("lowered") => case_budget_lowered_in_flight(),
+        Some("limit_cached") => case_limit_drops_cached_pages(),
         Some("reader") => case_reader_under_pressure(),
         Some("rlimit") => case_rlimit(),
         Some("cap") => case_cap_stalled_reader(),
@@ -374,6 +400,11 @@ fn budget_zero_after_warm_up_frees_everything_through_fallbacks() {
 #[test]
 fn budget_lowered_with_blocks_in_flight_shrinks_the_batcher() {
     expect_ok("lowered");
+}
+
+#[test]
+fn lowered_limit_gives_cached_pages_back_at_the_next_pass() {
+    expect_ok("limit_cached");
 }
 
 #[test]
