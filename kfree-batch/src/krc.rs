@@ -5,7 +5,8 @@
 //!
 //! Each CPU slot has a [`Krc`]: a try-lock and, under it, up to [`NCHAN`] open blocks (one per
 //! bulk-free function + context, the *channels*), the list of blocks handed over and not yet
-//! collected, a small cache of empty pages, and the slot's unspent budget reservation.
+//! collected, a small cache of empty pages (`krc/cache.rs`), and the slot's unspent budget
+//! reservation.
 //!
 //! ```text
 //!   enqueue ──▶ chans[c].block (open) ──full──▶ handed (stamped) ──collect──▶ worker batch
@@ -58,6 +59,8 @@ use crate::config::{Budget, RESERVE_CHUNK};
 use crate::lock::TryLock;
 use crate::primitive::cell::UnsafeCell;
 use crate::primitive::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+mod cache;
 
 /// Channels (distinct free functions) open at once per CPU slot.
 pub(crate) const NCHAN: usize = 4;
@@ -117,20 +120,6 @@ impl KrcInner {
         self.nhanded -= 1;
         // SAFETY: the caller just unlinked `b`, which the slot owned.
         self.nhanded_plain -= usize::from(!unsafe { (*b).hdr.inline_free });
-    }
-
-    /// Puts an empty page on the slot's cache.
-    ///
-    /// # Safety
-    /// `page` is a page of the batcher's page source that nothing else uses.
-    unsafe fn push_cache(&mut self, k: &Krc, page: NonNull<u8>, origin: usize) {
-        // SAFETY: the page is ours; it becomes a cached empty block of this slot.
-        let b = unsafe { Block::empty_page(page, origin) };
-        // SAFETY: as above.
-        unsafe { (*b).hdr.next = self.cache };
-        self.cache = b;
-        self.ncache += 1;
-        k.cached.store(self.ncache, Ordering::Relaxed);
     }
 
     /// Removes the oldest handed block.
@@ -229,9 +218,6 @@ pub(crate) const EXPEDITE_WAITING: usize = 16;
 /// How long producers leave grace periods to the worker after one of theirs was blocked by a
 /// reader (ms).
 const EXPEDITE_BACKOFF_MS: u64 = 2;
-
-/// Recycled block pages a slot keeps (beyond the emergency target) before unmapping.
-pub(crate) const RECYCLE_KEEP: usize = 32;
 
 /// One CPU slot.
 pub(crate) struct Krc {
@@ -639,18 +625,6 @@ impl<'d, P: Pages> Batcher<'d, P> {
         Ok(())
     }
 
-    /// A page from the slot's cache (still charged to the budget, Invariant 4).
-    fn take_cached(&self, k: &Krc, inner: &mut KrcInner) -> Option<NonNull<u8>> {
-        let b = NonNull::new(inner.cache)?;
-        // SAFETY: cached pages belong to the slot (Invariant 2).
-        inner.cache = unsafe { (*b.as_ptr()).hdr.next };
-        inner.ncache -= 1;
-        k.cached.store(inner.ncache, Ordering::Relaxed);
-        k.cache_used
-            .store(k.cache_used.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-        Some(b.cast())
-    }
-
     /// Stamps channel `ci`'s block and moves it to `handed` (Invariant 3).
     fn hand_over(&self, inner: &mut KrcInner, ci: usize) {
         let b = inner.chans[ci].block;
@@ -909,92 +883,9 @@ impl<'d, P: Pages> Batcher<'d, P> {
         self.recycle_page(origin, page);
     }
 
-    /// Returns a page to slot `origin`'s cache if it holds fewer than
-    /// `max(pages_per_cpu, RECYCLE_KEEP)` pages (freed blocks are the next blocks: no
-    /// munmap/mmap/page-fault round trip per ~505 objects), else to the page layer. Refills only
-    /// aim at `pages_per_cpu`; the shrinker empties the caches. While the page source is over its
-    /// limit (lowered below the use) every freed page goes back: the batcher shrinks to the limit
-    /// instead of living on recycled pages.
-    pub(crate) fn recycle_page(&self, origin: usize, page: NonNull<u8>) {
-        if self.pages.over_limit() {
-            self.free_page(page);
-            return;
-        }
-        let k = &self.krcs[origin % self.krcs.len()];
-        let keep = self.pages_per_cpu.max(RECYCLE_KEEP);
-        let kept = k.locked(|inner| {
-            if inner.ncache >= keep {
-                return false;
-            }
-            // SAFETY: the page is ours.
-            unsafe { inner.push_cache(k, page, origin) };
-            true
-        });
-        if !kept {
-            self.free_page(page);
-        }
-    }
-
-    /// Gives a page (charged, no longer used) back to the page layer and releases its charge.
-    fn free_page(&self, page: NonNull<u8>) {
-        // SAFETY: the page came from `self.pages` and is no longer used.
-        unsafe { self.pages.free(page) };
-        self.budget.release(PAGE_SIZE);
-    }
-
-    /// Empties the page caches if they hold anything (a caller hit the cap: cached pages are
-    /// charged, Invariant 4). Returns whether any page was given back.
-    pub(crate) fn release_caches_for_cap(&self) -> bool {
-        self.cached_pages() != 0 && self.drain_caches() != 0
-    }
-
-    /// Tops every slot's cache up to `pages_per_cpu` (worker only; never on a caller's path).
-    /// Returns pages added; stops at the first allocation failure.
-    pub(crate) fn refill_caches(&self) -> usize {
-        let mut added = 0;
-        for (i, k) in self.krcs.iter().enumerate() {
-            while k.cached.load(Ordering::Relaxed) < self.pages_per_cpu {
-                // Charged like every held page (Invariant 4), within half of the cap.
-                if self
-                    .budget
-                    .reserve(PAGE_SIZE, PAGE_SIZE, self.cap / 2)
-                    .is_none()
-                {
-                    return added;
-                }
-                let Some(p) = self.pages.alloc() else {
-                    self.budget.release(PAGE_SIZE);
-                    return added;
-                };
-                self.recycle_page(i, p);
-                added += 1;
-            }
-        }
-        added
-    }
-
     /// The page source.
     pub fn pages(&self) -> &P {
         &self.pages
-    }
-
-    /// Empties every slot's page cache (shrinker). Returns pages given back.
-    pub fn drain_caches(&self) -> usize {
-        let mut freed = 0;
-        for k in self.krcs.iter() {
-            let mut list = k.locked(|inner| {
-                inner.ncache = 0;
-                k.cached.store(0, Ordering::Relaxed);
-                core::mem::replace(&mut inner.cache, core::ptr::null_mut())
-            });
-            while let Some(b) = NonNull::new(list) {
-                // SAFETY: detached cached pages are ours.
-                list = unsafe { (*b.as_ptr()).hdr.next };
-                self.free_page(b.cast());
-                freed += 1;
-            }
-        }
-        freed
     }
 
     /// Whether any slot has a handed-over block whose grace period has not completed (checked
@@ -1042,22 +933,6 @@ impl<'d, P: Pages> Batcher<'d, P> {
         self.krcs
             .iter()
             .map(|k| k.queued.load(Ordering::Relaxed))
-            .sum()
-    }
-
-    /// Pages cached on every slot (statistics).
-    pub(crate) fn cached_pages(&self) -> usize {
-        self.krcs
-            .iter()
-            .map(|k| k.cached.load(Ordering::Relaxed))
-            .sum()
-    }
-
-    /// Emergency pages taken (statistics).
-    pub(crate) fn cache_used(&self) -> u64 {
-        self.krcs
-            .iter()
-            .map(|k| k.cache_used.load(Ordering::Relaxed))
             .sum()
     }
 
