@@ -16,8 +16,9 @@
 //! `snap` is the grace-period state taken when the block is *handed over* (full, or taken after
 //! the drain delay) under the per-CPU lock, i.e. after every enqueue into it: the kernel stamps on
 //! every add, which costs a full fence per object; stamping once per block is later and therefore
-//! at least as conservative. A recycled block is stamped again at its next hand-over. Before a block's pointers are freed, a debug assertion checks that
-//! `snap` has completed (the kernel's `WARN_ON_ONCE(!poll_state_synchronize_rcu_full())`).
+//! at least as conservative. A recycled block is stamped again at its next hand-over. Before a
+//! block's pointers are freed, a debug assertion checks that `snap` has completed (the kernel's
+//! `WARN_ON_ONCE(!poll_state_synchronize_rcu_full())`).
 //!
 //! `inline_free` marks the [`dealloc_boxes`] channels: boxes of types without drop glue, freed by
 //! the global allocator's `dealloc` alone, with the layout encoded in the channel's context (so

@@ -255,7 +255,7 @@ impl FrontChan {
     /// `cpu` of `b`. With `may_reclaim`, ready blocks of that slot come back in the result for
     /// the caller to free ([`Batcher::free_detached`]), and, with `want_next` too, for an
     /// `inline_free` channel, the oldest ready block of the channel to recycle in place
-    /// ([`Added::take_drain`]; the caller must [`FrontChan::install`] or free it). Returns
+    /// ([`Added::take_recycle`]; the caller must [`FrontChan::install`] or free it). Returns
     /// `None` if a collector took the block first.
     pub fn hand_over<P: Pages>(
         &self,
@@ -271,11 +271,11 @@ impl FrontChan {
         }
         // SAFETY: we own `blk`.
         let inline = unsafe { (*blk).hdr.inline_free };
-        let drain_for = (may_reclaim && want_next && inline).then(|| self.key());
-        Some(b.hand_over_detached(cpu, blk, may_reclaim, drain_for))
+        let recycle_for = (may_reclaim && want_next && inline).then(|| self.key());
+        Some(b.hand_over_detached(cpu, blk, may_reclaim, recycle_for))
     }
 
-    /// Owner: installs `d`, a ready block of this channel (from [`Added::take_drain`]), as the
+    /// Owner: installs `d`, a ready block of this channel (from [`Added::take_recycle`]), as the
     /// open block, to be recycled in place (the slot must be null); an empty one is freed
     /// instead. Returns what was freed here.
     pub fn install<P: Pages>(

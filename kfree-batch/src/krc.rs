@@ -89,7 +89,7 @@ struct KrcInner {
     /// Length of `handed`.
     nhanded: usize,
     /// Handed blocks that are not `inline_free` (the ones a front's ready-first reclaim frees
-    /// below [`DRAIN_BACKLOG`]).
+    /// below [`BULK_FREE_BACKLOG`]).
     nhanded_plain: usize,
     /// Empty pages kept for emergencies (linked through `hdr.next`).
     cache: *mut Block,
@@ -208,7 +208,7 @@ pub(crate) type ChanKey = (usize, *const ());
 /// retire also frees ready ones in bulk at hand-over (it fell behind; see `local.rs`). Above
 /// [`EXPEDITE_WAITING`], so that the blocks a producer's own grace period made ready are
 /// recycled, not freed in bulk.
-pub(crate) const DRAIN_BACKLOG: usize = 32;
+pub(crate) const BULK_FREE_BACKLOG: usize = 32;
 
 /// Handed blocks of a slot from which a producer that finds no ready block to recycle runs the
 /// grace period itself instead of opening a fresh block (`local.rs`): below it the slot's
@@ -320,8 +320,8 @@ pub struct Added {
     /// ([`Batcher::free_detached`]) after the slot lock is released.
     pub(crate) reclaimed: [Option<NonNull<Block>>; RECLAIM_PER_HANDOVER],
     /// A ready block of an `inline_free` channel for the caller's front to recycle in place
-    /// (only when asked for: [`Batcher::hand_over_detached`] with `drain_for`).
-    pub(crate) drain: Option<NonNull<Block>>,
+    /// (only when asked for: [`Batcher::hand_over_detached`] with `recycle_for`).
+    pub(crate) recycle: Option<NonNull<Block>>,
     /// No block to recycle came back, but the slot holds [`EXPEDITE_WAITING`] handed blocks:
     /// the snapshot of the oldest one of the channel, for [`Batcher::expedite_ready_of`].
     pub(crate) expedite: Option<GpSeq>,
@@ -330,8 +330,8 @@ pub struct Added {
 impl Added {
     /// The ready block handed back for the caller's front to recycle in place, if any
     /// ([`crate::raw::FrontChan::install`]).
-    pub fn take_drain(&mut self) -> Option<NonNull<Block>> {
-        self.drain.take()
+    pub fn take_recycle(&mut self) -> Option<NonNull<Block>> {
+        self.recycle.take()
     }
 }
 
@@ -747,14 +747,14 @@ impl<'d, P: Pages> Batcher<'d, P> {
     /// `cpu`: stamped under the slot's lock, after every store into it (the caller owns the
     /// block, so its stores happen-before). With `may_reclaim`, ready handed blocks of that slot
     /// are detached for the caller to free, as in [`Batcher::enqueue`], except that the caller is
-    /// a front that recycles ready `inline_free` blocks itself (`local.rs`): with `drain_for`
-    /// the oldest ready block of that channel goes to [`Added::drain`].
+    /// a front that recycles ready `inline_free` blocks itself (`local.rs`): with `recycle_for`
+    /// the oldest ready block of that channel goes to [`Added::take_recycle`].
     pub(crate) fn hand_over_detached(
         &self,
         cpu: usize,
         b: *mut Block,
         may_reclaim: bool,
-        drain_for: Option<ChanKey>,
+        recycle_for: Option<ChanKey>,
     ) -> Added {
         let idx = cpu % self.krcs.len();
         let k = &self.krcs[idx];
@@ -771,7 +771,7 @@ impl<'d, P: Pages> Batcher<'d, P> {
             }
             inner.push_handed(b);
             if may_reclaim {
-                self.reclaim_ready(inner, &mut added, true, drain_for);
+                self.reclaim_ready(inner, &mut added, true, recycle_for);
             }
             k.handed_n.store(inner.nhanded, Ordering::Relaxed);
         });
@@ -802,7 +802,7 @@ impl<'d, P: Pages> Batcher<'d, P> {
         }
         let k = &self.krcs[cpu % self.krcs.len()];
         k.locked(|inner| {
-            let b = inner.take_ready_where(self.dom.current(), |h| drains_as(h, key));
+            let b = inner.take_ready_where(self.dom.current(), |h| recycles_as(h, key));
             k.handed_n.store(inner.nhanded, Ordering::Relaxed);
             b.and_then(NonNull::new)
         })
@@ -813,30 +813,30 @@ impl<'d, P: Pages> Batcher<'d, P> {
     /// so objects are freed by the thread that allocated them (no cross-thread free).
     ///
     /// A `front` caller recycles ready `inline_free` blocks itself, so those are freed in bulk
-    /// only past [`DRAIN_BACKLOG`] handed blocks (in the steady state the front frees one object
-    /// per retire); with `drain_for`, the oldest ready block of that channel goes to
-    /// [`Added::drain`].
+    /// only past [`BULK_FREE_BACKLOG`] handed blocks (in the steady state the front frees one object
+    /// per retire); with `recycle_for`, the oldest ready block of that channel goes to
+    /// [`Added::take_recycle`].
     fn reclaim_ready(
         &self,
         inner: &mut KrcInner,
         added: &mut Added,
         front: bool,
-        drain_for: Option<ChanKey>,
+        recycle_for: Option<ChanKey>,
     ) {
         let cur = self.dom.current();
-        if let Some(key) = drain_for {
-            added.drain = inner
-                .take_ready_where(cur, |h| drains_as(h, key))
+        if let Some(key) = recycle_for {
+            added.recycle = inner
+                .take_ready_where(cur, |h| recycles_as(h, key))
                 .and_then(NonNull::new);
-            if added.drain.is_none() && inner.nhanded >= EXPEDITE_WAITING {
-                added.expedite = inner.oldest_snap_where(|h| drains_as(h, key));
+            if added.recycle.is_none() && inner.nhanded >= EXPEDITE_WAITING {
+                added.expedite = inner.oldest_snap_where(|h| recycles_as(h, key));
             }
         }
-        if front && inner.nhanded <= DRAIN_BACKLOG && inner.nhanded_plain == 0 {
+        if front && inner.nhanded <= BULK_FREE_BACKLOG && inner.nhanded_plain == 0 {
             return; // nothing this caller would take: spare the walk over the ready blocks
         }
         for slot in added.reclaimed.iter_mut() {
-            let backlog = inner.nhanded > DRAIN_BACKLOG;
+            let backlog = inner.nhanded > BULK_FREE_BACKLOG;
             match inner.take_ready_where(cur, |h| !front || !h.inline_free || backlog) {
                 Some(b) => *slot = NonNull::new(b),
                 None => break,
@@ -954,7 +954,7 @@ pub(crate) fn newer(a: Option<GpSeq>, s: GpSeq) -> GpSeq {
 }
 
 /// Whether a block of header `h` may be recycled in place by a front channel keyed `key`.
-fn drains_as(h: &BlockHeader, key: ChanKey) -> bool {
+fn recycles_as(h: &BlockHeader, key: ChanKey) -> bool {
     h.inline_free && same_channel(h, key.0, key.1)
 }
 

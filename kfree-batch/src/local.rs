@@ -115,31 +115,33 @@ pub(crate) fn put_fast(r: &Retired) -> bool {
     // SAFETY: we own the front (Invariant 2) and hold `g` across the call.
     let put = unsafe { c.put(r.obj, r.size, left >= r.size) };
     drop(g);
-    if let Put::Replaced { freed, full } = put {
-        bump(&f.puts);
-        if full {
-            hand_over_full(c);
+    match put {
+        Put::Replaced { freed, full } => {
+            bump(&f.puts);
+            if full {
+                hand_over_full(c);
+            }
+            debug_assert!(
+                r.inline_free,
+                "kfree-batch: a replacing put on a dropping channel"
+            );
+            // SAFETY: `freed` left its block inside our section and its grace period is over
+            // (the channel's Invariant 3); an `inline_free` channel's context encodes the layout
+            // its objects were allocated with, and its free is `dealloc` alone (no user code).
+            unsafe { std::alloc::dealloc(freed, crate::block::decode_layout(r.ctx)) };
+            true
         }
-        debug_assert!(
-            r.inline_free,
-            "kfree-batch: a replacing put on a dropping channel"
-        );
-        // SAFETY: `freed` left its block inside our section and its grace period is over (the
-        // channel's Invariant 3); an `inline_free` channel's context encodes the layout its
-        // objects were allocated with, and its free is `dealloc` alone (no user code).
-        unsafe { std::alloc::dealloc(freed, crate::block::decode_layout(r.ctx)) };
-        return true;
-    }
-    if let Put::Appended { full } = put {
-        RESERVE.with(|c| c.set(left - r.size));
-        bump(&f.appended);
-        bump(&f.puts);
-        if full {
-            hand_over_full(c);
+        Put::Appended { full } => {
+            RESERVE.with(|c| c.set(left - r.size));
+            bump(&f.appended);
+            bump(&f.puts);
+            if full {
+                hand_over_full(c);
+            }
+            true
         }
-        return true;
+        Put::NoBlock | Put::NoBudget => false,
     }
-    false
 }
 
 /// Statistics, owner-only writers: load + store, Relaxed (no RMW on the fast path).
@@ -185,7 +187,7 @@ fn hand_over_full(c: &FrontChan) {
         return; // a collector took it; it will free it after a grace period
     };
     crate::worker::kick();
-    let next = added.take_drain();
+    let next = added.take_recycle();
     let expedite = added.expedite.take();
     crate::worker::free_reclaimed(b, &mut added);
     // Nothing ready although many blocks wait: the worker lags (descheduled, or its cadence

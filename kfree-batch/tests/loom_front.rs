@@ -110,7 +110,7 @@ fn append_and_hand_over_race_a_collector() {
                 dom.unregister(rec);
                 if appended {
                     if let Some(mut added) = c.hand_over(&b, 0, false, false) {
-                        assert!(added.take_drain().is_none());
+                        assert!(added.take_recycle().is_none());
                     }
                 }
                 appended
@@ -162,7 +162,7 @@ fn replacing_puts_race_a_collector() {
         c.open(&b, 0, poison, true, true, 0).expect("open");
         append(second);
         let mut added = c.hand_over(&b, 0, true, true).expect("ours");
-        let back = added.take_drain().expect("the ready block comes back");
+        let back = added.take_recycle().expect("the ready block comes back");
         assert_eq!(c.install(&b, back, 0).blocks, 0, "installed, not freed");
         dom.unregister(rec);
         let new = [obj(10), obj(11)];
