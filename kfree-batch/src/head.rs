@@ -51,8 +51,9 @@ impl RcuHead {
 /// Implement it with [`crate::impl_has_rcu_head!`].
 ///
 /// # Safety
-/// `RCU_HEAD_OFFSET` must be the byte offset of a field of type `RcuHead` inside `Self`, and no
-/// reader may rely on that field's contents.
+/// `RCU_HEAD_OFFSET` must be the byte offset of a field of type `RcuHead` itself (not a pointer
+/// or reference to one) inside `Self`, aligned for `RcuHead`, and no reader may rely on that
+/// field's contents: the retire path writes a whole `RcuHead` at that offset.
 pub unsafe trait HasRcuHead: Send + Sized + 'static {
     /// Byte offset of the `RcuHead` field.
     const RCU_HEAD_OFFSET: usize;
@@ -67,12 +68,63 @@ pub unsafe trait HasRcuHead: Send + Sized + 'static {
 /// kfree_batch::kfree_rcu_head(Box::new(Node { key: 1, head: RcuHead::new() }));
 /// kfree_batch::kvfree_rcu_barrier();
 /// ```
+///
+/// The field must be an `RcuHead` itself, not something that dereferences to one (the head is
+/// written in place, over the field's own bytes). Each of these is rejected at compile time:
+///
+/// ```compile_fail
+/// use kfree_batch::{impl_has_rcu_head, RcuHead};
+/// struct Node { key: u64, head: Box<RcuHead> }
+/// impl_has_rcu_head!(Node, head);
+/// ```
+///
+/// ```compile_fail
+/// use kfree_batch::{impl_has_rcu_head, RcuHead};
+/// struct Node { key: u64, head: std::sync::Arc<RcuHead> }
+/// impl_has_rcu_head!(Node, head);
+/// ```
+///
+/// ```compile_fail
+/// use kfree_batch::{impl_has_rcu_head, RcuHead};
+/// static HEAD: RcuHead = RcuHead::new();
+/// struct Node { key: u64, head: &'static RcuHead }
+/// impl_has_rcu_head!(Node, head);
+/// ```
+///
+/// ```compile_fail
+/// use kfree_batch::{impl_has_rcu_head, RcuHead};
+/// #[repr(C, packed)]
+/// struct Node { key: u8, head: RcuHead }
+/// impl_has_rcu_head!(Node, head);
+/// ```
 #[macro_export]
 macro_rules! impl_has_rcu_head {
     ($t:ty, $field:ident) => {
-        const _: fn(&$t) -> &$crate::RcuHead = |x| &x.$field;
+        const _: () = {
+            // The field's type is `RcuHead` itself: `addr_of!` takes the field's place without
+            // auto-deref, and raw pointers do not coerce, so a `Box<RcuHead>`, `Arc<RcuHead>`
+            // or `&RcuHead` field is a type error here (a reference-returning closure would
+            // accept them through deref coercion). Never called.
+            #[allow(dead_code, unused_unsafe)]
+            fn field_is_rcu_head(p: *const $t) -> *const $crate::RcuHead {
+                // SAFETY: never called; `addr_of!` computes a field address without reading
+                // or creating a reference.
+                unsafe { ::core::ptr::addr_of!((*p).$field) }
+            }
+            let off = ::core::mem::offset_of!($t, $field);
+            let head = ::core::mem::size_of::<$crate::RcuHead>();
+            let align = ::core::mem::align_of::<$crate::RcuHead>();
+            ::core::assert!(
+                off + head <= ::core::mem::size_of::<$t>(),
+                "impl_has_rcu_head!: the RcuHead field does not lie inside the type"
+            );
+            ::core::assert!(
+                ::core::mem::align_of::<$t>() >= align && off % align == 0,
+                "impl_has_rcu_head!: the RcuHead field is not aligned (packed type?)"
+            );
+        };
         // SAFETY: the offset is computed by `offset_of!` for a field checked above to be an
-        // `RcuHead`.
+        // `RcuHead` lying inside `$t` and aligned for it.
         unsafe impl $crate::HasRcuHead for $t {
             const RCU_HEAD_OFFSET: usize = ::core::mem::offset_of!($t, $field);
         }
