@@ -70,13 +70,14 @@ use rcu_core::GpSeq;
 
 use crate::block::{Block, FreeFn, BLOCK_CAPACITY};
 use crate::krc::{newer, Added, Batch, Batcher, ChanKey, Pages, Processed, Refused};
-use crate::primitive::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use crate::primitive::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 /// One channel of a front (module docs, Invariants 0-4).
 #[derive(Debug)]
 pub struct FrontChan {
-    /// The channel's free function as an address, 0 while unused (owner writes, Invariant 0).
-    free: AtomicUsize,
+    /// The channel's free function, stored as a pointer (never an integer, so it keeps its
+    /// provenance); null while unused (owner writes, Invariant 0).
+    free: AtomicPtr<()>,
     /// The free function's context (owner writes, Invariant 0).
     ctx: AtomicPtr<()>,
     /// The open block, or null (Invariant 1).
@@ -121,7 +122,7 @@ impl FrontChan {
     /// An unused channel.
     pub fn new() -> FrontChan {
         FrontChan {
-            free: AtomicUsize::new(0),
+            free: AtomicPtr::new(core::ptr::null_mut()),
             ctx: AtomicPtr::new(core::ptr::null_mut()),
             block: AtomicPtr::new(core::ptr::null_mut()),
             opened_ms: AtomicU64::new(0),
@@ -129,17 +130,20 @@ impl FrontChan {
         }
     }
 
-    /// Whether this channel is `(free, ctx)` (owner only; Relaxed: owner-written fields).
+    /// Whether this channel is `(free, ctx)`, `free` given as the function's address (owner
+    /// only; Relaxed: owner-written fields).
     #[inline(always)]
     pub fn is(&self, free: usize, ctx: *const ()) -> bool {
-        self.free.load(Ordering::Relaxed) == free
+        // Address comparison only: nothing is ever called through the integer.
+        self.free.load(Ordering::Relaxed) as usize == free
             && self.ctx.load(Ordering::Relaxed).cast_const() == ctx
     }
 
-    /// The channel's key (owner only).
+    /// The channel's key (owner only): its free function's address (compared, never called)
+    /// and context.
     pub(crate) fn key(&self) -> ChanKey {
         (
-            self.free.load(Ordering::Relaxed),
+            self.free.load(Ordering::Relaxed) as usize,
             self.ctx.load(Ordering::Relaxed).cast_const(),
         )
     }
@@ -150,19 +154,19 @@ impl FrontChan {
             self.is_idle(),
             "kfree-batch: re-keying a channel that holds a block"
         );
-        self.free.store(free as usize, Ordering::Relaxed);
+        self.free.store(free as *mut (), Ordering::Relaxed);
         self.ctx.store(ctx.cast_mut(), Ordering::Relaxed);
     }
 
     /// Marks the channel unused (owner only, slot detached).
     pub(crate) fn clear_key(&self) {
-        self.free.store(0, Ordering::Relaxed);
+        self.free.store(core::ptr::null_mut(), Ordering::Relaxed);
     }
 
     /// Whether the channel is unused or holds no block. Relaxed: the key is owner-written, and
     /// collectors only ever swap the slot to null, so a null seen by the owner stays null.
     pub(crate) fn is_idle(&self) -> bool {
-        self.free.load(Ordering::Relaxed) == 0 || self.block.load(Ordering::Relaxed).is_null()
+        self.free.load(Ordering::Relaxed).is_null() || self.block.load(Ordering::Relaxed).is_null()
     }
 
     /// Whether the slot holds a block (a hint for the worker's idle check).
@@ -187,6 +191,8 @@ impl FrontChan {
             key != 0 && key == free as usize,
             "kfree-batch: opening a block for another channel's free function"
         );
+        // The block records the caller's `free` (a function pointer with its provenance); the
+        // key's address is only compared against it.
         let blk = b.open_block(cpu, free, ctx, inline_free, may_alloc)?;
         self.publish(blk, 0, now_ms);
         Ok(())

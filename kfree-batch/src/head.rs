@@ -24,8 +24,9 @@ use crate::primitive::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 #[repr(C)]
 pub struct RcuHead {
     next: AtomicPtr<RcuHead>,
-    /// `unsafe fn(*mut RcuHead)` address that frees the containing object; 0 when idle.
-    free: AtomicUsize,
+    /// The `unsafe fn(*mut RcuHead)` that frees the containing object, as a pointer (so it keeps
+    /// its provenance; never an integer); null when idle.
+    free: AtomicPtr<()>,
 }
 
 impl RcuHead {
@@ -34,7 +35,7 @@ impl RcuHead {
     pub const fn new() -> RcuHead {
         RcuHead {
             next: AtomicPtr::new(core::ptr::null_mut()),
-            free: AtomicUsize::new(0),
+            free: AtomicPtr::new(core::ptr::null_mut()),
         }
     }
     /// A fresh head.
@@ -42,7 +43,7 @@ impl RcuHead {
     pub fn new() -> RcuHead {
         RcuHead {
             next: AtomicPtr::new(core::ptr::null_mut()),
-            free: AtomicUsize::new(0),
+            free: AtomicPtr::new(core::ptr::null_mut()),
         }
     }
 }
@@ -175,7 +176,7 @@ impl HeadStack {
     pub(crate) unsafe fn push(&self, head: *mut RcuHead, free: unsafe fn(*mut RcuHead)) {
         // SAFETY: the caller owns the retired object and therefore its head.
         let h = unsafe { &*head };
-        h.free.store(free as usize, Ordering::Relaxed);
+        h.free.store(free as *mut (), Ordering::Relaxed);
         let mut top = self.top.load(Ordering::Relaxed);
         loop {
             h.next.store(top, Ordering::Relaxed);
@@ -213,9 +214,10 @@ impl HeadStack {
                     h.free.load(Ordering::Relaxed),
                 )
             };
-            // SAFETY: `f` was stored from an `unsafe fn(*mut RcuHead)` in `push`.
+            // SAFETY: `f` was stored from an `unsafe fn(*mut RcuHead)` in `push`, as a pointer:
+            // transmuting it back (same size) keeps the function pointer's provenance.
             let f: unsafe fn(*mut RcuHead) =
-                unsafe { core::mem::transmute::<usize, unsafe fn(*mut RcuHead)>(f) };
+                unsafe { core::mem::transmute::<*mut (), unsafe fn(*mut RcuHead)>(f) };
             // SAFETY: the grace period passed (caller's contract).
             unsafe { f(list) };
             list = next;

@@ -29,7 +29,8 @@ use crate::primitive::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsi
 #[repr(C)]
 struct Slot {
     obj: AtomicPtr<u8>,
-    free: AtomicUsize,
+    /// The `FreeFn`, as a pointer (never an integer: it keeps its provenance).
+    free: AtomicPtr<()>,
     ctx: AtomicPtr<()>,
     snap: AtomicU64,
 }
@@ -151,7 +152,7 @@ pub(crate) fn park(obj: *mut u8, free: FreeFn, ctx: *const (), snap: GpSeq) -> b
     for s in a.slots.iter() {
         // Acquire pairs with the collector's Release clear: its reads of the old entry are done.
         if s.obj.load(Ordering::Acquire).is_null() {
-            s.free.store(free as usize, Ordering::Relaxed);
+            s.free.store(free as *mut (), Ordering::Relaxed);
             s.ctx.store(ctx.cast_mut(), Ordering::Relaxed);
             s.snap.store(snap.raw(), Ordering::Relaxed);
             // Release publishes the fields above to the collector.
@@ -210,8 +211,9 @@ pub(crate) fn sweep(dom: &rcu_core::raw::Domain) -> usize {
             }
             let f = s.free.load(Ordering::Relaxed);
             let ctx = s.ctx.load(Ordering::Relaxed);
-            // SAFETY: `f` was stored from a `FreeFn` in `park`.
-            let f: FreeFn = unsafe { core::mem::transmute::<usize, FreeFn>(f) };
+            // SAFETY: `f` was stored from a `FreeFn` in `park`, as a pointer: transmuting it
+            // back (same size) keeps the function pointer's provenance.
+            let f: FreeFn = unsafe { core::mem::transmute::<*mut (), FreeFn>(f) };
             // SAFETY: the object was parked after being retired, and its grace period is over.
             unsafe { crate::block::run_free(f, ctx, &[obj.as_ptr()]) };
             // Release: our reads of the slot happen before the owner reuses it.

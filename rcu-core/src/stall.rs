@@ -11,7 +11,7 @@
 //! The timeout and hook are process-wide configuration, not modelled concurrency: they use
 //! `core` atomics directly (also under `rcu_loom`, where stall checks are compiled out).
 
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::seq::GpSeq;
@@ -21,8 +21,9 @@ pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Stall timeout in milliseconds; `u64::MAX` = not yet read from the environment.
 static TIMEOUT_MS: AtomicU64 = AtomicU64::new(u64::MAX);
-/// The hook, as a `fn(&StallReport)` address; 0 = the default stderr printer.
-static HOOK: AtomicUsize = AtomicUsize::new(0);
+/// The hook, a `fn(&StallReport)` stored as a pointer (never an integer: it keeps its
+/// provenance); null = the default stderr printer.
+static HOOK: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
 
 /// What a [`StallReport`] is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,7 +106,10 @@ pub fn stall_timeout() -> Duration {
 /// The hook runs on the thread that waits for the grace period (a `synchronize_rcu` caller or the
 /// callback worker); it must not wait for a grace period itself.
 pub fn set_stall_hook(hook: Option<fn(&StallReport)>) {
-    HOOK.store(hook.map_or(0, |f| f as usize), Ordering::Release);
+    HOOK.store(
+        hook.map_or(core::ptr::null_mut(), |f| f as *mut ()),
+        Ordering::Release,
+    );
 }
 
 /// Delivers a report to the hook.
@@ -113,12 +117,13 @@ pub(crate) fn report(r: &StallReport) {
     // Acquire pairs with the Release in `set_stall_hook` (the fn address is code, but keep the
     // hand-off explicit).
     let h = HOOK.load(Ordering::Acquire);
-    if h == 0 {
+    if h.is_null() {
         eprintln!("{r}");
     } else {
-        // SAFETY: non-zero values are only ever stored from a `fn(&StallReport)` in
-        // `set_stall_hook`, and function pointers are never null.
-        let f: fn(&StallReport) = unsafe { core::mem::transmute::<usize, fn(&StallReport)>(h) };
+        // SAFETY: non-null values are only ever stored from a `fn(&StallReport)` in
+        // `set_stall_hook` (function pointers are never null), as a pointer: transmuting it back
+        // (same size) keeps the function pointer's provenance.
+        let f: fn(&StallReport) = unsafe { core::mem::transmute::<*mut (), fn(&StallReport)>(h) };
         f(r);
     }
 }
