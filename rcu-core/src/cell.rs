@@ -15,6 +15,12 @@
 //! `Retire` is an `unsafe trait` because the box it receives may still be read: an implementation
 //! that dropped it at once would let safe code read freed memory.
 //!
+//! The old value travels as the raw pointer the cell held, never as a `Box`, until a grace period
+//! has passed: a `Box` asserts that it is the only pointer to its value, which is false while
+//! readers still hold `&T` to it (under Stacked Borrows, re-making the `Box` invalidates their
+//! references). The cell hands it to [`Retire::retire_raw`]; the built-in strategies implement
+//! it, and its default (for strategies that only implement [`Retire::retire`]) makes the `Box`.
+//!
 //! Dropping the cell frees the current value at once: `&self` borrows end first, and a reference
 //! from [`RcuCell::read`] borrows the cell, so no reader can still hold it.
 
@@ -261,8 +267,9 @@ fn retire_with<T: Send + 'static, R: Retire<T>>(old: *mut T, retire: R) {
         return;
     }
     // SAFETY: `old` came from `Box::into_raw` and was unpublished by the caller's swap/CAS, which
-    // won it exclusively; `Retire`'s contract makes `retire` free it only after a grace period.
-    retire.retire(unsafe { Box::from_raw(old) });
+    // won it exclusively (ownership passes here, and the cell makes no reference to it again);
+    // `Retire`'s contract makes `retire_raw` free it only after a grace period.
+    unsafe { retire.retire_raw(old) };
 }
 
 fn retire<T: Send + 'static>(old: *mut T) {
@@ -301,6 +308,26 @@ impl<T: Send + Sync + core::fmt::Debug + 'static> core::fmt::Debug for RcuCell<T
 pub unsafe trait Retire<T: Send + 'static> {
     /// Frees `old` after a grace period.
     fn retire(self, old: Box<T>);
+
+    /// Frees `old`, given as a raw owned pointer, after a grace period. [`RcuCell`] retires
+    /// through this method, so that no `Box` of a value readers may still hold is made before
+    /// the grace period (module docs). The default makes the `Box` and calls
+    /// [`Retire::retire`]; strategies that can should carry the pointer instead.
+    ///
+    /// # Safety
+    /// * `old` is non-null and was allocated for a `T` by the global allocator with `T`'s layout
+    ///   (as by `Box::<T>::into_raw`), and holds a valid `T`;
+    /// * it is unpublished: no new reader can reach it (readers that found it before may still
+    ///   read it);
+    /// * ownership passes to the call: the caller makes no new reference to it and never uses
+    ///   or frees it again.
+    unsafe fn retire_raw(self, old: *mut T)
+    where
+        Self: Sized,
+    {
+        // SAFETY: the caller's contract (a `Box<T>` allocation it gave up).
+        self.retire(unsafe { Box::from_raw(old) });
+    }
 }
 
 /// [`Retire`] through `call_rcu`: dropped on a callback thread after a grace period. Never
@@ -312,6 +339,9 @@ pub struct RetireByCallRcu;
 unsafe impl<T: Send + 'static> Retire<T> for RetireByCallRcu {
     fn retire(self, old: Box<T>) {
         retire(Box::into_raw(old));
+    }
+    unsafe fn retire_raw(self, old: *mut T) {
+        retire(old);
     }
 }
 
@@ -327,6 +357,15 @@ unsafe impl<T: Send + 'static> Retire<T> for RetireBySync {
     fn retire(self, old: Box<T>) {
         synchronize_rcu();
         drop(old);
+    }
+    #[track_caller]
+    unsafe fn retire_raw(self, old: *mut T) {
+        // A panic here (inside a read-side critical section) leaks `old` rather than freeing it
+        // under a reader.
+        synchronize_rcu();
+        // SAFETY: the caller's contract (an unpublished `Box<T>` allocation it gave up), and the
+        // grace period has passed: no reader can still hold it.
+        drop(unsafe { Box::from_raw(old) });
     }
 }
 
@@ -444,6 +483,65 @@ mod tests {
         cell.update_with(|_| None, RetireByCallRcu);
         assert!(cell.is_none());
         crate::global::rcu_barrier();
+    }
+
+    /// A strategy that must receive the raw pointer: re-making a `Box` of a value readers may
+    /// still hold would assert uniqueness over their shared references.
+    struct RawOnly(Arc<std::sync::Mutex<Vec<usize>>>);
+    // SAFETY: `retire_raw` frees through `call_rcu`, after a grace period; `retire` leaks.
+    unsafe impl<T: Send + 'static> Retire<T> for RawOnly {
+        fn retire(self, old: Box<T>) {
+            let _ = Box::into_raw(old); // leaked, never freed under a reader
+            panic!("RcuCell re-made a Box of a retired value");
+        }
+        unsafe fn retire_raw(self, old: *mut T) {
+            self.0.lock().unwrap().push(old as usize);
+            retire(old);
+        }
+    }
+
+    #[test]
+    fn cell_retires_through_the_raw_pointer() {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let cell = RcuCell::new(Some(Box::new(1u64)));
+        let addr = |c: &RcuCell<u64>| {
+            c.read(&crate::global::rcu_read_lock())
+                .map_or(0, |r| r as *const u64 as usize)
+        };
+        let mut expect = vec![addr(&cell)];
+        cell.replace_with(Some(Box::new(2)), RawOnly(seen.clone()));
+        expect.push(addr(&cell));
+        cell.update_with(|_| Some(Box::new(3)), RawOnly(seen.clone()));
+        expect.push(addr(&cell));
+        {
+            let g = crate::global::rcu_read_lock();
+            let cur = cell.read(&g);
+            cell.compare_exchange_with(cur, Some(Box::new(4)), &g, RawOnly(seen.clone()))
+                .unwrap();
+        }
+        expect.push(addr(&cell));
+        cell.take_with(RawOnly(seen.clone()));
+        assert!(cell.is_none());
+        assert_eq!(*seen.lock().unwrap(), expect);
+        crate::global::rcu_barrier();
+    }
+
+    #[test]
+    fn a_box_only_strategy_still_works() {
+        struct BoxOnly(Arc<AtomicUsize>);
+        // SAFETY: waits for a grace period before dropping.
+        unsafe impl<T: Send + 'static> Retire<T> for BoxOnly {
+            fn retire(self, old: Box<T>) {
+                crate::global::synchronize_rcu();
+                drop(old);
+                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let n = Arc::new(AtomicUsize::new(0));
+        let cell = RcuCell::new(Some(Box::new(1u8)));
+        cell.replace_with(Some(Box::new(2)), BoxOnly(n.clone()));
+        cell.take_with(BoxOnly(n.clone()));
+        assert_eq!(n.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[test]
