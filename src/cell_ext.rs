@@ -17,6 +17,12 @@ unsafe impl<T: Send + 'static> Retire<T> for RetireByKfree {
     fn retire(self, old: Box<T>) {
         kfree_batch::kfree_rcu(old);
     }
+    #[inline]
+    unsafe fn retire_raw(self, old: *mut T) {
+        // SAFETY: `retire_raw`'s contract is `kfree_rcu_raw`'s: an unpublished `Box<T>`
+        // allocation whose ownership passes to the call.
+        unsafe { kfree_batch::kfree_rcu_raw(old) };
+    }
 }
 
 /// [`RcuCell`] writers that retire the replaced value with `kfree_rcu`.

@@ -45,7 +45,7 @@ use std::collections::hash_map::RandomState;
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use kfree_batch::kfree_rcu;
+use kfree_batch::kfree_rcu_raw;
 use rcu_core::{rcu_read_lock, RcuReadGuard};
 
 /// Smallest table (buckets).
@@ -264,8 +264,9 @@ where
                 // Release: publishes the new node's fields to readers' Acquire loads.
                 link.store(new, Ordering::Release);
                 // SAFETY: `p` came from `Box::into_raw`, is now unreachable for new readers, and
-                // was owned by the table; we retire it exactly once.
-                kfree_rcu(unsafe { Box::from_raw(p) });
+                // was owned by the table; we retire it exactly once, as the raw pointer readers
+                // may still hold (no `Box` of it is made before the grace period).
+                unsafe { kfree_rcu_raw(p) };
                 return false;
             }
             link = &node.next;
@@ -308,9 +309,9 @@ where
                 // ordered after it for readers that follow the new link (pairs with their
                 // Acquire loads).
                 link.store(node.next.load(Ordering::Relaxed), Ordering::Release);
-                // SAFETY: unlinked above, so unreachable for new readers; owned by the table
-                // until now; retired once.
-                kfree_rcu(unsafe { Box::from_raw(p) });
+                // SAFETY: from `Box::into_raw`; unlinked above, so unreachable for new readers;
+                // owned by the table until now; retired once, as a raw pointer.
+                unsafe { kfree_rcu_raw(p) };
                 w.len -= 1;
                 self.len.store(w.len, Ordering::Relaxed);
                 return true;
@@ -344,8 +345,9 @@ where
         let prev = self.table.swap(Box::into_raw(new), Ordering::Release);
         debug_assert!(ptr::eq(prev, old));
         // SAFETY: `prev` came from `Box::into_raw`, is unreachable for new readers, and is
-        // retired once; its drop (after a grace period) frees the nodes it owns.
-        kfree_rcu(unsafe { Box::from_raw(prev) });
+        // retired once, as a raw pointer; its drop (after a grace period) frees the nodes it
+        // owns.
+        unsafe { kfree_rcu_raw(prev) };
     }
 
     /// Number of entries (a snapshot).

@@ -16,7 +16,9 @@
 //! By task:
 //!
 //! * [`kfree_rcu`] (headless: any `Box<T>`), [`kfree_rcu_head`] (types embedding an [`RcuHead`]),
-//!   [`kfree_rcu_cache`] (objects of a `KmemCache`, freed back in bulk), [`kfree_rcu_kmalloc`].
+//!   [`kfree_rcu_cache`] (objects of a `KmemCache`, freed back in bulk), [`kfree_rcu_kmalloc`];
+//!   [`kfree_rcu_raw`] and [`kfree_rcu_head_raw`] take the object as the raw pointer readers
+//!   found it by, with no `Box` made while they may still hold it.
 //! * [`kvfree_rcu_barrier`]: returns once everything retired before it is freed.
 //! * [`stats`], [`configure`].
 //!
@@ -291,11 +293,54 @@ mod api {
     /// When no batching memory can be had it waits for a grace period and frees the object itself
     /// (counted in [`KfreeStats::fallback_sync`]), or, inside a read-side critical section, parks
     /// it (see the crate docs).
+    ///
+    /// The `Box` is turned into a raw pointer at once and no `Box` is made again until the grace
+    /// period has passed. A caller that holds the object only as a raw pointer (the usual case:
+    /// it was published as one) should call [`kfree_rcu_raw`] rather than re-make a `Box` of an
+    /// object readers may still hold.
     #[inline(always)]
     pub fn kfree_rcu<T: Send + 'static>(obj: Box<T>) {
-        let p = Box::into_raw(obj).cast::<u8>();
+        // SAFETY: a `Box<T>` allocation, given up here; the caller's ownership of the box means
+        // nothing else will free it.
+        unsafe { kfree_rcu_raw(Box::into_raw(obj)) }
+    }
+
+    /// [`kfree_rcu`] for an object held as a raw pointer: frees `*ptr` (drops the `T`, then
+    /// deallocates, as `Box<T>` would) after a grace period. Readers that found the object
+    /// before the call may go on reading it until then: no `Box` (which would assert it is the
+    /// only pointer to the object) is made before the grace period has passed.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicPtr, Ordering};
+    /// let slot = AtomicPtr::new(Box::into_raw(Box::new(1u64)));
+    /// let old = slot.swap(Box::into_raw(Box::new(2)), Ordering::AcqRel);
+    /// // SAFETY: from `Box::into_raw`, unpublished by the swap, retired once.
+    /// unsafe { kfree_batch::kfree_rcu_raw(old) };
+    /// # let last = slot.swap(core::ptr::null_mut(), Ordering::AcqRel);
+    /// # unsafe { kfree_batch::kfree_rcu_raw(last) };
+    /// # kfree_batch::kvfree_rcu_barrier();
+    /// ```
+    ///
+    /// # Safety
+    /// * `ptr` is non-null and was allocated for a `T` by the global allocator with `T`'s layout
+    ///   (`Layout::new::<T>()`, as by `Box::<T>::into_raw`; for a zero-sized `T`, the dangling
+    ///   pointer `Box::into_raw` returns), and holds a valid `T`;
+    /// * it is unpublished: no new reader can reach it (readers that found it before the call
+    ///   may still be reading it);
+    /// * ownership passes to the call: after it, the caller (and everyone else) makes no new
+    ///   reference to the object and never uses, frees or retires it again.
+    #[inline(always)]
+    pub unsafe fn kfree_rcu_raw<T: Send + 'static>(ptr: *mut T) {
+        debug_assert!(!ptr.is_null(), "kfree_rcu_raw: null pointer");
         let (free, ctx, inline_free) = box_channel::<T>();
-        retire(p, heap_bytes::<T>(), free, ctx, inline_free, Form::Headless);
+        retire(
+            ptr.cast::<u8>(),
+            heap_bytes::<T>(),
+            free,
+            ctx,
+            inline_free,
+            Form::Headless,
+        );
     }
 
     /// The channel of `Box<T>`: without drop glue (and non-zero size) the free is the global
@@ -317,12 +362,30 @@ mod api {
     /// Frees `obj`, which embeds an [`crate::RcuHead`], after a grace period. Never maps memory
     /// on the caller's path: without a cached page it links the object through its head (never
     /// blocks, never allocates).
+    ///
+    /// The `Box` is turned into a raw pointer at once (see [`kfree_rcu_head_raw`]).
     #[inline]
     pub fn kfree_rcu_head<T: HasRcuHead>(obj: Box<T>) {
-        let p = Box::into_raw(obj).cast::<u8>();
+        // SAFETY: a `Box<T>` allocation, given up here; the caller's ownership of the box means
+        // nothing else will free it.
+        unsafe { kfree_rcu_head_raw(Box::into_raw(obj)) }
+    }
+
+    /// [`kfree_rcu_head`] for an object held as a raw pointer: frees `*ptr` after a grace
+    /// period, linking it through its [`crate::RcuHead`] when no page can be had. No `Box` is
+    /// made before the grace period has passed.
+    ///
+    /// # Safety
+    /// As for [`kfree_rcu_raw`]: `ptr` is a non-null `Box<T>` allocation (global allocator,
+    /// `T`'s layout) holding a valid `T`, unpublished, and owned by the call from then on. The
+    /// object's `RcuHead` field may be written by the call (readers never look at it: the
+    /// [`HasRcuHead`] contract).
+    #[inline]
+    pub unsafe fn kfree_rcu_head_raw<T: HasRcuHead>(ptr: *mut T) {
+        debug_assert!(!ptr.is_null(), "kfree_rcu_head_raw: null pointer");
         let (free, ctx, inline_free) = box_channel::<T>();
         retire(
-            p,
+            ptr.cast::<u8>(),
             heap_bytes::<T>(),
             free,
             ctx,
