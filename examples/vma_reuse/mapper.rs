@@ -6,7 +6,7 @@
 use core::ptr::NonNull;
 use std::sync::atomic::Ordering;
 
-use rcu_kit::kfree_rcu;
+use rcu_kit::kfree_rcu_raw;
 
 use crate::mm::{
     vma_mark_attached, vma_mark_detached, vma_start_write, Entry, Mm, MmapWriteGuard, Vma,
@@ -83,9 +83,10 @@ impl Mapper<'_> {
         // AcqRel: Release publishes the new array (pairs with readers' Acquire load); Acquire
         // takes over the old one.
         let old = mm.tree.swap(new, Ordering::AcqRel);
-        // SAFETY: `old` came from Box::into_raw and is now unpublished; readers that loaded it
-        // are inside critical sections, which kfree_rcu waits for.
-        kfree_rcu(unsafe { Box::from_raw(old) });
+        // SAFETY: `old` came from Box::into_raw, is now unpublished and retired once; readers
+        // that loaded it are inside critical sections, which kfree_rcu waits for, and no `Box`
+        // of it is made while they may hold it.
+        unsafe { kfree_rcu_raw(old) };
         self.st.kfree_rcu += 1;
     }
 
