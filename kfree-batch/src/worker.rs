@@ -287,9 +287,9 @@ pub(crate) fn pass(b: &Global, flush_all: bool) -> PassResult {
     let heads_snap = (!heads.is_null()).then(|| b.dom.get_state());
     let mut res = Processed::default();
     let (mut later, newest) = b.free_ready(&mut batch, &mut res);
-    // One grace period covers the collected blocks (stolen ones too: stamped after their swap),
-    // the head-linked objects, the parked ones and the blocks left for their producers to
-    // reclaim.
+    // One wait, for the newest state, covers the collected blocks (a stolen front block's state
+    // ends one grace period later than a snapshot: `chan.rs`, Invariant 5), the head-linked
+    // objects, the parked ones and the blocks left for their producers to reclaim.
     let mut need = newest;
     for s in [heads_snap, park::newest_snap(), c.newest_left]
         .into_iter()
