@@ -12,6 +12,14 @@
 //!   [`crate::Config::gp_batch`] so that one grace period serves many hand-overs (retiring threads
 //!   that run out of ready blocks meanwhile run one themselves: `local.rs`); otherwise it parks
 //!   with the drain delay as timeout while partial blocks exist, and without timeout when idle.
+//! * **Whose snapshots.** A pass frees objects other threads retired, so each state it waits for
+//!   must be ordered after the retirer's unpublish (rcu-core `gp.rs`, "Covering another thread's
+//!   retire"): slot blocks are stamped under the slot lock every store into them held (`krc.rs`,
+//!   Memory orderings); head-linked objects are pushed with a Release CAS after the retire and
+//!   taken with an Acquire swap before `heads_snap` is taken; parked objects carry the retirer's
+//!   own snapshot; a stolen front block, which the owner's put reaches only through a read-before
+//!   edge, carries the end of the second grace period after its swap (`chan.rs`, Invariant 5),
+//!   so a pass that stole waits for one grace period more.
 //! * **Idle protocol**: as in rcu-core: `IDLE = true`, then a re-check of every slot *under its
 //!   lock* plus the head stack and park count behind a `fence(SeqCst)`; producers check `IDLE`
 //!   after unlocking their slot (or after a fence for heads and parks).
