@@ -354,8 +354,9 @@ impl FrontChan {
 /// Collector: stamps the blocks of `stolen` (taken by [`FrontChan::steal`]) with one state and
 /// moves them to `out`. The state ends with the *second* grace period after the swaps: the first
 /// (from a snapshot taken after every swap) waits for the puts in flight, the second (it starts
-/// after the first ends) for the readers that began before the puts' objects were unpublished
-/// (module docs, Invariant 5). Returns the state: the caller waits for it before freeing.
+/// after the first ends, so after the owners' unpublishes) for the readers that may still have
+/// loaded the put objects (module docs, Invariant 5). Returns the state: the caller waits for it
+/// before freeing.
 pub fn stamp_stolen<P: Pages>(
     b: &Batcher<'_, P>,
     mut stolen: Batch,
