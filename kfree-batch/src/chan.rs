@@ -11,27 +11,51 @@
 //! `old` reaches 0 the block holds only new objects and is filled on like a fresh one. Putting is
 //! plain stores by the owner — but the worker and `kvfree_rcu_barrier` must be able to take a
 //! block from a thread that stopped retiring (drain delay, barrier, thread gone after `fork()`).
-//! RCU protects the slot:
+//! RCU protects the slot, and a stolen block waits for two grace periods:
 //!
 //! ```text
 //!   owner                                    collector (holds the busy lock)
 //!   -----                                    ---------
-//!   rcu_read_lock()                          b = chan.block.swap(null)
-//!   b = chan.block.load()                    snap = get_state()       // after the swap
-//!   if old > 0:                              wait_for(snap)           // waits for the owner's
-//!     old -= 1; p = b.ptrs[old]                                       //   section that saw `b`
-//!     b.ptrs[old] = obj                      read b.count, free b.ptrs[..count]
-//!   else: b.ptrs[count] = obj; count += 1
-//!   rcu_read_unlock()
+//!   [maybe inside an outer section:]         b = chan.block.swap(null)
+//!   unpublish obj                            s1 = get_state()         // after the swap
+//!   rcu_read_lock()   // nested: no fence    stamp = s1.snap()        // one grace period more
+//!   b = chan.block.load()                    wait_for(stamp):
+//!   if old > 0:                                G1 (ends s1): waits for the owner's section
+//!     old -= 1; p = b.ptrs[old]                  that saw `b`
+//!     b.ptrs[old] = obj                        G2 (ends stamp): starts after G1 ends, so
+//!   else: b.ptrs[count] = obj; count += 1        after the owner's unpublish
+//!   rcu_read_unlock()                        read b.count, free b.ptrs[..count]
 //!   free(p)        // p's grace period is over and p is no longer in the block
 //! ```
 //!
-//! A put that saw the old pointer ran inside a read-side critical section that began before the
-//! grace period, so it happens-before the collector reads the pointers; one after the grace
-//! period's start sees null (heavy/light barrier pairing) and takes the slow path. The same grace
-//! period covers the put objects themselves (they were retired before the swap). A replaced
-//! object left the block inside that section, so the collector, reading after the grace period,
-//! sees its successor in the slot and never frees it; the owner frees it once, after its section.
+//! *The block.* A put that saw the old pointer ran inside a read-side critical section that began
+//! before G1, the first grace period to start after the collector's snapshot (heavy/light barrier
+//! pairing: the section's word is visible to G1's scan, else its load of the slot would have seen
+//! the swap's null), so the section ends — Release unlock, Acquire scan — before G1 ends and
+//! happens-before the collector reads the pointers. A put after G1's start sees null and takes
+//! the slow path. A replaced object left the block inside that section, so the collector, reading
+//! after the grace period, sees its successor in the slot and never frees it; the owner frees it
+//! once, after its section.
+//!
+//! *The put objects* need more than G1. The only link between a put and the collector's snapshot
+//! is that the owner's load of the slot read the value from *before* the swap — a read-before
+//! edge, not happens-before — and nothing orders the owner's earlier *unpublish* of the object
+//! before G1's start: the retire may run inside an outer read-side critical section (the nested
+//! lock has no barrier: `RcuCell`'s replace-and-kfree, a map's insert or remove under a guard),
+//! or, in membarrier mode, after an outermost lock whose light barrier is only a compiler fence,
+//! with the unpublish still in the owner's store buffer. A reader that locks after G1's start
+//! (with the new sequence, so G1 does not wait for it) may then still load the object, and G1
+//! waits for the owner alone. So the stamp is the end of G2, the grace period after G1: G1 ends
+//! only after its scan saw the owner's section over (the unlock's Release follows the unpublish
+//! in program order), and G2's start store follows G1's end store (both by `gp_lock` holders,
+//! rcu-core's Invariant 1; a G2 left in progress by `try_advance` and finished by another runner
+//! keeps its start store). So the unpublish happens-before G2's start, which makes G2 an ordinary
+//! grace period for the object: a reader that loads G2's start value (Acquire) sees the
+//! unpublish, and one that began earlier is waited for. The second grace period is paid on the
+//! steal path only: a block the owner detaches itself is stamped by the owner, after its
+//! unpublishes in program order and behind `get_state`'s full fence (`krc.rs`), so one grace
+//! period covers it.
+//!
 //! The owner and the collector write disjoint header fields (`count`/`bytes`/`ptrs` vs
 //! `snap`/`next`/`handed_ms`), so there is no data race while a put is in flight.
 //!
@@ -51,6 +75,9 @@
 //! 4. A replacing put keeps the block's charge: an `inline_free` channel charges every object
 //!    the same size (its layout's), so the new object takes over the charge of the one it
 //!    replaces. Only filling puts charge the budget.
+//! 5. A stolen block is stamped with the end of the second grace period to start after its swap
+//!    (`get_state().snap()`, taken after every swap of the pass); a block its owner detaches is
+//!    stamped by the owner (`get_state()`, one grace period).
 //!
 //! ## Memory orderings
 //! * Slot loads by the owner are `Relaxed`: only the owner stores non-null values (Invariant 1),
@@ -72,7 +99,7 @@ use crate::block::{Block, FreeFn, BLOCK_CAPACITY};
 use crate::krc::{newer, Added, Batch, Batcher, ChanKey, Pages, Processed, Refused};
 use crate::primitive::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
-/// One channel of a front (module docs, Invariants 0-4).
+/// One channel of a front (module docs, Invariants 0-5).
 #[derive(Debug)]
 pub struct FrontChan {
     /// The channel's free function, stored as a pointer (never an integer, so it keeps its
@@ -330,10 +357,12 @@ impl FrontChan {
     }
 }
 
-/// Collector: stamps the blocks of `stolen` (taken by [`FrontChan::steal`]) with one snapshot
-/// taken after every swap, and moves them to `out`. Returns the snapshot: the caller waits for
-/// it before freeing, which waits for the appends and drain frees in flight and covers every
-/// object already appended (module docs).
+/// Collector: stamps the blocks of `stolen` (taken by [`FrontChan::steal`]) with one state and
+/// moves them to `out`. The state ends with the *second* grace period after the swaps: the first
+/// (from a snapshot taken after every swap) waits for the puts in flight, the second (it starts
+/// after the first ends, so after the owners' unpublishes) for the readers that may still have
+/// loaded the put objects (module docs, Invariant 5). Returns the state: the caller waits for it
+/// before freeing.
 pub fn stamp_stolen<P: Pages>(
     b: &Batcher<'_, P>,
     mut stolen: Batch,
@@ -343,7 +372,10 @@ pub fn stamp_stolen<P: Pages>(
     if stolen.is_empty() {
         return None;
     }
-    let snap = b.domain().get_state();
+    // `get_state()` (a full fence, then the snapshot) is taken after every swap: its grace period
+    // G1 waits for every put that saw a stolen block. `snap()` of that idle state is the end of
+    // the next grace period G2, which starts only after G1 ended (Invariant 5).
+    let snap = b.domain().get_state().snap();
     let mut newest = None;
     while let Some(blk) = stolen.pop() {
         // SAFETY: we own the stolen block; the owner writes only other fields (module docs).

@@ -354,8 +354,9 @@ impl Drop for ExitHook {
 /// Collector side: swaps out the open blocks of channels opened (or recycled) at least `delay_ms`
 /// ago (all of them when `flush_all`) into `out`, stamping them after the swaps. Returns whether
 /// younger blocks remain. The stolen blocks carry their stamp into `out`: a caller that frees a
-/// block only once its snapshot is done (`Batcher::free_ready`, then a wait for the newest one
-/// left) waits for the puts in flight (`chan.rs`).
+/// block only once its state is done (`Batcher::free_ready`, then a wait for the newest one
+/// left) waits for the puts in flight and, one grace period later, for the readers of the put
+/// objects (`chan.rs`, Invariant 5).
 pub(crate) fn steal(
     b: &Global,
     out: &mut Batch,

@@ -12,6 +12,14 @@
 //!   [`crate::Config::gp_batch`] so that one grace period serves many hand-overs (retiring threads
 //!   that run out of ready blocks meanwhile run one themselves: `local.rs`); otherwise it parks
 //!   with the drain delay as timeout while partial blocks exist, and without timeout when idle.
+//! * **Whose snapshots.** A pass frees objects other threads retired, so each state it waits for
+//!   must be ordered after the retirer's unpublish (rcu-core `gp.rs`, "Covering another thread's
+//!   retire"): slot blocks are stamped under the slot lock every store into them held (`krc.rs`,
+//!   Memory orderings); head-linked objects are pushed with a Release CAS after the retire and
+//!   taken with an Acquire swap before `heads_snap` is taken; parked objects carry the retirer's
+//!   own snapshot; a stolen front block, which the owner's put reaches only through a read-before
+//!   edge, carries the end of the second grace period after its swap (`chan.rs`, Invariant 5),
+//!   so a pass that stole waits for one grace period more.
 //! * **Idle protocol**: as in rcu-core: `IDLE = true`, then a re-check of every slot *under its
 //!   lock* plus the head stack and park count behind a `fence(SeqCst)`; producers check `IDLE`
 //!   after unlocking their slot (or after a fence for heads and parks).
@@ -287,9 +295,9 @@ pub(crate) fn pass(b: &Global, flush_all: bool) -> PassResult {
     let heads_snap = (!heads.is_null()).then(|| b.dom.get_state());
     let mut res = Processed::default();
     let (mut later, newest) = b.free_ready(&mut batch, &mut res);
-    // One grace period covers the collected blocks (stolen ones too: stamped after their swap),
-    // the head-linked objects, the parked ones and the blocks left for their producers to
-    // reclaim.
+    // One wait, for the newest state, covers the collected blocks (a stolen front block's state
+    // ends one grace period later than a snapshot: `chan.rs`, Invariant 5), the head-linked
+    // objects, the parked ones and the blocks left for their producers to reclaim.
     let mut need = newest;
     for s in [heads_snap, park::newest_snap(), c.newest_left]
         .into_iter()

@@ -224,3 +224,56 @@ fn replacing_puts_race_a_collector() {
         free_objs(&[published as usize]);
     });
 }
+
+/// The owner unpublishes an object inside an outer read-side critical section and puts it into
+/// its open block in a nested one — no barrier between the unpublish and the put's load of the
+/// slot, as when `RcuCell`'s replace-and-kfree or a map's remove runs under a guard — while a
+/// collector steals the block, waits for its stamp and frees what it holds, and a reader loads
+/// the published pointer in its own section. The put's load of the slot seeing the block only
+/// reads before the collector's swap: it does not order the unpublish before the grace period's
+/// start, so a reader that begins after that start (not waited for) may still load the object.
+/// The object is never freed inside the reader's section, and freed once if it was put.
+#[test]
+fn put_inside_an_outer_section_races_a_steal() {
+    loom::model(|| {
+        let (dom, b, freed, c) = setup(1);
+        let (old, new) = (obj(1), obj(2));
+        let slot = Arc::new(AtomicPtr::new(old));
+        c.open(&b, 0, poison, false, true, 0).expect("open");
+        let reader = spawn_reader(dom, slot.clone());
+        let owner = {
+            let (c, slot) = (c.clone(), slot.clone());
+            let new = new as usize;
+            thread::spawn(move || {
+                let rec = dom.register();
+                dom.read_lock(rec);
+                let old = slot.swap(new as *mut Obj, Ordering::AcqRel);
+                // The retire's own section is nested: no barrier after the unpublish.
+                dom.read_lock(rec);
+                // SAFETY: this thread owns the channel and holds the read lock across the call.
+                let put = unsafe { c.put(old.cast(), 8, true) };
+                dom.read_unlock(rec);
+                dom.read_unlock(rec);
+                dom.unregister(rec);
+                // No block: the real retire takes its slow path; the model leaves the object
+                // allocated (it checks frees, not that path).
+                assert!(
+                    matches!(put, Put::Appended { full: false } | Put::NoBlock),
+                    "{put:?}"
+                );
+                put != Put::NoBlock
+            })
+        };
+        let by_collector = collect_front(&b, &c);
+        let appended = owner.join().unwrap();
+        reader.join().unwrap();
+        assert_eq!(
+            by_collector,
+            usize::from(appended),
+            "an appended object was lost or freed twice"
+        );
+        assert_eq!(freed.load(Ordering::Relaxed), usize::from(appended));
+        check_pages(&b);
+        free_objs(&[old as usize, new as usize]);
+    });
+}

@@ -22,6 +22,10 @@
 //!   worker's check of that list came first, the enqueuer's lock acquisition made `IDLE = true`
 //!   visible; if it came second, the worker saw the callback. Polled requests use a `SeqCst` fence
 //!   pair instead (Dekker).
+//! * **Whose snapshots.** The grace periods the worker drives end snapshots taken by the worker at
+//!   harvest, which cover the enqueuers' removals through the list locks (`callback.rs`), or by
+//!   a `start_poll_synchronize_rcu` caller itself, after its removals; none rests on a
+//!   read-before edge alone (`gp.rs`, "Covering another thread's retire").
 //! * **fork().** `pthread_atfork` handlers (registered once, no allocation in them): *prepare*
 //!   locks every callback list (never held across a wait, so this cannot deadlock); *parent*
 //!   unlocks them; *child* resets the locks, clears the records of threads that do not exist in

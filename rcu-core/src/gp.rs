@@ -40,6 +40,30 @@
 //! kfree-batch producer whose grace-period thread lags) pays one heavy barrier instead of
 //! waiting; readers are never waited for on its behalf.
 //!
+//! **Covering another thread's retire.** A grace period protects an update only if the update
+//! happens-before the load of `gp_seq` that produced the snapshot, or is ordered before it by a
+//! full fence on the updater's own thread: then the snapshot's grace period starts after that
+//! load, its heavy barrier follows the updater's fence in the SeqCst order, and every reader
+//! either sees the update or is waited for. Knowing only that an access the updater made *after*
+//! the update read a value from before the snapshot-taker's action (a read-before edge) is not
+//! enough when no full fence separates the update from that access on the updater's thread: the
+//! update may still be in its store buffer (membarrier mode's light barrier is a compiler fence,
+//! and a nested `rcu_read_lock` has no barrier at all). The paths that share or take over grace
+//! periods keep to this:
+//! * shared `synchronize`: every caller takes its own snapshot (`get_state`, after its removals
+//!   and its own fence); the leader only runs grace periods until the callers' snapshots are
+//!   done, and each caller returns on its own `poll`.
+//! * `try_advance` and a taken-over grace period: the snapshot is still the caller's own. A grace
+//!   period left in progress ends only snapshots whose loads read a value from before its start
+//!   store, so a reader that loads that start value sees those callers' removals by the same
+//!   pairing as when a caller starts the grace period itself (the caller's fence, its load read
+//!   before the start store, the reader's Acquire load of it and light barrier); the runner that
+//!   finishes it issues a new heavy barrier and scans every record again.
+//! * grace periods run for someone else's snapshot (the callback worker's, a kfree collector's):
+//!   that snapshot is taken by a thread that *happens-after* the retire (lock release/acquire,
+//!   Release push / Acquire take), and behind `get_state`'s fence; a collector that has only a
+//!   read-before edge waits for one more grace period (kfree-batch's stolen front blocks).
+//!
 //! **fork().** The child's `gp_lock` is reset; if the parent was in the middle of a grace period,
 //! `gp_seq` still says "in progress" and the next runner finishes that grace period (scanning the
 //! records again) instead of starting a new one.

@@ -18,6 +18,16 @@
 //! was inside a read-side critical section that began before the grace period of step 2 and has
 //! ended before step 3.
 //!
+//! The snapshot is the detaching thread's, not the threads' that freed the objects, so it covers
+//! a reader only because every object's unpublish happens-before it (rcu-core `gp.rs`,
+//! "Covering another thread's retire"): a user unpublishes an object, then frees it (program
+//! order); the free reaches the slab's bitmap through the thread cache (window end Release,
+//! then the owner's own flush or a stealer's Acquire load of `busy`: `cache/tcache.rs`), a
+//! sheaf (slot lock) or the node directly, and every bitmap change and the detach of step 1 hold
+//! the node lock; the detaching thread takes the snapshot of step 2 after it. A reader whose
+//! section starts after the grace period's start so sees the object unpublished, and one that
+//! started before is waited for.
+//!
 //! `shrink()` never waits for that grace period; destroy waits for every queued discard with
 //! `rcu_barrier()` before the cache itself goes (cache Invariant 1).
 //!

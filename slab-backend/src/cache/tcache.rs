@@ -49,6 +49,17 @@
 //! busy thread, destroy waits (it owns the cache; the window always ends). A stealer's own
 //! thread is never inside a window while stealing (windows do not call out).
 //!
+//! A steal moves *free* objects, so it retires nothing itself; but for a typesafe cache the
+//! objects it moves may empty a slab whose discard waits for a grace period from a snapshot the
+//! discarding thread takes (`typesafe.rs`), and that snapshot must come after each object's
+//! unpublish in happens-before order, not merely in time. The steal keeps the chain: the owner's
+//! free follows the user's unpublish in program order and lies in a window that ends with the
+//! Release store of `busy`; a stealer that reads the entry's contents did so after an Acquire
+//! load of `busy == false` written by that window's end or a later one of the same owner (a load
+//! that read an older `false` means the window's `busy = true` was not visible after the heavy
+//! barrier, so the window saw `steal != 0` and did not touch the entry); it then hands the
+//! objects on under the slot and node locks.
+//!
 //! Stealers of one cache are serialised by the cache's `tc_steal_lock`; owners never wait for
 //! stealers: while `steal != 0` they use the per-CPU path directly.
 //!
