@@ -414,6 +414,11 @@ pub fn cond_synchronize_rcu(state: GpState) {
 /// Closures of up to two words are stored without allocation. Callable inside a read-side
 /// critical section. `f` must not call `rcu_barrier` (it would wait for itself: it panics).
 ///
+/// # Panics
+/// Inside a read-side critical section when the callback cannot be queued (no memory, or the
+/// lists are at their bound because no grace period can end): outside one the caller would wait
+/// for a grace period and run `f` itself. `f` is then leaked: neither run nor dropped.
+///
 /// ```
 /// let data = Box::new(42u64);
 /// rcu_core::call_rcu(move || drop(data));
@@ -457,13 +462,16 @@ fn enqueue(cb: Callback) {
 
 /// `call_rcu` could not queue the callback (no memory, or the list is full because the worker is
 /// behind): the caller waits for a grace period and runs it itself — never an abort, never an
-/// early call.
+/// early call. Inside a reader it cannot wait: it panics, and leaks the callback rather than let
+/// the unwind drop its captures (readers may still use what the callback was to free).
 #[cold]
 #[inline(never)]
 fn no_memory(cb: Callback) {
     let p = LOCAL.with(|c| c.get());
     // SAFETY: as in `local_record`.
     if !p.is_null() && unsafe { &*p }.nesting() != 0 {
+        // Leaked: dropping a boxed closure would drop its captures before any grace period.
+        core::mem::forget(cb);
         panic!(
             "call_rcu: no memory to queue a callback inside an RCU read-side critical section; \
              waiting for a grace period here would wait for this reader forever (queue it after \
