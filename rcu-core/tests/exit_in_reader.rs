@@ -145,7 +145,7 @@ fn child_late_drop() {
 
 // ---- a leaked guard ------------------------------------------------------------------------
 
-const ALIVE: u64 = 0x5EED_CAFE_F00D_D00D;
+const ALIVE: u64 = 0x0123_4567_89AB_CDEF;
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 
 struct Tracked(u64);
