@@ -13,7 +13,9 @@
 //! strategy that retires through `kfree_rcu` and an extension trait built on it.
 //!
 //! `Retire` is an `unsafe trait` because the box it receives may still be read: an implementation
-//! that dropped it at once would let safe code read freed memory.
+//! that dropped it at once would let safe code read freed memory. That includes unwinding: a
+//! strategy that panics before the grace period (as [`RetireBySync`] does inside a read-side
+//! critical section) must leak the box rather than let the unwind drop it.
 //!
 //! The old value travels as the raw pointer the cell held, never as a `Box`, until a grace period
 //! has passed: a `Box` asserts that it is the only pointer to its value, which is false while
@@ -305,6 +307,12 @@ impl<T: Send + Sync + core::fmt::Debug + 'static> core::fmt::Debug for RcuCell<T
 /// unpublished may still be reading. An implementation must not drop it, move out of it or
 /// mutate it before a grace period has passed since the call (for example: queue it with
 /// `call_rcu`, wait with `synchronize_rcu`, or hand it to `kfree_rcu`).
+///
+/// This holds on unwind paths too: if `retire` (or anything it calls, such as a
+/// `synchronize_rcu` that panics inside a read-side critical section) unwinds before that grace
+/// period has passed, the box must not be dropped by the unwind. Leak it (hold it in
+/// [`core::mem::ManuallyDrop`] or as a raw pointer until the grace period is over) or hand it to
+/// `call_rcu` first.
 pub unsafe trait Retire<T: Send + 'static> {
     /// Frees `old` after a grace period.
     fn retire(self, old: Box<T>);
@@ -347,16 +355,19 @@ unsafe impl<T: Send + 'static> Retire<T> for RetireByCallRcu {
 
 /// [`Retire`] by waiting: `synchronize_rcu()`, then drop in the caller.
 ///
-/// Panics when used inside a read-side critical section (see [`synchronize_rcu`]).
+/// Panics when used inside a read-side critical section (see [`synchronize_rcu`]); the old
+/// value is then leaked, never freed under the readers (the caller's own included).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RetireBySync;
 
-// SAFETY: the box is dropped only after `synchronize_rcu` returned.
+// SAFETY: the box is dropped only after `synchronize_rcu` returned; if it panics, the
+// `ManuallyDrop` keeps the unwind from dropping it (leaked).
 unsafe impl<T: Send + 'static> Retire<T> for RetireBySync {
     #[track_caller]
     fn retire(self, old: Box<T>) {
+        let old = core::mem::ManuallyDrop::new(old);
         synchronize_rcu();
-        drop(old);
+        drop(core::mem::ManuallyDrop::into_inner(old));
     }
     #[track_caller]
     unsafe fn retire_raw(self, old: *mut T) {
@@ -449,6 +460,61 @@ mod tests {
         assert!(cell.is_none());
         cell.take_with(RetireBySync); // empty: nothing to retire
         assert_eq!(drops.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    /// `RetireBySync` under an outer guard panics (synchronize_rcu inside a reader); the
+    /// unpublished value must not be dropped on that unwind: the caller's own reference (and any
+    /// other reader's) still points to it.
+    #[test]
+    fn retire_by_sync_panicking_inside_a_reader_never_frees_the_old_value() {
+        use std::panic::{catch_unwind, AssertUnwindSafe};
+        type Op = fn(&RcuCell<Counted>, &RcuReadGuard, Arc<AtomicUsize>);
+        let ops: [(&str, Op); 5] = [
+            ("replace_with", |c, _, d| {
+                c.replace_with(Some(Box::new(Counted(d))), RetireBySync)
+            }),
+            ("take_with", |c, _, _| c.take_with(RetireBySync)),
+            ("compare_exchange_with", |c, g, d| {
+                let cur = c.read(g);
+                let _ = c.compare_exchange_with(cur, Some(Box::new(Counted(d))), g, RetireBySync);
+            }),
+            ("update_with", |c, _, d| {
+                c.update_with(|_| Some(Box::new(Counted(d.clone()))), RetireBySync)
+            }),
+            ("Retire::retire", |c, _, _| {
+                let old = c.swap_raw(None);
+                // SAFETY: unpublished by the swap above; handed to a `Retire` strategy.
+                RetireBySync.retire(unsafe { Box::from_raw(old) });
+            }),
+        ];
+        for (name, op) in ops {
+            let drops = Arc::new(AtomicUsize::new(0));
+            let cell = RcuCell::new(Some(Box::new(Counted(drops.clone()))));
+            let g = crate::global::rcu_read_lock();
+            let seen: &Counted = cell.read(&g).unwrap();
+            let r = catch_unwind(AssertUnwindSafe(|| {
+                op(&cell, &g, Arc::new(AtomicUsize::new(0)))
+            }));
+            let msg = r.expect_err("synchronize_rcu inside a reader panics");
+            let msg = msg
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .unwrap_or_default();
+            assert!(msg.contains("read-side critical section"), "{name}: {msg}");
+            assert_eq!(
+                drops.load(std::sync::atomic::Ordering::SeqCst),
+                0,
+                "{name}: RetireBySync dropped the old value on the unwind of its panic, under a \
+                 live reader"
+            );
+            assert!(
+                Arc::ptr_eq(&seen.0, &drops),
+                "{name}: the reader's value changed"
+            );
+            drop(g);
+            drop(cell);
+            crate::global::rcu_barrier();
+        }
     }
 
     #[test]

@@ -5,10 +5,21 @@
 //!
 //! * **Registration.** A thread's first guard claims a record ([`crate::reader::Registry`]) and
 //!   caches it in a `const`-initialised thread-local without destructor (one `fs:`-relative load
-//!   on the fast path). A second thread-local with a destructor gives the record back at thread
-//!   exit, reporting a thread that exits inside a critical section. A thread that takes its first
-//!   guard while its thread-locals are being destroyed keeps its record for good (it is then
-//!   scanned, quiescent, forever; it cannot be reused).
+//!   on the fast path). A second thread-local with a destructor (the *exit hook*) gives the
+//!   record back at thread exit. A thread that takes its first guard while its thread-locals are
+//!   being destroyed keeps its record for good (it is then scanned, quiescent, forever; it cannot
+//!   be reused).
+//! * **Exit inside a section.** A guard that was never dropped (leaked, or stored in a
+//!   thread-local whose destructor runs after the exit hook) keeps its section open: references
+//!   read under a leaked guard are `&'static` and may have left the thread. So the exit hook,
+//!   finding nesting above zero, reports the exit once (`StallKind::ExitedInCriticalSection`),
+//!   marks the record `exited` and leaves it owned, with its word and the thread's `LOCAL` as
+//!   they are (reader Invariant 5). Grace periods wait for it like for any reader, and the stall
+//!   reporter names it while they do. A guard dropped later by another thread-local destructor
+//!   unlocks its own record (never another thread's: the record was not handed out), and the
+//!   outermost such unlock gives the record back. A leaked guard's section never ends: grace
+//!   periods (and the callbacks waiting for them) wait forever, as crossbeam-epoch does for a
+//!   leaked guard — never an abort, since storing a guard in a thread-local is legal.
 //! * **Worker.** One thread (`rcu-cb-worker`), started at the first `call_rcu`/`start_poll`/
 //!   barrier. Loop: harvest each list with pending callbacks, hand what is ready to that list's
 //!   invoker (a thread bound to the list's CPU, `invoker.rs`; the worker invokes them itself
@@ -29,8 +40,9 @@
 //! * **fork().** `pthread_atfork` handlers (registered once, no allocation in them): *prepare*
 //!   locks every callback list (never held across a wait, so this cannot deadlock); *parent*
 //!   unlocks them; *child* resets the locks, clears the records of threads that do not exist in
-//!   the child, resets the grace-period lock and marks the worker as not running; the next use
-//!   restarts it. Callbacks queued in the parent run in both processes (each frees its own copy).
+//!   the child (except those of threads that exited inside a section: their sections stay open,
+//!   the forking thread may hold references read under them), resets the grace-period lock and
+//!   marks the worker as not running; the next use restarts it. Callbacks queued in the parent run in both processes (each frees its own copy).
 
 use core::cell::Cell;
 use core::marker::PhantomData;
@@ -187,11 +199,12 @@ fn thread_name() -> Option<String> {
     Some(String::from_utf8_lossy(&buf[..end]).into_owned())
 }
 
-/// Destructor of `EXIT`: gives the record back.
+/// Destructor of `EXIT`: gives the record back, unless the thread is inside a section (module
+/// docs, "Exit inside a section").
 struct ExitHook;
 impl Drop for ExitHook {
     fn drop(&mut self) {
-        let p = LOCAL.with(|c| c.replace(core::ptr::null()));
+        let p = LOCAL.with(|c| c.get());
         if p.is_null() {
             return;
         }
@@ -199,6 +212,10 @@ impl Drop for ExitHook {
         let rec = unsafe { &*p };
         let nesting = rec.nesting();
         if nesting != 0 {
+            // The section stays open and the record owned (reader Invariant 5); `LOCAL` keeps
+            // pointing at it, so later thread-local destructors nest on it. Relaxed: read only by
+            // this thread (its guards' drops) and by a single-threaded fork child.
+            rec.exited.store(true, Ordering::Relaxed);
             crate::stall::report(&StallReport {
                 kind: StallKind::ExitedInCriticalSection,
                 thread_name: rec.name(),
@@ -207,11 +224,26 @@ impl Drop for ExitHook {
                 gp: DOMAIN.current(),
                 nesting,
             });
-            // Release: the thread's accesses are over; pairs with the scan's Acquire.
-            rec.word.store(0, Ordering::Release);
+            return;
         }
+        LOCAL.with(|c| c.set(core::ptr::null()));
         DOMAIN.unregister(rec);
     }
+}
+
+/// The outermost guard of a thread that exited inside its section was dropped (by a
+/// thread-local destructor after the exit hook): the section is over, give the record back.
+#[cold]
+#[inline(never)]
+fn exited_section_ended(rec: &'static Record) {
+    LOCAL.with(|c| {
+        debug_assert!(
+            core::ptr::eq(c.get(), rec),
+            "an exited thread's record changed"
+        );
+        c.set(core::ptr::null());
+    });
+    DOMAIN.unregister(rec);
 }
 
 /// Whether the calling thread is inside a read-side critical section.
@@ -288,7 +320,10 @@ pub fn rcu_read_lock() -> RcuReadGuard {
 impl Drop for RcuReadGuard {
     #[inline]
     fn drop(&mut self) {
-        crate::reader::unlock(self.rec);
+        // Relaxed: `exited` is written by this thread only (the guard is not `Send`).
+        if crate::reader::unlock(self.rec) && self.rec.exited.load(Ordering::Relaxed) {
+            exited_section_ended(self.rec);
+        }
     }
 }
 
@@ -383,6 +418,11 @@ pub fn cond_synchronize_rcu(state: GpState) {
 /// Closures of up to two words are stored without allocation. Callable inside a read-side
 /// critical section. `f` must not call `rcu_barrier` (it would wait for itself: it panics).
 ///
+/// # Panics
+/// Inside a read-side critical section when the callback cannot be queued (no memory, or the
+/// lists are at their bound because no grace period can end): outside one the caller would wait
+/// for a grace period and run `f` itself. `f` is then leaked: neither run nor dropped.
+///
 /// ```
 /// let data = Box::new(42u64);
 /// rcu_core::call_rcu(move || drop(data));
@@ -426,13 +466,16 @@ fn enqueue(cb: Callback) {
 
 /// `call_rcu` could not queue the callback (no memory, or the list is full because the worker is
 /// behind): the caller waits for a grace period and runs it itself — never an abort, never an
-/// early call.
+/// early call. Inside a reader it cannot wait: it panics, and leaks the callback rather than let
+/// the unwind drop its captures (readers may still use what the callback was to free).
 #[cold]
 #[inline(never)]
 fn no_memory(cb: Callback) {
     let p = LOCAL.with(|c| c.get());
     // SAFETY: as in `local_record`.
     if !p.is_null() && unsafe { &*p }.nesting() != 0 {
+        // Leaked: dropping a boxed closure would drop its captures before any grace period.
+        core::mem::forget(cb);
         panic!(
             "call_rcu: no memory to queue a callback inside an RCU read-side critical section; \
              waiting for a grace period here would wait for this reader forever (queue it after \

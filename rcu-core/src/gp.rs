@@ -209,7 +209,7 @@ impl Domain {
     /// Read unlock on `rec`.
     #[inline(always)]
     pub fn read_unlock(&self, rec: &Record) {
-        crate::reader::unlock(rec)
+        crate::reader::unlock(rec);
     }
 
     /// The current sequence (Acquire: pairs with the Release end store).
@@ -429,11 +429,19 @@ impl Domain {
 
     /// Clears the records of threads that do not exist in a `fork()` child and resets the lock.
     /// Runs alone in the child; no allocation.
+    ///
+    /// A record whose thread exited inside a section (reader Invariant 5) is kept as it is: that
+    /// section never ends in the parent unless its guard is dropped there, and references read
+    /// under it may have been handed to the forking thread, so it never ends in the child.
     #[cfg(not(rcu_loom))]
     pub(crate) fn after_fork_child(&self, own: Option<&Record>) {
         self.gp_lock.reset_after_fork();
         for rec in self.registry.iter() {
             if own.is_some_and(|o| core::ptr::eq(o, rec)) {
+                continue;
+            }
+            // Relaxed: the child runs alone; fork copied the parent's memory as it was.
+            if rec.exited.load(Ordering::Relaxed) {
                 continue;
             }
             rec.word.store(0, Ordering::Relaxed);

@@ -29,7 +29,9 @@
 //!
 //! Misuse is an error, not a hang: blocking calls inside a critical section panic with a message
 //! naming the "read-side critical section"; readers that stall grace periods are reported through
-//! [`set_stall_hook`]; a thread that exits inside a critical section is reported and released.
+//! [`set_stall_hook`]; a thread that exits inside a critical section is reported once, and its
+//! section stays open until its guard is dropped (never, for a leaked guard: grace periods then
+//! wait forever, as for any reader that never unlocks).
 //!
 //! ```
 //! use rcu_core::{rcu_read_lock, synchronize_rcu, RcuCell};

@@ -29,8 +29,9 @@
 //!
 //! ## Invariants
 //!
-//! 1. Only the owning thread stores to `word` (exceptions: the single-threaded `fork()` child
-//!    clears the records of threads that do not exist there; thread exit clears its own).
+//! 1. Only the owning thread stores to `word` (exception: the single-threaded `fork()` child
+//!    clears the records of threads that do not exist there, except those of threads that
+//!    exited inside a section, see 5).
 //! 2. Records are never freed while the domain lives; `next` is written once before the record is
 //!    published with a Release CAS on `head`, so a scanner that Acquire-loads `head` may walk the
 //!    list at any time.
@@ -40,6 +41,12 @@
 //!    handler that interrupts the fast path between its load and its store leaves the interrupted
 //!    code's computation valid (it may store a *stale, older* snapshot, which only makes later
 //!    grace periods wait longer, never shorter — the next section's accesses come after that store).
+//! 5. A thread that exits inside a section keeps its record owned and its word as it is
+//!    (`exited` is set): the section ends only when its guard is dropped, by a thread-local
+//!    destructor that runs after the exit hook (that outermost unlock gives the record back), or
+//!    never (a leaked guard: grace periods wait for it forever, as for a live reader that never
+//!    unlocks). Such a record is never handed to another thread while its section is open, so a
+//!    late unlock only ever writes its own thread's word.
 //!
 //! ## Memory orderings
 //!
@@ -92,8 +99,13 @@ pub struct Record {
     pub(crate) word: AtomicU64,
     /// Barrier mode the owner uses, copied from the domain at registration (owner reads only).
     mode: AtomicU8,
-    /// Whether a thread owns this record. CAS by the registering thread; cleared at thread exit.
+    /// Whether a thread owns this record. CAS by the registering thread; cleared at thread exit
+    /// (or, for a thread that exited inside a section, when that section ends: Invariant 5).
     pub(crate) owned: AtomicBool,
+    /// Set by the exit hook of a thread that exits inside a section (Invariant 5); cleared when
+    /// the record is given back. Written and read by the owning thread only (and by the
+    /// single-threaded `fork()` child).
+    pub(crate) exited: AtomicBool,
     /// Kernel thread id of the owner, for stall reports. Written by the owner at registration.
     pub(crate) tid: AtomicU32,
     /// The owner's thread name (UTF-8, NUL-padded, truncated), for stall reports. Written by the
@@ -109,6 +121,7 @@ impl Record {
             word: AtomicU64::new(0),
             mode: AtomicU8::new(mode_to_u8(mode)),
             owned: AtomicBool::new(true),
+            exited: AtomicBool::new(false),
             tid: AtomicU32::new(0),
             name: core::array::from_fn(|_| AtomicU64::new(0)),
             next: AtomicPtr::new(core::ptr::null_mut()),
@@ -206,17 +219,20 @@ pub(crate) fn lock(gp_seq: &AtomicU64, rec: &Record) {
     }
 }
 
-/// Releases a read lock taken with [`lock`].
+/// Releases a read lock taken with [`lock`]. Returns whether it ended the section (outermost
+/// unlock).
 #[inline(always)]
-pub(crate) fn unlock(rec: &Record) {
+pub(crate) fn unlock(rec: &Record) -> bool {
     let w = rec.word.load(Ordering::Relaxed);
     debug_assert!(w & NEST_MASK != 0, "rcu_read_unlock without rcu_read_lock");
     if w & NEST_MASK == 1 {
         // Release pairs with the Acquire load in `gp::wait_for_reader`: every access of the
         // critical section happens-before the writer's decision that we are quiescent.
         rec.word.store(0, Ordering::Release);
+        true
     } else {
         rec.word.store(w - 1, Ordering::Relaxed);
+        false
     }
 }
 
@@ -290,6 +306,8 @@ impl Registry {
     /// Gives a record back. Its word must be `0` (the caller clears it first).
     pub(crate) fn release(&self, rec: &Record) {
         debug_assert_eq!(rec.word.load(Ordering::Relaxed), 0);
+        // Relaxed: owner-private flag; the Release store below publishes it with the record.
+        rec.exited.store(false, Ordering::Relaxed);
         // Release pairs with the Acquire CAS in `acquire` (Invariant 3).
         rec.owned.store(false, Ordering::Release);
     }

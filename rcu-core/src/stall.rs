@@ -1,5 +1,5 @@
 //! Stall reporting: readers that hold up a grace period for too long, and threads that exit
-//! inside a read-side critical section.
+//! inside a read-side critical section (whose section stays open, see `global`).
 //!
 //! # Implementation
 //!
@@ -30,8 +30,10 @@ static HOOK: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
 pub enum StallKind {
     /// A grace period has been waiting for this reader for `duration`.
     ReaderStall,
-    /// The thread exited while inside a read-side critical section (a leaked guard); its read
-    /// lock was released so that grace periods can go on.
+    /// The thread exited while inside a read-side critical section (a guard leaked, or kept in a
+    /// thread-local destroyed after the engine's exit hook). Its section stays open: grace
+    /// periods wait for it until that guard is dropped, forever if it never is (references read
+    /// under it may still be in use). Reported once, at the exit.
     ExitedInCriticalSection,
 }
 
@@ -69,7 +71,8 @@ impl core::fmt::Display for StallReport {
             StallKind::ExitedInCriticalSection => write!(
                 f,
                 "rcu: BUG: thread '{}' (tid {}) exited inside a read-side critical section \
-                 (nesting {}, a read guard was leaked); its read lock has been released",
+                 (nesting {}, a read guard was leaked or outlives the thread's exit); grace \
+                 periods wait for that section until its guard is dropped",
                 name, self.tid, self.nesting
             ),
         }

@@ -1,6 +1,7 @@
-//! Engine behaviour: polled grace periods, call_rcu/rcu_barrier, stall reports, a thread that
-//! exits inside a critical section, fork() children and readers in signal handlers. Cases that
-//! change process-wide settings or fork run in a child process with a deadline.
+//! Engine behaviour: polled grace periods, call_rcu/rcu_barrier, stall reports, fork() children
+//! and readers in signal handlers (a thread that exits inside a critical section:
+//! `exit_in_reader.rs`). Cases that change process-wide settings or fork run in a child process
+//! with a deadline.
 #![cfg(not(rcu_loom))]
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -245,24 +246,6 @@ fn child_stall() {
     eprintln!("{r}");
 }
 
-fn child_exit_inside_reader() {
-    set_stall_hook(Some(record_report));
-    std::thread::Builder::new()
-        .name("leaky".into())
-        .spawn(|| std::mem::forget(rcu_read_lock()))
-        .unwrap()
-        .join()
-        .unwrap();
-    synchronize_rcu(); // must not hang on the dead thread's leaked guard
-    let reports = REPORTS.lock().unwrap();
-    let r = reports
-        .iter()
-        .find(|r| r.kind == StallKind::ExitedInCriticalSection)
-        .expect("an exit report");
-    assert_eq!(r.thread_name, "leaky");
-    eprintln!("{r}");
-}
-
 fn child_fork() {
     // A thread of the parent holds a guard across the fork; the child has no such thread and
     // must still complete grace periods, run callbacks (worker restarted) and barriers.
@@ -451,7 +434,6 @@ fn engine_child() {
     match child_case().as_deref() {
         Some("oom") => child_oom(),
         Some("stall") => child_stall(),
-        Some("exit") => child_exit_inside_reader(),
         Some("fork") => child_fork(),
         Some("signal") => child_signal(),
         Some(other) => panic!("unknown case {other}"),
@@ -471,11 +453,6 @@ fn expect_ok(case: &str) {
 #[test]
 fn stalled_reader_is_reported_with_name_and_duration() {
     expect_ok("stall");
-}
-
-#[test]
-fn thread_exiting_inside_reader_is_reported_and_released() {
-    expect_ok("exit");
 }
 
 #[test]
