@@ -1,9 +1,10 @@
 //! Destroying a typesafe cache where `rcu_barrier` may not wait (inside a read-side critical
 //! section, or on an RCU callback thread) never frees the cache under its own RCU-deferred slab
-//! discards: `destroy()` panics before touching the cache (which stays registered and usable),
-//! and `Drop` hands the destroy to a thread that may wait. Each case runs in a child process,
-//! since the failure being guarded against is a use after free on the callback thread (a crash),
-//! after which freed memory is overwritten so that the crash is reliable.
+//! discards: `destroy()` panics before touching the cache (which stays registered and intact),
+//! and `Drop` hands the destroy to a thread that may wait (or, with no thread to be had, leaks
+//! the cache with a report). Each case runs in a child process, since the failure guarded
+//! against is a use after free on the callback thread (a crash), made reliable by overwriting
+//! freed heap memory with junk.
 #![cfg(not(rcu_loom))]
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -216,6 +217,21 @@ fn case_destroy_in_callback() {
     println!("case done");
 }
 
+fn case_drop_in_reader_without_threads() {
+    let (cache, _objects) = cache_with_free_slabs("tsd-nothread");
+    // No room for another thread's stack: the destroy cannot be handed to a thread.
+    test_support::set_rlimit_as(test_support::vm_size() + (256 << 10)).unwrap();
+    let g = rcu_core::rcu_read_lock();
+    drop(cache);
+    drop(g);
+    assert!(
+        registered("tsd-nothread"),
+        "the cache stays registered (leaked)"
+    );
+    assert_eq!(DROPS.load(Ordering::Relaxed), 0);
+    println!("case done");
+}
+
 #[test]
 fn destroy_child() {
     match child_case().as_deref() {
@@ -224,6 +240,7 @@ fn destroy_child() {
         Some("destroy_in_reader") => case_destroy_in_reader(),
         Some("drop_while_unwinding_in_reader") => case_drop_while_unwinding_in_reader(),
         Some("destroy_in_callback") => case_destroy_in_callback(),
+        Some("drop_in_reader_without_threads") => case_drop_in_reader_without_threads(),
         Some(other) => panic!("unknown case {other}"),
         None => {}
     }
@@ -269,4 +286,14 @@ fn dropping_a_typesafe_cache_while_unwinding_inside_a_reader_does_not_abort() {
 #[test]
 fn destroy_in_a_call_rcu_callback_panics_before_touching_the_cache() {
     expect_ok("destroy_in_callback");
+}
+
+#[test]
+fn dropping_a_typesafe_cache_inside_a_reader_with_no_thread_to_spare_leaks_it_with_a_report() {
+    let out = expect_ok("drop_in_reader_without_threads");
+    assert!(
+        out.contains("slab cache tsd-nothread: dropped inside an RCU read-side critical section")
+            && out.contains("the cache is leaked"),
+        "{out}"
+    );
 }
