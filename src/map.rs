@@ -244,8 +244,10 @@ where
         let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         // Writers hold the mutex: the table pointer and every chain link are ours to change.
         // Relaxed loads of them suffice (the mutex orders us after the previous writer).
-        // SAFETY: only writers (serialised by the mutex) unpublish a table, so it is alive.
-        let table = unsafe { &*self.table.load(Ordering::Relaxed) };
+        let table_ptr = self.table.load(Ordering::Relaxed);
+        // SAFETY: only writers (serialised by the mutex) unpublish a table, so it is alive; this
+        // borrow is last used before `resize` may free the table.
+        let table = unsafe { &*table_ptr };
         let head = table.bucket(hash);
         let mut link = head;
         loop {
@@ -281,8 +283,10 @@ where
         head.store(new, Ordering::Release);
         w.len += 1;
         self.len.store(w.len, Ordering::Relaxed);
-        if w.len > table.buckets.len() / 4 * 3 {
-            self.resize(table, table.buckets.len() * 2);
+        let buckets = table.buckets.len();
+        if w.len > buckets / 4 * 3 {
+            // A pointer, not `table`: resize may free the old table before it returns.
+            self.resize(table_ptr, buckets * 2);
         }
         true
     }
@@ -320,11 +324,18 @@ where
         }
     }
 
-    /// Copy-and-publish: a table of `buckets` buckets with copies of every node replaces `old`,
-    /// which is retired whole. Called with the writer mutex held.
-    fn resize(&self, old: &Table<K, V>, buckets: usize) {
+    /// Copy-and-publish: a table of `buckets` buckets with copies of every node replaces `old`
+    /// (the current table), which is retired whole. Called with the writer mutex held.
+    ///
+    /// `old` is a raw pointer, not a `&Table`: `kfree_rcu` may free the old table before it
+    /// returns (with no page to queue it in, it waits for a grace period and frees inline), and a
+    /// reference argument would still be live (protected) for the whole call.
+    fn resize(&self, old: *const Table<K, V>, buckets: usize) {
         let new = Table::new(buckets);
-        for head in old.buckets.iter() {
+        // SAFETY: `old` is the current table, alive under the writer mutex until it is retired
+        // below; this borrow ends before that.
+        let old_table = unsafe { &*old };
+        for head in old_table.buckets.iter() {
             let mut p = head.load(Ordering::Relaxed);
             // SAFETY: nodes of the current table, alive under the writer mutex.
             while let Some(node) = unsafe { p.as_ref() } {

@@ -254,6 +254,27 @@ pub fn rcu_read_lock_held() -> bool {
     !p.is_null() && unsafe { &*p }.nesting() != 0
 }
 
+/// Whether the calling thread may wait for RCU here: call [`rcu_barrier`], or anything built on
+/// it (destroying a `SLAB_TYPESAFE_BY_RCU` slab cache), without it waiting for itself.
+///
+/// False inside a read-side critical section (a grace period would wait for the caller's own
+/// reader) and on a thread that runs `call_rcu` callbacks (`rcu_barrier` would wait for the
+/// callback that is running; and a callback that blocks holds up every later callback of its
+/// CPU). Code that must wait can check this first and, where it returns false, defer the work to
+/// another thread or report the misuse before it has changed anything. Lock-free, no allocation.
+///
+/// ```
+/// assert!(rcu_core::may_block());
+/// let g = rcu_core::rcu_read_lock();
+/// assert!(!rcu_core::may_block());
+/// drop(g);
+/// assert!(rcu_core::may_block());
+/// ```
+#[inline]
+pub fn may_block() -> bool {
+    !rcu_read_lock_held() && !IN_CALLBACK.with(|c| c.get())
+}
+
 /// Panics if a blocking call is made where it would wait for itself.
 #[track_caller]
 pub(crate) fn assert_may_block(what: &str) {

@@ -28,10 +28,10 @@
 //! `guide` module compares the four.
 //!
 //! Misuse is an error, not a hang: blocking calls inside a critical section panic with a message
-//! naming the "read-side critical section"; readers that stall grace periods are reported through
-//! [`set_stall_hook`]; a thread that exits inside a critical section is reported once, and its
-//! section stays open until its guard is dropped (never, for a leaked guard: grace periods then
-//! wait forever, as for any reader that never unlocks).
+//! naming the "read-side critical section" ([`may_block`] tells beforehand); readers that stall
+//! grace periods are reported through [`set_stall_hook`]; a thread that exits inside a critical
+//! section is reported once, and its section stays open until its guard is dropped (never, for a
+//! leaked guard: grace periods then wait forever, as for any reader that never unlocks).
 //!
 //! ```
 //! use rcu_core::{rcu_read_lock, synchronize_rcu, RcuCell};
@@ -91,7 +91,7 @@ pub use cell::{CompareExchangeError, RcuCell, Retire, RetireByCallRcu, RetireByS
 #[cfg(not(rcu_loom))]
 pub use global::{
     barrier_mode, call_rcu, call_rcu_raw, cond_synchronize_rcu, get_state_synchronize_rcu,
-    poll_state_synchronize_rcu, rcu_barrier, rcu_read_lock, rcu_read_lock_held,
+    may_block, poll_state_synchronize_rcu, rcu_barrier, rcu_read_lock, rcu_read_lock_held,
     start_poll_synchronize_rcu, stats, synchronize_rcu, synchronize_rcu_expedited, GpState,
     GpStats, RcuReadGuard,
 };

@@ -130,3 +130,22 @@ fn guard_is_not_send() {
     const { assert!(!<Probe<rcu_core::RcuReadGuard>>::IS_SEND) };
     const { assert!(<Probe<u32>>::IS_SEND) };
 }
+
+#[test]
+fn may_block_is_false_inside_readers_and_on_callback_threads() {
+    assert!(rcu_core::may_block());
+    let g = rcu_core::rcu_read_lock();
+    assert!(
+        !rcu_core::may_block(),
+        "inside a read-side critical section"
+    );
+    drop(g);
+    assert!(rcu_core::may_block());
+    let (tx, rx) = std::sync::mpsc::channel();
+    rcu_core::call_rcu(move || tx.send(rcu_core::may_block()).unwrap());
+    rcu_core::rcu_barrier();
+    assert!(
+        !rx.recv_timeout(Duration::from_secs(30)).unwrap(),
+        "on the thread that runs call_rcu callbacks"
+    );
+}

@@ -29,7 +29,10 @@
 //! started before is waited for.
 //!
 //! `shrink()` never waits for that grace period; destroy waits for every queued discard with
-//! `rcu_barrier()` before the cache itself goes (cache Invariant 1).
+//! `rcu_barrier()` before the cache itself goes (cache Invariant 1), and therefore runs only where
+//! `rcu_barrier` may wait: a drop inside a read-side critical section or on a callback thread
+//! hands it to a thread of its own, an explicit `destroy()` there panics before it queues
+//! anything (cache Invariant 3).
 //!
 //! ## Memory orderings
 //! The grace period orders the readers' accesses before the unmap (rcu-core's guarantee);

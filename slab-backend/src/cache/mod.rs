@@ -48,9 +48,17 @@
 //! Invariants:
 //! 1. A `RawCache` outlives every slab whose header points to it: destroy discards all slabs
 //!    (waiting with `rcu_barrier` for RCU-deferred discards) or, if objects leaked, leaks the
-//!    cache too.
+//!    cache too. Once destroy has started, the cache is freed only by its last step: a panic on
+//!    the way unwinds past a `ManuallyDrop` and leaks it, since discards queued through
+//!    `call_rcu` may still point to it.
 //! 2. `KmemCache<T>` objects are `T`-sized and aligned slots; with a ctor they always hold a
 //!    valid `T` (slab Invariant 4).
+//! 3. A typesafe cache is destroyed only where `rcu_barrier` may wait (`rcu_core::may_block`:
+//!    outside read-side critical sections, off callback threads), checked before destroy touches
+//!    anything. Elsewhere `destroy()` panics and leaves the cache registered and intact (leaked);
+//!    `Drop` (which must not panic: it may run during an unwind) hands the destroy to a new
+//!    thread, which waits there, or leaks the cache with a report on stderr if no thread can be
+//!    started. Ordinary caches wait for no grace period and are destroyed anywhere.
 //!
 //! ## Memory orderings
 //! Objects travel between threads only through the slot, barn and node locks (Acquire/Release
@@ -67,6 +75,7 @@ mod typed;
 pub use self::typed::{KmemCache, KmemCacheBuilder};
 
 use core::fmt;
+use core::mem::ManuallyDrop;
 use core::ptr::NonNull;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
@@ -637,9 +646,38 @@ fn nr_nodes() -> usize {
     1
 }
 
+/// Why the calling thread cannot destroy `raw` now, or `None` if it can: a typesafe cache's
+/// destroy waits for its RCU-deferred discards with `rcu_barrier`, which would wait for itself
+/// inside a read-side critical section or on a callback thread (Invariant 3).
+pub(crate) fn destroy_blocked(raw: &RawCache) -> Option<&'static str> {
+    if !raw.typesafe || rcu_core::may_block() {
+        None
+    } else if rcu_core::rcu_read_lock_held() {
+        Some("inside an RCU read-side critical section")
+    } else {
+        Some("on an RCU callback thread")
+    }
+}
+
 /// Destroys a cache (see [`KmemCache::destroy`]). The caller gave up the last user handle, so
 /// no thread allocates from or frees to it any more.
+///
+/// # Panics
+/// Where [`destroy_blocked`] says no, before touching the cache: it stays registered (the
+/// registry's `Arc` keeps it alive) and intact, only ownerless.
 pub(crate) fn destroy_raw(raw: Arc<RawCache>) -> Result<(), SlabError> {
+    if let Some(why) = destroy_blocked(&raw) {
+        panic!(
+            "slab cache {}: destroyed {why}; destroying a SLAB_TYPESAFE_BY_RCU cache waits for \
+             its pending slab releases with rcu_barrier(), which would wait for itself here. The \
+             cache is left as it was (leaked); destroy it outside readers and callbacks",
+            raw.name
+        );
+    }
+    // From here on slabs may be queued for discard through `call_rcu`, pointing to the cache: it
+    // is freed only at the end, when every one of them has run, and never by an unwind (a panic
+    // on the way leaks it; Invariant 1).
+    let raw = ManuallyDrop::new(raw);
     registry().retain(|c| !Arc::ptr_eq(c, &raw));
     let mut out = Detached::new();
     let counts = {
@@ -650,7 +688,7 @@ pub(crate) fn destroy_raw(raw: Arc<RawCache>) -> Result<(), SlabError> {
         // unbound so the id can be reused), then the per-CPU layer.
         let stolen = tcache::steal(&raw, true);
         raw.return_objects(&stolen, Mode::Normal);
-        raw.cpu.flush_all(&*raw, true);
+        raw.cpu.flush_all(&**raw, true);
         let mut g = raw.node().lock(Mode::Normal).expect("Normal");
         g.detach_empty(&mut out);
         g.counts()
@@ -668,13 +706,33 @@ pub(crate) fn destroy_raw(raw: Arc<RawCache>) -> Result<(), SlabError> {
         };
         eprintln!("{e}");
         // Invariant 1: slabs with live objects keep pointing at the cache, so it must stay (with
-        // its thread-cache id: tcache Invariant 2).
-        core::mem::forget(raw);
+        // its thread-cache id: tcache Invariant 2); `raw` is never dropped.
         return Err(e);
     }
     tcache::free_id(raw.tc_id);
-    drop(raw);
+    drop(ManuallyDrop::into_inner(raw));
     Ok(())
+}
+
+/// Destroys `raw` on a new thread, for a drop where the caller may not wait ([`destroy_blocked`]
+/// said `why`). If no thread can be started, the cache is leaked: it stays registered and intact
+/// (the registry's `Arc` keeps it), and the leak is reported on stderr.
+pub(crate) fn destroy_deferred(raw: Arc<RawCache>, why: &str) {
+    let name = raw.name.clone();
+    let spawned = std::thread::Builder::new()
+        .name("slab-destroy".into())
+        .spawn(move || {
+            // Not the CPU binding of a callback invoker that may have started us.
+            rcu_core::cpu::unbind_thread();
+            let _ = destroy_raw(raw);
+        });
+    if let Err(e) = spawned {
+        // The closure, and with it our `Arc`, was dropped: the registry's keeps the cache.
+        eprintln!(
+            "slab cache {name}: dropped {why}, where it cannot wait for its pending RCU slab \
+             releases, and no thread to destroy it could be started ({e}); the cache is leaked"
+        );
+    }
 }
 
 #[cfg(all(test, not(rcu_loom)))]

@@ -9,7 +9,9 @@ use core::ptr::NonNull;
 use std::sync::Arc;
 
 use super::sheaf::Mode;
-use super::{destroy_raw, CtorFn, RawCache, RawConfig, SlabError};
+use super::{
+    destroy_blocked, destroy_deferred, destroy_raw, CtorFn, RawCache, RawConfig, SlabError,
+};
 use crate::stats::CacheStats;
 
 /// A cache of `T`-sized objects with per-CPU sheaves, per-node slab lists and optional
@@ -29,9 +31,12 @@ use crate::stats::CacheStats;
 /// assert_eq!(cache.stats().active_objects, 0);
 /// ```
 ///
-/// Dropping a typesafe cache waits for pending RCU page releases with `rcu_barrier()`, so it must
-/// not happen inside a read-side critical section (that panics). Dropping a cache with objects
-/// still allocated reports the leak on stderr and keeps their memory (see [`KmemCache::destroy`]).
+/// Dropping a typesafe cache waits for pending RCU page releases with `rcu_barrier()`. Where that
+/// cannot wait (inside a read-side critical section, or in a `call_rcu` callback: for example an
+/// `RcuCell` retiring a value that owns the cache), the drop returns at once and the cache is
+/// destroyed on a thread of its own once the waiting is over; its name stays taken until then.
+/// Dropping a cache with objects still allocated reports the leak on stderr and keeps their memory
+/// (see [`KmemCache::destroy`]).
 pub struct KmemCache<T> {
     /// Taken out exactly once, by `destroy` or `Drop`.
     raw: ManuallyDrop<Arc<RawCache>>,
@@ -241,6 +246,12 @@ impl<T: Send + 'static> KmemCache<T> {
     /// Destroys the cache: flushes it, releases its slabs (after `rcu_barrier()` for typesafe
     /// caches) and reports objects still allocated as [`SlabError::Leaked`], in which case their
     /// memory is kept (leaked) rather than freed under a possible user.
+    ///
+    /// # Panics
+    /// For a typesafe cache, inside a read-side critical section or on an RCU callback thread
+    /// (`rcu_barrier` would wait for itself; see [`rcu_core::may_block`]). The panic comes before
+    /// anything is done: the cache is leaked as it was, with its objects and slabs. Dropping the
+    /// cache there instead defers the destroy to another thread.
     pub fn destroy(self) -> Result<(), SlabError> {
         let mut this = ManuallyDrop::new(self);
         // SAFETY: `this` is never used or dropped again, so the Arc is taken exactly once.
@@ -259,6 +270,12 @@ impl<T> Drop for KmemCache<T> {
     fn drop(&mut self) {
         // SAFETY: `drop` runs once and `self.raw` is not used after this take.
         let raw = unsafe { ManuallyDrop::take(&mut self.raw) };
-        let _ = destroy_raw(raw);
+        // No panic here: the drop may be part of an unwind (a second panic aborts).
+        match destroy_blocked(&raw) {
+            Some(why) => destroy_deferred(raw, why),
+            None => {
+                let _ = destroy_raw(raw);
+            }
+        }
     }
 }
