@@ -219,6 +219,40 @@ fn case_destructor_retires_into_recycled_channel() {
     );
 }
 
+static BARRIER_DROPS: AtomicU64 = AtomicU64::new(0);
+
+/// A destructor that calls `kvfree_rcu_barrier` (the first object only).
+struct CallsBarrier(u64);
+impl Drop for CallsBarrier {
+    fn drop(&mut self) {
+        BARRIER_DROPS.fetch_add(1, Ordering::SeqCst);
+        if self.0 == 0 {
+            kvfree_rcu_barrier();
+        }
+    }
+}
+
+/// As in the first case, a pinned thread's second hand-over frees its first block itself; the
+/// first destructor calls `kvfree_rcu_barrier`, which would wait for the very free running it:
+/// it panics (the misuse is reported) instead of hanging.
+fn case_barrier_in_reclaim_destructor() {
+    let n = 2 * BLOCK_CAPACITY as u64;
+    let h = std::thread::spawn(move || {
+        pin_to_cpu0();
+        for i in 0..n {
+            if i == BLOCK_CAPACITY as u64 {
+                rcu_core::synchronize_rcu();
+            }
+            kfree_rcu(Box::new(CallsBarrier(i)));
+        }
+    });
+    h.join().unwrap();
+    assert!(
+        BARRIER_DROPS.load(Ordering::SeqCst) >= 1,
+        "setup: the first block was not freed by its producer"
+    );
+}
+
 #[test]
 fn barrier_child() {
     match child_case().as_deref() {
@@ -226,6 +260,7 @@ fn barrier_child() {
         Some("exiting_threads") => case_exiting_threads_during_barrier(),
         Some("shrinker_in_reader") => case_shrinker_in_reader(),
         Some("retire_into_recycled") => case_destructor_retires_into_recycled_channel(),
+        Some("barrier_in_reclaim") => case_barrier_in_reclaim_destructor(),
         Some(other) => panic!("unknown case {other}"),
         None => {}
     }
@@ -266,4 +301,20 @@ fn shrinker_runs_no_destructor_on_the_allocating_thread() {
 #[test]
 fn destructor_may_retire_into_the_channel_being_recycled() {
     expect_ok("retire_into_recycled");
+}
+
+#[test]
+fn barrier_from_a_destructor_in_a_producers_reclaim_panics() {
+    let out = run_child(
+        "barrier_child",
+        "barrier_in_reclaim",
+        &[("RCU_KIT_KFREE_DRAIN_MS", "60000")],
+        Duration::from_secs(60),
+    );
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("kvfree_rcu_barrier() called from the destructor"),
+        "no misuse reported:\n{err}"
+    );
 }
