@@ -469,11 +469,17 @@ pub struct Batcher<'d, P: Pages> {
     expedite_after_ms: AtomicU64,
     /// Grace periods producers ran themselves (statistics, Relaxed).
     pub(crate) expedited: AtomicU64,
+    /// The barrier's counts, on their own cache line (written at every producer's reclaim).
+    gate: CachePadded<Gate>,
+}
+
+/// What a barrier waits for (Invariant 5).
+struct Gate {
     /// Blocks producers hold privately: detached ready blocks not yet freed, ready blocks taken
-    /// to recycle and not yet installed (Invariant 5).
+    /// to recycle and not yet installed.
     held: AtomicUsize,
     /// Barriers waiting for `held` to drain or collecting; while non-zero, producers detach no
-    /// block (Invariant 5).
+    /// block.
     barriers: AtomicUsize,
 }
 
@@ -514,8 +520,10 @@ impl<'d, P: Pages> Batcher<'d, P> {
             clock,
             expedite_after_ms: AtomicU64::new(0),
             expedited: AtomicU64::new(0),
-            held: AtomicUsize::new(0),
-            barriers: AtomicUsize::new(0),
+            gate: CachePadded::new(Gate {
+                held: AtomicUsize::new(0),
+                barriers: AtomicUsize::new(0),
+            }),
         }
     }
 
@@ -895,7 +903,7 @@ impl<'d, P: Pages> Batcher<'d, P> {
         match taken {
             0 => self.end_hold(),
             n => {
-                self.held.fetch_add(n - 1, Ordering::Relaxed);
+                self.gate.held.fetch_add(n - 1, Ordering::Relaxed);
             }
         }
     }
@@ -965,11 +973,11 @@ impl<'d, P: Pages> Batcher<'d, P> {
     /// and its load of `held` sees this hold, or it came before and our load of `barriers` sees
     /// the barrier).
     fn begin_hold(&self) -> bool {
-        self.held.fetch_add(1, Ordering::Relaxed);
-        if self.barriers.load(Ordering::Relaxed) == 0 {
+        self.gate.held.fetch_add(1, Ordering::Relaxed);
+        if self.gate.barriers.load(Ordering::Relaxed) == 0 {
             return true;
         }
-        self.held.fetch_sub(1, Ordering::Relaxed);
+        self.gate.held.fetch_sub(1, Ordering::Relaxed);
         false
     }
 
@@ -977,7 +985,7 @@ impl<'d, P: Pages> Batcher<'d, P> {
     /// install happens-before a barrier's Acquire load that sees the count drained (every
     /// later change of `held` is a read-modify-write, so it continues this release sequence).
     pub(crate) fn end_hold(&self) {
-        self.held.fetch_sub(1, Ordering::Release);
+        self.gate.held.fetch_sub(1, Ordering::Release);
     }
 
     /// A barrier's first step: stops producers from detaching blocks and waits until every
@@ -985,7 +993,7 @@ impl<'d, P: Pages> Batcher<'d, P> {
     /// (steals the fronts, then collects the slots) and calls [`Batcher::barrier_end`]. Call
     /// while holding no block and no slot lock (it would wait for itself).
     pub fn barrier_begin(&self) {
-        self.barriers.fetch_add(1, Ordering::Relaxed);
+        self.gate.barriers.fetch_add(1, Ordering::Relaxed);
         // Every producer that takes a slot lock after this sees `barriers`; every one that held
         // it before has counted its holds (`begin_hold`). Release/Acquire of the slot locks.
         for k in self.krcs.iter() {
@@ -994,7 +1002,7 @@ impl<'d, P: Pages> Batcher<'d, P> {
         }
         let mut i = 0;
         // Acquire pairs with `end_hold`'s Release: the holders' frees and installs are done.
-        while self.held.load(Ordering::Acquire) != 0 {
+        while self.gate.held.load(Ordering::Acquire) != 0 {
             crate::primitive::spin_wait(i);
             i = i.saturating_add(1);
         }
@@ -1003,7 +1011,7 @@ impl<'d, P: Pages> Batcher<'d, P> {
     /// Lets producers detach blocks again (after the barrier's collection). Relaxed: a producer
     /// that still sees the barrier only skips one reclaim.
     pub fn barrier_end(&self) {
-        self.barriers.fetch_sub(1, Ordering::Relaxed);
+        self.gate.barriers.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Frees a detached block's objects and recycles its page.
@@ -1068,8 +1076,8 @@ impl<'d, P: Pages> Batcher<'d, P> {
         for k in self.krcs.iter() {
             k.lock.reset_after_fork();
         }
-        self.held.store(0, Ordering::Relaxed);
-        self.barriers.store(0, Ordering::Relaxed);
+        self.gate.held.store(0, Ordering::Relaxed);
+        self.gate.barriers.store(0, Ordering::Relaxed);
     }
 }
 

@@ -376,7 +376,8 @@ mod api {
 
     /// Waits until every object retired (through any path) before the call is freed: no
     /// destructor of such an object runs after it returns (also those a retiring thread is
-    /// running at the time: it waits for them).
+    /// running at the time: it waits for them, so do not call it holding a lock that such a
+    /// destructor takes).
     ///
     /// # Panics
     /// Inside a read-side critical section (it would wait for itself): the message says
