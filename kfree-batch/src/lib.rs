@@ -40,11 +40,12 @@
 //! block at a time, never inside a read-side critical section. The worker frees what a thread
 //! left behind when it stopped retiring (after the drain delay) and [`kvfree_rcu_barrier`] frees
 //! everything. Destructors therefore run on the worker, on the thread calling
-//! [`kvfree_rcu_barrier`], or on a retiring thread (its ready-first reclaim, or the fallback
-//! below), never from the page layer's shrinker: under memory pressure the batcher gives its
-//! cached pages back and lets the worker free what is ready. A destructor may retire objects
-//! and wait for grace periods; calling [`kvfree_rcu_barrier`] from one panics (it would wait for
-//! the very free that runs it).
+//! [`kvfree_rcu_barrier`], or on a retiring thread (its ready-first reclaim, or the fallback in
+//! the table above), never from the page layer's shrinker: under memory pressure the batcher
+//! gives its cached pages back and lets the worker free what is ready. A destructor may retire
+//! objects and wait for grace periods; one run by the worker, a barrier or a ready-first reclaim
+//! must not call [`kvfree_rcu_barrier`] (it would wait for the very free that runs it: it
+//! panics).
 //!
 //! Nothing is ever lost and nothing is freed early. The only failure left is a thread that
 //! retires more than [`PARK_SLOTS`] headless objects inside *one* read-side critical section while
