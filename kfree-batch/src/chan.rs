@@ -59,8 +59,10 @@
 //! The owner and the collector write disjoint header fields (`count`/`bytes`/`ptrs` vs
 //! `snap`/`next`/`handed_ms`), so there is no data race while a put is in flight.
 //!
-//! A full block (`old == 0`, `count` at capacity) is detached by the owner with a swap: if a
-//! collector won it, the collector has the block.
+//! A full block (`old == 0`, `count` at capacity) is detached by the owner with a swap, made under
+//! the lock of the slot it is handed to (`krc.rs`, Invariant 6): if a collector won it, the
+//! collector has the block. A block taken back to recycle is held until [`FrontChan::install`]
+//! (`krc.rs`, Invariant 5).
 //!
 //! Invariants:
 //! 0. The key (`free`, `ctx`) is written by the owner only, while the slot is null; a block in the
@@ -285,11 +287,12 @@ impl FrontChan {
     }
 
     /// Owner: detaches the open block (full, or the channel is given up) and hands it to slot
-    /// `cpu` of `b`. With `may_reclaim`, ready blocks of that slot come back in the result for
-    /// the caller to free ([`Batcher::free_detached`]), and, with `want_next` too, for an
-    /// `inline_free` channel, the oldest ready block of the channel to recycle in place
-    /// ([`Added::take_recycle`]; the caller must [`FrontChan::install`] or free it). Returns
-    /// `None` if a collector took the block first.
+    /// `cpu` of `b`, swapping it out under the slot's lock (a barrier finds it in the front or
+    /// in the slot: `krc.rs`, Invariant 6). With `may_reclaim`, ready blocks of that slot come
+    /// back in the result for the caller to free ([`Batcher::free_detached`]), and, with
+    /// `want_next` too, for an `inline_free` channel, the oldest ready block of the channel to
+    /// recycle in place ([`Added::take_recycle`]; the caller must [`FrontChan::install`] it).
+    /// Returns `None` if a collector took the block first.
     pub fn hand_over<P: Pages>(
         &self,
         b: &Batcher<'_, P>,
@@ -297,20 +300,16 @@ impl FrontChan {
         may_reclaim: bool,
         want_next: bool,
     ) -> Option<Added> {
+        let recycle_for = (may_reclaim && want_next).then(|| self.key());
         // Whoever gets the non-null value owns the block (Invariant 1).
-        let blk = self.block.swap(core::ptr::null_mut(), Ordering::Acquire);
-        if blk.is_null() {
-            return None; // a collector took it; it frees it after a grace period
-        }
-        // SAFETY: we own `blk`.
-        let inline = unsafe { (*blk).hdr.inline_free };
-        let recycle_for = (may_reclaim && want_next && inline).then(|| self.key());
-        Some(b.hand_over_detached(cpu, blk, may_reclaim, recycle_for))
+        let detach = || NonNull::new(self.block.swap(core::ptr::null_mut(), Ordering::Acquire));
+        b.hand_over_detached(cpu, detach, may_reclaim, recycle_for)
     }
 
     /// Owner: installs `d`, a ready block of this channel (from [`Added::take_recycle`]), as the
     /// open block, to be recycled in place (the slot must be null); an empty one is freed
-    /// instead. Returns what was freed here.
+    /// instead. Either way the block's hold ends here (`krc.rs`, Invariant 5). Returns what was
+    /// freed here.
     pub fn install<P: Pages>(
         &self,
         b: &Batcher<'_, P>,
@@ -329,12 +328,16 @@ impl FrontChan {
             inline,
             "kfree-batch: recycling a block of a channel that is not inline_free"
         );
-        if count == 0 {
+        let res = if count == 0 {
             // SAFETY: owned, and its grace period is over (checked above).
-            return unsafe { b.free_owned_block(d) };
-        }
-        self.publish(d, count, now_ms);
-        Processed::default()
+            unsafe { b.free_owned_block(d) }
+        } else {
+            self.publish(d, count, now_ms);
+            Processed::default()
+        };
+        // After the publication: a barrier that sees the hold end steals the block.
+        b.end_hold();
+        res
     }
 
     /// Collector: swaps out the open block if installed at least `delay_ms` before `now_ms` (any

@@ -11,7 +11,7 @@
 //! ```text
 //!   enqueue ──▶ chans[c].block (open) ──full──▶ handed (stamped) ──collect──▶ worker batch
 //!                     │                                                       │ poll(snap)?
-//!                     └──── drain delay expired / barrier / shrinker ─────────┤ yes: free now
+//!                     └──── drain delay expired / barrier / pressure ─────────┤ yes: free now
 //!                                                                             │ no: wait GP, free
 //!   cache (empty pages) ◀──────────────────────── page recycled ──────────────┘
 //! ```
@@ -23,9 +23,15 @@
 //!   budget in chunks), store the pointer. A block that becomes full is stamped and handed over at
 //!   once.
 //! * **Hand-over** stamps `snap = get_state()` under the lock, after every store into the block.
-//! * **Collect** (worker, barrier, shrinker): under the lock, hand over channels whose delay
-//!   expired (or all of them), then take the whole `handed` list. From then on the collector owns
-//!   those blocks exclusively.
+//!   A per-thread front's block (`chan.rs`) is swapped out of the front under that same lock.
+//! * **Producer reclaim**: a hand-over outside any read-side critical section also detaches up
+//!   to [`RECLAIM_PER_HANDOVER`] ready handed blocks (and, for a front, one to recycle in place),
+//!   which the producer frees (or installs) after unlocking. Those blocks are *held* (Invariant
+//!   5) until then.
+//! * **Collect** (the worker, whose pass is also the barrier's): under the lock, hand over
+//!   channels whose delay expired (or all of them), then take the `handed` list (all of it, or
+//!   the blocks older than the delay and the surplus). From then on the collector owns those
+//!   blocks exclusively.
 //! * **Process**: blocks whose `snap` already completed are freed at once (*ready-first*); for the
 //!   rest the collector drives one grace period up to the newest snapshot, then frees them.
 //!   Each freed page returns to its origin slot's cache when that cache is below its target.
@@ -42,6 +48,34 @@
 //!    batcher keeps resident beyond its fixed structures, not only the blocks in use. The
 //!    emergency refill uses at most half of the cap; a caller that hits the cap first empties
 //!    the caches.
+//! 5. `held` counts the blocks producers hold privately (detached ready blocks not yet freed,
+//!    blocks taken to recycle not yet installed). A hold begins under a slot's lock
+//!    (`begin_hold`), only while no barrier runs (`barriers == 0`), and ends after the free or
+//!    the install (`end_hold`).
+//! 6. A front's block moves to a slot in one critical section of that slot's lock (swapped out of
+//!    the front, stamped, pushed), so it is never between the two where a collector that steals
+//!    the fronts *and then* collects the slots could miss it.
+//!
+//! ## What a barrier covers
+//!
+//! `kvfree_rcu_barrier` must return only after every object retired before it is freed: no
+//! destructor of such an object may run after it returns. At its start such an object is in a
+//! front's open block, a slot's open block or `handed` list, a collection pass's batch, a block
+//! a producer holds (Invariant 5), in the middle of a front's hand-over, or parked / head-linked
+//! (`worker.rs`). The barrier takes the busy lock (so a pass that took blocks earlier has freed
+//! them), then `barrier_begin`: raises `barriers` and takes and releases every slot lock, after
+//! which no hold can begin, and waits for `held` to drain — every held block is then freed, or
+//! installed in its front. Only then does it steal the fronts and collect the slots (Invariant 6
+//! covers a hand-over in flight; no block leaves a slot privately meanwhile), wait for the grace
+//! period and free everything, and `barrier_end` lets producers reclaim again. Each place is
+//! therefore covered by a free that completes before the barrier returns. The one exception is a
+//! recycled block's ready object that a front's put has just taken out: the owner frees it
+//! right after its read-side critical section (`local.rs`), which may be just after the barrier
+//! returned; that free is the allocator's `dealloc` of a type without drop glue (no destructor).
+//!
+//! A barrier called from a destructor that such a free runs (a pass, or a producer's reclaim)
+//! could never return — the free it waits for is the one running it — so it panics instead
+//! (`lib.rs`).
 //!
 //! ## Memory orderings
 //!
@@ -57,6 +91,10 @@
 //! read-side critical section. A block a front's owner detaches is stamped under the lock by the
 //! owner itself; a block a collector steals from a front has no such chain and waits for one
 //! grace period more (`chan.rs`, Invariant 5).
+//!
+//! `held` and `barriers` are ordered by the slot locks (`begin_hold`); a hold's end is a Release
+//! decrement that the barrier's Acquire load of zero pairs with, so the holder's free or install
+//! happens-before the barrier's collection.
 
 use core::ptr::NonNull;
 
@@ -441,6 +479,18 @@ pub struct Batcher<'d, P: Pages> {
     expedite_after_ms: AtomicU64,
     /// Grace periods producers ran themselves (statistics, Relaxed).
     pub(crate) expedited: AtomicU64,
+    /// The barrier's counts, on their own cache line (written at every producer's reclaim).
+    gate: CachePadded<Gate>,
+}
+
+/// What a barrier waits for (Invariant 5).
+struct Gate {
+    /// Blocks producers hold privately: detached ready blocks not yet freed, ready blocks taken
+    /// to recycle and not yet installed.
+    held: AtomicUsize,
+    /// Barriers waiting for `held` to drain or collecting; while non-zero, producers detach no
+    /// block.
+    barriers: AtomicUsize,
 }
 
 impl<P: Pages> core::fmt::Debug for Batcher<'_, P> {
@@ -480,6 +530,10 @@ impl<'d, P: Pages> Batcher<'d, P> {
             clock,
             expedite_after_ms: AtomicU64::new(0),
             expedited: AtomicU64::new(0),
+            gate: CachePadded::new(Gate {
+                held: AtomicUsize::new(0),
+                barriers: AtomicUsize::new(0),
+            }),
         }
     }
 
@@ -752,39 +806,45 @@ impl<'d, P: Pages> Batcher<'d, P> {
         Ok(unsafe { Block::init(page, free, ctx, origin, inline_free) })
     }
 
-    /// Hands a detached block (a per-thread front that filled up or whose thread exited) to slot
-    /// `cpu`: stamped under the slot's lock, after every store into it (the caller owns the
-    /// block, so its stores happen-before). With `may_reclaim`, ready handed blocks of that slot
-    /// are detached for the caller to free, as in [`Batcher::enqueue`], except that the caller is
-    /// a front that recycles ready `inline_free` blocks itself (`local.rs`): with `recycle_for`
-    /// the oldest ready block of that channel goes to [`Added::take_recycle`].
+    /// Hands a front's open block (full, or its thread gives the channel up) to slot `cpu`:
+    /// `detach` takes it from the front *under the slot's lock* (so a collector that steals the
+    /// fronts and then collects the slots finds it in one place or the other, never in between:
+    /// Invariant 6), and it is stamped there, after every store into it (the owner's stores
+    /// happen-before). Returns `None` if `detach` found no block (a collector took it). With
+    /// `may_reclaim`, ready handed blocks of that slot are detached for the caller to free, as in
+    /// [`Batcher::enqueue`], except that the caller is a front that recycles ready `inline_free`
+    /// blocks itself (`local.rs`): with `recycle_for`, if the handed block is `inline_free`, the
+    /// oldest ready block of that channel goes to [`Added::take_recycle`].
     pub(crate) fn hand_over_detached(
         &self,
         cpu: usize,
-        b: *mut Block,
+        detach: impl FnOnce() -> Option<NonNull<Block>>,
         may_reclaim: bool,
         recycle_for: Option<ChanKey>,
-    ) -> Added {
+    ) -> Option<Added> {
         let idx = cpu % self.krcs.len();
         let k = &self.krcs[idx];
-        let mut added = Added {
-            handed: true,
-            ..Added::default()
-        };
         k.locked(|inner| {
+            let b = detach()?.as_ptr();
+            let mut added = Added {
+                handed: true,
+                ..Added::default()
+            };
             let snap = self.dom.get_state();
-            // SAFETY: the caller gave us `b`; it becomes the slot's.
-            unsafe {
+            // SAFETY: `detach` gave us `b`; it becomes the slot's.
+            let inline = unsafe {
                 (*b).hdr.snap = snap.raw();
                 (*b).hdr.handed_ms = (self.clock)();
-            }
+                (*b).hdr.inline_free
+            };
             inner.push_handed(b);
             if may_reclaim {
+                let recycle_for = recycle_for.filter(|_| inline);
                 self.reclaim_ready(inner, &mut added, true, recycle_for);
             }
             k.handed_n.store(inner.nhanded, Ordering::Relaxed);
-        });
-        added
+            Some(added)
+        })
     }
 
     /// A producer's own grace period, when the worker lags: runs `snap`'s grace period without
@@ -811,8 +871,15 @@ impl<'d, P: Pages> Batcher<'d, P> {
         }
         let k = &self.krcs[cpu % self.krcs.len()];
         k.locked(|inner| {
+            // The block is held until installed (Invariant 5); none while a barrier runs.
+            if !self.begin_hold() {
+                return None;
+            }
             let b = inner.take_ready_where(self.dom.current(), |h| recycles_as(h, key));
             k.handed_n.store(inner.nhanded, Ordering::Relaxed);
+            if b.is_none() {
+                self.end_hold();
+            }
             b.and_then(NonNull::new)
         })
     }
@@ -825,6 +892,10 @@ impl<'d, P: Pages> Batcher<'d, P> {
     /// only past [`BULK_FREE_BACKLOG`] handed blocks (in the steady state the front frees one object
     /// per retire); with `recycle_for`, the oldest ready block of that channel goes to
     /// [`Added::take_recycle`].
+    ///
+    /// Every block detached here is held (Invariant 5) until the caller frees it
+    /// ([`Batcher::free_detached`]) or installs it ([`crate::raw::FrontChan::install`]); while a
+    /// barrier runs nothing is detached.
     fn reclaim_ready(
         &self,
         inner: &mut KrcInner,
@@ -832,11 +903,36 @@ impl<'d, P: Pages> Batcher<'d, P> {
         front: bool,
         recycle_for: Option<ChanKey>,
     ) {
+        if !self.begin_hold() {
+            return;
+        }
+        let mut taken = 0;
+        self.take_ready(inner, added, front, recycle_for, &mut taken);
+        // One count was taken for the first block; the others join it while it is held (the
+        // count never drops to zero meanwhile, so Relaxed suffices: Invariant 5).
+        match taken {
+            0 => self.end_hold(),
+            n => {
+                self.gate.held.fetch_add(n - 1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The body of [`Batcher::reclaim_ready`]; counts the blocks it detaches in `taken`.
+    fn take_ready(
+        &self,
+        inner: &mut KrcInner,
+        added: &mut Added,
+        front: bool,
+        recycle_for: Option<ChanKey>,
+        taken: &mut usize,
+    ) {
         let cur = self.dom.current();
         if let Some(key) = recycle_for {
             added.recycle = inner
                 .take_ready_where(cur, |h| recycles_as(h, key))
                 .and_then(NonNull::new);
+            *taken += usize::from(added.recycle.is_some());
             if added.recycle.is_none() && inner.nhanded >= EXPEDITE_WAITING {
                 added.expedite = inner.oldest_snap_where(|h| recycles_as(h, key));
             }
@@ -847,23 +943,28 @@ impl<'d, P: Pages> Batcher<'d, P> {
         for slot in added.reclaimed.iter_mut() {
             let backlog = inner.nhanded > BULK_FREE_BACKLOG;
             match inner.take_ready_where(cur, |h| !front || !h.inline_free || backlog) {
-                Some(b) => *slot = NonNull::new(b),
+                Some(b) => {
+                    *slot = NonNull::new(b);
+                    *taken += 1;
+                }
                 None => break,
             }
         }
     }
 
     /// Frees blocks a producer reclaimed in [`Batcher::enqueue`] (call after the slot lock is
-    /// released, outside any read-side critical section).
+    /// released, outside any read-side critical section), releasing each one's hold once it is
+    /// freed (Invariant 5).
     pub fn free_detached(&self, added: &mut Added, res: &mut Processed) {
         for b in added.reclaimed.iter_mut().filter_map(Option::take) {
             res.ready_first += 1;
             self.free_block(b.as_ptr(), res);
+            self.end_hold();
         }
     }
 
     /// Frees a ready block the caller owns (a recycled block that came back empty), counted as
-    /// a block freed ready-first.
+    /// a block freed ready-first. Its hold stays with the caller.
     ///
     /// # Safety
     /// The caller owns `b` (detached from every slot and channel) and its grace period is over.
@@ -874,6 +975,53 @@ impl<'d, P: Pages> Batcher<'d, P> {
         };
         self.free_block(b, &mut res);
         res
+    }
+
+    /// Starts holding a block privately unless a barrier runs (Invariant 5). Call with a slot's
+    /// lock held: the lock orders this against a barrier's pass over the slot locks, so Relaxed
+    /// suffices for both words (either the barrier's lock of this slot comes after our unlock
+    /// and its load of `held` sees this hold, or it came before and our load of `barriers` sees
+    /// the barrier).
+    fn begin_hold(&self) -> bool {
+        self.gate.held.fetch_add(1, Ordering::Relaxed);
+        if self.gate.barriers.load(Ordering::Relaxed) == 0 {
+            return true;
+        }
+        self.gate.held.fetch_sub(1, Ordering::Relaxed);
+        false
+    }
+
+    /// Ends holding one block (freed, or installed in a channel). Release: the free or the
+    /// install happens-before a barrier's Acquire load that sees the count drained (every
+    /// later change of `held` is a read-modify-write, so it continues this release sequence).
+    pub(crate) fn end_hold(&self) {
+        self.gate.held.fetch_sub(1, Ordering::Release);
+    }
+
+    /// A barrier's first step: stops producers from detaching blocks and waits until every
+    /// block they hold privately is freed or installed (Invariant 5). The caller then collects
+    /// (steals the fronts, then collects the slots) and calls [`Batcher::barrier_end`]. Call
+    /// while holding no block and no slot lock (it would wait for itself).
+    pub fn barrier_begin(&self) {
+        self.gate.barriers.fetch_add(1, Ordering::Relaxed);
+        // Every producer that takes a slot lock after this sees `barriers`; every one that held
+        // it before has counted its holds (`begin_hold`). Release/Acquire of the slot locks.
+        for k in self.krcs.iter() {
+            k.lock.lock();
+            k.lock.unlock();
+        }
+        let mut i = 0;
+        // Acquire pairs with `end_hold`'s Release: the holders' frees and installs are done.
+        while self.gate.held.load(Ordering::Acquire) != 0 {
+            crate::primitive::spin_wait(i);
+            i = i.saturating_add(1);
+        }
+    }
+
+    /// Lets producers detach blocks again (after the barrier's collection). Relaxed: a producer
+    /// that still sees the barrier only skips one reclaim.
+    pub fn barrier_end(&self) {
+        self.gate.barriers.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Frees a detached block's objects and recycles its page.
@@ -923,20 +1071,6 @@ impl<'d, P: Pages> Batcher<'d, P> {
             .sum()
     }
 
-    /// Puts collected blocks back on their origin slots' handed lists (the shrinker could not
-    /// wait for them; the worker will).
-    pub(crate) fn requeue(&self, mut batch: Batch) {
-        while let Some(b) = batch.pop() {
-            // SAFETY: the batch owned `b`; it moves back to a slot.
-            let origin = unsafe { (*b).hdr.origin } as usize % self.krcs.len();
-            let k = &self.krcs[origin];
-            k.locked(|inner| {
-                inner.push_handed(b);
-                k.handed_n.store(inner.nhanded, Ordering::Relaxed);
-            });
-        }
-    }
-
     /// Objects queued on every slot (statistics).
     pub(crate) fn queued(&self) -> u64 {
         self.krcs
@@ -945,12 +1079,15 @@ impl<'d, P: Pages> Batcher<'d, P> {
             .sum()
     }
 
-    /// Resets the slot locks in a `fork()` child.
+    /// Resets the slot locks and the barrier's counts in a `fork()` child (the threads that
+    /// held blocks or ran a barrier do not exist there; their blocks leak in the child).
     #[cfg(not(rcu_loom))]
     pub(crate) fn reset_locks_after_fork(&self) {
         for k in self.krcs.iter() {
             k.lock.reset_after_fork();
         }
+        self.gate.held.store(0, Ordering::Relaxed);
+        self.gate.barriers.store(0, Ordering::Relaxed);
     }
 }
 

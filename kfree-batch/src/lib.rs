@@ -41,7 +41,13 @@
 //! chunk its caller's next allocation takes. Objects with destructors are freed a
 //! block at a time, never inside a read-side critical section. The worker frees what a thread
 //! left behind when it stopped retiring (after the drain delay) and [`kvfree_rcu_barrier`] frees
-//! everything.
+//! everything. Destructors therefore run on the worker, on the thread calling
+//! [`kvfree_rcu_barrier`], or on a retiring thread (its ready-first reclaim, or the fallback in
+//! the table above), never from the page layer's shrinker: under memory pressure the batcher
+//! gives its cached pages back and lets the worker free what is ready. A destructor may retire
+//! objects and wait for grace periods; one run by the worker, a barrier or a ready-first reclaim
+//! must not call [`kvfree_rcu_barrier`] (it would wait for the very free that runs it: it
+//! panics).
 //!
 //! Nothing is ever lost and nothing is freed early. The only failure left is a thread that
 //! retires more than [`PARK_SLOTS`] headless objects inside *one* read-side critical section while
@@ -432,11 +438,15 @@ mod api {
         );
     }
 
-    /// Waits until every object retired (through any path) before the call is freed.
+    /// Waits until every object retired (through any path) before the call is freed: no
+    /// destructor of such an object runs after it returns (also those a retiring thread is
+    /// running at the time: it waits for them, so do not call it holding a lock that such a
+    /// destructor takes).
     ///
     /// # Panics
     /// Inside a read-side critical section (it would wait for itself): the message says
-    /// "read-side critical section".
+    /// "read-side critical section". From the destructor of an object kfree-batch is freeing
+    /// (it would wait for that free): the message says "from the destructor".
     #[track_caller]
     pub fn kvfree_rcu_barrier() {
         if rcu_core::rcu_read_lock_held() {
@@ -445,10 +455,10 @@ mod api {
                  wait for the caller's own reader forever; drop every RcuReadGuard first"
             );
         }
-        if worker::in_pass() {
+        if worker::in_free() {
             panic!(
                 "kvfree_rcu_barrier() called from the destructor of an object being freed by \
-                 kfree-batch: it would wait for its own collection pass forever"
+                 kfree-batch: it would wait forever for the free that runs it"
             );
         }
         worker::barrier();

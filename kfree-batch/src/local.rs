@@ -8,7 +8,11 @@
 //! takes the per-CPU path until one of the channels goes idle.
 //!
 //! A full block is detached by the owner and handed to its CPU slot — one lock CAS per ~505
-//! objects — where ready-first reclaim frees older blocks on the owner's thread.
+//! objects, the swap out of the front made under it (`krc.rs`, Invariant 6) — where ready-first
+//! reclaim frees older blocks on the owner's thread. The blocks it takes are held until freed or
+//! installed (`krc.rs`, Invariant 5), and a block taken to recycle is installed before the
+//! reclaimed blocks are freed: their destructors may retire into the same channel, and anything
+//! opened there meanwhile would be overwritten.
 //!
 //! ## Recycling ready blocks in place, one object per retire
 //!
@@ -176,7 +180,9 @@ pub(crate) fn try_retire(b: &'static Global, r: Retired, may_alloc: bool) -> Res
 }
 
 /// The open block of `c` is full: detach it, hand it to this CPU's slot, and recycle the slot's
-/// oldest ready block of the same channel as the next open block.
+/// oldest ready block of the same channel as the next open block. The recycled block is installed
+/// before the reclaimed blocks are freed: their destructors may retire into `c` (opening a block
+/// there if it had none), and nothing may run between taking a block to recycle and installing it.
 #[cold]
 #[inline(never)]
 fn hand_over_full(c: &FrontChan) {
@@ -189,7 +195,6 @@ fn hand_over_full(c: &FrontChan) {
     crate::worker::kick();
     let next = added.take_recycle();
     let expedite = added.expedite.take();
-    crate::worker::free_reclaimed(b, &mut added);
     // Nothing ready although many blocks wait: the worker lags (descheduled, or its cadence
     // is too slow for this thread). Run the grace period here rather than fill a fresh block,
     // whose allocations would miss the allocator's thread cache and whose objects would later
@@ -204,6 +209,7 @@ fn hand_over_full(c: &FrontChan) {
             crate::worker::kick_after_publish();
         }
     }
+    crate::worker::free_reclaimed(b, &mut added);
 }
 
 /// Gives channel `c` up: hands its open block over (recycled or not, every object in it is

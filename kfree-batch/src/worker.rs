@@ -4,14 +4,18 @@
 //! # Implementation
 //!
 //! * **Worker** (`rcu-kfree`, started at the first retire). One *pass*, under the busy lock:
-//!   collect handed-over blocks (and partial blocks older than the drain delay) from every slot,
-//!   take the head-linked stack, free the blocks whose grace period already completed
-//!   (ready-first), wait once for the newest remaining snapshot (blocks, heads, parked objects),
-//!   free the rest, then top up the emergency page caches unless the shrinker asked for a
-//!   back-off. After a pass that waited or freed (work is flowing) it pauses for
+//!   steal the per-thread front blocks opened more than the drain delay ago, then collect
+//!   handed-over blocks (and partial blocks older than the drain delay) from every slot — fronts
+//!   before slots, so that a front block handed over meanwhile is found in one or the other
+//!   (`krc.rs`, Invariant 6) — take the head-linked stack, free the blocks whose grace period
+//!   already completed (ready-first), wait once for the newest remaining snapshot (blocks, heads,
+//!   parked objects), free the rest, then top up the emergency page caches unless the shrinker
+//!   asked for a back-off. After a pass that waited or freed (work is flowing) it pauses for
 //!   [`crate::Config::gp_batch`] so that one grace period serves many hand-overs (retiring threads
 //!   that run out of ready blocks meanwhile run one themselves: `local.rs`); otherwise it parks
 //!   with the drain delay as timeout while partial blocks exist, and without timeout when idle.
+//!   After the shrinker's request the next pass collects every slot's blocks (open ones
+//!   included), not only the aged ones, and frees those that are ready at once.
 //! * **Whose snapshots.** A pass frees objects other threads retired, so each state it waits for
 //!   must be ordered after the retirer's unpublish (rcu-core `gp.rs`, "Covering another thread's
 //!   retire"): slot blocks are stamped under the slot lock every store into them held (`krc.rs`,
@@ -21,17 +25,26 @@
 //!   edge, carries the end of the second grace period after its swap (`chan.rs`, Invariant 5),
 //!   so a pass that stole waits for one grace period more.
 //! * **Idle protocol**: as in rcu-core: `IDLE = true`, then a re-check of every slot *under its
-//!   lock* plus the head stack and park count behind a `fence(SeqCst)`; producers check `IDLE`
-//!   after unlocking their slot (or after a fence for heads and parks).
-//! * **Busy lock** serialises collectors (the worker, `kvfree_rcu_barrier`): a barrier that takes
-//!   it after detaching everything also waits for a worker pass that took blocks earlier, so every
-//!   object retired before the barrier is freed when it returns.
-//! * **Shrinker** `kfree-rcu` (registered with the page layer): `count` = cached pages + handed
-//!   blocks; `scan` empties the page caches, frees ready-first blocks without waiting (it may run
-//!   inside a reader), wakes the worker for the rest, and backs refills off for one second.
-//! * **fork()**: the child resets the slot locks and the busy lock and restarts the worker lazily.
-//!   Blocks that a parent's worker pass held at fork time are not freed in the child (a copy that
-//!   leaks there; the parent frees its own).
+//!   lock* plus the head stack, park count and shrinker request behind a `fence(SeqCst)`;
+//!   producers check `IDLE` after unlocking their slot (or after a fence for heads, parks and the
+//!   shrinker's request).
+//! * **Barrier** (`kvfree_rcu_barrier`): a pass that collects everything, run under the busy
+//!   lock — which serialises collectors, so a worker pass that took blocks earlier has freed them
+//!   — after `Batcher::barrier_begin` stopped producers from detaching blocks and waited for the
+//!   blocks they held to be freed or installed. `krc.rs` ("What a barrier covers") argues that no
+//!   object retired before the barrier is freed after it returns.
+//! * **Where destructors run**: in passes (the worker's, a barrier's) and in a producer's own
+//!   ready-first reclaim (`free_reclaimed`), outside read-side critical sections; both mark the
+//!   thread (`FREEING`), so that a barrier called from such a destructor panics instead of
+//!   waiting for the free that runs it.
+//! * **Shrinker** `kfree-rcu` (registered with the page layer): `count` = cached pages + blocks
+//!   in flight + handed blocks; `scan` empties the page caches, asks the worker for a pass that
+//!   collects every slot's blocks, and backs refills off for one second. It frees no block
+//!   itself: it runs on whichever thread allocates — inside a read-side critical section, a
+//!   destructor or a pass, perhaps — where no destructor may run.
+//! * **fork()**: the child resets the slot locks, the busy lock and the barrier's counts, and
+//!   restarts the worker lazily. Blocks that a parent's worker pass or producer held at fork time
+//!   are not freed in the child (a copy that leaks there; the parent frees its own).
 
 use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -199,14 +212,32 @@ fn start_worker() {
 }
 
 std::thread_local! {
-    /// Set while this thread runs a collection pass (destructors of freed objects run inside it).
-    static IN_PASS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Depth of the frees this thread runs: collection passes and a producer's own ready-first
+    /// reclaim (destructors of freed objects run inside them).
+    static FREEING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
-/// Whether the caller is inside a collection pass (a destructor of a freed object).
-pub(crate) fn in_pass() -> bool {
-    IN_PASS.with(|w| w.get())
+/// Whether the caller runs inside a free of the batcher (a destructor of a freed object).
+pub(crate) fn in_free() -> bool {
+    FREEING.with(|w| w.get() != 0)
 }
+
+/// Runs `f`, a free of the batcher, marked as such on this thread ([`in_free`]).
+fn freeing<R>(f: impl FnOnce() -> R) -> R {
+    struct Mark;
+    impl Drop for Mark {
+        fn drop(&mut self) {
+            FREEING.with(|w| w.set(w.get() - 1));
+        }
+    }
+    FREEING.with(|w| w.set(w.get() + 1));
+    let _m = Mark;
+    f()
+}
+
+/// The shrinker asked for a pass that collects everything (memory pressure): the worker frees
+/// what is ready instead of the allocating thread.
+static PRESSURE: AtomicBool = AtomicBool::new(false);
 
 fn worker_main() {
     // Not the affinity of whichever thread happened to start us.
@@ -214,7 +245,13 @@ fn worker_main() {
     let b = batcher();
     let (delay, gp_batch) = (config().drain_delay, config().gp_batch);
     loop {
-        let p = pass(b, false);
+        // Under memory pressure (the shrinker's request) collect every slot's blocks now (open
+        // front blocks still wait for the drain delay: stealing them frees nothing sooner).
+        let p = if PRESSURE.swap(false, Ordering::Relaxed) {
+            pass(b, Flush::Slots)
+        } else {
+            pass(b, Flush::Aged)
+        };
         if now_ms() >= BACKOFF_UNTIL_MS.load(Ordering::Relaxed) {
             b.refill_caches();
         }
@@ -252,6 +289,7 @@ fn worker_main() {
 /// blocks still needing a grace period count.
 fn has_work(b: &Global) -> bool {
     HEADS.len.load(Ordering::Relaxed) != 0
+        || PRESSURE.load(Ordering::Relaxed)
         || park::PARKED_NOW.load(Ordering::Relaxed) != 0
         || b.has_handed_waiting()
 }
@@ -276,19 +314,49 @@ pub(crate) fn count_freed(res: &Processed) {
 
 /// Frees the blocks a producer reclaimed inline and counts them.
 pub(crate) fn free_reclaimed(b: &Global, a: &mut Added) {
+    if a.reclaimed.iter().all(Option::is_none) {
+        return;
+    }
     let mut res = Processed::default();
-    b.free_detached(a, &mut res);
+    freeing(|| b.free_detached(a, &mut res));
     count_freed(&res);
 }
 
+/// What a pass collects.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flush {
+    /// Blocks older than the drain delay and the slots' surplus (the worker's pass).
+    Aged,
+    /// Every slot's blocks; front blocks older than the drain delay (memory pressure).
+    Slots,
+    /// Everything, after waiting for the blocks producers hold (a barrier).
+    Barrier,
+}
+
 /// One collection pass (module docs).
-pub(crate) fn pass(b: &Global, flush_all: bool) -> PassResult {
+pub(crate) fn pass(b: &Global, flush: Flush) -> PassResult {
     BUSY.lock();
-    IN_PASS.with(|w| w.set(true));
+    let barrier = flush == Flush::Barrier;
+    if barrier {
+        b.barrier_begin();
+    }
+    let r = freeing(|| pass_locked(b, flush));
+    if barrier {
+        b.barrier_end();
+    }
+    BUSY.unlock();
+    r
+}
+
+fn pass_locked(b: &Global, flush: Flush) -> PassResult {
     let mut batch = Batch::new();
     let (now, delay) = (now_ms(), config().drain_delay.as_millis() as u64);
-    let mut c = b.collect(&mut batch, flush_all, now, delay);
-    let fronts_open = crate::local::steal(b, &mut batch, flush_all, now, delay);
+    // Fronts first, then slots: a front block its owner hands over meanwhile is swapped out
+    // under the slot's lock, so it is either stolen here or found in its slot below (krc.rs,
+    // Invariant 6).
+    let steal_all = flush == Flush::Barrier;
+    let fronts_open = crate::local::steal(b, &mut batch, steal_all, now, delay);
+    let mut c = b.collect(&mut batch, flush != Flush::Aged, now, delay);
     c.open_left |= fronts_open;
     BLOCKS_IN_FLIGHT.fetch_add(batch.len() as u64, Ordering::Relaxed);
     let heads = HEADS.take_all();
@@ -323,8 +391,6 @@ pub(crate) fn pass(b: &Global, flush_all: bool) -> PassResult {
     if b.pages.over_limit() && b.cached_pages() != 0 {
         b.drain_caches();
     }
-    IN_PASS.with(|w| w.set(false));
-    BUSY.unlock();
     let objs = res.objects + head_objs + parked;
     FREED.fetch_add(objs as u64, Ordering::Relaxed);
     BLOCKS_FREED.fetch_add(res.blocks as u64, Ordering::Relaxed);
@@ -341,7 +407,7 @@ pub(crate) fn pass(b: &Global, flush_all: bool) -> PassResult {
 /// Waits until every object retired before the call is freed (module docs).
 pub(crate) fn barrier() {
     let Some(b) = BATCHER.get() else { return };
-    pass(b, true);
+    pass(b, Flush::Barrier);
 }
 
 fn shrink_count() -> usize {
@@ -349,23 +415,17 @@ fn shrink_count() -> usize {
     b.cached_pages() + BLOCKS_IN_FLIGHT.load(Ordering::Relaxed) as usize + b.handed_estimate()
 }
 
+/// Gives the cached pages back and asks the worker for a pass that collects everything. It
+/// frees no block itself: it runs on whichever thread allocates (maybe inside a read-side critical
+/// section, maybe inside a destructor or a pass), and destructors run only where the crate docs
+/// say.
 fn shrink_scan(_n: usize) -> usize {
     let Some(b) = BATCHER.get() else { return 0 };
     BACKOFF_UNTIL_MS.store(now_ms() + 1000, Ordering::Relaxed);
-    let mut freed = b.drain_caches();
-    // Free what is already safe without waiting (we may be inside a reader), if no collector
-    // runs right now; the worker does the rest.
-    if BUSY.try_lock() {
-        let mut batch = Batch::new();
-        b.collect(&mut batch, true, now_ms(), 0);
-        let mut res = Processed::default();
-        let (later, _) = b.free_ready(&mut batch, &mut res);
-        b.requeue(later);
-        BUSY.unlock();
-        count_freed(&res);
-        freed += res.blocks;
-    }
-    kick();
+    let freed = b.drain_caches();
+    PRESSURE.store(true, Ordering::Relaxed);
+    // The fence pairs with the worker's between `IDLE = true` and its re-check of `PRESSURE`.
+    kick_after_publish();
     freed
 }
 
