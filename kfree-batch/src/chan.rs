@@ -24,8 +24,8 @@
 //!     old -= 1; p = b.ptrs[old]                  that saw `b`
 //!     b.ptrs[old] = obj                        G2 (ends stamp): starts after G1 ends, so
 //!   else: b.ptrs[count] = obj; count += 1        after the owner's unpublish
-//!   rcu_read_unlock()                        read b.count, free b.ptrs[..count]
 //!   free(p)        // p's grace period is over and p is no longer in the block
+//!   rcu_read_unlock()                        read b.count, free b.ptrs[..count]
 //! ```
 //!
 //! *The block.* A put that saw the old pointer ran inside a read-side critical section that began
@@ -35,7 +35,8 @@
 //! happens-before the collector reads the pointers. A put after G1's start sees null and takes
 //! the slow path. A replaced object left the block inside that section, so the collector, reading
 //! after the grace period, sees its successor in the slot and never frees it; the owner frees it
-//! once, after its section.
+//! once, still inside its section, so that the free happens-before the end of G1 (a
+//! `kvfree_rcu_barrier` that stole the block returns only after it).
 //!
 //! *The put objects* need more than G1. The only link between a put and the collector's snapshot
 //! is that the owner's load of the slot read the value from *before* the swap — a read-before

@@ -68,10 +68,10 @@
 //! installed in its front. Only then does it steal the fronts and collect the slots (Invariant 6
 //! covers a hand-over in flight; no block leaves a slot privately meanwhile), wait for the grace
 //! period and free everything, and `barrier_end` lets producers reclaim again. Each place is
-//! therefore covered by a free that completes before the barrier returns. The one exception is a
-//! recycled block's ready object that a front's put has just taken out: the owner frees it
-//! right after its read-side critical section (`local.rs`), which may be just after the barrier
-//! returned; that free is the allocator's `dealloc` of a type without drop glue (no destructor).
+//! therefore covered by a free that completes before the barrier returns. That includes a
+//! recycled block's ready object that a front's put has just taken out: the owner frees it inside
+//! the read-side critical section of the put (`local.rs`), which the barrier's grace period waits
+//! for whenever the barrier found the block in the front.
 //!
 //! A barrier called from a destructor that such a free runs (a pass, or a producer's reclaim)
 //! could never return — the free it waits for is the one running it — so it panics instead

@@ -118,21 +118,27 @@ pub(crate) fn put_fast(r: &Retired) -> bool {
     let g = rcu_core::rcu_read_lock();
     // SAFETY: we own the front (Invariant 2) and hold `g` across the call.
     let put = unsafe { c.put(r.obj, r.size, left >= r.size) };
+    if let Put::Replaced { freed, .. } = put {
+        debug_assert!(
+            r.inline_free,
+            "kfree-batch: a replacing put on a dropping channel"
+        );
+        // Freed before `g` drops: a `kvfree_rcu_barrier` that stole this block waits for our
+        // section, so the free happens-before the barrier returns (`krc.rs`, "What a barrier
+        // covers").
+        // SAFETY: `freed` left its block inside our section and its grace period is over
+        // (the channel's Invariant 3); an `inline_free` channel's context encodes the layout
+        // its objects were allocated with, and its free is `dealloc` alone (no user code, so
+        // nothing that could block or retire inside the section).
+        unsafe { std::alloc::dealloc(freed, crate::block::decode_layout(r.ctx)) };
+    }
     drop(g);
     match put {
-        Put::Replaced { freed, full } => {
+        Put::Replaced { full, .. } => {
             bump(&f.puts);
             if full {
                 hand_over_full(c);
             }
-            debug_assert!(
-                r.inline_free,
-                "kfree-batch: a replacing put on a dropping channel"
-            );
-            // SAFETY: `freed` left its block inside our section and its grace period is over
-            // (the channel's Invariant 3); an `inline_free` channel's context encodes the layout
-            // its objects were allocated with, and its free is `dealloc` alone (no user code).
-            unsafe { std::alloc::dealloc(freed, crate::block::decode_layout(r.ctx)) };
             true
         }
         Put::Appended { full } => {
