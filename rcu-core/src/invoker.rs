@@ -60,11 +60,12 @@ struct Invoker {
     /// Bumped after every push (futex word).
     seq: AtomicU32,
     /// `NONE` → `STARTING` → `RUNNING`; back to `NONE` in a `fork()` child or a failed start.
-    /// Written by the worker (the only thread that hands off and starts invokers) and by the
+    /// Written by the thread doing the worker's job (the worker thread, or an `rcu_barrier` caller
+    /// standing in for it; one at a time, they alone hand off and start invokers) and by the
     /// `fork()` child handler; nothing is published through it, so every access is Relaxed (the
     /// inbox has its lock, the wake-up its futex word).
     state: AtomicU32,
-    /// After a failed start: no new attempt before this time (`now_ms`; only the worker starts).
+    /// After a failed start: no new attempt before this time (`now_ms`; as `state`).
     retry_at_ms: AtomicU64,
     /// A failed start was reported.
     reported: AtomicBool,
@@ -160,7 +161,7 @@ fn start(lists: &'static [CachePadded<CbList>], i: usize) -> bool {
         .compare_exchange(NONE, STARTING, Ordering::Relaxed, Ordering::Relaxed)
     {
         Ok(_) => {}
-        // Another thread is starting it (only the worker hands off, so this is rare) or it runs.
+        // Another thread is starting it (only the worker's job hands off, so this is rare) or it runs.
         Err(s) => return s == RUNNING || s == STARTING,
     }
     let spawned = std::thread::Builder::new()
