@@ -509,7 +509,9 @@ pub(crate) struct Held {
     taken: AtomicUsize,
     /// The list the batches came from (meaningful while `batches` is not empty).
     list: AtomicUsize,
-    /// Set in a `fork()` child when the holder thread does not exist there.
+    /// Set in a `fork()` child when the holder thread does not exist there. Relaxed, like
+    /// `taken` and `list` when the child reads them: the child handler runs on the only thread
+    /// of the child, and threads the child starts later see its stores through their spawn.
     orphaned: crate::primitive::sync::atomic::AtomicBool,
 }
 
