@@ -22,6 +22,10 @@
 //!   of one list run in list order, so the barrier callback runs after every callback queued
 //!   before it on this list.
 //!
+//! Ready batches taken out of a list by a callback thread stay reachable in a [`Held`] (one per
+//! thread role) until they are handed over or finished; the `fork()` child recovers from there
+//! the callbacks that had not started (see the type).
+//!
 //! `pending` counts callbacks queued on the list and not yet *finished*: it is decremented by the
 //! worker after invoking them, so `rcu_barrier` never mistakes a list whose callbacks are being
 //! invoked right now for an empty one. It and `queued` are only written with the lock held, so
@@ -451,28 +455,231 @@ pub(crate) fn invoke_batches(ready: &mut [Vec<Callback>], invoked: &AtomicU64) -
     let mut unflushed = 0u64;
     // Drained in place: the emptied buffers go back to their list (`CbList::finished`).
     for cb in ready.iter_mut().flat_map(|v| v.drain(..)) {
-        if matches!(cb, Callback::Barrier(_)) {
-            invoked.fetch_add(unflushed, Ordering::Relaxed);
-            unflushed = 0;
-        } else {
-            unflushed += 1;
-        }
-        #[cfg(not(rcu_loom))]
-        {
-            if let Err(payload) =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb.invoke()))
-            {
-                let msg = payload
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| payload.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "<non-string panic>".into());
-                eprintln!("rcu: a call_rcu callback panicked (ignored, worker continues): {msg}");
-            }
-        }
-        #[cfg(rcu_loom)]
-        cb.invoke();
+        invoke_counted(cb, invoked, &mut unflushed);
     }
     invoked.fetch_add(unflushed, Ordering::Relaxed);
     n
+}
+
+/// Runs one callback for [`invoke_batches`] / [`Held::invoke`]: flushes `unflushed` into
+/// `invoked` before a barrier callback, and isolates a panic.
+fn invoke_counted(cb: Callback, invoked: &AtomicU64, unflushed: &mut u64) {
+    if matches!(cb, Callback::Barrier(_)) {
+        invoked.fetch_add(*unflushed, Ordering::Relaxed);
+        *unflushed = 0;
+    } else {
+        *unflushed += 1;
+    }
+    #[cfg(not(rcu_loom))]
+    {
+        if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb.invoke()))
+        {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "<non-string panic>".into());
+            eprintln!("rcu: a call_rcu callback panicked (ignored, worker continues): {msg}");
+        }
+    }
+    #[cfg(rcu_loom)]
+    cb.invoke();
+}
+
+#[cfg(not(rcu_loom))]
+crate::primitive::rcu_thread_local! {
+    /// The [`Held`] whose callbacks the calling thread is invoking right now (null otherwise):
+    /// tells the `fork()` child handler whether the forking thread is that holder (a callback
+    /// that forks keeps running its batch in the child).
+    static INVOKING: core::cell::Cell<*const Held> = const { core::cell::Cell::new(core::ptr::null()) };
+}
+
+/// Ready batches a callback thread (the worker, an invoker, or an `rcu_barrier` caller standing
+/// in for the worker) took out of a list or an inbox, kept where the `fork()` child handler can
+/// reach them: in a child, the callbacks of a thread that does not exist there are recovered
+/// from here instead of being lost with that thread's stack.
+///
+/// Only the holder thread changes `batches`, always with `lock` held (the `fork()` prepare
+/// handler takes it, so a fork never sees a half-done move); while invoking, the holder reads
+/// the callbacks out in order *without* the lock and counts them in `taken` before running each.
+/// In the child, the callbacks at positions `taken..` never started in the parent; the one at
+/// `taken - 1` was running (or about to run) at the fork and is not run again.
+#[cfg(not(rcu_loom))]
+#[derive(Debug)]
+pub(crate) struct Held {
+    lock: SpinLock,
+    batches: UnsafeCell<Vec<Vec<Callback>>>,
+    /// Callbacks of `batches` (counted in order across batches) moved out for invocation.
+    taken: AtomicUsize,
+    /// The list the batches came from (meaningful while `batches` is not empty).
+    list: AtomicUsize,
+    /// Set in a `fork()` child when the holder thread does not exist there. Relaxed, like
+    /// `taken` and `list` when the child reads them: the child handler runs on the only thread
+    /// of the child, and threads the child starts later see its stores through their spawn.
+    orphaned: crate::primitive::sync::atomic::AtomicBool,
+}
+
+// SAFETY: `batches` is only changed by the holder with `lock` held, and read without the lock
+// only by the holder itself (or by the single-threaded `fork()` child); callbacks are `Send`.
+#[cfg(not(rcu_loom))]
+unsafe impl Sync for Held {}
+
+#[cfg(not(rcu_loom))]
+impl Held {
+    /// Nothing held.
+    pub(crate) const fn new() -> Held {
+        Held {
+            lock: SpinLock::new(),
+            batches: UnsafeCell::new(Vec::new()),
+            taken: AtomicUsize::new(0),
+            list: AtomicUsize::new(0),
+            orphaned: crate::primitive::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Runs `f` on the batches with the lock held (holder only), recording that they belong to
+    /// list `list`. `f` must not leave callbacks that were taken for invocation in the batches.
+    pub(crate) fn with_batches<R>(
+        &self,
+        list: usize,
+        f: impl FnOnce(&mut Vec<Vec<Callback>>) -> R,
+    ) -> R {
+        self.lock.lock();
+        self.list.store(list, Ordering::Relaxed);
+        // SAFETY: we hold `lock`, and only the holder (the caller) changes the batches.
+        let r = self.batches.with_mut(|b| f(unsafe { &mut *b }));
+        self.lock.unlock();
+        r
+    }
+
+    /// Whether nothing is held (holder only).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Callbacks held (holder only).
+    pub(crate) fn len(&self) -> usize {
+        // SAFETY: only the holder (the caller) changes the batches.
+        self.batches
+            .with(|b| unsafe { &*b }.iter().map(Vec::len).sum())
+    }
+
+    /// Invokes every held callback in order (holder only; see the type docs) and returns how
+    /// many ran; the batches keep their (moved-out) elements until [`Held::finish`].
+    pub(crate) fn invoke(&self, invoked: &AtomicU64) -> usize {
+        let prev = INVOKING.with(|c| c.replace(self));
+        let mut unflushed = 0u64;
+        let mut n = 0usize;
+        // SAFETY: only the holder (the caller) changes the batches, and not while invoking; the
+        // outer vector is not touched by anyone else meanwhile (the fork handlers only take and
+        // release the lock in the parent).
+        let nb = self.batches.with(|b| unsafe { &*b }.len());
+        for k in 0..nb {
+            // SAFETY: as above; batch `k` exists and its buffer is stable while we read it.
+            let (ptr, len) = self
+                .batches
+                .with(|b| unsafe { ((&*b)[k].as_ptr(), (&*b)[k].len()) });
+            for j in 0..len {
+                // SAFETY: `j < len`; each element is read exactly once (in this loop), and the
+                // batch's length is set to 0 in `finish` before the buffer is reused, so the
+                // moved-out element is never dropped or read again.
+                let cb = unsafe { ptr.add(j).read() };
+                n += 1;
+                self.taken.store(n, Ordering::Relaxed);
+                // Orders the count before the callback's own stores (a store-store barrier, free
+                // on x86): a fork child sees a prefix of this thread's stores, so if it sees any
+                // effect of this callback it also sees it counted (and does not run it again).
+                crate::primitive::sync::atomic::fence(Ordering::Release);
+                invoke_counted(cb, invoked, &mut unflushed);
+            }
+        }
+        invoked.fetch_add(unflushed, Ordering::Relaxed);
+        INVOKING.with(|c| c.set(prev));
+        n
+    }
+
+    /// After [`Held::invoke`]: forgets the moved-out callbacks, marks `n` finished on `list`
+    /// and gives the emptied buffers back to it (holder only).
+    pub(crate) fn finish(&self, list: &CbList, n: usize) {
+        let mut spent = Vec::new();
+        self.lock.lock();
+        self.batches.with_mut(|b| {
+            // SAFETY: we hold `lock`, and only the holder (the caller) changes the batches.
+            let b = unsafe { &mut *b };
+            for v in b.iter_mut() {
+                // SAFETY: every element was moved out by `invoke`; truncating the length
+                // without dropping is what keeps them from being dropped twice.
+                unsafe { v.set_len(0) };
+            }
+            core::mem::swap(b, &mut spent);
+        });
+        self.taken.store(0, Ordering::Relaxed);
+        // Under `lock`, so a fork sees the callbacks either held or finished, never both.
+        list.finished(n, &mut spent);
+        self.lock.unlock();
+    }
+
+    /// `fork()` prepare handler.
+    pub(crate) fn fork_lock(&self) {
+        self.lock.lock();
+    }
+
+    /// `fork()` parent handler.
+    pub(crate) fn fork_unlock(&self) {
+        self.lock.unlock();
+    }
+
+    /// `fork()` child handler: resets the lock; unless the forking thread is the holder (a
+    /// callback forked), marks what is held as orphaned. Returns whether the forking thread is
+    /// the holder. No allocation.
+    pub(crate) fn fork_child(&self) -> bool {
+        self.lock.reset_after_fork();
+        if INVOKING.with(|c| core::ptr::eq(c.get(), self)) {
+            return true;
+        }
+        // SAFETY: the child runs this handler alone.
+        let any = self
+            .batches
+            .with(|b| unsafe { &*b }.iter().any(|v| !v.is_empty()));
+        self.orphaned.store(any, Ordering::Relaxed);
+        false
+    }
+
+    /// Whether the `fork()` child handler orphaned what is held here.
+    pub(crate) fn is_orphaned(&self) -> bool {
+        self.orphaned.load(Ordering::Relaxed)
+    }
+
+    /// In a `fork()` child, by the thread now acting as the holder: takes the orphaned
+    /// callbacks that never started, in order, and marks the started ones finished on their
+    /// list. Returns the list index and the batches.
+    pub(crate) fn take_orphaned(
+        &self,
+        lists: &[crate::util::CachePadded<CbList>],
+    ) -> Option<(usize, Vec<Vec<Callback>>)> {
+        if !self.orphaned.swap(false, Ordering::Relaxed) {
+            return None;
+        }
+        let mut skip = self.taken.swap(0, Ordering::Relaxed);
+        let started = skip;
+        let i = self.list.load(Ordering::Relaxed);
+        let mut out = self.with_batches(i, core::mem::take);
+        for v in out.iter_mut() {
+            let len = v.len();
+            let gone = skip.min(len);
+            if gone != 0 {
+                // SAFETY: the first `gone` elements were moved out by the parent's holder (they
+                // must not be dropped); the rest are moved to the front and stay owned once.
+                unsafe {
+                    let p = v.as_mut_ptr();
+                    core::ptr::copy(p.add(gone), p, len - gone);
+                    v.set_len(len - gone);
+                }
+            }
+            skip -= gone;
+        }
+        out.retain(|v| !v.is_empty());
+        lists[i].finished(started, &mut Vec::new());
+        Some((i, out))
+    }
 }

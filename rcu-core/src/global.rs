@@ -20,13 +20,26 @@
 //!   outermost such unlock gives the record back. A leaked guard's section never ends: grace
 //!   periods (and the callbacks waiting for them) wait forever, as crossbeam-epoch does for a
 //!   leaked guard — never an abort, since storing a guard in a thread-local is legal.
-//! * **Worker.** One thread (`rcu-cb-worker`), started at the first `call_rcu`/`start_poll`/
-//!   barrier. Loop: harvest each list with pending callbacks, hand what is ready to that list's
-//!   invoker (a thread bound to the list's CPU, `invoker.rs`; the worker invokes them itself
-//!   if no invoker can run), drive the newest waited-for snapshot with [`Domain::wait_for`], and
-//!   park when no list holds callbacks. Callbacks accumulate for [`GP_BATCH_DELAY`] before a
-//!   grace period is started for them, unless someone waits (`rcu_barrier`, a poll request) or
-//!   many are queued.
+//! * **Worker.** One thread (`rcu-cb-worker`), started by the first `call_rcu`,
+//!   `start_poll_synchronize_rcu` or `rcu_barrier` that finds it not running (in a process, or in
+//!   a `fork()` child). Loop: harvest each list with pending callbacks, hand what is ready to
+//!   that list's invoker (a thread bound to the list's CPU, `invoker.rs`; the worker invokes
+//!   them itself if no invoker can run, after the batches still waiting in that invoker's
+//!   inbox), drive the newest waited-for snapshot with [`Domain::wait_for`], and park when no
+//!   list holds callbacks. Callbacks accumulate for [`GP_BATCH_DELAY`] before a grace period is
+//!   started for them, unless someone waits (`rcu_barrier`, a poll request) or many are queued.
+//!   A list's ready batches are harvested straight into `WORKER_HELD` ([`Held`]), where they
+//!   stay until handed over or finished, so that a `fork()` child can find them.
+//! * **No worker thread.** If the thread cannot be created (`RLIMIT_NPROC`, no memory), the
+//!   failure is reported once; `call_rcu` and `start_poll_synchronize_rcu` retry at most every
+//!   [`WORKER_RETRY_NS`], `rcu_barrier` on every round of its wait. Meanwhile an `rcu_barrier`
+//!   caller does the worker's passes itself ([`stand_in_for_worker`]): the `NONE → STARTING` CAS
+//!   of the worker state is the token that makes one thread at a time do them, and its
+//!   Acquire/Release pair orders one holder's work before the next one's (and before a worker
+//!   thread started later). `poll_state_synchronize_rcu` of a requested state drives grace
+//!   periods with [`Domain::try_advance`] (never waiting for a reader) while the state is `NONE`;
+//!   `cond_synchronize_rcu` waits for its own. So nothing waits for a thread that may never
+//!   exist.
 //! * **Idle protocol.** The worker stores `IDLE = true`, then re-checks every list *under its lock*
 //!   (callbacks still in its segments; those handed to invokers are theirs)
 //!   and the poll requests, then parks. An enqueuer checks `IDLE` after unlocking its list: if the
@@ -38,17 +51,29 @@
 //!   a `start_poll_synchronize_rcu` caller itself, after its removals; none rests on a
 //!   read-before edge alone (`gp.rs`, "Covering another thread's retire").
 //! * **fork().** `pthread_atfork` handlers (registered once, no allocation in them): *prepare*
-//!   locks every callback list (never held across a wait, so this cannot deadlock); *parent*
-//!   unlocks them; *child* resets the locks, clears the records of threads that do not exist in
-//!   the child (except those of threads that exited inside a section: their sections stay open,
-//!   the forking thread may hold references read under them), resets the grace-period lock and
-//!   marks the worker as not running; the next use restarts it. Callbacks queued in the parent run in both processes (each frees its own copy).
+//!   takes, in this order, the held-batches locks (worker's, then each invoker's), every callback
+//!   list's lock and every invoker inbox's lock — the order in which the worker and the invokers
+//!   nest them; none is held across a wait or a callback, so this cannot deadlock; *parent*
+//!   releases them; *child* resets them, clears the records of threads that do not exist in the
+//!   child (except those of threads that exited inside a section: their sections stay open,
+//!   the forking thread may hold references read under them), resets the grace-period lock and its count of waiting callers (`nwait`) and the
+//!   count of urgent `rcu_barrier` callers, marks the worker and the invokers as not running
+//!   (the next use restarts them) and marks the batches their threads held as orphaned. What a
+//!   child keeps: every callback queued in the parent and not started there before the fork
+//!   runs in the child too (each process frees its own copy), in its list's order: those still
+//!   in a list, in an invoker's inbox, or held by the worker or an invoker (the worker's next
+//!   pass puts orphaned batches back into the inbox, an invoker's in front, the worker's
+//!   behind). A callback that was running in the parent at the moment of the fork is not run in
+//!   the child (its effects up to that moment are in the child's memory, as for any other
+//!   thread of the parent); neither are those that had already run. If the forking thread is
+//!   itself a callback thread (a callback called `fork()`), it keeps its role and its batch in
+//!   the child.
 
 use core::cell::Cell;
 use core::marker::PhantomData;
 use std::sync::{Once, OnceLock};
 
-use crate::callback::{invoke_batches, BarrierWait, Callback, CbList, EnqueueError};
+use crate::callback::{BarrierWait, Callback, CbList, EnqueueError, Held};
 use crate::gp::Domain;
 use crate::primitive::cell::UnsafeCell;
 use crate::primitive::rcu_thread_local;
@@ -80,6 +105,19 @@ const WORKER_RUNNING: u32 = 2;
 static WORKER_THREAD: WorkerSlot = WorkerSlot(UnsafeCell::new(None));
 /// Set by the worker right before it parks (idle protocol in the module docs).
 static IDLE: AtomicBool = AtomicBool::new(false);
+/// The batches the worker (or an `rcu_barrier` caller standing in for it) harvested and has not
+/// handed over or finished yet, where the `fork()` child handler can reach them.
+static WORKER_HELD: Held = Held::new();
+/// Set by the `fork()` child handler when it found callbacks of the parent's callback threads
+/// (`Held`) to recover; the next worker pass puts them back in order.
+static ORPHANS: AtomicBool = AtomicBool::new(false);
+/// A failed worker start was reported (cleared when one succeeds).
+static WORKER_REPORTED: AtomicBool = AtomicBool::new(false);
+/// After a failed worker start: `call_rcu` and `start_poll_synchronize_rcu` do not try again
+/// before this time (`monotonic_ns`); `rcu_barrier` always does.
+static WORKER_RETRY_AT_NS: AtomicU64 = AtomicU64::new(0);
+/// Back-off between worker start attempts made by `call_rcu` / `start_poll_synchronize_rcu`.
+const WORKER_RETRY_NS: u64 = 10_000_000;
 /// Highest snapshot asked for by `start_poll_synchronize_rcu` (raw `GpSeq`).
 static POLL_REQUEST: AtomicU64 = AtomicU64::new(0);
 /// Callbacks invoked (statistics; queued counts live in the lists).
@@ -393,8 +431,13 @@ pub fn get_state_synchronize_rcu() -> GpState {
 }
 
 /// Like [`get_state_synchronize_rcu`], and makes sure the grace period will happen without anyone
-/// waiting for it (the worker drives it). Lock-free and allocation-free once the worker runs (the
-/// first call in a process may start it).
+/// waiting for it: the callback worker thread drives it.
+///
+/// Lock-free and allocation-free while the worker thread runs. When it does not (the first use
+/// of the engine in a process or in a `fork()` child, if no `call_rcu` started it), this call
+/// starts it, which allocates and creates a thread; call it (or `call_rcu`) once early where
+/// later calls must not allocate. If the thread cannot be created, the grace period is driven by
+/// [`poll_state_synchronize_rcu`] (without waiting) and [`cond_synchronize_rcu`] instead.
 pub fn start_poll_synchronize_rcu() -> GpState {
     init();
     let s = DOMAIN.get_state();
@@ -408,14 +451,39 @@ pub fn start_poll_synchronize_rcu() -> GpState {
     }
     // Pairs with the worker's fence between `IDLE = true` and its re-check of POLL_REQUEST.
     fence(Ordering::SeqCst);
-    wake_worker();
+    // Acquire pairs with the Release store of RUNNING in `ensure_worker` (the handle is set).
+    if WORKER_STATE.load(Ordering::Acquire) == WORKER_RUNNING {
+        wake_worker();
+    } else {
+        // It scans POLL_REQUEST when it starts.
+        ensure_worker_backoff();
+    }
     GpState(s)
 }
 
 /// Whether the grace period of `state` is over. Lock-free, no allocation.
+///
+/// Normally the worker thread drives the grace period that [`start_poll_synchronize_rcu`]
+/// asked for. While no worker runs (its thread could not be created), a poll of such a state
+/// tries to complete the grace period itself: it runs grace periods only as long as no reader
+/// holds them up (one heavy barrier each), never waits for a reader, and gives up at once if
+/// another thread runs one.
 #[inline]
 pub fn poll_state_synchronize_rcu(state: GpState) -> bool {
-    DOMAIN.poll(state.0)
+    DOMAIN.poll(state.0) || poll_without_worker(state.0)
+}
+
+/// The part of [`poll_state_synchronize_rcu`] for a state not done yet.
+#[cold]
+fn poll_without_worker(s: GpSeq) -> bool {
+    // Relaxed: a hint; a worker that starts concurrently drives the request as well, and both
+    // runners serialise on the grace-period lock.
+    if WORKER_STATE.load(Ordering::Relaxed) != WORKER_NONE
+        || GpSeq(POLL_REQUEST.load(Ordering::Relaxed)).before(s)
+    {
+        return false; // the worker drives it, or nobody asked for it (get_state)
+    }
+    DOMAIN.try_advance(s)
 }
 
 /// Waits for the grace period of `state` unless it is already over.
@@ -524,7 +592,7 @@ fn ensure_worker_or_wake() {
 #[inline]
 fn enqueued() {
     if WORKER_STATE.load(Ordering::Acquire) != WORKER_RUNNING {
-        ensure_worker();
+        ensure_worker_backoff();
     } else if IDLE.load(Ordering::Relaxed) {
         wake_worker();
     }
@@ -533,7 +601,9 @@ fn enqueued() {
 /// Waits until every callback queued (by any thread) before this call has run.
 ///
 /// On an idle engine this returns at once; with pending callbacks it takes about one grace
-/// period after they are ready.
+/// period after they are ready. If the callback worker thread cannot be created (thread limit,
+/// no memory), the caller runs the grace periods and the callbacks itself, retrying the thread
+/// meanwhile.
 ///
 /// # Panics
 /// Inside a read-side critical section, or from a `call_rcu` callback (both would wait forever).
@@ -585,10 +655,72 @@ pub fn rcu_barrier() {
     if barrier.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
         return;
     }
+    let mut nap = std::time::Duration::from_millis(1);
     // Acquire pairs with the Release decrement in the barrier callbacks.
     while barrier.remaining.load(Ordering::Acquire) != 0 {
-        thread::park();
+        // Acquire pairs with the Release store of RUNNING in `ensure_worker`.
+        if WORKER_STATE.load(Ordering::Acquire) == WORKER_RUNNING {
+            thread::park();
+            continue;
+        }
+        // No worker (its thread could not be created, or one is being started): try again,
+        // and meanwhile do its work here, so that the barrier never waits for a thread that
+        // may never exist.
+        ensure_worker();
+        if WORKER_STATE.load(Ordering::Acquire) == WORKER_RUNNING {
+            wake_worker();
+            unpark_worker();
+        } else if stand_in_for_worker(lists) {
+            nap = std::time::Duration::from_millis(1);
+        } else {
+            // Another thread starts the worker or stands in for it, or what is left runs on an
+            // invoker.
+            thread::park_timeout(nap);
+            nap = (nap * 2).min(std::time::Duration::from_millis(50));
+        }
     }
+    // Callbacks queued while we stood in (their `call_rcu` saw the worker "starting") need a
+    // worker after we return.
+    if WORKER_STATE.load(Ordering::Relaxed) == WORKER_NONE {
+        ensure_worker_backoff();
+    }
+}
+
+/// One worker pass run by an `rcu_barrier` caller while no worker thread exists: harvests the
+/// lists, hands ready callbacks to the invokers or runs them here, and waits for the grace period
+/// the remaining ones need. Holding `STARTING` makes the caller the only thread doing the
+/// worker's job (the state machine's `NONE → STARTING` CAS is the token). Returns whether it
+/// made progress (`false` also if another thread holds the token).
+#[cold]
+fn stand_in_for_worker(lists: &'static [CachePadded<CbList>]) -> bool {
+    // Acquire: the previous holder's work on the lists and `WORKER_HELD` happens-before ours.
+    if WORKER_STATE
+        .compare_exchange(
+            WORKER_NONE,
+            WORKER_STARTING,
+            Ordering::Acquire,
+            Ordering::Relaxed,
+        )
+        .is_err()
+    {
+        return false;
+    }
+    /// Gives the token back (and the caller's callback-thread mark) even if a stall hook panics.
+    struct Token(bool);
+    impl Drop for Token {
+        fn drop(&mut self) {
+            IN_CALLBACK.with(|c| c.set(self.0));
+            // Release pairs with the next holder's Acquire CAS.
+            WORKER_STATE.store(WORKER_NONE, Ordering::Release);
+        }
+    }
+    // Callbacks run here must not call `rcu_barrier` either (it would wait for itself).
+    let _token = Token(IN_CALLBACK.with(|c| c.replace(true)));
+    let pass = worker_pass(lists);
+    if let Some(s) = pass.need {
+        DOMAIN.wait_for(s, false);
+    }
+    pass.ran != 0 || pass.need.is_some()
 }
 
 /// Ends an `rcu_barrier`'s urgency when it returns (or unwinds).
@@ -616,6 +748,16 @@ fn unpark_worker() {
                 t.unpark();
             }
         });
+    }
+}
+
+/// [`ensure_worker`], unless a start failed less than [`WORKER_RETRY_NS`] ago (for
+/// `call_rcu` and `start_poll_synchronize_rcu`, which would otherwise try on every call).
+#[cold]
+fn ensure_worker_backoff() {
+    // Relaxed: a back-off hint.
+    if crate::util::monotonic_ns() >= WORKER_RETRY_AT_NS.load(Ordering::Relaxed) {
+        ensure_worker();
     }
 }
 
@@ -648,15 +790,23 @@ fn ensure_worker() {
             WORKER_THREAD.0.with_mut(|p| unsafe { *p = Some(t) });
             // Release publishes the handle to `unpark_worker`.
             WORKER_STATE.store(WORKER_RUNNING, Ordering::Release);
+            WORKER_REPORTED.store(false, Ordering::Relaxed);
             // The worker may have parked before the handle existed; a spurious unpark is harmless.
             unpark_worker();
         }
         Err(e) => {
-            WORKER_STATE.store(WORKER_NONE, Ordering::Release);
-            eprintln!(
-                "rcu: cannot start the call_rcu worker thread ({e}); callbacks stay queued and \
-                 the next call_rcu/rcu_barrier retries"
+            WORKER_RETRY_AT_NS.store(
+                crate::util::monotonic_ns().saturating_add(WORKER_RETRY_NS),
+                Ordering::Relaxed,
             );
+            WORKER_STATE.store(WORKER_NONE, Ordering::Release);
+            if !WORKER_REPORTED.swap(true, Ordering::Relaxed) {
+                eprintln!(
+                    "rcu: cannot start the call_rcu worker thread ({e}); callbacks stay queued \
+                     until rcu_barrier runs them, polled grace periods complete when polled, and \
+                     later calls retry"
+                );
+            }
         }
     }
 }
@@ -668,38 +818,14 @@ fn worker_main() {
     init();
     IN_CALLBACK.with(|c| c.set(true));
     let lists = lists();
-    let mut ready: Vec<Vec<Callback>> = Vec::new();
     let mut delayed = false;
     loop {
-        let mut need: Option<GpSeq> = None;
-        let mut ran = 0usize;
-        let mut waiting = 0usize;
-        for (i, l) in lists.iter().enumerate() {
-            if l.pending.load(Ordering::Relaxed) == 0 {
-                continue;
-            }
-            // Only callbacks still waiting for a grace period count toward the batching bound
-            // (handed ones belong to the invokers).
-            let (snap, left) = l.harvest_counted(&DOMAIN, &mut ready);
-            waiting += left;
-            if let Some(s) = snap {
-                need = Some(newer(need, s));
-            }
-            if !ready.is_empty() || crate::invoker::stale(i) {
-                ran += ready.iter().map(Vec::len).sum::<usize>();
-                // To the list's invoker on its CPU (invoker module docs); ourselves if none
-                // can run.
-                if !crate::invoker::hand(lists, i, &mut ready) {
-                    let n = invoke_batches(&mut ready, &INVOKED);
-                    l.finished(n, &mut ready);
-                }
-            }
-        }
-        let req = GpSeq(POLL_REQUEST.load(Ordering::Relaxed));
-        let poll_wanted = !DOMAIN.poll(req);
-        if poll_wanted {
-            need = Some(newer(need, req));
-        }
+        let WorkerPass {
+            need,
+            ran,
+            waiting,
+            poll_wanted,
+        } = worker_pass(lists);
         if let Some(s) = need {
             if !DOMAIN.poll(s) {
                 // Batching: let callbacks accumulate once before paying for a grace period
@@ -738,6 +864,76 @@ fn worker_main() {
         while IDLE.load(Ordering::Relaxed) {
             thread::park();
         }
+    }
+}
+
+/// What one [`worker_pass`] found.
+struct WorkerPass {
+    /// The newest snapshot callbacks or a poll request wait for.
+    need: Option<GpSeq>,
+    /// Callbacks handed over or run.
+    ran: usize,
+    /// Callbacks still waiting for a grace period (the batching bound).
+    waiting: usize,
+    /// A `start_poll_synchronize_rcu` request is not done.
+    poll_wanted: bool,
+}
+
+/// One pass of the worker over the lists (module docs), by the worker thread or by an
+/// `rcu_barrier` caller standing in for it (either way the only thread doing it).
+fn worker_pass(lists: &'static [CachePadded<CbList>]) -> WorkerPass {
+    if ORPHANS.swap(false, Ordering::Relaxed) {
+        recover_orphans(lists);
+    }
+    let mut need: Option<GpSeq> = None;
+    let mut ran = 0usize;
+    let mut waiting = 0usize;
+    for (i, l) in lists.iter().enumerate() {
+        if l.pending.load(Ordering::Relaxed) == 0 {
+            continue;
+        }
+        // Harvested straight into `WORKER_HELD` (held lock, then the list's lock: the `fork()`
+        // prepare handler's order), so a fork never loses them. Only callbacks still waiting for
+        // a grace period count toward the batching bound (handed ones belong to the invokers).
+        let (snap, left) = WORKER_HELD.with_batches(i, |ready| l.harvest_counted(&DOMAIN, ready));
+        waiting += left;
+        if let Some(s) = snap {
+            need = Some(newer(need, s));
+        }
+        let ready = WORKER_HELD.len();
+        if ready != 0 || crate::invoker::stale(i) {
+            // To the list's invoker on its CPU (invoker module docs); ourselves if none can run
+            // (then the inbox's older batches come first).
+            if crate::invoker::hand(lists, i, &WORKER_HELD) {
+                ran += ready;
+            } else {
+                let n = WORKER_HELD.invoke(&INVOKED);
+                WORKER_HELD.finish(l, n);
+                ran += n;
+            }
+        }
+    }
+    let req = GpSeq(POLL_REQUEST.load(Ordering::Relaxed));
+    let poll_wanted = !DOMAIN.poll(req);
+    if poll_wanted {
+        need = Some(newer(need, req));
+    }
+    WorkerPass {
+        need,
+        ran,
+        waiting,
+        poll_wanted,
+    }
+}
+
+/// In a `fork()` child: puts the callbacks the parent's callback threads had taken but not
+/// started back in order. An invoker's are the oldest of its list (front of its inbox); the
+/// worker's were harvested after everything in that inbox (back of it). They run from there.
+#[cold]
+fn recover_orphans(lists: &'static [CachePadded<CbList>]) {
+    crate::invoker::recover_orphans(lists);
+    if let Some((i, mut newer_batches)) = WORKER_HELD.take_orphaned(lists) {
+        crate::invoker::append_to_inbox(lists, i, &mut newer_batches);
     }
 }
 
@@ -795,7 +991,11 @@ pub fn barrier_mode() -> Mode {
 }
 
 fn install_fork_handlers() {
+    // Lock order: held batches (worker's, then invokers'), lists, inboxes — the order in which
+    // the worker and the invokers nest them.
     extern "C" fn prepare() {
+        WORKER_HELD.fork_lock();
+        crate::invoker::fork_lock_held();
         if let Some(lists) = LISTS.get() {
             for l in lists.iter() {
                 l.fork_lock();
@@ -810,9 +1010,11 @@ fn install_fork_handlers() {
                 l.fork_unlock();
             }
         }
+        crate::invoker::fork_unlock_held();
+        WORKER_HELD.fork_unlock();
     }
     extern "C" fn child() {
-        crate::invoker::fork_child();
+        let mut orphans = crate::invoker::fork_child();
         if let Some(lists) = LISTS.get() {
             for l in lists.iter() {
                 l.fork_reset();
@@ -822,7 +1024,16 @@ fn install_fork_handlers() {
         // SAFETY: as in `local_record`.
         DOMAIN.after_fork_child(unsafe { own.as_ref() });
         IDLE.store(false, Ordering::Relaxed);
-        WORKER_STATE.store(WORKER_NONE, Ordering::Relaxed);
+        // No `rcu_barrier` caller of the parent exists here (the forking thread is not in one).
+        URGENT.store(0, Ordering::Relaxed);
+        if WORKER_HELD.fork_child() {
+            // A callback run by the worker (or by an `rcu_barrier` caller standing in for it)
+            // forked: this thread goes on with that role in the child; keep its state.
+        } else {
+            orphans |= WORKER_HELD.is_orphaned();
+            WORKER_STATE.store(WORKER_NONE, Ordering::Relaxed);
+        }
+        ORPHANS.store(orphans, Ordering::Relaxed);
     }
     // SAFETY: the handlers are `extern "C" fn()` with static lifetime; they only touch atomics
     // and locks (no allocation), as POSIX requires for async-signal-safety in the child.

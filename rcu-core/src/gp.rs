@@ -64,9 +64,10 @@
 //!   Release push / Acquire take), and behind `get_state`'s fence; a collector that has only a
 //!   read-before edge waits for one more grace period (kfree-batch's stolen front blocks).
 //!
-//! **fork().** The child's `gp_lock` is reset; if the parent was in the middle of a grace period,
-//! `gp_seq` still says "in progress" and the next runner finishes that grace period (scanning the
-//! records again) instead of starting a new one.
+//! **fork().** The child's `gp_lock` is reset, and so is `nwait` (the parent's waiting callers do
+//! not exist in the child; counted, they would make every grace period pause for them); if the
+//! parent was in the middle of a grace period, `gp_seq` still says "in progress" and the next
+//! runner finishes that grace period (scanning the records again) instead of starting a new one.
 //!
 //! ## Invariants
 //!
@@ -231,6 +232,13 @@ impl Domain {
     /// Grace periods this domain completed (statistics; Relaxed).
     pub fn completed_grace_periods(&self) -> u64 {
         self.grace_periods.load(Ordering::Relaxed)
+    }
+
+    /// Callers sleeping (or about to sleep) until the running grace period's leader is done
+    /// (white-box API for tests).
+    #[doc(hidden)]
+    pub fn waiting_callers(&self) -> u32 {
+        self.nwait.load(Ordering::Relaxed)
     }
 
     /// Whether the grace period of `snap` is over.
@@ -436,6 +444,9 @@ impl Domain {
     #[cfg(not(rcu_loom))]
     pub(crate) fn after_fork_child(&self, own: Option<&Record>) {
         self.gp_lock.reset_after_fork();
+        // The callers waiting for the parent's leader do not exist here (the forking thread is
+        // not one of them); counting them would make every grace period pause for them.
+        self.nwait.store(0, Ordering::Relaxed);
         for rec in self.registry.iter() {
             if own.is_some_and(|o| core::ptr::eq(o, rec)) {
                 continue;

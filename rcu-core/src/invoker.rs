@@ -27,14 +27,21 @@
 //!   push after its check changes `seq` and the sleep returns at once.
 //! * Start: lazily at the first hand-off (`NONE → STARTING` CAS, `RUNNING` published with
 //!   Release after the handle). If the thread cannot be created, the worker invokes the batches
-//!   itself, as before invokers existed. A `fork()` child marks every invoker not running; the
-//!   worker restarts one when it next finds its inbox or list non-empty.
+//!   itself, as before invokers existed — after the batches still waiting in the inbox (only a
+//!   `fork()` child has an inbox without a running invoker), which it takes first, so that a
+//!   list's callbacks (an `rcu_barrier` callback among them) never overtake older ones. A
+//!   `fork()` child marks every invoker not running; the worker restarts one when it next finds
+//!   its inbox or list non-empty.
+//! * The invoker swaps its inbox into its [`Held`] (held lock, then inbox lock: the `fork()`
+//!   prepare handler's order) and invokes from there, so that in a `fork()` child the callbacks
+//!   it had taken but not started are found ([`recover_orphans`] puts them back at the front of
+//!   the inbox).
 //! * Pending accounting: the invoker calls [`CbList::finished`] after running a batch, so
 //!   `rcu_barrier` never mistakes a list whose callbacks are being invoked for an empty one.
 
 use std::sync::OnceLock;
 
-use crate::callback::{invoke_batches, Callback, CbList};
+use crate::callback::{Callback, CbList, Held};
 use crate::primitive::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use crate::sys::lock::{futex_wait, futex_wake, SpinLock};
 use crate::util::CachePadded;
@@ -53,14 +60,18 @@ struct Invoker {
     /// Bumped after every push (futex word).
     seq: AtomicU32,
     /// `NONE` → `STARTING` → `RUNNING`; back to `NONE` in a `fork()` child or a failed start.
-    /// Written by the worker (the only thread that hands off and starts invokers) and by the
+    /// Written by the thread doing the worker's job (the worker thread, or an `rcu_barrier` caller
+    /// standing in for it; one at a time, they alone hand off and start invokers) and by the
     /// `fork()` child handler; nothing is published through it, so every access is Relaxed (the
     /// inbox has its lock, the wake-up its futex word).
     state: AtomicU32,
-    /// After a failed start: no new attempt before this time (`now_ms`; only the worker starts).
+    /// After a failed start: no new attempt before this time (`now_ms`; as `state`).
     retry_at_ms: AtomicU64,
     /// A failed start was reported.
     reported: AtomicBool,
+    /// The batches the invoker took out of `inbox` and is running (reachable from the `fork()`
+    /// child handler).
+    held: Held,
 }
 
 // SAFETY: `inbox` is only touched with `lock` held; callbacks are `Send`.
@@ -79,30 +90,41 @@ fn invokers(n: usize) -> &'static [CachePadded<Invoker>] {
                     state: AtomicU32::new(NONE),
                     retry_at_ms: AtomicU64::new(0),
                     reported: AtomicBool::new(false),
+                    held: Held::new(),
                 })
             })
             .collect()
     })
 }
 
-/// Hands list `i`'s ready batches (`ready`, emptied) to its invoker, starting it if needed.
-/// Returns `false` (leaving `ready` untouched) if no invoker can run: the caller invokes them.
-pub(crate) fn hand(
-    lists: &'static [CachePadded<CbList>],
-    i: usize,
-    ready: &mut Vec<Vec<Callback>>,
-) -> bool {
+/// Hands list `i`'s ready batches (what `held` holds; emptied) to its invoker, starting it if
+/// needed. Returns `false` if no invoker can run: then `held` holds, oldest first, the batches
+/// still waiting in the inbox (a `fork()` child) followed by its own, and the caller invokes
+/// them, so that callbacks of a list never overtake older ones.
+pub(crate) fn hand(lists: &'static [CachePadded<CbList>], i: usize, held: &Held) -> bool {
     let inv = &invokers(lists.len())[i];
     if inv.state.load(Ordering::Relaxed) != RUNNING && !start(lists, i) {
+        held.with_batches(i, |ready| {
+            inv.lock.lock();
+            // SAFETY: we hold `lock`.
+            let mut older = inv.inbox.with_mut(|q| unsafe { core::mem::take(&mut *q) });
+            inv.lock.unlock();
+            if !older.is_empty() {
+                older.append(ready);
+                *ready = older;
+            }
+        });
         return false;
     }
-    if ready.is_empty() {
+    if held.is_empty() {
         return true;
     }
-    inv.lock.lock();
-    // SAFETY: we hold `lock`.
-    inv.inbox.with_mut(|q| unsafe { (*q).append(ready) });
-    inv.lock.unlock();
+    held.with_batches(i, |ready| {
+        inv.lock.lock();
+        // SAFETY: we hold `lock`.
+        inv.inbox.with_mut(|q| unsafe { (*q).append(ready) });
+        inv.lock.unlock();
+    });
     // Release: the push happens-before an invoker that sees the new value (it re-checks the
     // inbox under the lock anyway).
     inv.seq.fetch_add(1, Ordering::Release);
@@ -139,7 +161,7 @@ fn start(lists: &'static [CachePadded<CbList>], i: usize) -> bool {
         .compare_exchange(NONE, STARTING, Ordering::Relaxed, Ordering::Relaxed)
     {
         Ok(_) => {}
-        // Another thread is starting it (only the worker hands off, so this is rare) or it runs.
+        // Another thread is starting it (only the worker's job hands off, so this is rare) or it runs.
         Err(s) => return s == RUNNING || s == STARTING,
     }
     let spawned = std::thread::Builder::new()
@@ -171,23 +193,62 @@ fn invoker_main(lists: &'static [CachePadded<CbList>], i: usize) {
     crate::sys::cpu::bind_to(i);
     crate::global::mark_callback_thread();
     let inv = &invokers(lists.len())[i];
-    let mut batch: Vec<Vec<Callback>> = Vec::new();
     loop {
         // Acquire pairs with the worker's Release bump: read before checking the inbox, so a
         // push after the check changes it and the wait below returns.
         let seen = inv.seq.load(Ordering::Acquire);
-        inv.lock.lock();
-        // SAFETY: we hold `lock`.
-        inv.inbox
-            .with_mut(|q| unsafe { core::ptr::swap(q, &mut batch) });
-        inv.lock.unlock();
-        if batch.is_empty() {
+        // Held lock, then inbox lock (the `fork()` prepare handler's order).
+        inv.held.with_batches(i, |batch| {
+            inv.lock.lock();
+            // SAFETY: we hold `lock`.
+            inv.inbox.with_mut(|q| unsafe { core::ptr::swap(q, batch) });
+            inv.lock.unlock();
+        });
+        if inv.held.is_empty() {
             futex_wait(&inv.seq, seen);
             continue;
         }
-        let n = invoke_batches(&mut batch, invoked());
-        lists[i].finished(n, &mut batch);
+        let n = inv.held.invoke(invoked());
+        inv.held.finish(&lists[i], n);
     }
+}
+
+/// In a `fork()` child, by the thread acting as the worker: puts the callbacks that the parent's
+/// invokers had taken but not started back at the front of their inboxes (they are older than
+/// everything there).
+pub(crate) fn recover_orphans(lists: &'static [CachePadded<CbList>]) {
+    let Some(invs) = INVOKERS.get() else {
+        return;
+    };
+    for inv in invs.iter() {
+        if !inv.held.is_orphaned() {
+            continue;
+        }
+        if let Some((_, mut older)) = inv.held.take_orphaned(lists) {
+            inv.lock.lock();
+            inv.inbox.with_mut(|q| {
+                // SAFETY: we hold `lock`.
+                let q = unsafe { &mut *q };
+                older.append(q);
+                *q = older;
+            });
+            inv.lock.unlock();
+        }
+    }
+}
+
+/// Appends `batches` (list `i`'s, newer than everything in its inbox) to list `i`'s inbox; the
+/// worker hands or runs them from there ([`stale`]).
+pub(crate) fn append_to_inbox(
+    lists: &'static [CachePadded<CbList>],
+    i: usize,
+    batches: &mut Vec<Vec<Callback>>,
+) {
+    let inv = &invokers(lists.len())[i];
+    inv.lock.lock();
+    // SAFETY: we hold `lock`.
+    inv.inbox.with_mut(|q| unsafe { (*q).append(batches) });
+    inv.lock.unlock();
 }
 
 /// Milliseconds of the kit's monotonic clock.
@@ -198,6 +259,24 @@ fn now_ms() -> u64 {
 /// The engine's invoked-callback counter.
 fn invoked() -> &'static AtomicU64 {
     crate::global::invoked_counter()
+}
+
+/// `fork()` prepare handler, first step: hold every invoker's held-batches lock.
+pub(crate) fn fork_lock_held() {
+    if let Some(invs) = INVOKERS.get() {
+        for inv in invs.iter() {
+            inv.held.fork_lock();
+        }
+    }
+}
+
+/// `fork()` parent handler, last step.
+pub(crate) fn fork_unlock_held() {
+    if let Some(invs) = INVOKERS.get() {
+        for inv in invs.iter() {
+            inv.held.fork_unlock();
+        }
+    }
 }
 
 /// `fork()` prepare handler: hold every inbox lock (never held across a wait).
@@ -218,13 +297,22 @@ pub(crate) fn fork_unlock() {
     }
 }
 
-/// `fork()` child handler: no invoker thread exists here; inboxes keep their batches (they run
-/// in the child too, once the worker restarts their invokers).
-pub(crate) fn fork_child() {
+/// `fork()` child handler: no invoker thread exists here (unless a callback of one forked: that
+/// thread goes on as the invoker); inboxes keep their batches and the batches an invoker was
+/// running are marked orphaned (the worker puts them back, [`recover_orphans`]); they run in the
+/// child too, once the worker restarts the invokers. Returns whether anything was orphaned. No
+/// allocation.
+pub(crate) fn fork_child() -> bool {
+    let mut orphans = false;
     if let Some(invs) = INVOKERS.get() {
         for inv in invs.iter() {
             inv.lock.reset_after_fork();
+            if inv.held.fork_child() {
+                continue; // the forking thread is this invoker
+            }
+            orphans |= inv.held.is_orphaned();
             inv.state.store(NONE, Ordering::Relaxed);
         }
     }
+    orphans
 }

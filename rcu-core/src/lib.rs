@@ -14,7 +14,9 @@
 //!   the caller's CPU;
 //!   [`rcu_barrier`] waits until every earlier callback has run.
 //! * Polling: [`get_state_synchronize_rcu`], [`start_poll_synchronize_rcu`],
-//!   [`poll_state_synchronize_rcu`], [`cond_synchronize_rcu`] (lock-free, no allocation).
+//!   [`poll_state_synchronize_rcu`], [`cond_synchronize_rcu`] (lock-free, no allocation once the
+//!   callback worker thread runs; the first `start_poll_synchronize_rcu` of a process may start
+//!   it).
 //! * Owning pointers: [`RcuCell`] — [`RcuCell::read`]/[`RcuCell::load`] under a guard,
 //!   [`RcuCell::replace`], [`RcuCell::take`], [`RcuCell::compare_exchange`] (retiring through
 //!   `call_rcu`), [`RcuCell::replace_sync`] (waiting), and `*_with` variants taking a [`Retire`]
