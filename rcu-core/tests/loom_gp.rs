@@ -210,8 +210,8 @@ fn callback_segment_advance() {
 /// The updater (T, the model's main thread) unpublishes `a` and takes a snapshot but runs no
 /// grace period: the leader (G) runs the one grace period of the model, for its own snapshot,
 /// as a shared `synchronize` or the worker serving a poller does; T waits for G to finish and
-/// frees `a` only if G's grace period ended its snapshot (a snapshot taken after G's start asks for a second one, which
-/// nobody runs here, and T then leaves `a` alone). The reader (R) begins its section only after
+/// frees `a` only if G's grace period ended its snapshot (a snapshot taken after G's start asks
+/// for a second grace period, which nobody runs here, and T then leaves `a` alone). The reader (R) begins its section only after
 /// it has seen G's start, so its word never blocks G and G does not wait for it: R is protected
 /// only if its Acquire load of the start value makes it see T's unpublish.
 ///
@@ -221,7 +221,8 @@ fn callback_segment_advance() {
 /// always carries G's start value or a later one. The real heavy barrier adds a full barrier
 /// somewhere in R, which may land after R's whole section, so a failure here is an execution of
 /// the real code, and T's link to G's start is what decides the outcome: T's snapshot must
-/// *happen before* G's start store, not merely read the value from before it.
+/// *happen before* G's start, not merely read the value from before it. (With `get_state` as a
+/// `fence(SeqCst)` and a load this model fails: R reads `a` while T poisons it.)
 #[test]
 fn shared_grace_period_covers_other_threads_unpublish() {
     loom::model(|| {
