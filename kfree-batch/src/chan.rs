@@ -48,13 +48,13 @@
 //! (with the new sequence, so G1 does not wait for it) may then still load the object, and G1
 //! waits for the owner alone. So the stamp is the end of G2, the grace period after G1: G1 ends
 //! only after its scan saw the owner's section over (the unlock's Release follows the unpublish
-//! in program order), and G2's start store follows G1's end store (both by `gp_lock` holders,
+//! in program order), and G2's start RMW follows G1's end RMW (both by `gp_lock` holders,
 //! rcu-core's Invariant 1; a G2 left in progress by `try_advance` and finished by another runner
-//! keeps its start store). So the unpublish happens-before G2's start, which makes G2 an ordinary
+//! keeps its start RMW). So the unpublish happens-before G2's start, which makes G2 an ordinary
 //! grace period for the object: a reader that loads G2's start value (Acquire) sees the
 //! unpublish, and one that began earlier is waited for. The second grace period is paid on the
 //! steal path only: a block the owner detaches itself is stamped by the owner, after its
-//! unpublishes in program order and behind `get_state`'s full fence (`krc.rs`), so one grace
+//! unpublishes in program order and before `get_state`'s RMW (`krc.rs`), so one grace
 //! period covers it.
 //!
 //! The owner and the collector write disjoint header fields (`count`/`bytes`/`ptrs` vs
@@ -376,7 +376,7 @@ pub fn stamp_stolen<P: Pages>(
     if stolen.is_empty() {
         return None;
     }
-    // `get_state()` (a full fence, then the snapshot) is taken after every swap: its grace period
+    // `get_state()` (an RMW of the sequence) is taken after every swap: its grace period
     // G1 waits for every put that saw a stolen block. `snap()` of that idle state is the end of
     // the next grace period G2, which starts only after G1 ended (Invariant 5).
     let snap = b.domain().get_state().snap();

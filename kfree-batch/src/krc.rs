@@ -80,14 +80,14 @@
 //! ## Memory orderings
 //!
 //! The try-lock's Acquire/Release orders enqueues before hand-over and collection; the snapshot's
-//! fence (inside `get_state`) orders the retires before the grace period; `poll`/`wait_for` have
+//! RMW (inside `get_state`) orders the retires before the grace period; `poll`/`wait_for` have
 //! Acquire semantics, ordering the grace period before the frees. Statistics are Relaxed.
 //!
 //! A stamp taken by another thread than the retirer (a collector handing an expired channel
 //! over, a producer that fell back to another CPU's slot and whose block someone else fills up)
 //! still covers the retire, because the retire happens-before it: the retirer's unpublish, then
 //! in program order its store into the block and its unlock (Release); the stamper's lock
-//! (Acquire), then `get_state`'s fence. That holds whether or not the retirer is inside a
+//! (Acquire), then `get_state`'s RMW. That holds whether or not the retirer is inside a
 //! read-side critical section. A block a front's owner detaches is stamped under the lock by the
 //! owner itself; a block a collector steals from a front has no such chain and waits for one
 //! grace period more (`chan.rs`, Invariant 5).

@@ -42,12 +42,13 @@
 //!
 //! ## Memory orderings
 //!
-//! The lock (Acquire on lock, Release on unlock) orders enqueue before harvest; the snapshot fence
-//! inside `get_state` orders the stamped callbacks' removals before the grace period that ends
-//! it; `poll`'s Acquire orders the grace period before invocation. The snapshot is the worker's,
+//! The lock (Acquire on lock, Release on unlock) orders enqueue before harvest; the snapshot RMW
+//! inside `get_state` (Release, read by the start RMW of the grace period that ends it through
+//! its release sequence) orders the stamped callbacks' removals before that grace period;
+//! `poll`'s Acquire orders the grace period before invocation. The snapshot is the worker's,
 //! not the enqueuer's, and covers the enqueuer's removal through a happens-before chain (`gp.rs`,
 //! "Covering another thread's retire"): removal, then (program order) `call_rcu`'s unlock
-//! (Release), the harvest's lock (Acquire), `get_state`'s fence — whichever CPU's list the
+//! (Release), the harvest's lock (Acquire), `get_state`'s RMW — whichever CPU's list the
 //! enqueue fell back to, and even when the enqueuer is inside a read-side critical section. `pending` is Relaxed: it is a
 //! hint for skipping lists and is re-checked under the lock where it matters.
 

@@ -6,14 +6,20 @@
 //! reader records and a lock that serialises grace periods. One grace period:
 //!
 //! ```text
-//!   runner (holds gp_lock)                      reader (owns one record)
-//!   ----------------------                      ------------------------
-//!   s = gp_seq.start(); store(s, Release)       w = gp_seq (Acquire)
-//!   heavy barrier  ─────────── pairs ────────── word = (w<<16)|1 ; light barrier
-//!   for rec in registry:                         ... protected loads ...
-//!       wait while blocks_gp(rec.word, s)        word = 0 (Release)
-//!   store(s.end(), Release)
+//!   updater                 runner (holds gp_lock)              reader (owns one record)
+//!   -------                 ----------------------              ------------------------
+//!   unpublish
+//!   snap = gp_seq.fetch_add(0).snap()
+//!       ╰── release sequence ──→ s = gp_seq.fetch_add(1)  ──────→ w = gp_seq (Acquire)
+//!                           heavy barrier ───── pairs ────────── word = (w<<16)|1 ; light barrier
+//!                           for rec in registry:                 ... protected loads ...
+//!                               wait while blocks_gp(word, s)    word = 0 (Release)
+//!                           gp_seq.fetch_add(end - s)
+//!   poll(snap) (Acquire) ←─────────╯
 //! ```
+//!
+//! Every modification of `gp_seq` is a read-modify-write (AcqRel): snapshots add 0, the runner
+//! adds the step to the start and to the end value (Invariant 3).
 //!
 //! **One heavy barrier per grace period.** liburcu-memb issues a membarrier at the start and one at
 //! the end of `synchronize_rcu`. The end one orders the readers' critical sections before the
@@ -21,7 +27,7 @@
 //! load, which gives that order without a second IPI round. The 64-bit snapshot in the reader word
 //! removes liburcu's second *wait* (its one-bit phase flip).
 //!
-//! **Sharing.** A caller computes `snap = gp_seq.snap()` after a full fence. If `snap` is not done
+//! **Sharing.** A caller takes its snapshot (`get_state`: an RMW of `gp_seq`). If `snap` is not done
 //! it tries to become the *leader* (`gp_lock.try_lock()`) and runs grace periods until it is; the
 //! others sleep on `gp_wake`, which the leader bumps and broadcasts (`FUTEX_WAKE` all) whenever it
 //! releases the lock. On waking, every caller whose snapshot is done returns together; of the rest
@@ -29,7 +35,7 @@
 //! serves every caller that arrived before it started — liburcu's waiter-queue batching, without
 //! the queue.
 //!
-//! **Polling.** `get_state` = full fence + `snap`; `poll(snap)` = Acquire load + `done`. A state
+//! **Polling.** `get_state` = RMW + `snap`; `poll(snap)` = Acquire load + `done`. A state
 //! taken before a `synchronize_rcu()` always polls true after it returns, because that call waits
 //! for `gp_seq` to reach its own snapshot, which is at least as large.
 //!
@@ -40,29 +46,47 @@
 //! kfree-batch producer whose grace-period thread lags) pays one heavy barrier instead of
 //! waiting; readers are never waited for on its behalf.
 //!
-//! **Covering another thread's retire.** A grace period protects an update only if the update
-//! happens-before the load of `gp_seq` that produced the snapshot, or is ordered before it by a
-//! full fence on the updater's own thread: then the snapshot's grace period starts after that
-//! load, its heavy barrier follows the updater's fence in the SeqCst order, and every reader
-//! either sees the update or is waited for. Knowing only that an access the updater made *after*
-//! the update read a value from before the snapshot-taker's action (a read-before edge) is not
-//! enough when no full fence separates the update from that access on the updater's thread: the
-//! update may still be in its store buffer (membarrier mode's light barrier is a compiler fence,
-//! and a nested `rcu_read_lock` has no barrier at all). The paths that share or take over grace
-//! periods keep to this:
-//! * shared `synchronize`: every caller takes its own snapshot (`get_state`, after its removals
-//!   and its own fence); the leader only runs grace periods until the callers' snapshots are
-//!   done, and each caller returns on its own `poll`.
+//! **Covering another thread's retire.** A grace period protects an update if the update
+//! happens-before the snapshot's RMW of `gp_seq` (`get_state`), whoever runs the grace period.
+//! Because every modification of `gp_seq` is an RMW with Release (Invariant 3), its modification
+//! order is one chain of RMWs, and the release sequence headed by any of them contains every
+//! later one. The start RMW of the grace period that ends a snapshot follows the snapshot's RMW in
+//! that order (a snapshot that read an idle value asks for the next grace period to start, one
+//! that read "in progress" for the one after), so with its Acquire it reads from the snapshot's
+//! release sequence: the update happens-before the start, its heavy barrier and its scan. A reader
+//! that loads the start value (Acquire) reads from the start RMW or a later snapshot RMW, all in
+//! the start's release sequence, so it happens-after the start and sees the update; a reader that
+//! loaded an older value is found by the scan or sees the update (heavy/light pairing: the update
+//! happens-before the heavy barrier).
+//!
+//! A fence and a plain load would not do: a load that reads the value from before the start
+//! store is only a read-before edge, not happens-before. A reader whose light barrier is a
+//! compiler fence (membarrier mode) may load the new start value and still miss the update: the
+//! updater's fence pairs with nothing on the reader's side, and the heavy barrier follows the
+//! start store, possibly after the reader's whole section (the RWC pattern; C++20 allows the
+//! outcome and POWER exhibits it; x86 and ARMv8 forbid it). liburcu closes the same gap with its
+//! waiter queue: a waiter enqueues with an atomic exchange that the leader reads before it flips
+//! the phase. The loom model `shared_grace_period_covers_other_threads_unpublish` fails with a
+//! fence and a load and passes with the RMW.
+//!
+//! The paths that share or take over grace periods rely on this:
+//! * shared `synchronize`: every caller takes its own snapshot (`get_state`, after its
+//!   removals); the leader only runs grace periods until the callers' snapshots are done, and
+//!   each caller returns on its own `poll`.
 //! * `try_advance` and a taken-over grace period: the snapshot is still the caller's own. A grace
-//!   period left in progress ends only snapshots whose loads read a value from before its start
-//!   store, so a reader that loads that start value sees those callers' removals by the same
-//!   pairing as when a caller starts the grace period itself (the caller's fence, its load read
-//!   before the start store, the reader's Acquire load of it and light barrier); the runner that
-//!   finishes it issues a new heavy barrier and scans every record again.
+//!   period left in progress ends only snapshots whose RMWs precede its start RMW, so their
+//!   updates happen-before that start, and a reader that loads the start value sees them as when
+//!   the caller starts the grace period itself. The runner that finishes it changes nothing in
+//!   `gp_seq` until the end (readers keep loading the original start); it issues a new heavy
+//!   barrier (which the updates happen-before, through the first runner's `gp_lock` release) and
+//!   scans every record again.
 //! * grace periods run for someone else's snapshot (the callback worker's, a kfree collector's):
 //!   that snapshot is taken by a thread that *happens-after* the retire (lock release/acquire,
-//!   Release push / Acquire take), and behind `get_state`'s fence; a collector that has only a
-//!   read-before edge waits for one more grace period (kfree-batch's stolen front blocks).
+//!   Release push / Acquire take), so the retire is covered as the taker's own update would be.
+//!   A collector that has only a read-before edge to the retire (the retirer's access *after*
+//!   the update read a value from before the collector's action) is not covered: the retire may
+//!   still be in the retirer's store buffer, and a nested `rcu_read_lock` has no barrier at all.
+//!   Such a collector waits for one more grace period (kfree-batch's stolen front blocks).
 //!
 //! **fork().** The child's `gp_lock` is reset, and so is `nwait` (the parent's waiting callers do
 //! not exist in the child; counted, they would make every grace period pause for them); if the
@@ -71,22 +95,31 @@
 //!
 //! ## Invariants
 //!
-//! 1. `gp_seq` is only stored by the holder of `gp_lock` (or by the fork child handler, which runs
-//!    alone).
+//! 1. `gp_seq`'s value is only changed by the holder of `gp_lock`; every other thread only loads
+//!    it or adds 0 to it (a snapshot).
 //! 2. A grace period ends only after every record that blocked its start value was seen quiescent
 //!    or newer (Acquire), so every critical section that began before the start happens-before the
-//!    end store.
+//!    end.
+//! 3. After its initialisation, every modification of `gp_seq` is a read-modify-write with
+//!    Release (or stronger) semantics: the snapshot's `fetch_add(0, AcqRel)`, the start's and the
+//!    end's `fetch_add(step, AcqRel)`. No plain store may be added (one would end every release
+//!    sequence that reaches it, and a later start would no longer happen-after the snapshots
+//!    before it). The fork child handler does not touch `gp_seq`.
 //!
 //! ## Memory orderings
 //!
-//! * start store Release ↔ reader's `gp_seq` Acquire load (see `reader`).
+//! * snapshot RMW (Release half) → start RMW (Acquire half) of the grace period that ends it,
+//!   through the release sequence (Invariant 3): the snapshot taker's earlier updates
+//!   happen-before the start.
+//! * start RMW Release ↔ reader's `gp_seq` Acquire load (see `reader`), which reads the start or
+//!   a later RMW of its release sequence.
 //! * heavy barrier ↔ every reader's light barrier.
 //! * scan Acquire loads ↔ readers' Release stores of their word.
-//! * end store Release ↔ `poll` Acquire load: the waiter's frees happen after every old section.
-//! * `get_state`'s `fence(SeqCst)` orders the caller's removals before its snapshot; it pairs with
-//!   the heavy barrier of the grace period that ends the snapshot.
+//! * end RMW Release ↔ `poll` Acquire load: the waiter's frees happen after every old section.
+//!   The end is an RMW, not a store, so that a snapshot taken while the grace period runs still
+//!   reaches the next start through it.
 
-use crate::primitive::sync::atomic::{fence, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use crate::primitive::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use crate::reader::{blocks_gp, Record, Registry};
 use crate::seq::GpSeq;
 use crate::sys::lock::{futex_wait, futex_wake_all, SpinLock};
@@ -104,8 +137,9 @@ const YIELD_LIMIT: u32 = 20;
 /// their own.
 #[derive(Debug)]
 pub struct Domain {
-    /// The grace-period sequence. Stored by the `gp_lock` holder (Invariant 1); loaded by every
-    /// reader's outermost lock and every poller. Alone on its cache line pair.
+    /// The grace-period sequence. Changed by the `gp_lock` holder (Invariant 1), only ever by
+    /// read-modify-writes (Invariant 3); loaded by every reader's outermost lock and every
+    /// poller. Alone on its cache line pair.
     pub(crate) gp_seq: CachePadded<AtomicU64>,
     /// Serialises grace periods; only ever try-locked (the holder is the leader).
     gp_lock: SpinLock,
@@ -213,7 +247,7 @@ impl Domain {
         crate::reader::unlock(rec);
     }
 
-    /// The current sequence (Acquire: pairs with the Release end store).
+    /// The current sequence (Acquire: pairs with the Release end RMW).
     #[inline]
     pub fn current(&self) -> GpSeq {
         GpSeq(self.gp_seq.load(Ordering::Acquire))
@@ -223,10 +257,16 @@ impl Domain {
     /// earlier updates has finished.
     #[inline]
     pub fn get_state(&self) -> GpSeq {
-        // Orders the caller's prior removals before the snapshot load; pairs with the heavy
-        // barrier of the grace period that ends `snap` (it started after this load).
-        fence(Ordering::SeqCst);
-        GpSeq(self.gp_seq.load(Ordering::Relaxed)).snap()
+        // An RMW, not a load (module docs, "Covering another thread's retire"): its Release puts
+        // the caller's prior updates at the head of a release sequence that every later change
+        // of gp_seq continues (Invariant 3), so the start RMW of the grace period that ends the
+        // snapshot happens-after them, and so does every reader that loads that start value.
+        // Without it (a fence and a load), a reader whose light barrier is a compiler fence may
+        // load the start value and still miss the update. The Acquire half orders the caller
+        // after the grace periods it sees ended, like `poll`. Adding 0 leaves the value alone;
+        // compilers keep an idempotent RMW with Release (x86 may lower it to a full fence and a
+        // load, which gives the same order under x86-TSO).
+        GpSeq(self.gp_seq.fetch_add(0, Ordering::AcqRel)).snap()
     }
 
     /// Grace periods this domain completed (statistics; Relaxed).
@@ -244,7 +284,7 @@ impl Domain {
     /// Whether the grace period of `snap` is over.
     #[inline]
     pub fn poll(&self, snap: GpSeq) -> bool {
-        // Acquire (in `current`) pairs with the Release end store: frees that follow happen after
+        // Acquire (in `current`) pairs with the Release end RMW: frees that follow happen after
         // every critical section the grace period waited for.
         self.current().done(snap)
     }
@@ -366,18 +406,23 @@ impl Domain {
     /// Starts a grace period (or takes over the one left in progress) and issues its heavy
     /// barrier. Caller holds `gp_lock`.
     fn start_gp(&self) -> GpSeq {
-        // Relaxed: only the lock holder stores gp_seq (Invariant 1); the lock's Acquire made the
-        // previous holder's stores visible.
+        // Relaxed: only the lock holder changes gp_seq (Invariant 1; snapshots add 0); the lock's
+        // Acquire made the previous holder's last change visible.
         let cur = GpSeq(self.gp_seq.load(Ordering::Relaxed));
         let s = if cur.in_progress() {
             // Left in progress by `try_advance`, or by a parent that forked mid-grace-period:
-            // finish it (its readers are scanned again after a new heavy barrier).
+            // finish it (its readers are scanned again after a new heavy barrier). No RMW: the
+            // snapshots it ends precede its start RMW, which the previous holder's lock release
+            // passed on to us; readers keep loading that start value.
             cur
         } else {
             let s = cur.start();
-            // Release pairs with the readers' Acquire load of gp_seq: a reader that sees `s` sees
-            // the removals made before this grace period.
-            self.gp_seq.store(s.raw(), Ordering::Release);
+            // An RMW (Invariant 3). Acquire: reads from the release sequence of every snapshot RMW
+            // before it, so the updates those snapshots cover happen-before this start, the heavy
+            // barrier and the scan. Release pairs with the readers' Acquire load of gp_seq: a
+            // reader that sees `s` (from this RMW or a later snapshot's) sees those updates.
+            let prev = self.gp_seq.fetch_add(1, Ordering::AcqRel);
+            debug_assert_eq!(prev, cur.raw(), "gp_seq changed outside gp_lock");
             s
         };
         membarrier::heavy(self.mode());
@@ -387,8 +432,14 @@ impl Domain {
 
     /// Ends grace period `s` (every reader that blocked it was seen quiescent or newer).
     fn end_gp(&self, s: GpSeq) {
-        // Release pairs with `poll`'s Acquire (Invariant 2).
-        self.gp_seq.store(s.end().raw(), Ordering::Release);
+        // An RMW (Invariant 3): a plain store would end the release sequences of the snapshots
+        // taken during this grace period, which the next start must read from. Release pairs
+        // with `poll`'s Acquire (Invariant 2); the Acquire half is not needed (AcqRel like the
+        // start, for uniformity).
+        let prev = self
+            .gp_seq
+            .fetch_add(s.end().raw().wrapping_sub(s.raw()), Ordering::AcqRel);
+        debug_assert_eq!(prev, s.raw(), "gp_seq changed outside gp_lock");
         self.grace_periods.fetch_add(1, Ordering::Relaxed);
     }
 

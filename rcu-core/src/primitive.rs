@@ -21,13 +21,11 @@ pub(crate) mod sync {
 #[cfg(rcu_loom)]
 pub(crate) mod sync {
     pub(crate) mod atomic {
+        // No `compiler_fence`: loom has none (loom#117), and its one user, membarrier mode's
+        // light barrier, is modelled in `sys::membarrier`.
         pub(crate) use loom::sync::atomic::{
             fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
         };
-        /// loom has no compiler fence (loom#117); a `fence` is the conservative model of it.
-        pub(crate) fn compiler_fence(order: Ordering) {
-            fence(order)
-        }
     }
     pub(crate) use loom::sync::Arc;
 }

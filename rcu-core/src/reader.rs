@@ -21,8 +21,10 @@
 //! A grace period that started with sequence `s` (state bits "in progress") must wait for a record
 //! while `nesting > 0 && snap < s` (48-bit wrap-safe): that reader took its snapshot before `s` was
 //! published, so it may hold a pointer removed before the grace period. A reader whose `snap >= s`
-//! loaded `gp_seq` after the start and therefore (Acquire on the load, Release on the start) sees
-//! every removal that preceded the start. Because the snapshot is 64-bit rather than liburcu's
+//! loaded `gp_seq` after the start and therefore (Acquire on the load, Release on the start RMW
+//! and on every later RMW of its release sequence) sees every removal that happens-before the
+//! start, which includes every removal covered by a snapshot this grace period ends, whoever took
+//! that snapshot (`gp`, "Covering another thread's retire"). Because the snapshot is 64-bit rather than liburcu's
 //! one-bit phase, a reader that stalls between loading `gp_seq` and storing its word can never be
 //! mistaken for a current one by a *later* grace period, so one wait per grace period suffices
 //! (liburcu flips the phase and waits twice).
@@ -50,7 +52,12 @@
 //!
 //! ## Memory orderings
 //!
-//! * `gp_seq.load(Acquire)` in lock pairs with the Release start store in `gp::run_gp`.
+//! * `gp_seq.load(Acquire)` in lock pairs with the Release start RMW in `gp::start_gp`. The load
+//!   may read the start itself or a later snapshot RMW (which adds 0): every modification of
+//!   `gp_seq` is an RMW (`gp` Invariant 3), so both are in the start's release sequence. The start
+//!   RMW read from the release sequences of the snapshots before it, so the reader happens-after
+//!   every update those snapshots cover, including snapshots taken by threads other than the
+//!   runner. The load itself stays a plain load: the fast path has no read-modify-write.
 //! * `word.store(.., Release)` in lock and unlock pairs with the Acquire load in
 //!   `gp::wait_for_reader`: the accesses of a finished critical section happen-before the writer
 //!   decides that the reader is quiescent. Lock's store is Release too so that a writer that
@@ -201,8 +208,9 @@ pub(crate) fn lock(gp_seq: &AtomicU64, rec: &Record) {
     // Relaxed: only this thread writes `word` (Invariant 1).
     let w = rec.word.load(Ordering::Relaxed);
     if w & NEST_MASK == 0 {
-        // Acquire pairs with the Release start of a grace period: if we see it, we see the
-        // removals made before it, so the writer need not wait for us.
+        // Acquire pairs with the Release start RMW of a grace period (or a later RMW of its
+        // release sequence): if we see it, we see the removals covered by the snapshots it ends,
+        // so the writer need not wait for us.
         let s = gp_seq.load(Ordering::Acquire);
         // Release: see "Memory orderings" (a writer seeing this newer word knows the previous
         // section is over).

@@ -204,3 +204,66 @@ fn callback_segment_advance() {
         }
     });
 }
+
+/// A grace period run by another thread covers the updater's unpublish, in membarrier mode.
+///
+/// The updater (T, the model's main thread) unpublishes `a` and takes a snapshot but runs no
+/// grace period: the leader (G) runs the one grace period of the model, for its own snapshot,
+/// as a shared `synchronize` or the worker serving a poller does; T waits for G to finish and
+/// frees `a` only if G's grace period ended its snapshot (a snapshot taken after G's start asks
+/// for a second grace period, which nobody runs here, and T then leaves `a` alone). The reader (R) begins its section only after
+/// it has seen G's start, so its word never blocks G and G does not wait for it: R is protected
+/// only if its Acquire load of the start value makes it see T's unpublish.
+///
+/// The domain is in `Mode::Membarrier`, which loom models weaker than it is (`sys::membarrier`):
+/// no barrier in the reader, the runner's own `fence(SeqCst)` as the heavy barrier. The pattern
+/// where that is too weak (a reader word published before the scan) cannot occur here: R's word
+/// always carries G's start value or a later one. The real heavy barrier adds a full barrier
+/// somewhere in R, which may land after R's whole section, so a failure here is an execution of
+/// the real code, and T's link to G's start is what decides the outcome: T's snapshot must
+/// *happen before* G's start, not merely read the value from before it. (With `get_state` as a
+/// `fence(SeqCst)` and a load this model fails: R reads `a` while T poisons it.)
+#[test]
+fn shared_grace_period_covers_other_threads_unpublish() {
+    loom::model(|| {
+        let dom = Arc::new(Domain::new(Mode::Membarrier));
+        let a = Obj::new(1);
+        let slot = Arc::new(AtomicPtr::new(a));
+        // G's own snapshot, taken before T's update (as by a caller that arrived earlier): G
+        // then runs the grace period that ends it, which is also the one T's snapshot asks for
+        // when T's snapshot reads the value from before G's start. (Taken here rather than in G:
+        // loom does not branch at fences, so with a fence of G's own before its start store it
+        // does not explore T's fence falling between G's two barriers.)
+        let g_snap = dom.get_state();
+        let g = {
+            let dom = dom.clone();
+            thread::spawn(move || dom.wait_for(g_snap, false))
+        };
+        let r = {
+            let (dom, slot) = (dom.clone(), slot.clone());
+            thread::spawn(move || {
+                // Acquire (inside `current`), as the reader's own load in `read_lock`.
+                while dom.current() == rcu_core::GpSeq::ZERO {
+                    thread::yield_now();
+                }
+                reader_checks(&dom, &slot);
+            })
+        };
+        let b = Obj::new(2);
+        let old = slot.swap(b, Ordering::AcqRel);
+        let st = dom.get_state();
+        // Joining G stands for waiting on G's grace period (no second spinning thread: loom
+        // would explore two spinners yielding to each other without end).
+        g.join().unwrap();
+        if dom.poll(st) {
+            // SAFETY: kept allocated until the end of the model.
+            poison(unsafe { &*old });
+        }
+        r.join().unwrap();
+        // SAFETY: both objects came from Box::into_raw and are freed once.
+        unsafe {
+            drop(Box::from_raw(a));
+            drop(Box::from_raw(b));
+        }
+    });
+}
