@@ -115,6 +115,8 @@ mod primitive;
 #[cfg(not(rcu_loom))]
 mod cache;
 #[cfg(not(rcu_loom))]
+mod fork;
+#[cfg(not(rcu_loom))]
 mod kmalloc;
 #[cfg(not(rcu_loom))]
 mod nolock;
@@ -126,6 +128,11 @@ pub mod shrink;
 mod stats;
 #[cfg(not(rcu_loom))]
 mod typesafe;
+
+/// Hooks that hold internal locks, for the `fork()` tests. Not a stable API.
+#[cfg(not(rcu_loom))]
+#[doc(hidden)]
+pub mod test_hooks;
 
 /// The per-CPU sheaf layer, exposed for the loom model (`tests/loom_sheaf.rs`). Not a stable API.
 #[cfg(not(rcu_loom))]
@@ -141,6 +148,7 @@ pub mod sheaf_model;
 #[cfg(not(rcu_loom))]
 pub use crate::{
     cache::{KmemCache, KmemCacheBuilder, SlabError},
+    fork::install_fork_handlers,
     kmalloc::{
         is_slab_object, kfree, kfree_bulk, kmalloc, kmalloc_init, ksize, kzalloc, KMALLOC_MAX_SIZE,
         KMALLOC_SIZES,

@@ -214,6 +214,16 @@ impl Node {
         }
         Some(NodeGuard { node: self })
     }
+
+    /// `fork()` prepare handler: takes the node lock (a leaf: its holders never wait).
+    pub(crate) fn fork_lock(&self) {
+        self.lock.lock();
+    }
+
+    /// `fork()` parent and child handlers: releases the lock `fork_lock` took.
+    pub(crate) fn fork_unlock(&self) {
+        self.lock.unlock();
+    }
 }
 
 impl Drop for NodeGuard<'_> {

@@ -248,8 +248,7 @@ impl<T: Send + 'static> KmemCache<T> {
         destroy_raw(raw)
     }
 
-    /// Test hook: the type-erased cache.
-    #[cfg(all(test, not(rcu_loom)))]
+    /// The type-erased cache (unit tests and [`crate::test_hooks`]).
     pub(crate) fn raw(&self) -> &RawCache {
         &self.raw
     }
