@@ -6,7 +6,9 @@
 //! `pthread_atfork` handlers, installed once (first cache or shrinker registration, or
 //! [`install_fork_handlers`]); none of them allocates.
 //!
-//! * **prepare** takes the slab layer's locks in the documented order: the cache registry →
+//! * **prepare** takes the slab layer's locks in the documented order: the init lock (held
+//!   while the kmalloc classes or the slab shrinker are set up, so no `OnceLock` is inherited
+//!   in mid-initialisation) → the cache registry →
 //!   `FLUSH` → every registered cache's steal lock → its CPU slots → its barn and node locks →
 //!   the thread-cache id lock → the shrinker registry. Lock holders never wait for anything
 //!   that needs a lock taken later (no grace period, no page allocation, no user code runs
@@ -47,11 +49,23 @@
 
 use std::sync::Once;
 
+use crate::lock::{Locked, LockedGuard};
 use crate::primitive::sync::atomic::{AtomicBool, Ordering};
 
 /// Set in a `fork()` child that has dead slots, until they are revived.
 static DEAD_SLOTS: AtomicBool = AtomicBool::new(false);
 static INSTALL: Once = Once::new();
+/// Held while a one-time initialiser runs (kmalloc classes, the slab shrinker), first in the
+/// lock order; prepare takes it, so a child never inherits a `OnceLock` in mid-initialisation
+/// (it would wait for a thread that does not exist).
+static INIT: Locked<()> = Locked::new(());
+
+/// Takes the init lock (module docs). Never while holding another slab lock, and never around
+/// a `pthread_atfork` registration (that waits for a concurrent `fork()`, whose prepare waits
+/// for this lock).
+pub(crate) fn init_lock() -> LockedGuard<'static, ()> {
+    INIT.lock()
+}
 
 /// Installs the slab layer's `fork()` handlers (idempotent; caches and shrinkers do it on first
 /// use). Crates layered on this one call it before installing their own handlers, so that their
@@ -77,6 +91,7 @@ pub(crate) fn install() {
 }
 
 extern "C" fn prepare() {
+    INIT.raw().lock();
     crate::cache::fork_prepare();
     crate::cache::tcache::ids_lock().lock();
     crate::shrink::registry_lock().lock();
@@ -86,6 +101,7 @@ extern "C" fn parent() {
     crate::shrink::registry_lock().unlock();
     crate::cache::tcache::ids_lock().unlock();
     crate::cache::fork_parent();
+    INIT.raw().unlock();
 }
 
 extern "C" fn child() {
@@ -95,6 +111,7 @@ extern "C" fn child() {
     if crate::cache::fork_child() {
         DEAD_SLOTS.store(true, Ordering::Relaxed);
     }
+    INIT.raw().unlock();
 }
 
 /// Revives dead slots if a `fork()` child has any (slow paths only: allocates).

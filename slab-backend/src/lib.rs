@@ -104,8 +104,17 @@
 //!
 //! # Lock order
 //!
-//! `cache registry → flush → barn | per-node lists`; CPU slots are only try-locked; no page is
-//! allocated under any of these locks (see the `cache` module's implementation notes).
+//! `init → cache registry → flush → barn | per-node lists`; CPU slots are only try-locked (the
+//! `fork()` prepare handler waits for them, bounded); no page is allocated and nothing waits for
+//! a grace period under any of these locks (see the `cache` module's implementation notes).
+//!
+//! # fork()
+//!
+//! `pthread_atfork` handlers take every slab lock before `fork()` and release them after, so a
+//! child of a multi-threaded process can allocate, free, shrink, create and destroy caches and
+//! use `kmalloc_nolock`. Free objects that another thread was moving at the moment of the fork
+//! are lost to the child (a destroy there may report them as [`SlabError::Leaked`]). Crates
+//! layered on this one call [`install_fork_handlers`] before registering their own handlers.
 
 #![cfg_attr(rcu_loom, allow(dead_code))]
 

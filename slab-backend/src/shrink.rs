@@ -18,6 +18,9 @@
 //! one of those locks is held, which is what makes running shrinkers from inside an allocation
 //! deadlock-free.
 //!
+//! The `fork()` prepare handler takes the registry lock last (after the slab locks) and the
+//! parent and child handlers release it (the crate's `fork` module).
+//!
 //! After [`unregister_shrinker`] returns, a pass that already cloned the list may still call the
 //! shrinker once; its closures must stay valid for that (they are `'static`).
 

@@ -33,22 +33,37 @@
 //! One global order, the lesson of the 2021 SLUB lockdep report:
 //!
 //! ```text
-//! REGISTRY (cache list) → FLUSH (per-CPU flush/shrink) → tc_steal_lock (per cache)
-//!                                                       → barn lock | node lock (leaves)
+//! INIT (one-time setup) → REGISTRY (cache list) → FLUSH (per-CPU flush/shrink)
+//!     → tc_steal_lock (per cache) → [CPU slots] → barn lock | node lock (leaves)
+//!     → thread-cache id lock → shrinker registry (leaves)
 //! ```
 //! A thread's exit flush holds `REGISTRY` while it gives its objects back (so no cache it
 //! flushes can be destroyed under it); destroy takes `tc_steal_lock` without `FLUSH`.
-//! CPU slot locks are only ever try-locked, so they are outside the order. Nothing takes
-//! `REGISTRY` or `FLUSH` while holding a barn or node lock, and **no page is allocated while any
-//! of these locks is held**: page allocations may run shrinkers, and the slab shrinker takes
-//! `REGISTRY → FLUSH`. Shrinking never waits for a held CPU slot (the holder may be the very
-//! thread whose page allocation is running the shrinker); only destroy, which owns the cache
-//! exclusively, waits for slots, and it does so without holding `FLUSH`.
+//! CPU slot locks are only ever try-locked by the allocator, so they are outside the order for
+//! it; only the `fork()` prepare handler waits for them, at the place shown and for a bounded
+//! time ([`crate::fork`]). Nothing takes `REGISTRY` or `FLUSH` while holding a barn or node lock,
+//! and **no page is allocated while any of these locks is held**: page allocations may run
+//! shrinkers, and the slab shrinker takes `REGISTRY → FLUSH`. Shrinking never waits for a held
+//! CPU slot (the holder may be the very thread whose page allocation is running the shrinker);
+//! only destroy, which owns the cache exclusively, waits for slots, and it does so without
+//! holding `FLUSH`.
+//!
+//! **Nothing that may wait for a grace period runs under `REGISTRY` or `FLUSH`.** Discarding a
+//! slab may (a typesafe slab's `call_rcu` waits for a grace period inline when it cannot queue
+//! the callback) and drops user objects, while readers may need those locks (a reader's page
+//! allocation runs the slab shrinker). So slabs detached while a thread holds either lock are
+//! stashed on that thread and discarded when it releases the last of them ([`DeferDiscards`]);
+//! `discards_in_flight` counts them, and destroy waits for it to drop to zero before the cache
+//! goes. The barn and node locks are released before any discard as well.
+//!
+//! **fork()**: the handlers in [`crate::fork`] take these locks in this order before the fork
+//! and release them after it; in the child, CPU slots other threads held are dead until revived
+//! and other threads' thread caches are released ([`crate::fork`] says what is lost).
 //!
 //! Invariants:
 //! 1. A `RawCache` outlives every slab whose header points to it: destroy discards all slabs
-//!    (waiting with `rcu_barrier` for RCU-deferred discards) or, if objects leaked, leaks the
-//!    cache too.
+//!    (waiting for stashed discards of other threads, then with `rcu_barrier` for RCU-deferred
+//!    discards) or, if objects leaked, leaks the cache too.
 //! 2. `KmemCache<T>` objects are `T`-sized and aligned slots; with a ctor they always hold a
 //!    valid `T` (slab Invariant 4).
 //!
@@ -317,9 +332,15 @@ fn discard_stash() {
 }
 
 /// Registers the slab shrinker with the page layer (once).
-fn ensure_shrinker() {
+pub(crate) fn ensure_shrinker() {
+    // Before any lock: registering fork handlers waits for a concurrent fork() to finish.
     crate::fork::install();
     static ONCE: OnceLock<crate::shrink::ShrinkerId> = OnceLock::new();
+    if ONCE.get().is_some() {
+        return;
+    }
+    // Under the init lock, so that no fork() child inherits the OnceLock half-initialised.
+    let _init = crate::fork::init_lock();
     ONCE.get_or_init(|| {
         crate::shrink::register_shrinker(
             "slab-caches",

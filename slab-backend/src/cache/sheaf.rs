@@ -33,9 +33,18 @@
 //!
 //! Slot lock states: `false` = free, `true` = held by exactly one thread (or signal handler).
 //!
+//! **fork()**: the prepare handler takes the slots it can within a bounded wait
+//! ([`PerCpu::fork_lock_slots`]) and the barn lock. In the child, a slot still held belongs to a
+//! thread that does not exist there and may have stopped between two steps above (a sheaf in
+//! the barn and in the slot at once, say), so it is marked `dead` and stays locked: `Normal`
+//! callers use another slot, `Nolock` callers on that CPU get [`Miss::Busy`]. The cache's next
+//! slow path calls [`PerCpu::revive_dead`], which installs two new empty sheaves and unlocks it;
+//! the old sheaves are abandoned with their objects, never read (and `Drop` skips dead slots).
+//!
 //! Invariants:
 //! 1. `main` and `spare` of a slot are never null and are only read or written by the thread
-//!    holding the slot lock (or by `&mut self` in `Drop`).
+//!    holding the slot lock (or by `&mut self` in `Drop`, or by the reviver of a dead slot,
+//!    which holds it).
 //! 2. Every object pointer is in exactly one place: a user's hands, one sheaf, or its slab's free
 //!    bitmap. Sheaves move between slot and barn only under the lock of both ends.
 //! 3. The barn's lists never exceed `BARN_MAX` entries and their capacity is reserved up front, so

@@ -60,6 +60,18 @@
 //! it; entries of a cache being destroyed are left to the destroyer's steal. Then the block is
 //! released for reuse.
 //!
+//! ## fork()
+//!
+//! The child has only the forking thread, but the blocks of all threads. The child handler
+//! ([`fork_child`]) clears the `busy` flag of every other block (its owner does not exist, and
+//! destroy would wait for it forever) and releases the block for reuse. The objects in those
+//! blocks are kept: an owner stopped outside a window left consistent entries, and inside a
+//! window every step leaves each object in one place (at worst an object in flight is lost)
+//! except `spill`'s move within `objs`, so an entry whose owner died with `shuffling` set is
+//! emptied (its objects leak). Stealers then take the rest back as from exited threads. No
+//! steal is in progress at the fork: the prepare handler holds every registered cache's
+//! `tc_steal_lock`.
+//!
 //! ## Async-signal safety
 //!
 //! `kmalloc_nolock`/`kfree_nolock` ([`crate::cache::sheaf::Mode::Nolock`]) never use the thread
