@@ -703,6 +703,16 @@ impl PerCpu {
         n
     }
 
+    /// Model hook: takes the slot of `cpu` and never releases it, as a thread that holds it at
+    /// `fork()` and does not exist in the child (the loom model of [`PerCpu::revive_dead`]).
+    #[doc(hidden)]
+    pub fn hold_slot_forever(&self, cpu: usize) {
+        let g = self.slots[cpu % self.slots.len()]
+            .try_lock()
+            .expect("hold_slot_forever: slot busy");
+        core::mem::forget(g);
+    }
+
     /// Test hook: runs `f` while the slot of `cpu` is held, as an interrupted allocator would.
     #[cfg(not(rcu_loom))]
     pub(crate) fn with_slot_held<R>(&self, cpu: usize, f: impl FnOnce() -> R) -> R {
