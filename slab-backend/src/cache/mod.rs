@@ -618,6 +618,9 @@ impl RawCache {
         for s in chain {
             n += 1;
             if defer {
+                // Relaxed: destroy reads the count only after taking REGISTRY, which this
+                // thread holds now (or the cache's owner is shrinking it under FLUSH alone, and
+                // cannot destroy it meanwhile), so the unlock publishes the increment.
                 self.discards_in_flight.fetch_add(1, Ordering::Relaxed);
                 STASH.with(|c| {
                     // SAFETY: `s` was just detached; we own its links.
@@ -838,6 +841,7 @@ pub(crate) fn fork_child() -> bool {
         }
         dead |= c.cpu.fork_child();
         c.tc_steal_lock.raw().unlock();
+        // Relaxed: the child is single-threaded here.
         c.discards_in_flight.store(0, Ordering::Relaxed);
     }
     FLUSH.raw().unlock();

@@ -664,9 +664,10 @@ impl PerCpu {
     pub fn fork_child(&self) -> bool {
         self.barn.lock.unlock();
         let mut dead = false;
+        // Relaxed throughout: the child is single-threaded here.
         for slot in self.slots.iter() {
             if slot.fork_held.swap(false, Ordering::Relaxed) {
-                slot.locked.store(false, Ordering::Release);
+                slot.locked.store(false, Ordering::Relaxed);
             } else if slot.locked.load(Ordering::Relaxed) {
                 slot.dead.store(true, Ordering::Relaxed);
                 dead = true;
@@ -682,10 +683,12 @@ impl PerCpu {
         let mut n = 0;
         for slot in self.slots.iter() {
             // The CAS claims the dead slot: it is still locked, so from here this thread is its
-            // holder (Invariant 1), and no other reviver touches it.
+            // holder (Invariant 1), and no other reviver touches it. Relaxed: nothing is read
+            // through the claim (the old sheaves are abandoned); the new ones are published by
+            // the Release unlock below.
             if slot
                 .dead
-                .compare_exchange(true, false, Ordering::Acquire, Ordering::Relaxed)
+                .compare_exchange(true, false, Ordering::Relaxed, Ordering::Relaxed)
                 .is_err()
             {
                 continue;

@@ -631,6 +631,7 @@ pub(crate) fn steal(cache: &RawCache, destroy: bool) -> Vec<*mut u8> {
 /// reuse and its `busy` flag cleared (otherwise destroy would wait for it forever). No
 /// allocation; runs single-threaded.
 pub(crate) fn fork_child() {
+    // Relaxed throughout: the child is single-threaded here.
     let mine = MINE.with(|m| m.get());
     for b in blocks() {
         if ptr::eq(b, mine) {
