@@ -112,10 +112,83 @@ fn case_shrinker_fallback() {
     c.destroy().unwrap();
 }
 
+/// Fills list 0 from a helper thread until its `call_rcu` blocks in the inline fallback (a
+/// reader blocks grace periods meanwhile); returns the helper, which finishes once the reader
+/// is gone.
+fn fill_callback_list() -> std::thread::JoinHandle<()> {
+    let queued = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let filler = {
+        let (queued, stop) = (queued.clone(), stop.clone());
+        std::thread::spawn(move || {
+            pin_to_cpu0();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) && n < 4 << 20 {
+                rcu_core::call_rcu(|| {});
+                n += 1;
+                queued.store(n, Ordering::Relaxed);
+            }
+        })
+    };
+    let start = Instant::now();
+    let mut last = 0;
+    let mut stable_since = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = queued.load(Ordering::Relaxed);
+        if now != last {
+            last = now;
+            stable_since = Instant::now();
+        } else if now > 0 && stable_since.elapsed() > Duration::from_millis(300) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the callback list never filled"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    filler
+}
+
+/// The shrinker runs inside a read-side critical section (as it does when a reader's page
+/// allocation reclaims) while `call_rcu` cannot queue: the typesafe cache's empty slabs must be
+/// kept rather than queued (the fallback cannot wait inside a reader; it panics).
+fn case_shrinker_in_reader() {
+    pin_to_cpu0();
+    let c = KmemCache::<Obj>::builder("gp-wait-reader")
+        .typesafe_by_rcu(true)
+        .ctor(|| Obj { v: [0; 8] })
+        .build()
+        .unwrap();
+    let ps: Vec<_> = (0..2000).filter_map(|_| c.alloc()).collect();
+    assert_eq!(ps.len(), 2000);
+    // SAFETY: live objects of `c`, freed once; many stay cached until the shrinker runs.
+    unsafe { c.free_bulk(&ps) };
+    rcu_core::rcu_barrier();
+    let g = rcu_core::rcu_read_lock();
+    let filler = fill_callback_list();
+    shrink_all();
+    // Frees inside the reader that empty slabs take the same path.
+    let ps: Vec<_> = (0..2000).filter_map(|_| c.alloc()).collect();
+    // SAFETY: live objects of `c`, freed once.
+    unsafe { c.free_bulk(&ps) };
+    shrink_all();
+    drop(g);
+    filler.join().unwrap();
+    rcu_core::rcu_barrier();
+    assert!(
+        c.shrink() > 0,
+        "the kept empty slabs are released outside the reader"
+    );
+    c.destroy().unwrap();
+}
+
 #[test]
 fn gp_wait_child() {
     match child_case().as_deref() {
         Some("shrinker") => case_shrinker_fallback(),
+        Some("reader") => case_shrinker_in_reader(),
         Some(other) => panic!("unknown case {other}"),
         None => {}
     }
@@ -124,5 +197,11 @@ fn gp_wait_child() {
 #[test]
 fn shrinker_never_waits_for_a_grace_period_under_the_registry_lock() {
     let out = run_child("gp_wait_child", "shrinker", &[], Duration::from_secs(60));
+    assert!(out.status.success(), "child failed:\n{}", stderr(&out));
+}
+
+#[test]
+fn shrinker_inside_a_reader_keeps_typesafe_slabs_when_call_rcu_cannot_queue() {
+    let out = run_child("gp_wait_child", "reader", &[], Duration::from_secs(60));
     assert!(out.status.success(), "child failed:\n{}", stderr(&out));
 }

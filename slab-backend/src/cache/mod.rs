@@ -312,22 +312,53 @@ impl Drop for DeferDiscards {
 #[cold]
 fn discard_stash() {
     loop {
-        let mut p = STASH.with(|c| c.replace(ptr::null_mut()));
-        if p.is_null() {
+        let chain = Stashed(STASH.with(|c| c.replace(ptr::null_mut())));
+        if chain.0.is_null() {
             return;
         }
-        while let Some(s) = NonNull::new(p) {
-            // SAFETY: stashed slabs are detached, live, and owned by this chain; their cache
-            // lives until `discards_in_flight` drops to zero (destroy waits for it).
-            let cache = unsafe {
-                p = (*s.as_ptr()).next;
-                (*s.as_ptr()).next = ptr::null_mut();
-                &*(*s.as_ptr()).cache
-            };
+        for s in chain {
+            // SAFETY: stashed slabs are detached and live; their cache lives until
+            // `discards_in_flight` drops to zero (destroy waits for it).
+            let cache = unsafe { &*(*s.as_ptr()).cache };
+            let _done = InFlightDone(cache);
             cache.discard_one(s);
-            // Release: pairs with destroy's Acquire load (the discard is done).
-            cache.discards_in_flight.fetch_sub(1, Ordering::Release);
         }
+    }
+}
+
+/// A chain of stashed slabs being discarded. If a discard panics (a user `Drop`), the rest
+/// are leaked but no longer counted in flight, so that destroy does not wait for them forever.
+struct Stashed(*mut SlabHeader);
+
+impl Iterator for Stashed {
+    type Item = NonNull<SlabHeader>;
+    fn next(&mut self) -> Option<Self::Item> {
+        let s = NonNull::new(self.0)?;
+        // SAFETY: chained slabs are detached, live, and owned by this chain.
+        unsafe {
+            self.0 = (*s.as_ptr()).next;
+            (*s.as_ptr()).next = ptr::null_mut();
+        }
+        Some(s)
+    }
+}
+
+impl Drop for Stashed {
+    fn drop(&mut self) {
+        for s in self.by_ref() {
+            // SAFETY: as in `discard_stash`.
+            let _done = InFlightDone(unsafe { &*(*s.as_ptr()).cache });
+        }
+    }
+}
+
+/// Ends one in-flight discard of a cache when dropped (also when the discard panicked).
+struct InFlightDone<'a>(&'a RawCache);
+
+impl Drop for InFlightDone<'_> {
+    fn drop(&mut self) {
+        // Release: pairs with destroy's Acquire load (the discard is done).
+        self.0.discards_in_flight.fetch_sub(1, Ordering::Release);
     }
 }
 
@@ -627,22 +658,34 @@ impl RawCache {
                     unsafe { (*s.as_ptr()).next = c.get() };
                     c.set(s.as_ptr());
                 });
-            } else {
-                self.discard_one(s);
+            } else if !self.discard_one(s) {
+                n -= 1;
             }
         }
         n
     }
 
-    /// Discards one detached slab (no `REGISTRY` or `FLUSH` held).
-    fn discard_one(&self, s: NonNull<SlabHeader>) {
+    /// Discards one detached slab (no `REGISTRY` or `FLUSH` held). Returns `false` if the slab
+    /// was kept instead: a typesafe slab inside a read-side critical section.
+    fn discard_one(&self, s: NonNull<SlabHeader>) -> bool {
         if self.typesafe {
+            if rcu_core::rcu_read_lock_held() {
+                // `call_rcu` may find no room for the callback, and inside a reader it cannot
+                // fall back to waiting for a grace period (it panics). Keep the empty slab for
+                // reuse; a shrink outside a reader releases it.
+                self.node()
+                    .lock(Mode::Normal)
+                    .expect("Normal lock succeeds")
+                    .add_slab(s);
+                return false;
+            }
             crate::typesafe::defer_discard(self, s);
         } else {
             // SAFETY: the slab was detached with every object free (node::put / detach_empty),
             // and an ordinary cache promises nothing to readers of freed objects.
             unsafe { slab::discard_now(s) };
         }
+        true
     }
 
     fn mark_allocated(&self, p: *mut u8) {

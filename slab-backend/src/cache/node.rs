@@ -270,7 +270,7 @@ impl NodeGuard<'_> {
         })
     }
 
-    /// Files a freshly created slab (all objects free).
+    /// Files a slab whose objects are all free (fresh, or detached and then kept).
     pub(crate) fn add_slab(&mut self, s: NonNull<SlabHeader>) {
         // SAFETY: a new slab is on no list; we hold the lock.
         self.with(|lists| unsafe { lists.push(s.as_ptr(), ListId::Empty) });

@@ -218,7 +218,7 @@ impl<T: Send + 'static> KmemCache<T> {
 
     /// Flushes the per-CPU sheaves and releases every empty slab; returns how many slabs were
     /// released (for a typesafe cache: queued for release after a grace period; this never waits
-    /// for readers).
+    /// for readers; inside a read-side critical section its empty slabs are kept).
     pub fn shrink(&self) -> usize {
         self.raw.shrink()
     }
