@@ -516,6 +516,9 @@ fn install_fork_handlers() {
         IDLE.store(false, Ordering::Relaxed);
         WORKER_STATE.store(0, Ordering::Relaxed);
     }
+    // The slab layer's handlers first: prepare handlers run in reverse order of registration,
+    // so a prepare of ours would run before the slab layer's (our lock holders call into it).
+    slab_backend::install_fork_handlers();
     // SAFETY: a static `extern "C" fn()` that only stores to atomics (async-signal-safe).
     let r = unsafe { libc::pthread_atfork(None, None, Some(child)) };
     if r != 0 {

@@ -42,6 +42,10 @@ pub(crate) fn classes() -> &'static [Arc<RawCache>] {
 #[cold]
 #[inline(never)]
 fn create_classes() -> &'static [Arc<RawCache>] {
+    // Both take the init lock themselves (or fork-handler registration): do them first.
+    crate::cache::ensure_shrinker();
+    // Under the init lock, so that no fork() child inherits the OnceLock half-initialised.
+    let _init = crate::fork::init_lock();
     CLASSES.get_or_init(|| {
         // Warm what the nolock paths read, so a signal handler never runs a lazy initialiser.
         let _ = rcu_core::cpu::possible_cpus();

@@ -104,8 +104,17 @@
 //!
 //! # Lock order
 //!
-//! `cache registry → flush → barn | per-node lists`; CPU slots are only try-locked; no page is
-//! allocated under any of these locks (see the `cache` module's implementation notes).
+//! `init → cache registry → flush → barn | per-node lists`; CPU slots are only try-locked (the
+//! `fork()` prepare handler waits for them, bounded); no page is allocated and nothing waits for
+//! a grace period under any of these locks (see the `cache` module's implementation notes).
+//!
+//! # fork()
+//!
+//! `pthread_atfork` handlers take every slab lock before `fork()` and release them after, so a
+//! child of a multi-threaded process can allocate, free, shrink, create and destroy caches and
+//! use `kmalloc_nolock`. Free objects that another thread was moving at the moment of the fork
+//! are lost to the child (a destroy there may report them as [`SlabError::Leaked`]). Crates
+//! layered on this one call [`install_fork_handlers`] before registering their own handlers.
 
 #![cfg_attr(rcu_loom, allow(dead_code))]
 
@@ -114,6 +123,8 @@ mod primitive;
 
 #[cfg(not(rcu_loom))]
 mod cache;
+#[cfg(not(rcu_loom))]
+mod fork;
 #[cfg(not(rcu_loom))]
 mod kmalloc;
 #[cfg(not(rcu_loom))]
@@ -126,6 +137,11 @@ pub mod shrink;
 mod stats;
 #[cfg(not(rcu_loom))]
 mod typesafe;
+
+/// Hooks that hold internal locks, for the `fork()` tests. Not a stable API.
+#[cfg(not(rcu_loom))]
+#[doc(hidden)]
+pub mod test_hooks;
 
 /// The per-CPU sheaf layer, exposed for the loom model (`tests/loom_sheaf.rs`). Not a stable API.
 #[cfg(not(rcu_loom))]
@@ -141,6 +157,7 @@ pub mod sheaf_model;
 #[cfg(not(rcu_loom))]
 pub use crate::{
     cache::{KmemCache, KmemCacheBuilder, SlabError},
+    fork::install_fork_handlers,
     kmalloc::{
         is_slab_object, kfree, kfree_bulk, kmalloc, kmalloc_init, ksize, kzalloc, KMALLOC_MAX_SIZE,
         KMALLOC_SIZES,

@@ -22,6 +22,11 @@
 //!
 //! Locks of this type are *leaves* apart from the documented order in `cache/mod.rs`: no code
 //! takes another blocking lock while it holds a barn or node lock.
+//!
+//! [`Locked<T>`] is a `RawLock` with the data it guards (the cache registry, the flush lock, the
+//! shrinker list, the thread-cache ids). Unlike a std `Mutex` it can be taken and released
+//! without a guard, which the `fork()` handlers need: *prepare* takes every lock and returns,
+//! *parent* and *child* release them (`crate::fork`).
 
 use crate::primitive::sync::atomic::{AtomicU32, Ordering};
 
@@ -34,6 +39,14 @@ pub(crate) struct RawLock {
 impl RawLock {
     /// An unlocked lock.
     pub(crate) fn new() -> Self {
+        Self {
+            state: AtomicU32::new(0),
+        }
+    }
+
+    /// An unlocked lock, usable in a `static`.
+    #[cfg(not(rcu_loom))]
+    pub(crate) const fn new_const() -> Self {
         Self {
             state: AtomicU32::new(0),
         }
@@ -76,6 +89,86 @@ impl RawLock {
         if self.state.swap(0, Ordering::Release) == 2 {
             wake_one(&self.state);
         }
+    }
+}
+
+/// Data guarded by a [`RawLock`] (module docs).
+#[cfg(not(rcu_loom))]
+#[derive(Debug)]
+pub(crate) struct Locked<T> {
+    lock: RawLock,
+    data: crate::primitive::cell::UnsafeCell<T>,
+}
+
+// SAFETY: `data` is only reached through a guard (lock held) or by the `fork()` handlers, which
+// hold the lock themselves; so `T: Send` suffices, as for `std::sync::Mutex`.
+#[cfg(not(rcu_loom))]
+unsafe impl<T: Send> Sync for Locked<T> {}
+
+#[cfg(not(rcu_loom))]
+impl<T> Locked<T> {
+    /// Unlocked, holding `v`.
+    pub(crate) const fn new(v: T) -> Self {
+        Self {
+            lock: RawLock::new_const(),
+            data: crate::primitive::cell::UnsafeCell::new(v),
+        }
+    }
+
+    /// Takes the lock.
+    pub(crate) fn lock(&self) -> LockedGuard<'_, T> {
+        self.lock.lock();
+        LockedGuard { l: self }
+    }
+
+    /// Takes the lock if it is free.
+    pub(crate) fn try_lock(&self) -> Option<LockedGuard<'_, T>> {
+        self.lock.try_lock().then_some(LockedGuard { l: self })
+    }
+
+    /// The lock itself, for the `fork()` handlers (which take and release it without a guard).
+    pub(crate) fn raw(&self) -> &RawLock {
+        &self.lock
+    }
+
+    /// The data, for a caller that holds the lock without a guard (the `fork()` handlers).
+    ///
+    /// # Safety
+    /// The caller holds the lock (taken through [`Locked::raw`]) for as long as it uses the
+    /// reference.
+    pub(crate) unsafe fn get_locked(&self) -> &T {
+        // SAFETY: the caller holds the lock (contract), so nobody writes the data.
+        self.data.with(|p| unsafe { &*p })
+    }
+}
+
+/// A held [`Locked`] lock; releases it on drop.
+#[cfg(not(rcu_loom))]
+pub(crate) struct LockedGuard<'a, T> {
+    l: &'a Locked<T>,
+}
+
+#[cfg(not(rcu_loom))]
+impl<T> core::ops::Deref for LockedGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: the guard holds the lock, so no `&mut` to the data exists elsewhere.
+        self.l.data.with(|p| unsafe { &*p })
+    }
+}
+
+#[cfg(not(rcu_loom))]
+impl<T> core::ops::DerefMut for LockedGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        // SAFETY: the guard holds the lock and `&mut self` makes this the only reference.
+        self.l.data.with_mut(|p| unsafe { &mut *p })
+    }
+}
+
+#[cfg(not(rcu_loom))]
+impl<T> Drop for LockedGuard<'_, T> {
+    fn drop(&mut self) {
+        self.l.lock.unlock();
     }
 }
 

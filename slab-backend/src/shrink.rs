@@ -7,22 +7,26 @@
 //!
 //! # Implementation
 //!
-//! The registry is a `Mutex<Vec<Arc<Shrinker>>>`. A reclaim pass clones the list under the mutex
+//! The registry is a `Locked<Vec<Arc<Shrinker>>>`. A reclaim pass clones the list under the lock
 //! and calls the shrinkers *after* dropping it, so a shrinker may register or unregister shrinkers
 //! and may allocate (its own page allocations do not recurse into reclaim: the page layer's
 //! per-thread `IN_RECLAIM` flag is set for the whole pass).
 //!
-//! Lock order: the registry mutex is a leaf (nothing is called while it is held). Shrinkers
+//! Lock order: the registry lock is a leaf (nothing is called while it is held). Shrinkers
 //! themselves take the locks of their subsystem; for slab caches that is
 //! registry → flush → per-node lists (see `cache/mod.rs`). Page allocations are never made while
 //! one of those locks is held, which is what makes running shrinkers from inside an allocation
 //! deadlock-free.
 //!
+//! The `fork()` prepare handler takes the registry lock last (after the slab locks) and the
+//! parent and child handlers release it (the crate's `fork` module).
+//!
 //! After [`unregister_shrinker`] returns, a pass that already cloned the list may still call the
 //! shrinker once; its closures must stay valid for that (they are `'static`).
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
+use crate::lock::{Locked, LockedGuard};
 use crate::primitive::sync::atomic::{AtomicU64, Ordering};
 
 /// Identifies a registered shrinker, for [`unregister_shrinker`].
@@ -39,15 +43,18 @@ struct Shrinker {
     scan: Box<ScanFn>,
 }
 
-static REGISTRY: Mutex<Vec<Arc<Shrinker>>> = Mutex::new(Vec::new());
+static REGISTRY: Locked<Vec<Arc<Shrinker>>> = Locked::new(Vec::new());
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// Reclaim passes run (statistics only, Relaxed).
 static RUNS: AtomicU64 = AtomicU64::new(0);
 
-fn registry() -> MutexGuard<'static, Vec<Arc<Shrinker>>> {
-    // A shrinker cannot panic while the registry is held (none runs under it), so poisoning only
-    // comes from an allocation failure inside Vec::push; the list itself is still consistent.
-    REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
+fn registry() -> LockedGuard<'static, Vec<Arc<Shrinker>>> {
+    REGISTRY.lock()
+}
+
+/// The registry lock, for the `fork()` handlers (last in their order: it is a leaf).
+pub(crate) fn registry_lock() -> &'static crate::lock::RawLock {
+    REGISTRY.raw()
 }
 
 /// Registers a shrinker. `count()` returns how many objects it could free now; `scan(n)` frees
@@ -58,6 +65,7 @@ pub fn register_shrinker(
     count: impl Fn() -> usize + Send + Sync + 'static,
     scan: impl Fn(usize) -> usize + Send + Sync + 'static,
 ) -> ShrinkerId {
+    crate::fork::install();
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     registry().push(Arc::new(Shrinker {
         id,

@@ -9,7 +9,13 @@
 //! the pages unmapped. This module delays exactly that:
 //!
 //! 1. the node detaches the empty slab (no further allocation can come from it);
-//! 2. [`defer_discard`] takes a GP snapshot and queues `call_rcu`; `rcu_pending` counts it;
+//! 2. [`defer_discard`] takes a GP snapshot and queues `call_rcu`; `rcu_pending` counts it.
+//!    It is never called with a slab lock held: `call_rcu` may wait for a grace period inline
+//!    (no memory for the callback), and readers may need those locks (the cache module stashes
+//!    slabs detached under its registry or flush lock until they are released). Inside a
+//!    read-side critical section (a reader's free, or reclaim run by a reader's page
+//!    allocation) the slab is not queued but filed back as an empty slab: `call_rcu` could not
+//!    fall back to waiting there if it had no room for the callback;
 //! 3. after a full grace period the callback asserts (debug) that the snapshot's GP completed,
 //!    drops the objects and unmaps the pages.
 //!

@@ -156,3 +156,57 @@ fn nolock_caller_never_waits_on_a_held_slot() {
         check_conserved(&pc, &pool);
     });
 }
+
+/// A `fork()` child: slot 0 was held by a thread that does not exist there. The child handler
+/// marks it dead (its objects are lost); a reviver gives it new sheaves while other callers
+/// allocate and free through the slots (Normal) or try slot 0 only (Nolock). No object may be
+/// handed out twice, and every object outside the dead slot is conserved.
+#[test]
+fn dead_slot_is_revived_while_others_allocate() {
+    loom::model(|| {
+        let pc = Arc::new(PerCpu::new(2));
+        let pool = Arc::new(Pool::new());
+        // Two objects end up in slot 0's main sheaf.
+        let a = alloc(&pc, &pool, Mode::Normal).unwrap();
+        let b = alloc(&pc, &pool, Mode::Normal).unwrap();
+        free(&pc, &pool, a, Mode::Normal);
+        free(&pc, &pool, b, Mode::Normal);
+        // The fork: slot 0 is held by the thread that dies; the handlers run on this one.
+        pc.hold_slot_forever(0);
+        pc.fork_lock_slots(&mut || true);
+        pc.fork_lock_barn();
+        assert!(pc.fork_child(), "slot 0 must be marked dead");
+        let reviver = {
+            let pc = pc.clone();
+            loom::thread::spawn(move || {
+                pc.revive_dead();
+            })
+        };
+        let user = {
+            let (pc, pool) = (pc.clone(), pool.clone());
+            loom::thread::spawn(move || {
+                let p = alloc(&pc, &pool, Mode::Normal).unwrap();
+                free(&pc, &pool, p, Mode::Normal);
+            })
+        };
+        if let Ok(p) = alloc(&pc, &pool, Mode::Nolock) {
+            free(&pc, &pool, p, Mode::Nolock);
+        }
+        reviver.join().unwrap();
+        user.join().unwrap();
+        assert_eq!(pc.revive_dead(), 0, "revived twice");
+        pc.flush_all(&*pool, true);
+        let mut all = pool.free.lock().unwrap().clone();
+        all.sort_unstable();
+        let lost = [a as usize, b as usize];
+        let want: Vec<usize> = (1..=OBJECTS)
+            .map(|i| i * 64)
+            .filter(|o| !lost.contains(o))
+            .collect();
+        assert_eq!(
+            all, want,
+            "objects outside the dead slot lost or duplicated"
+        );
+        assert_eq!(pool.owned.load(Ordering::Relaxed), 0);
+    });
+}

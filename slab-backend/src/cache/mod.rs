@@ -33,24 +33,39 @@
 //! One global order, the lesson of the 2021 SLUB lockdep report:
 //!
 //! ```text
-//! REGISTRY (cache list) → FLUSH (per-CPU flush/shrink) → tc_steal_lock (per cache)
-//!                                                       → barn lock | node lock (leaves)
+//! INIT (one-time setup) → REGISTRY (cache list) → FLUSH (per-CPU flush/shrink)
+//!     → tc_steal_lock (per cache) → [CPU slots] → barn lock | node lock (leaves)
+//!     → thread-cache id lock → shrinker registry (leaves)
 //! ```
 //! A thread's exit flush holds `REGISTRY` while it gives its objects back (so no cache it
 //! flushes can be destroyed under it); destroy takes `tc_steal_lock` without `FLUSH`.
-//! CPU slot locks are only ever try-locked, so they are outside the order. Nothing takes
-//! `REGISTRY` or `FLUSH` while holding a barn or node lock, and **no page is allocated while any
-//! of these locks is held**: page allocations may run shrinkers, and the slab shrinker takes
-//! `REGISTRY → FLUSH`. Shrinking never waits for a held CPU slot (the holder may be the very
-//! thread whose page allocation is running the shrinker); only destroy, which owns the cache
-//! exclusively, waits for slots, and it does so without holding `FLUSH`.
+//! CPU slot locks are only ever try-locked by the allocator, so they are outside the order for
+//! it; only the `fork()` prepare handler waits for them, at the place shown and for a bounded
+//! time ([`crate::fork`]). Nothing takes `REGISTRY` or `FLUSH` while holding a barn or node lock,
+//! and **no page is allocated while any of these locks is held**: page allocations may run
+//! shrinkers, and the slab shrinker takes `REGISTRY → FLUSH`. Shrinking never waits for a held
+//! CPU slot (the holder may be the very thread whose page allocation is running the shrinker);
+//! only destroy, which owns the cache exclusively, waits for slots, and it does so without
+//! holding `FLUSH`.
+//!
+//! **Nothing that may wait for a grace period runs under `REGISTRY` or `FLUSH`.** Discarding a
+//! slab may (a typesafe slab's `call_rcu` waits for a grace period inline when it cannot queue
+//! the callback) and drops user objects, while readers may need those locks (a reader's page
+//! allocation runs the slab shrinker). So slabs detached while a thread holds either lock are
+//! stashed on that thread and discarded when it releases the last of them ([`DeferDiscards`]);
+//! `discards_in_flight` counts them, and destroy waits for it to drop to zero before the cache
+//! goes. The barn and node locks are released before any discard as well.
+//!
+//! **fork()**: the handlers in [`crate::fork`] take these locks in this order before the fork
+//! and release them after it; in the child, CPU slots other threads held are dead until revived
+//! and other threads' thread caches are released ([`crate::fork`] says what is lost).
 //!
 //! Invariants:
 //! 1. A `RawCache` outlives every slab whose header points to it: destroy discards all slabs
-//!    (waiting with `rcu_barrier` for RCU-deferred discards) or, if objects leaked, leaks the
-//!    cache too. Once destroy has started, the cache is freed only by its last step: a panic on
-//!    the way unwinds past a `ManuallyDrop` and leaks it, since discards queued through
-//!    `call_rcu` may still point to it.
+//!    (waiting for stashed discards of other threads, then with `rcu_barrier` for RCU-deferred
+//!    discards) or, if objects leaked, leaks the cache too. Once destroy has started, the cache
+//!    is freed only by its last step: a panic on the way unwinds past a `ManuallyDrop` and leaks
+//!    it, since discards queued through `call_rcu` may still point to it.
 //! 2. `KmemCache<T>` objects are `T`-sized and aligned slots; with a ctor they always hold a
 //!    valid `T` (slab Invariant 4).
 //! 3. A typesafe cache is destroyed only where `rcu_barrier` may wait (`rcu_core::may_block`:
@@ -74,15 +89,17 @@ mod typed;
 
 pub use self::typed::{KmemCache, KmemCacheBuilder};
 
+use core::cell::Cell;
 use core::fmt;
 use core::mem::ManuallyDrop;
-use core::ptr::NonNull;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use core::ptr::{self, NonNull};
+use std::sync::{Arc, OnceLock};
 
 use self::node::{Detached, Node, NodeCounts};
 use self::sheaf::{Backing, Miss, Mode, PerCpu, Sheaf};
 use self::slab::{header_of, SlabHeader, SlabLayout, OBJ_ALLOCATED, OBJ_FREE};
 use self::tcache::TCACHE_BATCH;
+use crate::lock::{Locked, LockedGuard};
 use crate::page::PAGE_SIZE;
 use crate::primitive::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use crate::stats::CacheStats;
@@ -169,13 +186,16 @@ pub(crate) struct RawCache {
     /// non-zero); on its own cache line, read on every fast-path call.
     pub(crate) tc_steal: rcu_core::CachePadded<AtomicUsize>,
     /// Serialises stealers of this cache (lock order: FLUSH → this → barn | node).
-    pub(crate) tc_steal_lock: Mutex<()>,
+    pub(crate) tc_steal_lock: Locked<()>,
     /// One entry per memory node; never freed before the cache (node Invariant, seed 2021).
     nodes: Box<[Node]>,
     pub(crate) slabs_created: AtomicU64,
     pub(crate) slabs_freed: AtomicU64,
     /// Slabs detached and waiting for a grace period before being unmapped.
     pub(crate) rcu_pending: AtomicUsize,
+    /// Slabs detached under `REGISTRY` or `FLUSH` and not yet discarded (their discard runs
+    /// when the lock is released: [`DeferDiscards`]); destroy waits for them (Invariant 1).
+    discards_in_flight: AtomicUsize,
     /// Objects handed out / taken back by the slab lists directly (all slots busy).
     direct_allocs: AtomicU64,
     direct_frees: AtomicU64,
@@ -205,21 +225,162 @@ pub(crate) struct RawConfig {
     pub(crate) drop_obj: Option<unsafe fn(*mut u8)>,
 }
 
-static REGISTRY: Mutex<Vec<Arc<RawCache>>> = Mutex::new(Vec::new());
-static FLUSH: Mutex<()> = Mutex::new(());
+static REGISTRY: Locked<Vec<Arc<RawCache>>> = Locked::new(Vec::new());
+static FLUSH: Locked<()> = Locked::new(());
 
-/// The cache registry (first in the lock order). Poisoning is ignored: the list stays valid.
-pub(crate) fn registry() -> MutexGuard<'static, Vec<Arc<RawCache>>> {
-    REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
+/// The held cache registry lock; discards of slabs detached meanwhile run after it is released.
+pub(crate) struct RegistryGuard {
+    // Field order matters: the lock is released before the deferred discards run.
+    g: LockedGuard<'static, Vec<Arc<RawCache>>>,
+    _defer: DeferDiscards,
 }
 
-fn flush_lock() -> MutexGuard<'static, ()> {
-    FLUSH.lock().unwrap_or_else(|e| e.into_inner())
+impl core::ops::Deref for RegistryGuard {
+    type Target = Vec<Arc<RawCache>>;
+    fn deref(&self) -> &Self::Target {
+        &self.g
+    }
+}
+
+impl core::ops::DerefMut for RegistryGuard {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.g
+    }
+}
+
+/// The cache registry (first in the lock order).
+pub(crate) fn registry() -> RegistryGuard {
+    let _defer = DeferDiscards::enter();
+    RegistryGuard {
+        g: REGISTRY.lock(),
+        _defer,
+    }
+}
+
+/// The cache registry if its lock is free (callers that may already hold it).
+pub(crate) fn try_registry() -> Option<RegistryGuard> {
+    let _defer = DeferDiscards::enter();
+    Some(RegistryGuard {
+        g: REGISTRY.try_lock()?,
+        _defer,
+    })
+}
+
+/// The held flush lock; discards of slabs detached meanwhile run after it is released.
+struct FlushGuard {
+    // Field order matters: the lock is released before the deferred discards run.
+    _g: LockedGuard<'static, ()>,
+    _defer: DeferDiscards,
+}
+
+fn flush_lock() -> FlushGuard {
+    let _defer = DeferDiscards::enter();
+    FlushGuard {
+        _g: FLUSH.lock(),
+        _defer,
+    }
+}
+
+std::thread_local! {
+    /// `REGISTRY`/`FLUSH` guards the thread holds: while non-zero, [`RawCache::discard`] stashes
+    /// slabs instead of discarding them.
+    static DEFER_DEPTH: Cell<usize> = const { Cell::new(0) };
+    /// Slabs stashed meanwhile, chained through their `next` links.
+    static STASH: Cell<*mut SlabHeader> = const { Cell::new(ptr::null_mut()) };
+}
+
+/// While alive, discards on this thread are stashed; the last one alive runs them on drop.
+///
+/// A discard may wait for a grace period (`call_rcu` waits inline when it cannot queue) and
+/// runs the `Drop` of user objects, so it must never run under `REGISTRY` or `FLUSH`: a reader
+/// that needs either (it creates a cache, reads `slabinfo`, or its page allocation runs the
+/// slab shrinker) would block that grace period for good.
+struct DeferDiscards(());
+
+impl DeferDiscards {
+    fn enter() -> Self {
+        DEFER_DEPTH.with(|d| d.set(d.get() + 1));
+        Self(())
+    }
+}
+
+impl Drop for DeferDiscards {
+    fn drop(&mut self) {
+        let depth = DEFER_DEPTH.with(|d| {
+            let n = d.get() - 1;
+            d.set(n);
+            n
+        });
+        if depth == 0 {
+            discard_stash();
+        }
+    }
+}
+
+/// Discards the slabs this thread stashed (no `REGISTRY` or `FLUSH` held).
+#[cold]
+fn discard_stash() {
+    loop {
+        let chain = Stashed(STASH.with(|c| c.replace(ptr::null_mut())));
+        if chain.0.is_null() {
+            return;
+        }
+        for s in chain {
+            // SAFETY: stashed slabs are detached and live; their cache lives until
+            // `discards_in_flight` drops to zero (destroy waits for it).
+            let cache = unsafe { &*(*s.as_ptr()).cache };
+            let _done = InFlightDone(cache);
+            cache.discard_one(s);
+        }
+    }
+}
+
+/// A chain of stashed slabs being discarded. If a discard panics (a user `Drop`), the rest
+/// are leaked but no longer counted in flight, so that destroy does not wait for them forever.
+struct Stashed(*mut SlabHeader);
+
+impl Iterator for Stashed {
+    type Item = NonNull<SlabHeader>;
+    fn next(&mut self) -> Option<Self::Item> {
+        let s = NonNull::new(self.0)?;
+        // SAFETY: chained slabs are detached, live, and owned by this chain.
+        unsafe {
+            self.0 = (*s.as_ptr()).next;
+            (*s.as_ptr()).next = ptr::null_mut();
+        }
+        Some(s)
+    }
+}
+
+impl Drop for Stashed {
+    fn drop(&mut self) {
+        for s in self.by_ref() {
+            // SAFETY: as in `discard_stash`.
+            let _done = InFlightDone(unsafe { &*(*s.as_ptr()).cache });
+        }
+    }
+}
+
+/// Ends one in-flight discard of a cache when dropped (also when the discard panicked).
+struct InFlightDone<'a>(&'a RawCache);
+
+impl Drop for InFlightDone<'_> {
+    fn drop(&mut self) {
+        // Release: pairs with destroy's Acquire load (the discard is done).
+        self.0.discards_in_flight.fetch_sub(1, Ordering::Release);
+    }
 }
 
 /// Registers the slab shrinker with the page layer (once).
-fn ensure_shrinker() {
+pub(crate) fn ensure_shrinker() {
+    // Before any lock: registering fork handlers waits for a concurrent fork() to finish.
+    crate::fork::install();
     static ONCE: OnceLock<crate::shrink::ShrinkerId> = OnceLock::new();
+    if ONCE.get().is_some() {
+        return;
+    }
+    // Under the init lock, so that no fork() child inherits the OnceLock half-initialised.
+    let _init = crate::fork::init_lock();
     ONCE.get_or_init(|| {
         crate::shrink::register_shrinker(
             "slab-caches",
@@ -239,6 +400,7 @@ fn ensure_shrinker() {
 impl RawCache {
     /// Creates and registers a cache.
     pub(crate) fn create(cfg: RawConfig) -> Result<Arc<RawCache>, SlabError> {
+        crate::fork::revive_if_needed();
         if !cfg.align.is_power_of_two() || cfg.align > PAGE_SIZE {
             return Err(SlabError::BadAlignment {
                 name: cfg.name,
@@ -268,11 +430,12 @@ impl RawCache {
             cpu: PerCpu::new(rcu_core::cpu::possible_cpus()),
             tc_id: tcache::alloc_id(),
             tc_steal: rcu_core::CachePadded::new(AtomicUsize::new(0)),
-            tc_steal_lock: Mutex::new(()),
+            tc_steal_lock: Locked::new(()),
             nodes: (0..nr_nodes()).map(|_| Node::new()).collect(),
             slabs_created: AtomicU64::new(0),
             slabs_freed: AtomicU64::new(0),
             rcu_pending: AtomicUsize::new(0),
+            discards_in_flight: AtomicUsize::new(0),
             direct_allocs: AtomicU64::new(0),
             direct_frees: AtomicU64::new(0),
             alloc_failures: AtomicU64::new(0),
@@ -281,7 +444,7 @@ impl RawCache {
         Ok(cache)
     }
 
-    fn node(&self) -> &Node {
+    pub(crate) fn node(&self) -> &Node {
         &self.nodes[0]
     }
 
@@ -326,6 +489,7 @@ impl RawCache {
     #[cold]
     #[inline(never)]
     fn alloc_refill(&self) -> Result<*mut u8, Miss> {
+        crate::fork::revive_if_needed();
         let Some(slot) = tcache::slot(self) else {
             return self.alloc_cpu(Mode::Normal);
         };
@@ -362,6 +526,7 @@ impl RawCache {
 
     #[cold]
     fn alloc_direct(&self) -> Result<*mut u8, Miss> {
+        crate::fork::revive_if_needed();
         let mut one = None;
         loop {
             self.node()
@@ -431,6 +596,7 @@ impl RawCache {
     #[cold]
     #[inline(never)]
     fn free_spill(&self, p: *mut u8) {
+        crate::fork::revive_if_needed();
         let spilled = tcache::slot(self).and_then(|slot| {
             let mut buf = [core::ptr::null_mut(); TCACHE_BATCH];
             let n = tcache::spill(slot, self, p, &mut buf)?;
@@ -483,21 +649,52 @@ impl RawCache {
         true
     }
 
-    /// Discards detached slabs: at once, or after a grace period for typesafe caches. Returns
-    /// how many.
+    /// Discards detached slabs: at once, or after a grace period for typesafe caches; under
+    /// `REGISTRY` or `FLUSH` they are stashed and discarded when the lock is released
+    /// ([`DeferDiscards`]). Returns how many.
     fn discard(&self, chain: Detached) -> usize {
+        let defer = DEFER_DEPTH.with(Cell::get) != 0;
         let mut n = 0;
         for s in chain {
             n += 1;
-            if self.typesafe {
-                crate::typesafe::defer_discard(self, s);
-            } else {
-                // SAFETY: the slab was detached with every object free (node::put / detach_empty),
-                // and an ordinary cache promises nothing to readers of freed objects.
-                unsafe { slab::discard_now(s) };
+            if defer {
+                // Relaxed: destroy reads the count only after taking REGISTRY, which this
+                // thread holds now (or the cache's owner is shrinking it under FLUSH alone, and
+                // cannot destroy it meanwhile), so the unlock publishes the increment.
+                self.discards_in_flight.fetch_add(1, Ordering::Relaxed);
+                STASH.with(|c| {
+                    // SAFETY: `s` was just detached; we own its links.
+                    unsafe { (*s.as_ptr()).next = c.get() };
+                    c.set(s.as_ptr());
+                });
+            } else if !self.discard_one(s) {
+                n -= 1;
             }
         }
         n
+    }
+
+    /// Discards one detached slab (no `REGISTRY` or `FLUSH` held). Returns `false` if the slab
+    /// was kept instead: a typesafe slab inside a read-side critical section.
+    fn discard_one(&self, s: NonNull<SlabHeader>) -> bool {
+        if self.typesafe {
+            if rcu_core::rcu_read_lock_held() {
+                // `call_rcu` may find no room for the callback, and inside a reader it cannot
+                // fall back to waiting for a grace period (it panics). Keep the empty slab for
+                // reuse; a shrink outside a reader releases it.
+                self.node()
+                    .lock(Mode::Normal)
+                    .expect("Normal lock succeeds")
+                    .add_slab(s);
+                return false;
+            }
+            crate::typesafe::defer_discard(self, s);
+        } else {
+            // SAFETY: the slab was detached with every object free (node::put / detach_empty),
+            // and an ordinary cache promises nothing to readers of freed objects.
+            unsafe { slab::discard_now(s) };
+        }
+        true
     }
 
     fn mark_allocated(&self, p: *mut u8) {
@@ -641,6 +838,81 @@ impl Backing for RawCache {
     }
 }
 
+/// Slot holders the `fork()` prepare handler waits for, in total (nanoseconds). A holder may be
+/// blocked on a lock the handler already holds; its slot is then given up on (dead in the child).
+const FORK_SLOT_WAIT_NS: u64 = 5_000_000;
+
+/// `fork()` prepare handler: takes `REGISTRY`, `FLUSH`, then per registered cache its steal
+/// lock, its CPU slots (bounded wait), its barn and node locks. No allocation.
+pub(crate) fn fork_prepare() {
+    REGISTRY.raw().lock();
+    FLUSH.raw().lock();
+    // SAFETY: REGISTRY is held until the parent or child handler releases it.
+    let caches = unsafe { REGISTRY.get_locked() };
+    for c in caches.iter() {
+        c.tc_steal_lock.raw().lock();
+    }
+    let start = rcu_core::raw::monotonic_ns();
+    let mut expired = || rcu_core::raw::monotonic_ns().saturating_sub(start) > FORK_SLOT_WAIT_NS;
+    for c in caches.iter() {
+        c.cpu.fork_lock_slots(&mut expired);
+    }
+    for c in caches.iter() {
+        c.cpu.fork_lock_barn();
+        for n in c.nodes.iter() {
+            n.fork_lock();
+        }
+    }
+}
+
+/// `fork()` parent handler: releases what [`fork_prepare`] took.
+pub(crate) fn fork_parent() {
+    // SAFETY: REGISTRY is held (taken by `fork_prepare`).
+    let caches = unsafe { REGISTRY.get_locked() };
+    for c in caches.iter() {
+        for n in c.nodes.iter() {
+            n.fork_unlock();
+        }
+        c.cpu.fork_unlock();
+        c.tc_steal_lock.raw().unlock();
+    }
+    FLUSH.raw().unlock();
+    REGISTRY.raw().unlock();
+}
+
+/// `fork()` child handler: releases what [`fork_prepare`] took, marks the slots other threads
+/// held as dead (returns whether there is one) and forgets the discards other threads had
+/// stashed (those slabs are leaked in the child). No allocation.
+pub(crate) fn fork_child() -> bool {
+    // SAFETY: REGISTRY is held (taken by `fork_prepare` on this thread).
+    let caches = unsafe { REGISTRY.get_locked() };
+    let mut dead = false;
+    for c in caches.iter() {
+        for n in c.nodes.iter() {
+            n.fork_unlock();
+        }
+        dead |= c.cpu.fork_child();
+        c.tc_steal_lock.raw().unlock();
+        // Relaxed: the child is single-threaded here.
+        c.discards_in_flight.store(0, Ordering::Relaxed);
+    }
+    FLUSH.raw().unlock();
+    REGISTRY.raw().unlock();
+    dead
+}
+
+/// Gives the dead slots of every registered cache new sheaves (see [`fork_child`]); `false` if
+/// the registry lock was not free (the caller may hold it: try again later).
+pub(crate) fn revive_dead_slots() -> bool {
+    let Some(reg) = try_registry() else {
+        return false;
+    };
+    for c in reg.iter() {
+        c.cpu.revive_dead();
+    }
+    true
+}
+
 /// Memory nodes the caches keep lists for (NUMA is not probed: one).
 fn nr_nodes() -> usize {
     1
@@ -679,6 +951,9 @@ pub(crate) fn destroy_raw(raw: Arc<RawCache>) -> Result<(), SlabError> {
     // on the way leaks it; Invariant 1).
     let raw = ManuallyDrop::new(raw);
     registry().retain(|c| !Arc::ptr_eq(c, &raw));
+    // In a `fork()` child, slots held by threads that do not exist there get new sheaves, so
+    // the flush below does not wait for them forever.
+    raw.cpu.revive_dead();
     let mut out = Detached::new();
     let counts = {
         // No FLUSH lock here: the cache is out of the registry (no shrinker reaches it) and its
@@ -694,6 +969,18 @@ pub(crate) fn destroy_raw(raw: Arc<RawCache>) -> Result<(), SlabError> {
         g.counts()
     };
     raw.discard(out);
+    // Slabs that a registry or flush holder detached before we unregistered the cache are
+    // discarded right after that lock is released; they point to the cache (Invariant 1).
+    let mut waited = 0u32;
+    // Acquire: pairs with the Release decrement in `discard_stash`.
+    while raw.discards_in_flight.load(Ordering::Acquire) != 0 {
+        waited += 1;
+        if waited < 100 {
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
     if raw.typesafe {
         // Every RCU-deferred discard (this one's and earlier shrinks') must have run before the
         // cache goes (Invariant 1).

@@ -214,6 +214,16 @@ impl Node {
         }
         Some(NodeGuard { node: self })
     }
+
+    /// `fork()` prepare handler: takes the node lock (a leaf: its holders never wait).
+    pub(crate) fn fork_lock(&self) {
+        self.lock.lock();
+    }
+
+    /// `fork()` parent and child handlers: releases the lock `fork_lock` took.
+    pub(crate) fn fork_unlock(&self) {
+        self.lock.unlock();
+    }
 }
 
 impl Drop for NodeGuard<'_> {
@@ -260,7 +270,7 @@ impl NodeGuard<'_> {
         })
     }
 
-    /// Files a freshly created slab (all objects free).
+    /// Files a slab whose objects are all free (fresh, or detached and then kept).
     pub(crate) fn add_slab(&mut self, s: NonNull<SlabHeader>) {
         // SAFETY: a new slab is on no list; we hold the lock.
         self.with(|lists| unsafe { lists.push(s.as_ptr(), ListId::Empty) });

@@ -33,9 +33,18 @@
 //!
 //! Slot lock states: `false` = free, `true` = held by exactly one thread (or signal handler).
 //!
+//! **fork()**: the prepare handler takes the slots it can within a bounded wait
+//! ([`PerCpu::fork_lock_slots`]) and the barn lock. In the child, a slot still held belongs to a
+//! thread that does not exist there and may have stopped between two steps above (a sheaf in
+//! the barn and in the slot at once, say), so it is marked `dead` and stays locked: `Normal`
+//! callers use another slot, `Nolock` callers on that CPU get [`Miss::Busy`]. The cache's next
+//! slow path calls [`PerCpu::revive_dead`], which installs two new empty sheaves and unlocks it;
+//! the old sheaves are abandoned with their objects, never read (and `Drop` skips dead slots).
+//!
 //! Invariants:
 //! 1. `main` and `spare` of a slot are never null and are only read or written by the thread
-//!    holding the slot lock (or by `&mut self` in `Drop`).
+//!    holding the slot lock (or by `&mut self` in `Drop`, or by the reviver of a dead slot,
+//!    which holds it).
 //! 2. Every object pointer is in exactly one place: a user's hands, one sheaf, or its slab's free
 //!    bitmap. Sheaves move between slot and barn only under the lock of both ends.
 //! 3. The barn's lists never exceed `BARN_MAX` entries and their capacity is reserved up front, so
@@ -166,6 +175,12 @@ struct CpuSlot {
     /// Objects handed out / taken back through this slot (statistics, written by the holder).
     allocs: AtomicU64,
     frees: AtomicU64,
+    /// The `fork()` prepare handler holds this slot (only that handler and the parent and child
+    /// handlers touch it, on the forking thread).
+    fork_held: AtomicBool,
+    /// In a `fork()` child: the slot was held by a thread that does not exist there, so it stays
+    /// locked and its sheaves are abandoned until [`PerCpu::revive_dead`] gives it new ones.
+    dead: AtomicBool,
 }
 
 /// A held slot lock.
@@ -234,6 +249,8 @@ impl CpuSlot {
             cached: AtomicUsize::new(0),
             allocs: AtomicU64::new(0),
             frees: AtomicU64::new(0),
+            fork_held: AtomicBool::new(false),
+            dead: AtomicBool::new(false),
         }
     }
 
@@ -599,8 +616,108 @@ impl PerCpu {
         })
     }
 
+    /// `fork()` prepare handler, first step: takes every slot whose holder lets go before
+    /// `expired()` says the time is up (a holder may be blocked on a lock the handler already
+    /// holds, e.g. inside a page allocation that runs the slab shrinker, so this cannot wait
+    /// for good). Slots taken are marked `fork_held`. No allocation.
+    pub fn fork_lock_slots(&self, expired: &mut dyn FnMut() -> bool) {
+        for slot in self.slots.iter() {
+            let g = loop {
+                if let Some(g) = slot.try_lock() {
+                    break Some(g);
+                }
+                if expired() {
+                    break None;
+                }
+                crate::primitive::thread::yield_now();
+            };
+            if let Some(g) = g {
+                // Keep the slot locked past this function: the parent or child handler
+                // releases it (`fork_unlock_slots`, `fork_child`).
+                core::mem::forget(g);
+                slot.fork_held.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// `fork()` prepare handler, second step: takes the barn lock.
+    pub fn fork_lock_barn(&self) {
+        self.barn.lock.lock();
+    }
+
+    /// `fork()` parent handler: releases the barn and the slots `fork_lock_slots` took.
+    pub fn fork_unlock(&self) {
+        self.barn.lock.unlock();
+        for slot in self.slots.iter() {
+            if slot.fork_held.swap(false, Ordering::Relaxed) {
+                // Release: pairs with the next holder's Acquire CAS (nothing changed, but the
+                // lock protocol stays uniform).
+                slot.locked.store(false, Ordering::Release);
+            }
+        }
+    }
+
+    /// `fork()` child handler: releases the barn and the slots the prepare handler took; every
+    /// other held slot was held by a thread that does not exist in the child, perhaps in the
+    /// middle of moving sheaves, so it is marked dead and left locked (its objects are lost to
+    /// the child). Returns whether a slot was marked dead. No allocation.
+    pub fn fork_child(&self) -> bool {
+        self.barn.lock.unlock();
+        let mut dead = false;
+        // Relaxed throughout: the child is single-threaded here.
+        for slot in self.slots.iter() {
+            if slot.fork_held.swap(false, Ordering::Relaxed) {
+                slot.locked.store(false, Ordering::Relaxed);
+            } else if slot.locked.load(Ordering::Relaxed) {
+                slot.dead.store(true, Ordering::Relaxed);
+                dead = true;
+            }
+        }
+        dead
+    }
+
+    /// Gives every dead slot (a `fork()` child's, see [`PerCpu::fork_child`]) two new empty
+    /// sheaves and unlocks it; the old sheaves and the objects in them are leaked. `Normal`
+    /// context only (allocates). Returns how many slots were revived.
+    pub fn revive_dead(&self) -> usize {
+        let mut n = 0;
+        for slot in self.slots.iter() {
+            // The CAS claims the dead slot: it is still locked, so from here this thread is its
+            // holder (Invariant 1), and no other reviver touches it. Relaxed: nothing is read
+            // through the claim (the old sheaves are abandoned); the new ones are published by
+            // the Release unlock below.
+            if slot
+                .dead
+                .compare_exchange(true, false, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            // SAFETY: we hold the slot (above); the old pointers are abandoned, not freed (their
+            // state is unknown: the holder died mid-operation).
+            slot.main.with_mut(|p| unsafe { *p = Sheaf::new_boxed() });
+            // SAFETY: as above.
+            slot.spare.with_mut(|p| unsafe { *p = Sheaf::new_boxed() });
+            slot.cached.store(0, Ordering::Relaxed);
+            // Release: pairs with the next holder's Acquire CAS (publishes the new sheaves).
+            slot.locked.store(false, Ordering::Release);
+            n += 1;
+        }
+        n
+    }
+
+    /// Model hook: takes the slot of `cpu` and never releases it, as a thread that holds it at
+    /// `fork()` and does not exist in the child (the loom model of [`PerCpu::revive_dead`]).
+    #[doc(hidden)]
+    pub fn hold_slot_forever(&self, cpu: usize) {
+        let g = self.slots[cpu % self.slots.len()]
+            .try_lock()
+            .expect("hold_slot_forever: slot busy");
+        core::mem::forget(g);
+    }
+
     /// Test hook: runs `f` while the slot of `cpu` is held, as an interrupted allocator would.
-    #[cfg(all(test, not(rcu_loom)))]
+    #[cfg(not(rcu_loom))]
     pub(crate) fn with_slot_held<R>(&self, cpu: usize, f: impl FnOnce() -> R) -> R {
         let slot = &self.slots[cpu % self.slots.len()];
         let g = loop {
@@ -620,6 +737,10 @@ impl Drop for PerCpu {
     fn drop(&mut self) {
         // The owner flushed the objects before; here only the sheaf boxes go (Invariant 4).
         for slot in self.slots.iter() {
+            if slot.dead.load(Ordering::Relaxed) {
+                // A `fork()` child's dead slot: its pointers may alias a barn sheaf; leak them.
+                continue;
+            }
             for cell in [&slot.main, &slot.spare] {
                 // SAFETY: `&mut self`: no holder exists; the pointers are Box'd sheaves.
                 cell.with_mut(|p| unsafe {

@@ -71,6 +71,18 @@
 //! it; entries of a cache being destroyed are left to the destroyer's steal. Then the block is
 //! released for reuse.
 //!
+//! ## fork()
+//!
+//! The child has only the forking thread, but the blocks of all threads. The child handler
+//! ([`fork_child`]) clears the `busy` flag of every other block (its owner does not exist, and
+//! destroy would wait for it forever) and releases the block for reuse. The objects in those
+//! blocks are kept: an owner stopped outside a window left consistent entries, and inside a
+//! window every step leaves each object in one place (at worst an object in flight is lost)
+//! except `spill`'s move within `objs`, so an entry whose owner died with `shuffling` set is
+//! emptied (its objects leak). Stealers then take the rest back as from exited threads. No
+//! steal is in progress at the fork: the prepare handler holds every registered cache's
+//! `tc_steal_lock`.
+//!
 //! ## Async-signal safety
 //!
 //! `kmalloc_nolock`/`kfree_nolock` ([`crate::cache::sheaf::Mode::Nolock`]) never use the thread
@@ -101,9 +113,9 @@
 
 use core::cell::Cell;
 use core::ptr;
-use std::sync::{Mutex, MutexGuard};
 
 use super::RawCache;
+use crate::lock::{Locked, LockedGuard};
 use crate::primitive::cell::UnsafeCell;
 use crate::primitive::sync::atomic::{
     compiler_fence, fence, AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering,
@@ -131,6 +143,11 @@ pub(crate) struct Entry {
     /// Allocations and frees served here (statistics; single writer, load + store).
     allocs: AtomicU64,
     frees: AtomicU64,
+    /// Set inside a window while `spill` moves objects within `objs` (the only window step
+    /// that passes through states where an object is in two places); a `fork()` child
+    /// empties an entry whose owner died with it set. Relaxed: only the owner writes it, and
+    /// only the `fork()` child handler reads it.
+    shuffling: AtomicBool,
     /// Free objects, most recent last (Invariant 1).
     objs: UnsafeCell<[*mut u8; TCACHE_CAPACITY]>,
 }
@@ -142,6 +159,7 @@ impl Entry {
             len: AtomicUsize::new(0),
             allocs: AtomicU64::new(0),
             frees: AtomicU64::new(0),
+            shuffling: AtomicBool::new(false),
             objs: UnsafeCell::new([ptr::null_mut(); TCACHE_CAPACITY]),
         }
     }
@@ -218,10 +236,15 @@ fn entry_of(b: &'static ThreadCaches, id: usize) -> Option<&'static Entry> {
 // ---------------------------------------------------------------------------------------------
 // Cache ids.
 
-static IDS: Mutex<[u64; MAX_IDS / 64]> = Mutex::new([0; MAX_IDS / 64]);
+static IDS: Locked<[u64; MAX_IDS / 64]> = Locked::new([0; MAX_IDS / 64]);
 
-fn ids() -> MutexGuard<'static, [u64; MAX_IDS / 64]> {
-    IDS.lock().unwrap_or_else(|e| e.into_inner())
+fn ids() -> LockedGuard<'static, [u64; MAX_IDS / 64]> {
+    IDS.lock()
+}
+
+/// The id allocator's lock, for the `fork()` handlers.
+pub(crate) fn ids_lock() -> &'static crate::lock::RawLock {
+    IDS.raw()
 }
 
 /// A free id, or [`NO_ID`] when all are taken.
@@ -436,6 +459,7 @@ pub(crate) fn spill(
     }
     let mut n = s.e.len.load(Ordering::Relaxed);
     let mut moved = 0;
+    s.e.shuffling.store(true, Ordering::Relaxed);
     s.e.objs.with_mut(|a| {
         // SAFETY: inside our window (Invariant 1).
         let a = unsafe { &mut *a };
@@ -448,9 +472,19 @@ pub(crate) fn spill(
         a[n] = obj;
     });
     s.e.len.store(n + 1, Ordering::Relaxed);
+    s.e.shuffling.store(false, Ordering::Relaxed);
     bump(&s.e.frees);
     leave(s.b);
     Some(moved)
+}
+
+/// Test hook: runs `f` inside a window of the caller's entry for `cache` (`busy` set).
+pub(crate) fn hold_window<R>(cache: &RawCache, f: impl FnOnce() -> R) -> R {
+    let s = slot(cache).expect("hold_window: no thread cache for this cache");
+    assert!(enter(s.b, cache), "hold_window: a steal is in progress");
+    let r = f();
+    leave(s.b);
+    r
 }
 
 #[cold]
@@ -569,10 +603,7 @@ pub(crate) fn steal(cache: &RawCache, destroy: bool) -> Vec<*mut u8> {
     if cache.tc_id == NO_ID {
         return out;
     }
-    let _serial = cache
-        .tc_steal_lock
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+    let _serial = cache.tc_steal_lock.lock();
     if !destroy && counts(cache).0 == 0 {
         return out;
     }
@@ -601,6 +632,36 @@ pub(crate) fn steal(cache: &RawCache, destroy: bool) -> Vec<*mut u8> {
     // Release: an owner's Acquire load of the decremented count sees the emptied entries.
     cache.tc_steal.fetch_sub(1, Ordering::Release);
     out
+}
+
+/// `fork()` child handler: the blocks of threads that do not exist in the child. A block whose
+/// owner was outside its window is consistent: its objects stay where they are (stealers take
+/// them back, and a thread of the child may claim the block and use them). A block whose owner
+/// was inside a window is consistent too, except for an entry in the middle of `spill`
+/// (`shuffling`), which is emptied: its objects are leaked. Then the block is released for
+/// reuse and its `busy` flag cleared (otherwise destroy would wait for it forever). No
+/// allocation; runs single-threaded.
+pub(crate) fn fork_child() {
+    // Relaxed throughout: the child is single-threaded here.
+    let mine = MINE.with(|m| m.get());
+    for b in blocks() {
+        if ptr::eq(b, mine) {
+            continue;
+        }
+        if b.busy.load(Ordering::Relaxed) {
+            let outline = b.outline.iter().filter_map(|e| {
+                // SAFETY: entries are never freed (Invariant 3).
+                unsafe { e.load(Ordering::Relaxed).as_ref() }
+            });
+            for e in b.inline.iter().chain(outline) {
+                if e.shuffling.swap(false, Ordering::Relaxed) {
+                    e.len.store(0, Ordering::Relaxed);
+                }
+            }
+            b.busy.store(false, Ordering::Relaxed);
+        }
+        b.owned.store(false, Ordering::Relaxed);
+    }
 }
 
 /// Waits until the block's owner is outside its window. Without `forever`, gives up after a

@@ -223,7 +223,7 @@ impl<T: Send + 'static> KmemCache<T> {
 
     /// Flushes the per-CPU sheaves and releases every empty slab; returns how many slabs were
     /// released (for a typesafe cache: queued for release after a grace period; this never waits
-    /// for readers).
+    /// for readers; inside a read-side critical section its empty slabs are kept).
     pub fn shrink(&self) -> usize {
         self.raw.shrink()
     }
@@ -259,8 +259,7 @@ impl<T: Send + 'static> KmemCache<T> {
         destroy_raw(raw)
     }
 
-    /// Test hook: the type-erased cache.
-    #[cfg(all(test, not(rcu_loom)))]
+    /// The type-erased cache (unit tests and [`crate::test_hooks`]).
     pub(crate) fn raw(&self) -> &RawCache {
         &self.raw
     }
