@@ -209,7 +209,7 @@ mod api {
         let cpu = rcu_core::cpu::current_cpu();
         // Ready-first reclaim runs destructors: never inside a read-side critical section.
         let may_reclaim = !rcu_core::rcu_read_lock_held();
-        let (obj, free, ctx) = (r.obj, r.free, r.ctx);
+        let (obj, size, free, ctx) = (r.obj, r.size, r.free, r.ctx);
         let mut released_caches = false;
         loop {
             match b.enqueue(cpu, r, headless, may_reclaim) {
@@ -226,14 +226,22 @@ mod api {
                 Err(Refused::Cap) if !released_caches && b.release_caches_for_cap() => {
                     released_caches = true;
                 }
-                Err(why) => return fallback(obj, free, ctx, form, why),
+                Err(why) => return fallback(b, obj, size, free, ctx, form, why),
             }
         }
     }
 
     #[cold]
     #[inline(never)]
-    fn fallback(obj: *mut u8, free: FreeFn, ctx: *const (), form: Form, why: Refused) {
+    fn fallback(
+        b: &'static worker::Global,
+        obj: *mut u8,
+        size: usize,
+        free: FreeFn,
+        ctx: *const (),
+        form: Form,
+        why: Refused,
+    ) {
         let in_reader = rcu_core::rcu_read_lock_held();
         if let Form::Head(drop_fn, off) = form {
             if why == Refused::NoPage || in_reader {
@@ -246,22 +254,43 @@ mod api {
         }
         worker::FALLBACK_QUEUED.fetch_add(1, Ordering::Relaxed);
         if in_reader {
-            let snap = rcu_core::raw::global_domain().get_state();
-            if park::park(obj, free, ctx, snap) {
-                kick_after_publish();
-                return;
+            // Taken after the caller's unpublish (it has a fence): the parked or spilled object
+            // is freed once this state completes, after the caller's own section too.
+            let snap = b.dom.get_state();
+            // Charged when the budget has room; held either way (it cannot wait here).
+            let bytes = b.budget.reserve(size, size, b.cap).map_or(0, |_| size);
+            if !park::park(obj, free, ctx, snap, bytes) {
+                if bytes != 0 {
+                    b.budget.release(bytes);
+                }
+                // Every slot taken: system-allocator memory until the grace period (legal RCU:
+                // a writer may unlink and retire any number of objects under one guard).
+                park::spill(obj, free, ctx, snap);
             }
-            panic!(
-                "kfree_rcu: no memory to batch an object retired inside an RCU read-side critical \
-                 section, and all {} park slots of this thread are taken; retiring this many \
-                 objects in one critical section under memory pressure would otherwise deadlock \
-                 or free early (retire after the guard is dropped, or embed an RcuHead and use \
-                 kfree_rcu_head)",
-                crate::PARK_SLOTS
-            );
+            kick_after_publish();
+            return;
         }
-        // Outside a reader: wait for a grace period ourselves and free (kernel: synchronize_rcu()
-        // + kvfree() in the caller).
+        // Outside a reader with no page (the budget has room): park, charged like a batched
+        // object, and when every slot is taken wait for ONE grace period that frees them all —
+        // one grace period per `PARK_SLOTS` objects instead of one per object. A destructor run
+        // by that drain that retires again does not drain recursively.
+        if why == Refused::NoPage && b.budget.reserve(size, size, b.cap).is_some() {
+            loop {
+                let snap = b.dom.get_state();
+                if park::park(obj, free, ctx, snap, size) {
+                    kick_after_publish();
+                    return;
+                }
+                if park::in_own_sweep() || !park::drain_own(b.dom) {
+                    break;
+                }
+            }
+            b.budget.release(size);
+        }
+        // The pending cap is reached (or no park slots): wait for a grace period ourselves and
+        // free (kernel: synchronize_rcu() + kvfree() in the caller). The cap is reached only
+        // while a reader holds grace periods up, and the blocks that fill it are freed by the
+        // same grace period, so the next retires batch again.
         rcu_core::synchronize_rcu();
         // SAFETY: `obj` was unpublished by the caller before the grace period we just waited for.
         unsafe { free(ctx, &[obj]) };
@@ -445,7 +474,7 @@ mod api {
                  wait for the caller's own reader forever; drop every RcuReadGuard first"
             );
         }
-        if worker::in_pass() {
+        if worker::in_pass() || park::in_own_sweep() {
             panic!(
                 "kvfree_rcu_barrier() called from the destructor of an object being freed by \
                  kfree-batch: it would wait for its own collection pass forever"
