@@ -26,8 +26,8 @@
 //!
 //! | caller            | headless (`kfree_rcu`)                         | with `RcuHead`                   |
 //! |-------------------|-----------------------------------------------|----------------------------------|
-//! | outside a reader  | waits for a grace period, frees (`fallback_sync`) | no page: links through its head; cap: waits and frees |
-//! | inside a reader   | parks the object in pre-reserved per-thread slots; the worker frees it after the grace period | links through its head |
+//! | outside a reader  | no page: parks the object in pre-reserved per-thread slots, and when all [`PARK_SLOTS`] are taken waits for *one* grace period that frees them all (`park_waits`); cap: waits for a grace period, frees (`fallback_sync`) | no page: links through its head; cap: waits and frees |
+//! | inside a reader   | parks the object; past the slots, spills it into system-allocator memory (`spilled`); the worker frees both after the grace period | links through its head |
 //!
 //! ## Where objects are freed
 //!
@@ -43,10 +43,14 @@
 //! left behind when it stopped retiring (after the drain delay) and [`kvfree_rcu_barrier`] frees
 //! everything.
 //!
-//! Nothing is ever lost and nothing is freed early. The only failure left is a thread that
-//! retires more than [`PARK_SLOTS`] headless objects inside *one* read-side critical section while
-//! no memory can be had: that panics with a message saying so (it could otherwise only deadlock
-//! or free early).
+//! Nothing is ever lost and nothing is freed early, and retiring never panics. Under a zero page
+//! budget a retiring thread waits for one grace period per [`PARK_SLOTS`] objects (thousands of
+//! objects per second with a reader holding 50 ms sections), not one per object. A thread that
+//! retires more than [`PARK_SLOTS`] headless objects inside *one* read-side critical section
+//! while no batching memory can be had keeps the rest in memory from the system allocator (the
+//! one memory the pending cap does not bound: it is freed once the section's grace period ends),
+//! reported once through `rcu_core`'s stall hook; only a failure of that allocation aborts, like
+//! any Rust allocation.
 //!
 //! ```
 //! use kfree_batch::{kfree_rcu, kvfree_rcu_barrier, stats};
@@ -319,9 +323,11 @@ mod api {
     /// Frees `obj` after a grace period (headless: `T` needs no field). Callable inside a
     /// read-side critical section. Never loses the object, never frees it early.
     ///
-    /// When no batching memory can be had it waits for a grace period and frees the object itself
-    /// (counted in [`KfreeStats::fallback_sync`]), or, inside a read-side critical section, parks
-    /// it (see the crate docs).
+    /// When no batching memory can be had it parks the object (waiting for one grace period per
+    /// [`crate::PARK_SLOTS`] parked objects outside a reader), spills it inside a read-side
+    /// critical section past the park slots, or, at the pending cap outside a reader, waits for a
+    /// grace period and frees it itself (counted in [`KfreeStats::fallback_sync`]); see the crate
+    /// docs.
     ///
     /// The `Box` is turned into a raw pointer at once and no `Box` is made again until the grace
     /// period has passed. A caller that holds the object only as a raw pointer (the usual case:

@@ -377,7 +377,7 @@ pub struct KfreeStats {
     /// Objects freed (every path).
     pub freed: u64,
     /// Retires where the caller itself waited for a grace period because batching memory could
-    /// not be had (no page, page budget, or the pending cap).
+    /// not be had: the pending cap (or, rarely, no page and no free park slot).
     pub fallback_sync: u64,
     /// Blocks collected and not yet freed.
     pub blocks_in_flight: u64,
