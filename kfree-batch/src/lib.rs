@@ -158,7 +158,7 @@ mod api {
     /// How a retire may fall back.
     #[derive(Clone, Copy)]
     enum Form {
-        /// Headless: may map a page inline; parks inside readers.
+        /// Headless: may map a page inline; parks (or, inside a reader, spills) without memory.
         Headless,
         /// Embedded head: never maps inline; links through the head.
         Head(unsafe fn(*mut crate::RcuHead), usize),
@@ -292,9 +292,8 @@ mod api {
             b.budget.release(size);
         }
         // The pending cap is reached (or no park slots): wait for a grace period ourselves and
-        // free (kernel: synchronize_rcu() + kvfree() in the caller). The cap is reached only
-        // while a reader holds grace periods up, and the blocks that fill it are freed by the
-        // same grace period, so the next retires batch again.
+        // free (kernel: synchronize_rcu() + kvfree() in the caller). The blocks that fill the cap
+        // wait for grace periods too, so once those pass the next retires batch again.
         rcu_core::synchronize_rcu();
         // SAFETY: `obj` was unpublished by the caller before the grace period we just waited for.
         unsafe { free(ctx, &[obj]) };
