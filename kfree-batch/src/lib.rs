@@ -77,6 +77,7 @@ mod primitive;
 
 #[cfg(not(rcu_loom))]
 mod park;
+mod park_slot;
 #[cfg(not(rcu_loom))]
 mod worker;
 
@@ -99,6 +100,7 @@ pub mod raw {
     pub use crate::block::FreeFn;
     pub use crate::chan::{stamp_stolen, FrontChan, Put};
     pub use crate::krc::{Added, Batch, Batcher, Collected, Pages, Processed, Refused, Retired};
+    pub use crate::park_slot::ParkSlot;
 }
 
 /// Pointers per block (505 with 4 KiB pages).

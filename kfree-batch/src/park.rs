@@ -19,15 +19,11 @@
 //! `bytes`), so the pending cap bounds it like a batched one; inside a reader the charge is taken
 //! when the budget has room and skipped otherwise (the object must be held somewhere).
 //!
-//! **Slot protocol.** The owner writes `free`, `ctx`, `snap`, `bytes` (Relaxed) and then
-//! publishes `obj` (Release); `snap` is the retirer's own `get_state()`, taken after its
-//! unpublish. Whoever frees a parked object — a collector (the worker or `kvfree_rcu_barrier`,
-//! serialised by the worker's busy lock), or the owner itself ([`drain_own`]) — first *claims*
-//! the slot: a CAS (Acquire) from the object to the address of the `CLAIMED` marker, then checks
-//! `snap` again (a slot freed and refilled with an object at the same address since the first
-//! look would otherwise be freed early) and un-claims (Release store of the object) when its
-//! grace period is not over. After freeing, it stores `obj = null` (Release); the owner reuses a
-//! slot only after reading null (Acquire).
+//! **Slots.** The owner fills a slot with the object, its free function and context, `snap`
+//! (the retirer's own `get_state()`, taken after its unpublish) and the bytes charged.
+//! Whoever frees a parked object — a collector (the worker or `kvfree_rcu_barrier`, serialised
+//! by the worker's busy lock), or the owner itself ([`drain_own`]) — first claims the slot with a
+//! CAS and checks `snap` again after the claim (`park_slot.rs`, the protocol and its orderings).
 //!
 //! **Owner drain.** When every slot is taken outside a reader, the owner waits for the newest
 //! `snap` among its slots (one grace period, shared with the worker's) and frees every slot whose
@@ -46,9 +42,9 @@
 //! the retiring section — frees them after the guard drops.
 //!
 //! Invariants:
-//! 1. A non-null `obj` other than the marker is owned by its slot; the marker means one freer
-//!    owns it for the moment. Exactly one freer claims a slot (the CAS).
-//! 2. A slot or node is freed only once its `snap` has completed, checked after the claim.
+//! 1. Exactly one freer claims a parked object (`park_slot.rs`, Invariant 1).
+//! 2. A parked or spilled object is freed only once its `snap` has completed (for a slot,
+//!    checked after the claim: `park_slot.rs`, Invariant 2).
 //! 3. Collectors wait for slots claimed by an owner's drain, so `kvfree_rcu_barrier` returns only
 //!    after every object parked before it is freed.
 //! 4. Spill nodes are freed only by the collector, which is the only one taking them.
@@ -59,28 +55,16 @@ use core::ptr::NonNull;
 use rcu_core::GpSeq;
 
 use crate::block::{FreeFn, PAGE_SIZE};
+use crate::park_slot::ParkSlot;
 use crate::primitive::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
-
-/// One parked object.
-#[derive(Debug)]
-#[repr(C)]
-struct Slot {
-    obj: AtomicPtr<u8>,
-    /// The `FreeFn`, as a pointer (never an integer: it keeps its provenance).
-    free: AtomicPtr<()>,
-    ctx: AtomicPtr<()>,
-    snap: AtomicU64,
-    /// Bytes charged to the pending budget for this object (0: not charged).
-    bytes: AtomicUsize,
-}
 
 /// Pages per park array.
 const ARRAY_PAGES: usize = 2;
 /// Park slots per thread: headless objects a thread holds per grace period when no batching
 /// memory can be had (outside a reader, it waits for one grace period each time they are all
 /// taken; inside one, it spills past them).
-pub const PARK_SLOTS: usize =
-    (ARRAY_PAGES * PAGE_SIZE - 3 * core::mem::size_of::<usize>()) / core::mem::size_of::<Slot>();
+pub const PARK_SLOTS: usize = (ARRAY_PAGES * PAGE_SIZE - 3 * core::mem::size_of::<usize>())
+    / core::mem::size_of::<ParkSlot>();
 
 /// A thread's park slots (exactly `ARRAY_PAGES` pages).
 #[repr(C)]
@@ -88,7 +72,7 @@ struct ParkArray {
     next: AtomicPtr<ParkArray>,
     owned: AtomicBool,
     parked: AtomicUsize,
-    slots: [Slot; PARK_SLOTS],
+    slots: [ParkSlot; PARK_SLOTS],
 }
 
 const _: () = assert!(core::mem::size_of::<ParkArray>() <= ARRAY_PAGES * PAGE_SIZE);
@@ -101,13 +85,6 @@ pub(crate) static PARKED_NOW: AtomicUsize = AtomicUsize::new(0);
 pub(crate) static PARKED_TOTAL: AtomicU64 = AtomicU64::new(0);
 /// Grace periods owners waited for to drain their full arrays.
 static PARK_WAITS: AtomicU64 = AtomicU64::new(0);
-
-/// The claim marker's address (never a retired object's: it is this static's).
-static CLAIMED_MARK: u8 = 0;
-
-fn claimed() -> *mut u8 {
-    core::ptr::addr_of!(CLAIMED_MARK).cast_mut()
-}
 
 std::thread_local! {
     static MINE: core::cell::Cell<*const ParkArray> = const { core::cell::Cell::new(core::ptr::null()) };
@@ -201,14 +178,7 @@ pub(crate) fn park(obj: *mut u8, free: FreeFn, ctx: *const (), snap: GpSeq, byte
         return false;
     };
     for s in a.slots.iter() {
-        // Acquire pairs with a freer's Release clear: its reads of the old entry are done.
-        if s.obj.load(Ordering::Acquire).is_null() {
-            s.free.store(free as *mut (), Ordering::Relaxed);
-            s.ctx.store(ctx.cast_mut(), Ordering::Relaxed);
-            s.snap.store(snap.raw(), Ordering::Relaxed);
-            s.bytes.store(bytes, Ordering::Relaxed);
-            // Release publishes the fields above to the freers' claiming CAS.
-            s.obj.store(obj, Ordering::Release);
+        if s.fill(obj, free, ctx, snap, bytes) {
             a.parked.fetch_add(1, Ordering::Relaxed);
             PARKED_NOW.fetch_add(1, Ordering::Relaxed);
             PARKED_TOTAL.fetch_add(1, Ordering::Relaxed);
@@ -253,24 +223,15 @@ pub(crate) fn drain_own(dom: &rcu_core::raw::Domain) -> bool {
     let n = sweep_array(a, dom, false);
     // Counted here: a collector pass counts only what it frees itself.
     crate::worker::FREED.fetch_add(n as u64, Ordering::Relaxed);
-    // Acquire as in `park`.
-    a.slots
-        .iter()
-        .any(|s| s.obj.load(Ordering::Acquire).is_null())
+    a.slots.iter().any(ParkSlot::is_empty)
 }
 
 /// The newest snapshot among `a`'s parked objects.
 fn newest_of(a: &ParkArray) -> Option<GpSeq> {
-    let mut newest: Option<GpSeq> = None;
-    for s in a.slots.iter() {
-        // Acquire pairs with the owner's Release publish in `park`: `snap` is the parked one.
-        let obj = s.obj.load(Ordering::Acquire);
-        if !obj.is_null() && obj != claimed() {
-            let snap = GpSeq::from_raw(s.snap.load(Ordering::Relaxed));
-            newest = Some(crate::krc::newer(newest, snap));
-        }
-    }
-    newest
+    a.slots
+        .iter()
+        .filter_map(ParkSlot::parked_snap)
+        .reduce(|n, s| crate::krc::newer(Some(n), s))
 }
 
 /// The newest snapshot among parked and spilled objects, if any (collector only: spill nodes
@@ -320,50 +281,14 @@ fn sweep_array(a: &ParkArray, dom: &rcu_core::raw::Domain, wait_claimed: bool) -
     let mut n = 0;
     let mut released = 0;
     for s in a.slots.iter() {
-        // Acquire pairs with a freer's Release clear: after waiting for a claimed slot, its
-        // free (destructor included) happens-before the caller's return (Invariant 3).
-        let mut obj = s.obj.load(Ordering::Acquire);
-        let mut i = 0;
-        while wait_claimed && obj == claimed() {
-            // The owner is freeing it (its drain never waits for us).
-            crate::primitive::spin_wait(i);
-            i = i.saturating_add(1);
-            obj = s.obj.load(Ordering::Acquire);
+        // SAFETY: every object parked in a slot was retired before its state was taken (`park`'s
+        // callers), and its channel's free function frees it.
+        if let Some(bytes) = unsafe { s.free_if_done(dom, wait_claimed) } {
+            released += bytes;
+            a.parked.fetch_sub(1, Ordering::Relaxed);
+            PARKED_NOW.fetch_sub(1, Ordering::Relaxed);
+            n += 1;
         }
-        if obj.is_null() || obj == claimed() {
-            continue;
-        }
-        // A cheap look first (Relaxed: re-checked after the claim).
-        if !dom.poll(GpSeq::from_raw(s.snap.load(Ordering::Relaxed))) {
-            continue;
-        }
-        // Acquire pairs with the owner's Release publish: the fields are the parked object's.
-        if s.obj
-            .compare_exchange(obj, claimed(), Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            continue; // another freer took it
-        }
-        if !dom.poll(GpSeq::from_raw(s.snap.load(Ordering::Relaxed))) {
-            // Refilled since the first look (Invariant 2): give it back (Release: the owner's
-            // fields stay as published).
-            s.obj.store(obj, Ordering::Release);
-            continue;
-        }
-        let f = s.free.load(Ordering::Relaxed);
-        let ctx = s.ctx.load(Ordering::Relaxed);
-        released += s.bytes.load(Ordering::Relaxed);
-        // SAFETY: `f` was stored from a `FreeFn` in `park`, as a pointer: transmuting it
-        // back (same size) keeps the function pointer's provenance.
-        let f: FreeFn = unsafe { core::mem::transmute::<*mut (), FreeFn>(f) };
-        // SAFETY: the object was parked after being retired, we claimed it, and its grace period
-        // is over (checked after the claim).
-        unsafe { crate::block::run_free(f, ctx, &[obj]) };
-        // Release: our reads of the slot happen before the owner reuses it.
-        s.obj.store(core::ptr::null_mut(), Ordering::Release);
-        a.parked.fetch_sub(1, Ordering::Relaxed);
-        PARKED_NOW.fetch_sub(1, Ordering::Relaxed);
-        n += 1;
     }
     if released != 0 {
         crate::worker::batcher().budget.release(released);
