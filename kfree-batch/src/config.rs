@@ -13,7 +13,10 @@
 //! * Invariant 2: the real pending memory is `<= PENDING` (reservations only over-count).
 //!
 //! When a reservation cannot be had the caller falls back: it waits for a grace period itself and
-//! frees its object (`fallback_sync`), or parks it when it is inside a read-side critical section.
+//! frees its object (`fallback_sync`), or parks it when it is inside a read-side critical section
+//! (charged when the budget has room, held either way; past the park slots it spills, the one
+//! memory outside the cap: `park.rs`). An object parked for want of a page outside a reader is
+//! charged like a batched one, so Invariant 1 bounds it too.
 
 use std::sync::OnceLock;
 use std::time::Duration;

@@ -26,8 +26,8 @@
 //!
 //! | caller            | headless (`kfree_rcu`)                         | with `RcuHead`                   |
 //! |-------------------|-----------------------------------------------|----------------------------------|
-//! | outside a reader  | waits for a grace period, frees (`fallback_sync`) | no page: links through its head; cap: waits and frees |
-//! | inside a reader   | parks the object in pre-reserved per-thread slots; the worker frees it after the grace period | links through its head |
+//! | outside a reader  | no page: parks the object in pre-reserved per-thread slots, and when all [`PARK_SLOTS`] are taken waits for *one* grace period that frees them all (`park_waits`); cap: waits for a grace period, frees (`fallback_sync`) | no page: links through its head; cap: waits and frees |
+//! | inside a reader   | parks the object; past the slots, spills it into system-allocator memory (`spilled`); the worker frees both after the grace period | links through its head |
 //!
 //! ## Where objects are freed
 //!
@@ -49,10 +49,14 @@
 //! must not call [`kvfree_rcu_barrier`] (it would wait for the very free that runs it: it
 //! panics).
 //!
-//! Nothing is ever lost and nothing is freed early. The only failure left is a thread that
-//! retires more than [`PARK_SLOTS`] headless objects inside *one* read-side critical section while
-//! no memory can be had: that panics with a message saying so (it could otherwise only deadlock
-//! or free early).
+//! Nothing is ever lost and nothing is freed early, and retiring never panics. Under a zero page
+//! budget a retiring thread waits for one grace period per [`PARK_SLOTS`] objects (thousands of
+//! objects per second with a reader holding 50 ms sections), not one per object. A thread that
+//! retires more than [`PARK_SLOTS`] headless objects inside *one* read-side critical section
+//! while no batching memory can be had keeps the rest in memory from the system allocator (the
+//! one memory the pending cap does not bound: it is freed once the section's grace period ends),
+//! reported once through `rcu_core`'s stall hook; only a failure of that allocation aborts, like
+//! any Rust allocation.
 //!
 //! ```
 //! use kfree_batch::{kfree_rcu, kvfree_rcu_barrier, stats};
@@ -79,6 +83,7 @@ mod primitive;
 
 #[cfg(not(rcu_loom))]
 mod park;
+mod park_slot;
 #[cfg(not(rcu_loom))]
 mod worker;
 
@@ -101,6 +106,7 @@ pub mod raw {
     pub use crate::block::FreeFn;
     pub use crate::chan::{stamp_stolen, FrontChan, Put};
     pub use crate::krc::{Added, Batch, Batcher, Collected, Pages, Processed, Refused, Retired};
+    pub use crate::park_slot::ParkSlot;
 }
 
 /// Pointers per block (505 with 4 KiB pages).
@@ -160,7 +166,7 @@ mod api {
     /// How a retire may fall back.
     #[derive(Clone, Copy)]
     enum Form {
-        /// Headless: may map a page inline; parks inside readers.
+        /// Headless: may map a page inline; parks (or, inside a reader, spills) without memory.
         Headless,
         /// Embedded head: never maps inline; links through the head.
         Head(unsafe fn(*mut crate::RcuHead), usize),
@@ -215,7 +221,7 @@ mod api {
         let cpu = rcu_core::cpu::current_cpu();
         // Ready-first reclaim runs destructors: never inside a read-side critical section.
         let may_reclaim = !rcu_core::rcu_read_lock_held();
-        let (obj, free, ctx) = (r.obj, r.free, r.ctx);
+        let (obj, size, free, ctx) = (r.obj, r.size, r.free, r.ctx);
         let mut released_caches = false;
         loop {
             match b.enqueue(cpu, r, headless, may_reclaim) {
@@ -232,14 +238,22 @@ mod api {
                 Err(Refused::Cap) if !released_caches && b.release_caches_for_cap() => {
                     released_caches = true;
                 }
-                Err(why) => return fallback(obj, free, ctx, form, why),
+                Err(why) => return fallback(b, obj, size, free, ctx, form, why),
             }
         }
     }
 
     #[cold]
     #[inline(never)]
-    fn fallback(obj: *mut u8, free: FreeFn, ctx: *const (), form: Form, why: Refused) {
+    fn fallback(
+        b: &'static worker::Global,
+        obj: *mut u8,
+        size: usize,
+        free: FreeFn,
+        ctx: *const (),
+        form: Form,
+        why: Refused,
+    ) {
         let in_reader = rcu_core::rcu_read_lock_held();
         if let Form::Head(drop_fn, off) = form {
             if why == Refused::NoPage || in_reader {
@@ -252,22 +266,42 @@ mod api {
         }
         worker::FALLBACK_QUEUED.fetch_add(1, Ordering::Relaxed);
         if in_reader {
-            let snap = rcu_core::raw::global_domain().get_state();
-            if park::park(obj, free, ctx, snap) {
-                kick_after_publish();
-                return;
+            // Taken after the caller's unpublish (it has a fence): the parked or spilled object
+            // is freed once this state completes, after the caller's own section too.
+            let snap = b.dom.get_state();
+            // Charged when the budget has room; held either way (it cannot wait here).
+            let bytes = b.budget.reserve(size, size, b.cap).map_or(0, |_| size);
+            if !park::park(obj, free, ctx, snap, bytes) {
+                if bytes != 0 {
+                    b.budget.release(bytes);
+                }
+                // Every slot taken: system-allocator memory until the grace period (legal RCU:
+                // a writer may unlink and retire any number of objects under one guard).
+                park::spill(obj, free, ctx, snap);
             }
-            panic!(
-                "kfree_rcu: no memory to batch an object retired inside an RCU read-side critical \
-                 section, and all {} park slots of this thread are taken; retiring this many \
-                 objects in one critical section under memory pressure would otherwise deadlock \
-                 or free early (retire after the guard is dropped, or embed an RcuHead and use \
-                 kfree_rcu_head)",
-                crate::PARK_SLOTS
-            );
+            kick_after_publish();
+            return;
         }
-        // Outside a reader: wait for a grace period ourselves and free (kernel: synchronize_rcu()
-        // + kvfree() in the caller).
+        // Outside a reader with no page (the budget has room): park, charged like a batched
+        // object, and when every slot is taken wait for ONE grace period that frees them all —
+        // one grace period per `PARK_SLOTS` objects instead of one per object. A destructor run
+        // by that drain that retires again does not drain recursively.
+        if why == Refused::NoPage && b.budget.reserve(size, size, b.cap).is_some() {
+            loop {
+                let snap = b.dom.get_state();
+                if park::park(obj, free, ctx, snap, size) {
+                    kick_after_publish();
+                    return;
+                }
+                if park::in_own_sweep() || !park::drain_own(b.dom) {
+                    break;
+                }
+            }
+            b.budget.release(size);
+        }
+        // The pending cap is reached (or no park slots): wait for a grace period ourselves and
+        // free (kernel: synchronize_rcu() + kvfree() in the caller). The blocks that fill the cap
+        // wait for grace periods too, so once those pass the next retires batch again.
         rcu_core::synchronize_rcu();
         // SAFETY: `obj` was unpublished by the caller before the grace period we just waited for.
         unsafe { free(ctx, &[obj]) };
@@ -296,9 +330,11 @@ mod api {
     /// Frees `obj` after a grace period (headless: `T` needs no field). Callable inside a
     /// read-side critical section. Never loses the object, never frees it early.
     ///
-    /// When no batching memory can be had it waits for a grace period and frees the object itself
-    /// (counted in [`KfreeStats::fallback_sync`]), or, inside a read-side critical section, parks
-    /// it (see the crate docs).
+    /// When no batching memory can be had it parks the object (waiting for one grace period per
+    /// [`crate::PARK_SLOTS`] parked objects outside a reader), spills it inside a read-side
+    /// critical section past the park slots, or, at the pending cap outside a reader, waits for a
+    /// grace period and frees it itself (counted in [`KfreeStats::fallback_sync`]); see the crate
+    /// docs.
     ///
     /// The `Box` is turned into a raw pointer at once and no `Box` is made again until the grace
     /// period has passed. A caller that holds the object only as a raw pointer (the usual case:
@@ -455,7 +491,7 @@ mod api {
                  wait for the caller's own reader forever; drop every RcuReadGuard first"
             );
         }
-        if worker::in_free() {
+        if worker::in_free() || park::in_own_sweep() {
             panic!(
                 "kvfree_rcu_barrier() called from the destructor of an object being freed by \
                  kfree-batch: it would wait forever for the free that runs it"

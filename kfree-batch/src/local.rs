@@ -297,8 +297,8 @@ fn register_and_retry(b: &'static Global, r: Retired, may_alloc: bool) -> Result
     }
     let f = claim_or_register();
     MINE.with(|m| m.set(f));
-    // Pre-reserve park slots before any pressure: a headless retire inside a reader that finds
-    // no memory parks there (the fallback paths reserve again if this failed).
+    // Pre-reserve park slots before any pressure: a headless retire that finds no memory parks
+    // there (the fallback paths reserve again if this failed).
     crate::park::reserve();
     try_retire(b, r, may_alloc)
 }

@@ -437,7 +437,7 @@ pub struct KfreeStats {
     /// Objects freed (every path).
     pub freed: u64,
     /// Retires where the caller itself waited for a grace period because batching memory could
-    /// not be had (no page, page budget, or the pending cap).
+    /// not be had: the pending cap (or, rarely, no page and no free park slot).
     pub fallback_sync: u64,
     /// Blocks collected and not yet freed.
     pub blocks_in_flight: u64,
@@ -454,9 +454,10 @@ pub struct KfreeStats {
     pub emergency_pages_used: u64,
     /// Objects retired through their `RcuHead` because no page was available.
     pub head_queued: u64,
-    /// Objects parked inside read-side critical sections (total, and right now).
+    /// Objects parked in the retiring thread's park slots because no batching memory could be
+    /// had (inside read-side critical sections, and outside them when no page could be had).
     pub objects_parked: u64,
-    /// Objects parked right now.
+    /// Objects parked or spilled right now.
     pub parked_now: u64,
     /// Grace periods the batcher waited for or ran (the worker's, and the producers' own in
     /// `grace_periods_expedited`).
@@ -471,6 +472,17 @@ pub struct KfreeStats {
     /// The pending cap in force (the configured one; the batcher's own count stays under
     /// [`crate::counted_cap`] of it).
     pub pending_cap: u64,
+    /// Grace periods retiring threads waited for, outside any reader, because their park array
+    /// was full (each one frees the whole array: see the crate docs).
+    pub park_waits: u64,
+    /// Objects retired inside a read-side critical section while the thread's park array was
+    /// full and no batching memory could be had, kept in memory from the system allocator until
+    /// their grace period ends (total; those still held count in `parked_now`).
+    pub spilled: u64,
+    /// Bytes of system-allocator memory holding spilled objects now.
+    pub spill_bytes: u64,
+    /// Highest `spill_bytes` seen.
+    pub spill_bytes_peak: u64,
 }
 
 /// A snapshot of the batcher's counters.
@@ -479,6 +491,7 @@ pub(crate) fn stats() -> KfreeStats {
         return KfreeStats::default();
     };
     let freed_inline = crate::local::freed_inline();
+    let (spilled, spill_bytes, spill_bytes_peak) = park::spill_stats();
     KfreeStats {
         queued: b.queued()
             + crate::local::queued()
@@ -500,6 +513,10 @@ pub(crate) fn stats() -> KfreeStats {
         pending_bytes: b.budget.pending() as u64,
         peak_pending_bytes: b.budget.peak() as u64,
         pending_cap: config().pending_cap as u64,
+        park_waits: park::park_waits(),
+        spilled,
+        spill_bytes,
+        spill_bytes_peak,
     }
 }
 

@@ -3,12 +3,13 @@
 //! outside; the parent checks the exit status and the child's report.
 #![cfg(not(rcu_loom))]
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kfree_batch::{
-    impl_has_rcu_head, kfree_rcu, kfree_rcu_head, kvfree_rcu_barrier, stats, RcuHead,
+    impl_has_rcu_head, kfree_rcu, kfree_rcu_head, kfree_rcu_raw, kvfree_rcu_barrier, stats,
+    RcuHead, PARK_SLOTS,
 };
 use rcu_core::rcu_read_lock;
 use test_support::{child_case, run_child, stderr};
@@ -55,8 +56,9 @@ fn case_budget_zero() {
     let s = stats();
     println!("budget0: {s:?}");
     assert_eq!(DROPPED.load(Ordering::Relaxed) - base, n, "objects lost");
+    // The fallback under a zero page budget parks (and waits once per full park array).
     assert!(
-        s.fallback_sync > 0,
+        s.objects_parked > 0,
         "no fallback taken with a zero budget: {s:?}"
     );
     assert_eq!(s.queued, s.freed);
@@ -91,7 +93,7 @@ fn case_budget_lowered_in_flight() {
         after.budget_refusals > before.budget_refusals,
         "the budget never refused: the batcher lived on recycled pages"
     );
-    assert!(s.fallback_sync > 0, "no fallback taken: {s:?}");
+    assert!(s.objects_parked > 0, "no fallback taken: {s:?}");
     // What may stay: this thread's park array (two pages, kept for reuse by later threads like
     // a thread record). Blocks and cached pages must all be gone.
     assert_eq!(s.pages_cached, 0, "pages cached over a zero limit: {s:?}");
@@ -168,6 +170,212 @@ fn case_reader_under_pressure() {
     slab_backend::set_memory_limit(None);
 }
 
+/// Ids of [`Marked`] objects.
+const MARKED_IDS: usize = 1 << 16;
+/// `DEAD[id]`: the object of that id was dropped.
+static DEAD: [AtomicBool; MARKED_IDS] = [const { AtomicBool::new(false) }; MARKED_IDS];
+
+/// An object whose drop marks `DEAD[id]`, so that a reader can check, without touching freed
+/// memory, that what it found inside its section was not freed before the section ended.
+struct Marked {
+    id: usize,
+    _pad: [u64; 3],
+}
+impl Drop for Marked {
+    fn drop(&mut self) {
+        // SeqCst: the reader's SeqCst load at the end of its section sees a drop that ran before.
+        DEAD[self.id].store(true, Ordering::SeqCst);
+        DROPPED.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Page budget 0 and a reader holding 50 ms sections back to back: a producer replaces a
+/// published object 50,000 times and retires each old one outside any reader. The retiring
+/// thread may wait for a grace period only once per park array full (not once per object);
+/// nothing is lost, nothing the reader found is freed inside its section, and the page layer
+/// holds no more than before (the park array was mapped before the budget dropped).
+fn case_zero_budget_churn() {
+    warm_up();
+    slab_backend::set_memory_limit(Some(0));
+    slab_backend::shrink_all();
+    kvfree_rcu_barrier();
+    let mem0 = slab_backend::memory_stats().bytes_in_use;
+    let s0 = stats();
+    let base = DROPPED.load(Ordering::Relaxed);
+    let slot = Arc::new(AtomicPtr::new(Box::into_raw(Box::new(Marked {
+        id: 0,
+        _pad: [0; 3],
+    }))));
+    let stop = Arc::new(AtomicBool::new(false));
+    let early = Arc::new(AtomicU64::new(0));
+    let sections = Arc::new(AtomicU64::new(0));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = {
+        let (slot, stop, early, sections) =
+            (slot.clone(), stop.clone(), early.clone(), sections.clone());
+        std::thread::spawn(move || {
+            let t = Instant::now();
+            let mut first = Some(tx);
+            while !stop.load(Ordering::Relaxed) && t.elapsed() < Duration::from_secs(120) {
+                let g = rcu_read_lock();
+                if let Some(tx) = first.take() {
+                    tx.send(()).unwrap();
+                }
+                let p = slot.load(Ordering::Acquire);
+                // SAFETY: found under `g`; retired objects are freed only after a grace period.
+                let id = unsafe { (*p).id };
+                std::thread::sleep(Duration::from_millis(50));
+                if DEAD[id].load(Ordering::SeqCst) {
+                    early.fetch_add(1, Ordering::Relaxed);
+                }
+                drop(g);
+                sections.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    rx.recv().unwrap();
+    let n = 50_000usize;
+    let t = Instant::now();
+    let mut retired = 0u64;
+    for id in 1..=n {
+        if t.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+        let new = Box::into_raw(Box::new(Marked {
+            id,
+            _pad: [id as u64; 3],
+        }));
+        let old = slot.swap(new, Ordering::AcqRel);
+        // SAFETY: from `Box::into_raw`, unpublished by the swap, retired once.
+        unsafe { kfree_rcu_raw(old) };
+        retired += 1;
+    }
+    let took = t.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    reader.join().unwrap();
+    let last = slot.swap(core::ptr::null_mut(), Ordering::AcqRel);
+    // SAFETY: as above; the reader has stopped.
+    unsafe { kfree_rcu_raw(last) };
+    retired += 1;
+    kvfree_rcu_barrier();
+    let s = stats();
+    let mem1 = slab_backend::memory_stats().bytes_in_use;
+    let waits = (s.fallback_sync - s0.fallback_sync) + (s.park_waits - s0.park_waits);
+    println!(
+        "zero-churn: {retired} objects in {took:?}, {} reader sections, {waits} waits by the \
+         retiring thread; pages {mem0} -> {mem1} B: {s:?}",
+        sections.load(Ordering::Relaxed)
+    );
+    assert_eq!(
+        early.load(Ordering::Relaxed),
+        0,
+        "objects freed inside a reader's section"
+    );
+    assert_eq!(
+        DROPPED.load(Ordering::Relaxed) - base,
+        retired,
+        "objects lost"
+    );
+    assert!(
+        waits * 100 <= retired,
+        "the retiring thread waited for {waits} grace periods for {retired} objects under a zero \
+         page budget: {s:?}"
+    );
+    assert!(
+        mem1 <= mem0,
+        "the page layer grew over a zero budget: {mem0} -> {mem1} B"
+    );
+    assert!(s.peak_pending_bytes <= s.pending_cap, "{s:?}");
+    assert_eq!(s.parked_now, 0, "{s:?}");
+    assert_eq!(s.queued, s.freed, "{s:?}");
+    slab_backend::set_memory_limit(None);
+}
+
+/// Page budget 0, and 20,000 headless objects retired inside one read-side critical section
+/// (far more than the park slots): no panic, no deadlock, nothing freed before the guard drops,
+/// everything freed after it; the spill is counted and its memory given back.
+fn case_spill_in_reader() {
+    static SPILL_REPORTS: AtomicU64 = AtomicU64::new(0);
+    rcu_core::set_stall_hook(Some(|r| {
+        if r.kind == rcu_core::StallKind::RetireSpilled {
+            SPILL_REPORTS.fetch_add(1, Ordering::Relaxed);
+        }
+    }));
+    warm_up();
+    slab_backend::set_memory_limit(Some(0));
+    slab_backend::shrink_all();
+    let base = DROPPED.load(Ordering::Relaxed);
+    let n = 20_000u64;
+    {
+        let _g = rcu_read_lock();
+        for i in 0..n {
+            kfree_rcu(Box::new(Tracked([i; 4])));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            DROPPED.load(Ordering::Relaxed),
+            base,
+            "freed inside the retiring reader"
+        );
+    }
+    kvfree_rcu_barrier();
+    let s = stats();
+    println!("spill-in-reader: {s:?}");
+    assert_eq!(DROPPED.load(Ordering::Relaxed) - base, n, "objects lost");
+    assert!(s.spilled >= n - PARK_SLOTS as u64, "{s:?}");
+    assert!(s.spill_bytes_peak > 0, "{s:?}");
+    assert_eq!(
+        s.spill_bytes, 0,
+        "spill memory kept after the barrier: {s:?}"
+    );
+    assert_eq!(s.parked_now, 0, "{s:?}");
+    assert_eq!(s.queued, s.freed, "{s:?}");
+    assert_eq!(
+        SPILL_REPORTS.load(Ordering::Relaxed),
+        1,
+        "the spill is reported once"
+    );
+    slab_backend::set_memory_limit(None);
+}
+
+/// The pending cap reached while this thread's own read-side critical section holds grace
+/// periods up, with pages available: retiring far past the cap and the park slots inside the
+/// section spills instead of panicking; everything is freed after the guard drops.
+fn case_spill_at_cap() {
+    let cap = 1usize << 20;
+    kfree_batch::configure(kfree_batch::Config {
+        pending_cap: cap,
+        ..Default::default()
+    })
+    .unwrap();
+    warm_up();
+    let base = DROPPED.load(Ordering::Relaxed);
+    // 48-byte heap chunks: about 5x the cap.
+    let n = 100_000u64;
+    {
+        let _g = rcu_read_lock();
+        for i in 0..n {
+            kfree_rcu(Box::new(Tracked([i; 4])));
+        }
+        assert_eq!(
+            DROPPED.load(Ordering::Relaxed),
+            base,
+            "freed inside the retiring reader"
+        );
+    }
+    kvfree_rcu_barrier();
+    let s = stats();
+    println!("spill-at-cap: {s:?}");
+    assert_eq!(DROPPED.load(Ordering::Relaxed) - base, n, "objects lost");
+    assert!(s.spilled > 0, "{s:?}");
+    assert!(
+        s.peak_pending_bytes as usize <= kfree_batch::counted_cap(cap),
+        "{s:?}"
+    );
+    assert_eq!(s.spill_bytes, 0, "{s:?}");
+    assert_eq!(s.queued, s.freed, "{s:?}");
+}
+
 /// RLIMIT_AS nearly full: the page layer's mmap fails, the batcher falls back, nothing aborts.
 fn case_rlimit() {
     warm_up();
@@ -202,7 +410,10 @@ fn case_rlimit() {
         n as u64,
         "objects lost"
     );
-    assert!(s.fallback_sync > 0, "no fallback under RLIMIT_AS: {s:?}");
+    assert!(
+        s.fallback_sync + s.objects_parked > 0,
+        "no fallback under RLIMIT_AS: {s:?}"
+    );
 }
 
 /// Starts a thread that holds a read guard until the returned flag is cleared or `max` passes;
@@ -373,13 +584,16 @@ fn pressure_child() {
         Some("rss_cap") => case_rss_under_cap(),
         Some("barrier_in_reader") => case_barrier_in_reader(),
         Some("fork") => case_fork(),
+        Some("zero_churn") => case_zero_budget_churn(),
+        Some("spill") => case_spill_in_reader(),
+        Some("spill_cap") => case_spill_at_cap(),
         Some(other) => panic!("unknown case {other}"),
         None => {}
     }
 }
 
 fn expect_ok(case: &str) -> String {
-    let out = run_child("pressure_child", case, &[], Duration::from_secs(120));
+    let out = run_child("pressure_child", case, &[], Duration::from_secs(150));
     let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
     assert!(out.status.success(), "case {case} failed:\n{all}");
     all
@@ -441,4 +655,21 @@ fn barrier_inside_reader_panics() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn zero_budget_churn_waits_once_per_park_array() {
+    let out = expect_ok("zero_churn");
+    let line = out.lines().find(|l| l.contains("zero-churn"));
+    eprintln!("{}", line.unwrap_or("(no figure line)"));
+}
+
+#[test]
+fn retire_past_the_park_slots_inside_one_reader_spills() {
+    expect_ok("spill");
+}
+
+#[test]
+fn retire_past_the_cap_inside_one_reader_spills() {
+    expect_ok("spill_cap");
 }

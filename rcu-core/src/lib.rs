@@ -83,7 +83,8 @@ pub mod cpu {
 
 pub use seq::GpSeq;
 pub use stall::{
-    set_stall_hook, set_stall_timeout, stall_timeout, StallKind, StallReport, DEFAULT_STALL_TIMEOUT,
+    report_stall, set_stall_hook, set_stall_timeout, stall_timeout, StallKind, StallReport,
+    DEFAULT_STALL_TIMEOUT,
 };
 pub use sys::membarrier::Mode;
 pub use util::CachePadded;

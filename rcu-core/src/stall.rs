@@ -1,5 +1,6 @@
-//! Stall reporting: readers that hold up a grace period for too long, and threads that exit
-//! inside a read-side critical section (whose section stays open, see `global`).
+//! Stall reporting: readers that hold up a grace period for too long, threads that exit inside a
+//! read-side critical section (whose section stays open, see `global`), and conditions the layers
+//! above report through the same hook ([`report_stall`]: kfree-batch's retire spill).
 //!
 //! # Implementation
 //!
@@ -35,6 +36,12 @@ pub enum StallKind {
     /// periods wait for it until that guard is dropped, forever if it never is (references read
     /// under it may still be in use). Reported once, at the exit.
     ExitedInCriticalSection,
+    /// A layer built on the engine (kfree-batch's `kfree_rcu`) retired more objects inside one
+    /// read-side critical section than its own reserved memory holds while no batching memory
+    /// could be had, and kept the rest in memory from the system allocator until the section's
+    /// grace period ends. Legal RCU, reported once per process as a sign of memory pressure (or
+    /// of a reader elsewhere holding grace periods up).
+    RetireSpilled,
 }
 
 /// One stall report, passed to the hook set with [`set_stall_hook`].
@@ -75,6 +82,13 @@ impl core::fmt::Display for StallReport {
                  periods wait for that section until its guard is dropped",
                 name, self.tid, self.nesting
             ),
+            StallKind::RetireSpilled => write!(
+                f,
+                "rcu: WARNING: thread '{}' (tid {}) retired objects inside a read-side critical \
+                 section beyond its reserved memory while no batching memory could be had; they \
+                 are kept in system-allocator memory until the grace period (reported once)",
+                name, self.tid
+            ),
         }
     }
 }
@@ -113,6 +127,13 @@ pub fn set_stall_hook(hook: Option<fn(&StallReport)>) {
         hook.map_or(core::ptr::null_mut(), |f| f as *mut ()),
         Ordering::Release,
     );
+}
+
+/// Delivers `r` to the stall hook (the default prints it on stderr). For layers built on the
+/// engine that report their own conditions ([`StallKind::RetireSpilled`]); the hook runs on the
+/// caller's thread, possibly inside a read-side critical section.
+pub fn report_stall(r: &StallReport) {
+    report(r)
 }
 
 /// Delivers a report to the hook.

@@ -14,8 +14,8 @@
 //!   run at most 3).
 //!
 //! Groups (ids for `--only`): `read1`, `read2`, `readscale`, `nested`, `sync0`, `sync1`,
-//! `call_rcu`, `barrier`, `sync16`, `heavy`, `rcucell`, `kfree`, `kfree_mixed`, `mem`,
-//! `mem_stall`, `slab`, `slab_pc`.
+//! `call_rcu`, `barrier`, `sync16`, `heavy`, `rcucell`, `kfree`, `kfree_mixed`, `kfree_zero`,
+//! `mem`, `mem_stall`, `slab`, `slab_pc`.
 //!
 //! Memory figures (peak RSS, pending bytes, grace periods, drain time of 10M retired objects)
 //! run each sample in a fresh child process: this binary re-executes itself with
@@ -235,6 +235,18 @@ fn settle() {
 fn child_main(name: &str) -> i32 {
     // A stalled reader is the point of some figures: keep the stall reports off stderr.
     rcu_core::set_stall_hook(Some(|_| {}));
+    if name == "kfree_zero" {
+        return match ours::kfree_zero() {
+            Ok(v) => {
+                child::report(&v);
+                0
+            }
+            Err(e) => {
+                eprintln!("[compare child {name}] {e}");
+                1
+            }
+        };
+    }
     let mem = match name {
         "kfree" => ours::kfree_mem(false, None),
         "kfree_stall" => ours::kfree_mem(true, None),
@@ -364,7 +376,7 @@ fn main() {
     print!("{}", harness::table(&rows));
     println!();
     println!(
-        "ratio = ours / anchor (medians); for M/s rows higher is better, for time rows lower."
+        "ratio = ours / anchor (medians); for M/s and /s rows higher is better, for time rows lower."
     );
     println!("call_rcu: ours Box<[u8;32]> + call_rcu(move || drop(b)); liburcu malloc(32 B) + call_rcu(free);");
     println!(
@@ -378,6 +390,8 @@ fn main() {
     println!(
         "  allocator floor: drop(Box::new([u8;32])) x N in the same process (a malloc+free pair)."
     );
+    println!("kfree_zero: one child per sample; 32-byte boxes with a counted drop through kfree_rcu after");
+    println!("  set_memory_limit(Some(0)) while a thread loops 50 ms read-side sections; rate = retire loop.");
     println!("memory rows: one child process per sample; 32-byte objects with a counted drop; peak RSS growth =");
     println!("  VmHWM delta over the figure; stalled reader = a thread inside rcu_read_lock() (crossbeam: pin(),");
     println!(

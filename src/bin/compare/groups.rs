@@ -441,6 +441,36 @@ pub(crate) fn groups(sz: Sizes) -> Vec<Group> {
     );
     out.push(g);
 
+    // --- kfree_rcu under a zero page budget, 50 ms reader (one child process per sample) ------
+    let zn = (sz.mem / 200).max(1000);
+    let mut g = Group::new("kfree_zero");
+    g.max_rounds(3);
+    let o = g.subject_n("ours kfree_rcu, page budget 0", move || {
+        child::run("kfree_zero", ours::z::COUNT, zn)
+    });
+    g.row(
+        "kfree_rcu, page budget 0, 50 ms reader sections: objects/s",
+        Unit::PerSec,
+        (o, ours::z::RATE),
+        None,
+        Target::AbsGe(2000.0),
+    );
+    g.row(
+        "kfree_rcu, page budget 0, 50 ms reader sections: retirer's grace-period waits",
+        Unit::Count,
+        (o, ours::z::WAITS),
+        None,
+        Target::None,
+    );
+    g.row(
+        "kfree_rcu, page budget 0: 50 ms reader sections during the retire loop",
+        Unit::Count,
+        (o, ours::z::SECTIONS),
+        None,
+        Target::None,
+    );
+    out.push(g);
+
     // --- memory: 10M retired objects, no reader (one child process per sample) ---------------
     let mo = sz.mem;
     let mem_subject = move |g: &mut Group, label: &str, child_name: &'static str| {

@@ -28,6 +28,8 @@ pub(crate) enum Unit {
     Bytes,
     /// A plain count (e.g. grace periods used).
     Count,
+    /// Operations per second (higher is better).
+    PerSec,
 }
 
 impl Unit {
@@ -41,6 +43,7 @@ impl Unit {
             Unit::MiB => " MiB",
             Unit::Bytes => " B",
             Unit::Count => "",
+            Unit::PerSec => " /s",
         }
     }
 
@@ -54,6 +57,7 @@ impl Unit {
             Unit::MiB => "MiB",
             Unit::Bytes => "B",
             Unit::Count => "count",
+            Unit::PerSec => "1/s",
         }
     }
 }
@@ -71,6 +75,8 @@ pub(crate) enum Target {
     AbsLe(f64),
     /// ours < x (in the row's unit).
     AbsLt(f64),
+    /// ours ≥ x (in the row's unit; rates).
+    AbsGe(f64),
 }
 
 impl Target {
@@ -81,6 +87,7 @@ impl Target {
             Target::RatioGe(x) => format!("ratio ≥ {}", trim(x)),
             Target::AbsLe(x) => format!("ours ≤ {}{}", trim(x), unit.suffix()),
             Target::AbsLt(x) => format!("ours < {}{}", trim(x), unit.suffix()),
+            Target::AbsGe(x) => format!("ours ≥ {}{}", trim(x), unit.suffix()),
         }
     }
 
@@ -97,6 +104,7 @@ impl Target {
             Target::RatioGe(x) => ratio.map(|r| r >= x),
             Target::AbsLe(x) => Some(ours <= x),
             Target::AbsLt(x) => Some(ours < x),
+            Target::AbsGe(x) => Some(ours >= x),
         }
     }
 }

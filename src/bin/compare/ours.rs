@@ -403,6 +403,83 @@ pub(crate) fn kfree_mem(stall: bool, cap: Option<usize>) -> Result<Mem, String> 
     Ok(out)
 }
 
+/// Metrics of the `kfree_zero` child, in this order.
+pub(crate) mod z {
+    /// Objects retired per second (wall time of the retire loop).
+    pub(crate) const RATE: usize = 0;
+    /// Grace periods the retiring thread waited for (park-array drains + `fallback_sync`).
+    pub(crate) const WAITS: usize = 1;
+    /// Reader sections held meanwhile.
+    pub(crate) const SECTIONS: usize = 2;
+    /// Number of metrics.
+    pub(crate) const COUNT: usize = 3;
+}
+
+/// Child figure `kfree_zero`: `kfree_rcu` under a zero page budget (`set_memory_limit(Some(0))`
+/// after a warm-up, caches shrunk) while another thread holds 50 ms read-side critical sections
+/// back to back: `child::objects()` 32-byte [`Tracked`] boxes retired outside any reader, then
+/// `kvfree_rcu_barrier()`. The loop also stops after 120 s (the figure is then the rate so far).
+pub(crate) fn kfree_zero() -> Result<Vec<f64>, String> {
+    let n = child::objects();
+    for i in 0..1024u64 {
+        kfree_rcu(Box::new([i; 4]));
+    }
+    kvfree_rcu_barrier();
+    slab_backend::set_memory_limit(Some(0));
+    slab_backend::shrink_all();
+    kvfree_rcu_barrier();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut sections = 0u64;
+            let mut first = Some(tx);
+            // Relaxed: a stop flag; nothing is published through it.
+            while !stop.load(Ordering::Relaxed) {
+                let g = rcu_read_lock();
+                if let Some(tx) = first.take() {
+                    let _ = tx.send(());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+                drop(g);
+                sections += 1;
+            }
+            sections
+        })
+    };
+    let _ = rx.recv();
+    let s0 = kfree_batch::stats();
+    let base = DROPPED.load(Ordering::Relaxed);
+    let t = Instant::now();
+    let mut done = 0u64;
+    for i in 0..n {
+        if i % 1024 == 0 && t.elapsed() > Duration::from_secs(120) {
+            break;
+        }
+        kfree_rcu(Box::new(Tracked([i; 4])));
+        done += 1;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let sections = reader.join().map_err(|_| "reader panicked".to_owned())?;
+    kvfree_rcu_barrier();
+    let s1 = kfree_batch::stats();
+    slab_backend::set_memory_limit(None);
+    let freed = DROPPED.load(Ordering::Relaxed) - base;
+    if freed != done {
+        return Err(format!(
+            "only {freed} of {done} objects freed after kvfree_rcu_barrier"
+        ));
+    }
+    let mut out = vec![f64::NAN; z::COUNT];
+    out[z::RATE] = done as f64 / secs;
+    out[z::WAITS] =
+        ((s1.park_waits - s0.park_waits) + (s1.fallback_sync - s0.fallback_sync)) as f64;
+    out[z::SECTIONS] = sections as f64;
+    Ok(out)
+}
+
 /// Memory child: the same 32-byte [`Tracked`] boxes through `call_rcu(move || drop(b))`, no
 /// reader, then `rcu_barrier()`. Grace periods are the engine's count.
 pub(crate) fn call_rcu_mem() -> Mem {
