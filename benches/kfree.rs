@@ -4,7 +4,7 @@
 //! figure is end to end (every object freed) and the backlog never grows across samples; the
 //! `enqueue` variant leaves the barrier out of the timed span. Short windows keep the file near
 //! 15 s. Side-by-side figures against crossbeam-epoch, seize and liburcu:
-//! `cargo run --release --bin compare -- --only kfree`.
+//! `cargo run --release -p compare -- --only kfree`.
 
 // `criterion_group!` generates an undocumented `pub fn`.
 #![allow(missing_docs)]

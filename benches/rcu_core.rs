@@ -1,7 +1,7 @@
 //! Criterion benches of the grace-period engine (`cargo bench --bench rcu_core`).
 //!
 //! Short measurement windows (2 s, 20 samples) keep the whole run near a minute; for side-by-side
-//! figures against the anchors use `cargo run --release --bin compare`.
+//! figures against the baselines use `cargo run --release -p compare`.
 
 // `criterion_group!` generates an undocumented `pub fn`.
 #![allow(missing_docs)]

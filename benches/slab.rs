@@ -4,7 +4,7 @@
 //!
 //! Single-thread alloc+free of 64-byte objects (KmemCache plain and typesafe, kmalloc, Box, glibc
 //! malloc) is benched by slab-backend itself: `cargo bench -p slab-backend --bench slab`; it is not
-//! repeated here. Side-by-side figures with targets: `cargo run --release --bin compare -- --only
+//! repeated here. Side-by-side figures with targets: `cargo run --release -p compare -- --only
 //! slab`.
 
 // `criterion_group!` generates an undocumented `pub fn`.
@@ -16,10 +16,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use slab_backend::{kfree, kmalloc, KmemCache};
-
-#[path = "../src/bin/compare/ring.rs"]
-mod ring;
-use ring::Ring;
+use test_support::ring::Ring;
 
 const BATCH: u64 = 20_000;
 

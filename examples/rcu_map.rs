@@ -3,7 +3,7 @@
 //!
 //! `cargo run --release --example rcu_map [-- SECONDS]` (default 2). Readers check every value
 //! they see; writers churn half of the key space so the table grows while readers run. For the
-//! comparison against `RwLock<HashMap>` and papaya run `cargo bench --bench map`.
+//! comparison against `RwLock<HashMap>` and papaya run `cargo bench -p compare --bench map`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

@@ -1,9 +1,15 @@
-//! Helpers shared by the integration tests of the rcu-kit crates: running a test case in a child
-//! process (for process-wide settings, memory limits, expected panics and hang detection) with a
-//! deadline checked from outside, setting `RLIMIT_AS`, and reading memory figures.
+//! Helpers shared by the integration tests and the tools (`rcutorture`, `compare`) of the rcu-kit
+//! workspace: running a child process with a deadline checked from outside (a test case of the
+//! current test binary — for process-wide settings, memory limits, expected panics and hang
+//! detection — or any command), setting `RLIMIT_AS`, reading memory figures (peak RSS), and a
+//! single-producer single-consumer [`ring::Ring`] for producer/consumer figures.
 
-use std::process::{Command, Output, Stdio};
+use std::io::Read;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+pub mod ring;
 
 /// Environment variable naming the case a child process should run.
 pub const CHILD_ENV: &str = "RCU_TEST_CHILD";
@@ -19,28 +25,103 @@ pub fn run_child(test_name: &str, case: &str, env: &[(&str, &str)], deadline: Du
     let exe = std::env::current_exe().expect("current_exe");
     let mut cmd = Command::new(exe);
     cmd.args([test_name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, case)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .env(CHILD_ENV, case);
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().expect("spawn child test process");
-    let start = Instant::now();
+    let out = run_with_deadline(&mut cmd, deadline).expect("spawn child test process");
+    match out.status {
+        Some(status) => Output {
+            status,
+            stdout: out.stdout,
+            stderr: out.stderr,
+        },
+        None => panic!(
+            "child case '{case}' hung for more than {deadline:?}\nstdout:\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+/// What a child process run by [`run_with_deadline`] left behind.
+#[derive(Debug)]
+pub struct Finished {
+    /// Exit status; `None` when the child ran past the deadline and was killed.
+    pub status: Option<ExitStatus>,
+    /// Everything the child wrote to stdout.
+    pub stdout: Vec<u8>,
+    /// Everything the child wrote to stderr.
+    pub stderr: Vec<u8>,
+}
+
+impl Finished {
+    /// Whether the child was killed at the deadline.
+    pub fn timed_out(&self) -> bool {
+        self.status.is_none()
+    }
+
+    /// The exit code (`None` if killed by a signal or at the deadline).
+    pub fn code(&self) -> Option<i32> {
+        self.status.and_then(|s| s.code())
+    }
+
+    /// stdout as text (lossy).
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// stderr as text (lossy).
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+}
+
+/// Runs `cmd` with stdin from `/dev/null` and stdout/stderr captured, and waits for it; kills it
+/// once it runs past `deadline` (then [`Finished::status`] is `None`). Both pipes are drained on
+/// threads while the child runs, so a chatty child never blocks on a full pipe. The only error is
+/// a failed spawn.
+pub fn run_with_deadline(cmd: &mut Command, deadline: Duration) -> std::io::Result<Finished> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let out = drain(child.stdout.take());
+    let err = drain(child.stderr.take());
+    let status = wait_until(&mut child, Instant::now() + deadline);
+    Ok(Finished {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    })
+}
+
+/// Reads `pipe` to its end on a new thread.
+fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut buf);
+        }
+        buf
+    })
+}
+
+/// Waits for `child` until `end`; past it (or if waiting fails), kills and reaps it and returns
+/// `None`.
+fn wait_until(child: &mut Child, end: Instant) -> Option<ExitStatus> {
     loop {
-        if let Some(_status) = child.try_wait().expect("try_wait") {
-            return child.wait_with_output().expect("wait_with_output");
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < end => std::thread::sleep(Duration::from_millis(5)),
+            _ => {
+                // Our own child, by its handle.
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
         }
-        if start.elapsed() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("wait_with_output");
-            panic!(
-                "child case '{case}' hung for more than {deadline:?}\nstdout:\n{}\nstderr:\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -65,8 +146,8 @@ pub fn peak_rss() -> usize {
 ///
 /// Not the `VmHWM` read at the start: since Linux 6.2 the RSS counters are per-CPU, and the
 /// high-water mark is taken from their approximate sum (off by up to 32 pages per CPU of
-/// changes not yet folded in), while `VmRSS` is summed exactly on recent kernels. On this
-/// 2-vCPU machine a `VmHWM` read at the start came out up to 190 KiB *below* `VmRSS`, which
+/// changes not yet folded in), while `VmRSS` is summed exactly on recent kernels. On a 2-vCPU
+/// machine a `VmHWM` read at the start came out up to 190 KiB *below* `VmRSS`, which
 /// made every growth measured from it that much larger than the memory really added. The
 /// error left at the end (the high-water mark itself) is up to 32 pages per CPU either way.
 pub fn start_peak_rss() -> usize {

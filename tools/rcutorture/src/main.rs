@@ -8,16 +8,14 @@
 //! cache, optionally under a page budget, an `RLIMIT_AS` limit and injected reader stalls.
 //!
 //! ```text
-//! cargo run --release --bin rcutorture -- --mode all --seconds 2
-//! cargo run --release --bin rcutorture -- --help
+//! cargo run --release -p rcutorture -- --mode all --seconds 2
+//! cargo run --release -p rcutorture -- --help
 //! ```
 //!
 //! Exit status: 0 when no error, no lost element and no abort; 1 otherwise; 2 for usage errors.
-//! The engine lives in the `torture` module (see its documentation).
-
-mod torture;
+//! The engine is this package's library (see its documentation).
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    std::process::exit(torture::main_with_args(&args));
+    std::process::exit(rcutorture::main_with_args(&args));
 }

@@ -1,20 +1,21 @@
-//! The rcutorture engine. `main.rs` only forwards the arguments to [`main_with_args`]; the
-//! integration tests include this module too, to run the deliberately broken variant in a child
-//! process (the broken code is compiled only under `cfg(test)` or the `torture-broken` feature).
+//! The rcutorture engine, the library of the `rcutorture` stress tool: `main.rs` only forwards
+//! the arguments to [`main_with_args`]. The integration tests call it too, to run the
+//! deliberately broken variant in a child process (the broken code is compiled only under
+//! `cfg(test)` or the `torture-broken` feature, which the tests enable for their own build).
 //!
 //! # Implementation
 //!
-//! * **Elements and identities** ([`elem`], [`table`]). Readers reach elements through published
+//! * **Elements and identities** (`elem`, `table`). Readers reach elements through published
 //!   cells. Each element carries an identity whose *pipeline age* lives in a table that is never
 //!   freed: 0 while published, 1 once removed, +1 for each grace period completed after that, and
 //!   "dead" once the element is destroyed. A reader inside a read-side critical section must only
 //!   ever see ages 0 and 1, whatever it does (nest, spin, sleep, stall).
-//! * **Readers** ([`reader`]) check the element's memory and its identity at the start and the
+//! * **Readers** (`reader`) check the element's memory and its identity at the start and the
 //!   end of every section and keep a histogram of the final ages, as liburcu's `rcutorture.h`
 //!   (`rcu_stress_count`) and the kernel's rcutorture ("Reader Pipe") do.
-//! * **Writers** ([`writer`]) replace elements and retire the old ones through the mode under
+//! * **Writers** (`writer`) replace elements and retire the old ones through the mode under
 //!   test; helpers drive extra grace periods and check `rcu_barrier` / `kvfree_rcu_barrier`.
-//! * **Runs** ([`run`]) set up a mode, apply the page budget and `RLIMIT_AS` after a warm-up,
+//! * **Runs** (`run`) set up a mode, apply the page budget and `RLIMIT_AS` after a warm-up,
 //!   print progress, then drain (unpublish, barriers) and check that every element allocated was
 //!   freed and every identity ended: nothing lost.
 //!
@@ -81,7 +82,7 @@ fn install_fault_reporter() {
 }
 
 /// Runs rcutorture with `args` (without the program name); returns the exit status.
-pub(crate) fn main_with_args(args: &[String]) -> i32 {
+pub fn main_with_args(args: &[String]) -> i32 {
     let opts = match cli::parse(args) {
         Ok(Parsed::Run(o)) => o,
         Ok(Parsed::Help) => {

@@ -1,16 +1,38 @@
-//! A bounded single-producer single-consumer ring of words, shared by the compare binary's
-//! producer/consumer figures and `benches/slab.rs` (included there with `#[path]`).
+//! A bounded single-producer single-consumer ring of words, for producer/consumer figures: the
+//! `compare` tool's and the kit's `benches/slab.rs`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Bounded single-producer single-consumer ring of non-zero words (pointers as `usize`), used by
 /// the producer/consumer figures: the producer allocates and pushes, the consumer pops and frees.
-pub(crate) struct Ring {
+///
+/// One producer thread calls [`Ring::push`] and one consumer thread calls [`Ring::pop`]; a second
+/// producer or consumer breaks the ring (values lost or duplicated), not memory safety.
+#[derive(Debug)]
+pub struct Ring {
     buf: Box<[AtomicUsize]>,
     /// Next slot to pop; written by the consumer only.
-    head: rcu_core::CachePadded<AtomicUsize>,
+    head: CachePadded<AtomicUsize>,
     /// Next slot to push; written by the producer only.
-    tail: rcu_core::CachePadded<AtomicUsize>,
+    tail: CachePadded<AtomicUsize>,
+}
+
+/// Keeps `head` and `tail` on separate cache lines (128 bytes: adjacent-line prefetch pairs).
+#[derive(Debug)]
+#[repr(align(128))]
+struct CachePadded<T>(T);
+
+impl<T> std::ops::Deref for CachePadded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl Default for Ring {
+    fn default() -> Ring {
+        Ring::new()
+    }
 }
 
 const RING_CAP: usize = 256;
@@ -26,15 +48,17 @@ fn backoff(spins: &mut u32) {
 }
 
 impl Ring {
-    pub(crate) fn new() -> Ring {
+    /// An empty ring of 256 slots.
+    pub fn new() -> Ring {
         Ring {
             buf: (0..RING_CAP).map(|_| AtomicUsize::new(0)).collect(),
-            head: rcu_core::CachePadded::new(AtomicUsize::new(0)),
-            tail: rcu_core::CachePadded::new(AtomicUsize::new(0)),
+            head: CachePadded(AtomicUsize::new(0)),
+            tail: CachePadded(AtomicUsize::new(0)),
         }
     }
 
-    pub(crate) fn push(&self, v: usize) {
+    /// Pushes `v` (non-zero), waiting while the ring is full. Producer side only.
+    pub fn push(&self, v: usize) {
         // Relaxed: only the producer writes `tail`.
         let t = self.tail.load(Ordering::Relaxed);
         let mut spins = 0;
@@ -49,7 +73,8 @@ impl Ring {
         self.tail.store(t.wrapping_add(1), Ordering::Release);
     }
 
-    pub(crate) fn pop(&self) -> usize {
+    /// Pops the oldest value, waiting while the ring is empty. Consumer side only.
+    pub fn pop(&self) -> usize {
         // Relaxed: only the consumer writes `head`.
         let h = self.head.load(Ordering::Relaxed);
         let mut spins = 0;

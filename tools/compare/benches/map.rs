@@ -1,6 +1,6 @@
 //! `RcuHashMap` against `RwLock<HashMap>` and papaya (seize-based), in one run.
 //!
-//! `cargo bench --bench map [-- SECONDS]` (default 1 s per cell, split into 3 interleaved rounds
+//! `cargo bench -p compare --bench map [-- SECONDS]` (default 1 s per cell, split into 3 interleaved rounds
 //! whose best is reported, so that the maps see the same machine load). Every thread runs a mix of
 //! lookups, inserts and removes on uniformly random keys of a pre-filled key space; each lookup
 //! enters and leaves its own read-side critical section / guard / read lock, as a server handling

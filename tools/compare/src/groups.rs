@@ -1,8 +1,8 @@
-//! The comparison's groups: for each, the subjects (ours and the anchors, run alternately in
-//! rounds by the harness) and the rows printed from their medians, with the issue targets.
+//! The comparison's groups: for each, the subjects (ours and the baselines, run alternately in
+//! rounds by the harness) and the rows printed from their medians, with their targets.
 
 use crate::harness::{Group, Target, Unit};
-use crate::{anchors, child, harness, ours, Sizes};
+use crate::{baselines, child, harness, ours, Sizes};
 
 /// Every group, in the order they run.
 pub(crate) fn groups(sz: Sizes) -> Vec<Group> {
@@ -12,9 +12,9 @@ pub(crate) fn groups(sz: Sizes) -> Vec<Group> {
     let mut g = Group::new("read1");
     let n = sz.read;
     let o = g.subject("ours rcu_read_lock+drop", move || ours::read_pairs(n));
-    let cb = g.subject("crossbeam-epoch pin", move || anchors::cb::pin_pairs(n));
+    let cb = g.subject("crossbeam-epoch pin", move || baselines::cb::pin_pairs(n));
     let c = std::sync::Arc::new(seize::Collector::new());
-    let se = g.subject("seize enter", move || anchors::sz::enter_pairs(&c, n));
+    let se = g.subject("seize enter", move || baselines::sz::enter_pairs(&c, n));
     g.row(
         "read lock+unlock, 1 thr, vs crossbeam-epoch",
         Unit::Ns,
@@ -31,7 +31,7 @@ pub(crate) fn groups(sz: Sizes) -> Vec<Group> {
     );
     #[cfg(rcu_have_liburcu)]
     {
-        let u = g.subject("liburcu memb", move || anchors::urcu::read_pairs(n));
+        let u = g.subject("liburcu memb", move || baselines::urcu::read_pairs(n));
         g.row(
             "read lock+unlock, 1 thr, vs liburcu memb",
             Unit::Ns,
@@ -46,7 +46,7 @@ pub(crate) fn groups(sz: Sizes) -> Vec<Group> {
     let mut g = Group::new("read2");
     let o = g.subject("ours 2 thr", move || ours::two_threads(n, ours::read_loop));
     let cb = g.subject("crossbeam-epoch 2 thr", move || {
-        ours::two_threads(n, anchors::cb::pin_loop)
+        ours::two_threads(n, baselines::cb::pin_loop)
     });
     g.row(
         "read lock+unlock, 2 thr (slower), vs crossbeam-epoch",
@@ -58,7 +58,7 @@ pub(crate) fn groups(sz: Sizes) -> Vec<Group> {
     #[cfg(rcu_have_liburcu)]
     {
         let u = g.subject("liburcu memb 2 thr", move || {
-            anchors::urcu::read_pairs_2thr(n)
+            baselines::urcu::read_pairs_2thr(n)
         });
         g.row(
             "read lock+unlock, 2 thr (slower), vs liburcu memb",
@@ -79,10 +79,10 @@ pub(crate) fn groups(sz: Sizes) -> Vec<Group> {
         harness::pinned_scaling(n, ours::read_body)
     });
     let pc = g.subject_n("control: load+store, private line", move || {
-        harness::pinned_scaling(n, anchors::control::private_line)
+        harness::pinned_scaling(n, baselines::control::private_line)
     });
     let sc = g.subject_n("control: load+store, shared line", move || {
-        harness::pinned_scaling(n, anchors::control::shared_line)
+        harness::pinned_scaling(n, baselines::control::shared_line)
     });
     g.row(
         "read side 2 thr/1 thr (pinned), vs private-line control",
@@ -111,7 +111,7 @@ pub(crate) fn groups(sz: Sizes) -> Vec<Group> {
     let mut g = Group::new("nested");
     let o = g.subject("ours nested", move || ours::read_pairs_nested(n));
     let cb = g.subject("crossbeam-epoch nested pin", move || {
-        anchors::cb::pin_nested(n)
+        baselines::cb::pin_nested(n)
     });
     g.row(
         "nested read lock+unlock, vs crossbeam-epoch",
@@ -123,7 +123,7 @@ pub(crate) fn groups(sz: Sizes) -> Vec<Group> {
     #[cfg(rcu_have_liburcu)]
     {
         let u = g.subject("liburcu memb nested", move || {
-            anchors::urcu::read_pairs_nested(n)
+            baselines::urcu::read_pairs_nested(n)
         });
         g.row(
             "nested read lock+unlock, vs liburcu memb",
@@ -146,7 +146,7 @@ pub(crate) fn groups(sz: Sizes) -> Vec<Group> {
     });
     #[cfg(rcu_have_liburcu)]
     let u = Some(g.subject("liburcu memb sync0", move || {
-        anchors::urcu::sync(calls, false)
+        baselines::urcu::sync(calls, false)
     }));
     #[cfg(not(rcu_have_liburcu))]
     let u = None;
@@ -192,7 +192,7 @@ pub(crate) fn groups(sz: Sizes) -> Vec<Group> {
     #[cfg(rcu_have_liburcu)]
     {
         let u = g.subject("liburcu memb sync1", move || {
-            anchors::urcu::sync(calls, true)
+            baselines::urcu::sync(calls, true)
         });
         g.row(
             "synchronize_rcu, 1 busy reader, vs liburcu memb",
@@ -209,11 +209,13 @@ pub(crate) fn groups(sz: Sizes) -> Vec<Group> {
     let m = sz.call_rcu;
     let o = g.subject_n("ours call_rcu", move || ours::call_rcu_end_to_end(m));
     let cb = g.subject("crossbeam-epoch defer_destroy", move || {
-        anchors::cb::defer_rate(m)
+        baselines::cb::defer_rate(m)
     });
     #[cfg(rcu_have_liburcu)]
     {
-        let u = g.subject_n("liburcu memb call_rcu", move || anchors::urcu::call_rcu(m));
+        let u = g.subject_n("liburcu memb call_rcu", move || {
+            baselines::urcu::call_rcu(m)
+        });
         g.row(
             "call_rcu 32 B end to end (+rcu_barrier), vs liburcu",
             Unit::Mps,
@@ -252,7 +254,7 @@ pub(crate) fn groups(sz: Sizes) -> Vec<Group> {
     let o = g.subject("ours rcu_barrier idle", move || ours::barrier_idle(bc));
     #[cfg(rcu_have_liburcu)]
     let u = Some(g.subject("liburcu memb rcu_barrier idle", move || {
-        anchors::urcu::barrier_idle(bc)
+        baselines::urcu::barrier_idle(bc)
     }));
     #[cfg(not(rcu_have_liburcu))]
     let u = None;
@@ -311,14 +313,14 @@ pub(crate) fn groups(sz: Sizes) -> Vec<Group> {
     let cell = rcu_core::RcuCell::new(Some(Box::new(7u64)));
     let o = g.subject("ours RcuCell read", move || ours::rcucell_read(&cell, n));
     let sw = arc_swap::ArcSwap::from_pointee(7u64);
-    let a = g.subject("arc-swap load", move || anchors::asw::load(&sw, n));
+    let a = g.subject("arc-swap load", move || baselines::asw::load(&sw, n));
     let r = sz.replace;
     let cell = rcu_core::RcuCell::new(Some(Box::new(7u64)));
     let orp = g.subject("ours RcuCell replace", move || {
         ours::rcucell_replace(&cell, r)
     });
     let sw = arc_swap::ArcSwap::from_pointee(7u64);
-    let ast = g.subject("arc-swap store", move || anchors::asw::store(&sw, r));
+    let ast = g.subject("arc-swap store", move || baselines::asw::store(&sw, r));
     g.row(
         "RcuCell lock+read+unlock, vs arc-swap load",
         Unit::Ns,
@@ -340,10 +342,10 @@ pub(crate) fn groups(sz: Sizes) -> Vec<Group> {
     let k = sz.kfree;
     let o = g.subject_n("ours kfree_rcu", move || ours::kfree_end_to_end(k));
     let cb = g.subject("crossbeam-epoch defer_destroy", move || {
-        anchors::cb::defer_rate(k)
+        baselines::cb::defer_rate(k)
     });
     let c = std::sync::Arc::new(seize::Collector::new());
-    let se = g.subject("seize retire", move || anchors::sz::retire_each(&c, k));
+    let se = g.subject("seize retire", move || baselines::sz::retire_each(&c, k));
     let oc = g.subject_n("ours call_rcu", move || ours::call_rcu_end_to_end(k));
     g.row(
         "kfree_rcu 32 B end to end (+barrier), vs crossbeam defer",
@@ -361,7 +363,9 @@ pub(crate) fn groups(sz: Sizes) -> Vec<Group> {
     );
     #[cfg(rcu_have_liburcu)]
     {
-        let u = g.subject_n("liburcu memb call_rcu", move || anchors::urcu::call_rcu(k));
+        let u = g.subject_n("liburcu memb call_rcu", move || {
+            baselines::urcu::call_rcu(k)
+        });
         g.row(
             "kfree_rcu 32 B end to end, vs liburcu call_rcu end to end",
             Unit::Mps,
@@ -412,11 +416,11 @@ pub(crate) fn groups(sz: Sizes) -> Vec<Group> {
         ours::kfree_end_to_end(k)
     });
     let cb = g.subject("crossbeam-epoch defer 16/32/64 B", move || {
-        anchors::cb::defer_mixed_rate(k)
+        baselines::cb::defer_mixed_rate(k)
     });
     let c = std::sync::Arc::new(seize::Collector::new());
     let se = g.subject("seize retire 16/32/64 B", move || {
-        anchors::sz::retire_mixed(&c, k)
+        baselines::sz::retire_mixed(&c, k)
     });
     g.row(
         "kfree_rcu 3 types end to end, vs crossbeam defer 3 types",
@@ -676,8 +680,10 @@ pub(crate) fn groups(sz: Sizes) -> Vec<Group> {
         ours::kmem_pairs(typesafe.as_ref(), sn)
     });
     let ok = g.subject("ours kmalloc(64)", move || ours::kmalloc_pairs(sn));
-    let bx = g.subject("Rust Box<[u8;64]>", move || anchors::glibc::box_pairs(sn));
-    let gm = g.subject("glibc malloc(64)", move || anchors::glibc::malloc_pairs(sn));
+    let bx = g.subject("Rust Box<[u8;64]>", move || baselines::glibc::box_pairs(sn));
+    let gm = g.subject("glibc malloc(64)", move || {
+        baselines::glibc::malloc_pairs(sn)
+    });
     g.row(
         "KmemCache alloc+free 64 B, vs Rust Box",
         Unit::Ns,
@@ -719,7 +725,7 @@ pub(crate) fn groups(sz: Sizes) -> Vec<Group> {
         ours::kmalloc_producer_consumer(pn)
     });
     let gm = g.subject("glibc malloc p/c", move || {
-        anchors::glibc::malloc_producer_consumer(pn)
+        baselines::glibc::malloc_producer_consumer(pn)
     });
     g.row(
         "producer/consumer 64 B, 2 thr: KmemCache vs glibc",

@@ -1,6 +1,6 @@
-//! The anchors' side: crossbeam-epoch 0.9, seize 0.5, arc-swap 1 and (when built with liburcu)
-//! liburcu-memb through the C shim. Loops follow `shared/anchors/rust/src/main.rs` and
-//! `shared/anchors/c/urcu_bench.c`, so figures are comparable with `anchors/RESULTS.md`.
+//! The baselines' side: crossbeam-epoch 0.9, seize 0.5, arc-swap 1 and (when built with liburcu)
+//! liburcu-memb through the C shim. Loops follow the reference harness the targets were measured
+//! with (a Rust program for the crates, a C program for liburcu), so the figures stay comparable.
 
 use std::hint::black_box;
 use std::sync::atomic::Ordering;
@@ -41,11 +41,11 @@ pub(crate) mod cb {
         v
     }
 
-    /// 32-byte object, like the 32-byte call_rcu object of the C anchor.
+    /// 32-byte object, like the 32-byte call_rcu object of the C baseline.
     #[allow(dead_code)]
     struct Obj([u64; 4]);
 
-    /// Per object: pin, `Owned::new(32 B)`, `defer_destroy`, unpin; flush every 1024 (the anchor's
+    /// Per object: pin, `Owned::new(32 B)`, `defer_destroy`, unpin; flush every 1024 (the baseline's
     /// `defer_destroy_pin_each`). M objects/s. Not end to end: crossbeam frees lazily.
     pub(crate) fn defer_rate(n: u64) -> f64 {
         let t = Instant::now();
@@ -156,7 +156,7 @@ pub(crate) mod sz {
     }
 
     /// Per object: `enter()`, `Box::new(32 B)`, `retire(reclaim::boxed)`, drop the guard (the
-    /// anchor's `retire_enter_each`). M objects/s, not end to end (seize frees in batches later).
+    /// baseline's `retire_enter_each`). M objects/s, not end to end (seize frees in batches later).
     pub(crate) fn retire_each(c: &Collector, n: u64) -> f64 {
         let t = Instant::now();
         for i in 0..n {
@@ -311,7 +311,7 @@ pub(crate) mod asw {
     }
 }
 
-/// liburcu-memb (inline read side) through `benches/shim/urcu_shim.c`.
+/// liburcu-memb (inline read side) through `shim/urcu_shim.c`.
 #[cfg(rcu_have_liburcu)]
 pub(crate) mod urcu {
     #[link(name = "urcu_shim", kind = "static")]

@@ -116,7 +116,7 @@ fn apply_rlimit(limit: MemLimit) -> Option<libc::rlim_t> {
         );
         return None;
     }
-    let vm = vm_size();
+    let vm = test_support::vm_size();
     let want = match limit {
         MemLimit::Absolute(b) => b,
         MemLimit::Headroom(h) => vm + h,
@@ -155,20 +155,6 @@ fn restore_rlimit(soft: libc::rlim_t) {
             libc::setrlimit(libc::RLIMIT_AS, &cur);
         }
     }
-}
-
-/// `VmSize` of this process in bytes.
-fn vm_size() -> usize {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmSize:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<usize>().ok())
-        })
-        .unwrap_or(0)
-        * 1024
 }
 
 /// Spawns a named thread with a small stack; `None` (reported) if the OS refuses.

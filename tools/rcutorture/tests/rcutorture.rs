@@ -9,19 +9,14 @@
 //! * bad options exit with status 2.
 //!
 //! The binary prints one `RESULT key=value ...` line per mode; the tests read those. The broken
-//! variant runs the tool's engine in a child of this test binary (the engine is included below,
-//! where `cfg(test)` compiles the broken code in), so no separate build with the
-//! `torture-broken` feature is needed.
-
-#[path = "../src/bin/rcutorture/torture/mod.rs"]
-mod torture;
+//! variant runs the tool's engine (this package's library, built with `torture-broken` for the
+//! tests through the package's dev-dependency on itself) in a child of this test binary.
 
 use std::collections::HashMap;
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use test_support::{child_case, run_child};
+use test_support::{child_case, run_child, run_with_deadline};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rcutorture");
 
@@ -87,45 +82,18 @@ impl Run {
 /// Runs the binary; kills it and fails if it runs past `deadline`.
 fn run(args: &[&str], env: &[(&str, &str)], deadline: Duration) -> Run {
     let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args(args);
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().expect("spawn rcutorture");
-    // Drain both pipes on threads so that a chatty child never blocks on a full pipe.
-    let mut out = child.stdout.take().expect("stdout");
-    let mut err = child.stderr.take().expect("stderr");
-    let out_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let start = Instant::now();
-    let (status, timed_out) = loop {
-        if let Some(st) = child.try_wait().expect("try_wait") {
-            break (st, false);
-        }
-        if start.elapsed() > deadline {
-            let _ = child.kill();
-            break (child.wait().expect("wait"), true);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let out = run_with_deadline(&mut cmd, deadline).expect("spawn rcutorture");
     let r = Run {
-        code: status.code(),
-        stdout: out_t.join().expect("stdout reader"),
-        stderr: err_t.join().expect("stderr reader"),
+        code: out.code(),
+        stdout: out.stdout_text(),
+        stderr: out.stderr_text(),
     };
     assert!(
-        !timed_out,
+        !out.timed_out(),
         "rcutorture {args:?} ran past {deadline:?}\n{}",
         r.dump()
     );
@@ -352,7 +320,7 @@ fn broken_build_is_caught() {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        std::process::exit(torture::main_with_args(&args));
+        std::process::exit(rcutorture::main_with_args(&args));
     }
     let out = run_child(
         "broken_build_is_caught",
@@ -418,6 +386,8 @@ fn usage_errors_exit_2() {
             r.dump()
         );
     }
+    // The tests' build has the feature (see the module documentation), so this only runs when the
+    // tests are built some other way; `cli`'s unit tests cover the refusal in any build.
     if !cfg!(feature = "torture-broken") {
         let r = run(&["--broken-free-early"], &[], Duration::from_secs(30));
         assert_eq!(r.code, Some(2), "{}", r.dump());

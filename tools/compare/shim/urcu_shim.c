@@ -1,11 +1,11 @@
 /*
- * liburcu (memb flavour) side of `cargo run --release --bin compare`.
+ * liburcu (memb flavour) side of `cargo run --release -p compare`.
  *
- * Built by ../../build.rs with -D_LGPL_SOURCE -O2 when liburcu is installed, so
+ * Built by ../build.rs with -D_LGPL_SOURCE -O2 when liburcu is installed, so
  * the read side (urcu_memb_read_lock/unlock) is inlined into these loops, as in
- * the anchor harness's `urcu_bench_memb_inline` build. Every function runs a
+ * the reference harness's `urcu_bench_memb_inline` build. Every function runs a
  * whole measurement loop in C and returns one figure, so the FFI call is not
- * counted per operation. Methods follow shared/anchors/c/urcu_bench.c:
+ * counted per operation. Methods follow the reference C harness:
  *
  *   read pairs:   rcu_read_lock(); compiler barrier; rcu_read_unlock(); n times
  *   sync:         20 ms for the reader to start, 20 warm-up calls, then `calls`

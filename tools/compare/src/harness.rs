@@ -1,5 +1,5 @@
 //! Measurement plumbing of the `compare` binary: subjects sampled alternately in rounds, rows that
-//! pair one of our figures with an anchor figure, targets, and the table / JSON output.
+//! pair one of our figures with a baseline figure, targets, and the table / JSON output.
 
 use std::fmt::Write as _;
 use std::hint::black_box;
@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Barrier;
 use std::time::Instant;
 
-use crate::ring::Ring;
+use test_support::ring::Ring;
 
 /// Unit of a figure (what the numbers of a row mean).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,9 +67,9 @@ impl Unit {
 pub(crate) enum Target {
     /// Informational row.
     None,
-    /// ours / anchor ≤ x.
+    /// ours / baseline ≤ x.
     RatioLe(f64),
-    /// ours / anchor ≥ x (rates).
+    /// ours / baseline ≥ x (rates).
     RatioGe(f64),
     /// ours ≤ x (in the row's unit).
     AbsLe(f64),
@@ -92,7 +92,7 @@ impl Target {
     }
 
     /// `None` for informational rows and for rows whose figure is missing (a failed or absent
-    /// anchor, a child process that did not report).
+    /// baseline, a child process that did not report).
     fn met(self, ours: f64, ratio: Option<f64>) -> Option<bool> {
         let ratio = ratio.filter(|r| r.is_finite());
         if !ours.is_finite() {
@@ -141,7 +141,7 @@ pub(crate) type MetricRef = (usize, usize);
 
 type RunFn = Box<dyn FnMut() -> Vec<f64>>;
 
-/// One thing that is measured: ours or an anchor. Each run returns one or more metrics.
+/// One thing that is measured: ours or a baseline. Each run returns one or more metrics.
 pub(crate) struct Subject {
     name: String,
     run: RunFn,
@@ -154,7 +154,7 @@ pub(crate) struct Row {
     label: String,
     unit: Unit,
     ours: MetricRef,
-    anchor: Option<MetricRef>,
+    baseline: Option<MetricRef>,
     target: Target,
 }
 
@@ -205,20 +205,20 @@ impl Group {
         (self.subject_n(name, move || vec![run()]), 0)
     }
 
-    /// Adds a row comparing `ours` with `anchor` (if any).
+    /// Adds a row comparing `ours` with `baseline` (if any).
     pub(crate) fn row(
         &mut self,
         label: &str,
         unit: Unit,
         ours: MetricRef,
-        anchor: Option<MetricRef>,
+        baseline: Option<MetricRef>,
         target: Target,
     ) {
         self.rows.push(Row {
             label: label.to_owned(),
             unit,
             ours,
-            anchor,
+            baseline,
             target,
         });
     }
@@ -287,20 +287,20 @@ impl Group {
             .iter()
             .map(|r| {
                 let ours = median(self.samples(r.ours));
-                let anchor = r
-                    .anchor
+                let baseline = r
+                    .baseline
                     .map(|a| (self.subjects[a.0].name.clone(), median(self.samples(a))));
-                let ratio = anchor.as_ref().map(|(_, a)| ours / a);
+                let ratio = baseline.as_ref().map(|(_, a)| ours / a);
                 RowResult {
                     group: self.id,
                     label: r.label.clone(),
                     unit: r.unit,
                     ours,
                     ours_samples: self.samples(r.ours).to_vec(),
-                    anchor_name: anchor.as_ref().map(|(n, _)| n.clone()),
-                    anchor: anchor.as_ref().map(|(_, a)| *a),
-                    anchor_samples: r
-                        .anchor
+                    baseline_name: baseline.as_ref().map(|(n, _)| n.clone()),
+                    baseline: baseline.as_ref().map(|(_, a)| *a),
+                    baseline_samples: r
+                        .baseline
                         .map(|a| self.samples(a).to_vec())
                         .unwrap_or_default(),
                     ratio,
@@ -335,9 +335,9 @@ pub(crate) struct RowResult {
     unit: Unit,
     ours: f64,
     ours_samples: Vec<f64>,
-    anchor_name: Option<String>,
-    anchor: Option<f64>,
-    anchor_samples: Vec<f64>,
+    baseline_name: Option<String>,
+    baseline: Option<f64>,
+    baseline_samples: Vec<f64>,
     ratio: Option<f64>,
     target: Target,
     met: Option<bool>,
@@ -357,8 +357,8 @@ pub(crate) fn table(rows: &[RowResult]) -> String {
     let header = [
         "figure",
         "ours",
-        "anchor",
-        "ratio (ours/anchor)",
+        "baseline",
+        "ratio (ours/baseline)",
         "target",
         "met?",
     ];
@@ -368,7 +368,7 @@ pub(crate) fn table(rows: &[RowResult]) -> String {
             [
                 r.label.clone(),
                 fmt_val(r.ours, r.unit),
-                match (&r.anchor_name, r.anchor) {
+                match (&r.baseline_name, r.baseline) {
                     (Some(n), Some(a)) => format!("{} ({n})", fmt_val(a, r.unit)),
                     _ => "—".to_owned(),
                 },
@@ -453,16 +453,16 @@ pub(crate) fn json_rows(rows: &[RowResult]) -> String {
         .iter()
         .map(|r| {
             format!(
-                "{{\"group\":{},\"figure\":{},\"unit\":{},\"ours\":{},\"ours_samples\":{},\"anchor\":{},\
-                 \"anchor_value\":{},\"anchor_samples\":{},\"ratio\":{},\"target\":{},\"met\":{}}}",
+                "{{\"group\":{},\"figure\":{},\"unit\":{},\"ours\":{},\"ours_samples\":{},\"baseline\":{},\
+                 \"baseline_value\":{},\"baseline_samples\":{},\"ratio\":{},\"target\":{},\"met\":{}}}",
                 json_str(r.group),
                 json_str(&r.label),
                 json_str(r.unit.json_name()),
                 json_num(r.ours),
                 json_arr(&r.ours_samples),
-                r.anchor_name.as_deref().map(json_str).unwrap_or_else(|| "null".to_owned()),
-                json_opt(r.anchor),
-                json_arr(&r.anchor_samples),
+                r.baseline_name.as_deref().map(json_str).unwrap_or_else(|| "null".to_owned()),
+                json_opt(r.baseline),
+                json_arr(&r.baseline_samples),
                 json_opt(r.ratio),
                 json_str(&r.target.describe(r.unit)),
                 match r.met {

@@ -1,5 +1,5 @@
 //! Our side of the comparison: loops over `rcu_core`, `kfree_batch` and `slab_backend`, written
-//! like the anchors' loops.
+//! like the baselines' loops.
 
 use std::hint::black_box;
 use std::ptr::NonNull;
@@ -45,7 +45,7 @@ pub(crate) fn read_pairs_nested(n: u64) -> f64 {
 }
 
 /// Runs `f(n)` on two threads started together (after `f(n / 10)` each as warm-up); returns the
-/// slower thread's figure (the anchors' `two_threads`).
+/// slower thread's figure (the baselines' `two_threads`).
 pub(crate) fn two_threads<F>(n: u64, f: F) -> f64
 where
     F: Fn(u64) -> f64 + Send + Sync + 'static,
@@ -68,8 +68,8 @@ where
         .fold(0.0, f64::max)
 }
 
-/// A thread looping `rcu_read_lock(); 16 compiler barriers; drop` (the anchors' busy reader) until
-/// dropped. Starting it waits until the thread runs, then 20 ms as the anchors do.
+/// A thread looping `rcu_read_lock(); 16 compiler barriers; drop` (the baselines' busy reader) until
+/// dropped. Starting it waits until the thread runs, then 20 ms as the baselines do.
 pub(crate) struct BusyReader {
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<u64>>,
@@ -130,7 +130,7 @@ pub(crate) fn sync_loop(calls: u64, expedited: bool) -> f64 {
     t.elapsed().as_secs_f64() * 1e6 / calls as f64
 }
 
-/// `sync_loop` with no other thread (20 ms settle like the anchors).
+/// `sync_loop` with no other thread (20 ms settle like the baselines).
 pub(crate) fn sync_idle(calls: u64, expedited: bool) -> f64 {
     std::thread::sleep(Duration::from_millis(20));
     sync_loop(calls, expedited)
@@ -185,7 +185,7 @@ fn enqueue_boxes(n: u64) {
 }
 
 /// `Box::new([u8; 32])` + `call_rcu(move || drop(b))` × n, then `rcu_barrier()`: M callbacks/s end
-/// to end (after 100 000 + `rcu_barrier()` warm-up, like the liburcu anchor). Also returns the
+/// to end (after 100 000 + `rcu_barrier()` warm-up, like the liburcu baseline). Also returns the
 /// enqueue-phase rate.
 pub(crate) fn call_rcu_end_to_end(n: u64) -> Vec<f64> {
     enqueue_boxes(100_000);

@@ -6,8 +6,7 @@
 //! hangs past [`CHILD_TIMEOUT`] or prints no result gives NaNs (shown as `n/a`), never a panic in
 //! the parent.
 
-use std::io::Read as _;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -85,37 +84,20 @@ pub(crate) fn objects() -> u64 {
         .unwrap_or(10_000_000)
 }
 
-fn status_kib(key: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .unwrap_or(f64::NAN)
-}
-
-/// Peak resident set size of this process so far, bytes.
+/// Peak resident set size of this process so far, bytes (`VmHWM`; see [`start_peak`]).
 pub(crate) fn vm_hwm() -> f64 {
-    status_kib("VmHWM:") * 1024.0
+    test_support::peak_rss() as f64
 }
 
 /// Current resident set size, bytes.
 pub(crate) fn vm_rss() -> f64 {
-    status_kib("VmRSS:") * 1024.0
+    test_support::rss() as f64
 }
 
-/// Starts a peak-RSS figure: resets the kernel's high-water mark to the current RSS (best
-/// effort: `/proc/self/clear_refs` `5`) and returns the current RSS, the baseline to subtract from
-/// a later [`vm_hwm`]. Not the `VmHWM` read now: the kernel takes it from its per-CPU RSS
-/// counters' approximate sum (up to 32 pages per CPU of changes not folded in), while `VmRSS` is
-/// summed exactly on recent kernels; here a `VmHWM` read at the start came out up to 190 KiB
-/// below `VmRSS`, adding that much to every growth measured from it.
+/// Starts a peak-RSS figure: the baseline to subtract from a later [`vm_hwm`]
+/// (`test_support::start_peak_rss`, which says why it is not the `VmHWM` read now).
 pub(crate) fn start_peak() -> f64 {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-    vm_rss()
+    test_support::start_peak_rss() as f64
 }
 
 pub(crate) const MIB: f64 = 1024.0 * 1024.0;
@@ -194,58 +176,17 @@ pub(crate) fn run(name: &str, metrics: usize, objects: u64) -> Vec<f64> {
             }
         }
     };
-    let spawned = Command::new(exe)
-        .env(CHILD_ENV, name)
-        .env(OBJECTS_ENV, objects.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match spawned {
-        Ok(c) => c,
+    let mut cmd = Command::new(exe);
+    cmd.env(CHILD_ENV, name)
+        .env(OBJECTS_ENV, objects.to_string());
+    let out = match test_support::run_with_deadline(&mut cmd, CHILD_TIMEOUT) {
+        Ok(out) => out,
         Err(e) => {
             eprintln!("[compare] child {name}: spawn failed: {e}");
             return nan;
         }
     };
-    // Drain both pipes on threads so a chatty child cannot block on a full pipe.
-    let drain = |r: Option<Box<dyn std::io::Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            if let Some(mut r) = r {
-                let _ = r.read_to_string(&mut s);
-            }
-            s
-        })
-    };
-    let out = drain(
-        child
-            .stdout
-            .take()
-            .map(|x| Box::new(x) as Box<dyn std::io::Read + Send>),
-    );
-    let err = drain(
-        child
-            .stderr
-            .take()
-            .map(|x| Box::new(x) as Box<dyn std::io::Read + Send>),
-    );
-    let t = Instant::now();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break Some(s),
-            Ok(None) if t.elapsed() > CHILD_TIMEOUT => {
-                // Our own child, by its handle.
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(_) => break None,
-        }
-    };
-    let stdout = out.join().unwrap_or_default();
-    let stderr = err.join().unwrap_or_default();
+    let (status, stdout, stderr) = (out.status, out.stdout_text(), out.stderr_text());
     let parsed = stdout
         .lines()
         .find_map(|l| l.strip_prefix("RESULT "))

@@ -1,19 +1,20 @@
-//! Build script of the `rcu-kit` facade package.
+//! Build script of the `compare` tool.
 //!
 //! Its only job: when liburcu (the `memb` flavour) is installed, compile the C shim
-//! `benches/shim/urcu_shim.c` used by the `compare` binary and set `--cfg rcu_have_liburcu`.
+//! `shim/urcu_shim.c` used by the `compare` binary and set `--cfg rcu_have_liburcu`.
 //! When liburcu is missing (or `RCU_KIT_NO_LIBURCU=1`), it prints a warning and emits nothing, so
 //! the package still builds everywhere; the comparison then simply has no liburcu rows.
 //!
 //! The shim is compiled with `-D_LGPL_SOURCE`, so liburcu's read side is inlined into the C loops
-//! (the usual C usage, and the anchor harness's `inline` build), and with `-O2`. Only the
+//! (the usual C usage, and the reference harness's `inline` build), and with `-O2`. Only the
 //! `compare` binary links it: its `extern "C"` block names the static library `urcu_shim` and the
-//! liburcu shared libraries, so no other target of the package depends on liburcu.
+//! liburcu shared libraries, so no other target (the benches) depends on liburcu, and no
+//! other package of the workspace runs this script.
 
 use std::path::Path;
 use std::process::Command;
 
-const SHIM: &str = "benches/shim/urcu_shim.c";
+const SHIM: &str = "shim/urcu_shim.c";
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -45,7 +46,7 @@ fn main() {
         // `__thread` reader record is global-dynamic: a `__tls_get_addr` call on every
         // read_lock/unlock (~10 ns instead of ~1.4 ns). The shim is only ever linked into an
         // executable that loads liburcu at startup, so the initial-exec model (what a plain gcc
-        // build of an executable uses, as in the anchor harness) is valid.
+        // build of an executable uses, as in the reference harness) is valid.
         .flag_if_supported("-ftls-model=initial-exec")
         .warnings(true)
         // Only the compare binary links the shim (through `#[link]` on its extern block);

@@ -144,7 +144,7 @@ options:
   --cells N           published cells per writer [default: 16]
   --broken-free-early TEST ONLY: destroy every retired element before its grace period ends, to
                       show that rcutorture reports it (only in builds with the torture-broken
-                      feature: cargo run --features torture-broken --bin rcutorture)
+                      feature: cargo run -p rcutorture --features torture-broken)
   -h, --help          this text
 
 A progress line (elapsed, reads/s, updates/s, grace periods, pending kfree memory, fallbacks,
@@ -187,6 +187,12 @@ fn parse_seed(v: &str) -> Result<u64, String> {
 
 /// Parses the arguments (without the program name).
 pub(crate) fn parse(args: &[String]) -> Result<Parsed, String> {
+    parse_with(args, BROKEN_AVAILABLE)
+}
+
+/// [`parse`], with `broken_available` in place of [`BROKEN_AVAILABLE`] (so that the refusal of
+/// `--broken-free-early` in ordinary builds can be tested in a build that has the broken code).
+fn parse_with(args: &[String], broken_available: bool) -> Result<Parsed, String> {
     let mut o = Opts {
         modes: Mode::ALL.to_vec(),
         readers: default_readers(),
@@ -219,10 +225,10 @@ pub(crate) fn parse(args: &[String]) -> Result<Parsed, String> {
                 if inline.is_some() {
                     return Err("--broken-free-early takes no value".into());
                 }
-                if !BROKEN_AVAILABLE {
+                if !broken_available {
                     return Err("--broken-free-early exists only in builds with the \
-                                torture-broken feature (cargo run --features torture-broken \
-                                --bin rcutorture -- ...)"
+                                torture-broken feature (cargo run -p rcutorture --features \
+                                torture-broken -- ...)"
                         .into());
                 }
                 o.broken = true;
@@ -366,5 +372,16 @@ mod tests {
         ] {
             assert!(p(bad).is_err(), "{bad:?} should be refused");
         }
+    }
+
+    #[test]
+    fn broken_flag_needs_the_feature() {
+        let args = vec!["--broken-free-early".to_owned()];
+        let err = parse_with(&args, false).expect_err("refused without the feature");
+        assert!(err.contains("torture-broken"), "{err}");
+        let Ok(Parsed::Run(o)) = parse_with(&args, true) else {
+            panic!("accepted with the feature");
+        };
+        assert!(o.broken);
     }
 }

@@ -1,7 +1,7 @@
-//! `cargo run --release --bin compare`: our grace-period engine side by side with the anchors
+//! `cargo run --release -p compare`: our grace-period engine side by side with the baselines
 //! (crossbeam-epoch, seize, arc-swap, the raw membarrier syscall and, when the package was built
 //! with liburcu installed, liburcu-memb with its read side inlined), measured alternately in one
-//! process: every round runs our figure and the anchor's in turn, and the table shows medians.
+//! process: every round runs our figure and the baseline's in turn, and the table shows medians.
 //!
 //! ```text
 //! compare [--quick] [--only <substring>] [--json] [--rounds N]
@@ -20,24 +20,17 @@
 //! Memory figures (peak RSS, pending bytes, grace periods, drain time of 10M retired objects)
 //! run each sample in a fresh child process: this binary re-executes itself with
 //! `RCU_KIT_COMPARE_CHILD=<figure>` (see `compare/child.rs`), so `VmHWM` is per figure and the
-//! kfree-batch pending cap can differ per child. A missing anchor or a failed child shows `n/a`;
+//! kfree-batch pending cap can differ per child. A missing baseline or a failed child shows `n/a`;
 //! the command never panics for it.
 //!
-//! Methods mirror `shared/anchors` (see `anchors/RESULTS.md`) so the anchor columns can be checked
-//! against the anchor harness. This is a benchmark: nothing here asserts a timing.
+//! Methods mirror the reference harness the targets were measured with, so the baseline columns
+//! can be checked against it. This is a benchmark: nothing here asserts a timing.
 
-#[path = "compare/anchors.rs"]
-mod anchors;
-#[path = "compare/child.rs"]
+mod baselines;
 mod child;
-#[path = "compare/groups.rs"]
 mod groups;
-#[path = "compare/harness.rs"]
 mod harness;
-#[path = "compare/ours.rs"]
 mod ours;
-#[path = "compare/ring.rs"]
-mod ring;
 
 use std::io::IsTerminal as _;
 
@@ -199,7 +192,7 @@ fn machine() -> Machine {
 fn liburcu_desc() -> String {
     format!(
         "liburcu-memb, read side inlined (-D_LGPL_SOURCE -O2), uses membarrier: {}",
-        if anchors::urcu::has_membarrier() {
+        if baselines::urcu::has_membarrier() {
             "yes"
         } else {
             "NO (fences)"
@@ -252,12 +245,12 @@ fn child_main(name: &str) -> i32 {
         "kfree_stall" => ours::kfree_mem(true, None),
         "kfree_stall_16m" => ours::kfree_mem(true, Some(16 << 20)),
         "call_rcu" => Ok(ours::call_rcu_mem()),
-        "cb" => Ok(anchors::cb::defer_mem(false)),
-        "cb_stall" => Ok(anchors::cb::defer_mem(true)),
+        "cb" => Ok(baselines::cb::defer_mem(false)),
+        "cb_stall" => Ok(baselines::cb::defer_mem(true)),
         #[cfg(rcu_have_liburcu)]
-        "urcu" => Ok(anchors::urcu::call_rcu_mem(false)),
+        "urcu" => Ok(baselines::urcu::call_rcu_mem(false)),
         #[cfg(rcu_have_liburcu)]
-        "urcu_stall" => Ok(anchors::urcu::call_rcu_mem(true)),
+        "urcu_stall" => Ok(baselines::urcu::call_rcu_mem(true)),
         other => Err(format!("unknown child figure {other:?}")),
     };
     match mem {
@@ -346,7 +339,7 @@ fn main() {
         );
         return;
     }
-    println!("rcu-kit compare: ours vs anchors, same process, alternating rounds, medians");
+    println!("rcu-kit compare: ours vs baselines, same process, alternating rounds, medians");
     println!(
         "machine: nproc={}, {}, cpu \"{}\", loadavg at start {}, at end {}",
         m.nproc, m.kernel, m.cpu, m.loadavg, load_end
@@ -376,7 +369,7 @@ fn main() {
     print!("{}", harness::table(&rows));
     println!();
     println!(
-        "ratio = ours / anchor (medians); for M/s and /s rows higher is better, for time rows lower."
+        "ratio = ours / baseline (medians); for M/s and /s rows higher is better, for time rows lower."
     );
     println!("call_rcu: ours Box<[u8;32]> + call_rcu(move || drop(b)); liburcu malloc(32 B) + call_rcu(free);");
     println!(
