@@ -81,7 +81,8 @@
 //!   nest them; none is held across a wait or a callback, so this cannot deadlock; *parent*
 //!   releases them; *child* resets them, clears the records of threads that do not exist in the
 //!   child (except those of threads that exited inside a section: their sections stay open,
-//!   the forking thread may hold references read under them), resets the grace-period lock and its count of waiting callers (`nwait`) and the
+//!   the forking thread may hold references read under them, see below), resets the
+//!   grace-period lock and its count of waiting callers (`nwait`) and the
 //!   count of urgent `rcu_barrier` callers, marks the worker and the invokers as not running
 //!   (the next use restarts them) and marks the batches their threads held as orphaned. What a
 //!   child keeps: every callback queued in the parent and not started there before the fork
@@ -93,6 +94,19 @@
 //!   thread of the parent); neither are those that had already run. If the forking thread is
 //!   itself a callback thread (a callback called `fork()`), it keeps its role and its batch in
 //!   the child.
+//!
+//!   *Exited sections in the child: never early.* A record marked `exited` has a guard that was
+//!   leaked or sits in a thread-local destroyed after the exit hook; the child cannot tell which
+//!   (both leave nesting above zero and `exited` set, and nothing counts guards). A leaked
+//!   guard's references are `&'static` and may have reached the forking thread before the fork,
+//!   so the child keeps every such section open, forever, as the parent does for a leaked guard.
+//!   The price: if the process forks while a thread that exited inside a section has not yet
+//!   dropped its thread-local guard, the section ends in the parent a moment later but never in
+//!   the child. Every grace period of that child waits (`synchronize_rcu`, `rcu_barrier`, the
+//!   worker's callbacks, the polled API never reports it done), and the stall reporter names the
+//!   exited thread (`ReaderStall`, its name and nesting). Ending it would need to know that no
+//!   leaked guard remains, which no state of the record shows; waiting too long is the failure
+//!   mode that cannot free memory still in use.
 
 use core::cell::Cell;
 use core::marker::PhantomData;
