@@ -20,6 +20,31 @@
 //!   outermost such unlock gives the record back. A leaked guard's section never ends: grace
 //!   periods (and the callbacks waiting for them) wait forever, as crossbeam-epoch does for a
 //!   leaked guard — never an abort, since storing a guard in a thread-local is legal.
+//!
+//!   *Exactly one give-back, with signal handlers.* A registered thread's signal handlers may
+//!   take guards, also while that late destructor drops the last one. The outermost unlock
+//!   (`reader::unlock`) is: U1 load the word (nesting 1); U2 load `exited`; U3 swap `exited`
+//!   to false (only if U2 saw it set); U4 store `word = 0` (Release); then, if U3 took `true`,
+//!   [`exited_section_ended`]: L1 `LOCAL = null`; a signal fence; R1 `owned = false`
+//!   (Release, `Registry::release`); nothing touches the record after R1. A handler that takes
+//!   and drops a guard at each boundary:
+//!   - before U3 or between U3 and U4: nesting is 1, so its guard nests (1 → 2 → 1, reader
+//!     Invariant 4) and its unlock is not outermost: it neither clears `exited` nor gives
+//!     anything back; U3 still finds `exited` as the exit hook left it;
+//!   - between U4 and L1: nesting 0 but `exited` is already false (reader Invariant 6), and the
+//!     record is still this thread's: the handler's outermost lock and unlock use it like any
+//!     section of this thread and give nothing back;
+//!   - between L1 and R1, or after R1: `LOCAL` is null, so the handler never sees the record,
+//!     owned or free; its guard registers the thread anew, like a guard on any thread after its
+//!     exit hook ran: the new record (possibly this one again once R1 made it free, then claimed
+//!     by the CAS like any free record) is kept for good, thread-local teardown being under way.
+//!
+//!   So the record is given back once, by the interrupted drop, and no thread ever locks a record
+//!   it does not own. The swap in U3 makes the claim a single instruction; Invariant 6 already
+//!   keeps a handler from competing for it. One limit, shared with every thread whose exit hook
+//!   has run: a guard taken in a handler *after L1* registers, which may allocate (a new record,
+//!   the thread's name) and is not async-signal-safe; the guarantee for handlers is for
+//!   registered threads.
 //! * **Worker.** One thread (`rcu-cb-worker`), started by the first `call_rcu`,
 //!   `start_poll_synchronize_rcu` or `rcu_barrier` that finds it not running (in a process, or in
 //!   a `fork()` child). Loop: harvest each list with pending callbacks, hand what is ready to
@@ -56,7 +81,8 @@
 //!   nest them; none is held across a wait or a callback, so this cannot deadlock; *parent*
 //!   releases them; *child* resets them, clears the records of threads that do not exist in the
 //!   child (except those of threads that exited inside a section: their sections stay open,
-//!   the forking thread may hold references read under them), resets the grace-period lock and its count of waiting callers (`nwait`) and the
+//!   the forking thread may hold references read under them, see below), resets the
+//!   grace-period lock and its count of waiting callers (`nwait`) and the
 //!   count of urgent `rcu_barrier` callers, marks the worker and the invokers as not running
 //!   (the next use restarts them) and marks the batches their threads held as orphaned. What a
 //!   child keeps: every callback queued in the parent and not started there before the fork
@@ -68,6 +94,19 @@
 //!   thread of the parent); neither are those that had already run. If the forking thread is
 //!   itself a callback thread (a callback called `fork()`), it keeps its role and its batch in
 //!   the child.
+//!
+//!   *Exited sections in the child: never early.* A record marked `exited` has a guard that was
+//!   leaked or sits in a thread-local destroyed after the exit hook; the child cannot tell which
+//!   (both leave nesting above zero and `exited` set, and nothing counts guards). A leaked
+//!   guard's references are `&'static` and may have reached the forking thread before the fork,
+//!   so the child keeps every such section open, forever, as the parent does for a leaked guard.
+//!   The price: if the process forks while a thread that exited inside a section has not yet
+//!   dropped its thread-local guard, the section ends in the parent a moment later but never in
+//!   the child. Every grace period of that child waits (`synchronize_rcu`, `rcu_barrier`, the
+//!   worker's callbacks, the polled API never reports it done), and the stall reporter names the
+//!   exited thread (`ReaderStall`, its name and nesting). Ending it would need to know that no
+//!   leaked guard remains, which no state of the record shows; waiting too long is the failure
+//!   mode that cannot free memory still in use.
 
 use core::cell::Cell;
 use core::marker::PhantomData;
@@ -271,6 +310,9 @@ impl Drop for ExitHook {
 
 /// The outermost guard of a thread that exited inside its section was dropped (by a
 /// thread-local destructor after the exit hook): the section is over, give the record back.
+/// Called once per such section (`reader::unlock` claimed it by clearing `exited`). Detaches
+/// `LOCAL` first, then gives the record back: a signal handler that runs in between finds no
+/// record and never the freed one (module docs, "Exit inside a section").
 #[cold]
 #[inline(never)]
 fn exited_section_ended(rec: &'static Record) {
@@ -281,6 +323,11 @@ fn exited_section_ended(rec: &'static Record) {
         );
         c.set(core::ptr::null());
     });
+    // Signal fence: the store to `LOCAL` above is done before the record can be seen free (by
+    // its next owner, or by a handler of this thread). Without it a handler could find `LOCAL`
+    // still pointing at a record that another thread owns, and lock that thread's word. (The
+    // Release store in `unregister` orders it for other threads already.)
+    crate::primitive::sync::atomic::compiler_fence(Ordering::SeqCst);
     DOMAIN.unregister(rec);
 }
 
@@ -379,8 +426,10 @@ pub fn rcu_read_lock() -> RcuReadGuard {
 impl Drop for RcuReadGuard {
     #[inline]
     fn drop(&mut self) {
-        // Relaxed: `exited` is written by this thread only (the guard is not `Send`).
-        if crate::reader::unlock(self.rec) && self.rec.exited.load(Ordering::Relaxed) {
+        // `unlock` tells exactly one drop (the outermost unlock, never a signal handler's guard
+        // nested in it) that it ended an exited thread's section (module docs, "Exit inside a
+        // section").
+        if crate::reader::unlock(self.rec) {
             exited_section_ended(self.rec);
         }
     }

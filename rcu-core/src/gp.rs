@@ -491,7 +491,9 @@ impl Domain {
     ///
     /// A record whose thread exited inside a section (reader Invariant 5) is kept as it is: that
     /// section never ends in the parent unless its guard is dropped there, and references read
-    /// under it may have been handed to the forking thread, so it never ends in the child.
+    /// under it may have been handed to the forking thread, so it never ends in the child — even
+    /// when a thread-local destructor was about to drop the guard in the parent, which the child
+    /// cannot tell from a leaked guard (`global` module docs, "Exited sections in the child").
     #[cfg(not(rcu_loom))]
     pub(crate) fn after_fork_child(&self, own: Option<&Record>) {
         self.gp_lock.reset_after_fork();

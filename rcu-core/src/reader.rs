@@ -16,7 +16,7 @@
 //!
 //! * outermost lock: `word = (gp_seq << 16) | 1`, then the light barrier;
 //! * nested lock / unlock: `word ± 1`;
-//! * outermost unlock: `word = 0` with Release.
+//! * outermost unlock: `word = 0` with Release (after clearing `exited`, Invariant 6).
 //!
 //! A grace period that started with sequence `s` (state bits "in progress") must wait for a record
 //! while `nesting > 0 && snap < s` (48-bit wrap-safe): that reader took its snapshot before `s` was
@@ -49,6 +49,12 @@
 //!    never (a leaked guard: grace periods wait for it forever, as for a live reader that never
 //!    unlocks). Such a record is never handed to another thread while its section is open, so a
 //!    late unlock only ever writes its own thread's word.
+//! 6. On the owning thread, at every instruction boundary (where a signal handler may run),
+//!    `exited` set implies nesting above zero: the exit hook sets it only inside a section, and
+//!    the outermost unlock clears it (swap, claiming the give-back) *before* it stores
+//!    `word = 0`. So a handler's guard on an exited thread's record always nests and never ends
+//!    the section or gives the record back: exactly one unlock, the interrupted outermost one,
+//!    is told to give it back.
 //!
 //! ## Memory orderings
 //!
@@ -109,9 +115,9 @@ pub struct Record {
     /// Whether a thread owns this record. CAS by the registering thread; cleared at thread exit
     /// (or, for a thread that exited inside a section, when that section ends: Invariant 5).
     pub(crate) owned: AtomicBool,
-    /// Set by the exit hook of a thread that exits inside a section (Invariant 5); cleared when
-    /// the record is given back. Written and read by the owning thread only (and by the
-    /// single-threaded `fork()` child).
+    /// Set by the exit hook of a thread that exits inside a section (Invariant 5); cleared by
+    /// the outermost unlock that ends that section, before its word goes to `0` (Invariant 6).
+    /// Written and read by the owning thread only (and by the single-threaded `fork()` child).
     pub(crate) exited: AtomicBool,
     /// Kernel thread id of the owner, for stall reports. Written by the owner at registration.
     pub(crate) tid: AtomicU32,
@@ -227,17 +233,28 @@ pub(crate) fn lock(gp_seq: &AtomicU64, rec: &Record) {
     }
 }
 
-/// Releases a read lock taken with [`lock`]. Returns whether it ended the section (outermost
-/// unlock).
+/// Releases a read lock taken with [`lock`]. Returns whether it ended the section of a thread
+/// that exited inside it (Invariant 5): then `exited` has been cleared and the caller, the only
+/// one told so, gives the record back.
+///
+/// Async-signal-safe, like [`lock`]. The outermost unlock clears `exited` *before* it stores
+/// `word = 0` (Invariant 6), so a signal handler's guard never finds `exited` set on a
+/// quiescent word: while `exited` is set its guards nest and never end the section.
 #[inline(always)]
 pub(crate) fn unlock(rec: &Record) -> bool {
     let w = rec.word.load(Ordering::Relaxed);
     debug_assert!(w & NEST_MASK != 0, "rcu_read_unlock without rcu_read_lock");
     if w & NEST_MASK == 1 {
+        // Relaxed: `exited` is read and written by the owning thread (and its signal handlers)
+        // only, while it owns the record. The swap, a single instruction, is reached only on a
+        // thread that exited inside a section; it makes the claim one indivisible step even
+        // against a handler (which, by Invariant 6, cannot be outermost here anyway).
+        let ended_exited =
+            rec.exited.load(Ordering::Relaxed) && rec.exited.swap(false, Ordering::Relaxed);
         // Release pairs with the Acquire load in `gp::wait_for_reader`: every access of the
         // critical section happens-before the writer's decision that we are quiescent.
         rec.word.store(0, Ordering::Release);
-        true
+        ended_exited
     } else {
         rec.word.store(w - 1, Ordering::Relaxed);
         false
@@ -311,11 +328,15 @@ impl Registry {
         unsafe { &*new }
     }
 
-    /// Gives a record back. Its word must be `0` (the caller clears it first).
+    /// Gives a record back. Its word must be `0` and `exited` clear (the caller, its owner,
+    /// clears them first: [`unlock`] clears `exited` of a record whose thread exited inside a
+    /// section, Invariant 6).
     pub(crate) fn release(&self, rec: &Record) {
         debug_assert_eq!(rec.word.load(Ordering::Relaxed), 0);
-        // Relaxed: owner-private flag; the Release store below publishes it with the record.
-        rec.exited.store(false, Ordering::Relaxed);
+        debug_assert!(
+            !rec.exited.load(Ordering::Relaxed),
+            "a record given back while its thread's exited section is open"
+        );
         // Release pairs with the Acquire CAS in `acquire` (Invariant 3).
         rec.owned.store(false, Ordering::Release);
     }
