@@ -32,9 +32,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use cli::{parse_args, render_json, render_table, Command, Progress, USAGE};
-use model::{run_mode, Config, ModeReport};
+use model::{configure_kfree, run_mode, Config, ModeReport};
 
 fn main() -> ExitCode {
+    configure_kfree();
     let opts = match parse_args(std::env::args().skip(1)) {
         Ok(Command::Run(o)) => o,
         Ok(Command::Help) => {

@@ -114,8 +114,8 @@ pub use slab_backend::{
 
 pub use kfree_batch::{
     impl_has_rcu_head, kfree_rcu, kfree_rcu_cache, kfree_rcu_head, kfree_rcu_head_raw,
-    kfree_rcu_kmalloc, kfree_rcu_raw, kvfree_rcu_barrier, ConfigError, HasRcuHead, KfreeStats,
-    RcuHead,
+    kfree_rcu_kmalloc, kfree_rcu_raw, kfree_rcu_raw_charged, kvfree_rcu_barrier, ConfigError,
+    HasRcuHead, KfreeStats, RcuHead,
 };
 
 /// `kfree_batch::stats` under a name that does not clash with the other crates' statistics.

@@ -15,6 +15,23 @@ use rcu_kit::{kvfree_rcu_barrier, rcu_barrier, rcu_read_lock};
 use crate::mapper::Mapper;
 use crate::mm::{handle_fault, Mm, VmaAlloc, BASE, PAGE, PAGES_PER_VMA};
 
+/// The kfree_rcu pending cap the example runs with (unless `RCU_KIT_KFREE_CAP` sets another):
+/// a bound on the retired VMA arrays waiting for a grace period, charged with their entry
+/// buffers. They, not the VMA cache, are what a slow grace period leaves waiting in every mode
+/// (tens of MiB per stalled second at the default map rate). A normal run keeps under half of
+/// it; when a reader or the starved worker stalls grace periods, a mapper retiring past it waits
+/// for a grace period itself instead of growing memory.
+pub(crate) const KFREE_PENDING_CAP: usize = 32 << 20;
+
+/// Sets the kfree_rcu pending cap to [`KFREE_PENDING_CAP`] unless `RCU_KIT_KFREE_CAP` chose
+/// one (through the environment, so the batcher's other `RCU_KIT_KFREE_*` settings still
+/// apply). Call at the start of `main`, before any thread is started or anything retired.
+pub(crate) fn configure_kfree() {
+    if std::env::var_os("RCU_KIT_KFREE_CAP").is_none() {
+        std::env::set_var("RCU_KIT_KFREE_CAP", KFREE_PENDING_CAP.to_string());
+    }
+}
+
 /// How an unmapped VMA goes back to the cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Mode {
