@@ -140,7 +140,8 @@ fn run_case(case: &str) {
 /// Cap on memory waiting for a grace period in the stalled-grace-period case (the example's).
 const STALL_CAP: usize = model::KFREE_PENDING_CAP;
 /// Peak RSS growth allowed on top of [`STALL_CAP`]: thread stacks, allocator arenas, the
-/// batcher's own pages and the fragmentation around pending arrays (measured: under 25 MiB).
+/// batcher's own pages and the fragmentation around pending arrays (measured: the whole growth,
+/// cap included, about 30 MiB).
 const STALL_SLACK: usize = 32 << 20;
 /// Mapper operations (each retires one 256-entry VMA array of about 8 KiB).
 const STALL_OPS: u64 = 20_000;
@@ -341,6 +342,7 @@ fn json_has_the_specified_keys() {
         call_rcu_calls: 3,
         grace_periods: 4,
         peak_rss_bytes: 5,
+        peak_cache_bytes: 6,
         vmas_leaked: 0,
     };
     let j = render_json(&[r.clone(), r]);
@@ -360,6 +362,7 @@ fn json_has_the_specified_keys() {
         "\"kfree_rcu_calls\"",
         "\"grace_periods\": 4",
         "\"peak_rss_bytes\": 5",
+        "\"peak_cache_bytes\": 6",
     ];
     let mut at = 0;
     for k in keys {

@@ -202,6 +202,9 @@ pub(crate) struct ModeReport {
     pub(crate) grace_periods: u64,
     /// Peak resident set size of the process during this mode.
     pub(crate) peak_rss_bytes: u64,
+    /// Largest memory of the VMA cache's slabs (on its lists, plus those waiting for a grace
+    /// period before release), sampled about every 100 ms of the timed phase and after it.
+    pub(crate) peak_cache_bytes: u64,
     /// Objects still allocated in the VMA cache after teardown and barriers.
     pub(crate) vmas_leaked: u64,
 }
@@ -216,6 +219,7 @@ impl ModeReport {
         self.call_rcu_calls += o.call_rcu_calls;
         self.grace_periods += o.grace_periods;
         self.peak_rss_bytes = self.peak_rss_bytes.max(o.peak_rss_bytes);
+        self.peak_cache_bytes = self.peak_cache_bytes.max(o.peak_cache_bytes);
         self.vmas_leaked += o.vmas_leaked;
     }
 
@@ -415,6 +419,7 @@ pub(crate) fn run_mode(cfg: &Config, tick: &mut dyn FnMut(Duration, &Live)) -> M
 
     let live = Live::default();
     let stop = AtomicBool::new(false);
+    let mut peak_cache_bytes = cache_bytes(&alloc);
     let gp0 = rcu_kit::gp_stats();
     let start = Instant::now();
     let deadline = Duration::from_secs_f64(cfg.seconds);
@@ -439,12 +444,14 @@ pub(crate) fn run_mode(cfg: &Config, tick: &mut dyn FnMut(Duration, &Live)) -> M
                 break;
             }
             std::thread::sleep((deadline - e).min(Duration::from_millis(100)));
+            peak_cache_bytes = peak_cache_bytes.max(cache_bytes(&alloc));
             tick(start.elapsed(), &live);
         }
         stop.store(true, Ordering::Relaxed);
         start.elapsed()
     });
     let gp1 = rcu_kit::gp_stats();
+    let peak_cache_bytes = peak_cache_bytes.max(cache_bytes(&alloc));
 
     // Teardown: exit_mmap every mm, then wait for every deferred free.
     for mm in &mms {
@@ -481,6 +488,13 @@ pub(crate) fn run_mode(cfg: &Config, tick: &mut dyn FnMut(Duration, &Live)) -> M
         call_rcu_calls: gp1.callbacks_queued - gp0.callbacks_queued,
         grace_periods: gp1.grace_periods - gp0.grace_periods,
         peak_rss_bytes,
+        peak_cache_bytes,
         vmas_leaked,
     }
+}
+
+/// Bytes of the VMA cache's slabs: on its lists, and waiting for a grace period before release.
+fn cache_bytes(alloc: &VmaAlloc) -> u64 {
+    let s = alloc.cache.stats();
+    ((s.slabs + s.rcu_pending_slabs) * s.pages_per_slab * rcu_kit::slab_backend::PAGE_SIZE) as u64
 }
