@@ -18,7 +18,8 @@
 //! * [`kfree_rcu`] (headless: any `Box<T>`), [`kfree_rcu_head`] (types embedding an [`RcuHead`]),
 //!   [`kfree_rcu_cache`] (objects of a `KmemCache`, freed back in bulk), [`kfree_rcu_kmalloc`];
 //!   [`kfree_rcu_raw`] and [`kfree_rcu_head_raw`] take the object as the raw pointer readers
-//!   found it by, with no `Box` made while they may still hold it.
+//!   found it by, with no `Box` made while they may still hold it; [`kfree_rcu_raw_charged`]
+//!   also charges the heap memory the object owns (a `Vec`'s buffer) to the pending cap.
 //! * [`kvfree_rcu_barrier`]: returns once everything retired before it is freed.
 //! * [`stats`], [`configure`].
 //!
