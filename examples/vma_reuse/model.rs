@@ -389,6 +389,10 @@ fn mapper_thread(
 /// the elapsed time and the live counters (for a progress line).
 pub(crate) fn run_mode(cfg: &Config, tick: &mut dyn FnMut(Duration, &Live)) -> ModeReport {
     assert!(cfg.threads >= 1 && cfg.mms >= 1 && cfg.vmas >= 1);
+    // Return what the allocator keeps free (an earlier mode's arrays and callbacks) to the OS
+    // first, so that this mode's peak starts from its own baseline, not from the heap an
+    // earlier mode left behind.
+    trim_heap();
     test_support::start_peak_rss();
     let alloc = VmaAlloc::new(cfg.mode);
     let npages = (cfg.vmas * PAGES_PER_VMA).max(8);
@@ -490,6 +494,15 @@ pub(crate) fn run_mode(cfg: &Config, tick: &mut dyn FnMut(Duration, &Live)) -> M
         peak_rss_bytes,
         peak_cache_bytes,
         vmas_leaked,
+    }
+}
+
+/// Gives the free memory of every allocator arena back to the OS (glibc's `malloc_trim`).
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap pages; it may be called at any time.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
