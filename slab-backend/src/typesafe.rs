@@ -89,6 +89,7 @@ pub(crate) fn reserve_discard(cache: &RawCache) -> bool {
 /// [`reserve_discard`] without the cap, for destroy (every empty slab must go).
 pub(crate) fn force_reserve_discard(cache: &RawCache) -> bool {
     if cache.typesafe {
+        // Relaxed: a budget word (module docs); destroy may pass the cap (Invariant 1).
         cache.rcu_pending.fetch_add(1, Ordering::Relaxed);
     }
     true
