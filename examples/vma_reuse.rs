@@ -18,6 +18,21 @@
 //! (the old kernel: a call_rcu per freed VMA), `kfree-rcu` (batched through `kfree_rcu_cache`).
 //! The model lives in `vma_reuse/{model,mm,mapper}.rs`, the command line and output in
 //! `vma_reuse/cli.rs`; `tests/vma_reuse.rs` includes them all.
+//!
+//! The `peak RSS (process)` row (`peak_rss_bytes`) is the whole process's high-water mark during
+//! the mode (reset when the mode starts, after the allocator's free memory left by an earlier
+//! mode has been given back to the OS with `malloc_trim`). The VMA cache is a small part of it,
+//! shown in the next row (`peak_cache_bytes`: its slabs, including those waiting for a grace
+//! period, which a typesafe cache caps at 4 MiB): a few slabs, under 1 MiB, in every mode. Most
+//! of it is the allocator's heap: thread arenas, and the VMA arrays retired with kfree_rcu and
+//! waiting for a grace period — about 2 KiB each at 64 VMAs, tens of thousands per second. That
+//! backlog follows the grace-period latency, so on a loaded machine (readers preempted inside
+//! their sections, the batcher's worker starved) it varies from run to run and from mode to mode
+//! (typesafe mode has no per-VMA callbacks, so fewer grace periods and larger batches). It is
+//! bounded: each array is charged with its entry buffer (`kfree_rcu_raw_charged`) against a
+//! kfree_rcu pending cap of 32 MiB (`RCU_KIT_KFREE_CAP` sets another); past it a mapper waits
+//! for a grace period instead of growing memory. (In call-rcu mode the per-VMA callbacks are
+//! not capped: `call_rcu` has no bound.)
 
 #[path = "vma_reuse/cli.rs"]
 mod cli;
@@ -32,9 +47,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use cli::{parse_args, render_json, render_table, Command, Progress, USAGE};
-use model::{run_mode, Config, ModeReport};
+use model::{configure_kfree, run_mode, Config, ModeReport};
 
 fn main() -> ExitCode {
+    configure_kfree();
     let opts = match parse_args(std::env::args().skip(1)) {
         Ok(Command::Run(o)) => o,
         Ok(Command::Help) => {

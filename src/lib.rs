@@ -47,7 +47,7 @@
 //! | wait for readers                                | [`synchronize_rcu`], [`synchronize_rcu_expedited`]         |
 //! | wait without blocking now                       | [`get_state_synchronize_rcu`], [`start_poll_synchronize_rcu`], [`poll_state_synchronize_rcu`], [`cond_synchronize_rcu`] |
 //! | run code after a grace period                   | [`call_rcu`], then [`rcu_barrier`] to wait for all of it   |
-//! | free boxes after a grace period                 | [`kfree_rcu`], [`kfree_rcu_raw`] (a published raw pointer), [`kfree_rcu_head`], [`kvfree_rcu_barrier`], [`kfree_stats`] |
+//! | free boxes after a grace period                 | [`kfree_rcu`], [`kfree_rcu_raw`] (a published raw pointer), [`kfree_rcu_raw_charged`] (one owning a buffer), [`kfree_rcu_head`], [`kvfree_rcu_barrier`], [`kfree_stats`] |
 //! | allocate objects that readers may see reused    | [`KmemCache`], [`kfree_rcu_cache`], [`slabinfo`]           |
 //! | bound or inspect memory                         | [`set_memory_limit`], [`slab_backend::memory_stats`], [`kfree_batch::configure`] |
 //! | get a concurrent map                            | [`map::RcuHashMap`]                                        |
@@ -114,8 +114,8 @@ pub use slab_backend::{
 
 pub use kfree_batch::{
     impl_has_rcu_head, kfree_rcu, kfree_rcu_cache, kfree_rcu_head, kfree_rcu_head_raw,
-    kfree_rcu_kmalloc, kfree_rcu_raw, kvfree_rcu_barrier, ConfigError, HasRcuHead, KfreeStats,
-    RcuHead,
+    kfree_rcu_kmalloc, kfree_rcu_raw, kfree_rcu_raw_charged, kvfree_rcu_barrier, ConfigError,
+    HasRcuHead, KfreeStats, RcuHead,
 };
 
 /// `kfree_batch::stats` under a name that does not clash with the other crates' statistics.

@@ -132,8 +132,100 @@ fn run_case(case: &str) {
             assert!(wrong > 0, "skipping the vm_mm check gave no wrong VMA");
             println!("broken variant: {wrong} wrong-VMA results");
         }
+        "stalled-gp" => stalled_grace_periods(),
         other => panic!("unknown case {other}"),
     }
+}
+
+/// Cap on memory waiting for a grace period in the stalled-grace-period case (the example's).
+const STALL_CAP: usize = model::KFREE_PENDING_CAP;
+/// Peak RSS growth allowed on top of [`STALL_CAP`]: thread stacks, allocator arenas, the
+/// batcher's own pages and the fragmentation around pending arrays (measured: the whole growth,
+/// cap included, about 30 MiB).
+const STALL_SLACK: usize = 32 << 20;
+/// Mapper operations (each retires one 256-entry VMA array of about 8 KiB).
+const STALL_OPS: u64 = 20_000;
+/// How long the reader holds its section at most (the grace-period stall).
+const STALL_HOLD: Duration = Duration::from_secs(2);
+/// How long the mapper runs at most.
+const STALL_MAX: Duration = Duration::from_secs(20);
+
+/// A typesafe-mode mapper churns VMAs flat out while one reader holds its read-side critical
+/// section, so no grace period ends: the retired VMA arrays (not the typesafe VMA cache) pile
+/// up. Peak RSS may grow by the kfree_rcu pending cap plus [`STALL_SLACK`], no more.
+fn stalled_grace_periods() {
+    rcu_kit::kfree_batch::configure(rcu_kit::kfree_batch::Config {
+        pending_cap: STALL_CAP,
+        ..Default::default()
+    })
+    .expect("configure the kfree_rcu batcher");
+    let vmas = 256;
+    let alloc = mm::VmaAlloc::new(Mode::Typesafe);
+    let mm = std::sync::Arc::new(mm::Mm::new(vmas * mm::PAGES_PER_VMA));
+    let mut m = mapper::Mapper {
+        alloc: &alloc,
+        rng: model::Rng::new(7, 0),
+        target_vmas: vmas,
+        st: model::MapStats::default(),
+        last_freed: None,
+    };
+    {
+        let w = mm.mmap_write_lock();
+        while mapper::Mapper::entries(&w).len() < vmas {
+            m.mmap(&w, mapper::Mapper::entries(&w));
+        }
+    }
+    rcu_kit::kvfree_rcu_barrier();
+    let base = test_support::start_peak_rss();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let start = Instant::now();
+    let ops = std::thread::scope(|s| {
+        s.spawn(|| {
+            let g = rcu_kit::rcu_read_lock();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) && start.elapsed() < STALL_HOLD {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            drop(g);
+        });
+        let mut ops = 0;
+        while ops < STALL_OPS && start.elapsed() < STALL_MAX {
+            let w = mm.mmap_write_lock();
+            m.op(&w);
+            drop(w);
+            ops += 1;
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        ops
+    });
+    let growth = test_support::peak_rss().saturating_sub(base);
+    m.exit_mmap(&mm);
+    rcu_kit::rcu_barrier();
+    rcu_kit::kvfree_rcu_barrier();
+    let k = rcu_kit::kfree_stats();
+    let c = alloc.cache.stats();
+    println!(
+        "stalled grace period: {ops} ops in {:.2?}, peak RSS growth {} KiB, kfree_rcu peak \
+         pending {} KiB (cap {} KiB), fallback_sync {}; typesafe VMA cache: {} slabs created, \
+         {} freed, {} pending discard",
+        start.elapsed(),
+        growth >> 10,
+        k.peak_pending_bytes >> 10,
+        k.pending_cap >> 10,
+        k.fallback_sync,
+        c.slabs_created,
+        c.slabs_freed,
+        c.rcu_pending_slabs
+    );
+    assert!(
+        growth <= STALL_CAP + STALL_SLACK,
+        "peak RSS grew by {} KiB while a reader stalled grace periods (bound {} KiB: the \
+         kfree_rcu pending cap {} KiB + {} KiB); kfree_rcu peak pending charge {} KiB",
+        growth >> 10,
+        (STALL_CAP + STALL_SLACK) >> 10,
+        STALL_CAP >> 10,
+        STALL_SLACK >> 10,
+        k.peak_pending_bytes >> 10
+    );
 }
 
 #[test]
@@ -168,6 +260,11 @@ fn call_rcu_mode_is_correct() {
 #[test]
 fn kfree_rcu_mode_is_correct() {
     expect_ok("kfree-rcu");
+}
+
+#[test]
+fn stalled_grace_periods_keep_peak_rss_bounded() {
+    expect_ok("stalled-gp");
 }
 
 #[test]
@@ -245,6 +342,7 @@ fn json_has_the_specified_keys() {
         call_rcu_calls: 3,
         grace_periods: 4,
         peak_rss_bytes: 5,
+        peak_cache_bytes: 6,
         vmas_leaked: 0,
     };
     let j = render_json(&[r.clone(), r]);
@@ -264,6 +362,7 @@ fn json_has_the_specified_keys() {
         "\"kfree_rcu_calls\"",
         "\"grace_periods\": 4",
         "\"peak_rss_bytes\": 5",
+        "\"peak_cache_bytes\": 6",
     ];
     let mut at = 0;
     for k in keys {

@@ -247,8 +247,10 @@ impl Progress {
 fn human_bytes(b: u64) -> String {
     if b >= 1 << 30 {
         format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)
-    } else {
+    } else if b >= 1 << 20 {
         format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
+    } else {
+        format!("{} KiB", b >> 10)
     }
 }
 
@@ -291,7 +293,7 @@ pub(crate) fn render_table(o: &Options, reports: &[ModeReport]) -> String {
         }
     );
     type Row = (&'static str, fn(&ModeReport) -> String);
-    let rows: [Row; 21] = [
+    let rows: [Row; 22] = [
         ("faults", |r| r.fault.faults.to_string()),
         ("faults/s", |r| human_count(r.faults_per_sec())),
         ("faults per fault-thread CPU s", |r| {
@@ -326,7 +328,10 @@ pub(crate) fn render_table(o: &Options, reports: &[ModeReport]) -> String {
         }),
         ("kfree_rcu calls (+arrays)", |r| r.map.kfree_rcu.to_string()),
         ("grace periods", |r| r.grace_periods.to_string()),
-        ("peak RSS", |r| human_bytes(r.peak_rss_bytes)),
+        ("peak RSS (process)", |r| human_bytes(r.peak_rss_bytes)),
+        ("  VMA cache slabs (peak)", |r| {
+            human_bytes(r.peak_cache_bytes)
+        }),
         ("leaked VMAs / RCU errors", |r| {
             format!("{} / {}", r.vmas_leaked, r.fault.rcu_errors)
         }),
@@ -378,7 +383,7 @@ pub(crate) fn render_json(reports: &[ModeReport]) -> String {
             s,
             "{{\"mode\": \"{}\", \"faults\": {}, \"faults_per_sec\": {:.1}, \"lock_fallbacks\": {}, \
              \"reuse_caught\": {}, \"wrong_vma\": {}, \"call_rcu_calls\": {}, \"kfree_rcu_calls\": {}, \
-             \"grace_periods\": {}, \"peak_rss_bytes\": {}, \
+             \"grace_periods\": {}, \"peak_rss_bytes\": {}, \"peak_cache_bytes\": {}, \
              \"fallback_reasons\": {{\"seq\": {}, \"detached\": {}, \"wrong_mm\": {}, \"range\": {}, \"unmapped\": {}}}, \
              \"vmas_freed\": {}, \"vmas_leaked\": {}, \"rcu_errors\": {}, \"seconds\": {:.3}, \
              \"fault_cpu_seconds\": {:.3}}}",
@@ -392,6 +397,7 @@ pub(crate) fn render_json(reports: &[ModeReport]) -> String {
             r.map.kfree_rcu,
             r.grace_periods,
             r.peak_rss_bytes,
+            r.peak_cache_bytes,
             fb.seq,
             fb.detached,
             fb.wrong_mm,

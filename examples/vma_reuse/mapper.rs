@@ -6,7 +6,7 @@
 use core::ptr::NonNull;
 use std::sync::atomic::Ordering;
 
-use rcu_kit::kfree_rcu_raw;
+use rcu_kit::kfree_rcu_raw_charged;
 
 use crate::mm::{
     vma_mark_attached, vma_mark_detached, vma_start_write, Entry, Mm, MmapWriteGuard, Vma,
@@ -77,16 +77,23 @@ impl Mapper<'_> {
         }
     }
 
-    /// Publishes a new VMA array and retires the old one with kfree_rcu.
+    /// Publishes a new VMA array and retires the old one with kfree_rcu, charging its entry
+    /// buffer too: that buffer (not the 24-byte `VmaTree`) is the memory a slow grace period
+    /// leaves waiting, and only what is charged counts against the kfree_rcu pending cap.
     fn publish(&mut self, mm: &Mm, entries: Vec<Entry>) {
         let new = Box::into_raw(Box::new(VmaTree { entries }));
         // AcqRel: Release publishes the new array (pairs with readers' Acquire load); Acquire
         // takes over the old one.
         let old = mm.tree.swap(new, Ordering::AcqRel);
+        // SAFETY: only mmap writers replace the array and we are the one (write lock held); the
+        // old array is still alive (not retired yet).
+        let owned = unsafe { &*old }.entries.capacity() * core::mem::size_of::<Entry>();
+        // Plus the allocator's chunk header and rounding (glibc: 8 bytes, 16-byte granules).
+        let owned = if owned == 0 { 0 } else { owned + 16 };
         // SAFETY: `old` came from Box::into_raw, is now unpublished and retired once; readers
         // that loaded it are inside critical sections, which kfree_rcu waits for, and no `Box`
         // of it is made while they may hold it.
-        unsafe { kfree_rcu_raw(old) };
+        unsafe { kfree_rcu_raw_charged(old, owned) };
         self.st.kfree_rcu += 1;
     }
 

@@ -15,6 +15,23 @@ use rcu_kit::{kvfree_rcu_barrier, rcu_barrier, rcu_read_lock};
 use crate::mapper::Mapper;
 use crate::mm::{handle_fault, Mm, VmaAlloc, BASE, PAGE, PAGES_PER_VMA};
 
+/// The kfree_rcu pending cap the example runs with (unless `RCU_KIT_KFREE_CAP` sets another):
+/// a bound on the retired VMA arrays waiting for a grace period, charged with their entry
+/// buffers. They, not the VMA cache, are what a slow grace period leaves waiting in every mode
+/// (tens of MiB per stalled second at the default map rate). A normal run keeps under half of
+/// it; when a reader or the starved worker stalls grace periods, a mapper retiring past it waits
+/// for a grace period itself instead of growing memory.
+pub(crate) const KFREE_PENDING_CAP: usize = 32 << 20;
+
+/// Sets the kfree_rcu pending cap to [`KFREE_PENDING_CAP`] unless `RCU_KIT_KFREE_CAP` chose
+/// one (through the environment, so the batcher's other `RCU_KIT_KFREE_*` settings still
+/// apply). Call at the start of `main`, before any thread is started or anything retired.
+pub(crate) fn configure_kfree() {
+    if std::env::var_os("RCU_KIT_KFREE_CAP").is_none() {
+        std::env::set_var("RCU_KIT_KFREE_CAP", KFREE_PENDING_CAP.to_string());
+    }
+}
+
 /// How an unmapped VMA goes back to the cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Mode {
@@ -185,6 +202,9 @@ pub(crate) struct ModeReport {
     pub(crate) grace_periods: u64,
     /// Peak resident set size of the process during this mode.
     pub(crate) peak_rss_bytes: u64,
+    /// Largest memory of the VMA cache's slabs (on its lists, plus those waiting for a grace
+    /// period before release), sampled about every 100 ms of the timed phase and after it.
+    pub(crate) peak_cache_bytes: u64,
     /// Objects still allocated in the VMA cache after teardown and barriers.
     pub(crate) vmas_leaked: u64,
 }
@@ -199,6 +219,7 @@ impl ModeReport {
         self.call_rcu_calls += o.call_rcu_calls;
         self.grace_periods += o.grace_periods;
         self.peak_rss_bytes = self.peak_rss_bytes.max(o.peak_rss_bytes);
+        self.peak_cache_bytes = self.peak_cache_bytes.max(o.peak_cache_bytes);
         self.vmas_leaked += o.vmas_leaked;
     }
 
@@ -368,6 +389,10 @@ fn mapper_thread(
 /// the elapsed time and the live counters (for a progress line).
 pub(crate) fn run_mode(cfg: &Config, tick: &mut dyn FnMut(Duration, &Live)) -> ModeReport {
     assert!(cfg.threads >= 1 && cfg.mms >= 1 && cfg.vmas >= 1);
+    // Return what the allocator keeps free (an earlier mode's arrays and callbacks) to the OS
+    // first, so that this mode's peak starts from its own baseline, not from the heap an
+    // earlier mode left behind.
+    trim_heap();
     test_support::start_peak_rss();
     let alloc = VmaAlloc::new(cfg.mode);
     let npages = (cfg.vmas * PAGES_PER_VMA).max(8);
@@ -398,6 +423,7 @@ pub(crate) fn run_mode(cfg: &Config, tick: &mut dyn FnMut(Duration, &Live)) -> M
 
     let live = Live::default();
     let stop = AtomicBool::new(false);
+    let mut peak_cache_bytes = cache_bytes(&alloc);
     let gp0 = rcu_kit::gp_stats();
     let start = Instant::now();
     let deadline = Duration::from_secs_f64(cfg.seconds);
@@ -422,12 +448,14 @@ pub(crate) fn run_mode(cfg: &Config, tick: &mut dyn FnMut(Duration, &Live)) -> M
                 break;
             }
             std::thread::sleep((deadline - e).min(Duration::from_millis(100)));
+            peak_cache_bytes = peak_cache_bytes.max(cache_bytes(&alloc));
             tick(start.elapsed(), &live);
         }
         stop.store(true, Ordering::Relaxed);
         start.elapsed()
     });
     let gp1 = rcu_kit::gp_stats();
+    let peak_cache_bytes = peak_cache_bytes.max(cache_bytes(&alloc));
 
     // Teardown: exit_mmap every mm, then wait for every deferred free.
     for mm in &mms {
@@ -464,6 +492,22 @@ pub(crate) fn run_mode(cfg: &Config, tick: &mut dyn FnMut(Duration, &Live)) -> M
         call_rcu_calls: gp1.callbacks_queued - gp0.callbacks_queued,
         grace_periods: gp1.grace_periods - gp0.grace_periods,
         peak_rss_bytes,
+        peak_cache_bytes,
         vmas_leaked,
     }
+}
+
+/// Gives the free memory of every allocator arena back to the OS (glibc's `malloc_trim`).
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap pages; it may be called at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Bytes of the VMA cache's slabs: on its lists, and waiting for a grace period before release.
+fn cache_bytes(alloc: &VmaAlloc) -> u64 {
+    let s = alloc.cache.stats();
+    ((s.slabs + s.rcu_pending_slabs) * s.pages_per_slab * rcu_kit::slab_backend::PAGE_SIZE) as u64
 }

@@ -4,7 +4,8 @@
 //!
 //! **Budget.** `PENDING` counts bytes that may be waiting for a grace period: the heap bytes of
 //! every queued object (its allocator chunk: `size_of::<T>()` rounded up with glibc's header and
-//! granule, so the cap bounds resident memory), one page per block, and the unspent part of each
+//! granule, so the cap bounds resident memory; plus the bytes `kfree_rcu_raw_charged` declares it
+//! owns), one page per block, and the unspent part of each
 //! CPU's *reservation*. A CPU reserves budget in chunks (`RESERVE_CHUNK`, or exactly what it needs
 //! near the cap) with a CAS that never lets `PENDING` pass the cap, then spends the chunk under its
 //! own lock without touching a shared line. Freeing a block returns its bytes and page. Hence

@@ -18,7 +18,8 @@
 //! * [`kfree_rcu`] (headless: any `Box<T>`), [`kfree_rcu_head`] (types embedding an [`RcuHead`]),
 //!   [`kfree_rcu_cache`] (objects of a `KmemCache`, freed back in bulk), [`kfree_rcu_kmalloc`];
 //!   [`kfree_rcu_raw`] and [`kfree_rcu_head_raw`] take the object as the raw pointer readers
-//!   found it by, with no `Box` made while they may still hold it.
+//!   found it by, with no `Box` made while they may still hold it; [`kfree_rcu_raw_charged`]
+//!   also charges the heap memory the object owns (a `Vec`'s buffer) to the pending cap.
 //! * [`kvfree_rcu_barrier`]: returns once everything retired before it is freed.
 //! * [`stats`], [`configure`].
 //!
@@ -381,6 +382,51 @@ mod api {
             free,
             ctx,
             inline_free,
+            Form::Headless,
+        );
+    }
+
+    /// [`kfree_rcu_raw`] for an object that owns more heap memory than `size_of::<T>()` (a
+    /// `Vec`'s buffer, a `Box<[T]>`, a `String`), which its drop frees after the grace period:
+    /// `owned_bytes` of it are charged to the pending budget on top of the object's own chunk.
+    /// Without that charge the cap ([`crate::Config::pending_cap`]) sees only the small
+    /// object, and memory waiting for a grace period grows without bound while grace periods
+    /// are slow (a long reader, a starved worker): an array of a few KiB retired as a 24-byte
+    /// `Box<Vec<_>>` is charged 32 bytes.
+    ///
+    /// `owned_bytes` is an estimate (a `Vec`'s `capacity() * size_of::<E>()` plus its allocator
+    /// chunk overhead); over-counting only makes the cap bite earlier. When the cap is reached
+    /// the caller falls back as for any retire (crate docs): outside a reader it waits for a
+    /// grace period and frees the object itself.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicPtr, Ordering};
+    /// let slot = AtomicPtr::new(Box::into_raw(Box::new(vec![0u64; 512])));
+    /// let old = slot.swap(Box::into_raw(Box::new(vec![1u64; 512])), Ordering::AcqRel);
+    /// // SAFETY: from `Box::into_raw`, unpublished by the swap, retired once.
+    /// unsafe {
+    ///     let owned = (*old).capacity() * 8;
+    ///     kfree_batch::kfree_rcu_raw_charged(old, owned);
+    /// }
+    /// # let last = slot.swap(core::ptr::null_mut(), Ordering::AcqRel);
+    /// # unsafe { kfree_batch::kfree_rcu_raw(last) };
+    /// # kfree_batch::kvfree_rcu_barrier();
+    /// ```
+    ///
+    /// # Safety
+    /// As for [`kfree_rcu_raw`].
+    #[inline]
+    pub unsafe fn kfree_rcu_raw_charged<T: Send + 'static>(ptr: *mut T, owned_bytes: usize) {
+        debug_assert!(!ptr.is_null(), "kfree_rcu_raw_charged: null pointer");
+        // Always the dropping channel of `T`, never the in-place recycling one: a replacing put
+        // keeps the block's charge, which is right only if every object of the channel is
+        // charged alike (chan.rs Invariant 4), and these charges differ per object.
+        retire(
+            ptr.cast::<u8>(),
+            heap_bytes::<T>().saturating_add(owned_bytes),
+            free_boxes::<T>,
+            core::ptr::null(),
+            false,
             Form::Headless,
         );
     }

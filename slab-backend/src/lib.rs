@@ -9,7 +9,9 @@
 //!   `HWCACHE_ALIGN`, bulk free, [`KmemCache::shrink`], [`KmemCache::stats`] and [`slabinfo`].
 //! * **`SLAB_TYPESAFE_BY_RCU`** ([`KmemCacheBuilder::typesafe_by_rcu`]): freed objects may be
 //!   reused at once, but their memory stays a valid `T` of the cache while any reader that could
-//!   have seen them is inside a read-side critical section.
+//!   have seen them is inside a read-side critical section. Slabs waiting for that grace period
+//!   are capped per cache (4 MiB, at least 4 slabs); past the cap empty slabs are kept and
+//!   reused, so slow grace periods do not grow the cache.
 //! * **kmalloc** ([`kmalloc`], [`kfree`], [`ksize`]) in 13 size classes from 8 B to 8 KiB, and the
 //!   async-signal-safe [`kmalloc_nolock`] / [`kfree_nolock`].
 //!

@@ -34,7 +34,8 @@ pub struct CacheStats {
     pub cpu_cached_objects: usize,
     /// Of `cpu_cached_objects`, those in per-thread caches (of live and exited threads).
     pub thread_cached_objects: usize,
-    /// Slabs detached and waiting for a grace period before their pages go back (typesafe).
+    /// Slabs detached and waiting for a grace period before their pages go back (typesafe; at
+    /// most 4 MiB of slabs or 4 slabs, except while the cache is destroyed).
     pub rcu_pending_slabs: usize,
     /// Slabs ever created.
     pub slabs_created: u64,

@@ -8,16 +8,27 @@
 //! only way its memory could stop being a `T` is the slab being discarded: the `T`s dropped and
 //! the pages unmapped. This module delays exactly that:
 //!
+//! 0. [`reserve_discard`] reserves one of the cache's [`discard_cap`] pending-discard places
+//!    (`rcu_pending`, a CAS that never passes the cap); without a place the slab is not
+//!    detached but stays on the node's empty list, where it is reused before any new slab is
+//!    mapped (it is a slab of this cache, so reusing its objects is what typesafe permits);
 //! 1. the node detaches the empty slab (no further allocation can come from it);
-//! 2. [`defer_discard`] takes a GP snapshot and queues `call_rcu`; `rcu_pending` counts it.
+//! 2. [`defer_discard`] takes a GP snapshot and queues `call_rcu` (the place reserved in step 0 counts it).
 //!    It is never called with a slab lock held: `call_rcu` may wait for a grace period inline
 //!    (no memory for the callback), and readers may need those locks (the cache module stashes
 //!    slabs detached under its registry or flush lock until they are released). Inside a
 //!    read-side critical section (a reader's free, or reclaim run by a reader's page
-//!    allocation) the slab is not queued but filed back as an empty slab: `call_rcu` could not
+//!    allocation) the slab is not queued but filed back as an empty slab (giving its place back): `call_rcu` could not
 //!    fall back to waiting there if it had no room for the callback;
 //! 3. after a full grace period the callback asserts (debug) that the snapshot's GP completed,
-//!    drops the objects and unmaps the pages.
+//!    drops the objects, unmaps the pages and gives the place back.
+//!
+//! Invariant 1: outside destroy, at most [`discard_cap`] slabs of a cache are detached and not
+//! yet unmapped. So while grace periods are slow (a long reader, a starved callback thread), a
+//! churn that empties and refills slabs costs at most [`PENDING_DISCARD_BYTES`] (or
+//! [`MIN_PENDING_DISCARDS`] slabs) on top of the slabs it really uses, instead of a new slab for
+//! every one emptied. Destroy detaches every empty slab past the cap
+//! ([`force_reserve_discard`]) and waits for them all.
 //!
 //! Any reader that could have obtained a pointer into the slab did so before step 1 (after it no
 //! object of the slab is reachable: all were free, and allocation no longer sees the slab), so it
@@ -41,22 +52,62 @@
 //! anything (cache Invariant 3).
 //!
 //! ## Memory orderings
-//! The grace period orders the readers' accesses before the unmap (rcu-core's guarantee);
-//! `rcu_pending` is a statistic (Relaxed).
+//! The grace period orders the readers' accesses before the unmap (rcu-core's guarantee).
+//! `rcu_pending` is a budget word: nothing is published through it (the slab travels under the
+//! node lock and through `call_rcu`), so its CAS and decrement are Relaxed; the CAS alone keeps
+//! it under the cap (Invariant 1).
 
 use core::ptr::NonNull;
 
 use crate::cache::slab::{self, SlabHeader};
 use crate::cache::RawCache;
+use crate::page::PAGE_SIZE;
 use crate::primitive::sync::atomic::Ordering;
+
+/// Bytes of slabs one typesafe cache may have waiting for a grace period at once.
+pub(crate) const PENDING_DISCARD_BYTES: usize = 4 << 20;
+/// Slabs one typesafe cache may have waiting at once, whatever their size.
+pub(crate) const MIN_PENDING_DISCARDS: usize = 4;
+
+/// How many slabs of `cache` may wait for a grace period at once (Invariant 1).
+pub(crate) fn discard_cap(cache: &RawCache) -> usize {
+    (PENDING_DISCARD_BYTES / (cache.layout.pages * PAGE_SIZE)).max(MIN_PENDING_DISCARDS)
+}
+
+/// Grants the discard of one empty slab: always for an ordinary cache (discarded at once); for
+/// a typesafe one, reserves a pending-discard place, or refuses when all [`discard_cap`] are
+/// taken (step 0). Called under the node lock; a granted place is given back by the callback
+/// of [`defer_discard`].
+pub(crate) fn reserve_discard(cache: &RawCache) -> bool {
+    if !cache.typesafe {
+        return true;
+    }
+    let cap = discard_cap(cache);
+    // Relaxed: a budget word (module docs); the CAS never lets it pass `cap`.
+    cache
+        .rcu_pending
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
+            (p < cap).then_some(p + 1)
+        })
+        .is_ok()
+}
+
+/// [`reserve_discard`] without the cap, for destroy (every empty slab must go).
+pub(crate) fn force_reserve_discard(cache: &RawCache) -> bool {
+    if cache.typesafe {
+        // Relaxed: a budget word (module docs); destroy may pass the cap (Invariant 1).
+        cache.rcu_pending.fetch_add(1, Ordering::Relaxed);
+    }
+    true
+}
 
 /// A slab address that may travel to the RCU callback thread.
 struct SlabAddr(usize);
 
-/// Queues the discard of a detached, empty slab of a typesafe cache after a grace period.
+/// Queues the discard of a detached, empty slab of a typesafe cache after a grace period. Its
+/// pending-discard place was reserved before the detach ([`reserve_discard`]).
 pub(crate) fn defer_discard(cache: &RawCache, slab: NonNull<SlabHeader>) {
     debug_assert!(cache.typesafe);
-    cache.rcu_pending.fetch_add(1, Ordering::Relaxed);
     let snap = rcu_core::get_state_synchronize_rcu();
     let addr = SlabAddr(slab.as_ptr() as usize);
     rcu_core::call_rcu(move || {
@@ -72,6 +123,7 @@ pub(crate) fn defer_discard(cache: &RawCache, slab: NonNull<SlabHeader>) {
         // SAFETY: detached with every object free (node::put / detach_empty), and a grace period
         // has elapsed since, so no reader can still hold a pointer into it (module docs).
         unsafe { slab::discard_now(slab) };
+        // Gives the place back (step 3; Relaxed: module docs).
         cache.rcu_pending.fetch_sub(1, Ordering::Relaxed);
     });
 }

@@ -27,7 +27,10 @@
 //! Empty slabs beyond [`node::MIN_EMPTY`] per node, and all empty slabs on [`KmemCache::shrink`],
 //! are detached and *discarded*: objects dropped (ctor caches own their `T`s) and pages unmapped —
 //! at once for ordinary caches, after a grace period for `SLAB_TYPESAFE_BY_RCU` ones
-//! ([`crate::typesafe`]).
+//! ([`crate::typesafe`]). A typesafe cache detaches a slab only with a reservation from its
+//! pending-discard cap ([`crate::typesafe::discard_cap`]); without one the slab stays on the
+//! empty list and is reused, so slow grace periods cannot make it map slab after slab while the
+//! discarded ones wait. Destroy detaches everything regardless (it waits for all of them).
 //!
 //! ## Lock order
 //! One global order, the lesson of the 2021 SLUB lockdep report:
@@ -191,7 +194,8 @@ pub(crate) struct RawCache {
     nodes: Box<[Node]>,
     pub(crate) slabs_created: AtomicU64,
     pub(crate) slabs_freed: AtomicU64,
-    /// Slabs detached and waiting for a grace period before being unmapped.
+    /// Slabs detached and waiting for a grace period before being unmapped (typesafe caches);
+    /// reserved before the detach, at most [`crate::typesafe::discard_cap`] outside destroy.
     pub(crate) rcu_pending: AtomicUsize,
     /// Slabs detached under `REGISTRY` or `FLUSH` and not yet discarded (their discard runs
     /// when the lock is released: [`DeferDiscards`]); destroy waits for them (Invariant 1).
@@ -642,7 +646,14 @@ impl RawCache {
                 // `s` is its live slab (slab Invariant 1).
                 let idx = unsafe { (*s).index_of(&self.layout, o) };
                 let idx = idx.expect("slab: object pointer not at an object start");
-                g.put(&self.layout, s, idx, mode == Mode::Normal, &mut out);
+                g.put(
+                    &self.layout,
+                    s,
+                    idx,
+                    mode == Mode::Normal,
+                    &mut || crate::typesafe::reserve_discard(self),
+                    &mut out,
+                );
             }
         }
         self.discard(out);
@@ -686,6 +697,9 @@ impl RawCache {
                     .lock(Mode::Normal)
                     .expect("Normal lock succeeds")
                     .add_slab(s);
+                // The slab is not pending a discard: give back the place reserved for it before
+                // the detach (`typesafe` step 0; Relaxed: a budget word).
+                self.rcu_pending.fetch_sub(1, Ordering::Relaxed);
                 return false;
             }
             crate::typesafe::defer_discard(self, s);
@@ -740,7 +754,8 @@ impl RawCache {
         );
     }
 
-    /// Flushes per-CPU sheaves and gives every empty slab back; returns the slabs released.
+    /// Flushes per-CPU sheaves and gives every empty slab back (a typesafe cache: as many as its
+    /// pending-discard cap grants); returns the slabs released.
     pub(crate) fn shrink(&self) -> usize {
         let mut out = Detached::new();
         {
@@ -751,7 +766,7 @@ impl RawCache {
             self.node()
                 .lock(Mode::Normal)
                 .expect("Normal")
-                .detach_empty(&mut out);
+                .detach_empty(&mut || crate::typesafe::reserve_discard(self), &mut out);
         }
         self.discard(out)
     }
@@ -965,7 +980,12 @@ pub(crate) fn destroy_raw(raw: Arc<RawCache>) -> Result<(), SlabError> {
         raw.return_objects(&stolen, Mode::Normal);
         raw.cpu.flush_all(&**raw, true);
         let mut g = raw.node().lock(Mode::Normal).expect("Normal");
-        g.detach_empty(&mut out);
+        // Every empty slab goes, past the typesafe pending-discard cap too: nothing may stay
+        // behind, and the barrier below waits for all of them.
+        g.detach_empty(
+            &mut || crate::typesafe::force_reserve_discard(&raw),
+            &mut out,
+        );
         g.counts()
     };
     raw.discard(out);

@@ -8,7 +8,9 @@
 //! partial slabs first (to let others drain), then from empty ones. At most [`MIN_EMPTY`] empty
 //! slabs are kept for reuse; a slab that becomes empty beyond that is detached and handed back
 //! for discarding *after* the lock is dropped (unmapping, dropping `T`s and `call_rcu` never run
-//! under a node lock).
+//! under a node lock) — if the cache grants the discard: a typesafe cache refuses while too many
+//! of its discards wait for a grace period ([`crate::typesafe`]), and the slab then stays on the
+//! empty list, where the next allocation reuses it instead of mapping a new one.
 //!
 //! The node lock is a leaf: nothing else is locked while it is held. `Nolock` callers only
 //! try-lock it and never detach slabs (they cannot unmap or queue RCU callbacks).
@@ -277,13 +279,15 @@ impl NodeGuard<'_> {
     }
 
     /// Returns object `idx` to slab `s`. If that makes one empty slab too many (and `detach` is
-    /// allowed), the slab is moved to `out` for discarding after the lock is dropped.
+    /// allowed, and `reserve` grants a discard), the slab is moved to `out` for discarding after
+    /// the lock is dropped; otherwise an empty slab stays on the empty list, for reuse.
     pub(crate) fn put(
         &mut self,
         l: &SlabLayout,
         s: *mut SlabHeader,
         idx: usize,
         detach: bool,
+        reserve: &mut dyn FnMut() -> bool,
         out: &mut Detached,
     ) {
         self.with(|lists| {
@@ -292,7 +296,7 @@ impl NodeGuard<'_> {
             unsafe {
                 (*s).put(l, idx);
                 lists.refile(s, l.nr);
-                if detach && (*s).inuse == 0 && lists.empty.len > MIN_EMPTY {
+                if detach && (*s).inuse == 0 && lists.empty.len > MIN_EMPTY && reserve() {
                     lists.remove(s);
                     out.push(s);
                 }
@@ -300,10 +304,10 @@ impl NodeGuard<'_> {
         })
     }
 
-    /// Detaches every empty slab (`shrink`).
-    pub(crate) fn detach_empty(&mut self, out: &mut Detached) {
+    /// Detaches empty slabs while `reserve` grants a discard for each (`shrink`, destroy).
+    pub(crate) fn detach_empty(&mut self, reserve: &mut dyn FnMut() -> bool, out: &mut Detached) {
         self.with(|lists| {
-            while !lists.empty.head.is_null() {
+            while !lists.empty.head.is_null() && reserve() {
                 let s = lists.empty.head;
                 // SAFETY: `s` heads our empty list; we hold the lock.
                 unsafe { lists.remove(s) };

@@ -223,7 +223,9 @@ impl<T: Send + 'static> KmemCache<T> {
 
     /// Flushes the per-CPU sheaves and releases every empty slab; returns how many slabs were
     /// released (for a typesafe cache: queued for release after a grace period; this never waits
-    /// for readers; inside a read-side critical section its empty slabs are kept).
+    /// for readers; inside a read-side critical section its empty slabs are kept; and only as
+    /// many as fit its cap on slabs waiting for a grace period, 4 MiB or 4 slabs: the others stay
+    /// cached until earlier releases have gone).
     pub fn shrink(&self) -> usize {
         self.raw.shrink()
     }
