@@ -101,6 +101,8 @@ pub mod raw {
     pub use crate::block::FreeFn;
     pub use crate::chan::{stamp_stolen, FrontChan, Put};
     pub use crate::krc::{Added, Batch, Batcher, Collected, Pages, Processed, Refused, Retired};
+    #[cfg(not(rcu_loom))]
+    pub use crate::worker::with_slot_locked;
 }
 
 /// Pointers per block (505 with 4 KiB pages).

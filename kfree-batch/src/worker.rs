@@ -42,9 +42,28 @@
 //!   collects every slot's blocks, and backs refills off for one second. It frees no block
 //!   itself: it runs on whichever thread allocates — inside a read-side critical section, a
 //!   destructor or a pass, perhaps — where no destructor may run.
-//! * **fork()**: the child resets the slot locks, the busy lock and the barrier's counts, and
-//!   restarts the worker lazily. Blocks that a parent's worker pass or producer held at fork time
-//!   are not freed in the child (a copy that leaks there; the parent frees its own).
+//! * **fork()** (`pthread_atfork`, registered when the batcher is created, after rcu-core's and
+//!   slab-backend's first use, so that ours are the first prepare handler and the last parent
+//!   and child handlers of the three; no allocation in any of them). *Prepare* takes every slot
+//!   lock in slot order, then the worker handle's lock: the child copies each slot between two
+//!   critical sections, so a front's hand-over in flight is wholly in the front or wholly in the
+//!   slot (`krc.rs`, Invariant 6) and no slot list is half linked. It does not take the busy
+//!   lock: a pass holds it across a grace period and across destructors, which may wait for the
+//!   forking thread (inside a read-side critical section, or holding a lock a destructor
+//!   wants). *Parent* releases what prepare took. *Child* resets the slot locks, the busy lock,
+//!   the worker handle's lock and the barrier's counts, restarts the worker lazily, and
+//!   recounts the pending budget as what the child holds (`krc.rs`, "fork()"): the slots'
+//!   reservations, open, handed and cached blocks, every front's open block, and the forking
+//!   thread's own slice. The parent's other threads' slices, and the blocks a parent's pass or
+//!   producer held privately, are not in the child: their charges go, and so does the
+//!   in-flight count. Those blocks cannot be found, so they are not freed in the child (each
+//!   process frees its own copy of everything else) and their pages stay mapped and charged to
+//!   the page layer there: at most one pass's batch plus `RECLAIM_PER_HANDOVER + 1` blocks per
+//!   producer that was between a hand-over and its frees. Other threads' fronts keep their open
+//!   blocks, which the worker steals after the drain delay (a barrier at once); the fronts
+//!   themselves stay owned and are not reused in the child. If the forking thread is running a
+//!   free of ours (a destructor forked), it goes on holding its blocks in the child, so the
+//!   budget keeps every charge (over-counted, never under-counted).
 
 use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -503,21 +522,74 @@ pub(crate) fn stats() -> KfreeStats {
     }
 }
 
+/// Runs `f` while holding CPU slot `cpu`'s lock of the process-wide batcher (white-box tests of
+/// the `fork()` handlers). `f` must not retire objects or call into the batcher.
+#[doc(hidden)]
+pub fn with_slot_locked<R>(cpu: usize, f: impl FnOnce() -> R) -> R {
+    batcher().with_slot_locked(cpu, f)
+}
+
 /// Objects retired through a fallback (synchronize-and-free or park), counted as queued.
 pub(crate) static FALLBACK_QUEUED: AtomicU64 = AtomicU64::new(0);
 
+std::thread_local! {
+    /// Whether this thread's `fork()` prepare handler took the batcher's locks (its parent
+    /// handler releases only those: the batcher may have been created between the two, and
+    /// another thread's fork may hold them by then). A `const` thread-local without destructor:
+    /// no allocation in the handlers.
+    static FORK_LOCKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Installs the `fork()` handlers (module docs). Called once, when the batcher is created, after
+/// rcu-core's and slab-backend's first use (`create_batcher`): `pthread_atfork` runs prepare
+/// handlers in reverse registration order, so ours takes the batcher's locks before theirs take
+/// their own, the order in which the batcher nests calls into them; parent and child handlers
+/// run in registration order, so theirs have reset their state when ours runs.
 fn install_fork_handlers() {
+    // Slot locks, then the worker handle's lock (neither nests in the other). Not the busy lock:
+    // a pass holds it across a grace period and across destructors, so waiting for it could
+    // wait for the forking thread itself (inside a read-side critical section, or holding what
+    // a destructor waits for); the child resets it instead.
+    extern "C" fn prepare() {
+        if let Some(b) = BATCHER.get() {
+            b.fork_lock_slots();
+            WORKER.lock.lock();
+            FORK_LOCKED.with(|l| l.set(true));
+        }
+    }
+    extern "C" fn parent() {
+        if FORK_LOCKED.with(|l| l.replace(false)) {
+            WORKER.lock.unlock();
+            if let Some(b) = BATCHER.get() {
+                b.fork_unlock_slots();
+            }
+        }
+    }
+    // The child runs alone: Relaxed stores suffice (fork copied the parent's memory as it was;
+    // the threads started later are ordered after these stores by their creation).
     extern "C" fn child() {
+        FORK_LOCKED.with(|l| l.set(false));
         if let Some(b) = BATCHER.get() {
             b.reset_locks_after_fork();
+            // A destructor run by a free of ours forked: this thread goes on with the blocks it
+            // holds in the child and will release their charges; keep every charge (the other
+            // threads' ones over-count, never under-count).
+            if !in_free() {
+                // What the parent's passes and producers held privately, and the other threads'
+                // budget slices, do not exist here: charge only what the child holds.
+                BLOCKS_IN_FLIGHT.store(0, Ordering::Relaxed);
+                let held = b.slot_charges_after_fork() + crate::local::charges_after_fork();
+                b.budget.reset_after_fork(held);
+            }
         }
         BUSY.reset_after_fork();
         WORKER.lock.reset_after_fork();
         IDLE.store(false, Ordering::Relaxed);
         WORKER_STATE.store(0, Ordering::Relaxed);
     }
-    // SAFETY: a static `extern "C" fn()` that only stores to atomics (async-signal-safe).
-    let r = unsafe { libc::pthread_atfork(None, None, Some(child)) };
+    // SAFETY: static `extern "C" fn()`s that only touch atomics, const thread-locals, the
+    // batcher's try-locks and the structures they guard (no allocation), as fork handlers must.
+    let r = unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
     if r != 0 {
         eprintln!("kfree-batch: pthread_atfork failed ({r}); fork() children may stall");
     }
