@@ -80,12 +80,14 @@
 //!
 //! ## fork()
 //!
-//! The prepare handler (`worker.rs`) takes every slot lock in slot order ([`Batcher::fork_lock_slots`]:
-//! no path nests two slot locks and no slot critical section waits, so this cannot deadlock), so
-//! the child copies every slot between critical sections: a front's block being handed over is
+//! The prepare handler (`worker.rs`) takes every slot lock in slot order
+//! ([`Batcher::fork_lock_slots`]: no path nests two slot locks and no slot critical section
+//! waits for another thread, so this cannot deadlock), so the child copies every slot between
+//! critical sections: a front's block being handed over is
 //! either still in the front or stamped in `handed` (Invariant 6), and Invariants 1-2 hold for
 //! everything in the slots. The child resets the locks and the barrier's counts (`held` and
-//! `barriers` counted the parent's threads) and sets the budget to what it finds
+//! `barriers` counted the parent's threads; they become the forking thread's own, 0 unless a
+//! destructor forked) and sets the budget to what it finds
 //! ([`Batcher::slot_charges_after_fork`] plus the fronts, `local.rs`): Invariant 4 then holds in
 //! the child with equality for what exists there. A block that was outside every slot and front
 //! — in a collector's batch, or held by a producer (Invariant 5) — belongs to a thread the child
@@ -972,10 +974,22 @@ impl<'d, P: Pages> Batcher<'d, P> {
     /// released, outside any read-side critical section), releasing each one's hold once it is
     /// freed (Invariant 5).
     pub fn free_detached(&self, added: &mut Added, res: &mut Processed) {
+        self.free_detached_then(added, res, || ());
+    }
+
+    /// [`Batcher::free_detached`], calling `ended` after each hold ends (the caller keeps count
+    /// of the blocks it still holds, for a `fork()` from one of the destructors).
+    pub(crate) fn free_detached_then(
+        &self,
+        added: &mut Added,
+        res: &mut Processed,
+        mut ended: impl FnMut(),
+    ) {
         for b in added.reclaimed.iter_mut().filter_map(Option::take) {
             res.ready_first += 1;
             self.free_block(b.as_ptr(), res);
             self.end_hold();
+            ended();
         }
     }
 
@@ -1119,15 +1133,17 @@ impl<'d, P: Pages> Batcher<'d, P> {
         }
     }
 
-    /// Resets the slot locks and the barrier's counts in a `fork()` child (the threads that
-    /// held blocks or ran a barrier do not exist there; their blocks leak in the child).
+    /// Resets the slot locks and the barrier's counts in a `fork()` child: the threads that held
+    /// blocks or ran a barrier do not exist there (their blocks leak in the child), except the
+    /// forking thread, which still holds `held` blocks and runs `barriers` barriers (a
+    /// destructor that one of our frees runs forked).
     #[cfg(not(rcu_loom))]
-    pub(crate) fn reset_locks_after_fork(&self) {
+    pub(crate) fn reset_locks_after_fork(&self, held: usize, barriers: usize) {
         for k in self.krcs.iter() {
             k.lock.reset_after_fork();
         }
-        self.gate.held.store(0, Ordering::Relaxed);
-        self.gate.barriers.store(0, Ordering::Relaxed);
+        self.gate.held.store(held, Ordering::Relaxed);
+        self.gate.barriers.store(barriers, Ordering::Relaxed);
     }
 
     /// In a `fork()` child, after [`Batcher::reset_locks_after_fork`]: the budget bytes the

@@ -58,12 +58,14 @@
 //!   producer held privately, are not in the child: their charges go, and so does the
 //!   in-flight count. Those blocks cannot be found, so they are not freed in the child (each
 //!   process frees its own copy of everything else) and their pages stay mapped and charged to
-//!   the page layer there: at most one pass's batch plus `RECLAIM_PER_HANDOVER + 1` blocks per
-//!   producer that was between a hand-over and its frees. Other threads' fronts keep their open
-//!   blocks, which the worker steals after the drain delay (a barrier at once); the fronts
-//!   themselves stay owned and are not reused in the child. If the forking thread is running a
-//!   free of ours (a destructor forked), it goes on holding its blocks in the child, so the
-//!   budget keeps every charge (over-counted, never under-counted).
+//!   the page layer there: at most one pass's batch, plus `RECLAIM_PER_HANDOVER + 1` blocks per
+//!   producer that was between a hand-over and its frees (or one it was opening). Other
+//!   threads' fronts keep their open blocks, which the worker steals after the drain delay (a
+//!   barrier at once); the fronts themselves stay owned and are not reused in the child. If
+//!   the forking thread is running a free of ours (a destructor forked), it goes on in the
+//!   child with the blocks it holds and the pass it runs: the budget keeps every charge
+//!   (over-counted, never under-counted), the barrier's counts become its own (`HOLDING`,
+//!   `IN_PASS`), and the busy lock stays its own.
 
 use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -331,13 +333,26 @@ pub(crate) fn count_freed(res: &Processed) {
     }
 }
 
+std::thread_local! {
+    /// Blocks this thread holds while it frees them (`free_reclaimed`): what the `fork()` child
+    /// handler restores `held` to when a destructor forked (`krc.rs`, Invariant 5).
+    static HOLDING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// This thread holds the busy lock (`pass`); 2: for a barrier, between `barrier_begin` and
+    /// `barrier_end`. Read by the `fork()` child handler.
+    static IN_PASS: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
+}
+
 /// Frees the blocks a producer reclaimed inline and counts them.
 pub(crate) fn free_reclaimed(b: &Global, a: &mut Added) {
-    if a.reclaimed.iter().all(Option::is_none) {
+    let n = a.reclaimed.iter().filter(|r| r.is_some()).count();
+    if n == 0 {
         return;
     }
     let mut res = Processed::default();
-    freeing(|| b.free_detached(a, &mut res));
+    // Added, not set: a destructor may retire and free reclaimed blocks of its own (nested);
+    // each hold that ends takes one off, so the count is back where it was after the call.
+    HOLDING.with(|h| h.set(h.get() + n));
+    freeing(|| b.free_detached_then(a, &mut res, || HOLDING.with(|h| h.set(h.get() - 1))));
     count_freed(&res);
 }
 
@@ -355,14 +370,18 @@ pub(crate) enum Flush {
 /// One collection pass (module docs).
 pub(crate) fn pass(b: &Global, flush: Flush) -> PassResult {
     BUSY.lock();
+    IN_PASS.with(|p| p.set(1));
     let barrier = flush == Flush::Barrier;
     if barrier {
         b.barrier_begin();
+        IN_PASS.with(|p| p.set(2));
     }
     let r = freeing(|| pass_locked(b, flush));
     if barrier {
+        IN_PASS.with(|p| p.set(1));
         b.barrier_end();
     }
+    IN_PASS.with(|p| p.set(0));
     BUSY.unlock();
     r
 }
@@ -569,8 +588,11 @@ fn install_fork_handlers() {
     // the threads started later are ordered after these stores by their creation).
     extern "C" fn child() {
         FORK_LOCKED.with(|l| l.set(false));
+        // Unless a destructor that a free of ours runs forked, these are 0: the forking thread
+        // holds no block, runs no pass, and the other threads' do not exist here.
+        let (holding, in_pass) = (HOLDING.with(|h| h.get()), IN_PASS.with(|p| p.get()));
         if let Some(b) = BATCHER.get() {
-            b.reset_locks_after_fork();
+            b.reset_locks_after_fork(holding, usize::from(in_pass == 2));
             // A destructor run by a free of ours forked: this thread goes on with the blocks it
             // holds in the child and will release their charges; keep every charge (the other
             // threads' ones over-count, never under-count).
@@ -582,7 +604,9 @@ fn install_fork_handlers() {
                 b.budget.reset_after_fork(held);
             }
         }
-        BUSY.reset_after_fork();
+        if in_pass == 0 {
+            BUSY.reset_after_fork();
+        } // else this thread goes on with its pass and releases the lock after it
         WORKER.lock.reset_after_fork();
         IDLE.store(false, Ordering::Relaxed);
         WORKER_STATE.store(0, Ordering::Relaxed);

@@ -1,7 +1,8 @@
 //! `fork()` children of a process whose threads use the batcher: the child's pending budget
 //! counts only what the child holds (not the reservations and blocks of the parent's other
-//! threads), a slot's critical section is never copied half done, and a child forked while
-//! threads hand blocks over keeps working.
+//! threads), a slot's critical section is never copied half done, a child forked while
+//! threads hand blocks over keeps working, and so does one forked from a destructor that the
+//! batcher runs.
 //!
 //! Every case runs in a child process with a deadline checked from outside, and forks from
 //! there; the forked child reports with `write(2)` and its exit code, which its parent checks
@@ -194,7 +195,10 @@ fn case_slot_lock_at_fork() {
     }
     in_fork_child("slot lock at fork", || {
         if IN_SECTION.load(Ordering::SeqCst) {
-            say("fork child: the process forked while another thread was inside slot 0's critical section\n");
+            say(
+                "fork child: the process forked while another thread was inside slot 0's \
+                 critical section\n",
+            );
             return 1;
         }
         let base = DROPPED.load(Ordering::Relaxed);
@@ -280,12 +284,94 @@ fn case_fork_during_hand_overs() {
     kvfree_rcu_barrier();
 }
 
+static FORKED: AtomicBool = AtomicBool::new(false);
+static FORK_PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Forks from its destructor, once: the batcher runs it while holding the block it frees.
+struct ForksWhenDropped(#[allow(dead_code)] [u64; 4]);
+impl Drop for ForksWhenDropped {
+    fn drop(&mut self) {
+        if FORKED.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        // SAFETY: fork from a destructor; the child's other thread leaves with `_exit`.
+        let pid = unsafe { libc::fork() };
+        if pid != 0 {
+            FORK_PID.store(pid, Ordering::Relaxed);
+            return;
+        }
+        // The child: this thread goes on with the free it was in; another thread checks that
+        // barriers still work once it is done (the holds it ended must not count twice).
+        std::thread::spawn(|| {
+            std::thread::sleep(Duration::from_millis(200));
+            let base = DROPPED.load(Ordering::Relaxed);
+            for i in 0..1_000u64 {
+                kfree_rcu(Box::new(Tracked([i; 4])));
+            }
+            kvfree_rcu_barrier();
+            let got = DROPPED.load(Ordering::Relaxed) - base;
+            // SAFETY: leaving the fork child.
+            unsafe { libc::_exit(if got >= 1_000 { 0 } else { 2 }) };
+        });
+    }
+}
+
+/// A destructor that the batcher runs (a producer freeing the ready blocks it reclaimed at a
+/// hand-over) forks: the fork does not deadlock, and in the child, where the forking thread
+/// goes on freeing the blocks it holds, `kvfree_rcu_barrier` still returns.
+fn case_fork_in_destructor() {
+    // A long drain delay: the worker frees no block itself, so the retiring thread's ready-first
+    // reclaim runs the destructors.
+    configure(Config {
+        drain_delay: Duration::from_secs(30),
+        ..Config::default()
+    })
+    .unwrap();
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() };
+    let t0 = Instant::now();
+    let mut i = 0u64;
+    while FORK_PID.load(Ordering::Relaxed) == 0 && t0.elapsed() < Duration::from_secs(20) {
+        kfree_rcu(Box::new(ForksWhenDropped([i; 4])));
+        i += 1;
+        // SAFETY: as above.
+        if unsafe { libc::getpid() } != me {
+            // The fork child's copy of this thread, back from the destructor: the thread the
+            // destructor started ends the process.
+            std::thread::sleep(Duration::from_secs(20));
+            // SAFETY: leaving the fork child.
+            unsafe { libc::_exit(3) };
+        }
+    }
+    let pid = FORK_PID.load(Ordering::Relaxed);
+    assert!(pid > 0, "no destructor ran in 20 s");
+    let mut status = 0;
+    let t = Instant::now();
+    loop {
+        // SAFETY: our own child.
+        if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(15) {
+            // SAFETY: our own child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("fork child hung (fork from a destructor)");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "fork child failed (fork from a destructor): status {status}"
+    );
+}
+
 #[test]
 fn fork_child() {
     match child_case().as_deref() {
         Some("ghost_charges") => case_ghost_charges(),
         Some("slot_lock") => case_slot_lock_at_fork(),
         Some("hand_overs") => case_fork_during_hand_overs(),
+        Some("in_destructor") => case_fork_in_destructor(),
         Some(other) => panic!("unknown case {other}"),
         None => {}
     }
@@ -310,4 +396,9 @@ fn fork_waits_for_a_slot_critical_section() {
 #[test]
 fn fork_during_hand_overs_leaves_a_consistent_child() {
     expect_ok("hand_overs");
+}
+
+#[test]
+fn fork_from_a_destructor_the_batcher_runs() {
+    expect_ok("in_destructor");
 }
