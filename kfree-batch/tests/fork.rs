@@ -223,6 +223,8 @@ fn case_slot_lock_at_fork() {
 /// count covers only its page caches and the forking thread's own budget slice.
 fn case_fork_during_hand_overs() {
     const FORKS: usize = 30;
+    // The batcher exists before the first fork (its creation is not what this case is about).
+    kfree_rcu(Box::new(Tracked([0; 4])));
     let stop = Arc::new(AtomicBool::new(false));
     let hs: Vec<_> = (0..3u64)
         .map(|t| {
@@ -281,6 +283,119 @@ fn case_fork_during_hand_overs() {
     for h in hs {
         h.join().unwrap();
     }
+    kvfree_rcu_barrier();
+}
+
+/// Objects parked (no page could be had: the page layer's limit is 0) by two threads inside
+/// their read-side critical sections, while a third thread's reader keeps them from being
+/// freed, when the process forks: the child frees them, and its budget stays consistent with
+/// what it holds (whatever parking charged is released exactly once).
+fn case_parked_at_fork() {
+    const PER_THREAD: u64 = 100;
+    let (ready, go, release) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    // Each retiring thread's first retire (before the limit) reserves its park slots.
+    let other = {
+        let (ready, go, release) = (ready.clone(), go.clone(), release.clone());
+        std::thread::spawn(move || {
+            kfree_rcu(Box::new(Tracked([1; 4])));
+            ready.fetch_add(1, Ordering::Release);
+            let t0 = Instant::now();
+            while !go.load(Ordering::Acquire) && t0.elapsed() < Duration::from_secs(30) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            {
+                let _g = rcu_read_lock();
+                for i in 0..PER_THREAD {
+                    kfree_rcu(Box::new(Tracked([i; 4])));
+                }
+            }
+            ready.fetch_add(1, Ordering::Release);
+            while !release.load(Ordering::Acquire) && t0.elapsed() < Duration::from_secs(30) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    let wait_ready = |n: usize| {
+        let t0 = Instant::now();
+        while ready.load(Ordering::Acquire) < n {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "the other thread is stuck"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    };
+    wait_ready(1);
+    kfree_rcu(Box::new(Tracked([0; 4])));
+    // Takes the fronts' open blocks: the next retires need a new block, hence a page.
+    kvfree_rcu_barrier();
+    let (hold, stalled) = (Arc::new(AtomicBool::new(false)), {
+        let release = release.clone();
+        move |hold: Arc<AtomicBool>| {
+            std::thread::spawn(move || {
+                let _g = rcu_read_lock();
+                hold.store(true, Ordering::Release);
+                let t0 = Instant::now();
+                while !release.load(Ordering::Acquire) && t0.elapsed() < Duration::from_secs(30) {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            })
+        }
+    });
+    let stall = stalled(hold.clone());
+    while !hold.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    slab_backend::set_memory_limit(Some(0));
+    slab_backend::shrink_all(); // the batcher's cached pages go back
+    go.store(true, Ordering::Release);
+    {
+        let _g = rcu_read_lock();
+        for i in 0..PER_THREAD {
+            kfree_rcu(Box::new(Tracked([i; 4])));
+        }
+    }
+    wait_ready(2);
+    let before = stats();
+    println!("parked-at-fork: parent before fork: {before:?}");
+    assert!(before.parked_now > 0, "nothing parked: {before:?}");
+    in_fork_child("parked at fork", move || {
+        slab_backend::set_memory_limit(None);
+        let base = DROPPED.load(Ordering::Relaxed);
+        kvfree_rcu_barrier();
+        let got = DROPPED.load(Ordering::Relaxed) - base;
+        let s = stats();
+        if s.parked_now != 0 || got < before.parked_now {
+            say(&format!(
+                "fork child: {got} objects freed by a barrier, {} still parked (parked at fork: \
+                 {}): {s:?}\n",
+                s.parked_now, before.parked_now
+            ));
+            return 1;
+        }
+        // Retires that found no page left their slot a reservation (up to a 64 KiB chunk and a
+        // page each): real, spendable budget in the child, unlike an underflow or a leftover
+        // of the parent's threads.
+        let slots = rcu_core::cpu::possible_cpus() as u64;
+        let bound = s.pages_cached * 4096 + (16 << 10) + slots * ((64 << 10) + 4096);
+        if s.pending_bytes > bound {
+            say(&format!(
+                "fork child: {} B pending after a barrier, more than the {} cached pages, one \
+                 budget slice and {slots} slot reservations ({bound} B): {s:?}\n",
+                s.pending_bytes, s.pages_cached
+            ));
+            return 2;
+        }
+        0
+    });
+    slab_backend::set_memory_limit(None);
+    release.store(true, Ordering::Release);
+    stall.join().unwrap();
+    other.join().unwrap();
     kvfree_rcu_barrier();
 }
 
@@ -372,6 +487,7 @@ fn fork_child() {
         Some("slot_lock") => case_slot_lock_at_fork(),
         Some("hand_overs") => case_fork_during_hand_overs(),
         Some("in_destructor") => case_fork_in_destructor(),
+        Some("parked") => case_parked_at_fork(),
         Some(other) => panic!("unknown case {other}"),
         None => {}
     }
@@ -401,4 +517,9 @@ fn fork_during_hand_overs_leaves_a_consistent_child() {
 #[test]
 fn fork_from_a_destructor_the_batcher_runs() {
     expect_ok("in_destructor");
+}
+
+#[test]
+fn objects_parked_at_fork_are_freed_in_the_child() {
+    expect_ok("parked");
 }
