@@ -65,10 +65,12 @@
 //!   the forking thread is running a free of ours (a destructor forked), it goes on in the
 //!   child with the blocks it holds and the pass it runs: the budget keeps every charge
 //!   (over-counted, never under-counted), the barrier's counts become its own (`HOLDING`,
-//!   `IN_PASS`), and the busy lock stays its own.
+//!   `IN_PASS`), and the busy lock stays its own. A fork while another thread creates the
+//!   batcher (its first retire) leaves the child without one: the creation runs under a
+//!   try-lock (`INIT`) the child resets, not in a `OnceLock` the child would wait on forever,
+//!   and the child creates its own, skipping the steps already done (`SETUP`).
 
-use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 use core::ptr::NonNull;
 
@@ -98,7 +100,29 @@ impl Pages for PageLayer {
 
 pub(crate) type Global = Batcher<'static, PageLayer>;
 
-static BATCHER: OnceLock<Global> = OnceLock::new();
+/// The batcher, created once by `create_batcher`. Not a `OnceLock`: a `fork()` while another
+/// thread creates it would leave the child's copy "being initialised" by a thread the child does
+/// not have, forever; creation runs under `INIT` instead, a try-lock the child resets.
+static BATCHER: Created = Created(AtomicPtr::new(core::ptr::null_mut()));
+/// Held while the batcher is created (reset in a `fork()` child, which then creates its own if
+/// the parent's creation had not finished).
+static INIT: TryLock = TryLock::new();
+/// Steps of the creation done once per process (a child of a fork during the creation keeps
+/// those done before it): `SETUP_SHRINKER`, `SETUP_HANDLERS`. Written under `INIT`.
+static SETUP: AtomicU32 = AtomicU32::new(0);
+const SETUP_SHRINKER: u32 = 1;
+const SETUP_HANDLERS: u32 = 2;
+
+struct Created(AtomicPtr<Global>);
+
+impl Created {
+    /// The batcher if it was created. Acquire pairs with the Release store that publishes it.
+    #[inline]
+    fn get(&self) -> Option<&'static Global> {
+        // SAFETY: a non-null pointer is a leaked `Box<Global>`, never freed.
+        unsafe { self.0.load(Ordering::Acquire).as_ref() }
+    }
+}
 pub(crate) static HEADS: HeadStack = HeadStack::new();
 static BUSY: TryLock = TryLock::new();
 
@@ -156,20 +180,74 @@ pub(crate) fn batcher() -> &'static Global {
 #[cold]
 #[inline(never)]
 fn create_batcher() -> &'static Global {
-    BATCHER.get_or_init(|| {
-        let c = config();
-        let b = Batcher::new(
-            rcu_core::cpu::possible_cpus(),
-            crate::config::counted_cap(c.pending_cap),
-            c.pages_per_cpu,
-            rcu_core::raw::global_domain(),
-            PageLayer,
-            now_ms,
-        );
+    // rcu-core's first use registers its fork handlers: before ours (see `install_fork_handlers`).
+    let dom = rcu_core::raw::global_domain();
+    INIT.lock();
+    if let Some(b) = BATCHER.get() {
+        INIT.unlock();
+        return b;
+    }
+    // Relaxed: `SETUP` is only touched under `INIT` (or by the single-threaded fork child).
+    let done = SETUP.load(Ordering::Relaxed);
+    if done & SETUP_SHRINKER == 0 {
+        // slab-backend's first use: its fork handlers are registered before ours too.
         slab_backend::register_shrinker("kfree-rcu", shrink_count, shrink_scan);
+        SETUP.fetch_or(SETUP_SHRINKER, Ordering::Relaxed);
+    }
+    if done & SETUP_HANDLERS == 0 {
+        // Before the batcher exists: a fork from now on finds it whole or absent.
         install_fork_handlers();
-        b
-    })
+        SETUP.fetch_or(SETUP_HANDLERS, Ordering::Relaxed);
+    }
+    creation_test_pause();
+    let c = config();
+    let b: &'static Global = Box::leak(Box::new(Batcher::new(
+        rcu_core::cpu::possible_cpus(),
+        crate::config::counted_cap(c.pending_cap),
+        c.pages_per_cpu,
+        dom,
+        PageLayer,
+        now_ms,
+    )));
+    // Release publishes the initialised batcher to `Created::get`'s Acquire load.
+    BATCHER
+        .0
+        .store(b as *const Global as *mut Global, Ordering::Release);
+    INIT.unlock();
+    b
+}
+
+/// White-box tests of `fork()`: 1 asks the next creation of the batcher to pause inside it,
+/// which stores 2 and waits while the value stays 2.
+static CREATION_PAUSE: AtomicU32 = AtomicU32::new(0);
+
+fn creation_test_pause() {
+    // Relaxed: a test flag, polled.
+    if CREATION_PAUSE.load(Ordering::Relaxed) == 1 {
+        CREATION_PAUSE.store(2, Ordering::Relaxed);
+        while CREATION_PAUSE.load(Ordering::Relaxed) == 2 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+}
+
+/// Makes the next creation of the process-wide batcher pause inside it until
+/// [`resume_batcher_creation`] (white-box tests of `fork()`).
+#[doc(hidden)]
+pub fn pause_batcher_creation() {
+    CREATION_PAUSE.store(1, Ordering::Relaxed);
+}
+
+/// Whether a creation of the batcher is paused inside ([`pause_batcher_creation`]).
+#[doc(hidden)]
+pub fn batcher_creation_paused() -> bool {
+    CREATION_PAUSE.load(Ordering::Relaxed) == 2
+}
+
+/// Lets a paused creation of the batcher go on.
+#[doc(hidden)]
+pub fn resume_batcher_creation() {
+    CREATION_PAUSE.store(0, Ordering::Relaxed);
 }
 
 /// The global batcher if it was created.
@@ -570,6 +648,11 @@ fn install_fork_handlers() {
     // wait for the forking thread itself (inside a read-side critical section, or holding what
     // a destructor waits for); the child resets it instead.
     extern "C" fn prepare() {
+        // Registered twice if a fork came between a registration and its record in `SETUP`
+        // (the child then registers again): the second call finds the locks taken.
+        if FORK_LOCKED.with(|l| l.get()) {
+            return;
+        }
         if let Some(b) = BATCHER.get() {
             b.fork_lock_slots();
             WORKER.lock.lock();
@@ -608,6 +691,9 @@ fn install_fork_handlers() {
             BUSY.reset_after_fork();
         } // else this thread goes on with its pass and releases the lock after it
         WORKER.lock.reset_after_fork();
+        // A creation of the batcher in flight belongs to a thread the child does not have: the
+        // child creates its own (`create_batcher`; its steps done so far are in `SETUP`).
+        INIT.reset_after_fork();
         IDLE.store(false, Ordering::Relaxed);
         WORKER_STATE.store(0, Ordering::Relaxed);
     }

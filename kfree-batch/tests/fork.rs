@@ -399,6 +399,43 @@ fn case_parked_at_fork() {
     kvfree_rcu_barrier();
 }
 
+/// The process forks while another thread is creating the batcher (its first retire): the
+/// child, where that thread does not exist, creates its own and works.
+fn case_fork_during_creation() {
+    use kfree_batch::raw::{
+        batcher_creation_paused, pause_batcher_creation, resume_batcher_creation,
+    };
+    pause_batcher_creation();
+    let t = std::thread::spawn(|| kfree_rcu(Box::new(Tracked([0; 4]))));
+    let t0 = Instant::now();
+    while !batcher_creation_paused() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the batcher's creation never paused"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    in_fork_child("fork during the batcher's creation", || {
+        resume_batcher_creation();
+        let base = DROPPED.load(Ordering::Relaxed);
+        for i in 0..1_000u64 {
+            kfree_rcu(Box::new(Tracked([i; 4])));
+        }
+        kvfree_rcu_barrier();
+        let got = DROPPED.load(Ordering::Relaxed) - base;
+        if got < 1_000 {
+            say(&format!(
+                "fork child: {got} of 1000 objects freed after a barrier\n"
+            ));
+            return 1;
+        }
+        0
+    });
+    resume_batcher_creation();
+    t.join().unwrap();
+    kvfree_rcu_barrier();
+}
+
 static FORKED: AtomicBool = AtomicBool::new(false);
 static FORK_PID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
 
@@ -488,6 +525,7 @@ fn fork_child() {
         Some("hand_overs") => case_fork_during_hand_overs(),
         Some("in_destructor") => case_fork_in_destructor(),
         Some("parked") => case_parked_at_fork(),
+        Some("creation") => case_fork_during_creation(),
         Some(other) => panic!("unknown case {other}"),
         None => {}
     }
@@ -522,4 +560,9 @@ fn fork_from_a_destructor_the_batcher_runs() {
 #[test]
 fn objects_parked_at_fork_are_freed_in_the_child() {
     expect_ok("parked");
+}
+
+#[test]
+fn fork_while_another_thread_creates_the_batcher() {
+    expect_ok("creation");
 }
