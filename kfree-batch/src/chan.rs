@@ -204,6 +204,21 @@ impl FrontChan {
         !self.block.load(Ordering::Relaxed).is_null()
     }
 
+    /// In a `fork()` child (one thread): the budget bytes the open block holds, its page and
+    /// its objects (`bytes`, which its free releases), or 0 without a block.
+    ///
+    /// # Safety
+    /// No other thread runs (the owner may not exist: its puts stopped wherever the fork found
+    /// them, and `bytes` is what the block's free will release).
+    pub(crate) unsafe fn charge_after_fork(&self) -> usize {
+        let blk = self.block.load(Ordering::Relaxed);
+        if blk.is_null() {
+            return 0;
+        }
+        // SAFETY: a block in the slot is live until a collector swaps it out; none runs.
+        crate::block::PAGE_SIZE + unsafe { (*blk).hdr.bytes }
+    }
+
     /// Owner: opens a fresh block for the channel from `b` (a page of slot `cpu`'s cache, else a
     /// new page if `may_alloc`) and publishes it as the open block (the slot must be null).
     /// `free` is the channel's free function (the caller's object matched the key).

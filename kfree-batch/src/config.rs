@@ -246,6 +246,12 @@ impl Budget {
         debug_assert!(old >= bytes, "kfree-batch budget underflow");
     }
 
+    /// Sets the charge to `bytes`: in a `fork()` child, what the child really holds (the
+    /// parent's other threads' slices and private blocks do not exist there).
+    pub(crate) fn reset_after_fork(&self, bytes: usize) {
+        self.pending.store(bytes, Ordering::Relaxed);
+    }
+
     /// Bytes currently charged.
     pub(crate) fn pending(&self) -> usize {
         self.pending.load(Ordering::Relaxed)

@@ -54,7 +54,8 @@
 //!    the install (`end_hold`).
 //! 6. A front's block moves to a slot in one critical section of that slot's lock (swapped out of
 //!    the front, stamped, pushed), so it is never between the two where a collector that steals
-//!    the fronts *and then* collects the slots could miss it.
+//!    the fronts *and then* collects the slots — or a `fork()`, which happens with every slot
+//!    lock held — could miss it.
 //!
 //! ## What a barrier covers
 //!
@@ -76,6 +77,23 @@
 //! A barrier called from a destructor that such a free runs (a pass, or a producer's reclaim)
 //! could never return — the free it waits for is the one running it — so it panics instead
 //! (`lib.rs`).
+//!
+//! ## fork()
+//!
+//! The prepare handler (`worker.rs`) takes every slot lock in slot order
+//! ([`Batcher::fork_lock_slots`]: no path nests two slot locks and no slot critical section
+//! waits for another thread, so this cannot deadlock), so the child copies every slot between
+//! critical sections: a front's block being handed over is
+//! either still in the front or stamped in `handed` (Invariant 6), and Invariants 1-2 hold for
+//! everything in the slots. The child resets the locks and the barrier's counts (`held` and
+//! `barriers` counted the parent's threads; they become the forking thread's own, 0 unless a
+//! destructor forked) and sets the budget to what it finds
+//! ([`Batcher::slot_charges_after_fork`] plus the fronts, `local.rs`): Invariant 4 then holds in
+//! the child with equality for what exists there. A block that was outside every slot and front
+//! — in a collector's batch, or held by a producer (Invariant 5) — belongs to a thread the child
+//! does not have: it is neither charged nor freed there (the parent frees its own copy), and its
+//! page stays charged to the page layer. A child forked from a destructor that one of our frees
+//! runs keeps the parent's charges instead (the forking thread still holds its blocks).
 //!
 //! ## Memory orderings
 //!
@@ -956,10 +974,22 @@ impl<'d, P: Pages> Batcher<'d, P> {
     /// released, outside any read-side critical section), releasing each one's hold once it is
     /// freed (Invariant 5).
     pub fn free_detached(&self, added: &mut Added, res: &mut Processed) {
+        self.free_detached_then(added, res, || ());
+    }
+
+    /// [`Batcher::free_detached`], calling `ended` after each hold ends (the caller keeps count
+    /// of the blocks it still holds, for a `fork()` from one of the destructors).
+    pub(crate) fn free_detached_then(
+        &self,
+        added: &mut Added,
+        res: &mut Processed,
+        mut ended: impl FnMut(),
+    ) {
         for b in added.reclaimed.iter_mut().filter_map(Option::take) {
             res.ready_first += 1;
             self.free_block(b.as_ptr(), res);
             self.end_hold();
+            ended();
         }
     }
 
@@ -1079,15 +1109,68 @@ impl<'d, P: Pages> Batcher<'d, P> {
             .sum()
     }
 
-    /// Resets the slot locks and the barrier's counts in a `fork()` child (the threads that
-    /// held blocks or ran a barrier do not exist there; their blocks leak in the child).
+    /// Runs `f` holding slot `cpu`'s lock (white-box tests).
+    pub(crate) fn with_slot_locked<R>(&self, cpu: usize, f: impl FnOnce() -> R) -> R {
+        self.krcs[cpu % self.krcs.len()].locked(|_| f())
+    }
+
+    /// `fork()` prepare handler: takes every slot lock, in slot order (no path nests two slot
+    /// locks, and no slot critical section waits for anything, so this cannot deadlock). A
+    /// hand-over in flight is then wholly in its front or wholly in its slot (Invariant 6), and
+    /// the child copies every slot between two critical sections.
     #[cfg(not(rcu_loom))]
-    pub(crate) fn reset_locks_after_fork(&self) {
+    pub(crate) fn fork_lock_slots(&self) {
+        for k in self.krcs.iter() {
+            k.lock.lock();
+        }
+    }
+
+    /// `fork()` parent handler: releases the slot locks [`Batcher::fork_lock_slots`] took.
+    #[cfg(not(rcu_loom))]
+    pub(crate) fn fork_unlock_slots(&self) {
+        for k in self.krcs.iter().rev() {
+            k.lock.unlock();
+        }
+    }
+
+    /// Resets the slot locks and the barrier's counts in a `fork()` child: the threads that held
+    /// blocks or ran a barrier do not exist there (their blocks leak in the child), except the
+    /// forking thread, which still holds `held` blocks and runs `barriers` barriers (a
+    /// destructor that one of our frees runs forked).
+    #[cfg(not(rcu_loom))]
+    pub(crate) fn reset_locks_after_fork(&self, held: usize, barriers: usize) {
         for k in self.krcs.iter() {
             k.lock.reset_after_fork();
         }
-        self.gate.held.store(0, Ordering::Relaxed);
-        self.gate.barriers.store(0, Ordering::Relaxed);
+        self.gate.held.store(held, Ordering::Relaxed);
+        self.gate.barriers.store(barriers, Ordering::Relaxed);
+    }
+
+    /// In a `fork()` child, after [`Batcher::reset_locks_after_fork`]: the budget bytes the
+    /// slots hold — reservations, open and handed blocks (page and objects), cached pages
+    /// (Invariant 4) — which is what their later frees and spends will release.
+    #[cfg(not(rcu_loom))]
+    pub(crate) fn slot_charges_after_fork(&self) -> usize {
+        let mut bytes = 0;
+        for k in self.krcs.iter() {
+            bytes += k.locked(|inner| {
+                let mut n = inner.reserve_left + inner.ncache * PAGE_SIZE;
+                for c in inner.chans.iter().filter(|c| !c.block.is_null()) {
+                    // SAFETY: the slot owns its open blocks (Invariant 2); we hold its lock.
+                    n += PAGE_SIZE + unsafe { (*c.block).hdr.bytes };
+                }
+                let mut b = inner.handed;
+                while !b.is_null() {
+                    // SAFETY: as above, for the handed list.
+                    unsafe {
+                        n += PAGE_SIZE + (*b).hdr.bytes;
+                        b = (*b).hdr.next;
+                    }
+                }
+                n
+            });
+        }
+        bytes
     }
 }
 

@@ -108,6 +108,10 @@ pub mod raw {
     pub use crate::chan::{stamp_stolen, FrontChan, Put};
     pub use crate::krc::{Added, Batch, Batcher, Collected, Pages, Processed, Refused, Retired};
     pub use crate::park_slot::ParkSlot;
+    #[cfg(not(rcu_loom))]
+    pub use crate::worker::{
+        batcher_creation_paused, pause_batcher_creation, resume_batcher_creation, with_slot_locked,
+    };
 }
 
 /// Pointers per block (505 with 4 KiB pages).

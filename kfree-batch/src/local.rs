@@ -43,7 +43,8 @@
 //!
 //! Invariants (besides the channel's, `chan.rs`):
 //! 1. `reserve` (the thread's unspent budget) is owner-only; it goes back to the budget at thread
-//!    exit.
+//!    exit. In a `fork()` child the budget is recounted without the slices of the parent's other
+//!    threads (`charges_after_fork`); their fronts stay owned, their open blocks are stolen.
 //! 2. A front is owned by at most one thread (`owned`), and only its owner keys, opens, puts
 //!    into and detaches its channels.
 //!
@@ -383,6 +384,19 @@ pub(crate) fn steal(
     }
     stamp_stolen(b, stolen, out, now_ms);
     open_left
+}
+
+/// In a `fork()` child (one thread): the budget bytes the fronts hold — every front's open
+/// blocks, the parent's other threads' included (collectors steal and free those), and the
+/// forking thread's own slice. The other threads' slices are gone with their threads.
+pub(crate) fn charges_after_fork() -> usize {
+    let blocks: usize = fronts()
+        .flat_map(|f| f.chans.iter())
+        // SAFETY: the child runs one thread.
+        .map(|c| unsafe { c.charge_after_fork() })
+        .sum();
+    // A `const` thread-local without destructor: no registration, no allocation.
+    blocks + RESERVE.with(|c| c.get())
 }
 
 /// Whether any front holds an open block (the worker's idle check, after its fence).

@@ -117,6 +117,26 @@ fn arrays() -> impl Iterator<Item = &'static ParkArray> {
     })
 }
 
+/// The `fork()` child handler's recount (no allocation; the child runs one thread, which is not
+/// freeing parked objects): empties the slots a vanished thread had claimed to free (their
+/// objects leak in the child; [`ParkSlot::after_fork_child`]) and returns the bytes charged for
+/// the objects still parked, which the child's worker frees and uncharges.
+pub(crate) fn charges_after_fork() -> usize {
+    let mut bytes = 0;
+    for a in arrays() {
+        for slot in a.slots.iter() {
+            let (b, emptied) = slot.after_fork_child();
+            bytes += b;
+            if emptied {
+                // Relaxed: the child runs alone.
+                a.parked.fetch_sub(1, Ordering::Relaxed);
+                PARKED_NOW.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+    bytes
+}
+
 /// Makes sure the calling thread has park slots (call before any pressure). Returns whether it
 /// has them.
 #[inline]

@@ -104,6 +104,25 @@ impl ParkSlot {
         self.obj.load(Ordering::Acquire).is_null()
     }
 
+    /// The `fork()` child handler (the child runs one thread, which is not freeing a parked
+    /// object): a slot claimed by a freer, which only a thread of the parent can be, is emptied —
+    /// that thread does not exist in the child, so the claim would never end and collectors would
+    /// wait for it forever; its object, which the parent frees, is leaked in the child (never
+    /// freed twice). Returns the bytes charged for an object still parked here (0 otherwise) and
+    /// whether the slot was emptied.
+    pub fn after_fork_child(&self) -> (usize, bool) {
+        // Relaxed: the child runs alone (fork copied the parent's memory as it was).
+        let obj = self.obj.load(Ordering::Relaxed);
+        if obj == claimed() {
+            self.obj.store(core::ptr::null_mut(), Ordering::Relaxed);
+            (0, true)
+        } else if obj.is_null() {
+            (0, false)
+        } else {
+            (self.bytes.load(Ordering::Relaxed), false)
+        }
+    }
+
     /// Any freer: frees the parked object if its state completed in `dom` (Invariants 1 and 2).
     /// With `wait_claimed`, first waits while another freer holds the slot. Returns the bytes the
     /// object was charged if it freed it.

@@ -42,12 +42,35 @@
 //!   collects every slot's blocks, and backs refills off for one second. It frees no block
 //!   itself: it runs on whichever thread allocates — inside a read-side critical section, a
 //!   destructor or a pass, perhaps — where no destructor may run.
-//! * **fork()**: the child resets the slot locks, the busy lock and the barrier's counts, and
-//!   restarts the worker lazily. Blocks that a parent's worker pass or producer held at fork time
-//!   are not freed in the child (a copy that leaks there; the parent frees its own).
+//! * **fork()** (`pthread_atfork`, registered when the batcher is created, after rcu-core's and
+//!   slab-backend's first use, so that ours are the first prepare handler and the last parent
+//!   and child handlers of the three; no allocation in any of them). *Prepare* takes every slot
+//!   lock in slot order, then the worker handle's lock: the child copies each slot between two
+//!   critical sections, so a front's hand-over in flight is wholly in the front or wholly in the
+//!   slot (`krc.rs`, Invariant 6) and no slot list is half linked. It does not take the busy
+//!   lock: a pass holds it across a grace period and across destructors, which may wait for the
+//!   forking thread (inside a read-side critical section, or holding a lock a destructor
+//!   wants). *Parent* releases what prepare took. *Child* resets the slot locks, the busy lock,
+//!   the worker handle's lock and the barrier's counts, restarts the worker lazily, and
+//!   recounts the pending budget as what the child holds (`krc.rs`, "fork()"): the slots'
+//!   reservations, open, handed and cached blocks, every front's open block, and the forking
+//!   thread's own slice. The parent's other threads' slices, and the blocks a parent's pass or
+//!   producer held privately, are not in the child: their charges go, and so does the
+//!   in-flight count. Those blocks cannot be found, so they are not freed in the child (each
+//!   process frees its own copy of everything else) and their pages stay mapped and charged to
+//!   the page layer there: at most one pass's batch, plus `RECLAIM_PER_HANDOVER + 1` blocks per
+//!   producer that was between a hand-over and its frees (or one it was opening). Other
+//!   threads' fronts keep their open blocks, which the worker steals after the drain delay (a
+//!   barrier at once); the fronts themselves stay owned and are not reused in the child. If
+//!   the forking thread is running a free of ours (a destructor forked), it goes on in the
+//!   child with the blocks it holds and the pass it runs: the budget keeps every charge
+//!   (over-counted, never under-counted), the barrier's counts become its own (`HOLDING`,
+//!   `IN_PASS`), and the busy lock stays its own. A fork while another thread creates the
+//!   batcher (its first retire) leaves the child without one: the creation runs under a
+//!   try-lock (`INIT`) the child resets, not in a `OnceLock` the child would wait on forever,
+//!   and the child creates its own, skipping the steps already done (`SETUP`).
 
-use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 use core::ptr::NonNull;
 
@@ -77,7 +100,29 @@ impl Pages for PageLayer {
 
 pub(crate) type Global = Batcher<'static, PageLayer>;
 
-static BATCHER: OnceLock<Global> = OnceLock::new();
+/// The batcher, created once by `create_batcher`. Not a `OnceLock`: a `fork()` while another
+/// thread creates it would leave the child's copy "being initialised" by a thread the child does
+/// not have, forever; creation runs under `INIT` instead, a try-lock the child resets.
+static BATCHER: Created = Created(AtomicPtr::new(core::ptr::null_mut()));
+/// Held while the batcher is created (reset in a `fork()` child, which then creates its own if
+/// the parent's creation had not finished).
+static INIT: TryLock = TryLock::new();
+/// Steps of the creation done once per process (a child of a fork during the creation keeps
+/// those done before it): `SETUP_SHRINKER`, `SETUP_HANDLERS`. Written under `INIT`.
+static SETUP: AtomicU32 = AtomicU32::new(0);
+const SETUP_SHRINKER: u32 = 1;
+const SETUP_HANDLERS: u32 = 2;
+
+struct Created(AtomicPtr<Global>);
+
+impl Created {
+    /// The batcher if it was created. Acquire pairs with the Release store that publishes it.
+    #[inline]
+    fn get(&self) -> Option<&'static Global> {
+        // SAFETY: a non-null pointer is a leaked `Box<Global>`, never freed.
+        unsafe { self.0.load(Ordering::Acquire).as_ref() }
+    }
+}
 pub(crate) static HEADS: HeadStack = HeadStack::new();
 static BUSY: TryLock = TryLock::new();
 
@@ -135,20 +180,74 @@ pub(crate) fn batcher() -> &'static Global {
 #[cold]
 #[inline(never)]
 fn create_batcher() -> &'static Global {
-    BATCHER.get_or_init(|| {
-        let c = config();
-        let b = Batcher::new(
-            rcu_core::cpu::possible_cpus(),
-            crate::config::counted_cap(c.pending_cap),
-            c.pages_per_cpu,
-            rcu_core::raw::global_domain(),
-            PageLayer,
-            now_ms,
-        );
+    // rcu-core's first use registers its fork handlers: before ours (see `install_fork_handlers`).
+    let dom = rcu_core::raw::global_domain();
+    INIT.lock();
+    if let Some(b) = BATCHER.get() {
+        INIT.unlock();
+        return b;
+    }
+    // Relaxed: `SETUP` is only touched under `INIT` (or by the single-threaded fork child).
+    let done = SETUP.load(Ordering::Relaxed);
+    if done & SETUP_SHRINKER == 0 {
+        // slab-backend's first use: its fork handlers are registered before ours too.
         slab_backend::register_shrinker("kfree-rcu", shrink_count, shrink_scan);
+        SETUP.fetch_or(SETUP_SHRINKER, Ordering::Relaxed);
+    }
+    if done & SETUP_HANDLERS == 0 {
+        // Before the batcher exists: a fork from now on finds it whole or absent.
         install_fork_handlers();
-        b
-    })
+        SETUP.fetch_or(SETUP_HANDLERS, Ordering::Relaxed);
+    }
+    creation_test_pause();
+    let c = config();
+    let b: &'static Global = Box::leak(Box::new(Batcher::new(
+        rcu_core::cpu::possible_cpus(),
+        crate::config::counted_cap(c.pending_cap),
+        c.pages_per_cpu,
+        dom,
+        PageLayer,
+        now_ms,
+    )));
+    // Release publishes the initialised batcher to `Created::get`'s Acquire load.
+    BATCHER
+        .0
+        .store(b as *const Global as *mut Global, Ordering::Release);
+    INIT.unlock();
+    b
+}
+
+/// White-box tests of `fork()`: 1 asks the next creation of the batcher to pause inside it,
+/// which stores 2 and waits while the value stays 2.
+static CREATION_PAUSE: AtomicU32 = AtomicU32::new(0);
+
+fn creation_test_pause() {
+    // Relaxed: a test flag, polled.
+    if CREATION_PAUSE.load(Ordering::Relaxed) == 1 {
+        CREATION_PAUSE.store(2, Ordering::Relaxed);
+        while CREATION_PAUSE.load(Ordering::Relaxed) == 2 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+}
+
+/// Makes the next creation of the process-wide batcher pause inside it until
+/// [`resume_batcher_creation`] (white-box tests of `fork()`).
+#[doc(hidden)]
+pub fn pause_batcher_creation() {
+    CREATION_PAUSE.store(1, Ordering::Relaxed);
+}
+
+/// Whether a creation of the batcher is paused inside ([`pause_batcher_creation`]).
+#[doc(hidden)]
+pub fn batcher_creation_paused() -> bool {
+    CREATION_PAUSE.load(Ordering::Relaxed) == 2
+}
+
+/// Lets a paused creation of the batcher go on.
+#[doc(hidden)]
+pub fn resume_batcher_creation() {
+    CREATION_PAUSE.store(0, Ordering::Relaxed);
 }
 
 /// The global batcher if it was created.
@@ -312,13 +411,26 @@ pub(crate) fn count_freed(res: &Processed) {
     }
 }
 
+std::thread_local! {
+    /// Blocks this thread holds while it frees them (`free_reclaimed`): what the `fork()` child
+    /// handler restores `held` to when a destructor forked (`krc.rs`, Invariant 5).
+    static HOLDING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// This thread holds the busy lock (`pass`); 2: for a barrier, between `barrier_begin` and
+    /// `barrier_end`. Read by the `fork()` child handler.
+    static IN_PASS: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
+}
+
 /// Frees the blocks a producer reclaimed inline and counts them.
 pub(crate) fn free_reclaimed(b: &Global, a: &mut Added) {
-    if a.reclaimed.iter().all(Option::is_none) {
+    let n = a.reclaimed.iter().filter(|r| r.is_some()).count();
+    if n == 0 {
         return;
     }
     let mut res = Processed::default();
-    freeing(|| b.free_detached(a, &mut res));
+    // Added, not set: a destructor may retire and free reclaimed blocks of its own (nested);
+    // each hold that ends takes one off, so the count is back where it was after the call.
+    HOLDING.with(|h| h.set(h.get() + n));
+    freeing(|| b.free_detached_then(a, &mut res, || HOLDING.with(|h| h.set(h.get() - 1))));
     count_freed(&res);
 }
 
@@ -336,14 +448,18 @@ pub(crate) enum Flush {
 /// One collection pass (module docs).
 pub(crate) fn pass(b: &Global, flush: Flush) -> PassResult {
     BUSY.lock();
+    IN_PASS.with(|p| p.set(1));
     let barrier = flush == Flush::Barrier;
     if barrier {
         b.barrier_begin();
+        IN_PASS.with(|p| p.set(2));
     }
     let r = freeing(|| pass_locked(b, flush));
     if barrier {
+        IN_PASS.with(|p| p.set(1));
         b.barrier_end();
     }
+    IN_PASS.with(|p| p.set(0));
     BUSY.unlock();
     r
 }
@@ -520,24 +636,93 @@ pub(crate) fn stats() -> KfreeStats {
     }
 }
 
+/// Runs `f` while holding CPU slot `cpu`'s lock of the process-wide batcher (white-box tests of
+/// the `fork()` handlers). `f` must not retire objects or call into the batcher.
+#[doc(hidden)]
+pub fn with_slot_locked<R>(cpu: usize, f: impl FnOnce() -> R) -> R {
+    batcher().with_slot_locked(cpu, f)
+}
+
 /// Objects retired through a fallback (synchronize-and-free or park), counted as queued.
 pub(crate) static FALLBACK_QUEUED: AtomicU64 = AtomicU64::new(0);
 
+std::thread_local! {
+    /// Whether this thread's `fork()` prepare handler took the batcher's locks (its parent
+    /// handler releases only those: the batcher may have been created between the two, and
+    /// another thread's fork may hold them by then). A `const` thread-local without destructor:
+    /// no allocation in the handlers.
+    static FORK_LOCKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Installs the `fork()` handlers (module docs). Called once, when the batcher is created, after
+/// rcu-core's and slab-backend's first use (`create_batcher`): `pthread_atfork` runs prepare
+/// handlers in reverse registration order, so ours takes the batcher's locks before theirs take
+/// their own, the order in which the batcher nests calls into them; parent and child handlers
+/// run in registration order, so theirs have reset their state when ours runs.
 fn install_fork_handlers() {
-    extern "C" fn child() {
-        if let Some(b) = BATCHER.get() {
-            b.reset_locks_after_fork();
+    // Slot locks, then the worker handle's lock (neither nests in the other). Not the busy lock:
+    // a pass holds it across a grace period and across destructors, so waiting for it could
+    // wait for the forking thread itself (inside a read-side critical section, or holding what
+    // a destructor waits for); the child resets it instead.
+    extern "C" fn prepare() {
+        // Registered twice if a fork came between a registration and its record in `SETUP`
+        // (the child then registers again): the second call finds the locks taken.
+        if FORK_LOCKED.with(|l| l.get()) {
+            return;
         }
-        BUSY.reset_after_fork();
+        if let Some(b) = BATCHER.get() {
+            b.fork_lock_slots();
+            WORKER.lock.lock();
+            FORK_LOCKED.with(|l| l.set(true));
+        }
+    }
+    extern "C" fn parent() {
+        if FORK_LOCKED.with(|l| l.replace(false)) {
+            WORKER.lock.unlock();
+            if let Some(b) = BATCHER.get() {
+                b.fork_unlock_slots();
+            }
+        }
+    }
+    // The child runs alone: Relaxed stores suffice (fork copied the parent's memory as it was;
+    // the threads started later are ordered after these stores by their creation).
+    extern "C" fn child() {
+        FORK_LOCKED.with(|l| l.set(false));
+        // Unless a destructor that a free of ours runs forked, these are 0: the forking thread
+        // holds no block, runs no pass, and the other threads' do not exist here.
+        let (holding, in_pass) = (HOLDING.with(|h| h.get()), IN_PASS.with(|p| p.get()));
+        if let Some(b) = BATCHER.get() {
+            b.reset_locks_after_fork(holding, usize::from(in_pass == 2));
+            // A destructor run by a free of ours (a pass, a reclaim, a sweep of its own parked
+            // objects) forked: this thread goes on with the blocks it
+            // holds in the child and will release their charges; keep every charge (the other
+            // threads' ones over-count, never under-count).
+            if !in_free() && !crate::park::in_own_sweep() {
+                // What the parent's passes and producers held privately, and the other threads'
+                // budget slices, do not exist here: charge only what the child holds.
+                BLOCKS_IN_FLIGHT.store(0, Ordering::Relaxed);
+                let held = b.slot_charges_after_fork()
+                    + crate::local::charges_after_fork()
+                    + crate::park::charges_after_fork();
+                b.budget.reset_after_fork(held);
+            }
+        }
+        if in_pass == 0 {
+            BUSY.reset_after_fork();
+        } // else this thread goes on with its pass and releases the lock after it
         WORKER.lock.reset_after_fork();
+        // A creation of the batcher in flight belongs to a thread the child does not have: the
+        // child creates its own (`create_batcher`; its steps done so far are in `SETUP`).
+        INIT.reset_after_fork();
         IDLE.store(false, Ordering::Relaxed);
         WORKER_STATE.store(0, Ordering::Relaxed);
     }
     // The slab layer's handlers first: prepare handlers run in reverse order of registration,
-    // so a prepare of ours would run before the slab layer's (our lock holders call into it).
+    // so our prepare runs before the slab layer's (our lock holders call into it).
     slab_backend::install_fork_handlers();
-    // SAFETY: a static `extern "C" fn()` that only stores to atomics (async-signal-safe).
-    let r = unsafe { libc::pthread_atfork(None, None, Some(child)) };
+    // SAFETY: static `extern "C" fn()`s that only touch atomics, const thread-locals, the
+    // batcher's try-locks and the structures they guard (no allocation), as fork handlers must.
+    let r = unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
     if r != 0 {
         eprintln!("kfree-batch: pthread_atfork failed ({r}); fork() children may stall");
     }
