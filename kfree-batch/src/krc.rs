@@ -673,6 +673,18 @@ impl<'d, P: Pages> Batcher<'d, P> {
         Ok(added)
     }
 
+    /// Gives every slot's unspent reservation back to the budget (under each slot's lock);
+    /// returns the bytes. Call holding no slot lock.
+    pub(crate) fn reclaim_slot_reserves(&self) -> usize {
+        let got: usize = self
+            .krcs
+            .iter()
+            .map(|k| k.locked(|inner| core::mem::take(&mut inner.reserve_left)))
+            .sum();
+        self.budget.release(got);
+        got
+    }
+
     /// Makes sure the slot's reservation covers `need` bytes.
     #[inline]
     fn charge(&self, inner: &mut KrcInner, need: usize) -> Result<(), Refused> {

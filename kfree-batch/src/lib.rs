@@ -84,6 +84,7 @@ mod primitive;
 #[cfg(not(rcu_loom))]
 mod park;
 mod park_slot;
+mod slice;
 #[cfg(not(rcu_loom))]
 mod worker;
 
@@ -107,6 +108,7 @@ pub mod raw {
     pub use crate::chan::{stamp_stolen, FrontChan, Put};
     pub use crate::krc::{Added, Batch, Batcher, Collected, Pages, Processed, Refused, Retired};
     pub use crate::park_slot::ParkSlot;
+    pub use crate::slice::Slice;
 }
 
 /// Pointers per block (505 with 4 KiB pages).
@@ -169,7 +171,7 @@ mod api {
         /// Headless: may map a page inline; parks (or, inside a reader, spills) without memory.
         Headless,
         /// Embedded head: never maps inline; links through the head.
-        Head(unsafe fn(*mut crate::RcuHead), usize),
+        Head(crate::head::HeadFree, usize),
     }
 
     #[inline(always)]
@@ -222,7 +224,7 @@ mod api {
         // Ready-first reclaim runs destructors: never inside a read-side critical section.
         let may_reclaim = !rcu_core::rcu_read_lock_held();
         let (obj, size, free, ctx) = (r.obj, r.size, r.free, r.ctx);
-        let mut released_caches = false;
+        let (mut released_caches, mut reclaimed) = (false, false);
         loop {
             match b.enqueue(cpu, r, headless, may_reclaim) {
                 Ok(mut a) => {
@@ -237,6 +239,14 @@ mod api {
                 // Cached pages count against the cap: give them back before waiting.
                 Err(Refused::Cap) if !released_caches && b.release_caches_for_cap() => {
                     released_caches = true;
+                }
+                // Unspent reservations (other CPUs' reserves, idle threads' slices: one grace
+                // period for all of them, outside a reader) go back before anyone waits.
+                Err(Refused::Cap)
+                    if !reclaimed
+                        && crate::local::reclaim_reservations(b, rcu_core::may_block()) != 0 =>
+                {
+                    reclaimed = true;
                 }
                 Err(why) => return fallback(b, obj, size, free, ctx, form, why),
             }
@@ -256,9 +266,19 @@ mod api {
     ) {
         let in_reader = rcu_core::rcu_read_lock_held();
         if let Form::Head(drop_fn, off) = form {
-            if why == Refused::NoPage || in_reader {
-                // SAFETY: `obj` is a retired object of the head's type, its head at `off`.
-                unsafe { HEADS.push(obj.add(off).cast(), drop_fn) };
+            // Charged like a batched object: to the budget, waiting for room outside a reader;
+            // inside one, past the budget, to the overdraft (it cannot wait).
+            let overdraft = if in_reader {
+                Some(crate::config::is_overdraft(
+                    b.budget.charge_in_reader(size, b.cap),
+                ))
+            } else {
+                charge_or_collect(b, size).then_some(false)
+            };
+            if let Some(overdraft) = overdraft {
+                // SAFETY: `obj` is a retired object of the head's type, its head at `off`; the
+                // head's free returns the `size` charged here (both are the heap footprint).
+                unsafe { HEADS.push(obj.add(off).cast(), drop_fn, overdraft) };
                 worker::HEAD_QUEUED.fetch_add(1, Ordering::Relaxed);
                 kick_after_publish();
                 return;
@@ -269,15 +289,13 @@ mod api {
             // Taken after the caller's unpublish (it has a fence): the parked or spilled object
             // is freed once this state completes, after the caller's own section too.
             let snap = b.dom.get_state();
-            // Charged when the budget has room; held either way (it cannot wait here).
-            let bytes = b.budget.reserve(size, size, b.cap).map_or(0, |_| size);
-            if !park::park(obj, free, ctx, snap, bytes) {
-                if bytes != 0 {
-                    b.budget.release(bytes);
-                }
+            // Charged to the budget when it has room, else to the overdraft; held either way (it
+            // cannot wait here).
+            let charge = b.budget.charge_in_reader(size, b.cap);
+            if !park::park(obj, free, ctx, snap, charge) {
                 // Every slot taken: system-allocator memory until the grace period (legal RCU:
                 // a writer may unlink and retire any number of objects under one guard).
-                park::spill(obj, free, ctx, snap);
+                park::spill(obj, free, ctx, snap, charge);
             }
             kick_after_publish();
             return;
@@ -310,21 +328,38 @@ mod api {
         kick();
     }
 
+    /// Outside a read-side critical section: charges `size` to the budget, and when the cap is
+    /// reached takes unspent reservations back, hands the caller's own open blocks over and runs
+    /// one collection pass — one grace period that frees every head-linked object and every
+    /// block of the slots, not one per object — before trying again. Returns whether the charge was taken. A destructor run by a free of the
+    /// batcher does not run a pass (the pass may be the one running it).
+    fn charge_or_collect(b: &'static worker::Global, size: usize) -> bool {
+        let charge = || b.budget.reserve(size, size, b.cap).is_some();
+        if charge() {
+            return true;
+        }
+        if !rcu_core::may_block() {
+            return false;
+        }
+        if crate::local::reclaim_reservations(b, true) != 0 && charge() {
+            return true;
+        }
+        if worker::in_free() || park::in_own_sweep() {
+            return false;
+        }
+        // Our own open blocks hold part of the cap too (a cached page let the object batch):
+        // hand them over so that the pass collects them with the slots' blocks.
+        crate::local::hand_over_own(b);
+        worker::pass(b, worker::Flush::Slots);
+        // The worker may have refilled its page caches with the room the pass made.
+        charge() || (b.release_caches_for_cap() && charge())
+    }
+
     /// Bytes a `Box<T>` really occupies in the heap, charged to the pending budget so that the cap
-    /// bounds resident memory, not just `size_of::<T>()`: glibc's chunk for a request of `n`
-    /// bytes is `max(32, round_up(n + 8, 16))` (8 bytes of header, 16-byte granules). Other
-    /// allocators have similar or smaller overheads, so this is a conservative estimate.
+    /// bounds resident memory, not just `size_of::<T>()` (glibc's chunk, page-rounded for an
+    /// allocation served by its own mapping: `config::heap_footprint`).
     const fn heap_bytes<T>() -> usize {
-        let n = core::mem::size_of::<T>();
-        if n == 0 {
-            return 0;
-        }
-        let chunk = (n + 8 + 15) & !15;
-        if chunk < 32 {
-            32
-        } else {
-            chunk
-        }
+        crate::config::heap_footprint(core::mem::size_of::<T>(), core::mem::align_of::<T>())
     }
 
     /// Frees `obj` after a grace period (headless: `T` needs no field). Callable inside a
