@@ -47,7 +47,9 @@
 //!    and is released when it goes back to the page layer, so the cap bounds every byte the
 //!    batcher keeps resident beyond its fixed structures, not only the blocks in use. The
 //!    emergency refill uses at most half of the cap; a caller that hits the cap first empties
-//!    the caches.
+//!    the caches, then takes every slot's unspent reservation back (`reclaim_slot_reserves`,
+//!    under each slot's lock) together with the threads' slices (`local.rs`), so reservations
+//!    nobody spends never fill the cap.
 //! 5. `held` counts the blocks producers hold privately (detached ready blocks not yet freed,
 //!    blocks taken to recycle not yet installed). A hold begins under a slot's lock
 //!    (`begin_hold`), only while no barrier runs (`barriers == 0`), and ends after the free or

@@ -26,8 +26,14 @@
 //!
 //! | caller            | headless (`kfree_rcu`)                         | with `RcuHead`                   |
 //! |-------------------|-----------------------------------------------|----------------------------------|
-//! | outside a reader  | no page: parks the object in pre-reserved per-thread slots, and when all [`PARK_SLOTS`] are taken waits for *one* grace period that frees them all (`park_waits`); cap: waits for a grace period, frees (`fallback_sync`) | no page: links through its head; cap: waits and frees |
+//! | outside a reader  | no page: parks the object in pre-reserved per-thread slots, and when all [`PARK_SLOTS`] are taken waits for *one* grace period that frees them all (`park_waits`); cap: waits for a grace period, frees (`fallback_sync`) | no page: links through its head, charged like a batched object; cap: runs one collection pass (one grace period that frees every pending head-linked object and slot block), then links |
 //! | inside a reader   | parks the object; past the slots, spills it into system-allocator memory (`spilled`); the worker frees both after the grace period | links through its head |
+//!
+//! Before any of these, a caller whose reserve was refused takes back the budget that other
+//! threads and CPU slots reserved and did not spend (one grace period for all the threads'
+//! slices: `reserve_reclaims`). Everything held counts: outside readers against the cap; inside
+//! a reader, past the cap, in `overdraft_bytes` (such a caller can neither wait nor free early),
+//! given back when the objects are freed.
 //!
 //! ## Where objects are freed
 //!
@@ -53,9 +59,9 @@
 //! budget a retiring thread waits for one grace period per [`PARK_SLOTS`] objects (thousands of
 //! objects per second with a reader holding 50 ms sections), not one per object. A thread that
 //! retires more than [`PARK_SLOTS`] headless objects inside *one* read-side critical section
-//! while no batching memory can be had keeps the rest in memory from the system allocator (the
-//! one memory the pending cap does not bound: it is freed once the section's grace period ends),
-//! reported once through `rcu_core`'s stall hook; only a failure of that allocation aborts, like
+//! while no batching memory can be had keeps the rest in memory from the system allocator (with
+//! objects retired past the cap inside a reader, the one memory the pending cap does not bound —
+//! counted in `overdraft_bytes` — freed once the section's grace period ends), reported once through `rcu_core`'s stall hook; only a failure of that allocation aborts, like
 //! any Rust allocation.
 //!
 //! ```
@@ -438,7 +444,10 @@ mod api {
 
     /// Frees `obj`, which embeds an [`crate::RcuHead`], after a grace period. Never maps memory
     /// on the caller's path: without a cached page it links the object through its head (never
-    /// blocks, never allocates).
+    /// allocates). The object is charged to the pending budget either way: at the cap, outside a
+    /// read-side critical section, the caller waits for one grace period that frees every
+    /// pending head-linked object; inside one it never waits (past the cap the object counts in
+    /// `overdraft_bytes`).
     ///
     /// The `Box` is turned into a raw pointer at once (see [`kfree_rcu_head_raw`]).
     #[inline]

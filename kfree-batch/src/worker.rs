@@ -37,9 +37,13 @@
 //!   ready-first reclaim (`free_reclaimed`), outside read-side critical sections; both mark the
 //!   thread (`FREEING`), so that a barrier called from such a destructor panics instead of
 //!   waiting for the free that runs it.
+//! * **Reservations back**: a barrier claims the other threads' budget slices before its pass
+//!   and takes them after it (the pass's grace period usually covers the claims: `local.rs`),
+//!   then takes the slots' reservations; the worker's pressure pass takes them all.
 //! * **Shrinker** `kfree-rcu` (registered with the page layer): `count` = cached pages + blocks
-//!   in flight + handed blocks; `scan` empties the page caches, asks the worker for a pass that
-//!   collects every slot's blocks, and backs refills off for one second. It frees no block
+//!   in flight + handed blocks; `scan` empties the page caches, takes the slots' budget
+//!   reservations back, asks the worker for a pass that collects every slot's blocks (and takes
+//!   the threads' slices back: that needs a grace period), and backs refills off for one second. It frees no block
 //!   itself: it runs on whichever thread allocates — inside a read-side critical section, a
 //!   destructor or a pass, perhaps — where no destructor may run.
 //! * **fork()**: the child resets the slot locks, the busy lock and the barrier's counts, and
