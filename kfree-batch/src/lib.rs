@@ -27,7 +27,7 @@
 //! | caller            | headless (`kfree_rcu`)                         | with `RcuHead`                   |
 //! |-------------------|-----------------------------------------------|----------------------------------|
 //! | outside a reader  | no page: parks the object in pre-reserved per-thread slots, and when all [`PARK_SLOTS`] are taken waits for *one* grace period that frees them all (`park_waits`); cap: waits for a grace period, frees (`fallback_sync`) | no page: links through its head, charged like a batched object; cap: runs one collection pass (one grace period that frees every pending head-linked object and slot block), then links |
-//! | inside a reader   | parks the object; past the slots, spills it into system-allocator memory (`spilled`); the worker frees both after the grace period | links through its head |
+//! | inside a reader   | parks the object; past the slots, spills it into system-allocator memory (`spilled`); the worker frees both after the grace period | links through its head (past the cap: `overdraft_bytes`) |
 //!
 //! Before any of these, a caller whose reserve was refused takes back the budget that other
 //! threads and CPU slots reserved and did not spend (one grace period for all the threads'
@@ -61,8 +61,9 @@
 //! retires more than [`PARK_SLOTS`] headless objects inside *one* read-side critical section
 //! while no batching memory can be had keeps the rest in memory from the system allocator (with
 //! objects retired past the cap inside a reader, the one memory the pending cap does not bound —
-//! counted in `overdraft_bytes` — freed once the section's grace period ends), reported once through `rcu_core`'s stall hook; only a failure of that allocation aborts, like
-//! any Rust allocation.
+//! counted in `overdraft_bytes` — freed once the section's grace period ends), reported once
+//! through `rcu_core`'s stall hook; only a failure of that allocation aborts, like any Rust
+//! allocation.
 //!
 //! ```
 //! use kfree_batch::{kfree_rcu, kvfree_rcu_barrier, stats};
@@ -337,8 +338,9 @@ mod api {
     /// Outside a read-side critical section: charges `size` to the budget, and when the cap is
     /// reached takes unspent reservations back, hands the caller's own open blocks over and runs
     /// one collection pass — one grace period that frees every head-linked object and every
-    /// block of the slots, not one per object — before trying again. Returns whether the charge was taken. A destructor run by a free of the
-    /// batcher does not run a pass (the pass may be the one running it).
+    /// block of the slots, not one per object — before trying again. Returns whether the charge
+    /// was taken. A destructor run by a free of the batcher does not run a pass (the pass may be
+    /// the one running it), nor does a thread that may not block (a `call_rcu` callback).
     fn charge_or_collect(b: &'static worker::Global, size: usize) -> bool {
         let charge = || b.budget.reserve(size, size, b.cap).is_some();
         if charge() {

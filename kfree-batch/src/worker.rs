@@ -43,9 +43,9 @@
 //! * **Shrinker** `kfree-rcu` (registered with the page layer): `count` = cached pages + blocks
 //!   in flight + handed blocks; `scan` empties the page caches, takes the slots' budget
 //!   reservations back, asks the worker for a pass that collects every slot's blocks (and takes
-//!   the threads' slices back: that needs a grace period), and backs refills off for one second. It frees no block
-//!   itself: it runs on whichever thread allocates — inside a read-side critical section, a
-//!   destructor or a pass, perhaps — where no destructor may run.
+//!   the threads' slices back: that needs a grace period), and backs refills off for one second.
+//!   It frees no block itself: it runs on whichever thread allocates — inside a read-side
+//!   critical section, a destructor or a pass, perhaps — where no destructor may run.
 //! * **fork()**: the child resets the slot locks, the busy lock and the barrier's counts, and
 //!   restarts the worker lazily. Blocks that a parent's worker pass or producer held at fork time
 //!   are not freed in the child (a copy that leaks there; the parent frees its own).
@@ -414,8 +414,8 @@ fn pass_locked(b: &Global, flush: Flush) -> PassResult {
 }
 
 /// Waits until every object retired before the call is freed (module docs), and takes unspent
-/// reservations back (`local.rs`, "Taking slices back"): the other threads' slices are claimed
-/// before the pass, whose grace period usually covers the claims.
+/// reservations back (`local.rs`, "Budget slices, and taking them back"): the other threads'
+/// slices are claimed before the pass, whose grace period usually covers the claims.
 pub(crate) fn barrier() {
     let Some(b) = BATCHER.get() else { return };
     let claims = crate::local::claim_slices(b);
