@@ -395,6 +395,31 @@ mod tests {
     }
 
     #[test]
+    fn footprints_follow_glibc() {
+        assert_eq!(heap_footprint(0, 1), 0);
+        assert_eq!(heap_footprint(1, 1), 32);
+        assert_eq!(heap_footprint(32, 8), 48);
+        assert_eq!(heap_footprint(8208, 8), 8224);
+        // Served by a mapping of its own: whole pages, header included.
+        assert_eq!(heap_footprint((128 << 10) + 8, 8), 135_168);
+        assert_eq!(heap_footprint(1 << 20, 8), (1 << 20) + 4096);
+        // memalign's slack for a large alignment.
+        assert_eq!(heap_footprint(64, 64), 80 + 64);
+    }
+
+    #[test]
+    fn overdraft_is_counted_apart() {
+        let b = Budget::new();
+        assert_eq!(b.charge_in_reader(100, 150), 100);
+        let over = b.charge_in_reader(100, 150);
+        assert!(is_overdraft(over));
+        assert_eq!((b.pending(), b.overdraft()), (100, (100, 100)));
+        b.uncharge(over);
+        b.uncharge(100);
+        assert_eq!((b.pending(), b.overdraft()), (0, (0, 100)));
+    }
+
+    #[test]
     fn budget_never_passes_cap() {
         let b = Budget::new();
         assert_eq!(b.reserve(10, 100, 150), Some(100));

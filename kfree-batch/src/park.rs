@@ -40,7 +40,8 @@
 //! slot and pushed on a global lock-free stack (Release CAS). Only collectors take nodes: one
 //! Acquire swap takes the whole stack; nodes whose state completed are freed with their objects,
 //! the rest are pushed back. The first spill of the process is reported through rcu-core's stall
-//! hook (`StallKind::RetireSpilled`). Spilled objects count in `PARKED_NOW`, so the worker's idle
+//! hook (`StallKind::RetireSpilled`). A node keeps its object's charge, returned when the collector
+//! frees it. Spilled objects count in `PARKED_NOW`, so the worker's idle
 //! check sees them and its pass — which waits for the newest parked state, i.e. for the end of
 //! the retiring section — frees them after the guard drops.
 //!
