@@ -3,21 +3,40 @@
 //! # Implementation
 //!
 //! **Budget.** `PENDING` counts bytes that may be waiting for a grace period: the heap bytes of
-//! every queued object (its allocator chunk: `size_of::<T>()` rounded up with glibc's header and
-//! granule, so the cap bounds resident memory; plus the bytes `kfree_rcu_raw_charged` declares it
-//! owns), one page per block, and the unspent part of each
-//! CPU's *reservation*. A CPU reserves budget in chunks (`RESERVE_CHUNK`, or exactly what it needs
-//! near the cap) with a CAS that never lets `PENDING` pass the cap, then spends the chunk under its
-//! own lock without touching a shared line. Freeing a block returns its bytes and page. Hence
+//! every queued, parked or head-linked object (its allocator footprint, `heap_footprint`:
+//! `size_of::<T>()` rounded up with glibc's header and granule, or to whole pages for a chunk
+//! served by its own mapping, so the cap bounds resident memory; plus the bytes
+//! `kfree_rcu_raw_charged` declares it owns), one page per block, and the
+//! unspent *reservations*: each CPU slot's and each retiring thread's slice. A CPU reserves
+//! budget in chunks (`RESERVE_CHUNK`, or exactly what it needs near the cap) with a CAS that never
+//! lets `PENDING` pass the cap, then spends the chunk under its own lock without touching a
+//! shared line; a thread does the same with its slice (`local.rs`). Freeing a block returns its
+//! bytes and page. Hence
 //!
 //! * Invariant 1: `PENDING <= cap` at every moment, and
-//! * Invariant 2: the real pending memory is `<= PENDING` (reservations only over-count).
+//! * Invariant 2: the real pending memory is `<= PENDING + OVERDRAFT` (reservations only
+//!   over-count), where
+//! * Invariant 3: `OVERDRAFT` counts the objects retired inside read-side critical sections
+//!   while the budget had no room (parked, spilled or head-linked: such a caller can neither
+//!   wait nor free early). Outside readers it is zero, so there the real pending memory stays
+//!   under the cap. Each such object records where it was charged (`charge_in_reader`'s top
+//!   bit, or the head stack it is on) and its free returns the charge to that count.
 //!
-//! When a reservation cannot be had the caller falls back: it waits for a grace period itself and
-//! frees its object (`fallback_sync`), or parks it when it is inside a read-side critical section
-//! (charged when the budget has room, held either way; past the park slots it spills, the one
-//! memory outside the cap: `park.rs`). An object parked for want of a page outside a reader is
-//! charged like a batched one, so Invariant 1 bounds it too.
+//! **Reservations go back on demand.** A reservation nobody spends (an idle thread's slice, a
+//! slot no thread retires into) would hold the budget for good, and enough of them would fill the
+//! cap. When a reserve is refused the retiring thread takes them back before it falls back
+//! (`local::reclaim_reservations`): every slot's under its lock, its own slice, and — outside a
+//! reader — every other thread's slice, claimed at once and taken after one grace period
+//! (`slice.rs`). A barrier does the same around its pass, the shrinker takes the slots' and asks
+//! the worker for the slices'.
+//!
+//! When a reservation cannot be had even so the caller falls back: it waits for a grace period
+//! itself and frees its object (`fallback_sync`), or parks it when it is inside a read-side
+//! critical section (charged to the budget when it has room, else to the overdraft; past the
+//! park slots it spills: `park.rs`). An object parked for want of a page outside a reader is
+//! charged like a batched one, and so is a head-linked one (`head.rs`): at the cap the retiring
+//! thread takes reservations back and runs one collection pass, which waits for one grace period
+//! for every head-linked object, before it charges again — Invariant 1 bounds them too.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -191,11 +210,54 @@ fn env_num(key: &str) -> Option<usize> {
     std::env::var(key).ok().and_then(|v| parse_size(&v).ok())
 }
 
-/// The process-wide pending counter (Invariants 1 and 2).
+/// glibc's mmap threshold at its default: requests whose chunk reaches it get a mapping of
+/// their own, page-rounded.
+const MMAP_THRESHOLD: usize = 128 << 10;
+
+/// Bytes an allocation of `size` bytes aligned to `align` really occupies in glibc's heap: a
+/// chunk of `max(32, round_up(size + 8, 16))` (8 bytes of header, 16-byte granules), plus the
+/// alignment slack `memalign` takes for `align > 16`; a chunk at or above the mmap threshold is
+/// a mapping of its own, `round_up(chunk + 8, page)`. Other allocators have similar or smaller
+/// overheads, so the estimate is conservative.
+pub(crate) const fn heap_footprint(size: usize, align: usize) -> usize {
+    if size == 0 {
+        return 0;
+    }
+    let mut chunk = (size + 8 + 15) & !15;
+    if chunk < 32 {
+        chunk = 32;
+    }
+    if align > 16 {
+        chunk += align;
+    }
+    if chunk >= MMAP_THRESHOLD {
+        let page = crate::block::PAGE_SIZE;
+        (chunk + 8 + page - 1) & !(page - 1)
+    } else {
+        chunk
+    }
+}
+
+/// Marks an encoded charge ([`Budget::charge_in_reader`]) as an overdraft.
+const OVERDRAFT_BIT: usize = 1 << (usize::BITS - 1);
+
+/// Whether an encoded charge went to the overdraft.
+pub(crate) const fn is_overdraft(charge: usize) -> bool {
+    charge & OVERDRAFT_BIT != 0
+}
+
+/// The process-wide pending counter (Invariants 1 and 2) and the overdraft of read-side
+/// critical sections (Invariant 3).
 #[derive(Debug)]
 pub(crate) struct Budget {
     pending: AtomicUsize,
     peak: AtomicUsize,
+    /// Bytes retired inside read-side critical sections while the budget had no room (held
+    /// anyway: such a caller cannot wait).
+    overdraft: AtomicUsize,
+    overdraft_peak: AtomicUsize,
+    /// Rounds that took unspent reservations back (statistics).
+    reclaims: AtomicUsize,
 }
 
 impl Budget {
@@ -204,6 +266,9 @@ impl Budget {
         Budget {
             pending: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
+            overdraft: AtomicUsize::new(0),
+            overdraft_peak: AtomicUsize::new(0),
+            reclaims: AtomicUsize::new(0),
         }
     }
     #[cfg(rcu_loom)]
@@ -211,6 +276,9 @@ impl Budget {
         Budget {
             pending: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
+            overdraft: AtomicUsize::new(0),
+            overdraft_peak: AtomicUsize::new(0),
+            reclaims: AtomicUsize::new(0),
         }
     }
 
@@ -242,6 +310,9 @@ impl Budget {
 
     /// Returns `bytes` to the budget.
     pub(crate) fn release(&self, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
         let old = self.pending.fetch_sub(bytes, Ordering::Relaxed);
         debug_assert!(old >= bytes, "kfree-batch budget underflow");
     }
@@ -250,6 +321,54 @@ impl Budget {
     /// parent's other threads' slices and private blocks do not exist there).
     pub(crate) fn reset_after_fork(&self, bytes: usize) {
         self.pending.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Charges `bytes` for an object retired inside a read-side critical section: to the budget
+    /// when it has room, else to the overdraft (Invariant 3). Returns the encoded charge for
+    /// [`Budget::uncharge`].
+    pub(crate) fn charge_in_reader(&self, bytes: usize, cap: usize) -> usize {
+        if self.reserve(bytes, bytes, cap).is_some() {
+            return bytes;
+        }
+        // Relaxed: a statistic and a counter; nothing is published through it.
+        let now = self.overdraft.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.overdraft_peak.fetch_max(now, Ordering::Relaxed);
+        bytes | OVERDRAFT_BIT
+    }
+
+    /// Returns a charge encoded by [`Budget::charge_in_reader`] (or a plain one).
+    pub(crate) fn uncharge(&self, charge: usize) {
+        if charge & OVERDRAFT_BIT != 0 {
+            self.release_overdraft(charge & !OVERDRAFT_BIT);
+        } else if charge != 0 {
+            self.release(charge);
+        }
+    }
+
+    /// Returns `bytes` to the overdraft (objects held past the budget were freed).
+    pub(crate) fn release_overdraft(&self, bytes: usize) {
+        if bytes != 0 {
+            let old = self.overdraft.fetch_sub(bytes, Ordering::Relaxed);
+            debug_assert!(old >= bytes, "kfree-batch overdraft underflow");
+        }
+    }
+
+    /// Bytes held past the budget inside read-side critical sections now, and the most seen.
+    pub(crate) fn overdraft(&self) -> (usize, usize) {
+        (
+            self.overdraft.load(Ordering::Relaxed),
+            self.overdraft_peak.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Counts a round that took reservations back.
+    pub(crate) fn count_reclaim(&self) {
+        self.reclaims.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Rounds that took reservations back.
+    pub(crate) fn reclaims(&self) -> usize {
+        self.reclaims.load(Ordering::Relaxed)
     }
 
     /// Bytes currently charged.
@@ -280,6 +399,31 @@ mod tests {
             parse_size("12Q").unwrap_err().to_string(),
             "'12Q' is not a size (like 4096, 64K, 512M, 2G)"
         );
+    }
+
+    #[test]
+    fn footprints_follow_glibc() {
+        assert_eq!(heap_footprint(0, 1), 0);
+        assert_eq!(heap_footprint(1, 1), 32);
+        assert_eq!(heap_footprint(32, 8), 48);
+        assert_eq!(heap_footprint(8208, 8), 8224);
+        // Served by a mapping of its own: whole pages, header included.
+        assert_eq!(heap_footprint((128 << 10) + 8, 8), 135_168);
+        assert_eq!(heap_footprint(1 << 20, 8), (1 << 20) + 4096);
+        // memalign's slack for a large alignment.
+        assert_eq!(heap_footprint(64, 64), 80 + 64);
+    }
+
+    #[test]
+    fn overdraft_is_counted_apart() {
+        let b = Budget::new();
+        assert_eq!(b.charge_in_reader(100, 150), 100);
+        let over = b.charge_in_reader(100, 150);
+        assert!(is_overdraft(over));
+        assert_eq!((b.pending(), b.overdraft()), (100, (100, 100)));
+        b.uncharge(over);
+        b.uncharge(100);
+        assert_eq!((b.pending(), b.overdraft()), (0, (0, 100)));
     }
 
     #[test]

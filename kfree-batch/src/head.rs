@@ -5,8 +5,12 @@
 //!
 //! When the per-CPU block path refuses (no cached page: the two-argument form never maps pages on
 //! the caller's path), the object's head records its free function and is pushed on a global
-//! lock-free Treiber stack with one CAS — never blocking, never allocating. The collector takes
-//! the whole stack with one swap (no ABA: nodes are only ever popped all at once), stamps it with
+//! lock-free Treiber stack with one CAS — never blocking, never allocating. Outside a read-side
+//! critical section the object is charged to the pending budget first (the caller waits when
+//! it has no room: `lib.rs`); inside one it is charged to the budget when it has room and to the
+//! overdraft otherwise, and goes on a second stack, so that the collector knows which count to
+//! give its bytes back to (the free function returns them). The collector takes the whole stacks
+//! with one swap each (no ABA: nodes are only ever popped all at once), stamps it with
 //! a grace-period snapshot, waits, and frees every object through its head.
 //!
 //! The head lives inside the object, so readers may still be reading the object's other fields
@@ -132,25 +136,59 @@ macro_rules! impl_has_rcu_head {
     };
 }
 
-/// Frees the `Box<T>` containing `head`.
+/// Frees an object through its head and returns the bytes it was charged.
+pub(crate) type HeadFree = unsafe fn(*mut RcuHead) -> usize;
+
+/// Frees the `Box<T>` containing `head`; returns its heap footprint (what it was charged).
 ///
 /// # Safety
 /// `head` points into a live `Box<T>` at `T::RCU_HEAD_OFFSET`, retired and past its grace period.
-pub(crate) unsafe fn drop_via_head<T: HasRcuHead>(head: *mut RcuHead) {
+pub(crate) unsafe fn drop_via_head<T: HasRcuHead>(head: *mut RcuHead) -> usize {
     // SAFETY: by the contract, the object starts RCU_HEAD_OFFSET bytes before the head.
     unsafe {
         drop(Box::from_raw(
             head.cast::<u8>().sub(T::RCU_HEAD_OFFSET).cast::<T>(),
         ))
+    };
+    crate::config::heap_footprint(core::mem::size_of::<T>(), core::mem::align_of::<T>())
+}
+
+/// Head-linked objects taken from the stack by a collector.
+#[derive(Debug)]
+pub(crate) struct TakenHeads {
+    charged: *mut RcuHead,
+    over: *mut RcuHead,
+}
+
+impl TakenHeads {
+    /// Whether nothing was taken.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.charged.is_null() && self.over.is_null()
     }
 }
 
-/// The global stack of head-linked objects.
+/// What [`HeadStack::free_list`] freed.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct FreedHeads {
+    /// Objects freed.
+    pub(crate) objects: usize,
+    /// Bytes they were charged to the pending budget.
+    pub(crate) charged: usize,
+    /// Bytes they were charged to the overdraft (retired inside a reader past the budget).
+    pub(crate) over: usize,
+}
+
+/// The global stacks of head-linked objects: those charged to the pending budget and those held
+/// past it inside read-side critical sections (the overdraft).
 #[derive(Debug)]
 pub(crate) struct HeadStack {
     top: AtomicPtr<RcuHead>,
-    /// Objects on the stack (statistics and the worker's idle check).
+    over: AtomicPtr<RcuHead>,
+    /// Objects on the stacks (statistics and the worker's idle check).
     pub(crate) len: AtomicUsize,
+    /// Bytes charged to the pending budget for objects pushed on `top` and not freed yet (taken
+    /// or not): a `fork()` child's budget recount adds them (`worker.rs`).
+    pub(crate) charged: AtomicUsize,
 }
 
 impl HeadStack {
@@ -158,33 +196,47 @@ impl HeadStack {
     pub(crate) const fn new() -> Self {
         HeadStack {
             top: AtomicPtr::new(core::ptr::null_mut()),
+            over: AtomicPtr::new(core::ptr::null_mut()),
             len: AtomicUsize::new(0),
+            charged: AtomicUsize::new(0),
         }
     }
     #[cfg(rcu_loom)]
     pub(crate) fn new() -> Self {
         HeadStack {
             top: AtomicPtr::new(core::ptr::null_mut()),
+            over: AtomicPtr::new(core::ptr::null_mut()),
             len: AtomicUsize::new(0),
+            charged: AtomicUsize::new(0),
         }
     }
 
-    /// Pushes `head` (of an object freed by `free`). Lock-free; never blocks or allocates.
+    /// Pushes `head` (of an object freed by `free`, charged `bytes`), on the overdraft stack if
+    /// `overdraft`. Lock-free; never blocks or allocates.
     ///
     /// # Safety
-    /// `head` belongs to a retired object that nothing else will free; `free(head)` frees it.
-    pub(crate) unsafe fn push(&self, head: *mut RcuHead, free: unsafe fn(*mut RcuHead)) {
+    /// `head` belongs to a retired object that nothing else will free; `free(head)` frees it and
+    /// returns the bytes it was charged (`bytes`).
+    pub(crate) unsafe fn push(
+        &self,
+        head: *mut RcuHead,
+        free: HeadFree,
+        overdraft: bool,
+        bytes: usize,
+    ) {
+        if !overdraft {
+            // Relaxed: a counter read only by the fork child handler, which runs alone.
+            self.charged.fetch_add(bytes, Ordering::Relaxed);
+        }
         // SAFETY: the caller owns the retired object and therefore its head.
         let h = unsafe { &*head };
         h.free.store(free as *mut (), Ordering::Relaxed);
-        let mut top = self.top.load(Ordering::Relaxed);
+        let stack = if overdraft { &self.over } else { &self.top };
+        let mut top = stack.load(Ordering::Relaxed);
         loop {
             h.next.store(top, Ordering::Relaxed);
             // Release publishes `free`/`next` to the collector's Acquire swap.
-            match self
-                .top
-                .compare_exchange_weak(top, head, Ordering::Release, Ordering::Relaxed)
-            {
+            match stack.compare_exchange_weak(top, head, Ordering::Release, Ordering::Relaxed) {
                 Ok(_) => break,
                 Err(t) => top = t,
             }
@@ -193,37 +245,49 @@ impl HeadStack {
     }
 
     /// Takes every pushed head (the caller then owns them).
-    pub(crate) fn take_all(&self) -> *mut RcuHead {
+    pub(crate) fn take_all(&self) -> TakenHeads {
         // Acquire pairs with the Release of every push.
-        self.top.swap(core::ptr::null_mut(), Ordering::Acquire)
+        TakenHeads {
+            charged: self.top.swap(core::ptr::null_mut(), Ordering::Acquire),
+            over: self.over.swap(core::ptr::null_mut(), Ordering::Acquire),
+        }
     }
 
-    /// Frees a list returned by `take_all`; returns how many objects were freed.
+    /// Frees lists returned by `take_all`; returns how many objects were freed and the bytes
+    /// they were charged (the caller returns them to the budget and the overdraft).
     ///
     /// # Safety
-    /// The list came from `take_all` and a grace period passed since it was taken.
-    pub(crate) unsafe fn free_list(&self, mut list: *mut RcuHead) -> usize {
-        let mut n = 0;
-        while !list.is_null() {
-            // SAFETY: nodes of a taken list are retired objects we own; read `next` and `free`
-            // before freeing the object that contains them.
-            let (next, f) = unsafe {
-                let h = &*list;
-                (
-                    h.next.load(Ordering::Relaxed),
-                    h.free.load(Ordering::Relaxed),
-                )
-            };
-            // SAFETY: `f` was stored from an `unsafe fn(*mut RcuHead)` in `push`, as a pointer:
-            // transmuting it back (same size) keeps the function pointer's provenance.
-            let f: unsafe fn(*mut RcuHead) =
-                unsafe { core::mem::transmute::<*mut (), unsafe fn(*mut RcuHead)>(f) };
-            // SAFETY: the grace period passed (caller's contract).
-            unsafe { f(list) };
-            list = next;
-            n += 1;
+    /// The lists came from `take_all` and a grace period passed since they were taken.
+    pub(crate) unsafe fn free_list(&self, taken: TakenHeads) -> FreedHeads {
+        let mut out = FreedHeads::default();
+        for (mut list, over) in [(taken.charged, false), (taken.over, true)] {
+            while !list.is_null() {
+                // SAFETY: nodes of a taken list are retired objects we own; read `next` and
+                // `free` before freeing the object that contains them.
+                let (next, f) = unsafe {
+                    let h = &*list;
+                    (
+                        h.next.load(Ordering::Relaxed),
+                        h.free.load(Ordering::Relaxed),
+                    )
+                };
+                // SAFETY: `f` was stored from a `HeadFree` in `push`, as a pointer: transmuting
+                // it back (same size) keeps the function pointer's provenance.
+                let f: HeadFree = unsafe { core::mem::transmute::<*mut (), HeadFree>(f) };
+                // SAFETY: the grace period passed (caller's contract).
+                let bytes = unsafe { f(list) };
+                if over {
+                    out.over += bytes;
+                } else {
+                    out.charged += bytes;
+                }
+                list = next;
+                out.objects += 1;
+            }
         }
-        self.len.fetch_sub(n, Ordering::Relaxed);
-        n
+        self.len.fetch_sub(out.objects, Ordering::Relaxed);
+        // Relaxed: as in `push`.
+        self.charged.fetch_sub(out.charged, Ordering::Relaxed);
+        out
     }
 }

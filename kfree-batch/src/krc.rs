@@ -47,7 +47,9 @@
 //!    and is released when it goes back to the page layer, so the cap bounds every byte the
 //!    batcher keeps resident beyond its fixed structures, not only the blocks in use. The
 //!    emergency refill uses at most half of the cap; a caller that hits the cap first empties
-//!    the caches.
+//!    the caches, then takes every slot's unspent reservation back (`reclaim_slot_reserves`,
+//!    under each slot's lock) together with the threads' slices (`local.rs`), so reservations
+//!    nobody spends never fill the cap.
 //! 5. `held` counts the blocks producers hold privately (detached ready blocks not yet freed,
 //!    blocks taken to recycle not yet installed). A hold begins under a slot's lock
 //!    (`begin_hold`), only while no barrier runs (`barriers == 0`), and ends after the free or
@@ -689,6 +691,18 @@ impl<'d, P: Pages> Batcher<'d, P> {
             k.handed_n.store(inner.nhanded, Ordering::Relaxed);
         }
         Ok(added)
+    }
+
+    /// Gives every slot's unspent reservation back to the budget (under each slot's lock);
+    /// returns the bytes. Call holding no slot lock.
+    pub(crate) fn reclaim_slot_reserves(&self) -> usize {
+        let got: usize = self
+            .krcs
+            .iter()
+            .map(|k| k.locked(|inner| core::mem::take(&mut inner.reserve_left)))
+            .sum();
+        self.budget.release(got);
+        got
     }
 
     /// Makes sure the slot's reservation covers `need` bytes.

@@ -27,8 +27,14 @@
 //!
 //! | caller            | headless (`kfree_rcu`)                         | with `RcuHead`                   |
 //! |-------------------|-----------------------------------------------|----------------------------------|
-//! | outside a reader  | no page: parks the object in pre-reserved per-thread slots, and when all [`PARK_SLOTS`] are taken waits for *one* grace period that frees them all (`park_waits`); cap: waits for a grace period, frees (`fallback_sync`) | no page: links through its head; cap: waits and frees |
-//! | inside a reader   | parks the object; past the slots, spills it into system-allocator memory (`spilled`); the worker frees both after the grace period | links through its head |
+//! | outside a reader  | no page: parks the object in pre-reserved per-thread slots, and when all [`PARK_SLOTS`] are taken waits for *one* grace period that frees them all (`park_waits`); cap: waits for a grace period, frees (`fallback_sync`) | no page: links through its head, charged like a batched object; cap: runs one collection pass (one grace period that frees every pending head-linked object and slot block), then links |
+//! | inside a reader   | parks the object; past the slots, spills it into system-allocator memory (`spilled`); the worker frees both after the grace period | links through its head (past the cap: `overdraft_bytes`) |
+//!
+//! Before any of these, a caller whose reserve was refused takes back the budget that other
+//! threads and CPU slots reserved and did not spend (one grace period for all the threads'
+//! slices: `reserve_reclaims`). Everything held counts: outside readers against the cap; inside
+//! a reader, past the cap, in `overdraft_bytes` (such a caller can neither wait nor free early),
+//! given back when the objects are freed.
 //!
 //! ## Where objects are freed
 //!
@@ -54,10 +60,11 @@
 //! budget a retiring thread waits for one grace period per [`PARK_SLOTS`] objects (thousands of
 //! objects per second with a reader holding 50 ms sections), not one per object. A thread that
 //! retires more than [`PARK_SLOTS`] headless objects inside *one* read-side critical section
-//! while no batching memory can be had keeps the rest in memory from the system allocator (the
-//! one memory the pending cap does not bound: it is freed once the section's grace period ends),
-//! reported once through `rcu_core`'s stall hook; only a failure of that allocation aborts, like
-//! any Rust allocation.
+//! while no batching memory can be had keeps the rest in memory from the system allocator (with
+//! objects retired past the cap inside a reader, the one memory the pending cap does not bound —
+//! counted in `overdraft_bytes` — freed once the section's grace period ends), reported once
+//! through `rcu_core`'s stall hook; only a failure of that allocation aborts, like any Rust
+//! allocation.
 //!
 //! ```
 //! use kfree_batch::{kfree_rcu, kvfree_rcu_barrier, stats};
@@ -85,6 +92,7 @@ mod primitive;
 #[cfg(not(rcu_loom))]
 mod park;
 mod park_slot;
+mod slice;
 #[cfg(not(rcu_loom))]
 mod worker;
 
@@ -108,6 +116,7 @@ pub mod raw {
     pub use crate::chan::{stamp_stolen, FrontChan, Put};
     pub use crate::krc::{Added, Batch, Batcher, Collected, Pages, Processed, Refused, Retired};
     pub use crate::park_slot::ParkSlot;
+    pub use crate::slice::Slice;
     #[cfg(not(rcu_loom))]
     pub use crate::worker::{
         batcher_creation_paused, pause_batcher_creation, resume_batcher_creation, with_slot_locked,
@@ -174,7 +183,7 @@ mod api {
         /// Headless: may map a page inline; parks (or, inside a reader, spills) without memory.
         Headless,
         /// Embedded head: never maps inline; links through the head.
-        Head(unsafe fn(*mut crate::RcuHead), usize),
+        Head(crate::head::HeadFree, usize),
     }
 
     #[inline(always)]
@@ -227,7 +236,7 @@ mod api {
         // Ready-first reclaim runs destructors: never inside a read-side critical section.
         let may_reclaim = !rcu_core::rcu_read_lock_held();
         let (obj, size, free, ctx) = (r.obj, r.size, r.free, r.ctx);
-        let mut released_caches = false;
+        let (mut released_caches, mut reclaimed) = (false, false);
         loop {
             match b.enqueue(cpu, r, headless, may_reclaim) {
                 Ok(mut a) => {
@@ -242,6 +251,14 @@ mod api {
                 // Cached pages count against the cap: give them back before waiting.
                 Err(Refused::Cap) if !released_caches && b.release_caches_for_cap() => {
                     released_caches = true;
+                }
+                // Unspent reservations (other CPUs' reserves, idle threads' slices: one grace
+                // period for all of them, outside a reader) go back before anyone waits.
+                Err(Refused::Cap)
+                    if !reclaimed
+                        && crate::local::reclaim_reservations(b, rcu_core::may_block()) != 0 =>
+                {
+                    reclaimed = true;
                 }
                 Err(why) => return fallback(b, obj, size, free, ctx, form, why),
             }
@@ -261,9 +278,19 @@ mod api {
     ) {
         let in_reader = rcu_core::rcu_read_lock_held();
         if let Form::Head(drop_fn, off) = form {
-            if why == Refused::NoPage || in_reader {
-                // SAFETY: `obj` is a retired object of the head's type, its head at `off`.
-                unsafe { HEADS.push(obj.add(off).cast(), drop_fn) };
+            // Charged like a batched object: to the budget, waiting for room outside a reader;
+            // inside one, past the budget, to the overdraft (it cannot wait).
+            let overdraft = if in_reader {
+                Some(crate::config::is_overdraft(
+                    b.budget.charge_in_reader(size, b.cap),
+                ))
+            } else {
+                charge_or_collect(b, size).then_some(false)
+            };
+            if let Some(overdraft) = overdraft {
+                // SAFETY: `obj` is a retired object of the head's type, its head at `off`; the
+                // head's free returns the `size` charged here (both are the heap footprint).
+                unsafe { HEADS.push(obj.add(off).cast(), drop_fn, overdraft, size) };
                 worker::HEAD_QUEUED.fetch_add(1, Ordering::Relaxed);
                 kick_after_publish();
                 return;
@@ -274,15 +301,13 @@ mod api {
             // Taken after the caller's unpublish (it has a fence): the parked or spilled object
             // is freed once this state completes, after the caller's own section too.
             let snap = b.dom.get_state();
-            // Charged when the budget has room; held either way (it cannot wait here).
-            let bytes = b.budget.reserve(size, size, b.cap).map_or(0, |_| size);
-            if !park::park(obj, free, ctx, snap, bytes) {
-                if bytes != 0 {
-                    b.budget.release(bytes);
-                }
+            // Charged to the budget when it has room, else to the overdraft; held either way (it
+            // cannot wait here).
+            let charge = b.budget.charge_in_reader(size, b.cap);
+            if !park::park(obj, free, ctx, snap, charge) {
                 // Every slot taken: system-allocator memory until the grace period (legal RCU:
                 // a writer may unlink and retire any number of objects under one guard).
-                park::spill(obj, free, ctx, snap);
+                park::spill(obj, free, ctx, snap, charge);
             }
             kick_after_publish();
             return;
@@ -315,21 +340,39 @@ mod api {
         kick();
     }
 
+    /// Outside a read-side critical section: charges `size` to the budget, and when the cap is
+    /// reached takes unspent reservations back, hands the caller's own open blocks over and runs
+    /// one collection pass — one grace period that frees every head-linked object and every
+    /// block of the slots, not one per object — before trying again. Returns whether the charge
+    /// was taken. A destructor run by a free of the batcher does not run a pass (the pass may be
+    /// the one running it), nor does a thread that may not block (a `call_rcu` callback).
+    fn charge_or_collect(b: &'static worker::Global, size: usize) -> bool {
+        let charge = || b.budget.reserve(size, size, b.cap).is_some();
+        if charge() {
+            return true;
+        }
+        if !rcu_core::may_block() {
+            return false;
+        }
+        if crate::local::reclaim_reservations(b, true) != 0 && charge() {
+            return true;
+        }
+        if worker::in_free() || park::in_own_sweep() {
+            return false;
+        }
+        // Our own open blocks hold part of the cap too (a cached page let the object batch):
+        // hand them over so that the pass collects them with the slots' blocks.
+        crate::local::hand_over_own(b);
+        worker::pass(b, worker::Flush::Slots);
+        // The worker may have refilled its page caches with the room the pass made.
+        charge() || (b.release_caches_for_cap() && charge())
+    }
+
     /// Bytes a `Box<T>` really occupies in the heap, charged to the pending budget so that the cap
-    /// bounds resident memory, not just `size_of::<T>()`: glibc's chunk for a request of `n`
-    /// bytes is `max(32, round_up(n + 8, 16))` (8 bytes of header, 16-byte granules). Other
-    /// allocators have similar or smaller overheads, so this is a conservative estimate.
+    /// bounds resident memory, not just `size_of::<T>()` (glibc's chunk, page-rounded for an
+    /// allocation served by its own mapping: `config::heap_footprint`).
     const fn heap_bytes<T>() -> usize {
-        let n = core::mem::size_of::<T>();
-        if n == 0 {
-            return 0;
-        }
-        let chunk = (n + 8 + 15) & !15;
-        if chunk < 32 {
-            32
-        } else {
-            chunk
-        }
+        crate::config::heap_footprint(core::mem::size_of::<T>(), core::mem::align_of::<T>())
     }
 
     /// Frees `obj` after a grace period (headless: `T` needs no field). Callable inside a
@@ -453,7 +496,10 @@ mod api {
 
     /// Frees `obj`, which embeds an [`crate::RcuHead`], after a grace period. Never maps memory
     /// on the caller's path: without a cached page it links the object through its head (never
-    /// blocks, never allocates).
+    /// allocates). The object is charged to the pending budget either way: at the cap, outside a
+    /// read-side critical section, the caller waits for one grace period that frees every
+    /// pending head-linked object; inside one it never waits (past the cap the object counts in
+    /// `overdraft_bytes`).
     ///
     /// The `Box` is turned into a raw pointer at once (see [`kfree_rcu_head_raw`]).
     #[inline]

@@ -41,21 +41,44 @@
 //! that sat for the drain delay (their thread stopped retiring); an exiting thread hands its own
 //! over.
 //!
+//! ## Budget slices, and taking them back
+//!
+//! An appending put spends from the thread's *slice* of the pending budget ([`LOCAL_CHUNK`] at a
+//! time), read and written with a plain load and store inside the put's read-side critical
+//! section. A thread that stops retiring keeps its slice, so slices are taken back on demand
+//! (`slice.rs` has the protocol and its orderings): when a reserve is refused, the retiring
+//! thread ([`reclaim_reservations`]) takes back every CPU slot's reservation under the slot
+//! locks and its own slice, and, outside a reader, claims every other thread's slice with one
+//! ticket ([`claim_slices`]), waits for *one* grace period and swaps them to zero
+//! ([`finish_claims`]). A barrier claims before its pass and takes after it, so the pass's grace
+//! period usually covers the claims; the worker does it under memory pressure. While its slice
+//! is claimed an owner's put refuses and takes the per-CPU path.
+//!
 //! Invariants (besides the channel's, `chan.rs`):
-//! 1. `reserve` (the thread's unspent budget) is owner-only; it goes back to the budget at thread
-//!    exit. In a `fork()` child the budget is recounted without the slices of the parent's other
-//!    threads (`charges_after_fork`); their fronts stay owned, their open blocks are stolen.
+//! 1. The slice (the thread's unspent budget) is written by its owner — plain stores only inside
+//!    a put's read-side critical section, read-modify-writes elsewhere — and swapped to zero by a
+//!    reclaimer only after a grace period that began after its claim (`slice.rs`); it goes back
+//!    to the budget at thread exit. In a `fork()` child the budget is recounted without the
+//!    slices of the parent's other threads, which are emptied (`charges_after_fork`); their fronts
+//!    stay owned, their open blocks are stolen.
 //! 2. A front is owned by at most one thread (`owned`), and only its owner keys, opens, puts
 //!    into and detaches its channels.
 //!
 //! Fronts are registered in a global lock-free list and never freed; an exiting thread hands its
 //! block over, gives its budget back and releases the front for reuse.
+//!
+//! A `fork()` child must clear the claims of reclaimers that did not survive the fork
+//! ([`reset_claims_after_fork`]), or they would refuse their fronts' puts for good. The budget
+//! recount then empties the slices of the threads that vanished and counts only the forking
+//! thread's ([`charges_after_fork`]); when a destructor run by a free of ours forked, no recount
+//! runs and the bytes stay in the slices, still counted, for the next reclaim to take back.
 
 use core::cell::Cell;
 
 use crate::chan::{stamp_stolen, FrontChan, Put};
 use crate::krc::{Batch, Refused, Retired};
 use crate::primitive::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use crate::slice::Slice;
 use crate::worker::Global;
 
 /// Budget a thread reserves at a time for its front.
@@ -68,6 +91,8 @@ pub(crate) const FRONT_CHANS: usize = 4;
 #[derive(Debug)]
 pub(crate) struct Front {
     chans: [FrontChan; FRONT_CHANS],
+    /// The owner's unspent budget (Invariant 1; `slice.rs`).
+    slice: Slice,
     /// Objects put through this front: each put queues one object, and a replacing put also
     /// frees one (owner load + store; statistics). One counter on the fast path.
     puts: AtomicU64,
@@ -84,8 +109,6 @@ static FRONTS: AtomicPtr<Front> = AtomicPtr::new(core::ptr::null_mut());
 
 std::thread_local! {
     static MINE: Cell<*const Front> = const { Cell::new(core::ptr::null()) };
-    /// Unspent budget of this thread (Invariant 1).
-    static RESERVE: Cell<usize> = const { Cell::new(0) };
     static EXIT: ExitHook = const { ExitHook };
 }
 
@@ -114,11 +137,15 @@ pub(crate) fn put_fast(r: &Retired) -> bool {
     let Some(c) = f.chans.iter().find(|c| c.is(key, r.ctx)) else {
         return false;
     };
-    // The budget slice is owner-only (Invariant 1); only an appending put spends from it.
-    let left = RESERVE.with(|c| c.get());
     let g = rcu_core::rcu_read_lock();
+    // The slice's load and store both inside `g`'s section: a reclaimer waits for it before it
+    // takes the slice (Invariant 1; `slice.rs`). Only an appending put spends from it.
+    let left = f.slice.left();
     // SAFETY: we own the front (Invariant 2) and hold `g` across the call.
     let put = unsafe { c.put(r.obj, r.size, left >= r.size) };
+    if let Put::Appended { .. } = put {
+        f.slice.spend(left, r.size);
+    }
     if let Put::Replaced { freed, .. } = put {
         debug_assert!(
             r.inline_free,
@@ -143,7 +170,6 @@ pub(crate) fn put_fast(r: &Retired) -> bool {
             true
         }
         Put::Appended { full } => {
-            RESERVE.with(|c| c.set(left - r.size));
             bump(&f.appended);
             bump(&f.puts);
             if full {
@@ -180,7 +206,7 @@ pub(crate) fn try_retire(b: &'static Global, r: Retired, may_alloc: bool) -> Res
     // With a block the put failed for want of budget (only we store a block into the slot, so
     // one seen now was there during the put).
     if f.chans[ci].has_blocks() {
-        refill_and_retry(b, r, may_alloc)
+        refill_and_retry(b, f, r, may_alloc)
     } else {
         open_and_retry(b, f, ci, r, may_alloc)
     }
@@ -225,6 +251,18 @@ fn release_chan(b: &'static Global, c: &FrontChan, may_reclaim: bool) {
     if let Some(mut added) = c.hand_over(b, rcu_core::cpu::current_cpu(), may_reclaim, false) {
         crate::worker::free_reclaimed(b, &mut added);
         crate::worker::kick();
+    }
+}
+
+/// Hands the calling thread's open blocks over to its CPU slot (outside any read-side critical
+/// section: ready blocks reclaimed on the way are freed here), so that a collection pass takes
+/// them. The channels stay keyed; the next retire opens a block again.
+pub(crate) fn hand_over_own(b: &'static Global) {
+    // SAFETY: fronts are never freed.
+    if let Some(f) = unsafe { mine().as_ref() } {
+        for c in f.chans.iter() {
+            release_chan(b, c, true);
+        }
     }
 }
 
@@ -278,13 +316,103 @@ fn open_and_retry(
 
 #[cold]
 #[inline(never)]
-fn refill_and_retry(b: &'static Global, r: Retired, may_alloc: bool) -> Result<(), Retired> {
+fn refill_and_retry(
+    b: &'static Global,
+    f: &Front,
+    r: Retired,
+    may_alloc: bool,
+) -> Result<(), Retired> {
+    // A reclaimer holds the slice for a grace period: the per-CPU path meanwhile (a refill would
+    // be taken back, and the fast path would refuse again).
+    if f.slice.is_claimed() {
+        return Err(r);
+    }
     match b.budget.reserve(r.size, LOCAL_CHUNK.max(r.size), b.cap) {
         Some(got) => {
-            RESERVE.with(|c| c.set(c.get() + got));
+            f.slice.add(got);
             try_retire(b, r, may_alloc)
         }
         None => Err(r),
+    }
+}
+
+/// Reclaimers' tickets (unique per claim round; 0 means unclaimed).
+static TICKETS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Slices claimed by one reclaimer, to take after a grace period ([`finish_claims`]).
+#[derive(Debug)]
+pub(crate) struct Claims {
+    ticket: u64,
+    /// The grace period to wait for (a snapshot taken after the claims), if any were claimed.
+    snap: Option<rcu_core::GpSeq>,
+}
+
+/// The calling thread's front, if it has one (null during thread-local teardown).
+fn mine() -> *const Front {
+    MINE.try_with(|m| m.get()).unwrap_or(core::ptr::null())
+}
+
+/// Claims the unspent slices of every other thread (`slice.rs`). The caller finishes with
+/// [`finish_claims`] (it must: a claimed slice refuses its owner's fast path until then).
+pub(crate) fn claim_slices(b: &Global) -> Claims {
+    let ticket = TICKETS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let me = mine();
+    let mut n = 0;
+    for f in fronts() {
+        if !core::ptr::eq(f, me) && f.slice.claim(ticket) {
+            n += 1;
+        }
+    }
+    Claims {
+        ticket,
+        // Taken after the claims (their SeqCst CAS precedes its read-modify-write).
+        snap: (n != 0).then(|| b.dom.get_state()),
+    }
+}
+
+/// Waits for the grace period of `c`'s claims (outside any read-side critical section) and
+/// gives the claimed slices' bytes back to the budget. Returns them (the caller counts the
+/// round).
+pub(crate) fn finish_claims(b: &Global, c: Claims) -> usize {
+    let Some(s) = c.snap else { return 0 };
+    if !b.dom.poll(s) {
+        b.dom.wait_for(s, false);
+    }
+    let got: usize = fronts().map(|f| f.slice.take_claimed(c.ticket)).sum();
+    b.budget.release(got);
+    got
+}
+
+/// A reserve was refused: gives unspent reservations back to the budget — every CPU slot's
+/// (under its lock), the caller's own slice, and, if `may_wait` (outside any read-side critical
+/// section), the other threads' slices after one grace period for all of them. Returns the
+/// bytes given back.
+pub(crate) fn reclaim_reservations(b: &Global, may_wait: bool) -> usize {
+    let mut got = b.reclaim_slot_reserves();
+    // SAFETY: fronts are never freed.
+    if let Some(f) = unsafe { mine().as_ref() } {
+        // Our own fast path is not running (we are on a slow path), so no grace period.
+        let own = f.slice.take_own();
+        b.budget.release(own);
+        got += own;
+    }
+    if may_wait {
+        got += finish_claims(b, claim_slices(b));
+    }
+    if got != 0 {
+        b.budget.count_reclaim();
+    }
+    got
+}
+
+/// In a `fork()` child: forgets the slice claims of reclaimers that did not survive the fork
+/// (their owners' fast paths would refuse for good). Only the forking thread runs in the child,
+/// and it is inside no claim round (rounds run on retire and barrier paths, not across fork;
+/// a barrier whose pass ran a destructor that forked finds its claims gone and leaves the bytes
+/// in the slices, still counted).
+pub(crate) fn reset_claims_after_fork() {
+    for f in fronts() {
+        f.slice.reset_after_fork();
     }
 }
 
@@ -318,6 +446,7 @@ fn claim_or_register() -> &'static Front {
     }
     let f = Box::into_raw(Box::new(Front {
         chans: core::array::from_fn(|_| FrontChan::new()),
+        slice: Slice::new(),
         puts: AtomicU64::new(0),
         appended: AtomicU64::new(0),
         owned: AtomicBool::new(true),
@@ -354,10 +483,8 @@ impl Drop for ExitHook {
                 // The block is detached; the next owner starts unkeyed.
                 c.clear_key();
             }
-            let left = RESERVE.with(|c| c.replace(0));
-            if left != 0 {
-                b.budget.release(left);
-            }
+            // An RMW: a reclaimer that claimed the slice takes nothing after this (`slice.rs`).
+            b.budget.release(f.slice.take_own());
         }
         // Release: the next owner sees our last stores.
         f.owned.store(false, Ordering::Release);
@@ -389,14 +516,28 @@ pub(crate) fn steal(
 /// In a `fork()` child (one thread): the budget bytes the fronts hold — every front's open
 /// blocks, the parent's other threads' included (collectors steal and free those), and the
 /// forking thread's own slice. The other threads' slices are gone with their threads.
+///
+/// Also empties the other threads' slices (not counted here: a later reclaim must not give
+/// their bytes back a second time).
 pub(crate) fn charges_after_fork() -> usize {
-    let blocks: usize = fronts()
-        .flat_map(|f| f.chans.iter())
-        // SAFETY: the child runs one thread.
-        .map(|c| unsafe { c.charge_after_fork() })
-        .sum();
     // A `const` thread-local without destructor: no registration, no allocation.
-    blocks + RESERVE.with(|c| c.get())
+    let mine = MINE.with(|m| m.get());
+    let mut bytes = 0;
+    for f in fronts() {
+        // SAFETY: the child runs one thread.
+        bytes += f
+            .chans
+            .iter()
+            .map(|c| unsafe { c.charge_after_fork() })
+            .sum::<usize>();
+        let left = f.slice.take_own();
+        if core::ptr::eq(f, mine) {
+            // The forking thread keeps its slice: put the bytes back and count them.
+            f.slice.add(left);
+            bytes += left;
+        }
+    }
+    bytes
 }
 
 /// Whether any front holds an open block (the worker's idle check, after its fence).

@@ -16,8 +16,11 @@
 //! page. Arrays are registered in a global lock-free list and never freed; a thread that exits
 //! gives its array back for reuse, and anything still parked in it is finished by the worker.
 //! An object parked outside a reader is charged to the pending budget (its bytes, in the slot's
-//! `bytes`), so the pending cap bounds it like a batched one; inside a reader the charge is taken
-//! when the budget has room and skipped otherwise (the object must be held somewhere).
+//! `bytes`), so the pending cap bounds it like a batched one; inside a reader it is charged to
+//! the budget when it has room and to the *overdraft* otherwise (`config.rs`, Invariant 3: the
+//! object must be held somewhere, and `stats().overdraft_bytes` shows it). The slot (or spill
+//! node) keeps the encoded charge, and whoever frees the object returns it to the count it
+//! came from.
 //!
 //! **Slots.** The owner fills a slot with the object, its free function and context, `snap`
 //! (the retirer's own `get_state()`, taken after its unpublish) and the bytes charged.
@@ -37,7 +40,8 @@
 //! slot and pushed on a global lock-free stack (Release CAS). Only collectors take nodes: one
 //! Acquire swap takes the whole stack; nodes whose state completed are freed with their objects,
 //! the rest are pushed back. The first spill of the process is reported through rcu-core's stall
-//! hook (`StallKind::RetireSpilled`). Spilled objects count in `PARKED_NOW`, so the worker's idle
+//! hook (`StallKind::RetireSpilled`). A node keeps its object's charge, returned when the collector
+//! frees it. Spilled objects count in `PARKED_NOW`, so the worker's idle
 //! check sees them and its pass — which waits for the newest parked state, i.e. for the end of
 //! the retiring section — frees them after the guard drops.
 //!
@@ -126,7 +130,10 @@ pub(crate) fn charges_after_fork() -> usize {
     for a in arrays() {
         for slot in a.slots.iter() {
             let (b, emptied) = slot.after_fork_child();
-            bytes += b;
+            // A charge to the overdraft is not in the budget (config.rs, Invariant 3).
+            if !crate::config::is_overdraft(b) {
+                bytes += b;
+            }
             if emptied {
                 // Relaxed: the child runs alone.
                 a.parked.fetch_sub(1, Ordering::Relaxed);
@@ -189,7 +196,8 @@ fn adopt(a: &'static ParkArray) -> bool {
     true
 }
 
-/// Parks `obj` (charged `bytes` to the pending budget, 0 if not) in the calling thread's slots.
+/// Parks `obj` (its encoded charge `bytes`: `Budget::charge_in_reader`) in the calling thread's
+/// slots.
 /// Returns `false` if every slot is taken or the thread has no slots.
 pub(crate) fn park(obj: *mut u8, free: FreeFn, ctx: *const (), snap: GpSeq, bytes: usize) -> bool {
     let a = MINE.with(|m| m.get());
@@ -299,19 +307,17 @@ pub(crate) fn sweep(dom: &rcu_core::raw::Domain) -> usize {
 /// `wait_claimed`, first waits for slots another freer claimed. Returns how many it freed.
 fn sweep_array(a: &ParkArray, dom: &rcu_core::raw::Domain, wait_claimed: bool) -> usize {
     let mut n = 0;
-    let mut released = 0;
+    let budget = &crate::worker::batcher().budget;
     for s in a.slots.iter() {
         // SAFETY: every object parked in a slot was retired before its state was taken (`park`'s
         // callers), and its channel's free function frees it.
-        if let Some(bytes) = unsafe { s.free_if_done(dom, wait_claimed) } {
-            released += bytes;
+        if let Some(charge) = unsafe { s.free_if_done(dom, wait_claimed) } {
+            // To the budget or the overdraft, as it was charged.
+            budget.uncharge(charge);
             a.parked.fetch_sub(1, Ordering::Relaxed);
             PARKED_NOW.fetch_sub(1, Ordering::Relaxed);
             n += 1;
         }
-    }
-    if released != 0 {
-        crate::worker::batcher().budget.release(released);
     }
     n
 }
@@ -330,6 +336,8 @@ struct SpillNode {
     free: FreeFn,
     ctx: *const (),
     snap: u64,
+    /// The object's encoded charge (`Budget::charge_in_reader`).
+    charge: usize,
 }
 
 const NODE: Layout = Layout::new::<SpillNode>();
@@ -348,7 +356,7 @@ static SPILL_REPORTED: AtomicBool = AtomicBool::new(false);
 /// `obj` (`snap` taken after its unpublish) in a node from the system
 /// allocator until a collector frees it after its grace period (module docs, "Spill"). Aborts
 /// only if the system allocator itself fails, like any Rust allocation.
-pub(crate) fn spill(obj: *mut u8, free: FreeFn, ctx: *const (), snap: GpSeq) {
+pub(crate) fn spill(obj: *mut u8, free: FreeFn, ctx: *const (), snap: GpSeq, charge: usize) {
     // SAFETY: `NODE` has a non-zero size.
     let p = unsafe { std::alloc::alloc(NODE) }.cast::<SpillNode>();
     if p.is_null() {
@@ -363,6 +371,7 @@ pub(crate) fn spill(obj: *mut u8, free: FreeFn, ctx: *const (), snap: GpSeq) {
             free,
             ctx,
             snap: snap.raw(),
+            charge,
         })
     };
     loop {
@@ -411,13 +420,14 @@ fn sweep_spill(dom: &rcu_core::raw::Domain) -> usize {
     while let Some(node) = NonNull::new(p) {
         let node = node.as_ptr();
         // SAFETY: taken from the stack: ours (Invariant 4).
-        let (next, obj, free, ctx, snap) = unsafe {
+        let (next, obj, free, ctx, snap, charge) = unsafe {
             (
                 (*node).next,
                 (*node).obj,
                 (*node).free,
                 (*node).ctx,
                 (*node).snap,
+                (*node).charge,
             )
         };
         p = next;
@@ -426,6 +436,7 @@ fn sweep_spill(dom: &rcu_core::raw::Domain) -> usize {
             unsafe { crate::block::run_free(free, ctx, &[obj]) };
             // SAFETY: allocated in `spill` with `NODE`; nothing refers to it any more.
             unsafe { std::alloc::dealloc(node.cast(), NODE) };
+            crate::worker::batcher().budget.uncharge(charge);
             SPILL_BYTES.fetch_sub(NODE.size(), Ordering::Relaxed);
             PARKED_NOW.fetch_sub(1, Ordering::Relaxed);
             n += 1;

@@ -37,7 +37,7 @@ pub struct ParkSlot {
     free: AtomicPtr<()>,
     ctx: AtomicPtr<()>,
     snap: AtomicU64,
-    /// Bytes charged to the pending budget for this object (0: not charged).
+    /// The charge of this object (bytes; `kfree-batch` marks an overdraft in the top bit; 0: none).
     bytes: AtomicUsize,
 }
 
@@ -124,8 +124,8 @@ impl ParkSlot {
     }
 
     /// Any freer: frees the parked object if its state completed in `dom` (Invariants 1 and 2).
-    /// With `wait_claimed`, first waits while another freer holds the slot. Returns the bytes the
-    /// object was charged if it freed it.
+    /// With `wait_claimed`, first waits while another freer holds the slot. Returns the charge
+    /// recorded for the object if it freed it.
     ///
     /// # Safety
     /// Every object parked in the slot was retired after its `snap` was taken, and `free(ctx, ..)`

@@ -37,6 +37,9 @@
 //!   ready-first reclaim (`free_reclaimed`), outside read-side critical sections; both mark the
 //!   thread (`FREEING`), so that a barrier called from such a destructor panics instead of
 //!   waiting for the free that runs it.
+//! * **Reservations back**: a barrier claims the other threads' budget slices before its pass
+//!   and takes them after it (the pass's grace period usually covers the claims: `local.rs`),
+//!   then takes the slots' reservations; the worker's pressure pass takes them all.
 //! * **Shrinker** `kfree-rcu` (registered with the page layer): `count` = cached pages + blocks
 //!   in flight + handed blocks; `scan` empties the page caches, asks the worker for a pass that
 //!   collects every slot's blocks, and backs refills off for one second. It frees no block
@@ -50,7 +53,8 @@
 //!   slot (`krc.rs`, Invariant 6) and no slot list is half linked. It does not take the busy
 //!   lock: a pass holds it across a grace period and across destructors, which may wait for the
 //!   forking thread (inside a read-side critical section, or holding a lock a destructor
-//!   wants). *Parent* releases what prepare took. *Child* resets the slot locks, the busy lock,
+//!   wants). *Parent* releases what prepare took. *Child* clears the slice claims of reclaimers that do not exist in the child, resets the
+//!   slot locks, the busy lock,
 //!   the worker handle's lock and the barrier's counts, restarts the worker lazily, and
 //!   recounts the pending budget as what the child holds (`krc.rs`, "fork()"): the slots'
 //!   reservations, open, handed and cached blocks, every front's open block, and the forking
@@ -347,6 +351,8 @@ fn worker_main() {
         // Under memory pressure (the shrinker's request) collect every slot's blocks now (open
         // front blocks still wait for the drain delay: stealing them frees nothing sooner).
         let p = if PRESSURE.swap(false, Ordering::Relaxed) {
+            // The shrinker cannot wait; the worker takes the threads' unspent slices back.
+            crate::local::reclaim_reservations(b, true);
             pass(b, Flush::Slots)
         } else {
             pass(b, Flush::Aged)
@@ -476,7 +482,7 @@ fn pass_locked(b: &Global, flush: Flush) -> PassResult {
     c.open_left |= fronts_open;
     BLOCKS_IN_FLIGHT.fetch_add(batch.len() as u64, Ordering::Relaxed);
     let heads = HEADS.take_all();
-    let heads_snap = (!heads.is_null()).then(|| b.dom.get_state());
+    let heads_snap = (!heads.is_empty()).then(|| b.dom.get_state());
     let mut res = Processed::default();
     let (mut later, newest) = b.free_ready(&mut batch, &mut res);
     // One wait, for the newest state, covers the collected blocks (a stolen front block's state
@@ -499,7 +505,10 @@ fn pass_locked(b: &Global, flush: Flush) -> PassResult {
     }
     b.free_all(&mut later, &mut res);
     // SAFETY: `heads` was taken before `heads_snap` was taken and we waited for it.
-    let head_objs = unsafe { HEADS.free_list(heads) };
+    let heads = unsafe { HEADS.free_list(heads) };
+    b.budget.release(heads.charged);
+    b.budget.release_overdraft(heads.over);
+    let head_objs = heads.objects;
     let parked = park::sweep(b.dom);
     // The page source is over its limit (lowered below its use): cached pages go back too, not
     // only freed ones (`recycle_page`). A page a refill pushed just before the limit dropped
@@ -520,10 +529,17 @@ fn pass_locked(b: &Global, flush: Flush) -> PassResult {
     }
 }
 
-/// Waits until every object retired before the call is freed (module docs).
+/// Waits until every object retired before the call is freed (module docs), and takes unspent
+/// reservations back (`local.rs`, "Budget slices, and taking them back"): the other threads'
+/// slices are claimed before the pass, whose grace period usually covers the claims.
 pub(crate) fn barrier() {
     let Some(b) = BATCHER.get() else { return };
+    let claims = crate::local::claim_slices(b);
     pass(b, Flush::Barrier);
+    let got = crate::local::finish_claims(b, claims) + b.reclaim_slot_reserves();
+    if got != 0 {
+        b.budget.count_reclaim();
+    }
 }
 
 fn shrink_count() -> usize {
@@ -539,6 +555,9 @@ fn shrink_scan(_n: usize) -> usize {
     let Some(b) = BATCHER.get() else { return 0 };
     BACKOFF_UNTIL_MS.store(now_ms() + 1000, Ordering::Relaxed);
     let freed = b.drain_caches();
+    // Slot reservations need only the slot locks; thread slices need a grace period, which the
+    // worker's pressure pass waits for.
+    b.reclaim_slot_reserves();
     PRESSURE.store(true, Ordering::Relaxed);
     // The fence pairs with the worker's between `IDLE = true` and its re-check of `PRESSURE`.
     kick_after_publish();
@@ -599,6 +618,16 @@ pub struct KfreeStats {
     pub spill_bytes: u64,
     /// Highest `spill_bytes` seen.
     pub spill_bytes_peak: u64,
+    /// Bytes of objects retired inside read-side critical sections past the pending cap and
+    /// still held (the *overdraft*: such a caller cannot wait, so the object is kept and counted
+    /// here instead of in `pending_bytes`; spilled objects count here too when the cap was
+    /// reached). Zero outside readers.
+    pub overdraft_bytes: u64,
+    /// Highest `overdraft_bytes` seen.
+    pub overdraft_bytes_peak: u64,
+    /// Rounds that took unspent budget reservations (per-thread slices, per-CPU reservations)
+    /// back: on a refused reserve, a barrier, or memory pressure.
+    pub reserve_reclaims: u64,
 }
 
 /// A snapshot of the batcher's counters.
@@ -608,6 +637,7 @@ pub(crate) fn stats() -> KfreeStats {
     };
     let freed_inline = crate::local::freed_inline();
     let (spilled, spill_bytes, spill_bytes_peak) = park::spill_stats();
+    let (overdraft, overdraft_peak) = b.budget.overdraft();
     KfreeStats {
         queued: b.queued()
             + crate::local::queued()
@@ -633,6 +663,9 @@ pub(crate) fn stats() -> KfreeStats {
         spilled,
         spill_bytes,
         spill_bytes_peak,
+        overdraft_bytes: overdraft as u64,
+        overdraft_bytes_peak: overdraft_peak as u64,
+        reserve_reclaims: b.budget.reclaims() as u64,
     }
 }
 
@@ -693,6 +726,9 @@ fn install_fork_handlers() {
         let (holding, in_pass) = (HOLDING.with(|h| h.get()), IN_PASS.with(|p| p.get()));
         if let Some(b) = BATCHER.get() {
             b.reset_locks_after_fork(holding, usize::from(in_pass == 2));
+            // Claims of reclaimers that do not exist here would refuse their owners' puts for
+            // good.
+            crate::local::reset_claims_after_fork();
             // A destructor run by a free of ours (a pass, a reclaim, a sweep of its own parked
             // objects) forked: this thread goes on with the blocks it
             // holds in the child and will release their charges; keep every charge (the other
@@ -703,7 +739,10 @@ fn install_fork_handlers() {
                 BLOCKS_IN_FLIGHT.store(0, Ordering::Relaxed);
                 let held = b.slot_charges_after_fork()
                     + crate::local::charges_after_fork()
-                    + crate::park::charges_after_fork();
+                    + crate::park::charges_after_fork()
+                    // Head-linked objects not freed yet, those a vanished pass had taken
+                    // included (their charge stays: an over-count, never an under-count).
+                    + HEADS.charged.load(Ordering::Relaxed);
                 b.budget.reset_after_fork(held);
             }
         }

@@ -372,6 +372,9 @@ fn case_spill_at_cap() {
         s.peak_pending_bytes as usize <= kfree_batch::counted_cap(cap),
         "{s:?}"
     );
+    // What the section held past the cap is counted, and given back with the objects.
+    assert!(s.overdraft_bytes_peak > 0, "{s:?}");
+    assert_eq!(s.overdraft_bytes, 0, "{s:?}");
     assert_eq!(s.spill_bytes, 0, "{s:?}");
     assert_eq!(s.queued, s.freed, "{s:?}");
 }
@@ -526,6 +529,194 @@ fn case_rss_under_cap() {
     assert_eq!(DROPPED.load(Ordering::Relaxed) - base, n, "objects lost");
 }
 
+/// An 8 KiB object with an embedded head, counted while alive.
+struct BigLinked {
+    _v: [u8; 8192],
+    head: RcuHead,
+}
+impl_has_rcu_head!(BigLinked, head);
+static BIG_LIVE: AtomicU64 = AtomicU64::new(0);
+impl Drop for BigLinked {
+    fn drop(&mut self) {
+        BIG_LIVE.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+/// glibc's chunk for a `BigLinked` (8 KiB + 16 + 8 of header, 16-byte granules).
+const BIG_CHUNK: u64 = (core::mem::size_of::<BigLinked>() as u64 + 8).div_ceil(16) * 16;
+
+fn big_linked() -> Box<BigLinked> {
+    BIG_LIVE.fetch_add(1, Ordering::Relaxed);
+    Box::new(BigLinked {
+        _v: [1; 8192],
+        head: RcuHead::new(),
+    })
+}
+
+/// A 64 KiB cap, a reader on another thread holding grace periods up, and 4096 head-linked 8 KiB
+/// objects retired outside any reader: the objects really waiting for a grace period (retired,
+/// not yet dropped) never weigh more than the cap, and neither does the peak RSS growth (with
+/// the kernel's error on the peak as slack). Head-linking when no page can be had charges the
+/// budget like a batched object, and at the cap the retiring thread waits for a grace period.
+fn case_head_cap() {
+    let cap = 64usize << 10;
+    kfree_batch::configure(kfree_batch::Config {
+        pending_cap: cap,
+        ..Default::default()
+    })
+    .unwrap();
+    kfree_rcu_head(big_linked());
+    kvfree_rcu_barrier();
+    let (hold, reader) = stalled_reader(Duration::from_millis(300));
+    let rss0 = test_support::start_peak_rss();
+    let mut max_live = 0;
+    for _ in 0..4096 {
+        kfree_rcu_head(big_linked());
+        max_live = max_live.max(BIG_LIVE.load(Ordering::Relaxed));
+    }
+    let grew = test_support::peak_rss().saturating_sub(rss0);
+    let s = stats();
+    hold.store(false, Ordering::Relaxed);
+    reader.join().unwrap();
+    kvfree_rcu_barrier();
+    let real = max_live * BIG_CHUNK;
+    println!("head-cap: at most {max_live} objects ({real} B) pending, RSS grew {grew} B: {s:?}");
+    assert!(
+        real <= cap as u64,
+        "{real} B of head-linked objects pending at once, over the cap of {cap} B: {s:?}"
+    );
+    assert!(
+        s.peak_pending_bytes as usize <= kfree_batch::counted_cap(cap),
+        "{s:?}"
+    );
+    // The kernel's peak (VmHWM) may be off by up to 256 KiB on two CPUs (see `case_rss_under_cap`).
+    assert!(
+        grew <= cap + (512 << 10),
+        "peak RSS grew {grew} B under a cap of {cap} B"
+    );
+    assert_eq!(BIG_LIVE.load(Ordering::Relaxed), 0, "objects lost");
+    assert_eq!(
+        s.overdraft_bytes_peak, 0,
+        "an overdraft outside readers: {s:?}"
+    );
+    // One wait frees every object pending (about 7 fit under the cap), not one per object.
+    assert!(
+        s.grace_periods + s.fallback_sync <= 2048,
+        "about one grace period per object: {s:?}"
+    );
+
+    // Inside a reader the retiring thread cannot wait: past the budget the objects are held
+    // anyway and counted as the overdraft, which goes back to zero once they are freed.
+    {
+        let _g = rcu_read_lock();
+        for _ in 0..32 {
+            kfree_rcu_head(big_linked());
+        }
+        let s = stats();
+        println!("head-cap: 32 objects inside one reader: {s:?}");
+        assert!(
+            s.overdraft_bytes > 0 && s.pending_bytes + s.overdraft_bytes >= 32 * BIG_CHUNK,
+            "objects held past the cap inside a reader are not counted: {s:?}"
+        );
+        assert!(
+            s.pending_bytes as usize <= kfree_batch::counted_cap(cap),
+            "{s:?}"
+        );
+    }
+    kvfree_rcu_barrier();
+    let s = stats();
+    assert_eq!(s.overdraft_bytes, 0, "{s:?}");
+    assert!(
+        s.overdraft_bytes_peak >= 32 * BIG_CHUNK - cap as u64,
+        "{s:?}"
+    );
+    assert_eq!(BIG_LIVE.load(Ordering::Relaxed), 0, "objects lost");
+    assert_eq!(s.queued, s.freed, "{s:?}");
+}
+
+/// Under a 256 KiB cap, 20 threads each retire one small object and then stay alive, idle: their
+/// unspent budget slices are taken back when a reserve is refused, so no retire falls back to a
+/// synchronous grace period, and the retires that follow batch again.
+fn case_idle_threads() {
+    let cap = 256usize << 10;
+    kfree_batch::configure(kfree_batch::Config {
+        pending_cap: cap,
+        ..Default::default()
+    })
+    .unwrap();
+    // A light warm-up: 5,000 objects would fill this cap on their own if the worker's grace
+    // periods lag (a loaded machine).
+    for i in 0..100u64 {
+        kfree_rcu(Box::new(Tracked([i; 4])));
+    }
+    kvfree_rcu_barrier();
+    let s0 = stats();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut idle = Vec::new();
+    for i in 0..20u64 {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stop = stop.clone();
+        idle.push(std::thread::spawn(move || {
+            kfree_rcu(Box::new(Tracked([i; 4])));
+            tx.send(()).unwrap();
+            let t = Instant::now();
+            while !stop.load(Ordering::Relaxed) && t.elapsed() < Duration::from_secs(60) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }));
+        rx.recv().unwrap();
+    }
+    let s = stats();
+    println!("idle-threads: after 20 idle threads: {s:?}");
+    assert_eq!(
+        s.fallback_sync - s0.fallback_sync,
+        0,
+        "idle threads' reservations pushed retires to a synchronous grace period: {s:?}"
+    );
+    for i in 0..1000u64 {
+        kfree_rcu(Box::new(Tracked([i; 4])));
+    }
+    let s2 = stats();
+    println!("idle-threads: after 1000 more retires: {s2:?}");
+    assert_eq!(s2.fallback_sync - s0.fallback_sync, 0, "{s2:?}");
+    assert!(
+        s2.reserve_reclaims - s.reserve_reclaims <= 2,
+        "the later retires kept reclaiming reservations (slow path): {s2:?}"
+    );
+    stop.store(true, Ordering::Relaxed);
+    for t in idle {
+        t.join().unwrap();
+    }
+    kvfree_rcu_barrier();
+    let s = stats();
+    assert_eq!(s.queued, s.freed, "{s:?}");
+}
+
+/// A box the allocator serves with its own mapping (at or above glibc's 128 KiB threshold)
+/// occupies whole pages: it is charged at that footprint, not at its size.
+fn case_large_box() {
+    const N: usize = (128 << 10) + 8;
+    const FOOTPRINT: usize = (N + 16).div_ceil(4096) * 4096;
+    warm_up();
+    let (hold, reader) = stalled_reader(Duration::from_secs(5));
+    let before = stats().pending_bytes as usize;
+    let k = 10;
+    for _ in 0..k {
+        let b: Box<[u8; N]> = vec![0u8; N].into_boxed_slice().try_into().unwrap();
+        kfree_rcu(b);
+    }
+    let after = stats().pending_bytes as usize;
+    hold.store(false, Ordering::Relaxed);
+    reader.join().unwrap();
+    kvfree_rcu_barrier();
+    println!("large-box: pending grew {} B for {k} boxes", after - before);
+    assert!(
+        after - before >= k * FOOTPRINT,
+        "{k} boxes of {N} B charged {} B, less than their {} B footprint",
+        after - before,
+        k * FOOTPRINT
+    );
+}
+
 /// The barrier inside a reader panics with a clear message.
 fn case_barrier_in_reader() {
     let _g = rcu_read_lock();
@@ -587,6 +778,9 @@ fn pressure_child() {
         Some("zero_churn") => case_zero_budget_churn(),
         Some("spill") => case_spill_in_reader(),
         Some("spill_cap") => case_spill_at_cap(),
+        Some("head_cap") => case_head_cap(),
+        Some("idle_threads") => case_idle_threads(),
+        Some("large_box") => case_large_box(),
         Some(other) => panic!("unknown case {other}"),
         None => {}
     }
@@ -672,4 +866,21 @@ fn retire_past_the_park_slots_inside_one_reader_spills() {
 #[test]
 fn retire_past_the_cap_inside_one_reader_spills() {
     expect_ok("spill_cap");
+}
+
+#[test]
+fn head_linked_retires_stay_under_the_cap_outside_readers() {
+    let out = expect_ok("head_cap");
+    let line = out.lines().find(|l| l.contains("head-cap"));
+    eprintln!("{}", line.unwrap_or("(no figure line)"));
+}
+
+#[test]
+fn idle_threads_reservations_are_taken_back() {
+    expect_ok("idle_threads");
+}
+
+#[test]
+fn large_boxes_are_charged_at_their_footprint() {
+    expect_ok("large_box");
 }

@@ -26,8 +26,9 @@ static TIMEOUT_MS: AtomicU64 = AtomicU64::new(u64::MAX);
 /// provenance); null = the default stderr printer.
 static HOOK: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
 
-/// What a [`StallReport`] is about.
+/// What a [`StallReport`] is about. More kinds may be added: match with a wildcard arm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StallKind {
     /// A grace period has been waiting for this reader for `duration`.
     ReaderStall,
