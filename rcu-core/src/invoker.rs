@@ -26,7 +26,9 @@
 //!   `seq` (Acquire) *before* it checks the inbox and sleeps only while `seq` is unchanged, so a
 //!   push after its check changes `seq` and the sleep returns at once.
 //! * Start: lazily at the first hand-off (`NONE → STARTING` CAS, `RUNNING` published with
-//!   Release after the handle). If the thread cannot be created, the worker invokes the batches
+//!   Release after the handle), through `lowmem::spawn`, which fails softly instead of aborting
+//!   when the heap is exhausted (the name is formatted on the stack, the failure reported
+//!   without allocating). If the thread cannot be created, the worker invokes the batches
 //!   itself, as before invokers existed — after the batches still waiting in the inbox (only a
 //!   `fork()` child has an inbox without a running invoker), which it takes first, so that a
 //!   list's callbacks (an `rcu_barrier` callback among them) never overtake older ones. A
@@ -164,9 +166,10 @@ fn start(lists: &'static [CachePadded<CbList>], i: usize) -> bool {
         // Another thread is starting it (only the worker's job hands off, so this is rare) or it runs.
         Err(s) => return s == RUNNING || s == STARTING,
     }
-    let spawned = std::thread::Builder::new()
-        .name(format!("rcu-cb-inv/{i}"))
-        .spawn(move || invoker_main(lists, i));
+    // Fails softly when memory is short (`lowmem`, point 2): the worker invokes meanwhile.
+    let spawned = crate::lowmem::spawn(format_args!("rcu-cb-inv/{i}"), move || {
+        invoker_main(lists, i)
+    });
     match spawned {
         Ok(_) => {
             inv.state.store(RUNNING, Ordering::Relaxed);
@@ -179,10 +182,11 @@ fn start(lists: &'static [CachePadded<CbList>], i: usize) -> bool {
                 .store(now_ms().saturating_add(1000), Ordering::Relaxed);
             inv.state.store(NONE, Ordering::Relaxed);
             if !inv.reported.swap(true, Ordering::Relaxed) {
-                eprintln!(
-                    "rcu: cannot start callback invoker {i} ({e}); the worker invokes its \
-                     callbacks and retries every second"
-                );
+                crate::lowmem::report(format_args!(
+                    "rcu: cannot start callback invoker {i} ({}); the worker invokes its \
+                     callbacks and retries every second",
+                    crate::lowmem::OsError(&e)
+                ));
             }
             false
         }

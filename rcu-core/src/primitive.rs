@@ -15,7 +15,6 @@ pub(crate) mod sync {
             AtomicUsize, Ordering,
         };
     }
-    pub(crate) use std::sync::Arc;
 }
 
 #[cfg(rcu_loom)]
@@ -29,7 +28,6 @@ pub(crate) mod sync {
             fence(order)
         }
     }
-    pub(crate) use loom::sync::Arc;
 }
 
 #[cfg(not(rcu_loom))]
