@@ -717,21 +717,26 @@ pub(crate) fn destroy_raw(raw: Arc<RawCache>) -> Result<(), SlabError> {
 /// Destroys `raw` on a new thread, for a drop where the caller may not wait ([`destroy_blocked`]
 /// said `why`). If no thread can be started, the cache is leaked: it stays registered and intact
 /// (the registry's `Arc` keeps it), and the leak is reported on stderr.
+///
+/// Nothing here allocates unless the thread starts (`rcu_core::lowmem`): the name is copied
+/// onto the stack for the report, the start fails softly when the heap is exhausted, and the
+/// report is written without allocating.
 pub(crate) fn destroy_deferred(raw: Arc<RawCache>, why: &str) {
-    let name = raw.name.clone();
-    let spawned = std::thread::Builder::new()
-        .name("slab-destroy".into())
-        .spawn(move || {
-            // Not the CPU binding of a callback invoker that may have started us.
-            rcu_core::cpu::unbind_thread();
-            let _ = destroy_raw(raw);
-        });
+    let mut name = rcu_core::lowmem::StackBuf::<128>::new();
+    let _ = core::fmt::Write::write_str(&mut name, &raw.name);
+    let spawned = rcu_core::lowmem::spawn(format_args!("slab-destroy"), move || {
+        // Not the CPU binding of a callback invoker that may have started us.
+        rcu_core::cpu::unbind_thread();
+        let _ = destroy_raw(raw);
+    });
     if let Err(e) = spawned {
         // The closure, and with it our `Arc`, was dropped: the registry's keeps the cache.
-        eprintln!(
-            "slab cache {name}: dropped {why}, where it cannot wait for its pending RCU slab \
-             releases, and no thread to destroy it could be started ({e}); the cache is leaked"
-        );
+        rcu_core::lowmem::report(format_args!(
+            "slab cache {}: dropped {why}, where it cannot wait for its pending RCU slab \
+             releases, and no thread to destroy it could be started ({}); the cache is leaked",
+            name.as_str(),
+            rcu_core::lowmem::OsError(&e)
+        ));
     }
 }
 
