@@ -109,6 +109,28 @@ fn case_first_kmalloc() {
     println!("first_kmalloc: done");
 }
 
+/// The shrinkers run with no heap, with full sheaves in a cache's barn (they run exactly when
+/// memory is short).
+fn case_shrink() {
+    let c = KmemCache::<Obj>::builder("noheap-shrink").build().unwrap();
+    let n = 5_000;
+    let mut objs = Vec::with_capacity(n);
+    for _ in 0..n {
+        objs.push(c.alloc().expect("alloc"));
+    }
+    for p in objs.drain(..) {
+        // SAFETY: a live object of `c`, freed once.
+        unsafe { c.free(p) };
+    }
+    limit_address_space();
+    let heap = exhaust_heap();
+    slab_backend::shrink_all();
+    c.shrink();
+    heap.release();
+    assert_eq!(c.stats().active_objects, 0);
+    println!("shrink: done");
+}
+
 fn ctor() -> Obj {
     Obj::default()
 }
@@ -179,5 +201,14 @@ fn drop_in_reader_without_heap() {
             "drop_in_reader",
             "slab cache noheap-drop: dropped inside an RCU read-side critical section",
         ),
+    }
+}
+
+#[test]
+fn shrink_without_heap() {
+    match child_case().as_deref() {
+        Some("shrink") => case_shrink(),
+        Some(_) => {}
+        None => check("shrink_without_heap", "shrink", ""),
     }
 }

@@ -548,8 +548,12 @@ impl RawCache {
         let mut out = Detached::new();
         {
             let _f = flush_lock();
-            let stolen = tcache::steal(self, false);
-            self.return_objects(&stolen, Mode::Normal);
+            // Each entry's objects straight back to their slabs (no list on the heap: a shrink
+            // runs when memory is short). The node lock is a leaf, so taking it under the steal
+            // lock adds no cycle.
+            tcache::steal(self, false, |objs| {
+                self.return_objects(objs, Mode::Normal);
+            });
             self.cpu.flush_all(self, false);
             self.node()
                 .lock(Mode::Normal)
@@ -686,8 +690,9 @@ pub(crate) fn destroy_raw(raw: Arc<RawCache>) -> Result<(), SlabError> {
         // could deadlock against a slot holder whose page allocation runs the slab shrinker.
         // Thread caches first (every thread's, waiting for owners in a window; entries are
         // unbound so the id can be reused), then the per-CPU layer.
-        let stolen = tcache::steal(&raw, true);
-        raw.return_objects(&stolen, Mode::Normal);
+        tcache::steal(&raw, true, |objs| {
+            raw.return_objects(objs, Mode::Normal);
+        });
         raw.cpu.flush_all(&**raw, true);
         let mut g = raw.node().lock(Mode::Normal).expect("Normal");
         g.detach_empty(&mut out);

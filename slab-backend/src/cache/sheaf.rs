@@ -614,32 +614,41 @@ impl PerCpu {
                 b.flush(g.spare(), Mode::Normal);
             }
         }
-        // `drain`, not `take`: the list keeps its reserved capacity (Invariant 3), so a `Nolock`
-        // push between the two critical sections below still never allocates.
-        let full: Vec<*mut Sheaf> = self
+        // `pop`, not `take`: the list keeps its reserved capacity (Invariant 3), so a `Nolock`
+        // push between the two critical sections below still never allocates. Into an array on
+        // the stack: a shrink runs when memory is short (the barn never holds more than
+        // `BARN_MAX` full sheaves).
+        let mut full = [core::ptr::null_mut::<Sheaf>(); BARN_MAX];
+        let n = self
             .barn
-            .with(Mode::Normal, |l| l.full.drain(..).collect())
-            .unwrap_or_default();
-        let mut spare_boxes = Vec::new();
-        for s in full {
+            .with(Mode::Normal, |l| {
+                debug_assert!(l.full.len() <= BARN_MAX);
+                let mut n = 0;
+                while n < BARN_MAX {
+                    let Some(s) = l.full.pop() else { break };
+                    full[n] = s;
+                    n += 1;
+                }
+                n
+            })
+            .unwrap_or(0);
+        for &s in &full[..n] {
             // SAFETY: the sheaf left the barn above; we are its only owner now.
             let sheaf = unsafe { &mut *s };
             b.flush(sheaf, Mode::Normal);
-            spare_boxes.push(s);
         }
-        let rest = self
+        let kept = self
             .barn
             .with(Mode::Normal, |l| {
-                while l.empty.len() < BARN_MAX {
-                    match spare_boxes.pop() {
-                        Some(s) => l.empty.push(s),
-                        None => break,
-                    }
+                let mut kept = 0;
+                while kept < n && l.empty.len() < BARN_MAX {
+                    l.empty.push(full[kept]);
+                    kept += 1;
                 }
-                spare_boxes
+                kept
             })
-            .unwrap_or_default();
-        for s in rest {
+            .unwrap_or(0);
+        for &s in &full[kept..n] {
             // SAFETY: a Box'd sheaf that is no longer referenced anywhere.
             drop(unsafe { Box::from_raw(s) });
         }

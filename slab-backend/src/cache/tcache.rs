@@ -594,20 +594,22 @@ pub(crate) fn counts(cache: &RawCache) -> (usize, u64, u64) {
 }
 
 /// Takes every object out of the thread caches bound to `cache` (all threads, including exited
-/// ones) and returns them. `destroy`: wait for busy owners, and also zero and unbind the
-/// entries so that the id can be released (Invariant 2). Otherwise (shrink) owners stuck in a
-/// window are skipped after a short wait, and nothing happens if a racy count finds nothing.
-pub(crate) fn steal(cache: &RawCache, destroy: bool) -> Vec<*mut u8> {
-    let mut out = Vec::new();
+/// ones) and hands them to `sink`, one entry's objects at a time (copied to the stack: a shrink
+/// runs when memory is short, so nothing is collected on the heap). `sink` runs under the
+/// cache's steal lock and must not steal from the same cache. `destroy`: wait for busy owners,
+/// and also zero and unbind the entries so that the id can be released (Invariant 2). Otherwise
+/// (shrink) owners stuck in a window are skipped after a short wait, and nothing happens if a
+/// racy count finds nothing.
+pub(crate) fn steal(cache: &RawCache, destroy: bool, mut sink: impl FnMut(&[*mut u8])) {
     if cache.tc_id == NO_ID {
-        return out;
+        return;
     }
     let _serial = cache
         .tc_steal_lock
         .lock()
         .unwrap_or_else(|e| e.into_inner());
     if !destroy && counts(cache).0 == 0 {
-        return out;
+        return;
     }
     cache.tc_steal.fetch_add(1, Ordering::Relaxed);
     heavy();
@@ -621,19 +623,22 @@ pub(crate) fn steal(cache: &RawCache, destroy: bool) -> Vec<*mut u8> {
         // Invariant 1: `steal != 0` was visible to every window after the heavy barrier and
         // the owner is outside its window (Acquire on `busy`), so the contents are ours.
         let n = e.len.load(Ordering::Relaxed);
+        let mut taken = [ptr::null_mut(); TCACHE_CAPACITY];
         // SAFETY: as just said; `n <= TCACHE_CAPACITY`.
         e.objs
-            .with(|a| out.extend_from_slice(unsafe { &(&*a)[..n] }));
+            .with(|a| taken[..n].copy_from_slice(unsafe { &(&*a)[..n] }));
         e.len.store(0, Ordering::Relaxed);
         if destroy {
             e.allocs.store(0, Ordering::Relaxed);
             e.frees.store(0, Ordering::Relaxed);
             e.cache.store(ptr::null_mut(), Ordering::Relaxed);
         }
+        if n != 0 {
+            sink(&taken[..n]);
+        }
     }
     // Release: an owner's Acquire load of the decremented count sees the emptied entries.
     cache.tc_steal.fetch_sub(1, Ordering::Release);
-    out
 }
 
 /// Waits until the block's owner is outside its window. Without `forever`, gives up after a
