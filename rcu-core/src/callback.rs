@@ -136,6 +136,30 @@ impl Callback {
         }
     }
 
+    /// [`Callback::new`], handing `f` back instead of aborting when its box cannot be
+    /// allocated (`call_rcu` then takes its no-memory fallback).
+    pub(crate) fn try_new<F: FnOnce() + Send + 'static>(f: F) -> Result<Callback, F> {
+        let layout = core::alloc::Layout::new::<F>();
+        if (layout.size() <= core::mem::size_of::<InlineData>()
+            && layout.align() <= core::mem::align_of::<InlineData>())
+            || layout.size() == 0
+        {
+            return Ok(Callback::new(f)); // inline, or a box that allocates nothing
+        }
+        // SAFETY: the layout has a non-zero size (checked above).
+        let p = unsafe { std::alloc::alloc(layout) }.cast::<F>();
+        if p.is_null() {
+            return Err(f);
+        }
+        // SAFETY: `p` is a fresh allocation for one `F` from the global allocator with
+        // `Layout::new::<F>()`, which is what `Box<F>` owns, so `Box::from_raw` may take it.
+        let b: Box<dyn FnOnce() + Send> = unsafe {
+            p.write(f);
+            Box::from_raw(p)
+        };
+        Ok(Callback::Boxed(b))
+    }
+
     /// Runs the callback.
     pub(crate) fn invoke(self) {
         match self {

@@ -51,8 +51,14 @@
 //!   callbacks point at it, the caller returns only once `remaining` is 0, and a callback reads
 //!   the waiter's handle before its decrement and nothing of it after; an unwind out of the
 //!   wait with callbacks still queued aborts (`BarrierFrame`) rather than free the frame under
-//!   them. Still allocating: a thread's first read-side registration (its record, once per
-//!   thread, reused afterwards) and `call_rcu` of a closure larger than two words (its box).
+//!   them. A closure too large to store inline is boxed fallibly (`Callback::try_new`; no
+//!   memory: the no-memory fallback). Handing batches to an invoker moves them into its inbox
+//!   without allocating when the inbox is empty, grows it fallibly otherwise, and with no memory
+//!   waits for the invoker to empty it (running them here would overtake older callbacks of the
+//!   list); the invokers are allocated fallibly (none: the worker invokes). Still allocating: a
+//!   thread's first read-side registration (its record, once per thread, reused afterwards;
+//!   and the C library's record of its exit hook), and the recovery of a `fork()` child's
+//!   orphaned batches.
 //! * **Idle protocol.** The worker stores `IDLE = true`, then re-checks every list *under its lock*
 //!   (callbacks still in its segments; those handed to invokers are theirs)
 //!   and the poll requests, then parks. An enqueuer checks `IDLE` after unlocking its list: if the
@@ -531,7 +537,8 @@ pub fn cond_synchronize_rcu(state: GpState) {
 /// thread bound to that CPU, like the kernel's `rcuc/N`: memory the callback frees goes back to
 /// the allocator where it was allocated). Callbacks queued on one CPU run in queue order.
 ///
-/// Closures of up to two words are stored without allocation. Callable inside a read-side
+/// Closures of up to two words are stored without allocation; larger ones are boxed, and with
+/// no memory for the box the call takes the no-memory path below. Callable inside a read-side
 /// critical section. `f` must not call `rcu_barrier` (it would wait for itself: it panics).
 ///
 /// # Panics
@@ -545,7 +552,12 @@ pub fn cond_synchronize_rcu(state: GpState) {
 /// rcu_core::rcu_barrier(); // the callback has run
 /// ```
 pub fn call_rcu<F: FnOnce() + Send + 'static>(f: F) {
-    enqueue(Callback::new(f));
+    // A closure too large to store inline is boxed fallibly: with no memory it takes the same
+    // fallback as a callback that cannot be queued.
+    match Callback::try_new(f) {
+        Ok(cb) => enqueue(cb),
+        Err(f) => no_memory(f),
+    }
 }
 
 /// Runs `f(data)` after a grace period, without allocating (on an invoker thread, as
@@ -560,7 +572,7 @@ pub unsafe fn call_rcu_raw(f: unsafe fn(*mut ()), data: *mut ()) {
 
 fn enqueue(cb: Callback) {
     let Some(lists) = try_lists() else {
-        return no_memory(cb);
+        return no_memory(move || cb.invoke());
     };
     let n = lists.len();
     // No `%` on this path (two integer divisions per call before): `current_cpu() <
@@ -573,12 +585,12 @@ fn enqueue(cb: Callback) {
         match lists[if j < n { j } else { j - n }].try_enqueue(cb) {
             Ok(()) => return enqueued(),
             Err(EnqueueError::Busy(back)) => cb = back,
-            Err(EnqueueError::NoMemory(back)) => return no_memory(back),
+            Err(EnqueueError::NoMemory(back)) => return no_memory(move || back.invoke()),
         }
     }
     match lists[home].enqueue(cb) {
         Ok(()) => enqueued(),
-        Err(back) => no_memory(back),
+        Err(back) => no_memory(move || back.invoke()),
     }
 }
 
@@ -588,7 +600,7 @@ fn enqueue(cb: Callback) {
 /// the unwind drop its captures (readers may still use what the callback was to free).
 #[cold]
 #[inline(never)]
-fn no_memory(cb: Callback) {
+fn no_memory<F: FnOnce()>(cb: F) {
     let p = LOCAL.with(|c| c.get());
     // SAFETY: as in `local_record`.
     if !p.is_null() && unsafe { &*p }.nesting() != 0 {
@@ -604,7 +616,7 @@ fn no_memory(cb: Callback) {
     ensure_worker_or_wake();
     DOMAIN.synchronize(false);
     INLINE_FALLBACK.fetch_add(1, Ordering::Relaxed);
-    cb.invoke();
+    cb();
 }
 
 #[inline]

@@ -99,6 +99,32 @@ fn case_barrier() {
     println!("barrier: done");
 }
 
+/// `call_rcu` of a closure too large to store inline, with the heap exhausted: it cannot be
+/// boxed, so the caller waits for a grace period and runs it.
+fn case_large_closure() {
+    rcu_barrier();
+    synchronize_rcu();
+    limit_address_space();
+    let heap = exhaust_heap();
+    let big = [3u64; 8];
+    call_rcu(move || {
+        RAN.fetch_add(big.iter().sum::<u64>(), Ordering::Relaxed);
+    });
+    let ran = RAN.load(Ordering::Relaxed);
+    heap.release();
+    assert_eq!(ran, 24, "the callback did not run in the caller");
+    println!("large_closure: done");
+}
+
+#[test]
+fn large_closure_without_heap() {
+    match child_case().as_deref() {
+        Some("large_closure") => case_large_closure(),
+        Some(_) => {}
+        None => check("large_closure_without_heap", "large_closure", ""),
+    }
+}
+
 #[test]
 fn worker_start_without_heap() {
     match child_case().as_deref() {
