@@ -446,7 +446,9 @@ impl CbList {
         self.locked(|s| {
             self.pending
                 .store(self.pending.load(Ordering::Relaxed) - n, Ordering::Relaxed);
-            while s.spare.len() < MAX_SPARE {
+            // Grown fallibly: the worker finishes callbacks when memory may be short (without
+            // room, the buffers are simply freed).
+            while s.spare.len() < MAX_SPARE && s.spare.try_reserve(1).is_ok() {
                 let Some(v) = ran.pop() else { break };
                 debug_assert!(v.is_empty());
                 if v.capacity() != 0 && v.capacity() <= SPARE_MAX_CAP {
