@@ -223,11 +223,12 @@ pub(crate) unsafe fn run_free(free: FreeFn, ctx: *const (), objs: &[*mut u8]) {
             unsafe { free(ctx, objs) }
         }));
         if r.is_err() {
-            eprintln!(
+            // Written without allocating: frees run when memory is short.
+            rcu_core::lowmem::report(format_args!(
                 "kfree-batch: a destructor panicked while freeing a batch of {} objects; the rest \
                  of that batch is leaked",
                 objs.len()
-            );
+            ));
         }
     }
     #[cfg(rcu_loom)]

@@ -399,9 +399,14 @@ pub(crate) fn spill(obj: *mut u8, free: FreeFn, ctx: *const (), snap: GpSeq, cha
 fn report_spill() {
     // SAFETY: gettid takes no arguments and cannot fail.
     let tid = unsafe { libc::syscall(libc::SYS_gettid) } as u32;
+    // The kernel's copy of the thread name: no allocation (memory is short here).
+    let mut buf = [0u8; 16];
+    // SAFETY: PR_GET_NAME writes at most 16 bytes, NUL included, into `buf`.
+    unsafe { libc::prctl(libc::PR_GET_NAME, buf.as_mut_ptr()) };
+    let end = buf.iter().position(|&c| c == 0).unwrap_or(buf.len());
     rcu_core::report_stall(&rcu_core::StallReport {
         kind: rcu_core::StallKind::RetireSpilled,
-        thread_name: std::thread::current().name().unwrap_or("").to_owned(),
+        thread_name: rcu_core::ThreadName::new(core::str::from_utf8(&buf[..end]).unwrap_or("")),
         tid,
         duration: std::time::Duration::ZERO,
         gp: rcu_core::raw::global_domain().current(),

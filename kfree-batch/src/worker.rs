@@ -3,7 +3,11 @@
 //!
 //! # Implementation
 //!
-//! * **Worker** (`rcu-kfree`, started at the first retire). One *pass*, under the busy lock:
+//! * **Worker** (`rcu-kfree`, started at the first retire, through `rcu_core::lowmem::spawn`:
+//!   when the heap is exhausted, or no stack can be mapped, the start fails softly — reported
+//!   once per run of failures, without allocating — and the next kick retries; the collection
+//!   passes of `kvfree_rcu_barrier` and of retirers out of ready blocks do not need it). One
+//!   *pass*, under the busy lock:
 //!   steal the per-thread front blocks opened more than the drain delay ago, then collect
 //!   handed-over blocks (and partial blocks older than the drain delay) from every slot — fronts
 //!   before slots, so that a front block handed over meanwhile is found in one or the other
@@ -284,6 +288,9 @@ fn unpark_worker() {
     });
 }
 
+/// A failed start was reported since the worker last started (Relaxed: a message throttle).
+static START_REPORTED: AtomicBool = AtomicBool::new(false);
+
 #[cold]
 fn start_worker() {
     // State 0 → 1 elects one starter; the handle itself is guarded by `WORKER.lock`, so these
@@ -295,21 +302,27 @@ fn start_worker() {
     {
         return;
     }
-    match std::thread::Builder::new()
-        .name("rcu-kfree".into())
-        .spawn(worker_main)
-    {
+    // Fails softly when memory is short (`rcu_core::lowmem`): no heap for std's spawn, or no
+    // room for a stack. The next kick retries.
+    match rcu_core::lowmem::spawn(format_args!("rcu-kfree"), worker_main) {
         Ok(h) => {
             let t = h.thread().clone();
             // The previous handle (a parent's worker, after fork) is dropped outside the lock.
             let old = WORKER.with(|slot| slot.replace(t));
             drop(old);
             WORKER_STATE.store(2, Ordering::Release);
+            START_REPORTED.store(false, Ordering::Relaxed);
             unpark_worker();
         }
         Err(e) => {
             WORKER_STATE.store(0, Ordering::Release);
-            eprintln!("kfree-batch: cannot start the worker ({e}); blocks wait for the next retry");
+            // Written without allocating (memory may be what is missing); once per failure run.
+            if !START_REPORTED.swap(true, Ordering::Relaxed) {
+                rcu_core::lowmem::report(format_args!(
+                    "kfree-batch: cannot start the worker ({}); blocks wait for the next retry",
+                    rcu_core::lowmem::OsError(&e)
+                ));
+            }
         }
     }
 }
@@ -763,6 +776,8 @@ fn install_fork_handlers() {
     // batcher's try-locks and the structures they guard (no allocation), as fork handlers must.
     let r = unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
     if r != 0 {
-        eprintln!("kfree-batch: pthread_atfork failed ({r}); fork() children may stall");
+        rcu_core::lowmem::report(format_args!(
+            "kfree-batch: pthread_atfork failed ({r}); fork() children may stall"
+        ));
     }
 }

@@ -62,7 +62,6 @@ use core::mem::MaybeUninit;
 use crate::gp::Domain;
 use crate::primitive::cell::UnsafeCell;
 use crate::primitive::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use crate::primitive::sync::Arc;
 use crate::seq::GpSeq;
 use crate::sys::lock::SpinLock;
 
@@ -70,7 +69,9 @@ use crate::sys::lock::SpinLock;
 const INLINE_WORDS: usize = 2;
 type InlineData = MaybeUninit<[usize; INLINE_WORDS]>;
 
-/// Shared state of one `rcu_barrier` call.
+/// Shared state of one `rcu_barrier` call, on the caller's stack (no allocation: the barrier
+/// may run while memory is short). The barrier callbacks point at it; the caller neither returns
+/// nor unwinds before `remaining` is 0, and a callback does not touch it after its decrement.
 #[derive(Debug)]
 pub(crate) struct BarrierWait {
     /// Barrier callbacks not yet run (plus one held by the caller while it entrains).
@@ -97,8 +98,8 @@ pub(crate) enum Callback {
         call: unsafe fn(*mut ()),
         data: *mut (),
     },
-    /// One CPU slot's part of an `rcu_barrier`.
-    Barrier(Arc<BarrierWait>),
+    /// One CPU slot's part of an `rcu_barrier` (the caller's `BarrierWait`, see its doc).
+    Barrier(core::ptr::NonNull<BarrierWait>),
 }
 
 impl core::fmt::Debug for Callback {
@@ -114,7 +115,7 @@ impl core::fmt::Debug for Callback {
 
 // SAFETY: `Boxed` and `Inline` hold `Send` closures (enforced by `Callback::new`); `Raw` is only
 // built by `call_rcu_raw`, whose contract requires `data` to be usable from the worker thread;
-// `Barrier` holds an `Arc` of `Sync` atomics and a `Thread` handle.
+// `Barrier` points at a `BarrierWait` (`Sync` atomics and a `Thread` handle) that outlives it.
 unsafe impl Send for Callback {}
 
 impl Callback {
@@ -136,6 +137,30 @@ impl Callback {
         }
     }
 
+    /// [`Callback::new`], handing `f` back instead of aborting when its box cannot be
+    /// allocated (`call_rcu` then takes its no-memory fallback).
+    pub(crate) fn try_new<F: FnOnce() + Send + 'static>(f: F) -> Result<Callback, F> {
+        let layout = core::alloc::Layout::new::<F>();
+        if (layout.size() <= core::mem::size_of::<InlineData>()
+            && layout.align() <= core::mem::align_of::<InlineData>())
+            || layout.size() == 0
+        {
+            return Ok(Callback::new(f)); // inline, or a box that allocates nothing
+        }
+        // SAFETY: the layout has a non-zero size (checked above).
+        let p = unsafe { std::alloc::alloc(layout) }.cast::<F>();
+        if p.is_null() {
+            return Err(f);
+        }
+        // SAFETY: `p` is a fresh allocation for one `F` from the global allocator with
+        // `Layout::new::<F>()`, which is what `Box<F>` owns, so `Box::from_raw` may take it.
+        let b: Box<dyn FnOnce() + Send> = unsafe {
+            p.write(f);
+            Box::from_raw(p)
+        };
+        Ok(Callback::Boxed(b))
+    }
+
     /// Runs the callback.
     pub(crate) fn invoke(self) {
         match self {
@@ -151,11 +176,18 @@ impl Callback {
                 unsafe { call(data) }
             }
             Callback::Barrier(b) => {
+                // SAFETY: the `BarrierWait` lives until `remaining` reaches 0 (its doc), and this
+                // callback's count is not subtracted yet.
+                let b = unsafe { b.as_ref() };
+                // Taken before the decrement: after it the waiter may return (no allocation: a
+                // reference count).
+                #[cfg(not(rcu_loom))]
+                let waiter = b.waiter.clone();
                 // Release pairs with the waiter's Acquire load: every callback this list ran
                 // before the barrier happens-before `rcu_barrier` returns.
                 if b.remaining.fetch_sub(1, Ordering::Release) == 1 {
                     #[cfg(not(rcu_loom))]
-                    b.waiter.unpark();
+                    waiter.unpark();
                 }
             }
         }
@@ -337,7 +369,7 @@ impl CbList {
     /// Appends a barrier callback behind the newest callback; returns `Ok(false)` (and does
     /// nothing) if nothing queued here is unfinished, `Err(())` if no memory could be had (the
     /// caller retries).
-    pub(crate) fn entrain(&self, barrier: &Arc<BarrierWait>) -> Result<bool, ()> {
+    pub(crate) fn entrain(&self, barrier: &BarrierWait) -> Result<bool, ()> {
         self.locked(|s| {
             if self.pending.load(Ordering::Relaxed) == 0 {
                 return Ok(false);
@@ -356,7 +388,7 @@ impl CbList {
             barrier.remaining.fetch_add(1, Ordering::Relaxed);
             self.pending
                 .store(self.pending.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-            let cb = Callback::Barrier(barrier.clone());
+            let cb = Callback::Barrier(core::ptr::NonNull::from(barrier));
             if !s.next.is_empty() {
                 s.next.push(cb);
             } else if let Some((_, batch)) = s.wait.back_mut() {
@@ -415,7 +447,9 @@ impl CbList {
         self.locked(|s| {
             self.pending
                 .store(self.pending.load(Ordering::Relaxed) - n, Ordering::Relaxed);
-            while s.spare.len() < MAX_SPARE {
+            // Grown fallibly: the worker finishes callbacks when memory may be short (without
+            // room, the buffers are simply freed).
+            while s.spare.len() < MAX_SPARE && s.spare.try_reserve(1).is_ok() {
                 let Some(v) = ran.pop() else { break };
                 debug_assert!(v.is_empty());
                 if v.capacity() != 0 && v.capacity() <= SPARE_MAX_CAP {
@@ -475,12 +509,16 @@ fn invoke_counted(cb: Callback, invoked: &AtomicU64, unflushed: &mut u64) {
     {
         if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cb.invoke()))
         {
+            // Borrowed, and written without allocating (`lowmem`): the worker may be short of
+            // memory.
             let msg = payload
                 .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "<non-string panic>".into());
-            eprintln!("rcu: a call_rcu callback panicked (ignored, worker continues): {msg}");
+                .copied()
+                .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("<non-string panic>");
+            crate::lowmem::report(format_args!(
+                "rcu: a call_rcu callback panicked (ignored, worker continues): {msg}"
+            ));
         }
     }
     #[cfg(rcu_loom)]

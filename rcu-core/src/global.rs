@@ -65,6 +65,25 @@
 //!   periods with [`Domain::try_advance`] (never waiting for a reader) while the state is `NONE`;
 //!   `cond_synchronize_rcu` waits for its own. So nothing waits for a thread that may never
 //!   exist.
+//! * **Short of memory.** The paths above run exactly when memory may be exhausted, and an
+//!   infallible allocation failing there aborts the process, so none of them allocates
+//!   infallibly: threads are started by `lowmem::spawn` (fails softly, with an `OutOfMemory`
+//!   error, when the calling thread cannot allocate `lowmem::SPAWN_HEADROOM` bytes), failures
+//!   and stalls are written by `lowmem::report` (a stack buffer and `write(2)`), the callback
+//!   lists are allocated fallibly (at `init`, else on first use; `call_rcu` without them takes
+//!   its no-memory fallback) and the stall timeout is read from the environment at `init`.
+//!   `rcu_barrier`'s shared state (`BarrierWait`) lives on its caller's stack: the barrier
+//!   callbacks point at it, the caller returns only once `remaining` is 0, and a callback reads
+//!   the waiter's handle before its decrement and nothing of it after; an unwind out of the
+//!   wait with callbacks still queued aborts (`BarrierFrame`) rather than free the frame under
+//!   them. A closure too large to store inline is boxed fallibly (`Callback::try_new`; no
+//!   memory: the no-memory fallback). Handing batches to an invoker moves them into its inbox
+//!   without allocating when the inbox is empty, grows it fallibly otherwise, and with no memory
+//!   waits for the invoker to empty it (running them here would overtake older callbacks of the
+//!   list); the invokers are allocated fallibly (none: the worker invokes). Still allocating: a
+//!   thread's first read-side registration (its record, once per thread, reused afterwards;
+//!   and the C library's record of its exit hook), and the recovery of a `fork()` child's
+//!   orphaned batches.
 //! * **Idle protocol.** The worker stores `IDLE = true`, then re-checks every list *under its lock*
 //!   (callbacks still in its segments; those handed to invokers are theirs)
 //!   and the poll requests, then parks. An enqueuer checks `IDLE` after unlocking its list: if the
@@ -119,7 +138,6 @@ use crate::primitive::rcu_thread_local;
 use crate::primitive::sync::atomic::{
     fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering,
 };
-use crate::primitive::sync::Arc;
 use crate::primitive::thread;
 use crate::reader::Record;
 use crate::seq::GpSeq;
@@ -221,15 +239,25 @@ pub(crate) fn init() {
     INIT.call_once(|| {
         DOMAIN.set_mode(crate::sys::membarrier::probe());
         install_fork_handlers();
+        // Allocated here, where the caller can afford it, rather than on a later path that may
+        // run short of memory (both retry fallibly when they find nothing).
+        let _ = try_lists();
+        let _ = crate::stall::stall_timeout(); // reads the environment once
     });
 }
 
-fn lists() -> &'static [CachePadded<CbList>] {
-    LISTS.get_or_init(|| {
-        (0..crate::cpu::possible_cpus())
-            .map(|_| CachePadded::new(CbList::new()))
-            .collect()
-    })
+/// The callback lists, allocated on first use; `None` if there is no memory for them (the
+/// allocation is fallible: `call_rcu` then takes its no-memory fallback instead of aborting).
+fn try_lists() -> Option<&'static [CachePadded<CbList>]> {
+    if let Some(l) = LISTS.get() {
+        return Some(l);
+    }
+    let n = crate::cpu::possible_cpus();
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).ok()?;
+    v.extend((0..n).map(|_| CachePadded::new(CbList::new())));
+    // `into_boxed_slice` does not reallocate: the capacity is the length.
+    Some(LISTS.get_or_init(|| v.into_boxed_slice()))
 }
 
 /// This thread's record, registering on first use.
@@ -248,7 +276,8 @@ pub(crate) fn local_record() -> &'static Record {
 fn register_slow() -> &'static Record {
     init();
     let rec = DOMAIN.register();
-    rec.set_identity(crate::sys::gettid(), thread_name().as_deref());
+    let mut name = [0u8; 17];
+    rec.set_identity(crate::sys::gettid(), thread_name(&mut name));
     // Touch the exit hook so its destructor is registered; during thread-local teardown this
     // fails and the record simply stays owned (module docs).
     let _ = EXIT.try_with(|_| ());
@@ -257,8 +286,7 @@ fn register_slow() -> &'static Record {
 }
 
 /// The calling thread's name from the kernel (works during thread-local teardown, unlike std).
-fn thread_name() -> Option<String> {
-    let mut buf = [0u8; 17];
+fn thread_name(buf: &mut [u8; 17]) -> Option<&str> {
     // SAFETY: PR_GET_NAME writes at most 16 bytes including the NUL into a 16-byte buffer.
     let r = unsafe {
         libc::prctl(
@@ -273,7 +301,12 @@ fn thread_name() -> Option<String> {
         return None;
     }
     let end = buf.iter().position(|&b| b == 0).unwrap_or(16);
-    Some(String::from_utf8_lossy(&buf[..end]).into_owned())
+    // The kernel cuts names at 15 bytes, possibly inside a character: keep the valid prefix.
+    let name = &buf[..end];
+    Some(match core::str::from_utf8(name) {
+        Ok(s) => s,
+        Err(e) => core::str::from_utf8(&name[..e.valid_up_to()]).unwrap_or_default(),
+    })
 }
 
 /// Destructor of `EXIT`: gives the record back, unless the thread is inside a section (module
@@ -553,7 +586,8 @@ pub fn cond_synchronize_rcu(state: GpState) {
 /// thread bound to that CPU, like the kernel's `rcuc/N`: memory the callback frees goes back to
 /// the allocator where it was allocated). Callbacks queued on one CPU run in queue order.
 ///
-/// Closures of up to two words are stored without allocation. Callable inside a read-side
+/// Closures of up to two words are stored without allocation; larger ones are boxed, and with
+/// no memory for the box the call takes the no-memory path below. Callable inside a read-side
 /// critical section. `f` must not call `rcu_barrier` (it would wait for itself: it panics).
 ///
 /// # Panics
@@ -567,7 +601,12 @@ pub fn cond_synchronize_rcu(state: GpState) {
 /// rcu_core::rcu_barrier(); // the callback has run
 /// ```
 pub fn call_rcu<F: FnOnce() + Send + 'static>(f: F) {
-    enqueue(Callback::new(f));
+    // A closure too large to store inline is boxed fallibly: with no memory it takes the same
+    // fallback as a callback that cannot be queued.
+    match Callback::try_new(f) {
+        Ok(cb) => enqueue(cb),
+        Err(f) => no_memory(f),
+    }
 }
 
 /// Runs `f(data)` after a grace period, without allocating (on an invoker thread, as
@@ -581,7 +620,9 @@ pub unsafe fn call_rcu_raw(f: unsafe fn(*mut ()), data: *mut ()) {
 }
 
 fn enqueue(cb: Callback) {
-    let lists = lists();
+    let Some(lists) = try_lists() else {
+        return no_memory(move || cb.invoke());
+    };
     let n = lists.len();
     // No `%` on this path (two integer divisions per call before): `current_cpu() <
     // possible_cpus() == n`, and the branch keeps it safe regardless.
@@ -593,12 +634,12 @@ fn enqueue(cb: Callback) {
         match lists[if j < n { j } else { j - n }].try_enqueue(cb) {
             Ok(()) => return enqueued(),
             Err(EnqueueError::Busy(back)) => cb = back,
-            Err(EnqueueError::NoMemory(back)) => return no_memory(back),
+            Err(EnqueueError::NoMemory(back)) => return no_memory(move || back.invoke()),
         }
     }
     match lists[home].enqueue(cb) {
         Ok(()) => enqueued(),
-        Err(back) => no_memory(back),
+        Err(back) => no_memory(move || back.invoke()),
     }
 }
 
@@ -608,7 +649,7 @@ fn enqueue(cb: Callback) {
 /// the unwind drop its captures (readers may still use what the callback was to free).
 #[cold]
 #[inline(never)]
-fn no_memory(cb: Callback) {
+fn no_memory<F: FnOnce()>(cb: F) {
     let p = LOCAL.with(|c| c.get());
     // SAFETY: as in `local_record`.
     if !p.is_null() && unsafe { &*p }.nesting() != 0 {
@@ -624,7 +665,7 @@ fn no_memory(cb: Callback) {
     ensure_worker_or_wake();
     DOMAIN.synchronize(false);
     INLINE_FALLBACK.fetch_add(1, Ordering::Relaxed);
-    cb.invoke();
+    cb();
 }
 
 #[inline]
@@ -665,10 +706,13 @@ pub fn rcu_barrier() {
     let Some(lists) = LISTS.get() else {
         return; // nothing was ever queued
     };
-    let barrier = Arc::new(BarrierWait {
+    // On the stack: no allocation, since a barrier may be what frees memory. The callbacks
+    // entrained below point at it, so it must not go away before `remaining` is 0.
+    let barrier = BarrierWait {
         remaining: AtomicUsize::new(1),
         waiter: std::thread::current(),
-    });
+    };
+    let frame = BarrierFrame(&barrier);
     let mut entrained = false;
     for l in lists.iter() {
         // Entraining only fails when no memory can be had; the worker frees memory as it runs
@@ -689,6 +733,7 @@ pub fn rcu_barrier() {
         }
     }
     if !entrained {
+        core::mem::forget(frame); // no callback points at `barrier`
         return;
     }
     URGENT.fetch_add(1, Ordering::Relaxed);
@@ -732,6 +777,24 @@ pub fn rcu_barrier() {
     // worker after we return.
     if WORKER_STATE.load(Ordering::Relaxed) == WORKER_NONE {
         ensure_worker_backoff();
+    }
+}
+
+/// Keeps `rcu_barrier`'s stack frame (its `BarrierWait`) from going away while barrier
+/// callbacks point at it: dropped with `remaining` not 0 only by an unwind out of the wait,
+/// which must not free the frame under those callbacks, so it aborts.
+struct BarrierFrame<'a>(&'a BarrierWait);
+
+impl Drop for BarrierFrame<'_> {
+    fn drop(&mut self) {
+        // Acquire: as the wait loop's load (pairs with the callbacks' Release decrements).
+        if self.0.remaining.load(Ordering::Acquire) != 0 {
+            crate::lowmem::report(format_args!(
+                "rcu: rcu_barrier unwound while its barrier callbacks were queued; aborting \
+                 (they point into its stack frame)"
+            ));
+            std::process::abort();
+        }
     }
 }
 
@@ -827,9 +890,8 @@ fn ensure_worker() {
         return; // running, or another thread is starting it (it scans the lists on start)
     }
     init();
-    let spawned = std::thread::Builder::new()
-        .name("rcu-cb-worker".into())
-        .spawn(worker_main);
+    // Fails softly when memory is short (`lowmem`, point 2): the start is retried later.
+    let spawned = crate::lowmem::spawn(format_args!("rcu-cb-worker"), worker_main);
     match spawned {
         Ok(handle) => {
             let t = handle.thread().clone();
@@ -850,11 +912,13 @@ fn ensure_worker() {
             );
             WORKER_STATE.store(WORKER_NONE, Ordering::Release);
             if !WORKER_REPORTED.swap(true, Ordering::Relaxed) {
-                eprintln!(
-                    "rcu: cannot start the call_rcu worker thread ({e}); callbacks stay queued \
+                // Written without allocating: memory may be what is missing.
+                crate::lowmem::report(format_args!(
+                    "rcu: cannot start the call_rcu worker thread ({}); callbacks stay queued \
                      until rcu_barrier runs them, polled grace periods complete when polled, and \
-                     later calls retry"
-                );
+                     later calls retry",
+                    crate::lowmem::OsError(&e)
+                ));
             }
         }
     }
@@ -866,7 +930,14 @@ fn worker_main() {
     crate::sys::cpu::unbind();
     init();
     IN_CALLBACK.with(|c| c.set(true));
-    let lists = lists();
+    // Started without lists only when they could not be allocated (a polled grace period's
+    // start): wait for memory.
+    let lists = loop {
+        if let Some(l) = try_lists() {
+            break l;
+        }
+        thread::park_timeout(std::time::Duration::from_millis(10));
+    };
     let mut delayed = false;
     loop {
         let WorkerPass {
@@ -1088,6 +1159,8 @@ fn install_fork_handlers() {
     // and locks (no allocation), as POSIX requires for async-signal-safety in the child.
     let r = unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
     if r != 0 {
-        eprintln!("rcu: pthread_atfork failed ({r}); fork() children may hang in grace periods");
+        crate::lowmem::report(format_args!(
+            "rcu: pthread_atfork failed ({r}); fork() children may hang in grace periods"
+        ));
     }
 }

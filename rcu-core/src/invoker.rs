@@ -26,7 +26,13 @@
 //!   `seq` (Acquire) *before* it checks the inbox and sleeps only while `seq` is unchanged, so a
 //!   push after its check changes `seq` and the sleep returns at once.
 //! * Start: lazily at the first hand-off (`NONE → STARTING` CAS, `RUNNING` published with
-//!   Release after the handle). If the thread cannot be created, the worker invokes the batches
+//!   Release after the handle), through `lowmem::spawn`, which fails softly instead of aborting
+//!   when the heap is exhausted (the name is formatted on the stack, the failure reported
+//!   without allocating). The invokers themselves are allocated fallibly at the first hand-off
+//!   (no memory: the worker invokes). A hand-off moves the batches' buffer into an empty inbox
+//!   (no allocation), else grows the inbox fallibly; with no memory the worker wakes the
+//!   invoker and waits for it to take its inbox rather than run the batches itself ahead of
+//!   older ones. If the thread cannot be created, the worker invokes the batches
 //!   itself, as before invokers existed — after the batches still waiting in the inbox (only a
 //!   `fork()` child has an inbox without a running invoker), which it takes first, so that a
 //!   list's callbacks (an `rcu_barrier` callback among them) never overtake older ones. A
@@ -80,21 +86,32 @@ unsafe impl Sync for Invoker {}
 static INVOKERS: OnceLock<Box<[CachePadded<Invoker>]>> = OnceLock::new();
 
 fn invokers(n: usize) -> &'static [CachePadded<Invoker>] {
-    INVOKERS.get_or_init(|| {
-        (0..n)
-            .map(|_| {
-                CachePadded::new(Invoker {
-                    lock: SpinLock::new(),
-                    inbox: crate::primitive::cell::UnsafeCell::new(Vec::new()),
-                    seq: AtomicU32::new(0),
-                    state: AtomicU32::new(NONE),
-                    retry_at_ms: AtomicU64::new(0),
-                    reported: AtomicBool::new(false),
-                    held: Held::new(),
-                })
+    try_invokers(n).expect("invokers exist before their threads run")
+}
+
+/// The invokers, allocated on first use; `None` if there is no memory for them (the worker then
+/// invokes the callbacks itself).
+fn try_invokers(n: usize) -> Option<&'static [CachePadded<Invoker>]> {
+    if let Some(i) = INVOKERS.get() {
+        return Some(i);
+    }
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).ok()?;
+    Some(INVOKERS.get_or_init(|| {
+        v.extend((0..n).map(|_| {
+            CachePadded::new(Invoker {
+                lock: SpinLock::new(),
+                inbox: crate::primitive::cell::UnsafeCell::new(Vec::new()),
+                seq: AtomicU32::new(0),
+                state: AtomicU32::new(NONE),
+                retry_at_ms: AtomicU64::new(0),
+                reported: AtomicBool::new(false),
+                held: Held::new(),
             })
-            .collect()
-    })
+        }));
+        // No reallocation: the capacity is the length.
+        v.into_boxed_slice()
+    }))
 }
 
 /// Hands list `i`'s ready batches (what `held` holds; emptied) to its invoker, starting it if
@@ -102,7 +119,10 @@ fn invokers(n: usize) -> &'static [CachePadded<Invoker>] {
 /// still waiting in the inbox (a `fork()` child) followed by its own, and the caller invokes
 /// them, so that callbacks of a list never overtake older ones.
 pub(crate) fn hand(lists: &'static [CachePadded<CbList>], i: usize, held: &Held) -> bool {
-    let inv = &invokers(lists.len())[i];
+    let Some(invs) = try_invokers(lists.len()) else {
+        return false; // no memory for them: no invoker ever ran, no inbox holds anything
+    };
+    let inv = &invs[i];
     if inv.state.load(Ordering::Relaxed) != RUNNING && !start(lists, i) {
         held.with_batches(i, |ready| {
             inv.lock.lock();
@@ -119,17 +139,39 @@ pub(crate) fn hand(lists: &'static [CachePadded<CbList>], i: usize, held: &Held)
     if held.is_empty() {
         return true;
     }
-    held.with_batches(i, |ready| {
-        inv.lock.lock();
-        // SAFETY: we hold `lock`.
-        inv.inbox.with_mut(|q| unsafe { (*q).append(ready) });
-        inv.lock.unlock();
-    });
-    // Release: the push happens-before an invoker that sees the new value (it re-checks the
-    // inbox under the lock anyway).
-    inv.seq.fetch_add(1, Ordering::Release);
-    futex_wake(&inv.seq, 1);
-    true
+    // Without allocating when the inbox is empty (the batches' buffer moves in whole); else the
+    // inbox grows fallibly, and with no memory we wait for the invoker to empty it (it takes
+    // the whole inbox) rather than run these ourselves ahead of older ones of the same list.
+    let mut nap = 1u32;
+    loop {
+        let moved = held.with_batches(i, |ready| {
+            inv.lock.lock();
+            let moved = inv.inbox.with_mut(|q| {
+                // SAFETY: we hold `lock`.
+                let q = unsafe { &mut *q };
+                if q.is_empty() {
+                    core::mem::swap(q, ready);
+                    true
+                } else if q.try_reserve(ready.len()).is_ok() {
+                    q.append(ready);
+                    true
+                } else {
+                    false
+                }
+            });
+            inv.lock.unlock();
+            moved
+        });
+        // Release: the push happens-before an invoker that sees the new value (it re-checks the
+        // inbox under the lock anyway).
+        inv.seq.fetch_add(1, Ordering::Release);
+        futex_wake(&inv.seq, 1);
+        if moved {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(50 << nap.min(6)));
+        nap += 1;
+    }
 }
 
 /// Whether list `i`'s invoker is not running while batches wait in its inbox (a `fork()` child):
@@ -164,9 +206,10 @@ fn start(lists: &'static [CachePadded<CbList>], i: usize) -> bool {
         // Another thread is starting it (only the worker's job hands off, so this is rare) or it runs.
         Err(s) => return s == RUNNING || s == STARTING,
     }
-    let spawned = std::thread::Builder::new()
-        .name(format!("rcu-cb-inv/{i}"))
-        .spawn(move || invoker_main(lists, i));
+    // Fails softly when memory is short (`lowmem`, point 2): the worker invokes meanwhile.
+    let spawned = crate::lowmem::spawn(format_args!("rcu-cb-inv/{i}"), move || {
+        invoker_main(lists, i)
+    });
     match spawned {
         Ok(_) => {
             inv.state.store(RUNNING, Ordering::Relaxed);
@@ -179,10 +222,11 @@ fn start(lists: &'static [CachePadded<CbList>], i: usize) -> bool {
                 .store(now_ms().saturating_add(1000), Ordering::Relaxed);
             inv.state.store(NONE, Ordering::Relaxed);
             if !inv.reported.swap(true, Ordering::Relaxed) {
-                eprintln!(
-                    "rcu: cannot start callback invoker {i} ({e}); the worker invokes its \
-                     callbacks and retries every second"
-                );
+                crate::lowmem::report(format_args!(
+                    "rcu: cannot start callback invoker {i} ({}); the worker invokes its \
+                     callbacks and retries every second",
+                    crate::lowmem::OsError(&e)
+                ));
             }
             false
         }

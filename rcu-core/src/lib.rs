@@ -55,6 +55,10 @@
 
 mod callback;
 mod gp;
+/// Allocation-free reporting and soft thread starts for paths that may run out of memory (used
+/// by the kit's other crates).
+#[doc(hidden)]
+pub mod lowmem;
 mod primitive;
 mod reader;
 mod seq;
@@ -84,7 +88,7 @@ pub mod cpu {
 pub use seq::GpSeq;
 pub use stall::{
     report_stall, set_stall_hook, set_stall_timeout, stall_timeout, StallKind, StallReport,
-    DEFAULT_STALL_TIMEOUT,
+    ThreadName, DEFAULT_STALL_TIMEOUT,
 };
 pub use sys::membarrier::Mode;
 pub use util::CachePadded;

@@ -15,7 +15,6 @@ pub(crate) mod sync {
             AtomicUsize, Ordering,
         };
     }
-    pub(crate) use std::sync::Arc;
 }
 
 #[cfg(rcu_loom)]
@@ -27,7 +26,6 @@ pub(crate) mod sync {
             fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
         };
     }
-    pub(crate) use loom::sync::Arc;
 }
 
 #[cfg(not(rcu_loom))]

@@ -178,13 +178,14 @@ impl Record {
     }
 
     /// The owner's thread name as recorded at registration (may be empty).
-    pub(crate) fn name(&self) -> String {
+    pub(crate) fn name(&self) -> crate::stall::ThreadName {
         let mut buf = [0u8; NAME_WORDS * 8];
         for (i, w) in self.name.iter().enumerate() {
             buf[i * 8..i * 8 + 8].copy_from_slice(&w.load(Ordering::Relaxed).to_ne_bytes());
         }
         let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-        String::from_utf8_lossy(&buf[..end]).into_owned()
+        // No allocation: stall reports are made while memory may be short.
+        crate::stall::ThreadName::from_utf8_prefix(&buf[..end])
     }
 
     /// Next record in the registry.

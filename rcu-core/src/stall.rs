@@ -9,6 +9,12 @@
 //! hook (default: one line on stderr), and again each time the wait doubles. The reported duration
 //! is how long the grace period has waited for that reader, a lower bound of the section's length.
 //!
+//! Reports are built and printed without allocating: they are made while memory may be short
+//! (retirers fall back to waiting for grace periods exactly then). The thread name is a copy in
+//! a fixed buffer ([`ThreadName`]), the default hook formats into a stack buffer and writes it
+//! with `write(2)` (`lowmem::report`), and the timeout is read from the environment once, when
+//! the engine initialises.
+//!
 //! The timeout and hook are process-wide configuration, not modelled concurrency: they use
 //! `core` atomics directly (also under `rcu_loom`, where stall checks are compiled out).
 
@@ -45,13 +51,86 @@ pub enum StallKind {
     RetireSpilled,
 }
 
+/// A thread's name as recorded for stall reports: up to 32 bytes (cut at a character
+/// boundary), stored inline so that a report is made without allocating. Dereferences to `str`.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct ThreadName {
+    bytes: [u8; ThreadName::MAX],
+    len: u8,
+}
+
+impl ThreadName {
+    /// Longest name kept, in bytes.
+    pub const MAX: usize = 32;
+
+    /// Copies `name`, cut to [`ThreadName::MAX`] bytes at a character boundary.
+    pub fn new(name: &str) -> ThreadName {
+        let mut len = name.len().min(Self::MAX);
+        while !name.is_char_boundary(len) {
+            len -= 1;
+        }
+        let mut bytes = [0u8; Self::MAX];
+        bytes[..len].copy_from_slice(&name.as_bytes()[..len]);
+        ThreadName {
+            bytes,
+            len: len as u8,
+        }
+    }
+
+    /// Takes the longest valid UTF-8 prefix of `raw` (up to [`ThreadName::MAX`] bytes).
+    pub(crate) fn from_utf8_prefix(raw: &[u8]) -> ThreadName {
+        let raw = &raw[..raw.len().min(Self::MAX)];
+        ThreadName::new(match core::str::from_utf8(raw) {
+            Ok(s) => s,
+            Err(e) => core::str::from_utf8(&raw[..e.valid_up_to()]).unwrap_or_default(),
+        })
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        // Only whole characters of a `str` are copied in (`new`).
+        core::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or_default()
+    }
+}
+
+impl core::ops::Deref for ThreadName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl core::fmt::Display for ThreadName {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl core::fmt::Debug for ThreadName {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        core::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl PartialEq<str> for ThreadName {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for ThreadName {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// One stall report, passed to the hook set with [`set_stall_hook`].
 #[derive(Clone, Debug)]
 pub struct StallReport {
     /// What happened.
     pub kind: StallKind,
     /// The reader thread's name, empty if it had none.
-    pub thread_name: String,
+    pub thread_name: ThreadName,
     /// The reader's kernel thread id (0 if unknown).
     pub tid: u32,
     /// How long the grace period has waited for this reader so far (zero for exits).
@@ -67,7 +146,7 @@ impl core::fmt::Display for StallReport {
         let name = if self.thread_name.is_empty() {
             "<unnamed>"
         } else {
-            &self.thread_name
+            self.thread_name.as_str()
         };
         match self.kind {
             StallKind::ReaderStall => write!(
@@ -122,7 +201,9 @@ pub fn stall_timeout() -> Duration {
 /// Replaces the stall hook; `None` restores the default (one line on stderr).
 ///
 /// The hook runs on the thread that waits for the grace period (a `synchronize_rcu` caller or the
-/// callback worker); it must not wait for a grace period itself.
+/// callback worker); it must not wait for a grace period itself. It may run while memory is
+/// short: a hook that allocates may then abort the process (the default one does not allocate).
+/// [`StallReport`]'s `Display` does not allocate.
 pub fn set_stall_hook(hook: Option<fn(&StallReport)>) {
     HOOK.store(
         hook.map_or(core::ptr::null_mut(), |f| f as *mut ()),
@@ -143,7 +224,9 @@ pub(crate) fn report(r: &StallReport) {
     // hand-off explicit).
     let h = HOOK.load(Ordering::Acquire);
     if h.is_null() {
-        eprintln!("{r}");
+        // Without allocating (module docs): `eprintln!` would not allocate either, but a test
+        // harness's output capture does.
+        crate::lowmem::report(format_args!("{r}"));
     } else {
         // SAFETY: non-null values are only ever stored from a `fn(&StallReport)` in
         // `set_stall_hook` (function pointers are never null), as a pointer: transmuting it back

@@ -7,7 +7,10 @@
 //! largest power of two dividing the class size (capped at the page size), so power-of-two
 //! classes are naturally aligned and every object is at least 8-byte aligned. The classes are
 //! created on first use and live for the rest of the process (never destroyed, so the lock-free
-//! `*_nolock` paths can always reach them).
+//! `*_nolock` paths can always reach them). Creating them allocates on the heap (the caches'
+//! per-CPU slots and sheaves, names, registry entries), which aborts if it fails: the first use
+//! first checks that the calling thread can allocate about that much ([`class_memory`]), and
+//! otherwise fails (`kmalloc` returns `None`) and leaves the creation to a later call.
 //!
 //! [`kfree`] finds the cache from the slab header at `ptr & !(SLAB_ALIGN - 1)`, so it accepts
 //! any slab object (kmalloc or `KmemCache`), like the kernel's `kfree`. Before doing its own
@@ -30,23 +33,35 @@ pub const KMALLOC_MAX_SIZE: usize = 8192;
 
 static CLASSES: OnceLock<Box<[Arc<RawCache>]>> = OnceLock::new();
 
-/// The class caches, created on first use.
+/// The class caches, created on first use; `None` while the heap is too short to create them.
 #[inline]
-pub(crate) fn classes() -> &'static [Arc<RawCache>] {
+pub(crate) fn classes() -> Option<&'static [Arc<RawCache>]> {
     match CLASSES.get() {
-        Some(c) => c,
+        Some(c) => Some(c),
         None => create_classes(),
     }
 }
 
+/// Heap the creation of the classes needs, roughly: per class, the per-CPU slots with their two
+/// sheaves each, plus a page for the rest (the cache, its name, its nodes and barn).
+fn class_memory() -> usize {
+    let per_cpu = core::mem::size_of::<crate::cache::sheaf::Sheaf>() * 2 + 256;
+    KMALLOC_SIZES.len() * (rcu_core::cpu::possible_cpus().max(1) * per_cpu + PAGE_SIZE)
+}
+
 #[cold]
 #[inline(never)]
-fn create_classes() -> &'static [Arc<RawCache>] {
+fn create_classes() -> Option<&'static [Arc<RawCache>]> {
+    // The creation's allocations are infallible: fail softly instead when the memory is not
+    // there (module docs). A heuristic, not a reservation.
+    if !rcu_core::lowmem::heap_headroom(class_memory()) {
+        return None;
+    }
     // Both take the init lock themselves (or fork-handler registration): do them first.
     crate::cache::ensure_shrinker();
     // Under the init lock, so that no fork() child inherits the OnceLock half-initialised.
     let _init = crate::fork::init_lock();
-    CLASSES.get_or_init(|| {
+    Some(CLASSES.get_or_init(|| {
         // Warm what the nolock paths read, so a signal handler never runs a lazy initialiser.
         let _ = rcu_core::cpu::possible_cpus();
         let _ = rcu_core::cpu::current_cpu();
@@ -68,7 +83,7 @@ fn create_classes() -> &'static [Arc<RawCache>] {
                 .unwrap_or_else(|e| panic!("creating kmalloc classes: {e}"))
             })
             .collect()
-    })
+    }))
 }
 
 /// The class caches if they exist (the nolock paths never create them).
@@ -77,7 +92,8 @@ pub(crate) fn classes_if_ready() -> Option<&'static [Arc<RawCache>]> {
 }
 
 /// Creates the kmalloc classes now. Call once before [`crate::kmalloc_nolock`] is used from a
-/// signal handler (before that, it returns `None`).
+/// signal handler (before that, it returns `None`). With too little heap to create them it
+/// does nothing (a later call, or a `kmalloc`, creates them).
 pub fn kmalloc_init() {
     let _ = classes();
 }
@@ -105,7 +121,7 @@ pub(crate) fn class_index(size: usize) -> Option<usize> {
 #[inline]
 pub fn kmalloc(size: usize) -> Option<NonNull<u8>> {
     crate::nolock::drain_if_pending();
-    let c = classes().get(class_index(size)?)?;
+    let c = classes()?.get(class_index(size)?)?;
     c.alloc(Mode::Normal).ok()
 }
 

@@ -215,7 +215,7 @@ mod tests {
             // SAFETY: live objects.
             unsafe { kfree(p) };
         }
-        let c = &classes()[class_index(64).unwrap()];
+        let c = &classes().unwrap()[class_index(64).unwrap()];
         // Hold every slot so that whatever CPU we land on, the 64-byte slot is busy.
         let cpus = rcu_core::cpu::possible_cpus();
         fn hold(c: &crate::cache::RawCache, cpu: usize, n: usize, f: &mut dyn FnMut()) {
@@ -245,7 +245,7 @@ mod tests {
     #[test]
     fn frees_into_busy_slots_are_deferred_and_drained() {
         crate::kmalloc::kmalloc_init();
-        let c = &classes()[class_index(192).unwrap()];
+        let c = &classes().unwrap()[class_index(192).unwrap()];
         let objs: Vec<_> = (0..8).map(|_| kmalloc(192).unwrap()).collect();
         let cpus = rcu_core::cpu::possible_cpus();
         fn hold(c: &crate::cache::RawCache, cpu: usize, n: usize, f: &mut dyn FnMut()) {

@@ -104,12 +104,24 @@ pub(crate) fn runs() -> u64 {
     RUNS.load(Ordering::Relaxed)
 }
 
+/// Runs each shrinker registered before the pass once, in id order, without holding the
+/// registry while it runs (a shrinker may register others) and without allocating (the pass
+/// runs when memory is short: no copy of the list, one `Arc` reference at a time).
 fn run_pass() -> usize {
-    let list: Vec<Arc<Shrinker>> = registry().clone();
+    // Relaxed: ids only order shrinkers; the registry's lock publishes them.
+    let end = NEXT_ID.load(Ordering::Relaxed);
     RUNS.fetch_add(1, Ordering::Relaxed);
     let _g = crate::page::ReclaimGuard::enter();
     let mut freed = 0;
-    for s in list {
+    let mut last = 0;
+    loop {
+        let next = registry()
+            .iter()
+            .filter(|s| s.id > last && s.id < end)
+            .min_by_key(|s| s.id)
+            .cloned();
+        let Some(s) = next else { break };
+        last = s.id;
         let n = (s.count)();
         if n > 0 {
             freed += (s.scan)(n);

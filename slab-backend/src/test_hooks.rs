@@ -25,6 +25,7 @@ pub fn hold_tcache_window<T: Send + 'static, R>(cache: &KmemCache<T>, f: impl Fn
 
 /// Runs `f` holding the slot of the calling thread's CPU in the kmalloc class of `size`.
 pub fn hold_kmalloc_slot<R>(size: usize, f: impl FnOnce() -> R) -> R {
-    let c = &crate::kmalloc::classes()[crate::kmalloc::class_index(size).expect("kmalloc size")];
+    let c = &crate::kmalloc::classes().expect("kmalloc classes")
+        [crate::kmalloc::class_index(size).expect("kmalloc size")];
     c.cpu.with_slot_held(rcu_core::cpu::current_cpu(), f)
 }

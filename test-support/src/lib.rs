@@ -182,3 +182,56 @@ pub fn set_rlimit_as(bytes: usize) -> std::io::Result<()> {
         Err(std::io::Error::last_os_error())
     }
 }
+
+/// Heap blocks taken by [`exhaust_heap`], linked through their first word (no allocation is
+/// needed to hold them).
+#[derive(Debug)]
+pub struct HeapFiller {
+    head: *mut u8,
+    /// Bytes taken.
+    pub bytes: usize,
+}
+
+/// Takes every block `malloc` will still hand out (under an `RLIMIT_AS` set just above the
+/// current use): blocks of decreasing sizes until each size is refused, so that afterwards an
+/// allocation of any size fails in the calling thread. Give the memory back with
+/// [`HeapFiller::release`] (or leak it). Only for child processes of tests.
+pub fn exhaust_heap() -> HeapFiller {
+    let mut f = HeapFiller {
+        head: core::ptr::null_mut(),
+        bytes: 0,
+    };
+    let mut size = 1usize << 20;
+    while size >= 16 {
+        let layout = std::alloc::Layout::from_size_align(size, 8).expect("layout");
+        loop {
+            // SAFETY: the layout has a non-zero size.
+            let p = unsafe { std::alloc::alloc(layout) };
+            if p.is_null() {
+                break;
+            }
+            // SAFETY: `p` is a fresh block of at least 16 bytes (two words), aligned to 8.
+            unsafe { p.cast::<(*mut u8, usize)>().write_unaligned((f.head, size)) };
+            f.head = p;
+            f.bytes += size;
+        }
+        size /= 2;
+    }
+    f
+}
+
+impl HeapFiller {
+    /// Gives every block back.
+    pub fn release(self) {
+        let mut p = self.head;
+        while !p.is_null() {
+            // SAFETY: every block in the list was allocated by `exhaust_heap` with the size
+            // stored in it, alignment 8, and is freed once.
+            unsafe {
+                let (next, size) = p.cast::<(*mut u8, usize)>().read_unaligned();
+                std::alloc::dealloc(p, std::alloc::Layout::from_size_align_unchecked(size, 8));
+                p = next;
+            }
+        }
+    }
+}

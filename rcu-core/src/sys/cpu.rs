@@ -23,7 +23,21 @@ pub fn possible_cpus() -> usize {
         *N.get_or_init(|| {
             // SAFETY: sysconf only reads its argument.
             let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) };
-            let avail = std::thread::available_parallelism().map_or(1, |n| n.get());
+            // The CPUs this thread may run on, counted without allocating (the first call may
+            // come when memory is short; `std::thread::available_parallelism` allocates to read
+            // cgroup quotas).
+            // SAFETY: a zeroed cpu_set_t is a valid empty set; sched_getaffinity writes at most
+            // its size into it; CPU_COUNT reads it.
+            let avail = unsafe {
+                let mut set: libc::cpu_set_t = core::mem::zeroed();
+                if libc::sched_getaffinity(0, core::mem::size_of::<libc::cpu_set_t>(), &mut set)
+                    == 0
+                {
+                    libc::CPU_COUNT(&set) as usize
+                } else {
+                    1
+                }
+            };
             (n.max(1) as usize).max(avail).min(4096)
         })
     }

@@ -760,8 +760,12 @@ impl RawCache {
         let mut out = Detached::new();
         {
             let _f = flush_lock();
-            let stolen = tcache::steal(self, false);
-            self.return_objects(&stolen, Mode::Normal);
+            // Each entry's objects straight back to their slabs (no list on the heap: a shrink
+            // runs when memory is short). The node lock is a leaf, so taking it under the steal
+            // lock adds no cycle.
+            tcache::steal(self, false, |objs| {
+                self.return_objects(objs, Mode::Normal);
+            });
             self.cpu.flush_all(self, false);
             self.node()
                 .lock(Mode::Normal)
@@ -976,8 +980,9 @@ pub(crate) fn destroy_raw(raw: Arc<RawCache>) -> Result<(), SlabError> {
         // could deadlock against a slot holder whose page allocation runs the slab shrinker.
         // Thread caches first (every thread's, waiting for owners in a window; entries are
         // unbound so the id can be reused), then the per-CPU layer.
-        let stolen = tcache::steal(&raw, true);
-        raw.return_objects(&stolen, Mode::Normal);
+        tcache::steal(&raw, true, |objs| {
+            raw.return_objects(objs, Mode::Normal);
+        });
         raw.cpu.flush_all(&**raw, true);
         let mut g = raw.node().lock(Mode::Normal).expect("Normal");
         // Every empty slab goes, past the typesafe pending-discard cap too: nothing may stay
@@ -1024,21 +1029,26 @@ pub(crate) fn destroy_raw(raw: Arc<RawCache>) -> Result<(), SlabError> {
 /// Destroys `raw` on a new thread, for a drop where the caller may not wait ([`destroy_blocked`]
 /// said `why`). If no thread can be started, the cache is leaked: it stays registered and intact
 /// (the registry's `Arc` keeps it), and the leak is reported on stderr.
+///
+/// Nothing here allocates unless the thread starts (`rcu_core::lowmem`): the name is copied
+/// onto the stack for the report, the start fails softly when the heap is exhausted, and the
+/// report is written without allocating.
 pub(crate) fn destroy_deferred(raw: Arc<RawCache>, why: &str) {
-    let name = raw.name.clone();
-    let spawned = std::thread::Builder::new()
-        .name("slab-destroy".into())
-        .spawn(move || {
-            // Not the CPU binding of a callback invoker that may have started us.
-            rcu_core::cpu::unbind_thread();
-            let _ = destroy_raw(raw);
-        });
+    let mut name = rcu_core::lowmem::StackBuf::<128>::new();
+    let _ = core::fmt::Write::write_str(&mut name, &raw.name);
+    let spawned = rcu_core::lowmem::spawn(format_args!("slab-destroy"), move || {
+        // Not the CPU binding of a callback invoker that may have started us.
+        rcu_core::cpu::unbind_thread();
+        let _ = destroy_raw(raw);
+    });
     if let Err(e) = spawned {
         // The closure, and with it our `Arc`, was dropped: the registry's keeps the cache.
-        eprintln!(
-            "slab cache {name}: dropped {why}, where it cannot wait for its pending RCU slab \
-             releases, and no thread to destroy it could be started ({e}); the cache is leaked"
-        );
+        rcu_core::lowmem::report(format_args!(
+            "slab cache {}: dropped {why}, where it cannot wait for its pending RCU slab \
+             releases, and no thread to destroy it could be started ({}); the cache is leaked",
+            name.as_str(),
+            rcu_core::lowmem::OsError(&e)
+        ));
     }
 }
 

@@ -19,7 +19,9 @@
 //! empty `main` for a full sheaf from the barn; else refill `main` from the slabs.
 //! **free** (slot locked): push to `main`; else swap with a non-full `spare`; else trade the full
 //! `main` for an empty sheaf (the barn's, or a newly allocated one); else (barn holds `BARN_MAX`
-//! full sheaves) flush `main` to the slabs and push.
+//! full sheaves, or no memory for a new sheaf) flush `main` to the slabs and push. A new sheaf is
+//! allocated fallibly, *before* the full one is given to the barn (frees run when memory is
+//! short, and an infallible allocation failing aborts the process).
 //!
 //! **Bulk** ([`PerCpu::alloc_bulk`], [`PerCpu::free_bulk`]): the per-thread caches in front of
 //! this layer move batches of objects under one slot lock, through the same steps.
@@ -107,6 +109,26 @@ impl Sheaf {
             len: 0,
             objs: [core::ptr::null_mut(); SHEAF_CAPACITY],
         }))
+    }
+
+    /// [`Sheaf::new_boxed`], or `None` when the allocation fails (no abort). The result is freed
+    /// like the others, with `Box::from_raw`.
+    fn try_new_boxed() -> Option<*mut Sheaf> {
+        let layout = core::alloc::Layout::new::<Sheaf>();
+        // SAFETY: `Sheaf` has a non-zero size.
+        let p = unsafe { std::alloc::alloc(layout) }.cast::<Sheaf>();
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: `p` is a fresh allocation for one `Sheaf` (the global allocator with
+        // `Layout::new::<Sheaf>()`, as `Box` uses, so `Box::from_raw` may free it).
+        unsafe {
+            p.write(Sheaf {
+                len: 0,
+                objs: [core::ptr::null_mut(); SHEAF_CAPACITY],
+            })
+        };
+        Some(p)
     }
 
     /// Number of objects held.
@@ -344,22 +366,46 @@ impl Barn {
         .flatten()
     }
 
-    /// Stores a full sheaf if there is room and hands back an empty one (the barn's, or `None`
-    /// when the caller must allocate one). `Err(())` if the barn cannot take it.
-    fn trade_full_for_empty(&self, full: *mut Sheaf, mode: Mode) -> Result<Option<*mut Sheaf>, ()> {
+    /// Stores a full sheaf if there is room and hands back an empty one: the barn's, else
+    /// `fresh` (the caller's new one, `Normal` mode only). `Ok((empty, unused))` hands `fresh`
+    /// back unused if the barn had an empty one; on refusal `fresh` comes back too.
+    fn trade_full_for_empty(
+        &self,
+        full: *mut Sheaf,
+        fresh: Option<*mut Sheaf>,
+        mode: Mode,
+    ) -> Result<(*mut Sheaf, Option<*mut Sheaf>), Refused> {
         self.with(mode, |l| {
             if l.full.len() >= BARN_MAX {
-                return Err(());
+                return Err(Refused::Full(fresh));
             }
-            let empty = l.empty.pop();
-            if empty.is_none() && mode == Mode::Nolock {
-                return Err(());
-            }
+            let (empty, unused) = match (l.empty.pop(), fresh) {
+                (Some(e), fresh) => (e, fresh),
+                (None, Some(f)) => (f, None),
+                (None, None) => return Err(Refused::NoEmpty),
+            };
             l.full.push(full);
-            Ok(empty)
+            Ok((empty, unused))
         })
-        .unwrap_or(Err(()))
+        .unwrap_or(Err(Refused::Full(fresh)))
     }
+}
+
+/// Frees a sheaf from [`Sheaf::try_new_boxed`] that nobody else saw.
+fn free_fresh(s: Option<*mut Sheaf>) {
+    if let Some(s) = s {
+        // SAFETY: allocated like a `Box<Sheaf>` (`try_new_boxed`), owned by the caller alone.
+        drop(unsafe { Box::from_raw(s) });
+    }
+}
+
+/// Why [`Barn::trade_full_for_empty`] declined.
+enum Refused {
+    /// The barn holds `BARN_MAX` full sheaves or could not be locked; the caller's fresh sheaf
+    /// comes back.
+    Full(Option<*mut Sheaf>),
+    /// No empty sheaf to give, and the caller brought none.
+    NoEmpty,
 }
 
 /// The per-CPU layer of one cache: one slot per possible CPU, one barn (one node).
@@ -483,16 +529,36 @@ impl PerCpu {
             g.main().push(obj);
             return Ok(());
         }
-        match self.barn.trade_full_for_empty(g.main_ptr(), mode) {
-            Ok(Some(empty)) => g.set_main(empty),
-            // Normal mode only: the barn took our full sheaf but had no empty one.
-            Ok(None) => g.set_main(Sheaf::new_boxed()),
-            Err(()) => {
-                if !b.flush(g.main(), mode) {
+        // Without an empty sheaf from the barn, Normal mode allocates one — fallibly, and before
+        // our full one is given away (module docs); no memory means flush instead.
+        let mut fresh = None;
+        let unused = loop {
+            match self.barn.trade_full_for_empty(g.main_ptr(), fresh, mode) {
+                Ok((empty, unused)) => {
+                    g.set_main(empty);
+                    break unused;
+                }
+                Err(Refused::NoEmpty) if mode == Mode::Normal => {
+                    if let Some(f) = Sheaf::try_new_boxed() {
+                        fresh = Some(f); // and trade again
+                        continue;
+                    }
+                }
+                Err(Refused::NoEmpty) => {}
+                Err(Refused::Full(unused)) => {
+                    if b.flush(g.main(), mode) {
+                        break unused;
+                    }
+                    free_fresh(unused);
                     return Err(obj);
                 }
             }
-        }
+            if !b.flush(g.main(), mode) {
+                return Err(obj);
+            }
+            break None;
+        };
+        free_fresh(unused);
         g.main().push(obj);
         Ok(())
     }
@@ -565,32 +631,41 @@ impl PerCpu {
                 b.flush(g.spare(), Mode::Normal);
             }
         }
-        // `drain`, not `take`: the list keeps its reserved capacity (Invariant 3), so a `Nolock`
-        // push between the two critical sections below still never allocates.
-        let full: Vec<*mut Sheaf> = self
+        // `pop`, not `take`: the list keeps its reserved capacity (Invariant 3), so a `Nolock`
+        // push between the two critical sections below still never allocates. Into an array on
+        // the stack: a shrink runs when memory is short (the barn never holds more than
+        // `BARN_MAX` full sheaves).
+        let mut full = [core::ptr::null_mut::<Sheaf>(); BARN_MAX];
+        let n = self
             .barn
-            .with(Mode::Normal, |l| l.full.drain(..).collect())
-            .unwrap_or_default();
-        let mut spare_boxes = Vec::new();
-        for s in full {
+            .with(Mode::Normal, |l| {
+                debug_assert!(l.full.len() <= BARN_MAX);
+                let mut n = 0;
+                while n < BARN_MAX {
+                    let Some(s) = l.full.pop() else { break };
+                    full[n] = s;
+                    n += 1;
+                }
+                n
+            })
+            .unwrap_or(0);
+        for &s in &full[..n] {
             // SAFETY: the sheaf left the barn above; we are its only owner now.
             let sheaf = unsafe { &mut *s };
             b.flush(sheaf, Mode::Normal);
-            spare_boxes.push(s);
         }
-        let rest = self
+        let kept = self
             .barn
             .with(Mode::Normal, |l| {
-                while l.empty.len() < BARN_MAX {
-                    match spare_boxes.pop() {
-                        Some(s) => l.empty.push(s),
-                        None => break,
-                    }
+                let mut kept = 0;
+                while kept < n && l.empty.len() < BARN_MAX {
+                    l.empty.push(full[kept]);
+                    kept += 1;
                 }
-                spare_boxes
+                kept
             })
-            .unwrap_or_default();
-        for s in rest {
+            .unwrap_or(0);
+        for &s in &full[kept..n] {
             // SAFETY: a Box'd sheaf that is no longer referenced anywhere.
             drop(unsafe { Box::from_raw(s) });
         }

@@ -22,6 +22,13 @@
 //! never freed, and reused by later threads, so a stealer can always reach them (also after the
 //! owner exited).
 //!
+//! The thread cache is optional, so its setup fails softly when memory is short (frees run
+//! exactly then): the block and the out-of-line entries are allocated fallibly, and a thread's
+//! registration first checks that it can allocate [`REGISTER_HEADROOM`] bytes, because the
+//! exit hook's thread-local destructor is registered with glibc's `__cxa_thread_atexit_impl`,
+//! which *aborts the process* if its own allocation fails. Without them the call takes the
+//! per-CPU path and a later call tries again.
+//!
 //! ## Owner windows and stealing (an asymmetric Dekker protocol)
 //!
 //! The owner touches an entry's contents only inside a *window*:
@@ -212,6 +219,21 @@ std::thread_local! {
     static EXIT: ExitHook = const { ExitHook };
 }
 
+/// `Box::into_raw(Box::new(v))`, or `None` when the allocation fails (no abort). Blocks and
+/// entries are never freed (Invariant 3).
+fn try_box<T>(v: T) -> Option<*mut T> {
+    let layout = core::alloc::Layout::new::<T>();
+    debug_assert!(layout.size() != 0);
+    // SAFETY: `T` (a block or an entry) has a non-zero size.
+    let p = unsafe { std::alloc::alloc(layout) }.cast::<T>();
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: `p` is a fresh allocation for one `T`.
+    unsafe { p.write(v) };
+    Some(p)
+}
+
 fn blocks() -> impl Iterator<Item = &'static ThreadCaches> {
     // Acquire: pairs with the Release push in `claim_or_register`.
     let mut p = BLOCKS.load(Ordering::Acquire);
@@ -400,7 +422,8 @@ pub(crate) fn slot(cache: &RawCache) -> Option<Slot> {
     let e = match entry_of(b, cache.tc_id) {
         Some(e) => e,
         None => {
-            let e = Box::into_raw(Box::new(Entry::new()));
+            // No memory: no thread cache for this call (module docs).
+            let e = try_box(Entry::new())?;
             // Release: a stealer's Acquire load sees the initialised entry.
             b.outline[cache.tc_id - INLINE_IDS].store(e, Ordering::Release);
             // SAFETY: never freed (Invariant 3).
@@ -487,36 +510,46 @@ pub(crate) fn hold_window<R>(cache: &RawCache, f: impl FnOnce() -> R) -> R {
     r
 }
 
+/// Heap a thread's registration must be able to allocate first (module docs): the block, and
+/// the C library's record of the exit hook's destructor.
+const REGISTER_HEADROOM: usize = core::mem::size_of::<ThreadCaches>() + 1024;
+
 #[cold]
 fn register() -> Option<&'static ThreadCaches> {
+    // Registering the exit hook's destructor aborts if the C library cannot allocate its record:
+    // check for memory first (a heuristic; module docs).
+    if !rcu_core::lowmem::heap_headroom(REGISTER_HEADROOM) {
+        return None;
+    }
     // Registers the exit hook; fails during thread-local teardown, and the thread then uses the
     // per-CPU path for good.
     EXIT.try_with(|_| ()).ok()?;
     if rcu_core::barrier_mode() == rcu_core::Mode::Membarrier {
         LIGHT_IS_FENCE.store(false, Ordering::Relaxed);
     }
-    let b = claim_or_register();
+    let b = claim_or_register()?;
     MINE.with(|m| m.set(b));
     Some(b)
 }
 
-fn claim_or_register() -> &'static ThreadCaches {
+/// Claims a free block or registers a new one; `None` if there is no memory for one.
+fn claim_or_register() -> Option<&'static ThreadCaches> {
     for b in blocks() {
         if !b.owned.load(Ordering::Relaxed)
             && b.owned
                 .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()
         {
-            return b;
+            return Some(b);
         }
     }
-    let b = Box::into_raw(Box::new(ThreadCaches {
+    let b = try_box(ThreadCaches {
         busy: AtomicBool::new(false),
         owned: AtomicBool::new(true),
         next: AtomicPtr::new(ptr::null_mut()),
         inline: [const { Entry::new() }; INLINE_IDS],
         outline: [const { AtomicPtr::new(ptr::null_mut()) }; MAX_IDS - INLINE_IDS],
-    }));
+    })?;
     let mut head = BLOCKS.load(Ordering::Relaxed);
     loop {
         // SAFETY: not yet published; ours.
@@ -528,7 +561,7 @@ fn claim_or_register() -> &'static ThreadCaches {
         }
     }
     // SAFETY: published blocks are never freed.
-    unsafe { &*b }
+    Some(unsafe { &*b })
 }
 
 /// Flushes the exiting thread's entries and releases its block.
@@ -595,17 +628,19 @@ pub(crate) fn counts(cache: &RawCache) -> (usize, u64, u64) {
 }
 
 /// Takes every object out of the thread caches bound to `cache` (all threads, including exited
-/// ones) and returns them. `destroy`: wait for busy owners, and also zero and unbind the
-/// entries so that the id can be released (Invariant 2). Otherwise (shrink) owners stuck in a
-/// window are skipped after a short wait, and nothing happens if a racy count finds nothing.
-pub(crate) fn steal(cache: &RawCache, destroy: bool) -> Vec<*mut u8> {
-    let mut out = Vec::new();
+/// ones) and hands them to `sink`, one entry's objects at a time (copied to the stack: a shrink
+/// runs when memory is short, so nothing is collected on the heap). `sink` runs under the
+/// cache's steal lock and must not steal from the same cache. `destroy`: wait for busy owners,
+/// and also zero and unbind the entries so that the id can be released (Invariant 2). Otherwise
+/// (shrink) owners stuck in a window are skipped after a short wait, and nothing happens if a
+/// racy count finds nothing.
+pub(crate) fn steal(cache: &RawCache, destroy: bool, mut sink: impl FnMut(&[*mut u8])) {
     if cache.tc_id == NO_ID {
-        return out;
+        return;
     }
     let _serial = cache.tc_steal_lock.lock();
     if !destroy && counts(cache).0 == 0 {
-        return out;
+        return;
     }
     cache.tc_steal.fetch_add(1, Ordering::Relaxed);
     heavy();
@@ -619,19 +654,22 @@ pub(crate) fn steal(cache: &RawCache, destroy: bool) -> Vec<*mut u8> {
         // Invariant 1: `steal != 0` was visible to every window after the heavy barrier and
         // the owner is outside its window (Acquire on `busy`), so the contents are ours.
         let n = e.len.load(Ordering::Relaxed);
+        let mut taken = [ptr::null_mut(); TCACHE_CAPACITY];
         // SAFETY: as just said; `n <= TCACHE_CAPACITY`.
         e.objs
-            .with(|a| out.extend_from_slice(unsafe { &(&*a)[..n] }));
+            .with(|a| taken[..n].copy_from_slice(unsafe { &(&*a)[..n] }));
         e.len.store(0, Ordering::Relaxed);
         if destroy {
             e.allocs.store(0, Ordering::Relaxed);
             e.frees.store(0, Ordering::Relaxed);
             e.cache.store(ptr::null_mut(), Ordering::Relaxed);
         }
+        if n != 0 {
+            sink(&taken[..n]);
+        }
     }
     // Release: an owner's Acquire load of the decremented count sees the emptied entries.
     cache.tc_steal.fetch_sub(1, Ordering::Release);
-    out
 }
 
 /// `fork()` child handler: the blocks of threads that do not exist in the child. A block whose

@@ -1,0 +1,75 @@
+//! The batcher's paths that may run when the heap is exhausted (starting its worker thread again,
+//! reporting that it cannot) must not abort the process with "memory allocation of N bytes
+//! failed". The case runs in a child process: it sets `RLIMIT_AS` just above the current use (so
+//! no thread stack can be mapped), takes every block `malloc` still hands out, then retires.
+#![cfg(not(rcu_loom))]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use kfree_batch::{kfree_rcu, kvfree_rcu_barrier};
+use test_support::{child_case, exhaust_heap, run_child, set_rlimit_as, stderr, vm_size};
+
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+struct Tracked(#[allow(dead_code)] [u64; 4]);
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        DROPPED.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The worker cannot start (no room for its stack), then the heap runs out while objects are
+/// retired: every retire retries the start, softly.
+fn case_worker_retry() {
+    let n = 2_000usize;
+    let objs: Vec<Box<Tracked>> = (0..n).map(|i| Box::new(Tracked([i as u64; 4]))).collect();
+    let mut objs = objs.into_iter();
+    drop(rcu_core::rcu_read_lock()); // registers this thread
+    set_rlimit_as(vm_size() + (1 << 20)).expect("setrlimit");
+    // With heap left: the first start fails for the stack alone.
+    for o in objs.by_ref().take(10) {
+        kfree_rcu(o);
+    }
+    let heap = exhaust_heap();
+    for o in objs.by_ref() {
+        kfree_rcu(o);
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    heap.release();
+    kvfree_rcu_barrier();
+    assert_eq!(DROPPED.load(Ordering::Relaxed), n as u64, "objects lost");
+    println!("worker_retry: done");
+}
+
+#[test]
+fn worker_retry_without_heap() {
+    match child_case().as_deref() {
+        Some("worker_retry") => case_worker_retry(),
+        Some(_) => {}
+        None => {
+            let out = run_child(
+                "worker_retry_without_heap",
+                "worker_retry",
+                &[],
+                Duration::from_secs(60),
+            );
+            let err = stderr(&out);
+            assert!(
+                out.status.success(),
+                "child failed ({:?}):\n{err}\nstdout:\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout)
+            );
+            assert!(
+                !err.contains("memory allocation of"),
+                "child ran out of memory:\n{err}"
+            );
+            assert!(String::from_utf8_lossy(&out.stdout).contains("worker_retry: done"));
+            assert!(
+                err.contains("kfree-batch: cannot start the worker"),
+                "the failed start was not reported:\n{err}"
+            );
+        }
+    }
+}
