@@ -1,0 +1,103 @@
+//! `kvfree_rcu_barrier()` from the destructor of an object the batcher frees is documented to
+//! panic ("would wait for its own collection pass forever"). The batcher's slab shrinker
+//! (`shrink_scan`, run by `slab_backend::shrink_all` and by the page layer's reclaim on any
+//! allocating thread) also frees ready objects, holding the collection lock: a destructor run
+//! there that calls `kvfree_rcu_barrier` must panic too, not deadlock. Child process with a
+//! deadline (a hang is the failure).
+#![cfg(not(rcu_loom))]
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use kfree_batch::{kfree_rcu, kvfree_rcu_barrier, Config};
+use test_support::{child_case, run_child, stderr};
+
+static CALLED: AtomicBool = AtomicBool::new(false);
+static DROPS: AtomicUsize = AtomicUsize::new(0);
+static OUTCOME: Mutex<String> = Mutex::new(String::new());
+
+struct X(#[allow(dead_code)] [u64; 4]);
+impl Drop for X {
+    fn drop(&mut self) {
+        DROPS.fetch_add(1, Ordering::SeqCst);
+        if CALLED.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let who = std::thread::current().name().unwrap_or("?").to_string();
+        eprintln!("first drop on thread {who}; calling kvfree_rcu_barrier");
+        let r = catch_unwind(AssertUnwindSafe(kvfree_rcu_barrier));
+        *OUTCOME.lock().unwrap() = format!(
+            "{who}: {}",
+            match &r {
+                Ok(()) => "returned".to_string(),
+                Err(e) => e
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default(),
+            }
+        );
+    }
+}
+
+fn case_barrier_in_shrink_scan() {
+    // Ready blocks wait for their producer (or the drain delay) before the worker frees them.
+    kfree_batch::configure(Config {
+        drain_delay: Duration::from_secs(60),
+        ..Config::default()
+    })
+    .unwrap();
+    for _ in 0..600 {
+        kfree_rcu(Box::new(X([0; 4])));
+    }
+    rcu_core::synchronize_rcu();
+    rcu_core::synchronize_rcu();
+    std::thread::sleep(Duration::from_millis(200));
+    rcu_core::synchronize_rcu();
+    eprintln!("drops before shrink: {}", DROPS.load(Ordering::SeqCst));
+    std::thread::Builder::new()
+        .name("shrinker".into())
+        .spawn(slab_backend::shrink_all)
+        .unwrap()
+        .join()
+        .unwrap();
+    eprintln!(
+        "drops after shrink: {}; outcome: {}",
+        DROPS.load(Ordering::SeqCst),
+        OUTCOME.lock().unwrap()
+    );
+    println!("case done");
+}
+
+#[test]
+fn shrink_barrier_child() {
+    match child_case().as_deref() {
+        Some("barrier_in_shrink_scan") => case_barrier_in_shrink_scan(),
+        Some(other) => panic!("unknown case {other}"),
+        None => {}
+    }
+}
+
+/// A destructor run by the batcher's shrinker calls `kvfree_rcu_barrier`: a panic (as in a
+/// collection pass), never a hang.
+#[test]
+fn kvfree_rcu_barrier_in_a_destructor_run_by_the_shrinker_panics() {
+    let out = run_child(
+        "shrink_barrier_child",
+        "barrier_in_shrink_scan",
+        &[],
+        Duration::from_secs(30),
+    );
+    let err = stderr(&out);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("case done"),
+        "child failed ({}):\n{err}",
+        out.status
+    );
+    assert!(
+        err.contains("shrinker: ") && err.contains("would wait for its own collection pass"),
+        "{err}"
+    );
+}
