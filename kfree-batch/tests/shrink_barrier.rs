@@ -71,9 +71,95 @@ fn case_barrier_in_shrink_scan() {
     println!("case done");
 }
 
+static IN_READER: AtomicUsize = AtomicUsize::new(0);
+
+/// Records whether its destructor ran inside a read-side critical section.
+struct Y(#[allow(dead_code)] [u64; 4]);
+impl Drop for Y {
+    fn drop(&mut self) {
+        DROPS.fetch_add(1, Ordering::SeqCst);
+        if rcu_core::rcu_read_lock_held() {
+            IN_READER.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+fn case_shrink_in_reader() {
+    kfree_batch::configure(Config {
+        drain_delay: Duration::from_secs(60),
+        ..Config::default()
+    })
+    .unwrap();
+    for _ in 0..600 {
+        kfree_rcu(Box::new(Y([0; 4])));
+    }
+    rcu_core::synchronize_rcu();
+    rcu_core::synchronize_rcu();
+    std::thread::sleep(Duration::from_millis(200));
+    rcu_core::synchronize_rcu();
+    let before = DROPS.load(Ordering::SeqCst);
+    {
+        // A reclaim pass inside a reader (as the page layer runs one on an allocation there).
+        let _g = rcu_core::rcu_read_lock();
+        slab_backend::shrink_all();
+    }
+    eprintln!(
+        "drops before shrink: {before}, after: {}, inside the reader: {}",
+        DROPS.load(Ordering::SeqCst),
+        IN_READER.load(Ordering::SeqCst)
+    );
+    assert_eq!(
+        IN_READER.load(Ordering::SeqCst),
+        0,
+        "a kfree_rcu destructor ran inside the caller's read-side critical section"
+    );
+    println!("case done");
+}
+
+/// Waits for a grace period in its destructor (legal where the batcher runs destructors: its
+/// worker, or a producer outside any reader).
+struct Z(#[allow(dead_code)] [u64; 4]);
+impl Drop for Z {
+    fn drop(&mut self) {
+        DROPS.fetch_add(1, Ordering::SeqCst);
+        rcu_core::synchronize_rcu();
+    }
+}
+
+fn case_waiting_destructor_in_reader_shrink() {
+    kfree_batch::configure(Config {
+        drain_delay: Duration::from_secs(60),
+        ..Config::default()
+    })
+    .unwrap();
+    for _ in 0..600 {
+        kfree_rcu(Box::new(Z([0; 4])));
+    }
+    rcu_core::synchronize_rcu();
+    rcu_core::synchronize_rcu();
+    std::thread::sleep(Duration::from_millis(200));
+    rcu_core::synchronize_rcu();
+    let r = {
+        let _g = rcu_core::rcu_read_lock();
+        catch_unwind(slab_backend::shrink_all)
+    };
+    eprintln!("shrink_all inside a reader panicked: {}", r.is_err());
+    // Every retired object is freed by the barrier.
+    kvfree_rcu_barrier();
+    assert_eq!(
+        DROPS.load(Ordering::SeqCst),
+        600,
+        "kvfree_rcu_barrier returned with retired objects never freed (their destructor ran \
+         inside the reclaiming caller's read-side critical section, where it cannot wait)"
+    );
+    println!("case done");
+}
+
 #[test]
 fn shrink_barrier_child() {
     match child_case().as_deref() {
+        Some("waiting_destructor_in_reader_shrink") => case_waiting_destructor_in_reader_shrink(),
+        Some("shrink_in_reader") => case_shrink_in_reader(),
         Some("barrier_in_shrink_scan") => case_barrier_in_shrink_scan(),
         Some(other) => panic!("unknown case {other}"),
         None => {}
@@ -99,5 +185,42 @@ fn kvfree_rcu_barrier_in_a_destructor_run_by_the_shrinker_panics() {
     assert!(
         err.contains("shrinker: ") && err.contains("would wait for its own collection pass"),
         "{err}"
+    );
+}
+
+/// A reclaim pass run inside a read-side critical section must not run `kfree_rcu` destructors
+/// there (the batcher's own producer paths never reclaim inside a reader: a destructor may wait
+/// for a grace period, or panic doing so, with the collection lock held).
+#[test]
+fn shrinker_inside_a_reader_runs_no_destructor_there() {
+    let out = run_child(
+        "shrink_barrier_child",
+        "shrink_in_reader",
+        &[],
+        Duration::from_secs(30),
+    );
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("case done"),
+        "child failed ({}):\n{}",
+        out.status,
+        stderr(&out)
+    );
+}
+
+/// A reclaim pass inside a reader, over objects whose destructor waits for a grace period: the
+/// batcher must keep working afterwards (its barrier returns).
+#[test]
+fn shrinker_inside_a_reader_leaves_the_batcher_working() {
+    let out = run_child(
+        "shrink_barrier_child",
+        "waiting_destructor_in_reader_shrink",
+        &[],
+        Duration::from_secs(30),
+    );
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("case done"),
+        "child failed ({}):\n{}",
+        out.status,
+        stderr(&out)
     );
 }
