@@ -180,9 +180,14 @@ impl Block {
     /// # Safety
     /// `b` must be a valid block not concurrently written.
     pub(crate) unsafe fn objs<'a>(b: *const Block) -> &'a [*mut u8] {
-        // SAFETY: `ptrs[..count]` were written by `push`, and the caller excludes writers.
+        // SAFETY: `ptrs[..count]` were written by `push` (or a front's put), and the caller
+        // excludes writers.
         unsafe {
-            let n = (*b).hdr.count as usize;
+            // Acquire: pairs with the Release count store of a front's put, so the pointers below
+            // the count are read after it (`chan.rs`, Memory orderings: fork snapshots; between
+            // live threads the grace period or the slot lock already orders the put first).
+            let n =
+                crate::primitive::load_acquire_u32(core::ptr::addr_of!((*b).hdr.count)) as usize;
             core::slice::from_raw_parts(core::ptr::addr_of!((*b).ptrs).cast::<*mut u8>(), n)
         }
     }

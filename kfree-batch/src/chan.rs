@@ -90,6 +90,20 @@
 //!   it only ever gets back what it stored.
 //! * `opened_ms`, `old` and the key are `Relaxed` owner-only words (`opened_ms` is a hint to
 //!   collectors: a stale age only delays a steal; the swap decides).
+//! * **Fork snapshots.** Between threads, the grace period orders a put before the collector's
+//!   reads, so plain stores would do. But a `fork()` child's memory is a snapshot of the
+//!   parent's taken while other threads run, and those threads do not exist in the child: its
+//!   collector steals their open blocks and frees `ptrs[..count]` whatever state their last put
+//!   was in. The snapshot holds a prefix of each such thread's stores in the order they became
+//!   visible; so that order must be program order. An appending put stores the pointer, then
+//!   the count with `Release` (and a collector reads `count` with `Acquire`, `block.rs`): a
+//!   child that sees the new count sees the pointer, never a stale slot. A replacing put stores
+//!   the new pointer, then a `Release` fence, before the caller frees the replaced object: a
+//!   child that sees any of that free sees the new pointer, so it never frees the replaced
+//!   object a second time. (On x86 both only keep the compiler from reordering; stores are
+//!   visible in program order there.) A put caught before its count store leaves the object
+//!   unfreed in the child, a replaced object caught mid-free is leaked there: the child loses
+//!   only what its vanished threads were doing, as the worker's fork notes say.
 //!
 //! The channel is the unit the loom model (`tests/loom_front.rs`) runs against a real
 //! [`Batcher`] and grace-period domain.
@@ -100,7 +114,7 @@ use rcu_core::GpSeq;
 
 use crate::block::{Block, FreeFn, BLOCK_CAPACITY};
 use crate::krc::{newer, Added, Batch, Batcher, ChanKey, Pages, Processed, Refused};
-use crate::primitive::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use crate::primitive::sync::atomic::{fence, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 /// One channel of a front (module docs, Invariants 0-5).
 #[derive(Debug)]
@@ -284,6 +298,10 @@ impl FrontChan {
                 let slot = ptrs.add(i as usize);
                 let freed = slot.read();
                 slot.write(obj);
+                // Release fence: the new pointer is stored before anything the caller's free of
+                // `freed` stores, also for a `fork()` child that snapshots this put midway
+                // (Memory orderings).
+                fence(Ordering::Release);
                 self.old.store(i, Ordering::Relaxed);
                 let full = i == 0 && *core::ptr::addr_of!((*h).count) as usize == BLOCK_CAPACITY;
                 return Put::Replaced { freed, full };
@@ -294,8 +312,10 @@ impl FrontChan {
             let count = core::ptr::addr_of_mut!((*h).count);
             let n = *count;
             ptrs.add(n as usize).write(obj);
-            *count = n + 1;
             *core::ptr::addr_of_mut!((*h).bytes) += size;
+            // Release: the pointer (and its charge) is stored before the count that covers it,
+            // also for a `fork()` child that snapshots this put midway (Memory orderings).
+            crate::primitive::store_release_u32(count, n + 1);
             Put::Appended {
                 full: n as usize + 1 == BLOCK_CAPACITY,
             }

@@ -78,7 +78,10 @@
 //!
 //! A barrier called from a destructor that such a free runs (a pass, or a producer's reclaim)
 //! could never return — the free it waits for is the one running it — so it panics instead
-//! (`lib.rs`).
+//! (`lib.rs`). The same holds one level removed: a barrier in a `call_rcu` callback waits for
+//! such a free, so an `rcu_barrier` in its destructor (which waits for that callback) would never
+//! return either; the free runs in rcu-core's no-barrier scope, where `rcu_barrier` panics
+//! (`worker.rs`, "Where destructors run").
 //!
 //! ## fork()
 //!

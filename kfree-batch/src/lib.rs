@@ -52,9 +52,13 @@
 //! [`kvfree_rcu_barrier`], or on a retiring thread (its ready-first reclaim, or the fallback in
 //! the table above), never from the page layer's shrinker: under memory pressure the batcher
 //! gives its cached pages back and lets the worker free what is ready. A destructor may retire
-//! objects and wait for grace periods; one run by the worker, a barrier or a ready-first reclaim
-//! must not call [`kvfree_rcu_barrier`] (it would wait for the very free that runs it: it
-//! panics).
+//! objects and wait for grace periods (`rcu_core::synchronize_rcu`); one run by the worker, a
+//! barrier, a ready-first reclaim or a park drain must not call [`kvfree_rcu_barrier`] (it would
+//! wait for the very free that runs it: it panics), nor `rcu_core::rcu_barrier` (a `call_rcu`
+//! callback may be waiting in `kvfree_rcu_barrier` for that free, and the barrier would wait for
+//! the callback: it panics, and `rcu_core::may_block` returns false there). Dropping a
+//! `SLAB_TYPESAFE_BY_RCU` `KmemCache` in such a destructor is fine: its destroy, which waits with
+//! `rcu_barrier`, goes to a thread of its own (`KmemCache::destroy` called there panics).
 //!
 //! Nothing is ever lost and nothing is freed early, and retiring never panics. Under a zero page
 //! budget a retiring thread waits for one grace period per [`PARK_SLOTS`] objects (thousands of

@@ -33,7 +33,9 @@
 //! state completed — all of them, since all were stamped before the wait. Destructors run there;
 //! one that retires again may park but does not drain recursively (it waits for its own grace
 //! period instead), and one that calls `kvfree_rcu_barrier` panics (`in_own_sweep`): the barrier
-//! waits for claimed slots.
+//! waits for claimed slots. For the same reason the drain is a no-barrier scope of rcu-core
+//! (`rcu_barrier` there panics, `may_block` is false): a barrier in a `call_rcu` callback may be
+//! waiting for those slots.
 //!
 //! **Spill.** Inside a reader with every slot taken, the object goes into a node allocated from
 //! the system allocator (a failed allocation aborts like any Rust allocation), stamped like a
@@ -248,6 +250,9 @@ pub(crate) fn drain_own(dom: &rcu_core::raw::Domain) -> bool {
     }
     OWN_SWEEP.with(|c| c.set(true));
     let _clear = OwnSweep;
+    // Collectors (a barrier, perhaps in a `call_rcu` callback) wait for the slots claimed here:
+    // no destructor below may wait for callbacks (`worker::freeing` has the argument).
+    let _scope = rcu_core::raw::enter_no_barrier(crate::worker::NO_BARRIER_WHY);
     let n = sweep_array(a, dom, false);
     // Counted here: a collector pass counts only what it frees itself.
     crate::worker::FREED.fetch_add(n as u64, Ordering::Relaxed);

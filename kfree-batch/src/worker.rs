@@ -40,7 +40,13 @@
 //! * **Where destructors run**: in passes (the worker's, a barrier's) and in a producer's own
 //!   ready-first reclaim (`free_reclaimed`), outside read-side critical sections; both mark the
 //!   thread (`FREEING`), so that a barrier called from such a destructor panics instead of
-//!   waiting for the free that runs it.
+//!   waiting for the free that runs it. Both also enter rcu-core's no-barrier scope
+//!   (`rcu_core::raw::enter_no_barrier`), as does an owner's park drain (`park::drain_own`,
+//!   whose claimed slots collectors wait for): a `call_rcu` callback may be waiting in
+//!   `kvfree_rcu_barrier` for that free (for `BUSY`, or for a producer's held blocks), so
+//!   `rcu_barrier` from such a destructor panics too, and `rcu_core::may_block` is false there
+//!   (a typesafe slab cache a destructor drops is destroyed on a thread of its own instead of
+//!   waiting with `rcu_barrier`). Grace periods may still be waited for there.
 //! * **Reservations back**: a barrier claims the other threads' budget slices before its pass
 //!   and takes them after it (the pass's grace period usually covers the claims: `local.rs`),
 //!   then takes the slots' reservations; the worker's pressure pass takes them all.
@@ -338,7 +344,16 @@ pub(crate) fn in_free() -> bool {
     FREEING.with(|w| w.get() != 0)
 }
 
-/// Runs `f`, a free of the batcher, marked as such on this thread ([`in_free`]).
+/// Why `rcu_barrier` may not wait inside a free of the batcher (rcu-core's scope; the text
+/// follows "called" in its panic message).
+pub(crate) const NO_BARRIER_WHY: &str = "from the destructor of an object kfree-batch is freeing";
+
+/// Runs `f`, a free of the batcher, marked as such on this thread ([`in_free`]) and as a scope
+/// where `rcu_barrier` may not wait (`rcu_core::raw::enter_no_barrier`): a `call_rcu` callback
+/// may be waiting in `kvfree_rcu_barrier` for this free (a pass holds `BUSY`; a barrier waits for
+/// a producer's held blocks), so a destructor here that waited for callbacks would wait for
+/// itself. `rcu_core::may_block` is false inside, so a typesafe slab cache dropped by a
+/// destructor here is destroyed on a thread of its own.
 fn freeing<R>(f: impl FnOnce() -> R) -> R {
     struct Mark;
     impl Drop for Mark {
@@ -348,6 +363,7 @@ fn freeing<R>(f: impl FnOnce() -> R) -> R {
     }
     FREEING.with(|w| w.set(w.get() + 1));
     let _m = Mark;
+    let _scope = rcu_core::raw::enter_no_barrier(NO_BARRIER_WHY);
     f()
 }
 

@@ -207,6 +207,47 @@ rcu_thread_local! {
     static IN_CALLBACK: Cell<bool> = const { Cell::new(false) };
 }
 
+rcu_thread_local! {
+    /// Why `rcu_barrier` may not wait on this thread now (the innermost [`NoBarrierScope`]), or
+    /// `None` outside every such scope.
+    static NO_BARRIER: Cell<Option<&'static str>> = const { Cell::new(None) };
+}
+
+/// A scope of the calling thread in which no `call_rcu` callback may be waited for: see
+/// [`enter_no_barrier`]. Ends when dropped (also by an unwind); not `Send`.
+#[must_use = "the scope ends when the value is dropped"]
+#[derive(Debug)]
+pub struct NoBarrierScope {
+    prev: Option<&'static str>,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl Drop for NoBarrierScope {
+    fn drop(&mut self) {
+        NO_BARRIER.with(|c| c.set(self.prev));
+    }
+}
+
+/// Declares that, until the returned scope is dropped, the calling thread runs code that a
+/// `call_rcu` callback may be waiting for (a layer above holds a lock, or runs a free, that a
+/// callback may need). `rcu_barrier` would wait for that callback, and the callback for the
+/// caller: so inside the scope [`may_block`] returns false (code that would call `rcu_barrier`
+/// defers the work to another thread) and [`rcu_barrier`] panics, with `why` in its message
+/// (written to follow "called", e.g. "from a destructor run by X"). Grace periods may still be
+/// waited for: `synchronize_rcu` waits for readers, never for callbacks. Scopes nest; lock-free,
+/// no allocation.
+pub fn enter_no_barrier(why: &'static str) -> NoBarrierScope {
+    NoBarrierScope {
+        prev: NO_BARRIER.with(|c| c.replace(Some(why))),
+        _not_send: PhantomData,
+    }
+}
+
+/// The reason given to the innermost [`enter_no_barrier`] scope of the calling thread, if any.
+pub fn no_barrier_reason() -> Option<&'static str> {
+    NO_BARRIER.with(Cell::get)
+}
+
 /// Marks the calling thread as one that runs callbacks (`rcu_barrier` from it panics).
 pub(crate) fn mark_callback_thread() {
     init();
@@ -376,10 +417,16 @@ pub fn rcu_read_lock_held() -> bool {
 /// it (destroying a `SLAB_TYPESAFE_BY_RCU` slab cache), without it waiting for itself.
 ///
 /// False inside a read-side critical section (a grace period would wait for the caller's own
-/// reader) and on a thread that runs `call_rcu` callbacks (`rcu_barrier` would wait for the
+/// reader), on a thread that runs `call_rcu` callbacks (`rcu_barrier` would wait for the
 /// callback that is running; and a callback that blocks holds up every later callback of its
-/// CPU). Code that must wait can check this first and, where it returns false, defer the work to
-/// another thread or report the misuse before it has changed anything. Lock-free, no allocation.
+/// CPU), and inside a scope where a layer above declared that a callback may be waiting for the
+/// caller (`raw::enter_no_barrier`: kfree-batch runs the destructors of the objects it frees in
+/// one, since a callback may be waiting in `kvfree_rcu_barrier` for that very free). Code that
+/// must wait can check this first and, where it returns false, defer the work to another thread
+/// or report the misuse before it has changed anything. Lock-free, no allocation.
+///
+/// `synchronize_rcu` needs less: only to be outside a read-side critical section (it waits for
+/// readers, never for callbacks), so it is also allowed in callbacks and in those scopes.
 ///
 /// ```
 /// assert!(rcu_core::may_block());
@@ -390,7 +437,7 @@ pub fn rcu_read_lock_held() -> bool {
 /// ```
 #[inline]
 pub fn may_block() -> bool {
-    !rcu_read_lock_held() && !IN_CALLBACK.with(|c| c.get())
+    !rcu_read_lock_held() && !IN_CALLBACK.with(|c| c.get()) && no_barrier_reason().is_none()
 }
 
 /// Panics if a blocking call is made where it would wait for itself.
@@ -696,12 +743,20 @@ fn enqueued() {
 /// meanwhile.
 ///
 /// # Panics
-/// Inside a read-side critical section, or from a `call_rcu` callback (both would wait forever).
+/// Inside a read-side critical section, from a `call_rcu` callback, or inside a scope where a
+/// callback may be waiting for the caller (see [`may_block`]): all would wait forever.
 #[track_caller]
 pub fn rcu_barrier() {
     assert_may_block("rcu_barrier");
     if IN_CALLBACK.with(|c| c.get()) {
         panic!("rcu_barrier() called from a call_rcu callback: it would wait for itself forever");
+    }
+    if let Some(why) = no_barrier_reason() {
+        panic!(
+            "rcu_barrier() called {why}: a call_rcu callback may be waiting for the code that \
+             runs this, and the barrier would wait for that callback forever; wait for a grace \
+             period (synchronize_rcu) or defer the barrier to another thread"
+        );
     }
     let Some(lists) = LISTS.get() else {
         return; // nothing was ever queued

@@ -109,7 +109,9 @@ pub use global::{
 pub mod raw {
     pub use crate::callback::CbList;
     #[cfg(not(rcu_loom))]
-    pub use crate::global::{global_domain, heavy_barrier};
+    pub use crate::global::{
+        enter_no_barrier, global_domain, heavy_barrier, no_barrier_reason, NoBarrierScope,
+    };
     pub use crate::gp::Domain;
     pub use crate::reader::Record;
     pub use crate::sys::lock::{futex_wait, futex_wake, futex_wake_all};

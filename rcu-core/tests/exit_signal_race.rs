@@ -154,7 +154,10 @@ fn child_signal_during_late_drop() {
 fn child_double_release_shares_a_record() {
     set_stall_hook(Some(|r| {
         if r.kind == StallKind::ExitedInCriticalSection {
-            EXIT_REPORTS.lock().unwrap().push(r.thread_name.as_str().to_owned());
+            EXIT_REPORTS
+                .lock()
+                .unwrap()
+                .push(r.thread_name.as_str().to_owned());
         }
     }));
     install(libc::SIGUSR1, arm);

@@ -149,3 +149,35 @@ fn may_block_is_false_inside_readers_and_on_callback_threads() {
         "on the thread that runs call_rcu callbacks"
     );
 }
+
+#[test]
+fn no_barrier_scope_refuses_rcu_barrier_but_not_grace_periods() {
+    assert!(rcu_core::raw::no_barrier_reason().is_none());
+    {
+        let _outer = rcu_core::raw::enter_no_barrier("from an outer test scope");
+        assert!(!rcu_core::may_block(), "inside a no-barrier scope");
+        {
+            let _inner = rcu_core::raw::enter_no_barrier("from an inner test scope");
+            assert_eq!(
+                rcu_core::raw::no_barrier_reason(),
+                Some("from an inner test scope")
+            );
+        }
+        assert_eq!(
+            rcu_core::raw::no_barrier_reason(),
+            Some("from an outer test scope")
+        );
+        // Waiting for readers stays allowed.
+        rcu_core::synchronize_rcu();
+        let r = std::panic::catch_unwind(rcu_core::rcu_barrier);
+        let e = r.expect_err("rcu_barrier inside a no-barrier scope must panic");
+        let msg = e.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(
+            msg.contains("rcu_barrier() called from an outer test scope"),
+            "{msg}"
+        );
+    }
+    assert!(rcu_core::may_block());
+    assert!(rcu_core::raw::no_barrier_reason().is_none());
+    rcu_core::rcu_barrier();
+}

@@ -72,7 +72,8 @@
 //! 2. `KmemCache<T>` objects are `T`-sized and aligned slots; with a ctor they always hold a
 //!    valid `T` (slab Invariant 4).
 //! 3. A typesafe cache is destroyed only where `rcu_barrier` may wait (`rcu_core::may_block`:
-//!    outside read-side critical sections, off callback threads), checked before destroy touches
+//!    outside read-side critical sections, off callback threads, outside the no-barrier scopes of
+//!    rcu-core such as a kfree-batch free), checked before destroy touches
 //!    anything. Elsewhere `destroy()` panics and leaves the cache registered and intact (leaked);
 //!    `Drop` (which must not panic: it may run during an unwind) hands the destroy to a new
 //!    thread, which waits there, or leaks the cache with a report on stderr if no thread can be
@@ -939,12 +940,16 @@ fn nr_nodes() -> usize {
 
 /// Why the calling thread cannot destroy `raw` now, or `None` if it can: a typesafe cache's
 /// destroy waits for its RCU-deferred discards with `rcu_barrier`, which would wait for itself
-/// inside a read-side critical section or on a callback thread (Invariant 3).
+/// inside a read-side critical section or on a callback thread, and for a callback that waits
+/// for the caller inside a no-barrier scope (`rcu_core::raw::enter_no_barrier`: a kfree-batch
+/// free) (Invariant 3).
 pub(crate) fn destroy_blocked(raw: &RawCache) -> Option<&'static str> {
     if !raw.typesafe || rcu_core::may_block() {
         None
     } else if rcu_core::rcu_read_lock_held() {
         Some("inside an RCU read-side critical section")
+    } else if let Some(why) = rcu_core::raw::no_barrier_reason() {
+        Some(why)
     } else {
         Some("on an RCU callback thread")
     }
@@ -960,7 +965,7 @@ pub(crate) fn destroy_raw(raw: Arc<RawCache>) -> Result<(), SlabError> {
     if let Some(why) = destroy_blocked(&raw) {
         panic!(
             "slab cache {}: destroyed {why}; destroying a SLAB_TYPESAFE_BY_RCU cache waits for \
-             its pending slab releases with rcu_barrier(), which would wait for itself here. The \
+             its pending slab releases with rcu_barrier(), which cannot wait here. The \
              cache is left as it was (leaked); destroy it outside readers and callbacks",
             raw.name
         );

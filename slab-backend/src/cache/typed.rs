@@ -250,8 +250,9 @@ impl<T: Send + 'static> KmemCache<T> {
     /// memory is kept (leaked) rather than freed under a possible user.
     ///
     /// # Panics
-    /// For a typesafe cache, inside a read-side critical section or on an RCU callback thread
-    /// (`rcu_barrier` would wait for itself; see [`rcu_core::may_block`]). The panic comes before
+    /// For a typesafe cache, inside a read-side critical section, on an RCU callback thread, or
+    /// in the destructor of an object kfree-batch is freeing (`rcu_barrier` would wait for
+    /// itself, or for a callback waiting for the caller; see [`rcu_core::may_block`]). The panic comes before
     /// anything is done: the cache is leaked as it was, with its objects and slabs. Dropping the
     /// cache there instead defers the destroy to another thread.
     pub fn destroy(self) -> Result<(), SlabError> {
