@@ -55,8 +55,6 @@
 
 mod callback;
 mod gp;
-/// Allocation-free reporting and soft thread starts for paths that may run out of memory (used
-/// by the kit's other crates).
 #[doc(hidden)]
 pub mod lowmem;
 mod primitive;

@@ -13,7 +13,7 @@
 //!    `io::Error`'s `Display` (it allocates the `strerror` text: [`OsError`] formats it into a
 //!    stack buffer).
 //! 2. A background thread is started by [`spawn`], which fails softly (an
-//!    [`io::ErrorKind::OutOfMemory`] error, nothing started) unless the calling thread can
+//!    [`std::io::ErrorKind::OutOfMemory`] error, nothing started) unless the calling thread can
 //!    allocate [`SPAWN_HEADROOM`] bytes first. `std::thread::Builder::spawn` only reports the
 //!    OS-side failure (no stack) as an error; its own allocations (the name, the thread handle,
 //!    the result packet, the boxed closure) and the new thread's first ones (its reader record,
