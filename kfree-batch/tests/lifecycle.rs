@@ -112,8 +112,12 @@ fn a_thread_rotating_through_more_kinds_than_channels_keeps_blocks_full() {
     let after = kfree_batch::stats();
     assert_eq!(DROPS_KINDS.load(Ordering::Relaxed) - d0, n, "objects lost");
     let blocks = after.blocks_freed - before.blocks_freed;
+    // `blocks_freed` is process-wide: the other tests of this binary run meanwhile, and their
+    // barriers steal this thread's partial blocks (and take its budget slice back, sending some
+    // puts to the per-CPU path). A block per object (the defect this guards: 36112 blocks for
+    // 60000 objects) stays far above this bound; 20 objects per block on average stays below it.
     assert!(
-        blocks * 100 < n,
+        blocks * 20 < n,
         "{blocks} blocks for {n} objects: blocks are handed over nearly empty"
     );
 }
