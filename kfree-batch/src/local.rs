@@ -67,6 +67,13 @@
 //! Fronts are registered in a global lock-free list and never freed; an exiting thread hands its
 //! block over, gives its budget back and releases the front for reuse.
 //!
+//! A thread's first retire registers it (a free front, else one allocated fallibly, and the exit
+//! hook). With the heap exhausted that must not abort: the C library aborts the process when it
+//! cannot allocate its record of a thread-local destructor, so registration first checks that
+//! the thread can allocate a front and a little more (`rcu_core::lowmem::heap_headroom`, a
+//! heuristic). Without the memory the object takes the per-CPU path and its fallbacks (park,
+//! or wait for a grace period and free), and the thread's next retire tries to register again.
+//!
 //! A `fork()` child must clear the claims of reclaimers that did not survive the fork
 //! ([`reset_claims_after_fork`]), or they would refuse their fronts' puts for good. The budget
 //! recount then empties the slices of the threads that vanished and counts only the forking
@@ -419,12 +426,21 @@ pub(crate) fn reset_claims_after_fork() {
 #[cold]
 #[inline(never)]
 fn register_and_retry(b: &'static Global, r: Retired, may_alloc: bool) -> Result<(), Retired> {
+    // Registering the exit hook's destructor aborts if the C library cannot allocate its record
+    // of it: with no heap to spare (a heuristic: `rcu_core::lowmem`) the object takes the
+    // per-CPU path, and a later retire tries again.
+    if !rcu_core::lowmem::heap_headroom(REGISTER_HEADROOM) {
+        return Err(r);
+    }
     // Registration runs the exit hook's constructor; during thread-local teardown this fails and
     // the thread uses the per-CPU path for good.
     if EXIT.try_with(|_| ()).is_err() {
         return Err(r);
     }
-    let f = claim_or_register();
+    // No memory for a front: the per-CPU path, and a later retire tries again.
+    let Some(f) = claim_or_register() else {
+        return Err(r);
+    };
     MINE.with(|m| m.set(f));
     // Pre-reserve park slots before any pressure: a headless retire that finds no memory parks
     // there (the fallback paths reserve again if this failed).
@@ -432,7 +448,13 @@ fn register_and_retry(b: &'static Global, r: Retired, may_alloc: bool) -> Result
     try_retire(b, r, may_alloc)
 }
 
-fn claim_or_register() -> &'static Front {
+/// Heap a thread's registration must be able to allocate first: its front, and the C
+/// library's record of the exit hook's destructor.
+const REGISTER_HEADROOM: usize = core::mem::size_of::<Front>() + 1024;
+
+/// Claims a free front or registers a new one (allocated fallibly); `None` if there is no
+/// memory for one.
+fn claim_or_register() -> Option<&'static Front> {
     for f in fronts() {
         // Acquire pairs with the Release store of `owned = false` in the previous owner's exit
         // hook: its last stores to the front are visible.
@@ -441,17 +463,27 @@ fn claim_or_register() -> &'static Front {
                 .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()
         {
-            return f;
+            return Some(f);
         }
     }
-    let f = Box::into_raw(Box::new(Front {
-        chans: core::array::from_fn(|_| FrontChan::new()),
-        slice: Slice::new(),
-        puts: AtomicU64::new(0),
-        appended: AtomicU64::new(0),
-        owned: AtomicBool::new(true),
-        next: AtomicPtr::new(core::ptr::null_mut()),
-    }));
+    let layout = std::alloc::Layout::new::<Front>();
+    // SAFETY: `Front` is not zero-sized.
+    let f = unsafe { std::alloc::alloc(layout) }.cast::<Front>();
+    if f.is_null() {
+        return None;
+    }
+    // SAFETY: a fresh allocation with `Front`'s layout, not yet published (fronts are never
+    // freed, so nothing frees it with another layout).
+    unsafe {
+        f.write(Front {
+            chans: core::array::from_fn(|_| FrontChan::new()),
+            slice: Slice::new(),
+            puts: AtomicU64::new(0),
+            appended: AtomicU64::new(0),
+            owned: AtomicBool::new(true),
+            next: AtomicPtr::new(core::ptr::null_mut()),
+        })
+    };
     let mut head = FRONTS.load(Ordering::Relaxed);
     loop {
         // SAFETY: not yet published; ours.
@@ -463,7 +495,7 @@ fn claim_or_register() -> &'static Front {
         }
     }
     // SAFETY: published fronts are never freed.
-    unsafe { &*f }
+    Some(unsafe { &*f })
 }
 
 /// Hands the exiting thread's blocks over and gives its budget back.

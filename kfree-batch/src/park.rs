@@ -15,6 +15,10 @@
 //! already holds when pressure comes: two pages per thread, counted by the page layer like every
 //! page. Arrays are registered in a global lock-free list and never freed; a thread that exits
 //! gives its array back for reuse, and anything still parked in it is finished by the worker.
+//! The give-back is a thread-local destructor, whose registration makes the C library allocate
+//! (and abort the process if it cannot): a thread that adopts an array with no heap to spare
+//! (`rcu_core::lowmem::heap_headroom`) does not register it and keeps the array for good, as a
+//! thread adopting one during thread-local teardown does; the worker still sweeps it.
 //! An object parked outside a reader is charged to the pending budget (its bytes, in the slot's
 //! `bytes`), so the pending cap bounds it like a batched one; inside a reader it is charged to
 //! the budget when it has room and to the *overdraft* otherwise (`config.rs`, Invariant 3: the
@@ -193,10 +197,18 @@ fn reserve_slow() -> bool {
 fn adopt(a: &'static ParkArray) -> bool {
     MINE.with(|m| m.set(a));
     // Registers the destructor; fails only during thread-local teardown (the array then stays
-    // owned by this thread for good, which is harmless).
-    let _ = RELEASE.try_with(|_| ());
+    // owned by this thread for good, which is harmless). The C library aborts the process if it
+    // cannot allocate its record of the destructor, so with no heap to spare (a heuristic:
+    // `rcu_core::lowmem`) it is not touched at all, and the array stays owned the same way.
+    if rcu_core::lowmem::heap_headroom(RELEASE_HEADROOM) {
+        let _ = RELEASE.try_with(|_| ());
+    }
     true
 }
+
+/// Heap the calling thread must be able to allocate before it touches `RELEASE` (whose first
+/// touch makes the C library allocate its record of the destructor).
+const RELEASE_HEADROOM: usize = 1024;
 
 /// Parks `obj` (its encoded charge `bytes`: `Budget::charge_in_reader`) in the calling thread's
 /// slots.

@@ -7,8 +7,8 @@
 //!   caches it in a `const`-initialised thread-local without destructor (one `fs:`-relative load
 //!   on the fast path). A second thread-local with a destructor (the *exit hook*) gives the
 //!   record back at thread exit. A thread that takes its first guard while its thread-locals are
-//!   being destroyed keeps its record for good (it is then scanned, quiescent, forever; it cannot
-//!   be reused).
+//!   being destroyed, or with no heap to register the hook ("Short of memory"), keeps its
+//!   record for good (it is then scanned, quiescent, forever; it cannot be reused).
 //! * **Exit inside a section.** A guard that was never dropped (leaked, or stored in a
 //!   thread-local whose destructor runs after the exit hook) keeps its section open: references
 //!   read under a leaked guard are `&'static` and may have left the thread. So the exit hook,
@@ -80,10 +80,15 @@
 //!   memory: the no-memory fallback). Handing batches to an invoker moves them into its inbox
 //!   without allocating when the inbox is empty, grows it fallibly otherwise, and with no memory
 //!   waits for the invoker to empty it (running them here would overtake older callbacks of the
-//!   list); the invokers are allocated fallibly (none: the worker invokes). Still allocating: a
-//!   thread's first read-side registration (its record, once per thread, reused afterwards;
-//!   and the C library's record of its exit hook), and the recovery of a `fork()` child's
-//!   orphaned batches.
+//!   list); the invokers are allocated fallibly (none: the worker invokes). A thread's first
+//!   guard registers without aborting: its record is allocated fallibly, else taken from the
+//!   spares `init` reserved (`reader::SPARE_RECORDS`), else the thread waits for a record to
+//!   be given back or for memory (reported once); its name is read into a stack buffer; and
+//!   the exit hook is touched only if `EXIT_HOOK_HEADROOM` bytes can be allocated first (the
+//!   C library aborts when it cannot allocate its record of the destructor). Without the hook
+//!   the thread keeps its record for good, as during thread-local teardown: quiescent once its
+//!   guards are dropped, scanned, never reused; its signal handlers use it like any registered
+//!   thread's. Still allocating: the recovery of a `fork()` child's orphaned batches.
 //! * **Idle protocol.** The worker stores `IDLE = true`, then re-checks every list *under its lock*
 //!   (callbacks still in its segments; those handed to invokers are theirs)
 //!   and the poll requests, then parks. An enqueuer checks `IDLE` after unlocking its list: if the
@@ -283,6 +288,7 @@ pub(crate) fn init() {
         // Allocated here, where the caller can afford it, rather than on a later path that may
         // run short of memory (both retry fallibly when they find nothing).
         let _ = try_lists();
+        DOMAIN.reserve_records(); // for threads that register with no memory
         let _ = crate::stall::stall_timeout(); // reads the environment once
     });
 }
@@ -320,11 +326,20 @@ fn register_slow() -> &'static Record {
     let mut name = [0u8; 17];
     rec.set_identity(crate::sys::gettid(), thread_name(&mut name));
     // Touch the exit hook so its destructor is registered; during thread-local teardown this
-    // fails and the record simply stays owned (module docs).
-    let _ = EXIT.try_with(|_| ());
+    // fails and the record simply stays owned (module docs). The C library aborts the process
+    // if it cannot allocate its record of the destructor, so with no heap to spare the hook is
+    // not touched at all, and the record stays owned the same way (module docs, "Short of
+    // memory").
+    if crate::lowmem::heap_headroom(EXIT_HOOK_HEADROOM) {
+        let _ = EXIT.try_with(|_| ());
+    }
     LOCAL.with(|c| c.set(rec));
     rec
 }
+
+/// Heap the calling thread must be able to allocate before it touches the exit hook (whose
+/// first touch makes the C library allocate its record of the destructor).
+const EXIT_HOOK_HEADROOM: usize = 1024;
 
 /// The calling thread's name from the kernel (works during thread-local teardown, unlike std).
 fn thread_name(buf: &mut [u8; 17]) -> Option<&str> {

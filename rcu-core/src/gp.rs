@@ -225,9 +225,17 @@ impl Domain {
         }
     }
 
-    /// Registers a reader (claims or creates a record).
+    /// Registers a reader (claims or creates a record). With no memory for a new record it takes
+    /// one reserved by [`Domain::reserve_records`], and with none of those either it waits for a
+    /// record to be given back or for memory (reported once on stderr); it never aborts.
     pub fn register(&self) -> &Record {
         self.registry.acquire(self.mode())
+    }
+
+    /// Allocates (fallibly) up to a fixed number of reader records ahead of need, for
+    /// [`Domain::register`] to use when no memory can be had. Idempotent while they are unused.
+    pub fn reserve_records(&self) {
+        self.registry.reserve()
     }
 
     /// Unregisters a quiescent reader.

@@ -56,6 +56,16 @@
 //!    the section or gives the record back: exactly one unlock, the interrupted outermost one,
 //!    is told to give it back.
 //!
+//! ## Short of memory
+//!
+//! A record is allocated fallibly. [`Registry::reserve`] (the global domain calls it at its
+//! initialisation) allocates [`SPARE_RECORDS`] records ahead of need, kept out of the list;
+//! a registration that finds no free record and cannot allocate one takes a spare (a swap of
+//! its slot to null: each spare goes to one thread; slots are filled only from null, so a
+//! taken spare never comes back) and publishes it like a new record. With no spare left either,
+//! [`Registry::acquire`] reports that once and waits (sleeping) until a record is given back or
+//! an allocation succeeds: registration never aborts the process.
+//!
 //! ## Memory orderings
 //!
 //! * `gp_seq.load(Acquire)` in lock pairs with the Release start RMW in `gp::start_gp`. The load
@@ -71,6 +81,8 @@
 //! * The light barrier after the outermost store pairs with the heavy barrier of the grace period
 //!   (see `sys::membarrier`): either the writer's scan sees the new word, or the reader's
 //!   protected loads see the writer's removals.
+//! * The Release CAS that fills a spare slot pairs with the Acquire swap that takes it: the
+//!   spare's initialisation is visible to its taker (it is then published as in Invariant 2).
 
 use crate::primitive::sync::atomic::{
     AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering,
@@ -276,7 +288,14 @@ fn nesting_overflow() -> ! {
 pub(crate) struct Registry {
     /// Most recently added record. Release CAS on push, Acquire load on scan (Invariant 2).
     head: AtomicPtr<Record>,
+    /// Records allocated ahead of need ([`Registry::reserve`]), not yet in the list: taken (by
+    /// a swap to null) when a record cannot be allocated. Never refilled once taken.
+    spare: [AtomicPtr<Record>; SPARE_RECORDS],
 }
+
+/// How many records [`Registry::reserve`] allocates ahead of need, for threads that register
+/// when no memory can be had (2 KiB).
+pub(crate) const SPARE_RECORDS: usize = 16;
 
 impl Registry {
     /// An empty registry.
@@ -284,6 +303,7 @@ impl Registry {
     pub(crate) const fn new() -> Registry {
         Registry {
             head: AtomicPtr::new(core::ptr::null_mut()),
+            spare: [const { AtomicPtr::new(core::ptr::null_mut()) }; SPARE_RECORDS],
         }
     }
     /// An empty registry.
@@ -291,11 +311,33 @@ impl Registry {
     pub(crate) fn new() -> Registry {
         Registry {
             head: AtomicPtr::new(core::ptr::null_mut()),
+            spare: core::array::from_fn(|_| AtomicPtr::new(core::ptr::null_mut())),
         }
     }
 
     /// Claims a free record or appends a new one. The record is owned by the caller, quiescent.
+    /// Never aborts for want of memory: with none to be had (no free record, no allocation, no
+    /// spare left) it reports that once and waits until a record is given back or memory can
+    /// be had again (module docs, "Short of memory").
     pub(crate) fn acquire(&self, mode: Mode) -> &Record {
+        let mut reported = false;
+        loop {
+            if let Some(rec) = self.try_acquire(mode) {
+                return rec;
+            }
+            if !reported {
+                reported = true;
+                crate::lowmem::report(format_args!(
+                    "rcu: no memory for a reader record; the thread waits for one"
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    /// Claims a free record, or appends a new one (allocated, else a spare); `None` if there is
+    /// none of the three.
+    pub(crate) fn try_acquire(&self, mode: Mode) -> Option<&Record> {
         let mut cur = self.first();
         while let Some(rec) = cur {
             // Acquire pairs with the Release store in `release`: the previous owner's last
@@ -307,11 +349,14 @@ impl Registry {
                     .is_ok()
             {
                 rec.mode.store(mode_to_u8(mode), Ordering::Relaxed);
-                return rec;
+                return Some(rec);
             }
             cur = rec.next();
         }
-        let new = Box::into_raw(Box::new(Record::new(mode)));
+        let new = match try_new_record(mode) {
+            Some(p) => p,
+            None => self.take_spare(mode)?,
+        };
         let mut head = self.head.load(Ordering::Relaxed);
         loop {
             // SAFETY: `new` is not yet published; we are its only user.
@@ -326,7 +371,53 @@ impl Registry {
             }
         }
         // SAFETY: published records live as long as the registry (Invariant 2).
-        unsafe { &*new }
+        Some(unsafe { &*new })
+    }
+
+    /// Fills the empty spare slots with records allocated now (fallibly: a slot stays empty if
+    /// there is no memory for it).
+    pub(crate) fn reserve(&self) {
+        for slot in &self.spare {
+            if !slot.load(Ordering::Relaxed).is_null() {
+                continue;
+            }
+            let Some(p) = try_new_record(Mode::Fences) else {
+                return;
+            };
+            // Release pairs with the Acquire swap in `take_spare`: the record's initialisation
+            // is visible to the thread that takes it.
+            if slot
+                .compare_exchange(
+                    core::ptr::null_mut(),
+                    p,
+                    Ordering::Release,
+                    Ordering::Relaxed,
+                )
+                .is_err()
+            {
+                // SAFETY: `p` was allocated just above with `Layout::new::<Record>()` (as
+                // `Box` does) and never published.
+                drop(unsafe { Box::from_raw(p) });
+            }
+        }
+    }
+
+    /// Takes a spare record for the caller (owned, not yet published).
+    fn take_spare(&self, mode: Mode) -> Option<*mut Record> {
+        for slot in &self.spare {
+            if slot.load(Ordering::Relaxed).is_null() {
+                continue;
+            }
+            // Acquire pairs with the Release CAS in `reserve`. The swap hands each spare to one
+            // thread; slots are only ever filled from null, never by a taken record (no ABA).
+            let p = slot.swap(core::ptr::null_mut(), Ordering::Acquire);
+            if !p.is_null() {
+                // SAFETY: the swap made this thread the record's only user; it is unpublished.
+                unsafe { (*p).mode.store(mode_to_u8(mode), Ordering::Relaxed) };
+                return Some(p);
+            }
+        }
+        None
     }
 
     /// Gives a record back. Its word must be `0` and `exited` clear (the caller, its owner,
@@ -374,11 +465,32 @@ impl Drop for Registry {
         let mut p = self.head.load(Ordering::Relaxed);
         while !p.is_null() {
             // SAFETY: `&mut self` means no scanner or owner remains; every record was allocated
-            // by `Box::new` in `acquire` and is freed exactly once here.
+            // by `try_new_record` and is freed exactly once here.
             let b = unsafe { Box::from_raw(p) };
             p = b.next.load(Ordering::Relaxed);
         }
+        for slot in &self.spare {
+            let p = slot.load(Ordering::Relaxed);
+            if !p.is_null() {
+                // SAFETY: an unpublished spare, allocated by `try_new_record`, freed once here.
+                drop(unsafe { Box::from_raw(p) });
+            }
+        }
     }
+}
+
+/// A new record (owned, quiescent), allocated fallibly; `None` if there is no memory for it.
+fn try_new_record(mode: Mode) -> Option<*mut Record> {
+    let layout = std::alloc::Layout::new::<Record>();
+    // SAFETY: `Record` is not zero-sized.
+    let p = unsafe { std::alloc::alloc(layout) }.cast::<Record>();
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: `p` is a fresh allocation with `Record`'s layout. (`Box::from_raw` may free it:
+    // `Box<Record>` allocates with that same layout from the same global allocator.)
+    unsafe { p.write(Record::new(mode)) };
+    Some(p)
 }
 
 #[cfg(all(test, not(rcu_loom)))]

@@ -159,3 +159,53 @@ fn barrier_without_heap() {
         None => check("barrier_without_heap", "barrier", ""),
     }
 }
+
+/// A thread's first guard (its registration) with the heap exhausted: it gets a record all the
+/// same, its sections are waited for, and once it has exited grace periods do not wait for it.
+fn case_first_guard() {
+    synchronize_rcu(); // registers this thread, initialises the engine
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel::<()>();
+    let (unlock_tx, unlock_rx) = std::sync::mpsc::channel::<()>();
+    let t = std::thread::Builder::new()
+        .name("late-reader".into())
+        .spawn(move || {
+            locked_tx.send(()).unwrap(); // started (its stacks are mapped)
+            go_rx.recv().unwrap();
+            let heap = exhaust_heap();
+            let g = rcu_read_lock();
+            let held = rcu_read_lock_held();
+            let nested = rcu_read_lock();
+            drop(nested);
+            heap.release();
+            assert!(held);
+            locked_tx.send(()).unwrap();
+            unlock_rx.recv().unwrap();
+            drop(g);
+        })
+        .unwrap();
+    locked_rx.recv().unwrap();
+    limit_address_space();
+    go_tx.send(()).unwrap();
+    locked_rx.recv().unwrap();
+    let s = start_poll_synchronize_rcu();
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(
+        !poll_state_synchronize_rcu(s),
+        "a grace period ended under the new reader's section"
+    );
+    unlock_tx.send(()).unwrap();
+    t.join().unwrap();
+    synchronize_rcu();
+    assert!(poll_state_synchronize_rcu(s));
+    println!("first_guard: done");
+}
+
+#[test]
+fn first_guard_without_heap() {
+    match child_case().as_deref() {
+        Some("first_guard") => case_first_guard(),
+        Some(_) => {}
+        None => check("first_guard_without_heap", "first_guard", ""),
+    }
+}
