@@ -121,10 +121,11 @@ fn no_memory_in_reader_child() {
 
 #[test]
 fn call_rcu_refused_inside_a_reader_never_drops_the_callback() {
+    // The refused callback is forgotten, by design: no leak report in sanitizer builds.
     let out = run_child(
         "no_memory_in_reader_child",
         "refused",
-        &[],
+        &[("ASAN_OPTIONS", "detect_leaks=0")],
         Duration::from_secs(180),
     );
     assert!(out.status.success(), "child case failed:\n{}", stderr(&out));
