@@ -9,7 +9,9 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use kfree_batch::{impl_has_rcu_head, kfree_rcu, kfree_rcu_head, kvfree_rcu_barrier, RcuHead};
+use kfree_batch::{
+    impl_has_rcu_head, kfree_rcu, kfree_rcu_head, kvfree_rcu_barrier, RcuHead, PARK_SLOTS,
+};
 use test_support::{child_case, run_child, stderr};
 
 /// Set while a `Slow` destructor runs (on the worker's thread).
@@ -25,6 +27,21 @@ impl Drop for Slow {
     fn drop(&mut self) {
         IN_DROP.store(true, Ordering::Release);
         std::thread::sleep(Duration::from_millis(300));
+        DROPPED.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Sleeps in its destructor when `slow` (on the worker's thread: a spilled object).
+struct MaybeSlow {
+    slow: bool,
+    _v: [u64; 4],
+}
+impl Drop for MaybeSlow {
+    fn drop(&mut self) {
+        if self.slow {
+            IN_DROP.store(true, Ordering::Release);
+            std::thread::sleep(Duration::from_millis(300));
+        }
         DROPPED.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -73,6 +90,61 @@ fn in_fork_child(what: &str, f: impl FnOnce() -> i32) {
     );
 }
 
+/// The child must go idle: measures its CPU time over one second with nothing pending.
+fn child_goes_idle() -> i32 {
+    slab_backend::set_memory_limit(None);
+    // Starts the child's worker and lets it finish what the child has.
+    kfree_rcu(Box::new([1u64; 4]));
+    kvfree_rcu_barrier();
+    std::thread::sleep(Duration::from_millis(200));
+    let c0 = cpu_time();
+    std::thread::sleep(Duration::from_millis(1000));
+    let used = cpu_time() - c0;
+    say(&format!(
+        "fork child: {used:?} of CPU used in 1 s with nothing pending: {:?}\n",
+        kfree_batch::stats()
+    ));
+    if used > Duration::from_millis(250) {
+        say("fork child: the batcher's worker never goes idle (busy loop)\n");
+        return 1;
+    }
+    0
+}
+
+/// As [`case_fork_while_worker_frees_heads`], with spilled objects (retired inside a reader
+/// past the park slots with no page): the worker swapped them off the spill stack and runs
+/// their destructors when the process forks.
+fn case_fork_while_worker_frees_spill() {
+    kfree_rcu(Box::new(MaybeSlow {
+        slow: false,
+        _v: [0; 4],
+    }));
+    kvfree_rcu_barrier();
+    slab_backend::set_memory_limit(Some(0));
+    slab_backend::shrink_all();
+    {
+        let _g = rcu_core::rcu_read_lock();
+        for i in 0..PARK_SLOTS + 4 {
+            kfree_rcu(Box::new(MaybeSlow {
+                slow: i >= PARK_SLOTS,
+                _v: [i as u64; 4],
+            }));
+        }
+    }
+    assert!(kfree_batch::stats().spilled >= 4, "nothing spilled");
+    let t0 = Instant::now();
+    while !IN_DROP.load(Ordering::Acquire) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the worker never freed a spill"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    in_fork_child("worker freeing spilled objects", child_goes_idle);
+    slab_backend::set_memory_limit(None);
+    kvfree_rcu_barrier();
+}
+
 fn case_fork_while_worker_frees_heads() {
     // Creates the batcher; then no page can be had, so head-linked retires go on the head stack.
     kfree_rcu(Box::new([0u64; 4]));
@@ -94,27 +166,7 @@ fn case_fork_while_worker_frees_heads() {
         );
         std::thread::sleep(Duration::from_millis(1));
     }
-    in_fork_child("worker freeing heads", || {
-        slab_backend::set_memory_limit(None);
-        // Starts the child's worker and lets it finish what the child has.
-        kfree_rcu(Box::new([1u64; 4]));
-        kvfree_rcu_barrier();
-        std::thread::sleep(Duration::from_millis(200));
-        // Nothing is pending: the child's worker should sleep now. Measure the process's CPU
-        // time while this thread sleeps.
-        let c0 = cpu_time();
-        std::thread::sleep(Duration::from_millis(1000));
-        let used = cpu_time() - c0;
-        say(&format!(
-            "fork child: {used:?} of CPU used in 1 s with nothing pending: {:?}\n",
-            kfree_batch::stats()
-        ));
-        if used > Duration::from_millis(250) {
-            say("fork child: the batcher's worker never goes idle (busy loop)\n");
-            return 1;
-        }
-        0
-    });
+    in_fork_child("worker freeing heads", child_goes_idle);
     slab_backend::set_memory_limit(None);
     kvfree_rcu_barrier();
 }
@@ -123,6 +175,7 @@ fn case_fork_while_worker_frees_heads() {
 fn fork_child() {
     match child_case().as_deref() {
         Some("taken_heads") => case_fork_while_worker_frees_heads(),
+        Some("taken_spill") => case_fork_while_worker_frees_spill(),
         Some(other) => panic!("unknown case {other}"),
         None => {}
     }
@@ -133,4 +186,11 @@ fn fork_while_the_worker_frees_heads_leaves_an_idle_child() {
     let out = run_child("fork_child", "taken_heads", &[], Duration::from_secs(120));
     let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
     assert!(out.status.success(), "case taken_heads failed:\n{all}");
+}
+
+#[test]
+fn fork_while_the_worker_frees_spilled_objects_leaves_an_idle_child() {
+    let out = run_child("fork_child", "taken_spill", &[], Duration::from_secs(120));
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(out.status.success(), "case taken_spill failed:\n{all}");
 }
