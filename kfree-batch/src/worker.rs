@@ -20,6 +20,10 @@
 //!   with the drain delay as timeout while partial blocks exist, and without timeout when idle.
 //!   After the shrinker's request the next pass collects every slot's blocks (open ones
 //!   included), not only the aged ones, and frees those that are ready at once.
+//!   The pass's state (the busy lock, `IN_PASS`, a barrier's count) is restored by a drop guard,
+//!   so a panic escaping a pass cannot wedge later collectors (destructors' panics never escape:
+//!   `block::run_free`, `head::drop_via_head`); one escaping the worker's pass marks the worker
+//!   gone, and the next kick starts another.
 //! * **Whose snapshots.** A pass frees objects other threads retired, so each state it waits for
 //!   must be ordered after the retirer's unpublish (rcu-core `gp.rs`, "Covering another thread's
 //!   retire"): slot blocks are stamped under the slot lock every store into them held (`krc.rs`,
@@ -372,6 +376,17 @@ fn freeing<R>(f: impl FnOnce() -> R) -> R {
 static PRESSURE: AtomicBool = AtomicBool::new(false);
 
 fn worker_main() {
+    /// A panic that escapes a pass (destructors' are contained; a stall hook's is not) ends the
+    /// worker: mark it gone so that the next kick starts another instead of waking a dead one.
+    struct Gone;
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            IDLE.store(false, Ordering::Relaxed);
+            // Release, as in `start_worker`'s failure path: a starter's Acquire CAS sees it.
+            WORKER_STATE.store(0, Ordering::Release);
+        }
+    }
+    let _gone = Gone;
     // Not the affinity of whichever thread happened to start us.
     rcu_core::cpu::unbind_thread();
     let b = batcher();
@@ -482,20 +497,33 @@ pub(crate) enum Flush {
 
 /// One collection pass (module docs).
 pub(crate) fn pass(b: &Global, flush: Flush) -> PassResult {
+    /// Ends the pass — the barrier's count, `IN_PASS`, the busy lock — also when it unwinds (a
+    /// panicking stall hook in its grace-period wait, say), so that a panic cannot leave the
+    /// batcher wedged: every later collector would wait for `BUSY` forever.
+    struct Busy<'a> {
+        b: &'a Global,
+        barrier: bool,
+    }
+    impl Drop for Busy<'_> {
+        fn drop(&mut self) {
+            if self.barrier {
+                IN_PASS.with(|p| p.set(1));
+                self.b.barrier_end();
+            }
+            IN_PASS.with(|p| p.set(0));
+            BUSY.unlock();
+        }
+    }
     BUSY.lock();
     IN_PASS.with(|p| p.set(1));
-    let barrier = flush == Flush::Barrier;
-    if barrier {
+    let mut busy = Busy { b, barrier: false };
+    if flush == Flush::Barrier {
         b.barrier_begin();
+        busy.barrier = true;
         IN_PASS.with(|p| p.set(2));
     }
     let r = freeing(|| pass_locked(b, flush));
-    if barrier {
-        IN_PASS.with(|p| p.set(1));
-        b.barrier_end();
-    }
-    IN_PASS.with(|p| p.set(0));
-    BUSY.unlock();
+    drop(busy);
     r
 }
 
