@@ -67,7 +67,9 @@
 //!   slot (`krc.rs`, Invariant 6) and no slot list is half linked. It does not take the busy
 //!   lock: a pass holds it across a grace period and across destructors, which may wait for the
 //!   forking thread (inside a read-side critical section, or holding a lock a destructor
-//!   wants). *Parent* releases what prepare took. *Child* clears the slice claims of reclaimers that do not exist in the child, resets the
+//!   wants). *Parent* releases what prepare took. *Child* clears the slice claims of reclaimers that do not exist in the child and empties
+//!   the park slots that such threads had claimed (`park.rs`, "fork()"; always, also after a
+//!   fork from a destructor: the forking thread's own claims stay), resets the
 //!   slot locks, the busy lock,
 //!   the worker handle's lock and the barrier's counts, restarts the worker lazily, and
 //!   recounts the pending budget as what the child holds (`krc.rs`, "fork()"): the slots'
@@ -786,6 +788,9 @@ fn install_fork_handlers() {
             // Claims of reclaimers that do not exist here would refuse their owners' puts for
             // good.
             crate::local::reset_claims_after_fork();
+            // Park slots claimed by freers that do not exist here would be waited for forever
+            // (collectors wait for claimed slots); the forking thread's own claim it finishes.
+            crate::park::release_vanished_claims_after_fork();
             // A destructor run by a free of ours (a pass, a reclaim, a sweep of its own parked
             // objects) forked: this thread goes on with the blocks it
             // holds in the child and will release their charges; keep every charge (the other
