@@ -56,7 +56,10 @@
 //! always empties the slots claimed by other threads — they do not exist in the child, and
 //! collectors would wait for their claims forever; their objects, which the parent frees, leak
 //! in the child — and leaves the forking thread's own claims (a destructor its free runs forked:
-//! it finishes that free in the child and counts it).
+//! it finishes that free in the child and counts it). When the forking thread runs no free of
+//! ours, the child's budget recount adds the charges of the objects parked in slots and of
+//! those on the spill stack ([`charges_after_fork`]); spill nodes a vanished collector had
+//! taken off the stack are out of reach in the child and leak there, uncounted.
 //!
 //! Invariants:
 //! 1. Exactly one freer claims a parked object (`park_slot.rs`, Invariant 1).
@@ -156,8 +159,9 @@ pub(crate) fn release_vanished_claims_after_fork() {
 
 /// The `fork()` child handler's recount, when the forking thread frees nothing of ours (no
 /// allocation; after [`release_vanished_claims_after_fork`]): returns the bytes charged to the
-/// budget for the objects still parked (not the overdraft's), which the child's collector frees
-/// and uncharges.
+/// budget (not the overdraft's) for the objects still parked and those on the spill stack,
+/// which the child's collector frees and uncharges. Spill nodes a vanished collector had taken
+/// off the stack are out of the child's reach (they leak there, never uncharged): not counted.
 pub(crate) fn charges_after_fork() -> usize {
     let mut bytes = 0;
     for a in arrays() {
@@ -168,6 +172,15 @@ pub(crate) fn charges_after_fork() -> usize {
                 bytes += b;
             }
         }
+    }
+    let mut p = SPILL.load(Ordering::Relaxed);
+    // SAFETY: nodes on the stack are freed only by a collector, and the child's only thread is
+    // not running one (the caller's branch: it frees nothing of ours).
+    while let Some(n) = unsafe { p.as_ref() } {
+        if !crate::config::is_overdraft(n.charge) {
+            bytes += n.charge;
+        }
+        p = n.next;
     }
     bytes
 }

@@ -73,8 +73,9 @@
 //!   slot locks, the busy lock,
 //!   the worker handle's lock and the barrier's counts, restarts the worker lazily, and
 //!   recounts the pending budget as what the child holds (`krc.rs`, "fork()"): the slots'
-//!   reservations, open, handed and cached blocks, every front's open block, and the forking
-//!   thread's own slice. The parent's other threads' slices, and the blocks a parent's pass or
+//!   reservations, open, handed and cached blocks, every front's open block, the forking
+//!   thread's own slice, the parked objects and those on the spill stack (`park.rs`, "fork()"),
+//!   and the head-linked objects not freed yet. The parent's other threads' slices, and the blocks a parent's pass or
 //!   producer held privately, are not in the child: their charges go, and so does the
 //!   in-flight count. Those blocks cannot be found, so they are not freed in the child (each
 //!   process frees its own copy of everything else) and their pages stay mapped and charged to
@@ -801,6 +802,7 @@ fn install_fork_handlers() {
                 BLOCKS_IN_FLIGHT.store(0, Ordering::Relaxed);
                 let held = b.slot_charges_after_fork()
                     + crate::local::charges_after_fork()
+                    // Parked objects and those on the spill stack.
                     + crate::park::charges_after_fork()
                     // Head-linked objects not freed yet, those a vanished pass had taken
                     // included (their charge stays: an over-count, never an under-count).
