@@ -204,7 +204,8 @@ pub(crate) struct FreedHeads {
 pub(crate) struct HeadStack {
     top: AtomicPtr<RcuHead>,
     over: AtomicPtr<RcuHead>,
-    /// Objects on the stacks (statistics and the worker's idle check).
+    /// Objects pushed and not freed yet, taken or not (statistics and the worker's idle check;
+    /// recounted in a `fork()` child: `recount_after_fork`).
     pub(crate) len: AtomicUsize,
     /// Bytes charged to the pending budget for objects pushed on `top` and not freed yet (taken
     /// or not): a `fork()` child's budget recount adds them (`worker.rs`).
@@ -271,6 +272,26 @@ impl HeadStack {
             charged: self.top.swap(core::ptr::null_mut(), Ordering::Acquire),
             over: self.over.swap(core::ptr::null_mut(), Ordering::Acquire),
         }
+    }
+
+    /// The `fork()` child handler's recount, when the forking thread frees nothing of ours (the
+    /// child runs alone; no allocation): sets `len` to the objects on the stacks. Those a
+    /// vanished collector had taken are out of the child's reach (they leak there): counted,
+    /// they would keep the child's worker passing forever. Their charge stays in `charged` (an
+    /// over-count of the child's budget, never an under-count: their sizes are not recorded).
+    pub(crate) fn recount_after_fork(&self) {
+        let mut n = 0;
+        for stack in [&self.top, &self.over] {
+            // Relaxed: the child runs alone (fork copied the parent's memory as it was).
+            let mut p = stack.load(Ordering::Relaxed);
+            // SAFETY: nodes on a stack are retired objects that only a collector frees after
+            // taking them off, and the child's only thread is not running one.
+            while let Some(h) = unsafe { p.as_ref() } {
+                n += 1;
+                p = h.next.load(Ordering::Relaxed);
+            }
+        }
+        self.len.store(n, Ordering::Relaxed);
     }
 
     /// Frees lists returned by `take_all`; returns how many objects were freed and the bytes

@@ -57,9 +57,14 @@
 //! collectors would wait for their claims forever; their objects, which the parent frees, leak
 //! in the child — and leaves the forking thread's own claims (a destructor its free runs forked:
 //! it finishes that free in the child and counts it). When the forking thread runs no free of
-//! ours, the child's budget recount adds the charges of the objects parked in slots and of
-//! those on the spill stack ([`charges_after_fork`]); spill nodes a vanished collector had
-//! taken off the stack are out of reach in the child and leak there, uncounted.
+//! ours, the child recounts ([`charges_after_fork`]): `PARKED_NOW` and each array's count become
+//! the objects in slots and on the spill stack, and the budget recount adds their charges;
+//! spill nodes a vanished collector had taken off the stack are out of reach in the child and
+//! leak there, uncounted (else the child's worker would see work it can never do). After a fork
+//! from a destructor a free of ours runs, the counts are left as they were: the forking thread
+//! decrements them for what it goes on freeing, and a vanished collector's taken nodes stay
+//! counted in the child, whose worker then never goes idle (a narrow case: a fork from a
+//! destructor while another thread's collector had swapped spill nodes off).
 //!
 //! Invariants:
 //! 1. Exactly one freer claims a parked object (`park_slot.rs`, Invariant 1).
@@ -158,20 +163,27 @@ pub(crate) fn release_vanished_claims_after_fork() {
 }
 
 /// The `fork()` child handler's recount, when the forking thread frees nothing of ours (no
-/// allocation; after [`release_vanished_claims_after_fork`]): returns the bytes charged to the
-/// budget (not the overdraft's) for the objects still parked and those on the spill stack,
+/// allocation; after [`release_vanished_claims_after_fork`]): sets the counts of parked objects
+/// (each array's and `PARKED_NOW`) to what the child holds — the slots' objects and the spill
+/// stack's nodes — and returns the bytes charged to the budget (not the overdraft's) for them,
 /// which the child's collector frees and uncharges. Spill nodes a vanished collector had taken
-/// off the stack are out of the child's reach (they leak there, never uncharged): not counted.
+/// off the stack are out of the child's reach (they leak there, never uncharged): counted in
+/// neither, or the child's worker would see work it can never do.
 pub(crate) fn charges_after_fork() -> usize {
-    let mut bytes = 0;
+    let (mut bytes, mut now) = (0, 0);
     for a in arrays() {
+        let mut parked = 0;
         for slot in a.slots.iter() {
-            let (b, _) = slot.charge_after_fork();
+            let (b, full) = slot.charge_after_fork();
             // A charge to the overdraft is not in the budget (config.rs, Invariant 3).
             if !crate::config::is_overdraft(b) {
                 bytes += b;
             }
+            parked += usize::from(full);
         }
+        // Relaxed: the child runs alone.
+        a.parked.store(parked, Ordering::Relaxed);
+        now += parked;
     }
     let mut p = SPILL.load(Ordering::Relaxed);
     // SAFETY: nodes on the stack are freed only by a collector, and the child's only thread is
@@ -180,8 +192,10 @@ pub(crate) fn charges_after_fork() -> usize {
         if !crate::config::is_overdraft(n.charge) {
             bytes += n.charge;
         }
+        now += 1;
         p = n.next;
     }
+    PARKED_NOW.store(now, Ordering::Relaxed);
     bytes
 }
 

@@ -85,7 +85,11 @@
 //!   barrier at once); the fronts themselves stay owned and are not reused in the child. If
 //!   the forking thread is running a free of ours (a destructor forked), it goes on in the
 //!   child with the blocks it holds and the pass it runs: the budget keeps every charge
-//!   (over-counted, never under-counted), the barrier's counts become its own (`HOLDING`,
+//!   (over-counted, never under-counted), the counts of pending head-linked, parked and
+//!   spilled objects are not recounted (that thread decrements them as it frees; objects a
+//!   vanished pass had taken then stay counted, and the child's worker never goes idle: a
+//!   narrow case, a fork from a destructor while another thread's pass had taken objects
+//!   off), the barrier's counts become its own (`HOLDING`,
 //!   `IN_PASS`), and the busy lock stays its own. A fork while another thread creates the
 //!   batcher (its first retire) leaves the child without one: the creation runs under a
 //!   try-lock (`INIT`) the child resets, not in a `OnceLock` the child would wait on forever,
@@ -808,6 +812,10 @@ fn install_fork_handlers() {
                     // included (their charge stays: an over-count, never an under-count).
                     + HEADS.charged.load(Ordering::Relaxed);
                 b.budget.reset_after_fork(held);
+                // Head-linked objects a vanished pass had taken cannot be freed here: the
+                // worker's idle check must not count them (the parked counts were recounted
+                // by `park::charges_after_fork` the same way).
+                HEADS.recount_after_fork();
             }
         }
         if in_pass == 0 {
