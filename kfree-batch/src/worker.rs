@@ -22,8 +22,8 @@
 //!   included), not only the aged ones, and frees those that are ready at once.
 //!   The pass's state (the busy lock, `IN_PASS`, a barrier's count) is restored by a drop guard,
 //!   so a panic escaping a pass cannot wedge later collectors (destructors' panics never escape:
-//!   `block::run_free`, `head::drop_via_head`); one escaping the worker's pass marks the worker
-//!   gone, and the next kick starts another.
+//!   `block::run_free`, `head::drop_via_head`); the worker catches one escaping its pass,
+//!   reports it, and goes on after the batching pause.
 //! * **Whose snapshots.** A pass frees objects other threads retired, so each state it waits for
 //!   must be ordered after the retirer's unpublish (rcu-core `gp.rs`, "Covering another thread's
 //!   retire"): slot blocks are stamped under the slot lock every store into them held (`krc.rs`,
@@ -383,17 +383,6 @@ fn freeing<R>(f: impl FnOnce() -> R) -> R {
 static PRESSURE: AtomicBool = AtomicBool::new(false);
 
 fn worker_main() {
-    /// A panic that escapes a pass (destructors' are contained; a stall hook's is not) ends the
-    /// worker: mark it gone so that the next kick starts another instead of waking a dead one.
-    struct Gone;
-    impl Drop for Gone {
-        fn drop(&mut self) {
-            IDLE.store(false, Ordering::Relaxed);
-            // Release, as in `start_worker`'s failure path: a starter's Acquire CAS sees it.
-            WORKER_STATE.store(0, Ordering::Release);
-        }
-    }
-    let _gone = Gone;
     // Not the affinity of whichever thread happened to start us.
     rcu_core::cpu::unbind_thread();
     let b = batcher();
@@ -401,12 +390,31 @@ fn worker_main() {
     loop {
         // Under memory pressure (the shrinker's request) collect every slot's blocks now (open
         // front blocks still wait for the drain delay: stealing them frees nothing sooner).
-        let p = if PRESSURE.swap(false, Ordering::Relaxed) {
-            // The shrinker cannot wait; the worker takes the threads' unspent slices back.
-            crate::local::reclaim_reservations(b, true);
-            pass(b, Flush::Slots)
-        } else {
-            pass(b, Flush::Aged)
+        let run = || {
+            if PRESSURE.swap(false, Ordering::Relaxed) {
+                // The shrinker cannot wait; the worker takes the threads' unspent slices back.
+                crate::local::reclaim_reservations(b, true);
+                pass(b, Flush::Slots)
+            } else {
+                pass(b, Flush::Aged)
+            }
+        };
+        // A panic that escapes a pass (destructors' are contained; a stall hook's in the
+        // grace-period wait is not) must not end the worker: nothing would free what is retired
+        // later until some producer's kick. The pass restored its state (`pass`); try again
+        // after the batching pause.
+        let p = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+            Ok(p) => p,
+            Err(_) => {
+                // Written without allocating (memory may be short).
+                rcu_core::lowmem::report(format_args!(
+                    "kfree-batch: a panic escaped the worker's collection pass; it goes on"
+                ));
+                PassResult {
+                    freed: true,
+                    ..PassResult::default()
+                }
+            }
         };
         if now_ms() >= BACKOFF_UNTIL_MS.load(Ordering::Relaxed) {
             b.refill_caches();
