@@ -274,8 +274,10 @@ impl HeadStack {
         }
     }
 
-    /// The `fork()` child handler's recount, when the forking thread frees nothing of ours (the
-    /// child runs alone; no allocation): sets `len` to the objects on the stacks. Those a
+    /// The `fork()` child handler's recount, when the forking thread runs no collection pass
+    /// (the child runs alone; no allocation): sets `len` to the objects on the stacks (only
+    /// passes take objects off them, and they are serialised, so a forking pass's own taken
+    /// objects are left counted: it decrements them). Those a
     /// vanished collector had taken are out of the child's reach (they leak there): counted,
     /// they would keep the child's worker passing forever. Their charge stays in `charged` (an
     /// over-count of the child's budget, never an under-count: their sizes are not recorded).

@@ -56,15 +56,14 @@
 //! always empties the slots claimed by other threads — they do not exist in the child, and
 //! collectors would wait for their claims forever; their objects, which the parent frees, leak
 //! in the child — and leaves the forking thread's own claims (a destructor its free runs forked:
-//! it finishes that free in the child and counts it). When the forking thread runs no free of
-//! ours, the child recounts ([`charges_after_fork`]): `PARKED_NOW` and each array's count become
-//! the objects in slots and on the spill stack, and the budget recount adds their charges;
-//! spill nodes a vanished collector had taken off the stack are out of reach in the child and
-//! leak there, uncounted (else the child's worker would see work it can never do). After a fork
-//! from a destructor a free of ours runs, the counts are left as they were: the forking thread
-//! decrements them for what it goes on freeing, and a vanished collector's taken nodes stay
-//! counted in the child, whose worker then never goes idle (a narrow case: a fork from a
-//! destructor while another thread's collector had swapped spill nodes off).
+//! it finishes that free in the child and counts it). Unless the forking thread runs a
+//! collector itself, the child recounts ([`recount_after_fork`]): `PARKED_NOW` and each array's
+//! count become the objects in slots (claimed by the forking thread included) and on the spill
+//! stack; spill nodes a vanished collector had taken off the stack are out of reach in the
+//! child and leak there, uncounted (else the child's worker would see work it can never do).
+//! A forking collector decrements the counts for what it goes on freeing, and no other
+//! collector had taken anything (they are serialised). When the forking thread runs no free of
+//! ours, the budget recount adds the charges of the objects in slots and on the spill stack.
 //!
 //! Invariants:
 //! 1. Exactly one freer claims a parked object (`park_slot.rs`, Invariant 1).
@@ -162,14 +161,15 @@ pub(crate) fn release_vanished_claims_after_fork() {
     }
 }
 
-/// The `fork()` child handler's recount, when the forking thread frees nothing of ours (no
-/// allocation; after [`release_vanished_claims_after_fork`]): sets the counts of parked objects
-/// (each array's and `PARKED_NOW`) to what the child holds — the slots' objects and the spill
-/// stack's nodes — and returns the bytes charged to the budget (not the overdraft's) for them,
-/// which the child's collector frees and uncharges. Spill nodes a vanished collector had taken
-/// off the stack are out of the child's reach (they leak there, never uncharged): counted in
-/// neither, or the child's worker would see work it can never do.
-pub(crate) fn charges_after_fork() -> usize {
+/// The `fork()` child handler's recount (no allocation; after
+/// [`release_vanished_claims_after_fork`]; the forking thread runs no collector): returns the
+/// bytes charged to the budget (not the overdraft's) for the objects parked in slots and not
+/// claimed, and on the spill stack, which the child frees and uncharges. With `set_counts`,
+/// also sets the counts of parked objects (each array's and `PARKED_NOW`) to those objects and
+/// the ones in slots the forking thread claimed (it decrements them when it finishes). Spill nodes a vanished collector
+/// had taken off the stack are out of the child's reach (they leak there, never uncharged):
+/// counted in neither, or the child's worker would see work it can never do.
+pub(crate) fn recount_after_fork(set_counts: bool) -> usize {
     let (mut bytes, mut now) = (0, 0);
     for a in arrays() {
         let mut parked = 0;
@@ -181,8 +181,10 @@ pub(crate) fn charges_after_fork() -> usize {
             }
             parked += usize::from(full);
         }
-        // Relaxed: the child runs alone.
-        a.parked.store(parked, Ordering::Relaxed);
+        if set_counts {
+            // Relaxed: the child runs alone.
+            a.parked.store(parked, Ordering::Relaxed);
+        }
         now += parked;
     }
     let mut p = SPILL.load(Ordering::Relaxed);
@@ -195,7 +197,9 @@ pub(crate) fn charges_after_fork() -> usize {
         now += 1;
         p = n.next;
     }
-    PARKED_NOW.store(now, Ordering::Relaxed);
+    if set_counts {
+        PARKED_NOW.store(now, Ordering::Relaxed);
+    }
     bytes
 }
 

@@ -77,7 +77,12 @@
 //!   thread's own slice, the parked objects and those on the spill stack (`park.rs`, "fork()"),
 //!   and the head-linked objects not freed yet. The parent's other threads' slices, and the blocks a parent's pass or
 //!   producer held privately, are not in the child: their charges go, and so does the
-//!   in-flight count. Those blocks cannot be found, so they are not freed in the child (each
+//!   in-flight count. The counts of pending head-linked, parked and spilled objects (the
+//!   worker's idle check) are recounted from what the child can reach (`head.rs`, `park.rs`):
+//!   objects a vanished pass had taken off are not freed there. That is done also after a fork
+//!   from a destructor, except when the forking thread runs a pass itself: then no other pass
+//!   had taken anything (the busy lock), and it decrements the counts as it goes on freeing.
+//!   Those blocks cannot be found, so they are not freed in the child (each
 //!   process frees its own copy of everything else) and their pages stay mapped and charged to
 //!   the page layer there: at most one pass's batch, plus `RECLAIM_PER_HANDOVER + 1` blocks per
 //!   producer that was between a hand-over and its frees (or one it was opening). Other
@@ -85,11 +90,7 @@
 //!   barrier at once); the fronts themselves stay owned and are not reused in the child. If
 //!   the forking thread is running a free of ours (a destructor forked), it goes on in the
 //!   child with the blocks it holds and the pass it runs: the budget keeps every charge
-//!   (over-counted, never under-counted), the counts of pending head-linked, parked and
-//!   spilled objects are not recounted (that thread decrements them as it frees; objects a
-//!   vanished pass had taken then stay counted, and the child's worker never goes idle: a
-//!   narrow case, a fork from a destructor while another thread's pass had taken objects
-//!   off), the barrier's counts become its own (`HOLDING`,
+//!   (over-counted, never under-counted), the barrier's counts become its own (`HOLDING`,
 //!   `IN_PASS`), and the busy lock stays its own. A fork while another thread creates the
 //!   batcher (its first retire) leaves the child without one: the creation runs under a
 //!   try-lock (`INIT`) the child resets, not in a `OnceLock` the child would wait on forever,
@@ -804,26 +805,38 @@ fn install_fork_handlers() {
             // Park slots claimed by freers that do not exist here would be waited for forever
             // (collectors wait for claimed slots); the forking thread's own claim it finishes.
             crate::park::release_vanished_claims_after_fork();
+            // The counts of pending head-linked, parked and spilled objects (the worker's idle
+            // check) become what the child can reach, so that objects a vanished pass had
+            // taken off do not keep the child's worker passing forever. Not when this thread
+            // runs a pass itself (a destructor in it forked): then no other pass had taken
+            // anything (the busy lock), and this thread decrements the counts for what it
+            // goes on freeing.
+            let counts = in_pass == 0;
+            if counts {
+                HEADS.recount_after_fork();
+            }
             // A destructor run by a free of ours (a pass, a reclaim, a sweep of its own parked
             // objects) forked: this thread goes on with the blocks it
             // holds in the child and will release their charges; keep every charge (the other
             // threads' ones over-count, never under-count).
-            if !in_free() && !crate::park::in_own_sweep() {
+            let recount = !in_free() && !crate::park::in_own_sweep();
+            let parked = if counts || recount {
+                // Parked objects and those on the spill stack.
+                crate::park::recount_after_fork(counts)
+            } else {
+                0
+            };
+            if recount {
                 // What the parent's passes and producers held privately, and the other threads'
                 // budget slices, do not exist here: charge only what the child holds.
                 BLOCKS_IN_FLIGHT.store(0, Ordering::Relaxed);
                 let held = b.slot_charges_after_fork()
                     + crate::local::charges_after_fork()
-                    // Parked objects and those on the spill stack.
-                    + crate::park::charges_after_fork()
+                    + parked
                     // Head-linked objects not freed yet, those a vanished pass had taken
                     // included (their charge stays: an over-count, never an under-count).
                     + HEADS.charged.load(Ordering::Relaxed);
                 b.budget.reset_after_fork(held);
-                // Head-linked objects a vanished pass had taken cannot be freed here: the
-                // worker's idle check must not count them (the parked counts were recounted
-                // by `park::charges_after_fork` the same way).
-                HEADS.recount_after_fork();
             }
         }
         if in_pass == 0 {
