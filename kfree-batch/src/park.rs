@@ -166,9 +166,10 @@ pub(crate) fn release_vanished_claims_after_fork() {
 /// bytes charged to the budget (not the overdraft's) for the objects parked in slots and not
 /// claimed, and on the spill stack, which the child frees and uncharges. With `set_counts`,
 /// also sets the counts of parked objects (each array's and `PARKED_NOW`) to those objects and
-/// the ones in slots the forking thread claimed (it decrements them when it finishes). Spill nodes a vanished collector
-/// had taken off the stack are out of the child's reach (they leak there, never uncharged):
-/// counted in neither, or the child's worker would see work it can never do.
+/// the ones in slots the forking thread claimed (it decrements them when it finishes). Spill
+/// nodes a vanished collector had taken off the stack are out of the child's reach (they leak
+/// there, never uncharged): counted in neither, or the child's worker would see work it can
+/// never do.
 pub(crate) fn recount_after_fork(set_counts: bool) -> usize {
     let (mut bytes, mut now) = (0, 0);
     for a in arrays() {
@@ -189,7 +190,7 @@ pub(crate) fn recount_after_fork(set_counts: bool) -> usize {
     }
     let mut p = SPILL.load(Ordering::Relaxed);
     // SAFETY: nodes on the stack are freed only by a collector, and the child's only thread is
-    // not running one (the caller's branch: it frees nothing of ours).
+    // not running one (the caller runs this only outside a collection pass).
     while let Some(n) = unsafe { p.as_ref() } {
         if !crate::config::is_overdraft(n.charge) {
             bytes += n.charge;

@@ -67,15 +67,15 @@
 //!   slot (`krc.rs`, Invariant 6) and no slot list is half linked. It does not take the busy
 //!   lock: a pass holds it across a grace period and across destructors, which may wait for the
 //!   forking thread (inside a read-side critical section, or holding a lock a destructor
-//!   wants). *Parent* releases what prepare took. *Child* clears the slice claims of reclaimers that do not exist in the child and empties
-//!   the park slots that such threads had claimed (`park.rs`, "fork()"; always, also after a
-//!   fork from a destructor: the forking thread's own claims stay), resets the
-//!   slot locks, the busy lock,
-//!   the worker handle's lock and the barrier's counts, restarts the worker lazily, and
-//!   recounts the pending budget as what the child holds (`krc.rs`, "fork()"): the slots'
-//!   reservations, open, handed and cached blocks, every front's open block, the forking
-//!   thread's own slice, the parked objects and those on the spill stack (`park.rs`, "fork()"),
-//!   and the head-linked objects not freed yet. The parent's other threads' slices, and the blocks a parent's pass or
+//!   wants). *Parent* releases what prepare took. *Child* clears the slice claims of
+//!   reclaimers that do not exist in the child and empties the park slots that such threads
+//!   had claimed (`park.rs`, "fork()"; always, also after a fork from a destructor: the forking
+//!   thread's own claims stay), resets the slot locks, the busy lock, the worker handle's lock
+//!   and the barrier's counts, restarts the worker lazily, and recounts the pending budget as
+//!   what the child holds (`krc.rs`, "fork()"): the slots' reservations, open, handed and
+//!   cached blocks, every front's open block, the forking thread's own slice, the parked
+//!   objects and those on the spill stack (`park.rs`, "fork()"), and the head-linked objects
+//!   not freed yet. The parent's other threads' slices, and the blocks a parent's pass or
 //!   producer held privately, are not in the child: their charges go, and so does the
 //!   in-flight count. The counts of pending head-linked, parked and spilled objects (the
 //!   worker's idle check) are recounted from what the child can reach (`head.rs`, `park.rs`):
