@@ -11,7 +11,10 @@
 //! overdraft otherwise, and goes on a second stack, so that the collector knows which count to
 //! give its bytes back to (the free function returns them). The collector takes the whole stacks
 //! with one swap each (no ABA: nodes are only ever popped all at once), stamps it with
-//! a grace-period snapshot, waits, and frees every object through its head.
+//! a grace-period snapshot, waits, and frees every object through its head. A destructor that
+//! panics there is contained per object (`drop_via_head`), as batch frees are
+//! (`block::run_free`): the collector goes on with the rest of the list and returns every
+//! object's charge.
 //!
 //! The head lives inside the object, so readers may still be reading the object's other fields
 //! while the head is written: the head is never part of what readers inspect, which the
@@ -139,17 +142,34 @@ macro_rules! impl_has_rcu_head {
 /// Frees an object through its head and returns the bytes it was charged.
 pub(crate) type HeadFree = unsafe fn(*mut RcuHead) -> usize;
 
-/// Frees the `Box<T>` containing `head`; returns its heap footprint (what it was charged).
+/// Frees the `Box<T>` containing `head`; returns its heap footprint (what it was charged), also
+/// when `T`'s destructor panics: the panic is contained and reported, as `block::run_free` does
+/// for batches, so that it cannot unwind through the collector (which holds the busy lock) nor
+/// cut the rest of the taken list off; the object's memory may then leak, nothing is freed
+/// twice.
 ///
 /// # Safety
 /// `head` points into a live `Box<T>` at `T::RCU_HEAD_OFFSET`, retired and past its grace period.
 pub(crate) unsafe fn drop_via_head<T: HasRcuHead>(head: *mut RcuHead) -> usize {
     // SAFETY: by the contract, the object starts RCU_HEAD_OFFSET bytes before the head.
-    unsafe {
-        drop(Box::from_raw(
-            head.cast::<u8>().sub(T::RCU_HEAD_OFFSET).cast::<T>(),
-        ))
-    };
+    let obj = unsafe { head.cast::<u8>().sub(T::RCU_HEAD_OFFSET).cast::<T>() };
+    #[cfg(not(rcu_loom))]
+    {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // SAFETY: the object is a live, retired `Box<T>` we own (the contract).
+            drop(unsafe { Box::from_raw(obj) })
+        }));
+        if r.is_err() {
+            // Written without allocating: frees run when memory is short.
+            rcu_core::lowmem::report(format_args!(
+                "kfree-batch: a destructor panicked while freeing a head-linked object; its \
+                 memory may be leaked"
+            ));
+        }
+    }
+    #[cfg(rcu_loom)]
+    // SAFETY: as above.
+    drop(unsafe { Box::from_raw(obj) });
     crate::config::heap_footprint(core::mem::size_of::<T>(), core::mem::align_of::<T>())
 }
 
@@ -184,7 +204,8 @@ pub(crate) struct FreedHeads {
 pub(crate) struct HeadStack {
     top: AtomicPtr<RcuHead>,
     over: AtomicPtr<RcuHead>,
-    /// Objects on the stacks (statistics and the worker's idle check).
+    /// Objects pushed and not freed yet, taken or not (statistics and the worker's idle check;
+    /// recounted in a `fork()` child: `recount_after_fork`).
     pub(crate) len: AtomicUsize,
     /// Bytes charged to the pending budget for objects pushed on `top` and not freed yet (taken
     /// or not): a `fork()` child's budget recount adds them (`worker.rs`).
@@ -251,6 +272,28 @@ impl HeadStack {
             charged: self.top.swap(core::ptr::null_mut(), Ordering::Acquire),
             over: self.over.swap(core::ptr::null_mut(), Ordering::Acquire),
         }
+    }
+
+    /// The `fork()` child handler's recount, when the forking thread runs no collection pass
+    /// (the child runs alone; no allocation): sets `len` to the objects on the stacks (only
+    /// passes take objects off them, and they are serialised, so a forking pass's own taken
+    /// objects are left counted: it decrements them). Those a
+    /// vanished collector had taken are out of the child's reach (they leak there): counted,
+    /// they would keep the child's worker passing forever. Their charge stays in `charged` (an
+    /// over-count of the child's budget, never an under-count: their sizes are not recorded).
+    pub(crate) fn recount_after_fork(&self) {
+        let mut n = 0;
+        for stack in [&self.top, &self.over] {
+            // Relaxed: the child runs alone (fork copied the parent's memory as it was).
+            let mut p = stack.load(Ordering::Relaxed);
+            // SAFETY: nodes on a stack are retired objects that only a collector frees after
+            // taking them off, and the child's only thread is not running one.
+            while let Some(h) = unsafe { p.as_ref() } {
+                n += 1;
+                p = h.next.load(Ordering::Relaxed);
+            }
+        }
+        self.len.store(n, Ordering::Relaxed);
     }
 
     /// Frees lists returned by `take_all`; returns how many objects were freed and the bytes

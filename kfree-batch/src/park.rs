@@ -51,6 +51,20 @@
 //! check sees them and its pass — which waits for the newest parked state, i.e. for the end of
 //! the retiring section — frees them after the guard drops.
 //!
+//! **fork().** A freer records each slot it claims in a thread-local list (`MY_CLAIMS`, nodes on
+//! its stack) from before the claim until after the slot's final store. The child handler
+//! always empties the slots claimed by other threads — they do not exist in the child, and
+//! collectors would wait for their claims forever; their objects, which the parent frees, leak
+//! in the child — and leaves the forking thread's own claims (a destructor its free runs forked:
+//! it finishes that free in the child and counts it). Unless the forking thread runs a
+//! collector itself, the child recounts ([`recount_after_fork`]): `PARKED_NOW` and each array's
+//! count become the objects in slots (claimed by the forking thread included) and on the spill
+//! stack; spill nodes a vanished collector had taken off the stack are out of reach in the
+//! child and leak there, uncounted (else the child's worker would see work it can never do).
+//! A forking collector decrements the counts for what it goes on freeing, and no other
+//! collector had taken anything (they are serialised). When the forking thread runs no free of
+//! ours, the budget recount adds the charges of the objects in slots and on the spill stack.
+//!
 //! Invariants:
 //! 1. Exactly one freer claims a parked object (`park_slot.rs`, Invariant 1).
 //! 2. A parked or spilled object is freed only once its `snap` has completed (for a slot,
@@ -101,6 +115,9 @@ std::thread_local! {
     static RELEASE: Release = const { Release };
     /// Set while this thread frees its own parked objects (`drain_own`).
     static OWN_SWEEP: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+    /// The slots this thread has claimed and is freeing (`sweep_array`), newest first: the
+    /// `fork()` child handler leaves those claims, which this thread finishes in the child.
+    static MY_CLAIMS: core::cell::Cell<*const MyClaim> = const { core::cell::Cell::new(core::ptr::null()) };
 }
 
 /// Gives the thread's array back at exit.
@@ -127,27 +144,93 @@ fn arrays() -> impl Iterator<Item = &'static ParkArray> {
     })
 }
 
-/// The `fork()` child handler's recount (no allocation; the child runs one thread, which is not
-/// freeing parked objects): empties the slots a vanished thread had claimed to free (their
-/// objects leak in the child; [`ParkSlot::after_fork_child`]) and returns the bytes charged for
-/// the objects still parked, which the child's worker frees and uncharges.
-pub(crate) fn charges_after_fork() -> usize {
-    let mut bytes = 0;
+/// The `fork()` child handler, always (no allocation): empties the slots that threads which do
+/// not exist in the child had claimed to free (their objects leak in the child;
+/// [`ParkSlot::release_claim_after_fork`]), and keeps the counts of parked objects in step. A
+/// slot the forking thread itself claimed (a destructor that its free runs forked) is left: that
+/// thread goes on in the child, finishes the free, empties the slot and counts it.
+pub(crate) fn release_vanished_claims_after_fork() {
     for a in arrays() {
         for slot in a.slots.iter() {
-            let (b, emptied) = slot.after_fork_child();
-            // A charge to the overdraft is not in the budget (config.rs, Invariant 3).
-            if !crate::config::is_overdraft(b) {
-                bytes += b;
-            }
-            if emptied {
+            if !claimed_by_me(slot) && slot.release_claim_after_fork() {
                 // Relaxed: the child runs alone.
                 a.parked.fetch_sub(1, Ordering::Relaxed);
                 PARKED_NOW.fetch_sub(1, Ordering::Relaxed);
             }
         }
     }
+}
+
+/// The `fork()` child handler's recount (no allocation; after
+/// [`release_vanished_claims_after_fork`]; the forking thread runs no collector): returns the
+/// bytes charged to the budget (not the overdraft's) for the objects parked in slots and not
+/// claimed, and on the spill stack, which the child frees and uncharges. With `set_counts`,
+/// also sets the counts of parked objects (each array's and `PARKED_NOW`) to those objects and
+/// the ones in slots the forking thread claimed (it decrements them when it finishes). Spill
+/// nodes a vanished collector had taken off the stack are out of the child's reach (they leak
+/// there, never uncharged): counted in neither, or the child's worker would see work it can
+/// never do.
+pub(crate) fn recount_after_fork(set_counts: bool) -> usize {
+    let (mut bytes, mut now) = (0, 0);
+    for a in arrays() {
+        let mut parked = 0;
+        for slot in a.slots.iter() {
+            let (b, full) = slot.charge_after_fork();
+            // A charge to the overdraft is not in the budget (config.rs, Invariant 3).
+            if !crate::config::is_overdraft(b) {
+                bytes += b;
+            }
+            parked += usize::from(full);
+        }
+        if set_counts {
+            // Relaxed: the child runs alone.
+            a.parked.store(parked, Ordering::Relaxed);
+        }
+        now += parked;
+    }
+    let mut p = SPILL.load(Ordering::Relaxed);
+    // SAFETY: nodes on the stack are freed only by a collector, and the child's only thread is
+    // not running one (the caller runs this only outside a collection pass).
+    while let Some(n) = unsafe { p.as_ref() } {
+        if !crate::config::is_overdraft(n.charge) {
+            bytes += n.charge;
+        }
+        now += 1;
+        p = n.next;
+    }
+    if set_counts {
+        PARKED_NOW.store(now, Ordering::Relaxed);
+    }
     bytes
+}
+
+/// A slot this thread has claimed to free, linked to the one claimed before it (a destructor
+/// that a free runs may retire and drain its own array: claims nest). Lives on the freer's stack
+/// for the duration of the claim; [`MY_CLAIMS`] points to the newest.
+struct MyClaim {
+    slot: *const ParkSlot,
+    prev: *const MyClaim,
+}
+
+/// Pops a [`MyClaim`] when the free ends, also by unwinding.
+struct PopClaim(*const MyClaim);
+impl Drop for PopClaim {
+    fn drop(&mut self) {
+        MY_CLAIMS.with(|c| c.set(self.0));
+    }
+}
+
+/// Whether the calling thread has claimed `slot` (is inside its `free_if_done`).
+fn claimed_by_me(slot: &ParkSlot) -> bool {
+    let mut p = MY_CLAIMS.with(|c| c.get());
+    // SAFETY: the list's nodes live on this thread's stack, each until its `PopClaim` unlinks it.
+    while let Some(c) = unsafe { p.as_ref() } {
+        if core::ptr::eq(c.slot, slot) {
+            return true;
+        }
+        p = c.prev;
+    }
+    false
 }
 
 /// Makes sure the calling thread has park slots (call before any pressure). Returns whether it
@@ -326,9 +409,19 @@ fn sweep_array(a: &ParkArray, dom: &rcu_core::raw::Domain, wait_claimed: bool) -
     let mut n = 0;
     let budget = &crate::worker::batcher().budget;
     for s in a.slots.iter() {
+        // Recorded before the claim and dropped after the slot's final store: a fork from a
+        // destructor `free_if_done` runs sees this claim as the forking thread's own.
+        let claim = MyClaim {
+            slot: s,
+            prev: MY_CLAIMS.with(|c| c.get()),
+        };
+        MY_CLAIMS.with(|c| c.set(&claim));
+        let pop = PopClaim(claim.prev);
         // SAFETY: every object parked in a slot was retired before its state was taken (`park`'s
         // callers), and its channel's free function frees it.
-        if let Some(charge) = unsafe { s.free_if_done(dom, wait_claimed) } {
+        let freed = unsafe { s.free_if_done(dom, wait_claimed) };
+        drop(pop);
+        if let Some(charge) = freed {
             // To the budget or the overdraft, as it was charged.
             budget.uncharge(charge);
             a.parked.fetch_sub(1, Ordering::Relaxed);

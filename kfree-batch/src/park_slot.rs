@@ -104,22 +104,32 @@ impl ParkSlot {
         self.obj.load(Ordering::Acquire).is_null()
     }
 
-    /// The `fork()` child handler (the child runs one thread, which is not freeing a parked
-    /// object): a slot claimed by a freer, which only a thread of the parent can be, is emptied —
-    /// that thread does not exist in the child, so the claim would never end and collectors would
-    /// wait for it forever; its object, which the parent frees, is leaked in the child (never
-    /// freed twice). Returns the bytes charged for an object still parked here (0 otherwise) and
-    /// whether the slot was emptied.
-    pub fn after_fork_child(&self) -> (usize, bool) {
+    /// The `fork()` child handler, for a slot the child's only thread has not claimed: a slot
+    /// claimed by a freer, which then is a thread of the parent only, is emptied — that thread
+    /// does not exist in the child, so the claim would never end and collectors would wait for
+    /// it forever; its object, which the parent frees, is leaked in the child (never freed
+    /// twice). Returns whether the slot was emptied.
+    pub fn release_claim_after_fork(&self) -> bool {
         // Relaxed: the child runs alone (fork copied the parent's memory as it was).
-        let obj = self.obj.load(Ordering::Relaxed);
-        if obj == claimed() {
+        if self.obj.load(Ordering::Relaxed) == claimed() {
             self.obj.store(core::ptr::null_mut(), Ordering::Relaxed);
-            (0, true)
-        } else if obj.is_null() {
-            (0, false)
+            true
         } else {
-            (self.bytes.load(Ordering::Relaxed), false)
+            false
+        }
+    }
+
+    /// The `fork()` child handler's recount: the bytes charged for an object parked here and not
+    /// claimed (0 otherwise), and whether one is (parked or claimed).
+    pub fn charge_after_fork(&self) -> (usize, bool) {
+        // Relaxed: the child runs alone.
+        let obj = self.obj.load(Ordering::Relaxed);
+        if obj.is_null() {
+            (0, false)
+        } else if obj == claimed() {
+            (0, true)
+        } else {
+            (self.bytes.load(Ordering::Relaxed), true)
         }
     }
 

@@ -20,6 +20,10 @@
 //!   with the drain delay as timeout while partial blocks exist, and without timeout when idle.
 //!   After the shrinker's request the next pass collects every slot's blocks (open ones
 //!   included), not only the aged ones, and frees those that are ready at once.
+//!   The pass's state (the busy lock, `IN_PASS`, a barrier's count) is restored by a drop guard,
+//!   so a panic escaping a pass cannot wedge later collectors (destructors' panics never escape:
+//!   `block::run_free`, `head::drop_via_head`); the worker catches one escaping its pass,
+//!   reports it, and goes on after the batching pause.
 //! * **Whose snapshots.** A pass frees objects other threads retired, so each state it waits for
 //!   must be ordered after the retirer's unpublish (rcu-core `gp.rs`, "Covering another thread's
 //!   retire"): slot blocks are stamped under the slot lock every store into them held (`krc.rs`,
@@ -63,14 +67,22 @@
 //!   slot (`krc.rs`, Invariant 6) and no slot list is half linked. It does not take the busy
 //!   lock: a pass holds it across a grace period and across destructors, which may wait for the
 //!   forking thread (inside a read-side critical section, or holding a lock a destructor
-//!   wants). *Parent* releases what prepare took. *Child* clears the slice claims of reclaimers that do not exist in the child, resets the
-//!   slot locks, the busy lock,
-//!   the worker handle's lock and the barrier's counts, restarts the worker lazily, and
-//!   recounts the pending budget as what the child holds (`krc.rs`, "fork()"): the slots'
-//!   reservations, open, handed and cached blocks, every front's open block, and the forking
-//!   thread's own slice. The parent's other threads' slices, and the blocks a parent's pass or
+//!   wants). *Parent* releases what prepare took. *Child* clears the slice claims of
+//!   reclaimers that do not exist in the child and empties the park slots that such threads
+//!   had claimed (`park.rs`, "fork()"; always, also after a fork from a destructor: the forking
+//!   thread's own claims stay), resets the slot locks, the busy lock, the worker handle's lock
+//!   and the barrier's counts, restarts the worker lazily, and recounts the pending budget as
+//!   what the child holds (`krc.rs`, "fork()"): the slots' reservations, open, handed and
+//!   cached blocks, every front's open block, the forking thread's own slice, the parked
+//!   objects and those on the spill stack (`park.rs`, "fork()"), and the head-linked objects
+//!   not freed yet. The parent's other threads' slices, and the blocks a parent's pass or
 //!   producer held privately, are not in the child: their charges go, and so does the
-//!   in-flight count. Those blocks cannot be found, so they are not freed in the child (each
+//!   in-flight count. The counts of pending head-linked, parked and spilled objects (the
+//!   worker's idle check) are recounted from what the child can reach (`head.rs`, `park.rs`):
+//!   objects a vanished pass had taken off are not freed there. That is done also after a fork
+//!   from a destructor, except when the forking thread runs a pass itself: then no other pass
+//!   had taken anything (the busy lock), and it decrements the counts as it goes on freeing.
+//!   Those blocks cannot be found, so they are not freed in the child (each
 //!   process frees its own copy of everything else) and their pages stay mapped and charged to
 //!   the page layer there: at most one pass's batch, plus `RECLAIM_PER_HANDOVER + 1` blocks per
 //!   producer that was between a hand-over and its frees (or one it was opening). Other
@@ -379,12 +391,31 @@ fn worker_main() {
     loop {
         // Under memory pressure (the shrinker's request) collect every slot's blocks now (open
         // front blocks still wait for the drain delay: stealing them frees nothing sooner).
-        let p = if PRESSURE.swap(false, Ordering::Relaxed) {
-            // The shrinker cannot wait; the worker takes the threads' unspent slices back.
-            crate::local::reclaim_reservations(b, true);
-            pass(b, Flush::Slots)
-        } else {
-            pass(b, Flush::Aged)
+        let run = || {
+            if PRESSURE.swap(false, Ordering::Relaxed) {
+                // The shrinker cannot wait; the worker takes the threads' unspent slices back.
+                crate::local::reclaim_reservations(b, true);
+                pass(b, Flush::Slots)
+            } else {
+                pass(b, Flush::Aged)
+            }
+        };
+        // A panic that escapes a pass (destructors' are contained; a stall hook's in the
+        // grace-period wait is not) must not end the worker: nothing would free what is retired
+        // later until some producer's kick. The pass restored its state (`pass`); try again
+        // after the batching pause.
+        let p = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+            Ok(p) => p,
+            Err(_) => {
+                // Written without allocating (memory may be short).
+                rcu_core::lowmem::report(format_args!(
+                    "kfree-batch: a panic escaped the worker's collection pass; it goes on"
+                ));
+                PassResult {
+                    freed: true,
+                    ..PassResult::default()
+                }
+            }
         };
         if now_ms() >= BACKOFF_UNTIL_MS.load(Ordering::Relaxed) {
             b.refill_caches();
@@ -482,20 +513,33 @@ pub(crate) enum Flush {
 
 /// One collection pass (module docs).
 pub(crate) fn pass(b: &Global, flush: Flush) -> PassResult {
+    /// Ends the pass — the barrier's count, `IN_PASS`, the busy lock — also when it unwinds (a
+    /// panicking stall hook in its grace-period wait, say), so that a panic cannot leave the
+    /// batcher wedged: every later collector would wait for `BUSY` forever.
+    struct Busy<'a> {
+        b: &'a Global,
+        barrier: bool,
+    }
+    impl Drop for Busy<'_> {
+        fn drop(&mut self) {
+            if self.barrier {
+                IN_PASS.with(|p| p.set(1));
+                self.b.barrier_end();
+            }
+            IN_PASS.with(|p| p.set(0));
+            BUSY.unlock();
+        }
+    }
     BUSY.lock();
     IN_PASS.with(|p| p.set(1));
-    let barrier = flush == Flush::Barrier;
-    if barrier {
+    let mut busy = Busy { b, barrier: false };
+    if flush == Flush::Barrier {
         b.barrier_begin();
+        busy.barrier = true;
         IN_PASS.with(|p| p.set(2));
     }
     let r = freeing(|| pass_locked(b, flush));
-    if barrier {
-        IN_PASS.with(|p| p.set(1));
-        b.barrier_end();
-    }
-    IN_PASS.with(|p| p.set(0));
-    BUSY.unlock();
+    drop(busy);
     r
 }
 
@@ -758,17 +802,37 @@ fn install_fork_handlers() {
             // Claims of reclaimers that do not exist here would refuse their owners' puts for
             // good.
             crate::local::reset_claims_after_fork();
+            // Park slots claimed by freers that do not exist here would be waited for forever
+            // (collectors wait for claimed slots); the forking thread's own claim it finishes.
+            crate::park::release_vanished_claims_after_fork();
+            // The counts of pending head-linked, parked and spilled objects (the worker's idle
+            // check) become what the child can reach, so that objects a vanished pass had
+            // taken off do not keep the child's worker passing forever. Not when this thread
+            // runs a pass itself (a destructor in it forked): then no other pass had taken
+            // anything (the busy lock), and this thread decrements the counts for what it
+            // goes on freeing.
+            let counts = in_pass == 0;
+            if counts {
+                HEADS.recount_after_fork();
+            }
             // A destructor run by a free of ours (a pass, a reclaim, a sweep of its own parked
             // objects) forked: this thread goes on with the blocks it
             // holds in the child and will release their charges; keep every charge (the other
             // threads' ones over-count, never under-count).
-            if !in_free() && !crate::park::in_own_sweep() {
+            let recount = !in_free() && !crate::park::in_own_sweep();
+            let parked = if counts || recount {
+                // Parked objects and those on the spill stack.
+                crate::park::recount_after_fork(counts)
+            } else {
+                0
+            };
+            if recount {
                 // What the parent's passes and producers held privately, and the other threads'
                 // budget slices, do not exist here: charge only what the child holds.
                 BLOCKS_IN_FLIGHT.store(0, Ordering::Relaxed);
                 let held = b.slot_charges_after_fork()
                     + crate::local::charges_after_fork()
-                    + crate::park::charges_after_fork()
+                    + parked
                     // Head-linked objects not freed yet, those a vanished pass had taken
                     // included (their charge stays: an over-count, never an under-count).
                     + HEADS.charged.load(Ordering::Relaxed);

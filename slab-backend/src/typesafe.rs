@@ -21,7 +21,8 @@
 //!    allocation) the slab is not queued but filed back as an empty slab (giving its place back): `call_rcu` could not
 //!    fall back to waiting there if it had no room for the callback;
 //! 3. after a full grace period the callback asserts (debug) that the snapshot's GP completed,
-//!    drops the objects, unmaps the pages and gives the place back.
+//!    drops the objects, unmaps the pages and gives the place back — a drop guard gives it back
+//!    also when a user `Drop` panics there (the slab's pages then leak).
 //!
 //! Invariant 1: outside destroy, at most [`discard_cap`] slabs of a cache are detached and not
 //! yet unmapped. So while grace periods are slow (a long reader, a starved callback thread), a
@@ -120,10 +121,22 @@ pub(crate) fn defer_discard(cache: &RawCache, slab: NonNull<SlabHeader>) {
         // SAFETY: the slab is still mapped (we unmap it below) and its cache outlives every queued
         // discard (destroy runs rcu_barrier first: cache Invariant 1).
         let cache = unsafe { &*slab.as_ref().cache };
+        // Gives the place back (step 3) when the discard ends, also when a user `Drop` in it
+        // panics (rcu-core contains the callback's panic; the slab's pages then leak): without
+        // it the cache's cap of pending discards would shrink for good.
+        let _place = GiveBack(cache);
         // SAFETY: detached with every object free (node::put / detach_empty), and a grace period
         // has elapsed since, so no reader can still hold a pointer into it (module docs).
         unsafe { slab::discard_now(slab) };
-        // Gives the place back (step 3; Relaxed: module docs).
-        cache.rcu_pending.fetch_sub(1, Ordering::Relaxed);
     });
+}
+
+/// Gives a pending-discard place of its cache back when dropped.
+struct GiveBack<'a>(&'a RawCache);
+
+impl Drop for GiveBack<'_> {
+    fn drop(&mut self) {
+        // Relaxed: a budget word (module docs).
+        self.0.rcu_pending.fetch_sub(1, Ordering::Relaxed);
+    }
 }

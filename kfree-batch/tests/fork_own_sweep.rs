@@ -1,0 +1,158 @@
+//! A `fork()` from a destructor that a thread's own park drain runs (a supported fork point:
+//! the child goes on with the drain), while the batcher's worker is freeing a parked object of
+//! another thread (its slot claimed). The child must not wait for that claim: the worker does
+//! not exist there.
+//!
+//! The case runs in a child process with a deadline checked from outside; the forked child's
+//! parent (inside the destructor) waits for it with a deadline as well.
+#![cfg(not(rcu_loom))]
+
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kfree_batch::{kfree_rcu, kvfree_rcu_barrier, PARK_SLOTS};
+use test_support::{child_case, run_child, stderr};
+
+/// Set while the worker runs a `Slow` destructor.
+static IN_SLOW_DROP: AtomicBool = AtomicBool::new(false);
+/// Set in the fork child (by the destructor that forked).
+static IN_CHILD: AtomicBool = AtomicBool::new(false);
+/// Whether a destructor forked already.
+static FORKED: AtomicBool = AtomicBool::new(false);
+/// The fork child's fate as seen by its parent: 0 unknown, 1 exited 0, 2 failed, 3 hung.
+static CHILD_RESULT: AtomicI32 = AtomicI32::new(0);
+
+/// Parked by the main thread; its destructor (run by the worker) takes 3 s.
+struct Slow(#[allow(dead_code)] [u64; 4]);
+impl Drop for Slow {
+    fn drop(&mut self) {
+        IN_SLOW_DROP.store(true, Ordering::Release);
+        std::thread::sleep(Duration::from_secs(3));
+    }
+}
+
+/// Parked by thread B; the first one its own drain frees forks.
+struct Forker(#[allow(dead_code)] [u64; 4]);
+impl Drop for Forker {
+    fn drop(&mut self) {
+        if FORKED.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        // SAFETY: fork in a test child process; the forked child goes on on this thread and
+        // leaves with `_exit`.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            IN_CHILD.store(true, Ordering::Relaxed);
+            return;
+        }
+        let mut status = 0;
+        let t = Instant::now();
+        loop {
+            // SAFETY: our own child.
+            if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
+                let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+                CHILD_RESULT.store(if ok { 1 } else { 2 }, Ordering::Relaxed);
+                return;
+            }
+            if t.elapsed() > Duration::from_secs(10) {
+                // SAFETY: our own child.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                // SAFETY: reaping our own child.
+                unsafe { libc::waitpid(pid, &mut status, 0) };
+                CHILD_RESULT.store(3, Ordering::Relaxed);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+fn say(msg: &str) {
+    // SAFETY: writing a valid buffer to fd 2.
+    unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+}
+
+fn case_fork_in_own_sweep_while_worker_frees_parked() {
+    // The batcher, this thread's front and park slots.
+    kfree_rcu(Box::new([0u64; 4]));
+    kvfree_rcu_barrier();
+    let (ready, go) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let b = {
+        let (ready, go) = (ready.clone(), go.clone());
+        std::thread::spawn(move || {
+            // B's front and park slots, before the page limit.
+            kfree_rcu(Box::new([1u64; 4]));
+            ready.store(true, Ordering::Release);
+            let t0 = Instant::now();
+            while !go.load(Ordering::Acquire) && t0.elapsed() < Duration::from_secs(30) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            // No page: outside a reader these park in B's slots; when all are taken B waits for
+            // one grace period and frees them itself (the first destructor forks).
+            for i in 0..PARK_SLOTS + 1 {
+                kfree_rcu(Box::new(Forker([i as u64; 4])));
+                if IN_CHILD.load(Ordering::Relaxed) {
+                    break;
+                }
+            }
+            if IN_CHILD.load(Ordering::Relaxed) {
+                // The fork child, on its only thread, outside the drain now.
+                slab_backend::set_memory_limit(None);
+                say("fork child: kvfree_rcu_barrier...\n");
+                kvfree_rcu_barrier();
+                say("fork child: barrier returned\n");
+                // SAFETY: leaving the fork child.
+                unsafe { libc::_exit(0) };
+            }
+        })
+    };
+    while !ready.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    slab_backend::set_memory_limit(Some(0));
+    slab_backend::shrink_all();
+    // Parked in this thread's slots (no page); the worker frees it after a grace period.
+    kfree_rcu(Box::new(Slow([2; 4])));
+    let t0 = Instant::now();
+    while !IN_SLOW_DROP.load(Ordering::Acquire) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the worker never freed the parked object"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    go.store(true, Ordering::Release);
+    b.join().unwrap();
+    slab_backend::set_memory_limit(None);
+    match CHILD_RESULT.load(Ordering::Relaxed) {
+        1 => {}
+        0 => panic!("no destructor forked"),
+        2 => panic!("fork child (forked from an own park drain) failed"),
+        _ => panic!(
+            "fork child (forked from an own park drain while the worker freed a parked object) \
+             hung in kvfree_rcu_barrier for 10 s"
+        ),
+    }
+    kvfree_rcu_barrier();
+}
+
+#[test]
+fn fork_child() {
+    match child_case().as_deref() {
+        Some("own_sweep") => case_fork_in_own_sweep_while_worker_frees_parked(),
+        Some(other) => panic!("unknown case {other}"),
+        None => {}
+    }
+}
+
+#[test]
+fn fork_from_an_own_park_drain_while_the_worker_frees_a_parked_object() {
+    let out = run_child("fork_child", "own_sweep", &[], Duration::from_secs(120));
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(out.status.success(), "case own_sweep failed:\n{all}");
+}
