@@ -72,7 +72,10 @@ fn case_first_use_on_thread() {
     let c2 = c.clone();
     let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<bool>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
     let t = std::thread::spawn(move || {
+        // Running: std's start-up of the thread (its signal stack, mapped) is done.
+        ready_tx.send(()).unwrap();
         go_rx.recv().unwrap();
         let heap = exhaust_heap();
         let p = c2.alloc();
@@ -84,6 +87,9 @@ fn case_first_use_on_thread() {
         heap.release();
         done_tx.send(ok).unwrap();
     });
+    // The limit only after the thread runs: starting a thread maps its signal stack, which the
+    // limit would refuse (std then aborts: not the path under test).
+    ready_rx.recv().unwrap();
     limit_address_space();
     go_tx.send(()).unwrap();
     let ok = done_rx.recv().unwrap();
