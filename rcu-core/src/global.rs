@@ -13,8 +13,9 @@
 //!   thread-local whose destructor runs after the exit hook) keeps its section open: references
 //!   read under a leaked guard are `&'static` and may have left the thread. So the exit hook,
 //!   finding nesting above zero, reports the exit once (`StallKind::ExitedInCriticalSection`),
-//!   marks the record `exited` and leaves it owned, with its word and the thread's `LOCAL` as
-//!   they are (reader Invariant 5). Grace periods wait for it like for any reader, and the stall
+//!   marks the record `exited` and its word (the `EXITED` mark added to the nesting field: the
+//!   snapshot and the depth stay as they are) and leaves it owned, with the thread's `LOCAL` as
+//!   it is (reader Invariant 5). Grace periods wait for it like for any reader, and the stall
 //!   reporter names it while they do. A guard dropped later by another thread-local destructor
 //!   unlocks its own record (never another thread's: the record was not handed out), and the
 //!   outermost such unlock gives the record back. A leaked guard's section never ends: grace
@@ -23,28 +24,28 @@
 //!
 //!   *Exactly one give-back, with signal handlers.* A registered thread's signal handlers may
 //!   take guards, also while that late destructor drops the last one. The outermost unlock
-//!   (`reader::unlock`) is: U1 load the word (nesting 1); U2 load `exited`; U3 swap `exited`
-//!   to false (only if U2 saw it set); U4 store `word = 0` (Release); then, if U3 took `true`,
+//!   (`reader::unlock`) is: U1 load the word (nesting field `EXITED + 1`); U2 clear `exited`;
+//!   U3 store `word = 0` (Release: ends the section and removes the mark in one store); then
 //!   [`exited_section_ended`]: L1 `LOCAL = null`; a signal fence; R1 `owned = false`
 //!   (Release, `Registry::release`); nothing touches the record after R1. A handler that takes
 //!   and drops a guard at each boundary:
-//!   - before U3 or between U3 and U4: nesting is 1, so its guard nests (1 → 2 → 1, reader
-//!     Invariant 4) and its unlock is not outermost: it neither clears `exited` nor gives
-//!     anything back; U3 still finds `exited` as the exit hook left it;
-//!   - between U4 and L1: nesting 0 but `exited` is already false (reader Invariant 6), and the
-//!     record is still this thread's: the handler's outermost lock and unlock use it like any
-//!     section of this thread and give nothing back;
+//!   - before U3: the word is marked with depth 1, so its guard nests (reader Invariant 4) and
+//!     its unlock, finding `EXITED + 2`, is not outermost: it gives nothing back;
+//!   - between U3 and L1: the word is 0 and unmarked, and the record is still this thread's:
+//!     the handler's outermost lock and unlock use it like any section of this thread and find
+//!     nesting 1, so they give nothing back;
 //!   - between L1 and R1, or after R1: `LOCAL` is null, so the handler never sees the record,
 //!     owned or free; its guard registers the thread anew, like a guard on any thread after its
 //!     exit hook ran: the new record (possibly this one again once R1 made it free, then claimed
 //!     by the CAS like any free record) is kept for good, thread-local teardown being under way.
 //!
 //!   So the record is given back once, by the interrupted drop, and no thread ever locks a record
-//!   it does not own. The swap in U3 makes the claim a single instruction; Invariant 6 already
-//!   keeps a handler from competing for it. One limit, shared with every thread whose exit hook
-//!   has run: a guard taken in a handler *after L1* registers, which may allocate (a new record,
-//!   the thread's name) and is not async-signal-safe; the guarantee for handlers is for
-//!   registered threads.
+//!   it does not own. The decision rests on the word alone, which only single stores change, so
+//!   no handler can compete for it (reader Invariant 6); and the fast path's outermost unlock
+//!   tests only the word it loaded. One limit, shared with every thread whose exit hook has run:
+//!   a guard taken in a handler *after L1* registers, which may allocate (a new record, the
+//!   thread's name) and is not async-signal-safe; the guarantee for handlers is for registered
+//!   threads.
 //! * **Worker.** One thread (`rcu-cb-worker`), started by the first `call_rcu`,
 //!   `start_poll_synchronize_rcu` or `rcu_barrier` that finds it not running (in a process, or in
 //!   a `fork()` child). Loop: harvest each list with pending callbacks, hand what is ready to
@@ -382,6 +383,7 @@ impl Drop for ExitHook {
             // pointing at it, so later thread-local destructors nest on it. Relaxed: read only by
             // this thread (its guards' drops) and by a single-threaded fork child.
             rec.exited.store(true, Ordering::Relaxed);
+            crate::reader::mark_exited(rec);
             crate::stall::report(&StallReport {
                 kind: StallKind::ExitedInCriticalSection,
                 thread_name: rec.name(),
@@ -399,7 +401,7 @@ impl Drop for ExitHook {
 
 /// The outermost guard of a thread that exited inside its section was dropped (by a
 /// thread-local destructor after the exit hook): the section is over, give the record back.
-/// Called once per such section (`reader::unlock` claimed it by clearing `exited`). Detaches
+/// Called once per such section (`reader::unlock` found the exit mark in the word). Detaches
 /// `LOCAL` first, then gives the record back: a signal handler that runs in between finds no
 /// record and never the freed one (module docs, "Exit inside a section").
 #[cold]

@@ -552,7 +552,7 @@ impl StallClock {
             tid: rec.tid.load(Ordering::Relaxed),
             duration: waited,
             gp: s,
-            nesting: word & crate::reader::NEST_MASK,
+            nesting: word & crate::reader::DEPTH_MASK,
         });
         self.next_report = self.next_report.saturating_mul(2).max(waited);
     }

@@ -49,12 +49,14 @@
 //!    never (a leaked guard: grace periods wait for it forever, as for a live reader that never
 //!    unlocks). Such a record is never handed to another thread while its section is open, so a
 //!    late unlock only ever writes its own thread's word.
-//! 6. On the owning thread, at every instruction boundary (where a signal handler may run),
-//!    `exited` set implies nesting above zero: the exit hook sets it only inside a section, and
-//!    the outermost unlock clears it (swap, claiming the give-back) *before* it stores
-//!    `word = 0`. So a handler's guard on an exited thread's record always nests and never ends
-//!    the section or gives the record back: exactly one unlock, the interrupted outermost one,
-//!    is told to give it back.
+//! 6. The exit hook marks the word itself ([`EXITED`] added to the nesting field) besides
+//!    setting `exited`. The outermost unlock of an ordinary section finds nesting 1 (the fast
+//!    path tests only the word it loaded); that of an exited thread's section finds
+//!    `EXITED + 1` and ends it on a cold path with one store of `word = 0` that also removes the
+//!    mark. So at every instruction boundary (where a signal handler may run) a handler's guard
+//!    either nests on the marked word (and never ends the section or gives the record back) or
+//!    finds a quiescent word after that single store: exactly one unlock, the outermost one, is
+//!    told to give the record back.
 //!
 //! ## Short of memory
 //!
@@ -92,8 +94,15 @@ use crate::sys::membarrier::{self, Mode};
 
 /// Width of the nesting field of the reader word.
 pub(crate) const NEST_BITS: u32 = 16;
-/// Mask of the nesting field.
+/// Mask of the nesting field (the depth and the [`EXITED`] mark).
 pub(crate) const NEST_MASK: u64 = (1 << NEST_BITS) - 1;
+/// Added to the nesting field by the exit hook of a thread that exits inside a section
+/// (Invariant 5): the section's outermost unlock then finds `EXITED + 1`, not 1, and ends it on
+/// the cold path that gives the record back. Marking the word itself keeps the fast path's
+/// single load: the outermost unlock tests the word it already loaded.
+pub(crate) const EXITED: u64 = 1 << (NEST_BITS - 1);
+/// Mask of the nesting depth (without [`EXITED`]); depth is limited to `DEPTH_MASK - 1`.
+pub(crate) const DEPTH_MASK: u64 = EXITED - 1;
 /// Mask of the 48-bit sequence snapshot once shifted down.
 const SNAP_MASK: u64 = (1 << (64 - NEST_BITS)) - 1;
 /// Length of the thread-name buffer in a record.
@@ -167,7 +176,7 @@ impl Record {
     /// Current nesting depth of the owner (owner-side query).
     #[inline]
     pub(crate) fn nesting(&self) -> u64 {
-        self.word.load(Ordering::Relaxed) & NEST_MASK
+        self.word.load(Ordering::Relaxed) & DEPTH_MASK
     }
 
     /// Records the owner's identity for stall reports.
@@ -238,7 +247,7 @@ pub(crate) fn lock(gp_seq: &AtomicU64, rec: &Record) {
         // before every protected load of this critical section.
         membarrier::light(rec.mode());
     } else {
-        if w & NEST_MASK == NEST_MASK {
+        if w & DEPTH_MASK == DEPTH_MASK {
             nesting_overflow();
         }
         // Relaxed: the outermost store already published the section; depth is owner-private.
@@ -258,20 +267,40 @@ pub(crate) fn unlock(rec: &Record) -> bool {
     let w = rec.word.load(Ordering::Relaxed);
     debug_assert!(w & NEST_MASK != 0, "rcu_read_unlock without rcu_read_lock");
     if w & NEST_MASK == 1 {
-        // Relaxed: `exited` is read and written by the owning thread (and its signal handlers)
-        // only, while it owns the record. The swap, a single instruction, is reached only on a
-        // thread that exited inside a section; it makes the claim one indivisible step even
-        // against a handler (which, by Invariant 6, cannot be outermost here anyway).
-        let ended_exited =
-            rec.exited.load(Ordering::Relaxed) && rec.exited.swap(false, Ordering::Relaxed);
         // Release pairs with the Acquire load in `gp::wait_for_reader`: every access of the
         // critical section happens-before the writer's decision that we are quiescent.
         rec.word.store(0, Ordering::Release);
-        ended_exited
+        false
+    } else if w & NEST_MASK == EXITED + 1 {
+        unlock_exited(rec)
     } else {
         rec.word.store(w - 1, Ordering::Relaxed);
         false
     }
+}
+
+/// The outermost unlock of a section whose thread exited inside it (Invariant 5): clears
+/// `exited`, then ends the section with one store of `word = 0` (which also removes the
+/// [`EXITED`] mark, so a handler that runs after it finds a quiescent word and an ordinary
+/// record). Tells the caller to give the record back.
+#[cold]
+#[inline(never)]
+fn unlock_exited(rec: &Record) -> bool {
+    // Relaxed: `exited` is read by this thread and by a single-threaded fork child only.
+    rec.exited.store(false, Ordering::Relaxed);
+    // Release: as in `unlock`.
+    rec.word.store(0, Ordering::Release);
+    true
+}
+
+/// The exit hook of a thread inside a section (nesting above zero): marks the word (Invariant
+/// 5). Only the owning thread stores to its word; a signal handler that runs between the load
+/// and the store restores the word it found (Invariant 4), so the mark is not lost.
+pub(crate) fn mark_exited(rec: &Record) {
+    let w = rec.word.load(Ordering::Relaxed);
+    debug_assert!(w & DEPTH_MASK != 0 && w & EXITED == 0);
+    // Relaxed: the section is already published; the mark changes no snapshot.
+    rec.word.store(w + EXITED, Ordering::Relaxed);
 }
 
 #[cold]
@@ -279,7 +308,7 @@ pub(crate) fn unlock(rec: &Record) -> bool {
 fn nesting_overflow() -> ! {
     panic!(
         "rcu_read_lock nested more than {} deep on one thread",
-        NEST_MASK
+        DEPTH_MASK - 1
     );
 }
 
