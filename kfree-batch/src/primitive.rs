@@ -84,7 +84,8 @@ pub(crate) unsafe fn load_acquire_u32(p: *const u32) -> u32 {
 }
 
 /// One step of a wait loop: spin, then yield, then sleep (a collector may hold a lock across a
-/// grace period, and this machine has two cores) outside loom; a scheduling point inside it.
+/// grace period, and there may be fewer cores than waiting threads) outside loom; a scheduling
+/// point inside it.
 #[inline]
 pub(crate) fn spin_wait(iter: u32) {
     #[cfg(not(rcu_loom))]
