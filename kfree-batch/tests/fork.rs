@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 
 use kfree_batch::{configure, kfree_rcu, kvfree_rcu_barrier, stats, Config};
 use rcu_core::rcu_read_lock;
-use test_support::{child_case, run_child, stderr};
+use test_support::{child_case, in_fork_child, run_child, say, stderr, wait_forked, Forked};
+
+/// How long a fork child may take.
+const FORK_DEADLINE: Duration = Duration::from_secs(30);
 
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 
@@ -25,45 +28,6 @@ impl Drop for Tracked {
     fn drop(&mut self) {
         DROPPED.fetch_add(1, Ordering::Relaxed);
     }
-}
-
-/// Writes `msg` to stderr with `write(2)` (a fork child must not rely on locks other threads of
-/// the parent may have held).
-fn say(msg: &str) {
-    // SAFETY: writing a valid buffer to fd 2.
-    unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
-}
-
-/// Forks; the child runs `f` and exits with its code; the parent waits (with a deadline) and
-/// panics unless the child exited with 0.
-fn in_fork_child(what: &str, f: impl FnOnce() -> i32) {
-    // SAFETY: fork in a test child process; the forked child only uses the kit and memory it
-    // owns, and exits with `_exit`.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork failed");
-    if pid == 0 {
-        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(101);
-        // SAFETY: leaving the fork child without running the parent's atexit handlers.
-        unsafe { libc::_exit(code) };
-    }
-    let mut status = 0;
-    let t = Instant::now();
-    loop {
-        // SAFETY: our own child.
-        if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
-            break;
-        }
-        if t.elapsed() > Duration::from_secs(30) {
-            // SAFETY: our own child.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            panic!("fork child hung ({what})");
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "fork child failed ({what}): status {status}"
-    );
 }
 
 /// Threads that each retired a few objects (so each holds a front block and a budget slice) and
@@ -117,7 +81,7 @@ fn case_ghost_charges() {
         before.pending_bytes >= (THREADS * (4096 + 8192)) as u64,
         "the retirers hold less than expected: {before:?}"
     );
-    in_fork_child("ghost charges", || {
+    in_fork_child("ghost charges", FORK_DEADLINE, || {
         // Takes the blocks the parent's threads left in their fronts and frees them; what stays
         // charged is the page caches (the forking thread retired nothing itself).
         kvfree_rcu_barrier();
@@ -193,7 +157,7 @@ fn case_slot_lock_at_fork() {
     while !IN_SECTION.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(1));
     }
-    in_fork_child("slot lock at fork", || {
+    in_fork_child("slot lock at fork", FORK_DEADLINE, || {
         if IN_SECTION.load(Ordering::SeqCst) {
             say(
                 "fork child: the process forked while another thread was inside slot 0's \
@@ -250,7 +214,7 @@ fn case_fork_during_hand_overs() {
         if t0.elapsed() > Duration::from_secs(40) {
             break;
         }
-        in_fork_child("fork during hand-overs", || {
+        in_fork_child("fork during hand-overs", FORK_DEADLINE, || {
             let base = DROPPED.load(Ordering::Relaxed);
             for i in 0..3_000u64 {
                 kfree_rcu(Box::new(Tracked([i; 4])));
@@ -363,7 +327,7 @@ fn case_parked_at_fork() {
     let before = stats();
     println!("parked-at-fork: parent before fork: {before:?}");
     assert!(before.parked_now > 0, "nothing parked: {before:?}");
-    in_fork_child("parked at fork", move || {
+    in_fork_child("parked at fork", FORK_DEADLINE, move || {
         slab_backend::set_memory_limit(None);
         let base = DROPPED.load(Ordering::Relaxed);
         kvfree_rcu_barrier();
@@ -415,7 +379,7 @@ fn case_fork_during_creation() {
         );
         std::thread::sleep(Duration::from_millis(1));
     }
-    in_fork_child("fork during the batcher's creation", || {
+    in_fork_child("fork during the batcher's creation", FORK_DEADLINE, || {
         resume_batcher_creation();
         let base = DROPPED.load(Ordering::Relaxed);
         for i in 0..1_000u64 {
@@ -497,24 +461,13 @@ fn case_fork_in_destructor() {
     }
     let pid = FORK_PID.load(Ordering::Relaxed);
     assert!(pid > 0, "no destructor ran in 20 s");
-    let mut status = 0;
-    let t = Instant::now();
-    loop {
-        // SAFETY: our own child.
-        if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
-            break;
+    match wait_forked(pid, Duration::from_secs(15)) {
+        Forked::Ok => {}
+        Forked::Failed(status) => {
+            panic!("fork child failed (fork from a destructor): status {status}")
         }
-        if t.elapsed() > Duration::from_secs(15) {
-            // SAFETY: our own child.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            panic!("fork child hung (fork from a destructor)");
-        }
-        std::thread::sleep(Duration::from_millis(2));
+        Forked::Hung => panic!("fork child hung (fork from a destructor)"),
     }
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "fork child failed (fork from a destructor): status {status}"
-    );
 }
 
 #[test]

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use kfree_batch::{
     impl_has_rcu_head, kfree_rcu, kfree_rcu_head, kvfree_rcu_barrier, RcuHead, PARK_SLOTS,
 };
-use test_support::{child_case, run_child, stderr};
+use test_support::{child_case, run_child, say, stderr, wait_forked, Forked};
 
 /// Set while the worker runs a `Slow` destructor.
 static IN_SLOW_DROP: AtomicBool = AtomicBool::new(false);
@@ -53,31 +53,13 @@ impl Drop for Forker {
             IN_CHILD.store(true, Ordering::Relaxed);
             return;
         }
-        let mut status = 0;
-        let t = Instant::now();
-        loop {
-            // SAFETY: our own child.
-            if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
-                let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-                CHILD_RESULT.store(if ok { 1 } else { 2 }, Ordering::Relaxed);
-                return;
-            }
-            if t.elapsed() > Duration::from_secs(20) {
-                // SAFETY: our own child.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-                // SAFETY: reaping our own child.
-                unsafe { libc::waitpid(pid, &mut status, 0) };
-                CHILD_RESULT.store(3, Ordering::Relaxed);
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        let result = match wait_forked(pid, Duration::from_secs(20)) {
+            Forked::Ok => 1,
+            Forked::Failed(_) => 2,
+            Forked::Hung => 3,
+        };
+        CHILD_RESULT.store(result, Ordering::Relaxed);
     }
-}
-
-fn say(msg: &str) {
-    // SAFETY: writing a valid buffer to fd 2.
-    unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
 }
 
 /// CPU time (user + system) this process used so far.

@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 
 use kfree_batch::{kfree_rcu, kvfree_rcu_barrier, stats, PARK_SLOTS};
 use rcu_core::rcu_read_lock;
-use test_support::{child_case, run_child, stderr};
+use test_support::{child_case, in_fork_child, run_child, say, stderr};
+
+/// How long a fork child may take.
+const FORK_DEADLINE: Duration = Duration::from_secs(30);
 
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 
@@ -24,40 +27,6 @@ impl Drop for Big {
     fn drop(&mut self) {
         DROPPED.fetch_add(1, Ordering::Relaxed);
     }
-}
-
-fn say(msg: &str) {
-    // SAFETY: writing a valid buffer to fd 2.
-    unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
-}
-
-fn in_fork_child(what: &str, f: impl FnOnce() -> i32) {
-    // SAFETY: fork in a test child process; the forked child exits with `_exit`.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork failed");
-    if pid == 0 {
-        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(101);
-        // SAFETY: leaving the fork child without running the parent's atexit handlers.
-        unsafe { libc::_exit(code) };
-    }
-    let mut status = 0;
-    let t = Instant::now();
-    loop {
-        // SAFETY: our own child.
-        if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
-            break;
-        }
-        if t.elapsed() > Duration::from_secs(30) {
-            // SAFETY: our own child.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            panic!("fork child hung ({what})");
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "fork child failed ({what}): status {status}"
-    );
 }
 
 fn case_spilled_at_fork() {
@@ -102,7 +71,7 @@ fn case_spilled_at_fork() {
         before.overdraft_bytes, 0,
         "charged to the overdraft: {before:?}"
     );
-    in_fork_child("spilled at fork", move || {
+    in_fork_child("spilled at fork", FORK_DEADLINE, move || {
         slab_backend::set_memory_limit(None);
         let pending_at_start = stats().pending_bytes;
         say(&format!(

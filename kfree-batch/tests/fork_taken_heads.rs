@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 use kfree_batch::{
     impl_has_rcu_head, kfree_rcu, kfree_rcu_head, kvfree_rcu_barrier, RcuHead, PARK_SLOTS,
 };
-use test_support::{child_case, run_child, stderr};
+use test_support::{child_case, in_fork_child, run_child, say, stderr};
+
+/// How long a fork child may take.
+const FORK_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Set while a `Slow` destructor runs (on the worker's thread).
 static IN_DROP: AtomicBool = AtomicBool::new(false);
@@ -46,11 +49,6 @@ impl Drop for MaybeSlow {
     }
 }
 
-fn say(msg: &str) {
-    // SAFETY: writing a valid buffer to fd 2.
-    unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
-}
-
 /// CPU time (user + system) this process used so far.
 fn cpu_time() -> Duration {
     // SAFETY: a zeroed rusage is a valid out-parameter.
@@ -59,35 +57,6 @@ fn cpu_time() -> Duration {
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     tv(ru.ru_utime) + tv(ru.ru_stime)
-}
-
-fn in_fork_child(what: &str, f: impl FnOnce() -> i32) {
-    // SAFETY: fork in a test child process; the forked child exits with `_exit`.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork failed");
-    if pid == 0 {
-        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(101);
-        // SAFETY: leaving the fork child without running the parent's atexit handlers.
-        unsafe { libc::_exit(code) };
-    }
-    let mut status = 0;
-    let t = Instant::now();
-    loop {
-        // SAFETY: our own child.
-        if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
-            break;
-        }
-        if t.elapsed() > Duration::from_secs(30) {
-            // SAFETY: our own child.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            panic!("fork child hung ({what})");
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "fork child failed ({what}): status {status}"
-    );
 }
 
 /// The child must go idle: measures its CPU time over one second with nothing pending.
@@ -140,7 +109,11 @@ fn case_fork_while_worker_frees_spill() {
         );
         std::thread::sleep(Duration::from_millis(1));
     }
-    in_fork_child("worker freeing spilled objects", child_goes_idle);
+    in_fork_child(
+        "worker freeing spilled objects",
+        FORK_DEADLINE,
+        child_goes_idle,
+    );
     slab_backend::set_memory_limit(None);
     kvfree_rcu_barrier();
 }
@@ -166,7 +139,7 @@ fn case_fork_while_worker_frees_heads() {
         );
         std::thread::sleep(Duration::from_millis(1));
     }
-    in_fork_child("worker freeing heads", child_goes_idle);
+    in_fork_child("worker freeing heads", FORK_DEADLINE, child_goes_idle);
     slab_backend::set_memory_limit(None);
     kvfree_rcu_barrier();
 }

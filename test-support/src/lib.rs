@@ -235,3 +235,65 @@ impl HeapFiller {
         }
     }
 }
+
+/// Writes `msg` to stderr with one `write(2)`: no lock, no allocation, so a `fork()` child may
+/// use it while locks other threads of its parent held stay held.
+pub fn say(msg: &str) {
+    // SAFETY: `msg` is a valid buffer of `msg.len()` bytes; fd 2 is stderr.
+    unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+}
+
+/// How a `fork()` child that [`wait_forked`] waited for ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forked {
+    /// It exited with status 0.
+    Ok,
+    /// It exited otherwise; the raw `waitpid` status.
+    Failed(i32),
+    /// It was still running at the deadline: killed and reaped.
+    Hung,
+}
+
+/// Waits for the forked child `pid` until `deadline`; kills and reaps it if it is still running.
+pub fn wait_forked(pid: libc::pid_t, deadline: Duration) -> Forked {
+    let mut status = 0;
+    let t = Instant::now();
+    loop {
+        // SAFETY: `pid` is our own child; `status` is a valid out-pointer.
+        if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
+            return if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+                Forked::Ok
+            } else {
+                Forked::Failed(status)
+            };
+        }
+        if t.elapsed() > deadline {
+            // SAFETY: our own child; killed, then reaped so that it leaves no zombie.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+            }
+            return Forked::Hung;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Forks; the child runs `f` and leaves with `_exit` and `f`'s code (101 if `f` panics); the
+/// parent waits for it (killing it after `deadline`) and panics, naming `what`, unless it exited
+/// with 0.
+pub fn in_fork_child(what: &str, deadline: Duration, f: impl FnOnce() -> i32) {
+    // SAFETY: fork in a test process; the child runs `f` and exits with `_exit`.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(101);
+        // SAFETY: leaving the fork child without running the parent's atexit handlers.
+        unsafe { libc::_exit(code) };
+    }
+    match wait_forked(pid, deadline) {
+        Forked::Ok => {}
+        Forked::Failed(status) => panic!("fork child failed ({what}): status {status}"),
+        Forked::Hung => panic!("fork child hung ({what})"),
+    }
+}
