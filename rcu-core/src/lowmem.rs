@@ -141,8 +141,14 @@ impl fmt::Display for OsError<'_> {
 
 /// Whether the calling thread can allocate `bytes` now (allocated and freed at once; never
 /// aborts).
+///
+/// The probe is at least [`MIN_PROBE`] bytes: glibc keeps freed chunks of up to 1032 bytes in a
+/// per-thread cache that serves only requests of the same size class, so a small probe can succeed
+/// from a chunk that no other request (the C library's own small allocations that follow, such
+/// as its record of a thread-local destructor) could use. A larger probe comes from the shared
+/// bins or the top of the heap, and its chunk, freed, can be split for a request of any size.
 pub fn heap_headroom(bytes: usize) -> bool {
-    let Ok(layout) = std::alloc::Layout::from_size_align(bytes.max(1), 16) else {
+    let Ok(layout) = std::alloc::Layout::from_size_align(bytes.max(MIN_PROBE), 16) else {
         return false;
     };
     // SAFETY: the layout has a non-zero size.
@@ -154,6 +160,9 @@ pub fn heap_headroom(bytes: usize) -> bool {
     unsafe { std::alloc::dealloc(p, layout) };
     true
 }
+
+/// Smallest probe of [`heap_headroom`]: above glibc's per-thread cache and fast bins.
+pub const MIN_PROBE: usize = 4096;
 
 /// Starts a named thread running `f`, failing softly when memory is short (module docs, point
 /// 2): an `OutOfMemory` error if [`SPAWN_HEADROOM`] bytes cannot be had or the name cannot be
