@@ -12,11 +12,13 @@
 //! | bits   | meaning                                                                    |
 //! |--------|----------------------------------------------------------------------------|
 //! | 63..16 | low 48 bits of `gp_seq` read when the outermost guard was taken (`snap`)    |
-//! | 15..0  | nesting depth; `0` = quiescent (then the whole word is `0`)                |
+//! | 15     | `EXITED`: the owner exited inside this section (Invariant 6)               |
+//! | 14..0  | nesting depth; `0` = quiescent (then the whole word is `0`)                |
 //!
 //! * outermost lock: `word = (gp_seq << 16) | 1`, then the light barrier;
 //! * nested lock / unlock: `word ± 1`;
-//! * outermost unlock: `word = 0` with Release (after clearing `exited`, Invariant 6).
+//! * outermost unlock: `word = 0` with Release (for a marked word, nesting `EXITED + 1`, on a
+//!   cold path that also clears `exited`: Invariant 6).
 //!
 //! A grace period that started with sequence `s` (state bits "in progress") must wait for a record
 //! while `nesting > 0 && snap < s` (48-bit wrap-safe): that reader took its snapshot before `s` was
@@ -101,7 +103,7 @@ pub(crate) const NEST_MASK: u64 = (1 << NEST_BITS) - 1;
 /// the cold path that gives the record back. Marking the word itself keeps the fast path's
 /// single load: the outermost unlock tests the word it already loaded.
 pub(crate) const EXITED: u64 = 1 << (NEST_BITS - 1);
-/// Mask of the nesting depth (without [`EXITED`]); depth is limited to `DEPTH_MASK - 1`.
+/// Mask of the nesting depth (without [`EXITED`]); depth is limited to `DEPTH_MASK`.
 pub(crate) const DEPTH_MASK: u64 = EXITED - 1;
 /// Mask of the 48-bit sequence snapshot once shifted down.
 const SNAP_MASK: u64 = (1 << (64 - NEST_BITS)) - 1;
@@ -136,8 +138,9 @@ pub struct Record {
     /// Whether a thread owns this record. CAS by the registering thread; cleared at thread exit
     /// (or, for a thread that exited inside a section, when that section ends: Invariant 5).
     pub(crate) owned: AtomicBool,
-    /// Set by the exit hook of a thread that exits inside a section (Invariant 5); cleared by
-    /// the outermost unlock that ends that section, before its word goes to `0` (Invariant 6).
+    /// Set by the exit hook of a thread that exits inside a section (Invariant 5), with the
+    /// word's [`EXITED`] mark; cleared by the outermost unlock that ends that section (Invariant
+    /// 6). Unlocks decide by the mark; the flag is for the registry and the `fork()` child.
     /// Written and read by the owning thread only (and by the single-threaded `fork()` child).
     pub(crate) exited: AtomicBool,
     /// Kernel thread id of the owner, for stall reports. Written by the owner at registration.
@@ -259,9 +262,10 @@ pub(crate) fn lock(gp_seq: &AtomicU64, rec: &Record) {
 /// that exited inside it (Invariant 5): then `exited` has been cleared and the caller, the only
 /// one told so, gives the record back.
 ///
-/// Async-signal-safe, like [`lock`]. The outermost unlock clears `exited` *before* it stores
-/// `word = 0` (Invariant 6), so a signal handler's guard never finds `exited` set on a
-/// quiescent word: while `exited` is set its guards nest and never end the section.
+/// Async-signal-safe, like [`lock`]. The decision rests on the word it loaded: nesting 1 is an
+/// ordinary outermost unlock, `EXITED + 1` the outermost unlock of an exited thread's section,
+/// which one store of `word = 0` ends (Invariant 6); a signal handler's guard on a marked word
+/// always nests, so it never ends the section or gives the record back.
 #[inline(always)]
 pub(crate) fn unlock(rec: &Record) -> bool {
     let w = rec.word.load(Ordering::Relaxed);
@@ -308,7 +312,7 @@ pub(crate) fn mark_exited(rec: &Record) {
 fn nesting_overflow() -> ! {
     panic!(
         "rcu_read_lock nested more than {} deep on one thread",
-        DEPTH_MASK - 1
+        DEPTH_MASK
     );
 }
 

@@ -2,12 +2,12 @@
 //! thread that exited inside its section drops that section's guard in a late thread-local
 //! destructor.
 //!
-//! `RcuReadGuard::drop` unlocks (the word becomes 0), then loads `exited` and, if set, calls
-//! `exited_section_ended`, which clears `LOCAL` and gives the record back. A signal handler that
-//! runs between that load and the clearing of `LOCAL` finds `LOCAL` still pointing at the record
-//! with nesting 0: its guard is outermost, its drop also sees `exited` and gives the record back,
-//! and the interrupted drop then gives it back a second time (in debug builds its
-//! `debug_assert` on `LOCAL` fires first: a panic inside thread-local teardown, an abort).
+//! The defect this guards: a drop that unlocked (word 0), then loaded an `exited` flag and gave
+//! the record back could be interrupted between the two by a handler whose guard, outermost on
+//! the quiescent word, saw the flag too and gave the record back first; the interrupted drop then
+//! gave it back a second time (in debug builds its `debug_assert` on `LOCAL` fired first: a panic
+//! inside thread-local teardown, an abort). The record must be given back exactly once, whatever
+//! instruction of the drop the handler interrupts.
 //!
 //! To land the handler at every instruction of that drop deterministically, the late destructor
 //! single-steps it (x86-64 trap flag set from a signal handler): round `n` takes the handler's
