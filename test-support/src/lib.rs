@@ -196,7 +196,14 @@ pub struct HeapFiller {
 /// current use): blocks of decreasing sizes until each size is refused, so that afterwards an
 /// allocation of any size fails in the calling thread. Give the memory back with
 /// [`HeapFiller::release`] (or leak it). Only for child processes of tests.
+///
+/// First it lets the test harness's main thread reach its wait for the test's result: that
+/// thread's first blocking wait on a channel registers a thread-local destructor, and the C
+/// library aborts the process ("failed to register TLS destructor: out of memory") if it does
+/// so after the heap is gone — the harness's abort, not the code under test (seen about one run
+/// in three under load without the pause).
 pub fn exhaust_heap() -> HeapFiller {
+    std::thread::sleep(Duration::from_millis(100));
     let mut f = HeapFiller {
         head: core::ptr::null_mut(),
         bytes: 0,
