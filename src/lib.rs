@@ -89,6 +89,12 @@
 //! an abort. Misuse that could only hang or free early (blocking for a grace period inside a
 //! critical section) panics with a message that says "read-side critical section".
 
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "rcu-kit supports Linux only: its crates need membarrier(2), futex(2), sched_getcpu(3), \
+     mmap(2), munmap(2) and mincore(2)"
+);
+
 mod cell_ext;
 pub mod map;
 

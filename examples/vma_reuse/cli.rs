@@ -1,11 +1,12 @@
-//! Command line, progress line, table and JSON of the VMA-reuse example. Shared with
-//! `tests/vma_reuse.rs` (through `#[path]`).
+//! Command line, progress line, table, row legend and JSON of the VMA-reuse example.
 
 #![allow(dead_code)]
 
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::time::{Duration, Instant};
+
+use clap::builder::RangedU64ValueParser;
 
 use crate::model::{Live, Mode, ModeReport};
 
@@ -37,16 +38,23 @@ pub(crate) struct Options {
     pub(crate) seed: u64,
     /// Print JSON instead of the table.
     pub(crate) json: bool,
+    /// Print what each row of the table means, and run nothing.
+    pub(crate) explain: bool,
     /// TEST ONLY: skip the `vm_mm` revalidation.
     pub(crate) broken_skip_mm_check: bool,
 }
 
+fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(2, 64)
+}
+
 impl Default for Options {
     fn default() -> Options {
-        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
         Options {
             modes: Mode::ALL.to_vec(),
-            threads: cpus.clamp(2, 64),
+            threads: default_threads(),
             mappers: 2,
             mms: 4,
             vmas: 64,
@@ -55,134 +63,129 @@ impl Default for Options {
             rounds: 1,
             seed: 1,
             json: false,
+            explain: false,
             broken_skip_mm_check: false,
         }
     }
 }
 
-/// What the command line asks for.
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) enum Command {
-    /// Run with these options.
-    Run(Options),
-    /// Print [`USAGE`] and exit 0.
-    Help,
+/// `--mode` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ModeArg {
+    /// Free VMAs straight back to a SLAB_TYPESAFE_BY_RCU cache (no call_rcu per VMA).
+    Typesafe,
+    /// A call_rcu per freed VMA (the kernel before the typesafe VMA cache).
+    CallRcu,
+    /// Each freed VMA batched through kfree_rcu_cache.
+    KfreeRcu,
+    /// All three, one after another.
+    All,
 }
 
-/// The help text.
-pub(crate) const USAGE: &str = "\
-usage: vma_reuse [OPTIONS]
+/// The command line as clap sees it; [`Options`] is what the program uses.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "vma_reuse",
+    about = "Per-VMA locks over a SLAB_TYPESAFE_BY_RCU VMA cache: typesafe reuse against per-VMA \
+             call_rcu and kfree_rcu freeing",
+    long_about = "A model address space with per-VMA locks over a SLAB_TYPESAFE_BY_RCU VMA cache:\n\
+                  fault threads run lock_vma_under_rcu() while mapper threads\n\
+                  mmap/munmap/split/merge/mprotect, so VMA objects are freed and reused (possibly\n\
+                  in another mm) under the readers' feet. Compares freeing VMAs into a typesafe\n\
+                  cache at once with freeing each through call_rcu or kfree_rcu. Prints a table\n\
+                  (--explain describes its rows) or JSON, then a PASS or FAIL line.",
+    after_help = "Exit status: 0 on success, 1 if any wrong-VMA result, leaked VMA or RCU error\n\
+                  was seen, 2 on a usage error."
+)]
+struct Cli {
+    /// Mode to run
+    #[arg(long, value_name = "MODE", value_enum, default_value = "all")]
+    mode: ModeArg,
+    /// Fault threads, 1..=256 [default: CPUs, at least 2]
+    #[arg(long, value_name = "N", value_parser = RangedU64ValueParser::<usize>::new().range(1..=256))]
+    threads: Option<usize>,
+    /// Mapper threads, 0..=64
+    #[arg(long, value_name = "N", default_value_t = 2,
+          value_parser = RangedU64ValueParser::<usize>::new().range(0..=64))]
+    mappers: usize,
+    /// Address spaces, 1..=64
+    #[arg(long, value_name = "N", default_value_t = 4,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=64))]
+    mms: usize,
+    /// Target VMAs per address space, 1..=100000
+    #[arg(long, value_name = "N", default_value_t = 64,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=100_000))]
+    vmas: usize,
+    /// Seconds per mode, 0 < S <= 3600
+    #[arg(long, value_name = "S", default_value_t = DEFAULT_SECONDS, value_parser = parse_seconds)]
+    seconds: f64,
+    /// mmap write-lock sections per second per mapper, 0 = flat out
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAP_RATE,
+          value_parser = clap::value_parser!(u64).range(0..=100_000_000))]
+    map_rate: u64,
+    /// Repeat the modes N times, alternating; the rounds are summed per mode
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=1000))]
+    rounds: u64,
+    /// PRNG seed (decimal or 0x hex)
+    #[arg(long, value_name = "N", default_value = "1", value_parser = parse_seed)]
+    seed: u64,
+    /// Print {"modes": [...]} instead of the table (the PASS/FAIL line goes to stderr)
+    #[arg(long)]
+    json: bool,
+    /// Print what each row of the table means, and run nothing
+    #[arg(long)]
+    explain: bool,
+    /// TEST ONLY: skip the vm_mm revalidation; must produce wrong-VMA results
+    #[arg(long)]
+    broken_skip_mm_check: bool,
+}
 
-A model address space with per-VMA locks over a SLAB_TYPESAFE_BY_RCU VMA cache: fault threads run
-lock_vma_under_rcu() while mapper threads mmap/munmap/split/merge/mprotect, so VMA objects are
-freed and reused (possibly in another mm) under the readers' feet. Compares freeing VMAs into a
-typesafe cache at once with freeing each through call_rcu or kfree_rcu.
-
-options:
-  --mode M         typesafe | call-rcu | kfree-rcu | all     (default: all, one after another)
-  --threads N      fault threads, 1..=256                     (default: CPUs, at least 2)
-  --mappers N      mapper threads, 0..=64                     (default: 2)
-  --mms N          address spaces, 1..=64                     (default: 4)
-  --vmas N         target VMAs per address space, 1..=100000  (default: 64)
-  --seconds S      seconds per mode, 0 < S <= 3600            (default: 3)
-  --map-rate N     mmap write-lock sections/s per mapper, 0 = flat out (default: 20000)
-  --rounds N       repeat the modes N times, alternating; sums per mode  (default: 1)
-  --seed N         PRNG seed (decimal or 0x hex)              (default: 1)
-  --json           print {\"modes\": [...]} instead of the table
-  --broken-skip-mm-check
-                   TEST ONLY: skip the vm_mm revalidation; must produce wrong-VMA results
-  -h, --help       this text
-
-Exit status: 0 on success, 1 if any wrong-VMA result, leaked VMA or RCU error was seen,
-2 on a usage error.";
-
-fn int<T: std::str::FromStr + PartialOrd + Copy + std::fmt::Display>(
-    opt: &str,
-    v: &str,
-    lo: T,
-    hi: T,
-) -> Result<T, String> {
-    match v.parse::<T>() {
-        Ok(n) if n >= lo && n <= hi => Ok(n),
-        _ => Err(format!(
-            "{opt}: expected an integer in {lo}..={hi}, got '{v}'"
-        )),
+fn parse_seconds(v: &str) -> Result<f64, String> {
+    match v.parse::<f64>() {
+        Ok(s) if s > 0.0 && s <= 3600.0 => Ok(s),
+        _ => Err("expected a number in (0, 3600]".to_owned()),
     }
 }
 
-/// Parses the arguments after the program name.
-pub(crate) fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String> {
-    let mut o = Options::default();
-    let mut it = args.into_iter();
-    while let Some(arg) = it.next() {
-        let (name, inline) = match arg.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
-            _ => (arg.clone(), None),
-        };
-        let flag = |inline: &Option<String>| -> Result<(), String> {
-            match inline {
-                Some(_) => Err(format!("{name} takes no value")),
-                None => Ok(()),
-            }
-        };
-        match name.as_str() {
-            "-h" | "--help" => return Ok(Command::Help),
-            "--json" => {
-                flag(&inline)?;
-                o.json = true;
-                continue;
-            }
-            "--broken-skip-mm-check" => {
-                flag(&inline)?;
-                o.broken_skip_mm_check = true;
-                continue;
-            }
-            "--mode" | "--threads" | "--mappers" | "--mms" | "--vmas" | "--seconds"
-            | "--map-rate" | "--rounds" | "--seed" => {}
-            _ => return Err(format!("unknown argument '{arg}'")),
-        }
-        let v = match inline {
-            Some(v) => v,
-            None => it.next().ok_or_else(|| format!("{name} needs a value"))?,
-        };
-        match name.as_str() {
-            "--mode" => {
-                o.modes = if v == "all" {
-                    Mode::ALL.to_vec()
-                } else {
-                    vec![Mode::parse(&v).ok_or_else(|| {
-                        format!("--mode: expected typesafe, call-rcu, kfree-rcu or all, got '{v}'")
-                    })?]
-                }
-            }
-            "--threads" => o.threads = int(&name, &v, 1, 256)?,
-            "--mappers" => o.mappers = int(&name, &v, 0, 64)?,
-            "--mms" => o.mms = int(&name, &v, 1, 64)?,
-            "--vmas" => o.vmas = int(&name, &v, 1, 100_000)?,
-            "--map-rate" => o.map_rate = int(&name, &v, 0, 100_000_000)?,
-            "--rounds" => o.rounds = int(&name, &v, 1, 1000)?,
-            "--seconds" => {
-                o.seconds = match v.parse::<f64>() {
-                    Ok(s) if s > 0.0 && s <= 3600.0 => s,
-                    _ => {
-                        return Err(format!(
-                            "--seconds: expected a number in (0, 3600], got '{v}'"
-                        ))
-                    }
-                }
-            }
-            "--seed" => {
-                let parsed = match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
-                    Some(h) => u64::from_str_radix(h, 16).ok(),
-                    None => v.parse::<u64>().ok(),
-                };
-                o.seed = parsed
-                    .ok_or_else(|| format!("--seed: expected an unsigned integer, got '{v}'"))?;
-            }
-            _ => unreachable!("value options are listed above"),
-        }
-    }
-    Ok(Command::Run(o))
+fn parse_seed(v: &str) -> Result<u64, String> {
+    let parsed = match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+        Some(h) => u64::from_str_radix(h, 16).ok(),
+        None => v.parse::<u64>().ok(),
+    };
+    parsed.ok_or_else(|| "expected an unsigned integer (decimal or 0x hex)".to_owned())
+}
+
+/// Parses the arguments after the program name. `--help` and usage errors come back as a
+/// [`clap::Error`]: `print()` it and exit with its `exit_code()` (0 for help, 2 for errors).
+pub(crate) fn parse_args<I, T>(args: I) -> Result<Options, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::Parser as _;
+    let argv = std::iter::once(std::ffi::OsString::from("vma_reuse"))
+        .chain(args.into_iter().map(Into::into));
+    let c = Cli::try_parse_from(argv)?;
+    Ok(Options {
+        modes: match c.mode {
+            ModeArg::Typesafe => vec![Mode::Typesafe],
+            ModeArg::CallRcu => vec![Mode::CallRcu],
+            ModeArg::KfreeRcu => vec![Mode::KfreeRcu],
+            ModeArg::All => Mode::ALL.to_vec(),
+        },
+        threads: c.threads.unwrap_or_else(default_threads),
+        mappers: c.mappers,
+        mms: c.mms,
+        vmas: c.vmas,
+        seconds: c.seconds,
+        rounds: c.rounds,
+        map_rate: c.map_rate,
+        seed: c.seed,
+        json: c.json,
+        explain: c.explain,
+        broken_skip_mm_check: c.broken_skip_mm_check,
+    })
 }
 
 /// The progress line on stderr: rewritten in place on a terminal, a plain line per second
@@ -264,6 +267,150 @@ fn human_count(n: f64) -> String {
     }
 }
 
+/// One row of the table: its label, what it means, and its value for a mode.
+type Row = (&'static str, &'static str, fn(&ModeReport) -> String);
+
+/// The rows of the table, in order.
+fn rows() -> [Row; 22] {
+    [
+        ("faults", "page faults handled (each looked up and checked)", |r| {
+            r.fault.faults.to_string()
+        }),
+        ("faults/s", "faults per second of wall-clock time", |r| {
+            human_count(r.faults_per_sec())
+        }),
+        (
+            "faults per fault-thread CPU s",
+            "faults per second of CPU time of the fault threads (not hurt by preemption)",
+            |r| human_count(r.faults_per_cpu_sec()),
+        ),
+        (
+            "  under the per-VMA lock",
+            "share of faults served under the VMA's own lock, without the mm-wide lock",
+            |r| {
+                format!(
+                    "{:.1}%",
+                    100.0 * r.fault.vma_locked as f64 / r.fault.faults.max(1) as f64
+                )
+            },
+        ),
+        (
+            "lock fallbacks",
+            "faults that gave up the per-VMA lock and took the mm-wide lock; by reason:",
+            |r| r.fault.fallbacks.total().to_string(),
+        ),
+        ("  seq (write-locked)", "the VMA was write-locked by a mapper", |r| {
+            r.fault.fallbacks.seq.to_string()
+        }),
+        ("  detached", "the VMA was detached (unmapped, or freed and not yet reused)", |r| {
+            r.fault.fallbacks.detached.to_string()
+        }),
+        (
+            "  wrong mm",
+            "the object had been reused for a VMA of another address space",
+            |r| r.fault.fallbacks.wrong_mm.to_string(),
+        ),
+        (
+            "  range",
+            "the object had been reused for a VMA that does not cover the address",
+            |r| r.fault.fallbacks.range.to_string(),
+        ),
+        ("  unmapped", "no VMA covered the address in the RCU walk", |r| {
+            r.fault.fallbacks.unmapped.to_string()
+        }),
+        (
+            "detached walk retries",
+            "RCU walks retried after finding a detached VMA",
+            |r| r.fault.detached_retries.to_string(),
+        ),
+        (
+            "reuse races caught",
+            "faults whose VMA object was freed and reused under them, caught by revalidation",
+            |r| r.fault.reuse_caught.to_string(),
+        ),
+        (
+            "reused, still valid",
+            "faults whose VMA object was reused but still maps the address in the same mm",
+            |r| r.fault.reuse_accepted.to_string(),
+        ),
+        (
+            "wrong-VMA results",
+            "faults that ended with a VMA not mapping the address: must be 0",
+            |r| r.fault.wrong_vma.to_string(),
+        ),
+        ("VMAs freed (munmap/merge)", "VMA objects freed by the mappers", |r| {
+            r.map.freed.to_string()
+        }),
+        ("call_rcu calls", "call_rcu callbacks queued in the mode (all of the kit)", |r| {
+            r.call_rcu_calls.to_string()
+        }),
+        ("  per VMA freed", "call_rcu calls divided by VMAs freed", |r| {
+            format!("{:.4}", r.call_rcu_calls as f64 / r.map.freed.max(1) as f64)
+        }),
+        (
+            "kfree_rcu calls (+arrays)",
+            "kfree_rcu calls: freed VMAs (kfree-rcu mode) plus retired VMA arrays",
+            |r| r.map.kfree_rcu.to_string(),
+        ),
+        ("grace periods", "grace periods completed during the mode", |r| {
+            r.grace_periods.to_string()
+        }),
+        (
+            "peak RSS (process)",
+            "the whole process's peak resident memory during the mode",
+            |r| human_bytes(r.peak_rss_bytes),
+        ),
+        (
+            "  VMA cache slabs (peak)",
+            "peak memory of the VMA cache's slabs, those waiting for a grace period included",
+            |r| human_bytes(r.peak_cache_bytes),
+        ),
+        (
+            "leaked VMAs / RCU errors",
+            "VMAs left in the cache after teardown / VMAs reused before a grace period: must be 0 / 0",
+            |r| format!("{} / {}", r.vmas_leaked, r.fault.rcu_errors),
+        ),
+    ]
+}
+
+/// What each row of the table means (`--explain`).
+pub(crate) fn legend() -> String {
+    let mut s = String::from("vma_reuse: the rows of the table (one column per mode)\n");
+    for (name, what, _) in rows() {
+        let _ = writeln!(s, "{name:<31}{what}");
+    }
+    s.push_str(
+        "typesafe vs call-rcu (last line) typesafe mode's rates divided by call-rcu mode's\n",
+    );
+    s
+}
+
+/// The last line of the output: PASS, or FAIL with what failed in which mode.
+pub(crate) fn verdict(reports: &[ModeReport]) -> String {
+    let failed: Vec<String> = reports
+        .iter()
+        .filter(|r| r.failed())
+        .map(|r| {
+            format!(
+                "{} mode: {} wrong-VMA results, {} leaked VMAs, {} RCU errors",
+                r.mode.name(),
+                r.fault.wrong_vma,
+                r.vmas_leaked,
+                r.fault.rcu_errors
+            )
+        })
+        .collect();
+    if failed.is_empty() {
+        let names: Vec<&str> = reports.iter().map(|r| r.mode.name()).collect();
+        format!(
+            "PASS: no wrong-VMA result, leaked VMA or RCU error ({})",
+            names.join(", ")
+        )
+    } else {
+        format!("FAIL: {}", failed.join("; "))
+    }
+}
+
 /// The comparison table, one column per mode.
 pub(crate) fn render_table(o: &Options, reports: &[ModeReport]) -> String {
     let mut s = String::new();
@@ -292,56 +439,13 @@ pub(crate) fn render_table(o: &Options, reports: &[ModeReport]) -> String {
             ""
         }
     );
-    type Row = (&'static str, fn(&ModeReport) -> String);
-    let rows: [Row; 22] = [
-        ("faults", |r| r.fault.faults.to_string()),
-        ("faults/s", |r| human_count(r.faults_per_sec())),
-        ("faults per fault-thread CPU s", |r| {
-            human_count(r.faults_per_cpu_sec())
-        }),
-        ("  under the per-VMA lock", |r| {
-            format!(
-                "{:.1}%",
-                100.0 * r.fault.vma_locked as f64 / r.fault.faults.max(1) as f64
-            )
-        }),
-        ("lock fallbacks", |r| r.fault.fallbacks.total().to_string()),
-        ("  seq (write-locked)", |r| {
-            r.fault.fallbacks.seq.to_string()
-        }),
-        ("  detached", |r| r.fault.fallbacks.detached.to_string()),
-        ("  wrong mm", |r| r.fault.fallbacks.wrong_mm.to_string()),
-        ("  range", |r| r.fault.fallbacks.range.to_string()),
-        ("  unmapped", |r| r.fault.fallbacks.unmapped.to_string()),
-        ("detached walk retries", |r| {
-            r.fault.detached_retries.to_string()
-        }),
-        ("reuse races caught", |r| r.fault.reuse_caught.to_string()),
-        ("reused, still valid", |r| {
-            r.fault.reuse_accepted.to_string()
-        }),
-        ("wrong-VMA results", |r| r.fault.wrong_vma.to_string()),
-        ("VMAs freed (munmap/merge)", |r| r.map.freed.to_string()),
-        ("call_rcu calls", |r| r.call_rcu_calls.to_string()),
-        ("  per VMA freed", |r| {
-            format!("{:.4}", r.call_rcu_calls as f64 / r.map.freed.max(1) as f64)
-        }),
-        ("kfree_rcu calls (+arrays)", |r| r.map.kfree_rcu.to_string()),
-        ("grace periods", |r| r.grace_periods.to_string()),
-        ("peak RSS (process)", |r| human_bytes(r.peak_rss_bytes)),
-        ("  VMA cache slabs (peak)", |r| {
-            human_bytes(r.peak_cache_bytes)
-        }),
-        ("leaked VMAs / RCU errors", |r| {
-            format!("{} / {}", r.vmas_leaked, r.fault.rcu_errors)
-        }),
-    ];
+    let rows = rows();
     let _ = write!(s, "{:<28}", "");
     for r in reports {
         let _ = write!(s, "{:>14}", r.mode.name());
     }
     s.push('\n');
-    for (name, f) in rows {
+    for (name, _, f) in rows {
         let _ = write!(s, "{name:<28}");
         for r in reports {
             let _ = write!(s, "{:>14}", f(r));
@@ -367,49 +471,95 @@ pub(crate) fn render_table(o: &Options, reports: &[ModeReport]) -> String {
             }
         );
     }
+    s.push_str("(--explain describes each row)\n");
     s
 }
 
-/// `{"modes": [...]}`: the keys the issue specifies, in its order, then a few extras.
-pub(crate) fn render_json(reports: &[ModeReport]) -> String {
-    let mut s = String::from("{\"modes\": [");
-    for (i, r) in reports.iter().enumerate() {
-        if i > 0 {
-            s.push_str(", ");
-        }
-        let fb = &r.fault.fallbacks;
-        let fps = r.faults_per_sec();
-        let _ = write!(
-            s,
-            "{{\"mode\": \"{}\", \"faults\": {}, \"faults_per_sec\": {:.1}, \"lock_fallbacks\": {}, \
-             \"reuse_caught\": {}, \"wrong_vma\": {}, \"call_rcu_calls\": {}, \"kfree_rcu_calls\": {}, \
-             \"grace_periods\": {}, \"peak_rss_bytes\": {}, \"peak_cache_bytes\": {}, \
-             \"fallback_reasons\": {{\"seq\": {}, \"detached\": {}, \"wrong_mm\": {}, \"range\": {}, \"unmapped\": {}}}, \
-             \"vmas_freed\": {}, \"vmas_leaked\": {}, \"rcu_errors\": {}, \"seconds\": {:.3}, \
-             \"fault_cpu_seconds\": {:.3}}}",
-            r.mode.name(),
-            r.fault.faults,
-            if fps.is_finite() { fps } else { 0.0 },
-            fb.total(),
-            r.fault.reuse_caught,
-            r.fault.wrong_vma,
-            r.call_rcu_calls,
-            r.map.kfree_rcu,
-            r.grace_periods,
-            r.peak_rss_bytes,
-            r.peak_cache_bytes,
-            fb.seq,
-            fb.detached,
-            fb.wrong_mm,
-            fb.range,
-            fb.unmapped,
-            r.map.freed,
-            r.vmas_leaked,
-            r.fault.rcu_errors,
-            r.seconds,
-            r.fault.cpu_ns as f64 / 1e9,
-        );
+/// One mode in the JSON output.
+#[derive(Debug, serde::Serialize)]
+struct JsonMode {
+    mode: &'static str,
+    faults: u64,
+    faults_per_sec: f64,
+    lock_fallbacks: u64,
+    reuse_caught: u64,
+    wrong_vma: u64,
+    call_rcu_calls: u64,
+    kfree_rcu_calls: u64,
+    grace_periods: u64,
+    peak_rss_bytes: u64,
+    peak_cache_bytes: u64,
+    fallback_reasons: JsonFallbacks,
+    vmas_freed: u64,
+    vmas_leaked: u64,
+    rcu_errors: u64,
+    seconds: f64,
+    fault_cpu_seconds: f64,
+}
+
+/// Why faults fell back to the mm-wide lock.
+#[derive(Debug, serde::Serialize)]
+struct JsonFallbacks {
+    seq: u64,
+    detached: u64,
+    wrong_mm: u64,
+    range: u64,
+    unmapped: u64,
+}
+
+/// The JSON document.
+#[derive(Debug, serde::Serialize)]
+struct JsonOut {
+    modes: Vec<JsonMode>,
+}
+
+/// Rounds `x` to `digits` decimals (0 when it is not finite).
+fn round(x: f64, digits: i32) -> f64 {
+    let k = 10f64.powi(digits);
+    if x.is_finite() {
+        (x * k).round() / k
+    } else {
+        0.0
     }
-    s.push_str("]}");
-    s
+}
+
+/// `{"modes": [...]}`, one object per mode: `mode`, `faults`, `faults_per_sec`,
+/// `lock_fallbacks`, `reuse_caught`, `wrong_vma`, `call_rcu_calls`, `kfree_rcu_calls`,
+/// `grace_periods`, `peak_rss_bytes`, `peak_cache_bytes`, then `fallback_reasons`, `vmas_freed`,
+/// `vmas_leaked`, `rcu_errors`, `seconds`, `fault_cpu_seconds`.
+pub(crate) fn render_json(reports: &[ModeReport]) -> String {
+    let out = JsonOut {
+        modes: reports
+            .iter()
+            .map(|r| {
+                let fb = &r.fault.fallbacks;
+                JsonMode {
+                    mode: r.mode.name(),
+                    faults: r.fault.faults,
+                    faults_per_sec: round(r.faults_per_sec(), 1),
+                    lock_fallbacks: fb.total(),
+                    reuse_caught: r.fault.reuse_caught,
+                    wrong_vma: r.fault.wrong_vma,
+                    call_rcu_calls: r.call_rcu_calls,
+                    kfree_rcu_calls: r.map.kfree_rcu,
+                    grace_periods: r.grace_periods,
+                    peak_rss_bytes: r.peak_rss_bytes,
+                    peak_cache_bytes: r.peak_cache_bytes,
+                    fallback_reasons: JsonFallbacks {
+                        seq: fb.seq,
+                        detached: fb.detached,
+                        wrong_mm: fb.wrong_mm,
+                        range: fb.range,
+                        unmapped: fb.unmapped,
+                    },
+                    vmas_freed: r.map.freed,
+                    vmas_leaked: r.vmas_leaked,
+                    rcu_errors: r.fault.rcu_errors,
+                    seconds: round(r.seconds, 3),
+                    fault_cpu_seconds: round(r.fault.cpu_ns as f64 / 1e9, 3),
+                }
+            })
+            .collect(),
+    };
+    serde_json::to_string(&out).expect("plain numbers and strings serialise")
 }

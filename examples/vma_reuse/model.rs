@@ -1,8 +1,7 @@
 //! The VMA-reuse model run: configuration, counters, fault and mapper threads, `run_mode`.
 //!
-//! Shared by `examples/vma_reuse.rs` and `tests/vma_reuse.rs` (through `#[path]`, together with
-//! `mm.rs`, `mapper.rs` and `cli.rs`). The address space and the per-VMA lock protocol (and
-//! why every access is memory-safe and ordered) are described in `mm.rs`.
+//! The address space and the per-VMA lock protocol (and why every access is memory-safe and
+//! ordered) are described in `mm.rs`.
 
 #![allow(dead_code)]
 

@@ -83,6 +83,12 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![cfg_attr(rcu_loom, allow(dead_code, unused_imports))]
 
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "kfree-batch supports Linux only: its worker uses gettid(2) and prctl(2), and it builds on \
+     rcu-core (membarrier(2), futex(2)) and slab-backend (mmap(2))"
+);
+
 mod block;
 mod chan;
 mod config;

@@ -53,6 +53,12 @@
 // Models compile only the raw core; the global layer and its helpers are out of the build.
 #![cfg_attr(rcu_loom, allow(dead_code))]
 
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "rcu-core supports Linux only: it needs the membarrier(2) and futex(2) system calls, \
+     sched_getcpu(3), gettid(2) and prctl(2)"
+);
+
 mod callback;
 mod gp;
 #[doc(hidden)]

@@ -120,6 +120,12 @@
 
 #![cfg_attr(rcu_loom, allow(dead_code))]
 
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "slab-backend supports Linux only: it maps and checks its pages with mmap(2), munmap(2) \
+     and mincore(2), and builds on rcu-core (membarrier(2), futex(2))"
+);
+
 mod lock;
 mod primitive;
 

@@ -411,69 +411,40 @@ pub(crate) fn table(rows: &[RowResult]) -> String {
     out
 }
 
-/// Escapes a string for JSON.
-pub(crate) fn json_str(s: &str) -> String {
-    let mut o = String::with_capacity(s.len() + 2);
-    o.push('"');
-    for ch in s.chars() {
-        match ch {
-            '"' => o.push_str("\\\""),
-            '\\' => o.push_str("\\\\"),
-            '\n' => o.push_str("\\n"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(o, "\\u{:04x}", c as u32);
-            }
-            c => o.push(c),
-        }
-    }
-    o.push('"');
-    o
+/// One row in the JSON output (non-finite figures become `null`).
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct JsonRow<'a> {
+    group: &'static str,
+    figure: &'a str,
+    unit: &'static str,
+    ours: f64,
+    ours_samples: &'a [f64],
+    baseline: Option<&'a str>,
+    baseline_value: Option<f64>,
+    baseline_samples: &'a [f64],
+    ratio: Option<f64>,
+    target: String,
+    met: Option<bool>,
 }
 
-fn json_num(v: f64) -> String {
-    if v.is_finite() {
-        format!("{v}")
-    } else {
-        "null".to_owned()
-    }
-}
-
-fn json_opt(v: Option<f64>) -> String {
-    v.map(json_num).unwrap_or_else(|| "null".to_owned())
-}
-
-fn json_arr(v: &[f64]) -> String {
-    let parts: Vec<String> = v.iter().map(|x| json_num(*x)).collect();
-    format!("[{}]", parts.join(","))
-}
-
-/// Renders the rows as a JSON array.
-pub(crate) fn json_rows(rows: &[RowResult]) -> String {
-    let items: Vec<String> = rows
-        .iter()
-        .map(|r| {
-            format!(
-                "{{\"group\":{},\"figure\":{},\"unit\":{},\"ours\":{},\"ours_samples\":{},\"baseline\":{},\
-                 \"baseline_value\":{},\"baseline_samples\":{},\"ratio\":{},\"target\":{},\"met\":{}}}",
-                json_str(r.group),
-                json_str(&r.label),
-                json_str(r.unit.json_name()),
-                json_num(r.ours),
-                json_arr(&r.ours_samples),
-                r.baseline_name.as_deref().map(json_str).unwrap_or_else(|| "null".to_owned()),
-                json_opt(r.baseline),
-                json_arr(&r.baseline_samples),
-                json_opt(r.ratio),
-                json_str(&r.target.describe(r.unit)),
-                match r.met {
-                    None => "null",
-                    Some(true) => "true",
-                    Some(false) => "false",
-                },
-            )
+/// The rows as JSON values: `group`, `figure`, `unit`, `ours`, `ours_samples`, `baseline`,
+/// `baseline_value`, `baseline_samples`, `ratio`, `target`, `met`.
+pub(crate) fn json_rows(rows: &[RowResult]) -> Vec<JsonRow<'_>> {
+    rows.iter()
+        .map(|r| JsonRow {
+            group: r.group,
+            figure: &r.label,
+            unit: r.unit.json_name(),
+            ours: r.ours,
+            ours_samples: &r.ours_samples,
+            baseline: r.baseline_name.as_deref(),
+            baseline_value: r.baseline,
+            baseline_samples: &r.baseline_samples,
+            ratio: r.ratio,
+            target: r.target.describe(r.unit),
+            met: r.met,
         })
-        .collect();
-    format!("[\n  {}\n]", items.join(",\n  "))
+        .collect()
 }
 
 /// Runs `f` and returns the elapsed nanoseconds divided by `n`.

@@ -34,6 +34,7 @@ mod ours;
 
 use std::io::IsTerminal as _;
 
+use clap::builder::RangedU64ValueParser;
 use harness::Group;
 
 /// Loop sizes.
@@ -94,49 +95,55 @@ impl Sizes {
     }
 }
 
+/// The command line.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "compare",
+    about = "rcu-kit side by side with its baselines (crossbeam-epoch, seize, arc-swap, glibc\n\
+             malloc, liburcu when built with it), measured alternately in one process; the table\n\
+             shows medians and ratios against the targets",
+    after_help = "Groups (ids for --only): read1, read2, readscale, nested, sync0, sync1, call_rcu,\n\
+                  barrier, sync16, heavy, rcucell, kfree, kfree_mixed, kfree_zero, mem, mem_stall,\n\
+                  slab, slab_pc.\n\n\
+                  Exit status: 0 after a run (a missing baseline shows n/a), 2 on a usage error."
+)]
 struct Options {
+    /// About 10x shorter loops and 3 rounds: a smoke test of the harness, not a measurement
+    #[arg(long)]
     quick: bool,
-    json: bool,
+    /// Only the groups whose id contains SUBSTRING, or, when no id does, whose figures or
+    /// subjects mention it (repeatable)
+    #[arg(long, value_name = "SUBSTRING")]
     only: Vec<String>,
+    /// Print JSON, with every sample, instead of the table
+    #[arg(long)]
+    json: bool,
+    /// Rounds per group [default: 5, or 3 with --quick]; the memory groups (one child process
+    /// per sample) run at most 3
+    #[arg(long, value_name = "N", value_parser = RangedU64ValueParser::<usize>::new().range(1..=1000))]
+    rounds: Option<usize>,
+}
+
+/// The JSON document of `--json`.
+#[derive(Debug, serde::Serialize)]
+struct JsonOut<'a> {
+    machine: JsonMachine<'a>,
+    rcu_core_mode: &'a str,
+    liburcu: &'a str,
+    liburcu_built_in: bool,
+    quick: bool,
     rounds: usize,
+    rows: Vec<harness::JsonRow<'a>>,
 }
 
-fn usage() -> ! {
-    eprintln!("usage: compare [--quick] [--only <substring>]... [--json] [--rounds N]");
-    std::process::exit(2);
-}
-
-fn parse_args() -> Options {
-    let mut o = Options {
-        quick: false,
-        json: false,
-        only: Vec::new(),
-        rounds: 0,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--quick" => o.quick = true,
-            "--json" => o.json = true,
-            "--only" => o.only.push(args.next().unwrap_or_else(|| usage())),
-            "--rounds" => {
-                o.rounds = args
-                    .next()
-                    .and_then(|s| s.parse().ok())
-                    .filter(|&n| n > 0)
-                    .unwrap_or_else(|| usage())
-            }
-            "-h" | "--help" => usage(),
-            _ => {
-                eprintln!("unknown argument: {a}");
-                usage()
-            }
-        }
-    }
-    if o.rounds == 0 {
-        o.rounds = if o.quick { 3 } else { 5 };
-    }
-    o
+/// The machine in the JSON document.
+#[derive(Debug, serde::Serialize)]
+struct JsonMachine<'a> {
+    nproc: usize,
+    kernel: &'a str,
+    cpu: &'a str,
+    loadavg: &'a str,
+    loadavg_end: &'a str,
 }
 
 /// nproc, kernel and CPU model of this machine.
@@ -275,7 +282,8 @@ fn main() {
     if let Ok(name) = std::env::var(child::CHILD_ENV) {
         std::process::exit(child_main(&name));
     }
-    let opts = parse_args();
+    let opts = <Options as clap::Parser>::parse();
+    let rounds = opts.rounds.unwrap_or(if opts.quick { 3 } else { 5 });
     let sz = Sizes::new(opts.quick);
     let m = machine();
     // Register this thread (and so probe the engine's mode) before reading the mode.
@@ -302,8 +310,12 @@ fn main() {
         };
         groups.retain(|g| opts.only.iter().any(|p| selects(g, p)));
         if groups.is_empty() {
-            eprintln!("--only matched no group");
-            std::process::exit(2);
+            <Options as clap::CommandFactory>::command()
+                .error(
+                    clap::error::ErrorKind::InvalidValue,
+                    "--only matched no group (the ids are listed in --help)",
+                )
+                .exit();
         }
     }
     let progress = std::io::stderr().is_terminal();
@@ -312,7 +324,7 @@ fn main() {
     // frequency), so that the first group is not measured on a cold process.
     warm_up();
     for g in &mut groups {
-        g.run(opts.rounds, progress);
+        g.run(rounds, progress);
         rows.extend(g.results());
         // Let the background workers a group leaves behind (call_rcu and kfree workers finishing
         // their batches) go idle before the next group is timed.
@@ -321,21 +333,24 @@ fn main() {
     let load_end = loadavg();
 
     if opts.json {
+        let out = JsonOut {
+            machine: JsonMachine {
+                nproc: m.nproc,
+                kernel: &m.kernel,
+                cpu: &m.cpu,
+                loadavg: &m.loadavg,
+                loadavg_end: &load_end,
+            },
+            rcu_core_mode: &mode,
+            liburcu: &urcu,
+            liburcu_built_in: cfg!(rcu_have_liburcu),
+            quick: opts.quick,
+            rounds,
+            rows: harness::json_rows(&rows),
+        };
         println!(
-            "{{\"machine\":{{\"nproc\":{},\"kernel\":{},\"cpu\":{},\"loadavg\":{},\"loadavg_end\":{}}},\
-             \"rcu_core_mode\":{},\"liburcu\":{},\"liburcu_built_in\":{},\"quick\":{},\"rounds\":{},\
-             \"rows\":{}}}",
-            m.nproc,
-            harness::json_str(&m.kernel),
-            harness::json_str(&m.cpu),
-            harness::json_str(&m.loadavg),
-            harness::json_str(&load_end),
-            harness::json_str(&mode),
-            harness::json_str(&urcu),
-            cfg!(rcu_have_liburcu),
-            opts.quick,
-            opts.rounds,
-            harness::json_rows(&rows)
+            "{}",
+            serde_json::to_string_pretty(&out).expect("strings, numbers and booleans serialise")
         );
         return;
     }
@@ -349,7 +364,7 @@ fn main() {
         "rounds: {}{} (memory groups: at most 3, one child process each); sizes: {} read pairs, \
          {} sync calls, {} call_rcu, {} barriers, 16x{} syncs, {} kfree_rcu, {} objects per memory \
          child, {} slab pairs, {} producer/consumer objects",
-        opts.rounds,
+        rounds,
         if opts.quick {
             " (--quick: short loops, not a measurement)"
         } else {

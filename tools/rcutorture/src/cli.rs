@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use rcu_kit::kfree_batch::parse_size;
 
+use clap::builder::RangedU64ValueParser;
+
 use super::table::MAX_POOL;
 
 /// How writers retire the elements they remove.
@@ -46,17 +48,6 @@ impl Mode {
             Mode::Polled => "polled",
             Mode::Typesafe => "typesafe",
         }
-    }
-
-    fn parse(s: &str) -> Option<Vec<Mode>> {
-        if s == "all" {
-            return Some(Mode::ALL.to_vec());
-        }
-        let mut out = Vec::new();
-        for part in s.split(',') {
-            out.push(*Mode::ALL.iter().find(|m| m.name() == part)?);
-        }
-        Some(out)
     }
 }
 
@@ -101,59 +92,102 @@ pub(crate) struct Opts {
     pub(crate) broken: bool,
 }
 
-/// What the command line asks for.
-#[derive(Debug)]
-pub(crate) enum Parsed {
-    /// Run with these options.
-    Run(Opts),
-    /// Print the usage text and exit 0.
-    Help,
-}
-
 /// Whether this build can run the deliberately broken variant.
 pub(crate) const BROKEN_AVAILABLE: bool = cfg!(any(test, feature = "torture-broken"));
 
-/// The usage text.
-pub(crate) fn usage() -> String {
-    let cpus = default_readers();
-    format!(
-        "\
-usage: rcutorture [OPTIONS]
+/// `--mode` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ModeArg {
+    /// call_rcu callbacks that age the element once per grace period, then free it
+    CallRcu,
+    /// kfree_rcu / kfree_rcu_head, half of them from inside a read-side critical section
+    KfreeRcu,
+    /// synchronize_rcu after every update
+    Synchronize,
+    /// synchronize_rcu_expedited after every update
+    Expedited,
+    /// the polled grace-period API, cond_synchronize_rcu when the pipeline is full
+    Polled,
+    /// elements from a SLAB_TYPESAFE_BY_RCU cache; readers revalidate identity
+    Typesafe,
+    /// every mode, one after the other
+    All,
+}
 
-Stress-tests rcu-kit: readers check the pipeline age of the elements they hold (grace periods
-completed since removal; any age above 1 inside a read-side critical section means RCU is broken),
-writers retire elements through the selected mode.
-
-options:
-  --mode MODE         call-rcu | kfree-rcu | synchronize | expedited | polled | typesafe | all
-                      (a comma-separated list also works; all = every mode, one after the other,
-                      each for --seconds) [default: all]
-  --seconds SECS      run time of each mode, fractions allowed [default: 10]
-  --threads N         reader threads [default: {cpus}]
-  --writers N         writer threads [default: 1]
-  --gp-threads N      threads that only drive grace periods [default: 1]
-  --mem-limit SIZE    set RLIMIT_AS of this process after the warm-up; SIZE like 512M or 2G, or
-                      +SIZE for headroom above the address space in use at that moment
-  --page-budget SIZE  the kit's page budget (set_memory_limit) after the warm-up; 0 = no page
-  --warmup MS         milliseconds before --page-budget / --mem-limit apply [default: 500]
-  --stall-ms MS       inject long readers: one thread holds a read-side critical section for MS
-                      milliseconds, again and again; the stall timeout is set to MS/2
-  --seed N            seed of the random choices (decimal or 0x hex) [default: from the clock]
-  --pool N            identities (live + retired elements) at once, at most {MAX_POOL}
-                      [default: 16384]
-  --cells N           published cells per writer [default: 16]
-  --broken-free-early TEST ONLY: destroy every retired element before its grace period ends, to
-                      show that rcutorture reports it (only in builds with the torture-broken
-                      feature: cargo run -p rcutorture --features torture-broken)
-  -h, --help          this text
-
-A progress line (elapsed, reads/s, updates/s, grace periods, pending kfree memory, fallbacks,
-errors) is redrawn on a terminal and printed once a second otherwise (stderr). The summary, the
-reader pipeline-age histogram and a `RESULT` line per mode go to stdout.
-
-exit status: 0 when no RCU error, no lost element and no abort; 1 otherwise; 2 on usage errors.
-"
-    )
+/// The command line as clap sees it; [`Opts`] is what the tool uses.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "rcutorture",
+    about = "Stress-tests rcu-kit: readers check the pipeline age of the elements they hold, \
+             writers retire elements through the selected mode",
+    long_about = "Stress-tests rcu-kit: readers check the pipeline age of the elements they hold\n\
+                  (grace periods completed since removal; any age above 1 inside a read-side\n\
+                  critical section means RCU is broken), writers retire elements through the\n\
+                  selected mode.",
+    after_help = "A progress line (elapsed, reads/s, updates/s, grace periods, pending kfree memory,\n\
+                  fallbacks, errors) is redrawn on a terminal and printed once a second otherwise\n\
+                  (stderr). The summary, the reader pipeline-age histogram and a `RESULT` line per\n\
+                  mode go to stdout.\n\n\
+                  Exit status: 0 when no RCU error, no lost element and no abort; 1 otherwise; 2 on\n\
+                  usage errors."
+)]
+struct Cli {
+    /// Modes to run, one after the other, each for --seconds (a comma-separated list also works)
+    #[arg(
+        long,
+        value_name = "MODE",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "all"
+    )]
+    mode: Vec<ModeArg>,
+    /// Run time of each mode, fractions allowed (0 < SECS <= 86400)
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
+    seconds: Duration,
+    /// Reader threads, 1..=1024 [default: 2 per CPU, 2..=16]
+    #[arg(long, value_name = "N", value_parser = RangedU64ValueParser::<usize>::new().range(1..=1024))]
+    threads: Option<usize>,
+    /// Writer threads, 1..=256
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=256))]
+    writers: usize,
+    /// Threads that only drive grace periods, 0..=64
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = RangedU64ValueParser::<usize>::new().range(0..=64))]
+    gp_threads: usize,
+    /// Set RLIMIT_AS of this process after the warm-up: SIZE like 512M or 2G (at least 16M), or
+    /// +SIZE for headroom above the address space in use at that moment
+    #[arg(long, value_name = "SIZE", value_parser = parse_mem_limit)]
+    mem_limit: Option<MemLimit>,
+    /// The kit's page budget (set_memory_limit) after the warm-up, SIZE like 64M; 0 = no page
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    page_budget: Option<usize>,
+    /// Milliseconds before --page-budget / --mem-limit apply
+    #[arg(long, value_name = "MS", default_value_t = 500,
+          value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    warmup: u64,
+    /// Inject long readers: one thread holds a read-side critical section for MS milliseconds,
+    /// again and again; the stall timeout is set to MS/2
+    #[arg(long, value_name = "MS", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    stall_ms: u64,
+    /// Seed of the random choices (decimal or 0x hex) [default: from the clock]
+    #[arg(long, value_name = "N", value_parser = parse_seed)]
+    seed: Option<u64>,
+    /// Identities (live + retired elements) that may exist at once, 64..=16777216; at least twice
+    /// writers x cells
+    #[arg(long, value_name = "N", default_value_t = 16384,
+          value_parser = RangedU64ValueParser::<usize>::new().range(64..=MAX_POOL as u64))]
+    pool: usize,
+    /// Published cells per writer, 1..=4096
+    #[arg(long, value_name = "N", default_value_t = 16,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=4096))]
+    cells: usize,
+    /// TEST ONLY: destroy every retired element before its grace period ends, to show that
+    /// rcutorture reports it (only in builds with the torture-broken feature: cargo run -p
+    /// rcutorture --features torture-broken)
+    #[arg(long)]
+    broken_free_early: bool,
 }
 
 fn default_readers() -> usize {
@@ -163,18 +197,33 @@ fn default_readers() -> usize {
         .clamp(2, 16)
 }
 
-fn parse_count(opt: &str, v: &str, min: usize, max: usize) -> Result<usize, String> {
-    let n: usize = v
-        .parse()
-        .map_err(|_| format!("{opt}: '{v}' is not a whole number"))?;
-    if n < min || n > max {
-        return Err(format!("{opt}: {n} is out of range ({min}..={max})"));
+fn parse_seconds(v: &str) -> Result<Duration, String> {
+    match v.parse::<f64>() {
+        Ok(s) if s > 0.0 && s <= 86_400.0 => Ok(Duration::from_secs_f64(s)),
+        Ok(_) => Err("out of range (0 < SECS <= 86400)".to_owned()),
+        Err(_) => Err("not a number".to_owned()),
     }
-    Ok(n)
 }
 
-fn parse_size_opt(opt: &str, v: &str) -> Result<usize, String> {
-    parse_size(v).map_err(|e| format!("{opt}: {e}"))
+fn parse_size_arg(v: &str) -> Result<usize, String> {
+    parse_size(v).map_err(|e| e.to_string())
+}
+
+fn parse_mem_limit(v: &str) -> Result<MemLimit, String> {
+    match v.strip_prefix('+') {
+        Some(rest) => Ok(MemLimit::Headroom(parse_size_arg(rest)?)),
+        None => {
+            let n = parse_size_arg(v)?;
+            if n < (16 << 20) {
+                return Err(
+                    "below 16M: the process could not even start its threads (use \
+                            +SIZE for headroom above current use)"
+                        .to_owned(),
+                );
+            }
+            Ok(MemLimit::Absolute(n))
+        }
+    }
 }
 
 fn parse_seed(v: &str) -> Result<u64, String> {
@@ -182,164 +231,88 @@ fn parse_seed(v: &str) -> Result<u64, String> {
         Some(hex) => u64::from_str_radix(hex, 16),
         None => v.parse(),
     };
-    r.map_err(|_| format!("--seed: '{v}' is not a number"))
+    r.map_err(|_| "not a number (decimal or 0x hex)".to_owned())
 }
 
-/// Parses the arguments (without the program name).
-pub(crate) fn parse(args: &[String]) -> Result<Parsed, String> {
+/// Parses the arguments (without the program name). `--help` and usage errors come back as a
+/// [`clap::Error`]: `print()` it and exit with its `exit_code()` (0 for help, 2 for errors).
+pub(crate) fn parse(args: &[String]) -> Result<Opts, clap::Error> {
     parse_with(args, BROKEN_AVAILABLE)
 }
 
 /// [`parse`], with `broken_available` in place of [`BROKEN_AVAILABLE`] (so that the refusal of
 /// `--broken-free-early` in ordinary builds can be tested in a build that has the broken code).
-fn parse_with(args: &[String], broken_available: bool) -> Result<Parsed, String> {
-    let mut o = Opts {
-        modes: Mode::ALL.to_vec(),
-        readers: default_readers(),
-        writers: 1,
-        gp_threads: 1,
-        duration: Duration::from_secs(10),
-        warmup: Duration::from_millis(500),
-        mem_limit: None,
-        page_budget: None,
-        stall_ms: 0,
-        seed: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1),
-        pool: 16384,
-        cells: 16,
-        broken: false,
-    };
-    let mut i = 0;
-    while i < args.len() {
-        let arg = args[i].as_str();
-        i += 1;
-        let (opt, inline) = match arg.split_once('=') {
-            Some((k, v)) if k.starts_with("--") => (k, Some(v.to_owned())),
-            _ => (arg, None),
-        };
-        match opt {
-            "-h" | "--help" => return Ok(Parsed::Help),
-            "--broken-free-early" => {
-                if inline.is_some() {
-                    return Err("--broken-free-early takes no value".into());
-                }
-                if !broken_available {
-                    return Err("--broken-free-early exists only in builds with the \
-                                torture-broken feature (cargo run -p rcutorture --features \
-                                torture-broken -- ...)"
-                        .into());
-                }
-                o.broken = true;
-                continue;
-            }
-            _ => {}
-        }
-        if !opt.starts_with("--") {
-            return Err(format!("unexpected argument '{arg}'"));
-        }
-        let known = [
-            "--mode",
-            "--seconds",
-            "--threads",
-            "--writers",
-            "--gp-threads",
-            "--mem-limit",
-            "--page-budget",
-            "--warmup",
-            "--stall-ms",
-            "--seed",
-            "--pool",
-            "--cells",
-        ];
-        if !known.contains(&opt) {
-            return Err(format!("unknown option '{opt}'"));
-        }
-        let v = match inline {
-            Some(v) => v,
-            None => {
-                let Some(v) = args.get(i) else {
-                    return Err(format!("{opt} needs a value"));
-                };
-                i += 1;
-                v.clone()
-            }
-        };
-        let v = v.as_str();
-        match opt {
-            "--mode" => {
-                o.modes = Mode::parse(v).ok_or_else(|| {
-                    format!(
-                        "--mode: '{v}' is not one of call-rcu, kfree-rcu, synchronize, \
-                         expedited, polled, typesafe, all"
-                    )
-                })?
-            }
-            "--seconds" => {
-                let s: f64 = v
-                    .parse()
-                    .map_err(|_| format!("--seconds: '{v}' is not a number"))?;
-                if !(s > 0.0 && s <= 86_400.0) {
-                    return Err(format!(
-                        "--seconds: {v} is out of range (0 < SECS <= 86400)"
-                    ));
-                }
-                o.duration = Duration::from_secs_f64(s);
-            }
-            "--threads" => o.readers = parse_count(opt, v, 1, 1024)?,
-            "--writers" => o.writers = parse_count(opt, v, 1, 256)?,
-            "--gp-threads" => o.gp_threads = parse_count(opt, v, 0, 64)?,
-            "--mem-limit" => {
-                o.mem_limit = Some(match v.strip_prefix('+') {
-                    Some(rest) => MemLimit::Headroom(parse_size_opt(opt, rest)?),
-                    None => {
-                        let n = parse_size_opt(opt, v)?;
-                        if n < (16 << 20) {
-                            return Err(format!(
-                                "--mem-limit: {v} is below 16M: the process could not even \
-                                 start its threads (use +SIZE for headroom above current use)"
-                            ));
-                        }
-                        MemLimit::Absolute(n)
-                    }
-                })
-            }
-            "--page-budget" => o.page_budget = Some(parse_size_opt(opt, v)?),
-            "--warmup" => {
-                o.warmup = Duration::from_millis(parse_count(opt, v, 0, 3_600_000)? as u64)
-            }
-            "--stall-ms" => o.stall_ms = parse_count(opt, v, 0, 3_600_000)? as u64,
-            "--seed" => o.seed = parse_seed(v)?,
-            "--pool" => o.pool = parse_count(opt, v, 64, MAX_POOL)?,
-            "--cells" => o.cells = parse_count(opt, v, 1, 4096)?,
-            _ => unreachable!("checked against `known`"),
-        }
-    }
-    let cells = o.cells * o.writers;
-    if cells * 2 > o.pool {
-        return Err(format!(
-            "--pool {} is too small for {} writers x {} cells (needs at least {})",
-            o.pool,
-            o.writers,
-            o.cells,
-            cells * 2
+fn parse_with(args: &[String], broken_available: bool) -> Result<Opts, clap::Error> {
+    use clap::{CommandFactory as _, Parser as _};
+    let argv = std::iter::once("rcutorture").chain(args.iter().map(String::as_str));
+    let c = Cli::try_parse_from(argv)?;
+    let invalid = |msg: String| Cli::command().error(clap::error::ErrorKind::ValueValidation, msg);
+    if c.broken_free_early && !broken_available {
+        return Err(invalid(
+            "--broken-free-early exists only in builds with the torture-broken feature (cargo \
+             run -p rcutorture --features torture-broken -- ...)"
+                .to_owned(),
         ));
     }
-    Ok(Parsed::Run(o))
+    let cells = c.cells * c.writers;
+    if cells * 2 > c.pool {
+        return Err(invalid(format!(
+            "--pool {} is too small for {} writers x {} cells (needs at least {})",
+            c.pool,
+            c.writers,
+            c.cells,
+            cells * 2
+        )));
+    }
+    let modes = if c.mode.contains(&ModeArg::All) {
+        Mode::ALL.to_vec()
+    } else {
+        c.mode
+            .iter()
+            .map(|m| match m {
+                ModeArg::CallRcu => Mode::CallRcu,
+                ModeArg::KfreeRcu => Mode::KfreeRcu,
+                ModeArg::Synchronize => Mode::Synchronize,
+                ModeArg::Expedited => Mode::Expedited,
+                ModeArg::Polled => Mode::Polled,
+                ModeArg::Typesafe => Mode::Typesafe,
+                ModeArg::All => unreachable!("handled above"),
+            })
+            .collect()
+    };
+    Ok(Opts {
+        modes,
+        readers: c.threads.unwrap_or_else(default_readers),
+        writers: c.writers,
+        gp_threads: c.gp_threads,
+        duration: c.seconds,
+        warmup: Duration::from_millis(c.warmup),
+        mem_limit: c.mem_limit,
+        page_budget: c.page_budget,
+        stall_ms: c.stall_ms,
+        seed: c.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        }),
+        pool: c.pool,
+        cells: c.cells,
+        broken: c.broken_free_early,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn p(args: &[&str]) -> Result<Parsed, String> {
+    fn p(args: &[&str]) -> Result<Opts, clap::Error> {
         parse(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
     }
 
     #[test]
     fn parses_options() {
-        let Ok(Parsed::Run(o)) = p(&[
+        let Ok(o) = p(&[
             "--mode",
             "kfree-rcu,typesafe",
             "--seconds=1.5",
@@ -370,7 +343,8 @@ mod tests {
             &["--mem-limit", "1M"],
             &["--pool", "64", "--cells", "64"],
         ] {
-            assert!(p(bad).is_err(), "{bad:?} should be refused");
+            let e = p(bad).expect_err(&format!("{bad:?} should be refused"));
+            assert_eq!(e.exit_code(), 2, "{bad:?}: {e}");
         }
     }
 
@@ -378,8 +352,9 @@ mod tests {
     fn broken_flag_needs_the_feature() {
         let args = vec!["--broken-free-early".to_owned()];
         let err = parse_with(&args, false).expect_err("refused without the feature");
-        assert!(err.contains("torture-broken"), "{err}");
-        let Ok(Parsed::Run(o)) = parse_with(&args, true) else {
+        assert!(err.to_string().contains("torture-broken"), "{err}");
+        assert_eq!(err.exit_code(), 2);
+        let Ok(o) = parse_with(&args, true) else {
             panic!("accepted with the feature");
         };
         assert!(o.broken);

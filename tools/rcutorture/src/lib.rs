@@ -33,7 +33,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Once;
 use std::time::Duration;
 
-use cli::{Mode, Parsed};
+use cli::Mode;
 
 /// Counts panics on every thread (ours and the kit's), keeping the default message.
 fn install_panic_counter() {
@@ -84,14 +84,12 @@ fn install_fault_reporter() {
 /// Runs rcutorture with `args` (without the program name); returns the exit status.
 pub fn main_with_args(args: &[String]) -> i32 {
     let opts = match cli::parse(args) {
-        Ok(Parsed::Run(o)) => o,
-        Ok(Parsed::Help) => {
-            print!("{}", cli::usage());
-            return 0;
-        }
+        Ok(o) => o,
         Err(e) => {
-            eprintln!("rcutorture: error: {e}\n\n{}", cli::usage());
-            return 2;
+            // `--help` on stdout (status 0); a usage error, the usage line and a hint to try
+            // `--help` on stderr (status 2).
+            let _ = e.print();
+            return e.exit_code();
         }
     };
     install_panic_counter();

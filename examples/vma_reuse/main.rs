@@ -12,12 +12,15 @@
 //! cargo run --release --example vma_reuse               # all three modes, ~10 s, a table
 //! cargo run --release --example vma_reuse -- --json     # {"modes": [...]}
 //! cargo run --release --example vma_reuse -- --help
+//! cargo run --release --example vma_reuse -- --explain  # what each row of the table means
+//! cargo test -p rcu-kit --example vma_reuse             # the model's tests (`tests.rs`)
 //! ```
 //!
 //! Modes: `typesafe` (free straight back to a typesafe cache: no call_rcu per VMA), `call-rcu`
 //! (the old kernel: a call_rcu per freed VMA), `kfree-rcu` (batched through `kfree_rcu_cache`).
-//! The model lives in `vma_reuse/{model,mm,mapper}.rs`, the command line and output in
-//! `vma_reuse/cli.rs`; `tests/vma_reuse.rs` includes them all.
+//! The model lives in `model.rs`, `mm.rs` and `mapper.rs`, the command line and output in
+//! `cli.rs`, the tests in `tests.rs` (built by `cargo test`: the example is declared with
+//! `test = true`).
 //!
 //! The `peak RSS (process)` row (`peak_rss_bytes`) is the whole process's high-water mark during
 //! the mode (reset when the mode starts, after the allocator's free memory left by an earlier
@@ -34,34 +37,41 @@
 //! for a grace period instead of growing memory. (In call-rcu mode the per-VMA callbacks are
 //! not capped: `call_rcu` has no bound.)
 
-#[path = "vma_reuse/cli.rs"]
 mod cli;
-#[path = "vma_reuse/mapper.rs"]
 mod mapper;
-#[path = "vma_reuse/mm.rs"]
 mod mm;
-#[path = "vma_reuse/model.rs"]
 mod model;
+#[cfg(all(test, not(rcu_loom)))]
+mod tests;
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use cli::{parse_args, render_json, render_table, Command, Progress, USAGE};
+use cli::{legend, parse_args, render_json, render_table, verdict, Progress};
 use model::{configure_kfree, run_mode, Config, ModeReport};
 
 fn main() -> ExitCode {
-    configure_kfree();
-    let opts = match parse_args(std::env::args().skip(1)) {
-        Ok(Command::Run(o)) => o,
-        Ok(Command::Help) => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
+    ExitCode::from(app(std::env::args_os().skip(1)))
+}
+
+/// The whole program: runs with the arguments after the program name and returns the exit
+/// status (0 pass, 1 fail, 2 usage error). The tests call it in a child process.
+fn app(args: impl IntoIterator<Item = OsString>) -> u8 {
+    let opts = match parse_args(args) {
+        Ok(o) => o,
         Err(e) => {
-            eprintln!("vma_reuse: error: {e}\n\n{USAGE}");
-            return ExitCode::from(2);
+            // `--help` on stdout (status 0); a usage error, its usage line and a hint to try
+            // `--help` on stderr (status 2).
+            let _ = e.print();
+            return u8::try_from(e.exit_code()).unwrap_or(2);
         }
     };
+    if opts.explain {
+        print!("{}", legend());
+        return 0;
+    }
+    configure_kfree();
     if opts.broken_skip_mm_check {
         eprintln!(
             "vma_reuse: --broken-skip-mm-check is a TEST-ONLY switch: the vm_mm revalidation is \
@@ -96,27 +106,17 @@ fn main() -> ExitCode {
             }
         }
     }
+    let verdict = verdict(&reports);
     if opts.json {
         println!("{}", render_json(&reports));
+        eprintln!("vma_reuse: {verdict}");
     } else {
         print!("{}", render_table(&opts, &reports));
+        println!("{verdict}");
     }
-    let mut failed = false;
-    for r in &reports {
-        if r.failed() {
-            failed = true;
-            eprintln!(
-                "vma_reuse: FAILED in {} mode: {} wrong-VMA results, {} leaked VMAs, {} RCU errors",
-                r.mode.name(),
-                r.fault.wrong_vma,
-                r.vmas_leaked,
-                r.fault.rcu_errors
-            );
-        }
-    }
-    if failed {
-        ExitCode::FAILURE
+    if reports.iter().any(ModeReport::failed) {
+        1
     } else {
-        ExitCode::SUCCESS
+        0
     }
 }

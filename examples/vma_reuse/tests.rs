@@ -3,28 +3,22 @@
 //! goes back to its cache, typesafe mode makes no call_rcu per munmap, and skipping the `vm_mm`
 //! check (the test-only broken variant) does produce wrong VMAs.
 //!
-//! The model is the example's own code (`examples/vma_reuse/*.rs`, included below). Each mode
+//! These tests are part of the example (`cargo test -p rcu-kit --example vma_reuse`). Each mode
 //! runs in a child process (global RCU counters and cache names stay per run; a hang is killed
-//! by the deadline). The command line is tested in-process and, when `cargo test` has built the
-//! example binary, through the binary (exit codes, JSON).
-#![cfg(not(rcu_loom))]
+//! by the deadline). The command line is tested in-process and through [`app`] run in a child
+//! process, as the binary would run it (exit codes, help, JSON).
 
-#[path = "../examples/vma_reuse/cli.rs"]
-mod cli;
-#[path = "../examples/vma_reuse/mapper.rs"]
-mod mapper;
-#[path = "../examples/vma_reuse/mm.rs"]
-mod mm;
-#[path = "../examples/vma_reuse/model.rs"]
-mod model;
-
-use std::path::PathBuf;
-use std::process::Command as Process;
 use std::time::{Duration, Instant};
 
-use cli::{parse_args, render_json, Command, Options};
-use model::{run_mode, Config, Mode, ModeReport};
+use crate::cli::{parse_args, render_json, verdict, Options};
+use crate::model::{self, run_mode, Config, Mode, ModeReport};
+use crate::{app, mapper, mm};
 use test_support::{child_case, run_child, stderr};
+
+/// The name of the test that runs a child case, as the test harness knows it.
+const CHILD_TEST: &str = "tests::vma_reuse_child";
+/// Arguments of the `app` child case, separated by newlines.
+const APP_ARGS_ENV: &str = "VMA_REUSE_TEST_ARGS";
 
 /// Per child process; a round is about one second plus teardown.
 const DEADLINE: Duration = Duration::from_secs(180);
@@ -133,6 +127,11 @@ fn run_case(case: &str) {
             println!("broken variant: {wrong} wrong-VMA results");
         }
         "stalled-gp" => stalled_grace_periods(),
+        "app" => {
+            let args = std::env::var(APP_ARGS_ENV).unwrap_or_default();
+            let code = app(args.lines().filter(|a| !a.is_empty()).map(Into::into));
+            std::process::exit(code.into());
+        }
         other => panic!("unknown case {other}"),
     }
 }
@@ -237,7 +236,7 @@ fn vma_reuse_child() {
 
 fn expect_ok(case: &str) {
     let t = Instant::now();
-    let out = run_child("vma_reuse_child", case, &[], DEADLINE);
+    let out = run_child(CHILD_TEST, case, &[], DEADLINE);
     let so = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -272,18 +271,16 @@ fn skipping_the_mm_check_gives_wrong_vmas() {
     expect_ok("broken");
 }
 
-fn args(a: &[&str]) -> Result<Command, String> {
-    parse_args(a.iter().map(|s| s.to_string()))
+fn args(a: &[&str]) -> Result<Options, clap::Error> {
+    parse_args(a.iter().copied())
 }
 
 #[test]
 fn command_line() {
-    let Ok(Command::Run(d)) = args(&[]) else {
-        panic!("no arguments must run the defaults");
-    };
+    let d = args(&[]).expect("no arguments must run the defaults");
     assert_eq!(d, Options::default());
     assert_eq!(d.modes, Mode::ALL.to_vec());
-    let Ok(Command::Run(o)) = args(&[
+    let o = args(&[
         "--mode",
         "call-rcu",
         "--threads=3",
@@ -301,14 +298,15 @@ fn command_line() {
         "--rounds",
         "2",
         "--json",
-    ]) else {
-        panic!("valid arguments rejected");
-    };
+    ])
+    .expect("valid arguments rejected");
     assert_eq!(o.modes, vec![Mode::CallRcu]);
     assert_eq!((o.threads, o.mappers, o.mms, o.vmas), (3, 0, 2, 10));
     assert_eq!((o.seconds, o.seed, o.json), (0.5, 16, true));
     assert_eq!((o.map_rate, o.rounds), (0, 2));
-    assert_eq!(args(&["-h"]), Ok(Command::Help));
+    let help = args(&["-h"]).expect_err("-h is not a run");
+    assert_eq!(help.kind(), clap::error::ErrorKind::DisplayHelp);
+    assert_eq!(help.exit_code(), 0);
     for bad in [
         &["--threads", "0"][..],
         &["--threads", "x"],
@@ -325,14 +323,13 @@ fn command_line() {
         &["--bogus"],
     ] {
         let e = args(bad).expect_err(&format!("{bad:?} accepted"));
-        assert!(!e.is_empty());
+        assert_eq!(e.exit_code(), 2, "{bad:?}: {e}");
     }
 }
 
-#[test]
-fn json_has_the_specified_keys() {
-    let r = ModeReport {
-        mode: Mode::KfreeRcu,
+fn report(mode: Mode) -> ModeReport {
+    ModeReport {
+        mode,
         seconds: 2.0,
         fault: model::FaultStats {
             faults: 10,
@@ -344,133 +341,171 @@ fn json_has_the_specified_keys() {
         peak_rss_bytes: 5,
         peak_cache_bytes: 6,
         vmas_leaked: 0,
-    };
-    let j = render_json(&[r.clone(), r]);
-    assert!(
-        j.starts_with("{\"modes\": [{\"mode\": \"kfree-rcu\""),
-        "{j}"
-    );
-    assert!(j.ends_with("}]}"), "{j}");
-    let keys = [
-        "\"mode\"",
-        "\"faults\"",
-        "\"faults_per_sec\": 5.0",
-        "\"lock_fallbacks\"",
-        "\"reuse_caught\"",
-        "\"wrong_vma\"",
-        "\"call_rcu_calls\": 3",
-        "\"kfree_rcu_calls\"",
-        "\"grace_periods\": 4",
-        "\"peak_rss_bytes\": 5",
-        "\"peak_cache_bytes\": 6",
-    ];
-    let mut at = 0;
-    for k in keys {
-        let i = j[at..]
-            .find(k)
-            .unwrap_or_else(|| panic!("{k} missing or out of order in {j}"));
-        at += i + k.len();
     }
-    assert_eq!(j.matches('{').count(), j.matches('}').count());
-    assert_eq!(j.matches("\"mode\":").count(), 2);
-}
-
-/// The example binary `cargo test` built next to this test, if it is there and newer than the
-/// example's sources (`cargo test --test vma_reuse` alone does not build examples).
-fn example_binary() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let bin = exe
-        .parent()?
-        .parent()?
-        .join("examples")
-        .join(format!("vma_reuse{}", std::env::consts::EXE_SUFFIX));
-    let built = std::fs::metadata(&bin).ok()?.modified().ok()?;
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples");
-    for f in [
-        "vma_reuse.rs",
-        "vma_reuse/model.rs",
-        "vma_reuse/mm.rs",
-        "vma_reuse/mapper.rs",
-        "vma_reuse/cli.rs",
-    ] {
-        if std::fs::metadata(src.join(f)).ok()?.modified().ok()? > built {
-            return None;
-        }
-    }
-    Some(bin)
 }
 
 #[test]
-fn example_binary_exit_codes_and_json() {
-    let Some(bin) = example_binary() else {
-        eprintln!(
-            "example binary not built (or stale): binary checks skipped; `cargo test` builds it"
-        );
-        return;
-    };
-    let out = Process::new(&bin)
-        .args(["--threads", "0"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2), "usage error must exit 2");
-    assert!(stderr(&out).contains("--threads"), "{}", stderr(&out));
-
-    let out = Process::new(&bin).arg("--help").output().unwrap();
-    assert_eq!(out.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("--broken-skip-mm-check"));
-
-    let out = Process::new(&bin)
-        .args(["--seconds", "0.3", "--vmas", "8", "--json"])
-        .output()
-        .unwrap();
-    let so = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{so}\n{}", stderr(&out));
-    let line = so.trim();
-    assert!(
-        line.starts_with("{\"modes\": [") && line.ends_with("]}"),
-        "{line}"
-    );
-    for m in ["typesafe", "call-rcu", "kfree-rcu"] {
-        assert!(line.contains(&format!("\"mode\": \"{m}\"")), "{line}");
+fn json_has_the_specified_keys() {
+    let j = render_json(&[report(Mode::KfreeRcu), report(Mode::Typesafe)]);
+    let v: serde_json::Value = serde_json::from_str(&j).expect("valid JSON");
+    let modes = v["modes"].as_array().expect("a modes array");
+    assert_eq!(modes.len(), 2);
+    let m = modes[0].as_object().expect("an object per mode");
+    let keys: Vec<&str> = m.keys().map(String::as_str).collect();
+    let want = [
+        "mode",
+        "faults",
+        "faults_per_sec",
+        "lock_fallbacks",
+        "reuse_caught",
+        "wrong_vma",
+        "call_rcu_calls",
+        "kfree_rcu_calls",
+        "grace_periods",
+        "peak_rss_bytes",
+        "peak_cache_bytes",
+    ];
+    for k in want {
+        assert!(keys.contains(&k), "{k} missing in {j}");
     }
-    assert!(line.contains("\"wrong_vma\": 0,"), "{line}");
+    assert_eq!(m["mode"], "kfree-rcu");
+    assert_eq!(m["faults_per_sec"], 5.0);
+    assert_eq!(m["call_rcu_calls"], 3);
+    assert_eq!(m["grace_periods"], 4);
+    assert_eq!(m["peak_rss_bytes"], 5);
+    assert_eq!(m["peak_cache_bytes"], 6);
+    assert_eq!(modes[1]["mode"], "typesafe");
+}
 
-    // The broken variant must make the binary fail (exit 1) once it produces a wrong VMA.
+#[test]
+fn verdict_line() {
+    let ok = verdict(&[report(Mode::Typesafe), report(Mode::CallRcu)]);
+    assert!(ok.starts_with("PASS: "), "{ok}");
+    let mut bad = report(Mode::CallRcu);
+    bad.fault.wrong_vma = 7;
+    let v = verdict(&[report(Mode::Typesafe), bad]);
+    assert!(
+        v.starts_with("FAIL: call-rcu mode: 7 wrong-VMA results"),
+        "{v}"
+    );
+}
+
+/// Runs [`app`] with `a` in a child process; returns its exit status, stdout and stderr.
+fn run_app(a: &[&str]) -> (Option<i32>, String, String) {
+    let joined = a.join("\n");
+    let out = run_child(CHILD_TEST, "app", &[(APP_ARGS_ENV, &joined)], DEADLINE);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr(&out),
+    )
+}
+
+/// The `{"modes": ...}` document of the output (the test harness prints its own text too, and
+/// the start of its `test ... ` line precedes the document).
+fn json_line(stdout: &str) -> Option<serde_json::Value> {
+    let at = stdout.find("{\"modes\":")?;
+    let line = stdout[at..].lines().next()?;
+    serde_json::from_str(line).ok()
+}
+
+#[test]
+fn app_exit_codes_help_and_json() {
+    let (code, _, err) = run_app(&["--threads", "0"]);
+    assert_eq!(code, Some(2), "usage error must exit 2: {err}");
+    assert!(err.contains("--threads"), "{err}");
+    assert!(
+        err.contains("--help"),
+        "a usage error hints at --help: {err}"
+    );
+    assert!(
+        !err.contains("--broken-skip-mm-check"),
+        "a usage error does not print the whole help: {err}"
+    );
+
+    let (code, out, err) = run_app(&["--help"]);
+    assert_eq!(code, Some(0), "{err}");
+    for opt in [
+        "--mode",
+        "--threads",
+        "--mappers",
+        "--mms",
+        "--vmas",
+        "--seconds",
+        "--map-rate",
+        "--rounds",
+        "--seed",
+        "--json",
+        "--explain",
+        "--broken-skip-mm-check",
+    ] {
+        assert!(out.contains(opt), "--help does not describe {opt}:\n{out}");
+    }
+
+    let (code, out, err) = run_app(&["--explain"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("wrong-VMA results"), "{out}");
+
+    let (code, out, err) = run_app(&["--seconds", "0.3", "--vmas", "8", "--json"]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let v = json_line(&out).unwrap_or_else(|| panic!("no JSON line in {out}"));
+    let modes: Vec<&str> = v["modes"]
+        .as_array()
+        .expect("modes")
+        .iter()
+        .map(|m| m["mode"].as_str().expect("mode name"))
+        .collect();
+    assert_eq!(modes, ["typesafe", "call-rcu", "kfree-rcu"]);
+    for m in v["modes"].as_array().expect("modes") {
+        assert_eq!(m["wrong_vma"], 0, "{v}");
+    }
+    assert!(err.contains("vma_reuse: PASS"), "{err}");
+
+    let (code, out, err) = run_app(&["--seconds", "0.2", "--vmas", "8", "--mode", "typesafe"]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let last = out
+        .lines()
+        .rfind(|l| !l.is_empty() && !l.starts_with("test "))
+        .unwrap_or("");
+    assert!(
+        last.starts_with("PASS: "),
+        "the table ends with PASS: {out}"
+    );
+
+    // The broken variant must make the program fail (exit 1) once it produces a wrong VMA.
     let mut codes = Vec::new();
     for seed in 0..6 {
-        let out = Process::new(&bin)
-            .args([
-                "--mode",
-                "typesafe",
-                "--broken-skip-mm-check",
-                "--vmas",
-                "8",
-                "--threads",
-                "3",
-                "--mappers",
-                "3",
-                "--seconds",
-                "1",
-                "--map-rate",
-                "0",
-                "--json",
-                "--seed",
-            ])
-            .arg(seed.to_string())
-            .output()
-            .unwrap();
-        let so = String::from_utf8_lossy(&out.stdout).into_owned();
-        let wrong = !so.contains("\"wrong_vma\": 0,");
+        let seed = seed.to_string();
+        let (code, out, err) = run_app(&[
+            "--mode",
+            "typesafe",
+            "--broken-skip-mm-check",
+            "--vmas",
+            "8",
+            "--threads",
+            "3",
+            "--mappers",
+            "3",
+            "--seconds",
+            "1",
+            "--map-rate",
+            "0",
+            "--json",
+            "--seed",
+            &seed,
+        ]);
+        let v = json_line(&out).unwrap_or_else(|| panic!("no JSON line in {out}\n{err}"));
+        let wrong = v["modes"][0]["wrong_vma"] != 0;
         assert_eq!(
-            out.status.code(),
+            code,
             Some(if wrong { 1 } else { 0 }),
-            "exit status must follow wrong_vma: {so}\n{}",
-            stderr(&out)
+            "exit status must follow wrong_vma: {out}\n{err}"
         );
-        codes.push(out.status.code());
         if wrong {
+            assert!(err.contains("vma_reuse: FAIL: typesafe mode"), "{err}");
             return;
         }
+        codes.push(code);
     }
-    panic!("broken variant never produced a wrong VMA through the binary: {codes:?}");
+    panic!("broken variant never produced a wrong VMA through the program: {codes:?}");
 }
