@@ -121,6 +121,8 @@
 
 use core::ptr::NonNull;
 
+/// The kit's one snapshot comparison (rcu-core's), under the name the collectors use.
+pub(crate) use rcu_core::raw::newer;
 use rcu_core::raw::Domain;
 use rcu_core::{CachePadded, GpSeq};
 
@@ -1188,14 +1190,6 @@ impl<'d, P: Pages> Batcher<'d, P> {
             });
         }
         bytes
-    }
-}
-
-/// The newer of an optional snapshot and `s`.
-pub(crate) fn newer(a: Option<GpSeq>, s: GpSeq) -> GpSeq {
-    match a {
-        Some(n) if s.before(n) => n,
-        _ => s,
     }
 }
 

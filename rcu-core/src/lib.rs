@@ -65,11 +65,11 @@ mod sys;
 mod util;
 
 #[cfg(not(rcu_loom))]
+mod background;
+#[cfg(not(rcu_loom))]
 mod cell;
 #[cfg(not(rcu_loom))]
 mod global;
-#[cfg(not(rcu_loom))]
-mod invoker;
 
 /// CPU numbers for per-CPU data (rseq when glibc registered it, else `sched_getcpu`).
 pub mod cpu {
@@ -105,6 +105,8 @@ pub use global::{
 /// records and callback lists, the same code the global functions run.
 #[doc(hidden)]
 pub mod raw {
+    #[cfg(not(rcu_loom))]
+    pub use crate::background::BackgroundThread;
     pub use crate::callback::CbList;
     #[cfg(not(rcu_loom))]
     pub use crate::global::{
@@ -112,6 +114,7 @@ pub mod raw {
     };
     pub use crate::gp::Domain;
     pub use crate::reader::Record;
+    pub use crate::seq::newer;
     pub use crate::sys::lock::{futex_wait, futex_wake, futex_wake_all};
     pub use crate::util::monotonic_ns;
 }
