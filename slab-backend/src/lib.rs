@@ -104,6 +104,29 @@
 //! }
 //! ```
 //!
+//! # Implementation: modules
+//!
+//! Bottom to top; a module uses the ones above it in this list, never one below it:
+//!
+//! 1. `primitive`, `lock`: the loom-aware shim and the locks.
+//! 2. `sheaf`: the per-CPU sheaves and the barn (generic over its backing; the loom model runs
+//!    it alone).
+//! 3. `page`, `shrink`: page runs, the memory limit and the shrinkers they run under pressure.
+//!    `fork`: the `pthread_atfork` registration and the init lock.
+//! 4. `cache`: `RawCache` and `KmemCache` (its own modules: `slab`, `node`, `tcache`,
+//!    `deferred`, then `cache` itself, then `destroy`, `fork`, `typed`); `typesafe`, the
+//!    RCU-deferred discard of its slabs.
+//! 5. `kmalloc`: the size classes over `cache`; it drains the deferred frees of `cache::deferred`
+//!    on its normal paths.
+//! 6. `nolock`: `kmalloc_nolock` / `kfree_nolock` over `kmalloc`'s classes; it pushes what it
+//!    cannot place on `cache::deferred`'s lists, which the normal paths and the cache's shrinker
+//!    drain without calling up into it.
+//! 7. `stats`, `test_hooks`, then this file's re-exports.
+//!
+//! Known exceptions, each a registration that lower code triggers and higher code implements:
+//! the fork handlers of `fork` call into `cache::fork` and `shrink`; `page` runs the shrinkers
+//! of `shrink` under pressure; `cache` and `typesafe` call each other for the discard cap.
+//!
 //! # Lock order
 //!
 //! `init → cache registry → flush → barn | per-node lists`; CPU slots are only try-locked (the
@@ -122,6 +145,7 @@
 
 mod lock;
 mod primitive;
+mod sheaf;
 
 #[cfg(not(rcu_loom))]
 mod cache;
@@ -146,15 +170,10 @@ mod typesafe;
 pub mod test_hooks;
 
 /// The per-CPU sheaf layer, exposed for the loom model (`tests/loom_sheaf.rs`). Not a stable API.
-#[cfg(not(rcu_loom))]
 #[doc(hidden)]
-pub use cache::sheaf as sheaf_model;
-
-/// The per-CPU sheaf layer, exposed for the loom model (`tests/loom_sheaf.rs`). Not a stable API.
-#[cfg(rcu_loom)]
-#[doc(hidden)]
-#[path = "cache/sheaf.rs"]
-pub mod sheaf_model;
+pub mod sheaf_model {
+    pub use crate::sheaf::*;
+}
 
 #[cfg(not(rcu_loom))]
 pub use crate::{
