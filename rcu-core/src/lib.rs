@@ -48,6 +48,22 @@
 //!
 //! If `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` is unavailable, or `RCU_KIT_NO_MEMBARRIER=1`
 //! is set, readers use real fences instead ([`barrier_mode`]). `fork()` children keep working.
+//!
+//! # Implementation: modules
+//!
+//! Bottom to top; a module uses the ones above it in this list, never one below it
+//! (`tests/layering.rs` checks it):
+//!
+//! 1. `primitive` (std or loom), `util`, `seq` (grace-period sequence numbers), `sys` (futex
+//!    locks, `membarrier`, CPU numbers), `lowmem` (thread start and reports without allocating),
+//!    `stall` (stall reports).
+//! 2. `reader` (reader records and the read side), `gp` (the [`raw::Domain`]: grace periods),
+//!    `callback` (callback lists). The loom models run these alone.
+//! 3. `background`: a lazily started, fork-aware background thread ([`raw::BackgroundThread`],
+//!    also used by kfree-batch).
+//! 4. `global`: the process-wide engine; its own modules, bottom to top: `state`, `invoker`,
+//!    `registry`, `worker`, `fork`, then `global` itself with `init` and the free functions.
+//! 5. `cell`: [`RcuCell`] over the free functions.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 // Models compile only the raw core; the global layer and its helpers are out of the build.
