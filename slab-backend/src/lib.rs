@@ -111,21 +111,23 @@
 //! 1. `primitive`, `lock`: the loom-aware shim and the locks.
 //! 2. `sheaf`: the per-CPU sheaves and the barn (generic over its backing; the loom model runs
 //!    it alone).
-//! 3. `page`, `shrink`: page runs, the memory limit and the shrinkers they run under pressure.
-//!    `fork`: the `pthread_atfork` registration and the init lock.
-//! 4. `cache`: `RawCache` and `KmemCache` (its own modules: `slab`, `node`, `tcache`,
-//!    `deferred`, then `cache` itself, then `destroy`, `fork`, `typed`); `typesafe`, the
-//!    RCU-deferred discard of its slabs.
-//! 5. `kmalloc`: the size classes over `cache`; it drains the deferred frees of `cache::deferred`
+//! 3. `page`: page runs and the memory limit.
+//! 4. `fork`: the `pthread_atfork` registration and the init lock; `shrink`: the shrinkers
+//!    `page` runs under pressure.
+//! 5. `cache`: `RawCache` and `KmemCache` (its own modules: `slab`, `node`, `tcache`,
+//!    `deferred`, then `cache` itself, then `destroy`, `fork`, `typed`).
+//! 6. `typesafe`: the RCU-deferred discard of a typesafe cache's slabs; `stats`.
+//! 7. `kmalloc`: the size classes over `cache`; it drains the deferred frees of `cache::deferred`
 //!    on its normal paths.
-//! 6. `nolock`: `kmalloc_nolock` / `kfree_nolock` over `kmalloc`'s classes; it pushes what it
+//! 8. `nolock`: `kmalloc_nolock` / `kfree_nolock` over `kmalloc`'s classes; it pushes what it
 //!    cannot place on `cache::deferred`'s lists, which the normal paths and the cache's shrinker
 //!    drain without calling up into it.
-//! 7. `stats`, `test_hooks`, then this file's re-exports.
+//! 9. `test_hooks`, then this file's re-exports.
 //!
-//! Known exceptions, each a registration that lower code triggers and higher code implements:
-//! the fork handlers of `fork` call into `cache::fork` and `shrink`; `page` runs the shrinkers
-//! of `shrink` under pressure; `cache` and `typesafe` call each other for the discard cap.
+//! Known exceptions (`tests/layering.rs` checks the order and allows only these): the fork
+//! handlers of `fork`, which `shrink` and `cache` register, call into `shrink` and
+//! `cache::fork`; `page` runs the shrinkers of `shrink` under pressure; `cache` calls `typesafe` for the discard cap and
+//! returns `stats`' `CacheStats`.
 //!
 //! # Lock order
 //!
