@@ -16,8 +16,9 @@
 //!    no read overlaps a write.
 //! 3. The thread is created through [`crate::lowmem::spawn`], which fails softly (an
 //!    `OutOfMemory` error) where `std::thread::spawn` would abort; a failed start is reported
-//!    once until a start succeeds, and no new attempt is made before `retry_after_ns` has passed
-//!    ([`BackgroundThread::may_retry`]; callers that retry on every use pass 0).
+//!    once until a start succeeds, and [`BackgroundThread::may_retry`] tells callers that back off
+//!    whether `retry_after_ns` has passed since the last failure (callers that retry on every
+//!    use ignore it).
 //!
 //! Memory orderings: the CAS is Acquire (a winner after a failed start, or after another token
 //! holder, sees that holder's work: the token orders one holder's work before the next one's);
