@@ -346,7 +346,7 @@ pub(crate) fn drain_own(dom: &rcu_core::raw::Domain) -> bool {
     OWN_SWEEP.with(|c| c.set(true));
     let _clear = OwnSweep;
     // Collectors (a barrier, perhaps in a `call_rcu` callback) wait for the slots claimed here:
-    // no destructor below may wait for callbacks (`worker::freeing` has the argument).
+    // no destructor below may wait for callbacks (`batcher::freeing` has the argument).
     let _scope = rcu_core::raw::enter_no_barrier(crate::batcher::NO_BARRIER_WHY);
     let n = sweep_array(a, dom, false);
     // Counted here: a collector pass counts only what it frees itself.
