@@ -54,16 +54,16 @@
 //! grace period for the object: a reader that loads G2's start value (Acquire) sees the
 //! unpublish, and one that began earlier is waited for. The second grace period is paid on the
 //! steal path only: a block the owner detaches itself is stamped by the owner, after its
-//! unpublishes in program order and before `get_state`'s RMW (`krc.rs`), so one grace
+//! unpublishes in program order and before `get_state`'s RMW (`krc`), so one grace
 //! period covers it.
 //!
 //! The owner and the collector write disjoint header fields (`count`/`bytes`/`ptrs` vs
 //! `snap`/`next`/`handed_ms`), so there is no data race while a put is in flight.
 //!
 //! A full block (`old == 0`, `count` at capacity) is detached by the owner with a swap, made under
-//! the lock of the slot it is handed to (`krc.rs`, Invariant 6): if a collector won it, the
+//! the lock of the slot it is handed to (`krc`, Invariant 6): if a collector won it, the
 //! collector has the block. A block taken back to recycle is held until [`FrontChan::install`]
-//! (`krc.rs`, Invariant 5).
+//! (`krc`, Invariant 5).
 //!
 //! Invariants:
 //! 0. The key (`free`, `ctx`) is written by the owner only, while the slot is null; a block in the
@@ -324,7 +324,7 @@ impl FrontChan {
 
     /// Owner: detaches the open block (full, or the channel is given up) and hands it to slot
     /// `cpu` of `b`, swapping it out under the slot's lock (a barrier finds it in the front or
-    /// in the slot: `krc.rs`, Invariant 6). With `may_reclaim`, ready blocks of that slot come
+    /// in the slot: `krc`, Invariant 6). With `may_reclaim`, ready blocks of that slot come
     /// back in the result for the caller to free ([`Batcher::free_detached`]), and, with
     /// `want_next` too, for an `inline_free` channel, the oldest ready block of the channel to
     /// recycle in place ([`Added::take_recycle`]; the caller must [`FrontChan::install`] it).
@@ -344,7 +344,7 @@ impl FrontChan {
 
     /// Owner: installs `d`, a ready block of this channel (from [`Added::take_recycle`]), as the
     /// open block, to be recycled in place (the slot must be null); an empty one is freed
-    /// instead. Either way the block's hold ends here (`krc.rs`, Invariant 5). Returns what was
+    /// instead. Either way the block's hold ends here (`krc`, Invariant 5). Returns what was
     /// freed here.
     pub fn install<P: Pages>(
         &self,

@@ -79,6 +79,28 @@
 //! let s = stats();
 //! assert!(s.freed >= 1000 && s.queued >= 1000);
 //! ```
+//!
+//! # Implementation: modules
+//!
+//! Bottom to top; a module uses the ones above it in this list, never one below it:
+//!
+//! 1. `primitive`, `lock`, `block` (the page-sized blocks), `slice` (a thread's budget slice),
+//!    `park_slot`, `config` (configuration and the pending budget), `head` (the `RcuHead` stack).
+//! 2. `krc`: the per-CPU slots and the [`raw::Batcher`] over them (`krc/slot.rs` one slot,
+//!    `krc/cache.rs` its page cache, `krc/collect.rs` collecting and freeing, `krc/fork.rs`).
+//! 3. `chan`: a per-thread front channel, its open block and the lock-free protocol by which a
+//!    collector takes it.
+//! 4. `batcher`: the process-wide batcher, the counters and the kick that wakes or starts the
+//!    worker thread (which it is handed by the batcher's creation, not calls).
+//! 5. `park`: the fallbacks when no block can be had (park slots, spill).
+//! 6. `local`: the per-thread fronts.
+//! 7. `worker`: the batcher's creation, the worker thread, collection passes, barrier, shrinker,
+//!    `fork()` handlers, statistics.
+//! 8. This file: the API.
+//!
+//! So one `kfree_rcu` reads top-down: the API puts into the thread's front (`local`, `chan`);
+//! a full or missing block goes to the CPU slot (`krc`); without a block it falls back to
+//! `park` or to waiting for a grace period; `batcher::kick` wakes the worker.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![cfg_attr(rcu_loom, allow(dead_code, unused_imports))]
@@ -99,6 +121,8 @@ mod local;
 mod lock;
 mod primitive;
 
+#[cfg(not(rcu_loom))]
+mod batcher;
 #[cfg(not(rcu_loom))]
 mod park;
 mod park_slot;
@@ -144,11 +168,12 @@ mod api {
 
     use slab_backend::KmemCache;
 
+    use crate::batcher::{kick, kick_after_publish};
     use crate::block::FreeFn;
     use crate::head::{drop_via_head, HasRcuHead};
     use crate::krc::{Refused, Retired};
     use crate::park;
-    use crate::worker::{self, batcher, kick, kick_after_publish, HEADS};
+    use crate::worker::{self, batcher, HEADS};
 
     pub use crate::worker::KfreeStats;
 
@@ -235,7 +260,7 @@ mod api {
     /// The per-CPU path (the front refused: cap, no page, thread teardown), then the fallbacks.
     #[cold]
     #[inline(never)]
-    fn slow_retire(b: &'static worker::Global, r: Retired, headless: bool, form: Form) {
+    fn slow_retire(b: &'static crate::batcher::Global, r: Retired, headless: bool, form: Form) {
         if headless {
             // Park slots are reserved when the thread's front registers (its first retire,
             // before any pressure); a thread without them (that reservation failed, or no front
@@ -254,7 +279,7 @@ mod api {
                         kick();
                     }
                     if a.handed {
-                        worker::free_reclaimed(b, &mut a);
+                        crate::batcher::free_reclaimed(b, &mut a);
                     }
                     return;
                 }
@@ -278,7 +303,7 @@ mod api {
     #[cold]
     #[inline(never)]
     fn fallback(
-        b: &'static worker::Global,
+        b: &'static crate::batcher::Global,
         obj: *mut u8,
         size: usize,
         free: FreeFn,
@@ -301,7 +326,7 @@ mod api {
                 // SAFETY: `obj` is a retired object of the head's type, its head at `off`; the
                 // head's free returns the `size` charged here (both are the heap footprint).
                 unsafe { HEADS.push(obj.add(off).cast(), drop_fn, overdraft, size) };
-                worker::HEAD_QUEUED.fetch_add(1, Ordering::Relaxed);
+                crate::batcher::HEAD_QUEUED.fetch_add(1, Ordering::Relaxed);
                 kick_after_publish();
                 return;
             }
@@ -345,8 +370,8 @@ mod api {
         rcu_core::synchronize_rcu();
         // SAFETY: `obj` was unpublished by the caller before the grace period we just waited for.
         unsafe { free(ctx, &[obj]) };
-        worker::FALLBACK_SYNC.fetch_add(1, Ordering::Relaxed);
-        worker::FREED.fetch_add(1, Ordering::Relaxed);
+        crate::batcher::FALLBACK_SYNC.fetch_add(1, Ordering::Relaxed);
+        crate::batcher::FREED.fetch_add(1, Ordering::Relaxed);
         kick();
     }
 
@@ -356,7 +381,7 @@ mod api {
     /// block of the slots, not one per object — before trying again. Returns whether the charge
     /// was taken. A destructor run by a free of the batcher does not run a pass (the pass may be
     /// the one running it), nor does a thread that may not block (a `call_rcu` callback).
-    fn charge_or_collect(b: &'static worker::Global, size: usize) -> bool {
+    fn charge_or_collect(b: &'static crate::batcher::Global, size: usize) -> bool {
         let charge = || b.budget.reserve(size, size, b.cap).is_some();
         if charge() {
             return true;
@@ -367,7 +392,7 @@ mod api {
         if crate::local::reclaim_reservations(b, true) != 0 && charge() {
             return true;
         }
-        if worker::in_free() || park::in_own_sweep() {
+        if crate::batcher::in_free() || park::in_own_sweep() {
             return false;
         }
         // Our own open blocks hold part of the cap too (a cached page let the object batch):
@@ -597,7 +622,7 @@ mod api {
                  wait for the caller's own reader forever; drop every RcuReadGuard first"
             );
         }
-        if worker::in_free() || park::in_own_sweep() {
+        if crate::batcher::in_free() || park::in_own_sweep() {
             panic!(
                 "kvfree_rcu_barrier() called from the destructor of an object being freed by \
                  kfree-batch: it would wait forever for the free that runs it"

@@ -8,9 +8,9 @@
 //! takes the per-CPU path until one of the channels goes idle.
 //!
 //! A full block is detached by the owner and handed to its CPU slot — one lock CAS per ~505
-//! objects, the swap out of the front made under it (`krc.rs`, Invariant 6) — where ready-first
+//! objects, the swap out of the front made under it (`krc`, Invariant 6) — where ready-first
 //! reclaim frees older blocks on the owner's thread. The blocks it takes are held until freed or
-//! installed (`krc.rs`, Invariant 5), and a block taken to recycle is installed before the
+//! installed (`krc`, Invariant 5), and a block taken to recycle is installed before the
 //! reclaimed blocks are freed: their destructors may retire into the same channel, and anything
 //! opened there meanwhile would be overwritten.
 //!
@@ -82,11 +82,11 @@
 
 use core::cell::Cell;
 
+use crate::batcher::Global;
 use crate::chan::{stamp_stolen, FrontChan, Put};
 use crate::krc::{Batch, Refused, Retired};
 use crate::primitive::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 use crate::slice::Slice;
-use crate::worker::Global;
 
 /// Budget a thread reserves at a time for its front.
 const LOCAL_CHUNK: usize = 16 << 10;
@@ -159,7 +159,7 @@ pub(crate) fn put_fast(r: &Retired) -> bool {
             "kfree-batch: a replacing put on a dropping channel"
         );
         // Freed before `g` drops: a `kvfree_rcu_barrier` that stole this block waits for our
-        // section, so the free happens-before the barrier returns (`krc.rs`, "What a barrier
+        // section, so the free happens-before the barrier returns (`krc`, "What a barrier
         // covers").
         // SAFETY: `freed` left its block inside our section and its grace period is over
         // (the channel's Invariant 3); an `inline_free` channel's context encodes the layout
@@ -226,13 +226,13 @@ pub(crate) fn try_retire(b: &'static Global, r: Retired, may_alloc: bool) -> Res
 #[cold]
 #[inline(never)]
 fn hand_over_full(c: &FrontChan) {
-    let b = crate::worker::batcher();
+    let b = crate::batcher::created();
     let may_reclaim = !rcu_core::rcu_read_lock_held();
     let cpu = rcu_core::cpu::current_cpu();
     let Some(mut added) = c.hand_over(b, cpu, may_reclaim, true) else {
         return; // a collector took it; it will free it after a grace period
     };
-    crate::worker::kick();
+    crate::batcher::kick();
     let next = added.take_recycle();
     let expedite = added.expedite.take();
     // Nothing ready although many blocks wait: the worker lags (descheduled, or its cadence
@@ -241,23 +241,23 @@ fn hand_over_full(c: &FrontChan) {
     // be freed in bulk.
     let next = next.or_else(|| expedite.and_then(|s| b.expedite_ready_of(cpu, c.key(), s)));
     if let Some(d) = next {
-        let res = c.install(b, d, crate::worker::now_ms());
-        crate::worker::count_freed(&res);
+        let res = c.install(b, d, crate::batcher::now_ms());
+        crate::batcher::count_freed(&res);
         if res.blocks == 0 {
             // The worker steals it after the drain delay if we stop retiring (pairs with its
             // fence).
-            crate::worker::kick_after_publish();
+            crate::batcher::kick_after_publish();
         }
     }
-    crate::worker::free_reclaimed(b, &mut added);
+    crate::batcher::free_reclaimed(b, &mut added);
 }
 
 /// Gives channel `c` up: hands its open block over (recycled or not, every object in it is
 /// live). Owner only.
 fn release_chan(b: &'static Global, c: &FrontChan, may_reclaim: bool) {
     if let Some(mut added) = c.hand_over(b, rcu_core::cpu::current_cpu(), may_reclaim, false) {
-        crate::worker::free_reclaimed(b, &mut added);
-        crate::worker::kick();
+        crate::batcher::free_reclaimed(b, &mut added);
+        crate::batcher::kick();
     }
 }
 
@@ -309,12 +309,12 @@ fn open_and_retry(
         r.free,
         r.inline_free,
         may_alloc,
-        crate::worker::now_ms(),
+        crate::batcher::now_ms(),
     ) {
         Ok(()) => {
             // The worker drains it after the delay if we stop; the fence orders the block's
             // publication before our check of the worker's idle flag (pairs with its fence).
-            crate::worker::kick_after_publish();
+            crate::batcher::kick_after_publish();
             try_retire(b, r, may_alloc)
         }
         Err(Refused::Cap | Refused::NoPage) => Err(r),
@@ -507,7 +507,7 @@ impl Drop for ExitHook {
         let Some(f) = (unsafe { f.as_ref() }) else {
             return;
         };
-        if let Some(b) = crate::worker::batcher_if_started() {
+        if let Some(b) = crate::batcher::batcher_if_started() {
             for c in f.chans.iter() {
                 // The owner detaches its own block (a collector may have swapped it out already:
                 // then null comes back, the channel's Invariant 1). No reclaim: thread teardown.

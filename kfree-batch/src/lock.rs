@@ -7,8 +7,7 @@
 //! find it held move to another CPU's slot, and only the worker, `kvfree_rcu_barrier` and the
 //! shrinker wait for it (spinning, then yielding; every critical section is a few dozen
 //! instructions with no allocation that can reclaim). The `fork()` prepare handler takes the slot
-//! locks and the worker handle's lock (not the busy lock, held across grace periods); the child
-//! resets them all.
+//! locks (not the busy lock, held across grace periods); the child resets them all.
 
 use crate::primitive::sync::atomic::{AtomicBool, Ordering};
 

@@ -346,11 +346,11 @@ pub(crate) fn drain_own(dom: &rcu_core::raw::Domain) -> bool {
     OWN_SWEEP.with(|c| c.set(true));
     let _clear = OwnSweep;
     // Collectors (a barrier, perhaps in a `call_rcu` callback) wait for the slots claimed here:
-    // no destructor below may wait for callbacks (`worker::freeing` has the argument).
-    let _scope = rcu_core::raw::enter_no_barrier(crate::worker::NO_BARRIER_WHY);
+    // no destructor below may wait for callbacks (`batcher::freeing` has the argument).
+    let _scope = rcu_core::raw::enter_no_barrier(crate::batcher::NO_BARRIER_WHY);
     let n = sweep_array(a, dom, false);
     // Counted here: a collector pass counts only what it frees itself.
-    crate::worker::FREED.fetch_add(n as u64, Ordering::Relaxed);
+    crate::batcher::FREED.fetch_add(n as u64, Ordering::Relaxed);
     a.slots.iter().any(ParkSlot::is_empty)
 }
 
@@ -407,7 +407,6 @@ pub(crate) fn sweep(dom: &rcu_core::raw::Domain) -> usize {
 /// `wait_claimed`, first waits for slots another freer claimed. Returns how many it freed.
 fn sweep_array(a: &ParkArray, dom: &rcu_core::raw::Domain, wait_claimed: bool) -> usize {
     let mut n = 0;
-    let budget = &crate::worker::batcher().budget;
     for s in a.slots.iter() {
         // Recorded before the claim and dropped after the slot's final store: a fork from a
         // destructor `free_if_done` runs sees this claim as the forking thread's own.
@@ -423,7 +422,7 @@ fn sweep_array(a: &ParkArray, dom: &rcu_core::raw::Domain, wait_claimed: bool) -
         drop(pop);
         if let Some(charge) = freed {
             // To the budget or the overdraft, as it was charged.
-            budget.uncharge(charge);
+            crate::batcher::uncharge(charge);
             a.parked.fetch_sub(1, Ordering::Relaxed);
             PARKED_NOW.fetch_sub(1, Ordering::Relaxed);
             n += 1;
@@ -551,7 +550,7 @@ fn sweep_spill(dom: &rcu_core::raw::Domain) -> usize {
             unsafe { crate::block::run_free(free, ctx, &[obj]) };
             // SAFETY: allocated in `spill` with `NODE`; nothing refers to it any more.
             unsafe { std::alloc::dealloc(node.cast(), NODE) };
-            crate::worker::batcher().budget.uncharge(charge);
+            crate::batcher::uncharge(charge);
             SPILL_BYTES.fetch_sub(NODE.size(), Ordering::Relaxed);
             PARKED_NOW.fetch_sub(1, Ordering::Relaxed);
             n += 1;

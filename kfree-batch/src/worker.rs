@@ -11,7 +11,7 @@
 //!   steal the per-thread front blocks opened more than the drain delay ago, then collect
 //!   handed-over blocks (and partial blocks older than the drain delay) from every slot — fronts
 //!   before slots, so that a front block handed over meanwhile is found in one or the other
-//!   (`krc.rs`, Invariant 6) — take the head-linked stack, free the blocks whose grace period
+//!   (`krc`, Invariant 6) — take the head-linked stack, free the blocks whose grace period
 //!   already completed (ready-first), wait once for the newest remaining snapshot (blocks, heads,
 //!   parked objects), free the rest, then top up the emergency page caches unless the shrinker
 //!   asked for a back-off. After a pass that waited or freed (work is flowing) it pauses for
@@ -26,7 +26,7 @@
 //!   reports it, and goes on after the batching pause.
 //! * **Whose snapshots.** A pass frees objects other threads retired, so each state it waits for
 //!   must be ordered after the retirer's unpublish (rcu-core `gp.rs`, "Covering another thread's
-//!   retire"): slot blocks are stamped under the slot lock every store into them held (`krc.rs`,
+//!   retire"): slot blocks are stamped under the slot lock every store into them held (`krc`,
 //!   Memory orderings); head-linked objects are pushed with a Release CAS after the retire and
 //!   taken with an Acquire swap before `heads_snap` is taken; parked objects carry the retirer's
 //!   own snapshot; a stolen front block, which the owner's put reaches only through a read-before
@@ -39,7 +39,7 @@
 //! * **Barrier** (`kvfree_rcu_barrier`): a pass that collects everything, run under the busy
 //!   lock — which serialises collectors, so a worker pass that took blocks earlier has freed them
 //!   — after `Batcher::barrier_begin` stopped producers from detaching blocks and waited for the
-//!   blocks they held to be freed or installed. `krc.rs` ("What a barrier covers") argues that no
+//!   blocks they held to be freed or installed. `krc` ("What a barrier covers") argues that no
 //!   object retired before the barrier is freed after it returns.
 //! * **Where destructors run**: in passes (the worker's, a barrier's) and in a producer's own
 //!   ready-first reclaim (`free_reclaimed`), outside read-side critical sections; both mark the
@@ -62,17 +62,17 @@
 //! * **fork()** (`pthread_atfork`, registered when the batcher is created, after rcu-core's and
 //!   slab-backend's first use, so that ours are the first prepare handler and the last parent
 //!   and child handlers of the three; no allocation in any of them). *Prepare* takes every slot
-//!   lock in slot order, then the worker handle's lock: the child copies each slot between two
+//!   lock in slot order (the worker's handle needs no lock: `batcher.rs`): the child copies each slot between two
 //!   critical sections, so a front's hand-over in flight is wholly in the front or wholly in the
-//!   slot (`krc.rs`, Invariant 6) and no slot list is half linked. It does not take the busy
+//!   slot (`krc`, Invariant 6) and no slot list is half linked. It does not take the busy
 //!   lock: a pass holds it across a grace period and across destructors, which may wait for the
 //!   forking thread (inside a read-side critical section, or holding a lock a destructor
 //!   wants). *Parent* releases what prepare took. *Child* clears the slice claims of
 //!   reclaimers that do not exist in the child and empties the park slots that such threads
 //!   had claimed (`park.rs`, "fork()"; always, also after a fork from a destructor: the forking
-//!   thread's own claims stay), resets the slot locks, the busy lock, the worker handle's lock
-//!   and the barrier's counts, restarts the worker lazily, and recounts the pending budget as
-//!   what the child holds (`krc.rs`, "fork()"): the slots' reservations, open, handed and
+//!   thread's own claims stay), resets the slot locks, the busy lock and the barrier's counts,
+//!   restarts the worker lazily, and recounts the pending budget as
+//!   what the child holds (`krc`, "fork()"): the slots' reservations, open, handed and
 //!   cached blocks, every front's open block, the forking thread's own slice, the parked
 //!   objects and those on the spill stack (`park.rs`, "fork()"), and the head-linked objects
 //!   not freed yet. The parent's other threads' slices, and the blocks a parent's pass or
@@ -96,40 +96,19 @@
 //!   try-lock (`INIT`) the child resets, not in a `OnceLock` the child would wait on forever,
 //!   and the child creates its own, skipping the steps already done (`SETUP`).
 
-use std::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
 
-use core::ptr::NonNull;
-
+use crate::batcher::{
+    freeing, in_free, kick_after_publish, now_ms, worker_reset_after_fork, Global, PageLayer,
+    BATCHER, BLOCKS_FREED, BLOCKS_IN_FLIGHT, FALLBACK_SYNC, FREED, GPS_WAITED, HEAD_QUEUED,
+    HOLDING, IDLE, READY_FIRST,
+};
 use crate::config::config;
 use crate::head::HeadStack;
-use crate::krc::{newer, Added, Batch, Batcher, Pages, Processed};
+use crate::krc::{newer, Batch, Batcher, Pages, Processed};
 use crate::lock::TryLock;
 use crate::park;
 
-/// Pages from the kit's page layer (accounted, limited, really unmapped on free).
-#[derive(Debug)]
-pub(crate) struct PageLayer;
-
-impl Pages for PageLayer {
-    fn alloc(&self) -> Option<NonNull<u8>> {
-        // Never reclaim on the batching paths: "don't rob reclaim of memory".
-        slab_backend::page::try_alloc_pages(1)
-    }
-    unsafe fn free(&self, p: NonNull<u8>) {
-        // SAFETY: forwarded contract (a page from `try_alloc_pages(1)`, unused now).
-        unsafe { slab_backend::page::free_pages(p, 1) }
-    }
-    fn over_limit(&self) -> bool {
-        slab_backend::page::over_limit()
-    }
-}
-
-pub(crate) type Global = Batcher<'static, PageLayer>;
-
-/// The batcher, created once by `create_batcher`. Not a `OnceLock`: a `fork()` while another
-/// thread creates it would leave the child's copy "being initialised" by a thread the child does
-/// not have, forever; creation runs under `INIT` instead, a try-lock the child resets.
-static BATCHER: Created = Created(AtomicPtr::new(core::ptr::null_mut()));
 /// Held while the batcher is created (reset in a `fork()` child, which then creates its own if
 /// the parent's creation had not finished).
 static INIT: TryLock = TryLock::new();
@@ -139,60 +118,11 @@ static SETUP: AtomicU32 = AtomicU32::new(0);
 const SETUP_SHRINKER: u32 = 1;
 const SETUP_HANDLERS: u32 = 2;
 
-struct Created(AtomicPtr<Global>);
-
-impl Created {
-    /// The batcher if it was created. Acquire pairs with the Release store that publishes it.
-    #[inline]
-    fn get(&self) -> Option<&'static Global> {
-        // SAFETY: a non-null pointer is a leaked `Box<Global>`, never freed.
-        unsafe { self.0.load(Ordering::Acquire).as_ref() }
-    }
-}
 pub(crate) static HEADS: HeadStack = HeadStack::new();
 static BUSY: TryLock = TryLock::new();
 
-static WORKER_STATE: AtomicU32 = AtomicU32::new(0); // 0 none, 1 starting, 2 running
-/// The worker's handle, behind a try-lock the `fork()` child can reset (a std `Mutex` held by a
-/// parent thread at fork time would stay locked in the child forever).
-static WORKER: WorkerSlot = WorkerSlot {
-    lock: TryLock::new(),
-    t: std::cell::UnsafeCell::new(None),
-};
-
-struct WorkerSlot {
-    lock: TryLock,
-    t: std::cell::UnsafeCell<Option<std::thread::Thread>>,
-}
-
-// SAFETY: `t` is only accessed with `lock` held.
-unsafe impl Sync for WorkerSlot {}
-
-impl WorkerSlot {
-    fn with<R>(&self, f: impl FnOnce(&mut Option<std::thread::Thread>) -> R) -> R {
-        self.lock.lock();
-        // SAFETY: we hold `lock`, so this is the only access.
-        let r = f(unsafe { &mut *self.t.get() });
-        self.lock.unlock();
-        r
-    }
-}
-static IDLE: AtomicBool = AtomicBool::new(false);
 /// Refills are backed off until this time (ms on `now_ms`'s clock).
 static BACKOFF_UNTIL_MS: AtomicU64 = AtomicU64::new(0);
-
-pub(crate) static FREED: AtomicU64 = AtomicU64::new(0);
-pub(crate) static FALLBACK_SYNC: AtomicU64 = AtomicU64::new(0);
-pub(crate) static HEAD_QUEUED: AtomicU64 = AtomicU64::new(0);
-static BLOCKS_FREED: AtomicU64 = AtomicU64::new(0);
-static READY_FIRST: AtomicU64 = AtomicU64::new(0);
-static GPS_WAITED: AtomicU64 = AtomicU64::new(0);
-static BLOCKS_IN_FLIGHT: AtomicU64 = AtomicU64::new(0);
-
-/// Milliseconds since the first call (a monotonic clock for drain delays).
-pub(crate) fn now_ms() -> u64 {
-    rcu_core::raw::monotonic_ns() / 1_000_000
-}
 
 /// The global batcher (created at first use with the configuration in force).
 #[inline]
@@ -235,6 +165,9 @@ fn create_batcher() -> &'static Global {
         PageLayer,
         now_ms,
     )));
+    // Before the batcher is published: every kick follows a retire into it (`batcher` module
+    // docs).
+    crate::batcher::set_worker_main(worker_main);
     // Release publishes the initialised batcher to `Created::get`'s Acquire load.
     BATCHER
         .0
@@ -274,109 +207,6 @@ pub fn batcher_creation_paused() -> bool {
 #[doc(hidden)]
 pub fn resume_batcher_creation() {
     CREATION_PAUSE.store(0, Ordering::Relaxed);
-}
-
-/// The global batcher if it was created.
-pub(crate) fn batcher_if_started() -> Option<&'static Global> {
-    BATCHER.get()
-}
-
-/// Wakes the worker if it is idle; starts it if it does not run.
-#[inline]
-pub(crate) fn kick() {
-    if WORKER_STATE.load(Ordering::Acquire) != 2 {
-        start_worker();
-    } else if IDLE.load(Ordering::Relaxed) && IDLE.swap(false, Ordering::Relaxed) {
-        unpark_worker();
-    }
-}
-
-/// `kick` after a lock-free publication (heads, parks): the fence pairs with the worker's fence
-/// between `IDLE = true` and its re-check.
-pub(crate) fn kick_after_publish() {
-    fence(Ordering::SeqCst);
-    kick();
-}
-
-fn unpark_worker() {
-    WORKER.with(|t| {
-        if let Some(t) = t {
-            t.unpark();
-        }
-    });
-}
-
-/// A failed start was reported since the worker last started (Relaxed: a message throttle).
-static START_REPORTED: AtomicBool = AtomicBool::new(false);
-
-#[cold]
-fn start_worker() {
-    // State 0 → 1 elects one starter; the handle itself is guarded by `WORKER.lock`, so these
-    // orderings only publish the state: Acquire here pairs with the Release stores below (a
-    // retry after a failed start sees it), and `kick`'s Acquire load pairs with the store of 2.
-    if WORKER_STATE
-        .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
-        .is_err()
-    {
-        return;
-    }
-    // Fails softly when memory is short (`rcu_core::lowmem`): no heap for std's spawn, or no
-    // room for a stack. The next kick retries.
-    match rcu_core::lowmem::spawn(format_args!("rcu-kfree"), worker_main) {
-        Ok(h) => {
-            let t = h.thread().clone();
-            // The previous handle (a parent's worker, after fork) is dropped outside the lock.
-            let old = WORKER.with(|slot| slot.replace(t));
-            drop(old);
-            WORKER_STATE.store(2, Ordering::Release);
-            START_REPORTED.store(false, Ordering::Relaxed);
-            unpark_worker();
-        }
-        Err(e) => {
-            WORKER_STATE.store(0, Ordering::Release);
-            // Written without allocating (memory may be what is missing); once per failure run.
-            if !START_REPORTED.swap(true, Ordering::Relaxed) {
-                rcu_core::lowmem::report(format_args!(
-                    "kfree-batch: cannot start the worker ({}); blocks wait for the next retry",
-                    rcu_core::lowmem::OsError(&e)
-                ));
-            }
-        }
-    }
-}
-
-std::thread_local! {
-    /// Depth of the frees this thread runs: collection passes and a producer's own ready-first
-    /// reclaim (destructors of freed objects run inside them).
-    static FREEING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
-}
-
-/// Whether the caller runs inside a free of the batcher (a destructor of a freed object).
-pub(crate) fn in_free() -> bool {
-    FREEING.with(|w| w.get() != 0)
-}
-
-/// Why `rcu_barrier` may not wait inside a free of the batcher (rcu-core's scope; the text
-/// follows "called" in its panic message).
-pub(crate) const NO_BARRIER_WHY: &str = "from the destructor of an object kfree-batch is freeing";
-
-/// Runs `f`, a free of the batcher, marked as such on this thread ([`in_free`]) and as a scope
-/// where `rcu_barrier` may not wait (`rcu_core::raw::enter_no_barrier`): a `call_rcu` callback
-/// may be waiting in `kvfree_rcu_barrier` for this free (a pass holds `BUSY`; a barrier waits for
-/// a producer's held blocks), so a destructor here that waited for callbacks would wait for
-/// itself. `rcu_core::may_block` is false inside, so a typesafe slab cache dropped by a
-/// destructor here is destroyed on a thread of its own.
-fn freeing<R>(f: impl FnOnce() -> R) -> R {
-    struct Mark;
-    impl Drop for Mark {
-        fn drop(&mut self) {
-            FREEING.with(|w| w.set(w.get() - 1));
-        }
-    }
-    FREEING.with(|w| w.set(w.get() + 1));
-    let _m = Mark;
-    let _scope = rcu_core::raw::enter_no_barrier(NO_BARRIER_WHY);
-    f()
 }
 
 /// The shrinker asked for a pass that collects everything (memory pressure): the worker frees
@@ -468,36 +298,10 @@ pub(crate) struct PassResult {
     handed_left: bool,
 }
 
-/// Adds what was freed outside a collection pass to the statistics.
-pub(crate) fn count_freed(res: &Processed) {
-    if res.blocks != 0 {
-        FREED.fetch_add(res.objects as u64, Ordering::Relaxed);
-        BLOCKS_FREED.fetch_add(res.blocks as u64, Ordering::Relaxed);
-        READY_FIRST.fetch_add(res.ready_first as u64, Ordering::Relaxed);
-    }
-}
-
 std::thread_local! {
-    /// Blocks this thread holds while it frees them (`free_reclaimed`): what the `fork()` child
-    /// handler restores `held` to when a destructor forked (`krc.rs`, Invariant 5).
-    static HOLDING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
     /// This thread holds the busy lock (`pass`); 2: for a barrier, between `barrier_begin` and
     /// `barrier_end`. Read by the `fork()` child handler.
     static IN_PASS: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
-}
-
-/// Frees the blocks a producer reclaimed inline and counts them.
-pub(crate) fn free_reclaimed(b: &Global, a: &mut Added) {
-    let n = a.reclaimed.iter().filter(|r| r.is_some()).count();
-    if n == 0 {
-        return;
-    }
-    let mut res = Processed::default();
-    // Added, not set: a destructor may retire and free reclaimed blocks of its own (nested);
-    // each hold that ends takes one off, so the count is back where it was after the call.
-    HOLDING.with(|h| h.set(h.get() + n));
-    freeing(|| b.free_detached_then(a, &mut res, || HOLDING.with(|h| h.set(h.get() - 1))));
-    count_freed(&res);
 }
 
 /// What a pass collects.
@@ -547,7 +351,7 @@ fn pass_locked(b: &Global, flush: Flush) -> PassResult {
     let mut batch = Batch::new();
     let (now, delay) = (now_ms(), config().drain_delay.as_millis() as u64);
     // Fronts first, then slots: a front block its owner hands over meanwhile is swapped out
-    // under the slot's lock, so it is either stolen here or found in its slot below (krc.rs,
+    // under the slot's lock, so it is either stolen here or found in its slot below (`krc`,
     // Invariant 6).
     let steal_all = flush == Flush::Barrier;
     let fronts_open = crate::local::steal(b, &mut batch, steal_all, now, delay);
@@ -766,7 +570,8 @@ std::thread_local! {
 /// their own, the order in which the batcher nests calls into them; parent and child handlers
 /// run in registration order, so theirs have reset their state when ours runs.
 fn install_fork_handlers() {
-    // Slot locks, then the worker handle's lock (neither nests in the other). Not the busy lock:
+    // The slot locks (the worker's handle needs none: `rcu_core::raw::BackgroundThread`). Not the
+    // busy lock:
     // a pass holds it across a grace period and across destructors, so waiting for it could
     // wait for the forking thread itself (inside a read-side critical section, or holding what
     // a destructor waits for); the child resets it instead.
@@ -778,13 +583,11 @@ fn install_fork_handlers() {
         }
         if let Some(b) = BATCHER.get() {
             b.fork_lock_slots();
-            WORKER.lock.lock();
             FORK_LOCKED.with(|l| l.set(true));
         }
     }
     extern "C" fn parent() {
         if FORK_LOCKED.with(|l| l.replace(false)) {
-            WORKER.lock.unlock();
             if let Some(b) = BATCHER.get() {
                 b.fork_unlock_slots();
             }
@@ -842,12 +645,11 @@ fn install_fork_handlers() {
         if in_pass == 0 {
             BUSY.reset_after_fork();
         } // else this thread goes on with its pass and releases the lock after it
-        WORKER.lock.reset_after_fork();
-        // A creation of the batcher in flight belongs to a thread the child does not have: the
-        // child creates its own (`create_batcher`; its steps done so far are in `SETUP`).
+          // A creation of the batcher in flight belongs to a thread the child does not have: the
+          // child creates its own (`create_batcher`; its steps done so far are in `SETUP`).
         INIT.reset_after_fork();
         IDLE.store(false, Ordering::Relaxed);
-        WORKER_STATE.store(0, Ordering::Relaxed);
+        worker_reset_after_fork();
     }
     // The slab layer's handlers first: prepare handlers run in reverse order of registration,
     // so our prepare runs before the slab layer's (our lock holders call into it).

@@ -48,6 +48,22 @@
 //!
 //! If `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` is unavailable, or `RCU_KIT_NO_MEMBARRIER=1`
 //! is set, readers use real fences instead ([`barrier_mode`]). `fork()` children keep working.
+//!
+//! # Implementation: modules
+//!
+//! Bottom to top; a module uses the ones above it in this list, never one below it
+//! (`tests/layering.rs` checks it):
+//!
+//! 1. `primitive` (std or loom), `util`, `seq` (grace-period sequence numbers), `sys` (futex
+//!    locks, `membarrier`, CPU numbers), `lowmem` (thread start and reports without allocating),
+//!    `stall` (stall reports).
+//! 2. `reader` (reader records and the read side), `gp` (the [`raw::Domain`]: grace periods),
+//!    `callback` (callback lists). The loom models run these alone.
+//! 3. `background`: a lazily started, fork-aware background thread ([`raw::BackgroundThread`],
+//!    also used by kfree-batch).
+//! 4. `global`: the process-wide engine; its own modules, bottom to top: `state`, `invoker`,
+//!    `registry`, `worker`, `fork`, then `global` itself with `init` and the free functions.
+//! 5. `cell`: [`RcuCell`] over the free functions.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 // Models compile only the raw core; the global layer and its helpers are out of the build.
@@ -71,11 +87,11 @@ mod sys;
 mod util;
 
 #[cfg(not(rcu_loom))]
+mod background;
+#[cfg(not(rcu_loom))]
 mod cell;
 #[cfg(not(rcu_loom))]
 mod global;
-#[cfg(not(rcu_loom))]
-mod invoker;
 
 /// CPU numbers for per-CPU data (rseq when glibc registered it, else `sched_getcpu`).
 pub mod cpu {
@@ -111,6 +127,8 @@ pub use global::{
 /// records and callback lists, the same code the global functions run.
 #[doc(hidden)]
 pub mod raw {
+    #[cfg(not(rcu_loom))]
+    pub use crate::background::BackgroundThread;
     pub use crate::callback::CbList;
     #[cfg(not(rcu_loom))]
     pub use crate::global::{
@@ -118,6 +136,7 @@ pub mod raw {
     };
     pub use crate::gp::Domain;
     pub use crate::reader::Record;
+    pub use crate::seq::newer;
     pub use crate::sys::lock::{futex_wait, futex_wake, futex_wake_all};
     pub use crate::util::monotonic_ns;
 }

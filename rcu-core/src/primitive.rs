@@ -1,11 +1,17 @@
 //! The one place atomics, fences, cells, thread-locals and thread operations come from.
 //!
-//! Under `--cfg rcu_loom` everything here is loom's model type, so the loom models in
-//! `tests/loom_*.rs` exercise the same reader/grace-period/callback code that ships. Outside loom it
-//! is `core`/`std`, with `UnsafeCell` wrapped to offer loom's `with`/`with_mut` API.
+//! Under `--cfg rcu_loom` everything here is loom's model type, so the crate's loom models
+//! (`tests/loom_*.rs`) exercise the code that ships. Outside loom it is `core`/`std`, with
+//! `UnsafeCell` wrapped to offer loom's `with`/`with_mut` API.
 //!
 //! Rule for the crate: no file uses `std::sync::atomic`, `core::cell::UnsafeCell`,
 //! `std::thread_local!` or `std::thread::{park, yield_now}` directly; they go through this module.
+//!
+//! rcu-core, kfree-batch and slab-backend each carry this module with the same mappings (the
+//! items up to the crate's own additions at the end are the same in the three files), so a
+//! model of one crate means the same thing as a model of another. Not every crate uses every
+//! item.
+#![allow(dead_code, unused_imports, unused_macros)]
 
 #[cfg(not(rcu_loom))]
 pub(crate) mod sync {
@@ -20,11 +26,18 @@ pub(crate) mod sync {
 #[cfg(rcu_loom)]
 pub(crate) mod sync {
     pub(crate) mod atomic {
-        // No `compiler_fence`: loom has none (loom#117), and its one user, membarrier mode's
-        // light barrier, is modelled in `sys::membarrier`.
         pub(crate) use loom::sync::atomic::{
             fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
         };
+
+        /// Loom has no compiler fence (loom#117). A compiler fence orders nothing between
+        /// threads and loom models no signal handlers, so its model is nothing; the asymmetric
+        /// barrier it is the light side of is modelled where it is used (rcu-core's
+        /// `sys::membarrier`).
+        #[inline(always)]
+        pub(crate) fn compiler_fence(order: Ordering) {
+            let _ = order;
+        }
     }
 }
 
@@ -36,6 +49,7 @@ pub(crate) mod cell {
     pub(crate) struct UnsafeCell<T: ?Sized>(core::cell::UnsafeCell<T>);
 
     impl<T> UnsafeCell<T> {
+        /// Wraps `v`.
         #[inline(always)]
         pub(crate) const fn new(v: T) -> Self {
             Self(core::cell::UnsafeCell::new(v))
@@ -61,7 +75,7 @@ pub(crate) mod cell {
     pub(crate) use loom::cell::UnsafeCell;
 }
 
-/// Thread operations the engine uses (yield while spinning, park/unpark of its worker).
+/// Thread operations: yield, park (outside loom), and a spin hint loom understands.
 pub(crate) mod thread {
     #[cfg(rcu_loom)]
     pub(crate) use loom::thread::yield_now;
@@ -80,7 +94,6 @@ pub(crate) mod thread {
 }
 
 /// Declares a thread-local through the shim (`std::thread_local!` or loom's).
-#[cfg_attr(rcu_loom, allow(unused_macros))]
 macro_rules! rcu_thread_local {
     ($($tt:tt)*) => {
         #[cfg(not(rcu_loom))]
@@ -89,5 +102,4 @@ macro_rules! rcu_thread_local {
         loom::thread_local!($($tt)*);
     };
 }
-#[cfg_attr(rcu_loom, allow(unused_imports))]
 pub(crate) use rcu_thread_local;

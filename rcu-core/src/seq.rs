@@ -107,6 +107,17 @@ impl GpSeq {
     }
 }
 
+/// The newer of an optional snapshot and `s` (wrap-safe): folds the snapshots a set of waiters
+/// needs into the one grace period that serves them all. The one copy for the kit (rcu-core's
+/// worker, kfree-batch's collectors).
+#[inline]
+pub fn newer(a: Option<GpSeq>, s: GpSeq) -> GpSeq {
+    match a {
+        Some(n) if s.before(n) => n,
+        _ => s,
+    }
+}
+
 impl fmt::Debug for GpSeq {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

@@ -92,7 +92,7 @@ pub(crate) fn install() {
 
 extern "C" fn prepare() {
     INIT.raw().lock();
-    crate::cache::fork_prepare();
+    crate::cache::fork::fork_prepare();
     crate::cache::tcache::ids_lock().lock();
     crate::shrink::registry_lock().lock();
 }
@@ -100,7 +100,7 @@ extern "C" fn prepare() {
 extern "C" fn parent() {
     crate::shrink::registry_lock().unlock();
     crate::cache::tcache::ids_lock().unlock();
-    crate::cache::fork_parent();
+    crate::cache::fork::fork_parent();
     INIT.raw().unlock();
 }
 
@@ -108,7 +108,7 @@ extern "C" fn child() {
     crate::shrink::registry_lock().unlock();
     crate::cache::tcache::ids_lock().unlock();
     crate::cache::tcache::fork_child();
-    if crate::cache::fork_child() {
+    if crate::cache::fork::fork_child() {
         DEAD_SLOTS.store(true, Ordering::Relaxed);
     }
     INIT.raw().unlock();
@@ -124,7 +124,7 @@ pub(crate) fn revive_if_needed() {
 
 #[cold]
 fn revive() {
-    if DEAD_SLOTS.swap(false, Ordering::Relaxed) && !crate::cache::revive_dead_slots() {
+    if DEAD_SLOTS.swap(false, Ordering::Relaxed) && !crate::cache::fork::revive_dead_slots() {
         // The registry was busy (maybe held by this very caller): leave it to a later call.
         DEAD_SLOTS.store(true, Ordering::Relaxed);
     }

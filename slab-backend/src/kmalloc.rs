@@ -19,10 +19,10 @@
 use core::ptr::NonNull;
 use std::sync::{Arc, OnceLock};
 
-use crate::cache::sheaf::Mode;
-use crate::cache::slab::{self, header_of};
+use crate::cache::slab::{self, cache_of, header_checked};
 use crate::cache::{RawCache, RawConfig};
 use crate::page::PAGE_SIZE;
+use crate::sheaf::Mode;
 
 /// The kmalloc size classes.
 pub const KMALLOC_SIZES: [usize; 13] = [
@@ -45,7 +45,7 @@ pub(crate) fn classes() -> Option<&'static [Arc<RawCache>]> {
 /// Heap the creation of the classes needs, roughly: per class, the per-CPU slots with their two
 /// sheaves each, plus a page for the rest (the cache, its name, its nodes and barn).
 fn class_memory() -> usize {
-    let per_cpu = core::mem::size_of::<crate::cache::sheaf::Sheaf>() * 2 + 256;
+    let per_cpu = core::mem::size_of::<crate::sheaf::Sheaf>() * 2 + 256;
     KMALLOC_SIZES.len() * (rcu_core::cpu::possible_cpus().max(1) * per_cpu + PAGE_SIZE)
 }
 
@@ -65,7 +65,7 @@ fn create_classes() -> Option<&'static [Arc<RawCache>]> {
         // Warm what the nolock paths read, so a signal handler never runs a lazy initialiser.
         let _ = rcu_core::cpu::possible_cpus();
         let _ = rcu_core::cpu::current_cpu();
-        crate::nolock::init();
+        crate::cache::deferred::init();
         KMALLOC_SIZES
             .iter()
             .map(|&size| {
@@ -120,7 +120,7 @@ pub(crate) fn class_index(size: usize) -> Option<usize> {
 /// class). `None` for sizes above [`KMALLOC_MAX_SIZE`] or when memory cannot be had.
 #[inline]
 pub fn kmalloc(size: usize) -> Option<NonNull<u8>> {
-    crate::nolock::drain_if_pending();
+    crate::cache::deferred::drain_if_pending();
     let c = classes()?.get(class_index(size)?)?;
     c.alloc(Mode::Normal).ok()
 }
@@ -133,35 +133,6 @@ pub fn kzalloc(size: usize) -> Option<NonNull<u8>> {
     Some(p)
 }
 
-/// The slab header of a slab object; panics with a clear message (debug builds) for a pointer
-/// that is not a slab object.
-///
-/// # Safety
-/// `p` is a live slab object (or, in debug builds, any pointer: checked).
-#[inline]
-unsafe fn header_checked<'a>(p: NonNull<u8>) -> &'a slab::SlabHeader {
-    if cfg!(debug_assertions) {
-        assert!(
-            slab::is_slab_object(p.as_ptr()),
-            "kfree: {p:p} is not a slab object"
-        );
-    }
-    // SAFETY: a live slab object's header is mapped (slab Invariant 1).
-    unsafe { &*header_of(p.as_ptr()) }
-}
-
-/// The cache a slab object belongs to; panics with a clear message (debug builds) for a pointer
-/// that is not a slab object.
-///
-/// # Safety
-/// `p` is a live slab object (or, in debug builds, any pointer: checked).
-#[inline]
-pub(crate) unsafe fn cache_of<'a>(p: NonNull<u8>) -> &'a RawCache {
-    // SAFETY: forwarded contract; the header points to its cache, which outlives it (slab
-    // Invariant 1).
-    unsafe { &*header_checked(p).cache }
-}
-
 /// Frees an object from [`kmalloc`] (or any slab object: the cache is found from the slab).
 ///
 /// # Safety
@@ -169,7 +140,7 @@ pub(crate) unsafe fn cache_of<'a>(p: NonNull<u8>) -> &'a RawCache {
 /// objects, the contract of [`crate::KmemCache::free`] applies).
 #[inline]
 pub unsafe fn kfree(p: NonNull<u8>) {
-    crate::nolock::drain_if_pending();
+    crate::cache::deferred::drain_if_pending();
     // SAFETY: forwarded contract; the header's cache outlives it (slab Invariant 1) and its
     // `tc_id` is the cache's.
     unsafe {

@@ -104,6 +104,31 @@
 //! }
 //! ```
 //!
+//! # Implementation: modules
+//!
+//! Bottom to top; a module uses the ones above it in this list, never one below it:
+//!
+//! 1. `primitive`, `lock`: the loom-aware shim and the locks.
+//! 2. `sheaf`: the per-CPU sheaves and the barn (generic over its backing; the loom model runs
+//!    it alone).
+//! 3. `page`: page runs and the memory limit.
+//! 4. `fork`: the `pthread_atfork` registration and the init lock; `shrink`: the shrinkers
+//!    `page` runs under pressure.
+//! 5. `cache`: `RawCache` and `KmemCache` (its own modules: `slab`, `node`, `tcache`,
+//!    `deferred`, then `cache` itself, then `destroy`, `fork`, `typed`).
+//! 6. `typesafe`: the RCU-deferred discard of a typesafe cache's slabs; `stats`.
+//! 7. `kmalloc`: the size classes over `cache`; it drains the deferred frees of `cache::deferred`
+//!    on its normal paths.
+//! 8. `nolock`: `kmalloc_nolock` / `kfree_nolock` over `kmalloc`'s classes; it pushes what it
+//!    cannot place on `cache::deferred`'s lists, which the normal paths and the cache's shrinker
+//!    drain without calling up into it.
+//! 9. `test_hooks`, then this file's re-exports.
+//!
+//! Known exceptions (`tests/layering.rs` checks the order and allows only these): the fork
+//! handlers of `fork`, which `shrink` and `cache` register, call into `shrink` and
+//! `cache::fork`; `page` runs the shrinkers of `shrink` under pressure; `cache` calls `typesafe` for the discard cap and
+//! returns `stats`' `CacheStats`.
+//!
 //! # Lock order
 //!
 //! `init → cache registry → flush → barn | per-node lists`; CPU slots are only try-locked (the
@@ -128,6 +153,7 @@ compile_error!(
 
 mod lock;
 mod primitive;
+mod sheaf;
 
 #[cfg(not(rcu_loom))]
 mod cache;
@@ -152,15 +178,10 @@ mod typesafe;
 pub mod test_hooks;
 
 /// The per-CPU sheaf layer, exposed for the loom model (`tests/loom_sheaf.rs`). Not a stable API.
-#[cfg(not(rcu_loom))]
 #[doc(hidden)]
-pub use cache::sheaf as sheaf_model;
-
-/// The per-CPU sheaf layer, exposed for the loom model (`tests/loom_sheaf.rs`). Not a stable API.
-#[cfg(rcu_loom)]
-#[doc(hidden)]
-#[path = "cache/sheaf.rs"]
-pub mod sheaf_model;
+pub mod sheaf_model {
+    pub use crate::sheaf::*;
+}
 
 #[cfg(not(rcu_loom))]
 pub use crate::{

@@ -13,40 +13,22 @@
 //!   try the next size class once (the kernel's `-EBUSY` retry with `size = object_size + 1`);
 //!   otherwise `None`.
 //! * **free**: if the object cannot be placed (slot held, sheaves full and the barn or node
-//!   try-lock failing), push it on this CPU's *deferred list*: a lock-free LIFO linked through
-//!   the object's first word (kmalloc objects are at least 8 bytes and 8-aligned, and no reader
-//!   inspects free kmalloc memory). The next normal-path `kmalloc`/`kfree`, the slab shrinker, or
+//!   try-lock failing), push it on this CPU's *deferred list* (`cache::deferred`, which has the
+//!   lists' invariants and orderings), after checking that it is a kmalloc object (the lists'
+//!   Invariant 1). The next normal-path `kmalloc`/`kfree`, the slab shrinker, or
 //!   [`kfree_nolock_barrier`] drains every CPU's list through the normal free path.
 //!
-//! Invariants:
-//! 1. Only kmalloc objects are pushed on deferred lists (checked: other caches may be typesafe,
-//!    whose objects must never be written after free).
-//! 2. Deferred heads live for the whole process (created once, never freed).
-//!
-//! ## Memory orderings
-//! A push writes the link, then CASes the head with Release; a drain swaps the head to null with
-//! Acquire, which pairs with that Release so the links (and the object contents the freeing code
-//! wrote before) are visible to the drainer. `PENDING` is a hint for the fast check (Relaxed); the
-//! drain itself relies only on the heads.
+//! This module is the top of the allocation stack: it uses kmalloc's classes and the cache
+//! layer, and nothing below uses it.
 
-use core::ptr::{self, NonNull};
-use std::sync::OnceLock;
+use core::ptr::NonNull;
 
-use crate::cache::sheaf::{Miss, Mode};
-use crate::kmalloc::{cache_of, class_index, classes_if_ready};
-use crate::primitive::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use crate::cache::deferred::{self, defer, DEFERRED_TOTAL, PENDING};
+use crate::cache::slab::cache_of;
+use crate::kmalloc::{class_index, classes_if_ready};
+use crate::primitive::sync::atomic::{AtomicU64, Ordering};
+use crate::sheaf::{Miss, Mode};
 
-/// One CPU's deferred list head, on its own cache line.
-#[derive(Debug)]
-#[repr(align(128))]
-struct DeferredHead(AtomicPtr<u8>);
-
-/// Deferred list heads, one per possible CPU (Invariant 2).
-static HEADS: OnceLock<Box<[DeferredHead]>> = OnceLock::new();
-/// Objects currently on deferred lists (hint).
-static PENDING: AtomicUsize = AtomicUsize::new(0);
-/// Statistics.
-static DEFERRED_TOTAL: AtomicU64 = AtomicU64::new(0);
 static NEXT_CLASS_RETRIES: AtomicU64 = AtomicU64::new(0);
 
 /// Counters of the nolock paths.
@@ -67,15 +49,6 @@ pub fn nolock_stats() -> NolockStats {
         deferred_pending: PENDING.load(Ordering::Relaxed),
         next_class_retries: NEXT_CLASS_RETRIES.load(Ordering::Relaxed),
     }
-}
-
-/// Creates the deferred lists (from kmalloc's class initialisation).
-pub(crate) fn init() {
-    HEADS.get_or_init(|| {
-        (0..rcu_core::cpu::possible_cpus())
-            .map(|_| DeferredHead(AtomicPtr::new(ptr::null_mut())))
-            .collect()
-    });
 }
 
 /// Allocates `size` bytes without ever blocking: async-signal-safe. `None` when the classes do
@@ -119,63 +92,10 @@ pub unsafe fn kfree_nolock(p: NonNull<u8>) {
     }
 }
 
-/// Pushes `p` (already checked, Invariant 1) on this CPU's deferred list.
-fn defer(p: NonNull<u8>) {
-    let Some(heads) = HEADS.get() else {
-        unreachable!("kmalloc objects exist only after init")
-    };
-    let head = &heads[rcu_core::cpu::current_cpu() % heads.len()].0;
-    let link = p.as_ptr().cast::<*mut u8>();
-    let mut cur = head.load(Ordering::Relaxed);
-    loop {
-        // SAFETY: `p` is a free kmalloc object of at least 8 bytes, 8-aligned (Invariant 1),
-        // owned by this list from now on; nobody reads free kmalloc memory.
-        unsafe { link.write(cur) };
-        // Release: pairs with the Acquire swap in `drain_deferred` (publishes the link).
-        match head.compare_exchange_weak(cur, p.as_ptr(), Ordering::Release, Ordering::Relaxed) {
-            Ok(_) => break,
-            Err(c) => cur = c,
-        }
-    }
-    PENDING.fetch_add(1, Ordering::Relaxed);
-    DEFERRED_TOTAL.fetch_add(1, Ordering::Relaxed);
-}
-
-/// Drains the deferred lists if the hint says something is pending (normal paths only).
-#[inline]
-pub(crate) fn drain_if_pending() {
-    if PENDING.load(Ordering::Relaxed) != 0 {
-        drain_deferred();
-    }
-}
-
-/// Frees every deferred object through the normal path. Never from a signal handler.
-#[cold]
-pub(crate) fn drain_deferred() -> usize {
-    let Some(heads) = HEADS.get() else { return 0 };
-    let mut n = 0;
-    for h in heads.iter() {
-        // Acquire: pairs with the Release CAS in `defer`.
-        let mut p = h.0.swap(ptr::null_mut(), Ordering::Acquire);
-        while let Some(obj) = NonNull::new(p) {
-            // SAFETY: list members are free kmalloc objects whose first word is the link.
-            p = unsafe { obj.as_ptr().cast::<*mut u8>().read() };
-            // SAFETY: the object was checked by kfree_nolock (Invariant 1) and is owned by this
-            // drain now; `checked = true` skips the debug double-free check done then.
-            unsafe {
-                let _ = cache_of(obj).free(obj, Mode::Normal, true);
-            }
-            PENDING.fetch_sub(1, Ordering::Relaxed);
-            n += 1;
-        }
-    }
-    n
-}
-
 /// Waits until every free deferred before the call has been given back to its cache (drains
 /// the lists in the caller). The analogue of the kernel's `defer_free_barrier()`.
 pub fn kfree_nolock_barrier() {
-    drain_deferred();
+    deferred::drain_deferred();
 }
 
 #[cfg(all(test, not(rcu_loom)))]

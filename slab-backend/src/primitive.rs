@@ -1,13 +1,17 @@
-//! The one place atomics, fences and cells come from.
+//! The one place atomics, fences, cells, thread-locals and thread operations come from.
 //!
-//! Under `--cfg rcu_loom` these are loom's model types, so the loom model in `tests/loom_sheaf.rs`
-//! exercises the per-CPU sheaf and barn code that ships. Outside loom they are `core`/`std`, with
+//! Under `--cfg rcu_loom` everything here is loom's model type, so the crate's loom models
+//! (`tests/loom_*.rs`) exercise the code that ships. Outside loom it is `core`/`std`, with
 //! `UnsafeCell` wrapped to offer loom's `with`/`with_mut` API.
 //!
-//! Rule for the crate: no file uses `std::sync::atomic` or `core::cell::UnsafeCell` directly; they
-//! go through this module. Process-wide statics (page counters, the cache registry) only exist
-//! outside loom (`page`, `cache::mod` and friends are `cfg(not(rcu_loom))`), because loom atomics
-//! cannot live in statics.
+//! Rule for the crate: no file uses `std::sync::atomic`, `core::cell::UnsafeCell`,
+//! `std::thread_local!` or `std::thread::{park, yield_now}` directly; they go through this module.
+//!
+//! rcu-core, kfree-batch and slab-backend each carry this module with the same mappings (the
+//! items up to the crate's own additions at the end are the same in the three files), so a
+//! model of one crate means the same thing as a model of another. Not every crate uses every
+//! item.
+#![allow(dead_code, unused_imports, unused_macros)]
 
 #[cfg(not(rcu_loom))]
 pub(crate) mod sync {
@@ -23,8 +27,17 @@ pub(crate) mod sync {
 pub(crate) mod sync {
     pub(crate) mod atomic {
         pub(crate) use loom::sync::atomic::{
-            AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+            fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
         };
+
+        /// Loom has no compiler fence (loom#117). A compiler fence orders nothing between
+        /// threads and loom models no signal handlers, so its model is nothing; the asymmetric
+        /// barrier it is the light side of is modelled where it is used (rcu-core's
+        /// `sys::membarrier`).
+        #[inline(always)]
+        pub(crate) fn compiler_fence(order: Ordering) {
+            let _ = order;
+        }
     }
 }
 
@@ -62,9 +75,15 @@ pub(crate) mod cell {
     pub(crate) use loom::cell::UnsafeCell;
 }
 
-/// Thread operations: a spin hint that loom understands.
+/// Thread operations: yield, park (outside loom), and a spin hint loom understands.
 pub(crate) mod thread {
-    /// One step of a spin loop: a CPU hint outside loom, a scheduling point inside it.
+    #[cfg(rcu_loom)]
+    pub(crate) use loom::thread::yield_now;
+    #[cfg(not(rcu_loom))]
+    pub(crate) use std::thread::{park, park_timeout, yield_now};
+
+    /// One step of a spin loop: a CPU hint outside loom, a scheduling point inside it (loom must
+    /// be told that the thread waits for another one, or it explores the spin forever).
     #[inline(always)]
     pub(crate) fn spin_hint() {
         #[cfg(not(rcu_loom))]
@@ -72,13 +91,15 @@ pub(crate) mod thread {
         #[cfg(rcu_loom)]
         loom::thread::yield_now();
     }
-
-    /// Gives the CPU away (a scheduling point under loom).
-    #[inline(always)]
-    pub(crate) fn yield_now() {
-        #[cfg(not(rcu_loom))]
-        std::thread::yield_now();
-        #[cfg(rcu_loom)]
-        loom::thread::yield_now();
-    }
 }
+
+/// Declares a thread-local through the shim (`std::thread_local!` or loom's).
+macro_rules! rcu_thread_local {
+    ($($tt:tt)*) => {
+        #[cfg(not(rcu_loom))]
+        std::thread_local!($($tt)*);
+        #[cfg(rcu_loom)]
+        loom::thread_local!($($tt)*);
+    };
+}
+pub(crate) use rcu_thread_local;

@@ -2,7 +2,7 @@
 
 use core::fmt::Write as _;
 
-use crate::cache::sheaf::{BARN_MAX, SHEAF_CAPACITY};
+use crate::sheaf::{BARN_MAX, SHEAF_CAPACITY};
 
 /// A snapshot of one cache's counters, from [`crate::KmemCache::stats`] or [`all_cache_stats`].
 /// Counts read without stopping the cache are approximate while it is in use.

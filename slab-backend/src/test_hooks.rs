@@ -2,7 +2,7 @@
 //! other threads can leave it in when the process calls `fork()` (`tests/fork.rs`). Not a stable
 //! API. The closures must not use the slab allocator (they run with its internals held).
 
-use crate::cache::sheaf::Mode;
+use crate::sheaf::Mode;
 use crate::KmemCache;
 
 /// Runs `f` holding the cache registry lock.

@@ -88,7 +88,7 @@ fn limit_reached_returns_none_and_runs_shrinkers() {
     unregister_shrinker(id);
 }
 
-/// In a child process (the test binary re-run with `SLAB_RLIMIT_CHILD=1`): set `RLIMIT_AS` a
+/// In a child process (the test binary re-run by `test_support::run_child`, case `rlimit`): set `RLIMIT_AS` a
 /// little above the current address-space size and allocate until the OS refuses.
 fn rlimit_child() {
     let mut held: Vec<NonNull<[u8; 1024]>> = Vec::with_capacity(1 << 20);
@@ -131,21 +131,17 @@ fn rlimit_child() {
 
 #[test]
 fn rlimit_as_refusal_in_child_process() {
-    if std::env::var_os("SLAB_RLIMIT_CHILD").is_some() {
+    if test_support::child_case().as_deref() == Some("rlimit") {
         rlimit_child();
         return;
     }
-    let exe = std::env::current_exe().unwrap();
-    let out = std::process::Command::new(exe)
-        .args([
-            "--exact",
-            "rlimit_as_refusal_in_child_process",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("SLAB_RLIMIT_CHILD", "1")
-        .output()
-        .unwrap();
+    // Bounded from outside: a child that hangs is killed and reported.
+    let out = test_support::run_child(
+        "rlimit_as_refusal_in_child_process",
+        "rlimit",
+        &[],
+        std::time::Duration::from_secs(120),
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

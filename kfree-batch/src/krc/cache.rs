@@ -12,7 +12,7 @@
 //! cache (`drain_caches`), and while the page source is over its limit every freed page goes
 //! back (and a collection pass empties the caches, `worker::pass`).
 //!
-//! Invariants (numbered as in `krc.rs`):
+//! Invariants (numbered as in `krc`):
 //! 1. The list and `ncache` are touched only under the slot's lock; `cached` is written under it.
 //! 2. A cached page is one of the places a block can be (its header says it is empty).
 //! 4. A cached page stays charged to the budget; `free_page` releases the charge when the page

@@ -7,7 +7,7 @@
 //!
 //! 0. per-thread object caches ([`tcache`]): up to 32 free objects per thread and cache, popped
 //!    and pushed with plain loads and stores (no atomic read-modify-write);
-//! 1. per-CPU sheaves and the per-node barn ([`sheaf`]);
+//! 1. per-CPU sheaves and the per-node barn ([`crate::sheaf`]);
 //! 2. per-node partial/full/empty slab lists ([`node`]);
 //! 3. slabs: page runs from [`crate::page`] with out-of-line free bitmaps ([`slab`]).
 //!
@@ -31,6 +31,12 @@
 //! pending-discard cap ([`crate::typesafe::discard_cap`]); without one the slab stays on the
 //! empty list and is reused, so slow grace periods cannot make it map slab after slab while the
 //! discarded ones wait. Destroy detaches everything regardless (it waits for all of them).
+//!
+//! Files: [`slab`] (slab layout and headers, finding an object's cache), [`node`] (slab lists),
+//! [`tcache`] (thread caches), [`deferred`] (frees `kfree_nolock` deferred), this file (the
+//! cache: registry, allocation and free paths, shrinking, the shrinker), then the users of it:
+//! `destroy` (destroying a cache), [`fork`] (the cache's part of `fork()` handling) and `typed`
+//! (`KmemCache<T>`).
 //!
 //! ## Lock order
 //! One global order, the lesson of the 2021 SLUB lockdep report:
@@ -84,8 +90,9 @@
 //! pairs documented there), the thread caches' steal protocol (documented in [`tcache`]), or
 //! through the user's own synchronisation. Statistics are Relaxed.
 
-pub mod sheaf;
-
+pub(crate) mod deferred;
+mod destroy;
+pub(crate) mod fork;
 pub(crate) mod node;
 pub(crate) mod slab;
 pub(crate) mod tcache;
@@ -95,17 +102,16 @@ pub use self::typed::{KmemCache, KmemCacheBuilder};
 
 use core::cell::Cell;
 use core::fmt;
-use core::mem::ManuallyDrop;
 use core::ptr::{self, NonNull};
 use std::sync::{Arc, OnceLock};
 
 use self::node::{Detached, Node, NodeCounts};
-use self::sheaf::{Backing, Miss, Mode, PerCpu, Sheaf};
 use self::slab::{header_of, SlabHeader, SlabLayout, OBJ_ALLOCATED, OBJ_FREE};
 use self::tcache::TCACHE_BATCH;
 use crate::lock::{Locked, LockedGuard};
 use crate::page::PAGE_SIZE;
 use crate::primitive::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use crate::sheaf::{Backing, Miss, Mode, PerCpu, Sheaf};
 use crate::stats::CacheStats;
 
 /// Errors of cache creation and destruction.
@@ -230,8 +236,8 @@ pub(crate) struct RawConfig {
     pub(crate) drop_obj: Option<unsafe fn(*mut u8)>,
 }
 
-static REGISTRY: Locked<Vec<Arc<RawCache>>> = Locked::new(Vec::new());
-static FLUSH: Locked<()> = Locked::new(());
+pub(super) static REGISTRY: Locked<Vec<Arc<RawCache>>> = Locked::new(Vec::new());
+pub(super) static FLUSH: Locked<()> = Locked::new(());
 
 /// The held cache registry lock; discards of slabs detached meanwhile run after it is released.
 pub(crate) struct RegistryGuard {
@@ -394,7 +400,7 @@ pub(crate) fn ensure_shrinker() {
                 r.iter().map(|c| c.freeable()).sum()
             },
             |_| {
-                crate::nolock::drain_deferred();
+                deferred::drain_deferred();
                 let r = registry();
                 r.iter().map(|c| c.shrink()).sum()
             },
@@ -858,203 +864,9 @@ impl Backing for RawCache {
     }
 }
 
-/// Slot holders the `fork()` prepare handler waits for, in total (nanoseconds). A holder may be
-/// blocked on a lock the handler already holds; its slot is then given up on (dead in the child).
-const FORK_SLOT_WAIT_NS: u64 = 5_000_000;
-
-/// `fork()` prepare handler: takes `REGISTRY`, `FLUSH`, then per registered cache its steal
-/// lock, its CPU slots (bounded wait), its barn and node locks. No allocation.
-pub(crate) fn fork_prepare() {
-    REGISTRY.raw().lock();
-    FLUSH.raw().lock();
-    // SAFETY: REGISTRY is held until the parent or child handler releases it.
-    let caches = unsafe { REGISTRY.get_locked() };
-    for c in caches.iter() {
-        c.tc_steal_lock.raw().lock();
-    }
-    let start = rcu_core::raw::monotonic_ns();
-    let mut expired = || rcu_core::raw::monotonic_ns().saturating_sub(start) > FORK_SLOT_WAIT_NS;
-    for c in caches.iter() {
-        c.cpu.fork_lock_slots(&mut expired);
-    }
-    for c in caches.iter() {
-        c.cpu.fork_lock_barn();
-        for n in c.nodes.iter() {
-            n.fork_lock();
-        }
-    }
-}
-
-/// `fork()` parent handler: releases what [`fork_prepare`] took.
-pub(crate) fn fork_parent() {
-    // SAFETY: REGISTRY is held (taken by `fork_prepare`).
-    let caches = unsafe { REGISTRY.get_locked() };
-    for c in caches.iter() {
-        for n in c.nodes.iter() {
-            n.fork_unlock();
-        }
-        c.cpu.fork_unlock();
-        c.tc_steal_lock.raw().unlock();
-    }
-    FLUSH.raw().unlock();
-    REGISTRY.raw().unlock();
-}
-
-/// `fork()` child handler: releases what [`fork_prepare`] took, marks the slots other threads
-/// held as dead (returns whether there is one) and forgets the discards other threads had
-/// stashed (those slabs are leaked in the child). No allocation.
-pub(crate) fn fork_child() -> bool {
-    // SAFETY: REGISTRY is held (taken by `fork_prepare` on this thread).
-    let caches = unsafe { REGISTRY.get_locked() };
-    let mut dead = false;
-    for c in caches.iter() {
-        for n in c.nodes.iter() {
-            n.fork_unlock();
-        }
-        dead |= c.cpu.fork_child();
-        c.tc_steal_lock.raw().unlock();
-        // Relaxed: the child is single-threaded here.
-        c.discards_in_flight.store(0, Ordering::Relaxed);
-    }
-    FLUSH.raw().unlock();
-    REGISTRY.raw().unlock();
-    dead
-}
-
-/// Gives the dead slots of every registered cache new sheaves (see [`fork_child`]); `false` if
-/// the registry lock was not free (the caller may hold it: try again later).
-pub(crate) fn revive_dead_slots() -> bool {
-    let Some(reg) = try_registry() else {
-        return false;
-    };
-    for c in reg.iter() {
-        c.cpu.revive_dead();
-    }
-    true
-}
-
 /// Memory nodes the caches keep lists for (NUMA is not probed: one).
 fn nr_nodes() -> usize {
     1
-}
-
-/// Why the calling thread cannot destroy `raw` now, or `None` if it can: a typesafe cache's
-/// destroy waits for its RCU-deferred discards with `rcu_barrier`, which would wait for itself
-/// inside a read-side critical section or on a callback thread, and for a callback that waits
-/// for the caller inside a no-barrier scope (`rcu_core::raw::enter_no_barrier`: a kfree-batch
-/// free) (Invariant 3).
-pub(crate) fn destroy_blocked(raw: &RawCache) -> Option<&'static str> {
-    if !raw.typesafe || rcu_core::may_block() {
-        None
-    } else if rcu_core::rcu_read_lock_held() {
-        Some("inside an RCU read-side critical section")
-    } else if let Some(why) = rcu_core::raw::no_barrier_reason() {
-        Some(why)
-    } else {
-        Some("on an RCU callback thread")
-    }
-}
-
-/// Destroys a cache (see [`KmemCache::destroy`]). The caller gave up the last user handle, so
-/// no thread allocates from or frees to it any more.
-///
-/// # Panics
-/// Where [`destroy_blocked`] says no, before touching the cache: it stays registered (the
-/// registry's `Arc` keeps it alive) and intact, only ownerless.
-pub(crate) fn destroy_raw(raw: Arc<RawCache>) -> Result<(), SlabError> {
-    if let Some(why) = destroy_blocked(&raw) {
-        panic!(
-            "slab cache {}: destroyed {why}; destroying a SLAB_TYPESAFE_BY_RCU cache waits for \
-             its pending slab releases with rcu_barrier(), which cannot wait here. The \
-             cache is left as it was (leaked); destroy it outside readers and callbacks",
-            raw.name
-        );
-    }
-    // From here on slabs may be queued for discard through `call_rcu`, pointing to the cache: it
-    // is freed only at the end, when every one of them has run, and never by an unwind (a panic
-    // on the way leaks it; Invariant 1).
-    let raw = ManuallyDrop::new(raw);
-    registry().retain(|c| !Arc::ptr_eq(c, &raw));
-    // In a `fork()` child, slots held by threads that do not exist there get new sheaves, so
-    // the flush below does not wait for them forever.
-    raw.cpu.revive_dead();
-    let mut out = Detached::new();
-    let counts = {
-        // No FLUSH lock here: the cache is out of the registry (no shrinker reaches it) and its
-        // owner gave it up, so nobody else flushes it; and waiting for slots while holding FLUSH
-        // could deadlock against a slot holder whose page allocation runs the slab shrinker.
-        // Thread caches first (every thread's, waiting for owners in a window; entries are
-        // unbound so the id can be reused), then the per-CPU layer.
-        tcache::steal(&raw, true, |objs| {
-            raw.return_objects(objs, Mode::Normal);
-        });
-        raw.cpu.flush_all(&**raw, true);
-        let mut g = raw.node().lock(Mode::Normal).expect("Normal");
-        // Every empty slab goes, past the typesafe pending-discard cap too: nothing may stay
-        // behind, and the barrier below waits for all of them.
-        g.detach_empty(
-            &mut || crate::typesafe::force_reserve_discard(&raw),
-            &mut out,
-        );
-        g.counts()
-    };
-    raw.discard(out);
-    // Slabs that a registry or flush holder detached before we unregistered the cache are
-    // discarded right after that lock is released; they point to the cache (Invariant 1).
-    let mut waited = 0u32;
-    // Acquire: pairs with the Release decrement in `discard_stash`.
-    while raw.discards_in_flight.load(Ordering::Acquire) != 0 {
-        waited += 1;
-        if waited < 100 {
-            std::thread::yield_now();
-        } else {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-    }
-    if raw.typesafe {
-        // Every RCU-deferred discard (this one's and earlier shrinks') must have run before the
-        // cache goes (Invariant 1).
-        rcu_core::rcu_barrier();
-    }
-    if counts.inuse > 0 {
-        let e = SlabError::Leaked {
-            name: raw.name.clone(),
-            objects: counts.inuse,
-        };
-        eprintln!("{e}");
-        // Invariant 1: slabs with live objects keep pointing at the cache, so it must stay (with
-        // its thread-cache id: tcache Invariant 2); `raw` is never dropped.
-        return Err(e);
-    }
-    tcache::free_id(raw.tc_id);
-    drop(ManuallyDrop::into_inner(raw));
-    Ok(())
-}
-
-/// Destroys `raw` on a new thread, for a drop where the caller may not wait ([`destroy_blocked`]
-/// said `why`). If no thread can be started, the cache is leaked: it stays registered and intact
-/// (the registry's `Arc` keeps it), and the leak is reported on stderr.
-///
-/// Nothing here allocates unless the thread starts (`rcu_core::lowmem`): the name is copied
-/// onto the stack for the report, the start fails softly when the heap is exhausted, and the
-/// report is written without allocating.
-pub(crate) fn destroy_deferred(raw: Arc<RawCache>, why: &str) {
-    let mut name = rcu_core::lowmem::StackBuf::<128>::new();
-    let _ = core::fmt::Write::write_str(&mut name, &raw.name);
-    let spawned = rcu_core::lowmem::spawn(format_args!("slab-destroy"), move || {
-        // Not the CPU binding of a callback invoker that may have started us.
-        rcu_core::cpu::unbind_thread();
-        let _ = destroy_raw(raw);
-    });
-    if let Err(e) = spawned {
-        // The closure, and with it our `Arc`, was dropped: the registry's keeps the cache.
-        rcu_core::lowmem::report(format_args!(
-            "slab cache {}: dropped {why}, where it cannot wait for its pending RCU slab \
-             releases, and no thread to destroy it could be started ({}); the cache is leaked",
-            name.as_str(),
-            rcu_core::lowmem::OsError(&e)
-        ));
-    }
 }
 
 #[cfg(all(test, not(rcu_loom)))]

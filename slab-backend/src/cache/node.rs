@@ -29,10 +29,10 @@
 
 use core::ptr::{self, NonNull};
 
-use super::sheaf::Mode;
 use super::slab::{ListId, SlabHeader, SlabLayout};
 use crate::lock::RawLock;
 use crate::primitive::cell::UnsafeCell;
+use crate::sheaf::Mode;
 
 /// Empty slabs a node keeps for reuse before it starts giving them back.
 pub(crate) const MIN_EMPTY: usize = 2;

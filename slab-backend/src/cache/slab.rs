@@ -331,6 +331,35 @@ pub(crate) unsafe fn discard_now(slab: NonNull<SlabHeader>) {
     unsafe { page::free_pages(slab.cast(), l.pages) };
 }
 
+/// The slab header of a slab object; panics with a clear message (debug builds) for a pointer
+/// that is not a slab object.
+///
+/// # Safety
+/// `p` is a live slab object (or, in debug builds, any pointer: checked).
+#[inline]
+pub(crate) unsafe fn header_checked<'a>(p: NonNull<u8>) -> &'a SlabHeader {
+    if cfg!(debug_assertions) {
+        assert!(
+            is_slab_object(p.as_ptr()),
+            "kfree: {p:p} is not a slab object"
+        );
+    }
+    // SAFETY: a live slab object's header is mapped (slab Invariant 1).
+    unsafe { &*header_of(p.as_ptr()) }
+}
+
+/// The cache a slab object belongs to; panics with a clear message (debug builds) for a pointer
+/// that is not a slab object.
+///
+/// # Safety
+/// `p` is a live slab object (or, in debug builds, any pointer: checked).
+#[inline]
+pub(crate) unsafe fn cache_of<'a>(p: NonNull<u8>) -> &'a RawCache {
+    // SAFETY: forwarded contract; the header points to its cache, which outlives it (slab
+    // Invariant 1).
+    unsafe { &*header_checked(p).cache }
+}
+
 #[cfg(all(test, not(rcu_loom)))]
 mod tests {
     use super::*;

@@ -92,7 +92,7 @@
 //!
 //! ## Async-signal safety
 //!
-//! `kmalloc_nolock`/`kfree_nolock` ([`crate::cache::sheaf::Mode::Nolock`]) never use the thread
+//! `kmalloc_nolock`/`kfree_nolock` ([`crate::sheaf::Mode::Nolock`]) never use the thread
 //! cache: a signal handler may interrupt its own thread inside a window. Only `Normal` calls use
 //! it, and they are not allowed in signal handlers.
 //!

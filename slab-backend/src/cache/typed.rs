@@ -8,10 +8,9 @@ use core::mem::{align_of, size_of, ManuallyDrop};
 use core::ptr::NonNull;
 use std::sync::Arc;
 
-use super::sheaf::Mode;
-use super::{
-    destroy_blocked, destroy_deferred, destroy_raw, CtorFn, RawCache, RawConfig, SlabError,
-};
+use super::destroy::{destroy_blocked, destroy_deferred, destroy_raw};
+use super::{CtorFn, RawCache, RawConfig, SlabError};
+use crate::sheaf::Mode;
 use crate::stats::CacheStats;
 
 /// A cache of `T`-sized objects with per-CPU sheaves, per-node slab lists and optional

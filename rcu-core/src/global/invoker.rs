@@ -203,10 +203,11 @@ fn start(lists: &'static [CachePadded<CbList>], i: usize) -> bool {
         .compare_exchange(NONE, STARTING, Ordering::Relaxed, Ordering::Relaxed)
     {
         Ok(_) => {}
-        // Another thread is starting it (only the worker's job hands off, so this is rare) or it runs.
+        // Another thread is starting it (only the worker's job hands off, so this is rare) or it
+        // runs.
         Err(s) => return s == RUNNING || s == STARTING,
     }
-    // Fails softly when memory is short (`lowmem`, point 2): the worker invokes meanwhile.
+    // Fails softly when memory is short (`lowmem`): the worker invokes meanwhile.
     let spawned = crate::lowmem::spawn(format_args!("rcu-cb-inv/{i}"), move || {
         invoker_main(lists, i)
     });
@@ -235,7 +236,7 @@ fn start(lists: &'static [CachePadded<CbList>], i: usize) -> bool {
 
 fn invoker_main(lists: &'static [CachePadded<CbList>], i: usize) {
     crate::sys::cpu::bind_to(i);
-    crate::global::mark_callback_thread();
+    super::state::mark_callback_thread();
     let inv = &invokers(lists.len())[i];
     loop {
         // Acquire pairs with the worker's Release bump: read before checking the inbox, so a
@@ -302,7 +303,7 @@ fn now_ms() -> u64 {
 
 /// The engine's invoked-callback counter.
 fn invoked() -> &'static AtomicU64 {
-    crate::global::invoked_counter()
+    &super::state::INVOKED
 }
 
 /// `fork()` prepare handler, first step: hold every invoker's held-batches lock.
