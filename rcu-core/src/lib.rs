@@ -54,6 +54,7 @@
 #![cfg_attr(rcu_loom, allow(dead_code))]
 
 mod callback;
+pub mod fault;
 mod gp;
 #[doc(hidden)]
 pub mod lowmem;

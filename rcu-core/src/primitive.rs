@@ -11,8 +11,8 @@
 pub(crate) mod sync {
     pub(crate) mod atomic {
         pub(crate) use core::sync::atomic::{
-            compiler_fence, fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8,
-            AtomicUsize, Ordering,
+            compiler_fence, fence, AtomicBool, AtomicI64, AtomicPtr, AtomicU32, AtomicU64,
+            AtomicU8, AtomicUsize, Ordering,
         };
     }
 }
@@ -23,7 +23,8 @@ pub(crate) mod sync {
         // No `compiler_fence`: loom has none (loom#117), and its one user, membarrier mode's
         // light barrier, is modelled in `sys::membarrier`.
         pub(crate) use loom::sync::atomic::{
-            fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
+            fence, AtomicBool, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize,
+            Ordering,
         };
     }
 }
