@@ -182,7 +182,7 @@ impl SlabHeader {
     /// `reclaim` allows the page layer to run shrinkers.
     pub(crate) fn create(cache: &RawCache, reclaim: bool) -> Option<NonNull<SlabHeader>> {
         let l = &cache.layout;
-        let base = page::alloc_pages_aligned(l.pages, SLAB_ALIGN, reclaim)?;
+        let base = page::alloc_pages_for(l.pages, SLAB_ALIGN, reclaim, Some(&cache.name))?;
         let h = base.as_ptr().cast::<SlabHeader>();
         // SAFETY: `base` is a fresh, zeroed, writable run of `l.pages` pages aligned to
         // SLAB_ALIGN; the layout puts the header, bitmap, states and objects inside it.
