@@ -468,7 +468,7 @@ fn claim_or_register() -> Option<&'static Front> {
     }
     let layout = std::alloc::Layout::new::<Front>();
     // The `heap` fault point refuses like the allocator would.
-    if crate::worker::inject(rcu_core::fault::Point::Heap, layout.size()) {
+    if crate::block::inject(rcu_core::fault::Point::Heap, layout.size()) {
         return None;
     }
     // SAFETY: `Front` is not zero-sized.

@@ -257,7 +257,7 @@ fn reserve_slow() -> bool {
         }
     }
     // The `park` fault point refuses like the page layer would ("no slots").
-    if crate::worker::inject(rcu_core::fault::Point::Park, ARRAY_PAGES * PAGE_SIZE) {
+    if crate::block::inject(rcu_core::fault::Point::Park, ARRAY_PAGES * PAGE_SIZE) {
         return false;
     }
     let Some(page) = slab_backend::page::try_alloc_pages(ARRAY_PAGES) else {

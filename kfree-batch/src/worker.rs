@@ -114,7 +114,7 @@ impl Pages for PageLayer {
     fn alloc(&self) -> Option<NonNull<u8>> {
         // The `block` fault point refuses like the page layer would (block pages and the
         // emergency refill's pages, which are the next blocks).
-        if inject(rcu_core::fault::Point::Block, crate::block::PAGE_SIZE) {
+        if crate::block::inject(rcu_core::fault::Point::Block, crate::block::PAGE_SIZE) {
             return None;
         }
         // Never reclaim on the batching paths: "don't rob reclaim of memory".
@@ -748,7 +748,7 @@ pub(crate) fn stats() -> KfreeStats {
         overdraft_bytes: overdraft as u64,
         overdraft_bytes_peak: overdraft_peak as u64,
         reserve_reclaims: b.budget.reclaims() as u64,
-        injected_failures: INJECTED.load(Ordering::Relaxed),
+        injected_failures: crate::block::injected(),
     }
 }
 
@@ -757,20 +757,6 @@ pub(crate) fn stats() -> KfreeStats {
 #[doc(hidden)]
 pub fn with_slot_locked<R>(cpu: usize, f: impl FnOnce() -> R) -> R {
     batcher().with_slot_locked(cpu, f)
-}
-
-/// Allocation failures injected at the batcher's sites ([`KfreeStats::injected_failures`]).
-pub(crate) static INJECTED: AtomicU64 = AtomicU64::new(0);
-
-/// Whether the fault point `p` refuses an allocation of `size` bytes at one of the batcher's
-/// sites (counted in the stats); one Relaxed load when no point is armed.
-#[inline]
-pub(crate) fn inject(p: rcu_core::fault::Point, size: usize) -> bool {
-    let hit = rcu_core::fault::should_fail(p, size);
-    if hit {
-        INJECTED.fetch_add(1, Ordering::Relaxed);
-    }
-    hit
 }
 
 /// Objects retired through a fallback (synchronize-and-free or park), counted as queued.

@@ -23,8 +23,7 @@ pub(crate) mod sync {
         // No `compiler_fence`: loom has none (loom#117), and its one user, membarrier mode's
         // light barrier, is modelled in `sys::membarrier`.
         pub(crate) use loom::sync::atomic::{
-            fence, AtomicBool, AtomicI64, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize,
-            Ordering,
+            fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering,
         };
     }
 }

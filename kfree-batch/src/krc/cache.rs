@@ -117,7 +117,7 @@ impl<P: Pages> Batcher<'_, P> {
                     return added;
                 }
                 // The `emergency` fault point refuses like the page source would.
-                let page = if crate::worker::inject(rcu_core::fault::Point::Emergency, PAGE_SIZE) {
+                let page = if crate::block::inject(rcu_core::fault::Point::Emergency, PAGE_SIZE) {
                     None
                 } else {
                     self.pages.alloc()

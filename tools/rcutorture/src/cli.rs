@@ -99,6 +99,8 @@ pub(crate) struct Opts {
     pub(crate) cells: usize,
     /// Test-only: destroy retired elements before their grace period (see `--help`).
     pub(crate) broken: bool,
+    /// `--fail-rate`: thousandths of allocations failed at every fault point (0: none).
+    pub(crate) fail_rate: u32,
 }
 
 /// What the command line asks for.
@@ -142,6 +144,9 @@ options:
   --pool N            identities (live + retired elements) at once, at most {MAX_POOL}
                       [default: 16384]
   --cells N           published cells per writer [default: 16]
+  --fail-rate PCT     fail PCT % of the kit's allocations at every fault point (rcu_core::fault:
+                      pages, heap, block, emergency, park, call_rcu, barrier); a FAULTS line per
+                      mode shows the failures injected and the fallbacks taken [default: 0]
   --broken-free-early TEST ONLY: destroy every retired element before its grace period ends, to
                       show that rcutorture reports it (only in builds with the torture-broken
                       feature: cargo run -p rcutorture --features torture-broken)
@@ -210,6 +215,7 @@ fn parse_with(args: &[String], broken_available: bool) -> Result<Parsed, String>
         pool: 16384,
         cells: 16,
         broken: false,
+        fail_rate: 0,
     };
     let mut i = 0;
     while i < args.len() {
@@ -252,6 +258,7 @@ fn parse_with(args: &[String], broken_available: bool) -> Result<Parsed, String>
             "--seed",
             "--pool",
             "--cells",
+            "--fail-rate",
         ];
         if !known.contains(&opt) {
             return Err(format!("unknown option '{opt}'"));
@@ -313,6 +320,7 @@ fn parse_with(args: &[String], broken_available: bool) -> Result<Parsed, String>
             "--seed" => o.seed = parse_seed(v)?,
             "--pool" => o.pool = parse_count(opt, v, 64, MAX_POOL)?,
             "--cells" => o.cells = parse_count(opt, v, 1, 4096)?,
+            "--fail-rate" => o.fail_rate = super::faults::parse_rate(v)?,
             _ => unreachable!("checked against `known`"),
         }
     }
