@@ -208,6 +208,9 @@ pub(crate) fn alloc_pages_for(
 /// been freed already, and nothing may access the run afterwards (it is unmapped).
 pub unsafe fn free_pages(ptr: NonNull<u8>, npages: usize) {
     let len = npages * PAGE_SIZE;
+    // Under the sanitizer a later access is reported even if the address is mapped again by
+    // someone else (`crate::sanitize`); nothing in normal builds.
+    crate::sanitize::poison(ptr.as_ptr(), len);
     // SAFETY: by the contract, [ptr, ptr+len) is one mapping of ours that nobody uses any more.
     let rc = unsafe { libc::munmap(ptr.as_ptr().cast(), len) };
     debug_assert_eq!(rc, 0, "munmap of a page run failed");
@@ -250,6 +253,8 @@ fn map_accounted(len: usize, align: usize) -> Result<NonNull<u8>, Refusal> {
     match map_aligned(len, align) {
         Some(p) => {
             RUNS_ALLOCATED.fetch_add(1, Ordering::Relaxed);
+            // The address may have been poisoned by an earlier run's free (`crate::sanitize`).
+            crate::sanitize::unpoison(p.as_ptr(), len);
             Ok(p)
         }
         None => {

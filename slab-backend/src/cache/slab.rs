@@ -320,6 +320,9 @@ pub(crate) unsafe fn discard_now(slab: NonNull<SlabHeader>) {
     let h = unsafe { slab.as_ref() };
     debug_assert_eq!(h.inuse, 0, "discarding a slab with objects in use");
     debug_assert_eq!(h.list, ListId::None);
+    // Free objects are poisoned under the sanitizer; the drops below read them (the page
+    // layer poisons the whole run again when it unmaps it).
+    crate::sanitize::unpoison(slab.as_ptr().cast(), l.pages * page::PAGE_SIZE);
     if let Some(drop_obj) = cache.drop_obj {
         for i in 0..l.nr {
             // SAFETY: Invariant 4: each object is a valid T that nobody uses any more.
