@@ -53,6 +53,10 @@ use crate::cache::RawCache;
 extern "C" {
     fn __asan_poison_memory_region(addr: *const core::ffi::c_void, size: usize);
     fn __asan_unpoison_memory_region(addr: *const core::ffi::c_void, size: usize);
+    fn __asan_region_is_poisoned(
+        addr: *const core::ffi::c_void,
+        size: usize,
+    ) -> *const core::ffi::c_void;
 }
 
 /// Marks `[p, p + len)` as not addressable (no-op in normal builds).
@@ -77,6 +81,20 @@ pub(crate) fn unpoison(p: *const u8, len: usize) {
     };
     #[cfg(not(rcu_sanitize))]
     let _ = (p, len);
+}
+
+/// Whether any byte of `[p, p + len)` is poisoned (always `false` in normal builds). For
+/// probes of memory that may not be the slab's (`is_slab_object`).
+#[inline(always)]
+pub(crate) fn is_poisoned(p: *const u8, len: usize) -> bool {
+    #[cfg(rcu_sanitize)]
+    // SAFETY: the ASan interface only reads shadow memory; any address is allowed.
+    return !unsafe { __asan_region_is_poisoned(p.cast(), len) }.is_null();
+    #[cfg(not(rcu_sanitize))]
+    {
+        let _ = (p, len);
+        false
+    }
 }
 
 /// Whether this build poisons (built with `--cfg rcu_sanitize`).

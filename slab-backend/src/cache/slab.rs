@@ -170,6 +170,11 @@ pub(crate) fn is_slab_object(obj: *const u8) -> bool {
     if obj.is_null() || !page::is_mapped(h as *const u8) {
         return false;
     }
+    // Under the sanitizer, a poisoned word is not the header of a live slab (headers are never
+    // poisoned while their slab lives); reading it would be reported.
+    if crate::sanitize::is_poisoned(h as *const u8, core::mem::size_of::<usize>()) {
+        return false;
+    }
     // SAFETY: the page at `h` is mapped (checked just above; slabs are only unmapped after every
     // object is free, so a caller holding a live object keeps it mapped), and reading a usize at
     // a page base is in bounds. A non-slab page yields an arbitrary value, compared below.
