@@ -45,7 +45,7 @@
 //!
 //! # Implementation
 //!
-//! One word, `STATE`, says whether anything may fail: bit [`ENV_UNREAD`] until the environment
+//! One word, `STATE`, says whether anything may fail: bit `ENV_UNREAD` until the environment
 //! was read, and bit `p` while point `p` is armed. A site asks [`should_fail`], whose fast path
 //! is one Relaxed load of `STATE` compared with zero; it is called only on allocation (slow)
 //! paths of the kit, never on `rcu_read_lock`/`rcu_read_unlock` or on a retire's fast put.
@@ -72,9 +72,10 @@
 //! Relaxed and sets the bit with a Release RMW; the slow path loads `STATE` with Acquire (pairs
 //! with it, Invariant 2). Counters and the `times`/`space` budgets are Relaxed RMWs: nothing
 //! is published through them. The environment read is claimed by a CAS on `ENV_OWNER` (the
-//! claimer's pid; a waiter in a `fork()` child whose pid differs takes it over, so a fork in
-//! the middle of the read cannot leave the child waiting forever); its end is published by the
-//! Release clear of [`ENV_UNREAD`], paired with the waiters' Acquire loads.
+//! claimer's pid and tid; a waiter in a `fork()` child, whose pid differs, takes it over, so a
+//! fork in the middle of the read cannot leave the child waiting forever; a signal handler
+//! interrupting the claimer's own read does not wait for it); its end is published by the
+//! Release clear of `ENV_UNREAD`, paired with the waiters' Acquire loads.
 
 #[cfg(not(rcu_loom))]
 pub use imp::*;
@@ -176,10 +177,10 @@ mod imp {
     /// Bit of `STATE` set until the environment was read.
     pub(super) const ENV_UNREAD: u32 = 1 << 31;
 
-    /// Bit `p`: point `p` armed; [`ENV_UNREAD`]: environment not read yet.
+    /// Bit `p`: point `p` armed; `ENV_UNREAD`: environment not read yet.
     static STATE: AtomicU32 = AtomicU32::new(ENV_UNREAD);
-    /// Pid of the thread reading the environment (0: nobody).
-    static ENV_OWNER: AtomicU32 = AtomicU32::new(0);
+    /// `pid << 32 | tid` of the thread reading the environment (0: nobody).
+    static ENV_OWNER: AtomicU64 = AtomicU64::new(0);
     /// Seeds handed out to threads (mixed with their address and the clock).
     static SEEDS: AtomicU64 = AtomicU64::new(0);
 
@@ -662,17 +663,23 @@ mod imp {
 
     #[cold]
     fn read_env_once() -> Result<(), EnvError> {
-        // SAFETY: getpid has no preconditions.
-        let me = unsafe { libc::getpid() } as u32;
+        // SAFETY: getpid and gettid have no preconditions.
+        let (pid, tid) = unsafe { (libc::getpid() as u32, libc::gettid() as u32) };
+        let me = (u64::from(pid) << 32) | u64::from(tid);
         loop {
             // Acquire pairs with the Release clear below: the reader's armings are visible.
             if STATE.load(Ordering::Acquire) & ENV_UNREAD == 0 {
                 return Ok(());
             }
             let owner = ENV_OWNER.load(Ordering::Relaxed);
-            // A claim by another pid is a claim made in the parent before a `fork()`: the
-            // claimer does not exist here, so take it over.
-            if (owner == 0 || owner != me)
+            if owner == me {
+                // A signal handler interrupted this thread's own read: it cannot wait for
+                // itself, so this one look goes on without the environment.
+                return Ok(());
+            }
+            // Free, or claimed by another pid: a claim made in the parent before a `fork()`,
+            // whose claimer does not exist here, so take it over.
+            if (owner == 0 || (owner >> 32) as u32 != pid)
                 && ENV_OWNER
                     .compare_exchange(owner, me, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()

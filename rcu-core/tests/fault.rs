@@ -60,11 +60,21 @@ fn case_call_rcu() {
 }
 
 fn case_barrier() {
+    // A reader holds the grace period for 300 ms, so the callbacks stay pending while the
+    // barrier's first tries fail (each try on a list with nothing pending would skip the point).
+    let (started, go) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let _g = rcu_read_lock();
+        started.send(()).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    });
+    go.recv().unwrap();
     for _ in 0..50 {
         call_rcu(big_callback());
     }
     fault::arm(Point::Barrier, FaultAttr::always(3));
     rcu_barrier();
+    reader.join().unwrap();
     println!("barrier: injected {}", fault::injected(Point::Barrier));
     assert_eq!(RAN.load(Ordering::SeqCst), 50, "rcu_barrier returned early");
     assert_eq!(

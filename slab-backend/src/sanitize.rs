@@ -28,11 +28,11 @@
 //! # Implementation
 //!
 //! 1. Hooks: `RawCache::alloc` (after an object is taken, before it is returned) calls
-//!    [`on_alloc`]; the frees (`free_normal`; `kfree_nolock`) call [`on_free`] /
-//!    [`on_free_nolock`] after the debug checks and before the object enters any cache layer
+//!    `on_alloc`; the frees (`free_normal`; `kfree_nolock`) call `on_free` /
+//!    `on_free_nolock` after the debug checks and before the object enters any cache layer
 //!    (so no other thread can have it yet); a `Nolock` free that fails unpoisons the object
 //!    again before linking it on the deferred list;
-//!    the page layer calls [`unpoison`] after mapping and [`poison`] before unmapping; a slab's
+//!    the page layer calls `unpoison` after mapping and `poison` before unmapping; a slab's
 //!    discard unpoisons the run first, because it drops the `T`s of ctor caches, which reads
 //!    free (poisoned) objects.
 //! 2. The slab keeps its metadata outside the objects (bitmaps, sheaves, thread-cache entries),
@@ -181,7 +181,7 @@ pub(crate) fn on_free(cache: &RawCache, p: NonNull<u8>) -> bool {
 }
 
 /// A kmalloc object is about to be freed in `Nolock` mode (maybe in a signal handler: no
-/// deferral there). If the free fails, [`on_alloc`] makes it addressable again before the
+/// deferral there). If the free fails, `on_alloc` makes it addressable again before the
 /// deferred list links it through its first word.
 #[inline(always)]
 pub(crate) fn on_free_nolock(cache: &RawCache, p: NonNull<u8>) {
