@@ -263,6 +263,12 @@ fn kfree_rcu_mode_is_correct() {
 
 #[test]
 fn stalled_grace_periods_keep_peak_rss_bounded() {
+    if cfg!(rcu_sanitize) {
+        // AddressSanitizer's quarantine keeps freed heap memory resident: the RSS bound holds
+        // only without it.
+        eprintln!("skipped under AddressSanitizer: its quarantine inflates the peak RSS");
+        return;
+    }
     expect_ok("stalled-gp");
 }
 

@@ -36,6 +36,11 @@ pub(crate) struct PageLayer;
 
 impl Pages for PageLayer {
     fn alloc(&self) -> Option<NonNull<u8>> {
+        // The `block` fault point refuses like the page layer would (block pages and the
+        // emergency refill's pages, which are the next blocks).
+        if crate::block::inject(rcu_core::fault::Point::Block, crate::block::PAGE_SIZE) {
+            return None;
+        }
         // Never reclaim on the batching paths: "don't rob reclaim of memory".
         slab_backend::page::try_alloc_pages(1)
     }

@@ -242,3 +242,34 @@ pub(crate) unsafe fn run_free(free: FreeFn, ctx: *const (), objs: &[*mut u8]) {
         free(ctx, objs)
     }
 }
+
+/// Allocation failures injected at the batcher's sites (`KfreeStats::injected_failures`).
+#[cfg(not(rcu_loom))]
+static INJECTED: crate::primitive::sync::atomic::AtomicU64 =
+    crate::primitive::sync::atomic::AtomicU64::new(0);
+
+/// Whether the fault point `p` refuses an allocation of `size` bytes at one of the batcher's
+/// sites (counted in the stats); one Relaxed load when no point is armed. Never under loom.
+#[inline]
+pub(crate) fn inject(p: rcu_core::fault::Point, size: usize) -> bool {
+    #[cfg(not(rcu_loom))]
+    {
+        let hit = rcu_core::fault::should_fail(p, size);
+        if hit {
+            // Relaxed: a statistic.
+            INJECTED.fetch_add(1, crate::primitive::sync::atomic::Ordering::Relaxed);
+        }
+        hit
+    }
+    #[cfg(rcu_loom)]
+    {
+        let _ = (p, size);
+        false
+    }
+}
+
+/// Failures [`inject`] reported.
+#[cfg(not(rcu_loom))]
+pub(crate) fn injected() -> u64 {
+    INJECTED.load(crate::primitive::sync::atomic::Ordering::Relaxed)
+}

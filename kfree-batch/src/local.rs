@@ -467,6 +467,10 @@ fn claim_or_register() -> Option<&'static Front> {
         }
     }
     let layout = std::alloc::Layout::new::<Front>();
+    // The `heap` fault point refuses like the allocator would.
+    if crate::block::inject(rcu_core::fault::Point::Heap, layout.size()) {
+        return None;
+    }
     // SAFETY: `Front` is not zero-sized.
     let f = unsafe { std::alloc::alloc(layout) }.cast::<Front>();
     if f.is_null() {

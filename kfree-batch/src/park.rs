@@ -256,6 +256,10 @@ fn reserve_slow() -> bool {
             return adopt(a);
         }
     }
+    // The `park` fault point refuses like the page layer would ("no slots").
+    if crate::block::inject(rcu_core::fault::Point::Park, ARRAY_PAGES * PAGE_SIZE) {
+        return false;
+    }
     let Some(page) = slab_backend::page::try_alloc_pages(ARRAY_PAGES) else {
         return false;
     };

@@ -505,6 +505,10 @@ pub struct KfreeStats {
     /// Rounds that took unspent budget reservations (per-thread slices, per-CPU reservations)
     /// back: on a refused reserve, a barrier, or memory pressure.
     pub reserve_reclaims: u64,
+    /// Allocation failures injected at the batcher's sites (`rcu_core::fault` points `block`,
+    /// `emergency`, `park`, and `heap` for a thread's front): each took the path of a real
+    /// failure, whose fallback counters above show where the objects went.
+    pub injected_failures: u64,
 }
 
 /// A snapshot of the batcher's counters.
@@ -543,6 +547,7 @@ pub(crate) fn stats() -> KfreeStats {
         overdraft_bytes: overdraft as u64,
         overdraft_bytes_peak: overdraft_peak as u64,
         reserve_reclaims: b.budget.reclaims() as u64,
+        injected_failures: crate::block::injected(),
     }
 }
 

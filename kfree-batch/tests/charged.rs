@@ -60,12 +60,16 @@ fn stalled() {
     );
     assert_eq!(s.queued, s.freed);
     assert!(s.peak_pending_bytes as usize <= CAP, "{s:?}");
-    assert!(
-        growth <= CAP + SLACK,
-        "peak RSS grew by {} KiB with a stalled reader (bound {} KiB)",
-        growth >> 10,
-        (CAP + SLACK) >> 10
-    );
+    // AddressSanitizer's quarantine keeps freed heap memory resident: the RSS bound holds only
+    // without it.
+    if !cfg!(rcu_sanitize) {
+        assert!(
+            growth <= CAP + SLACK,
+            "peak RSS grew by {} KiB with a stalled reader (bound {} KiB)",
+            growth >> 10,
+            (CAP + SLACK) >> 10
+        );
+    }
 }
 
 #[test]

@@ -32,6 +32,10 @@
 //! they are updated with plain load + store (one atomic read-modify-write per `call_rcu`: the
 //! lock's CAS; the unlock is a Release store).
 //!
+//! Allocations that can fail (the box of a large closure, the growth of `next`, the barrier's
+//! room) first ask the `call_rcu`/`barrier` points of [`crate::fault`]: an injected refusal
+//! takes the path of a real one.
+//!
 //! ## Invariants
 //!
 //! 1. Segments are only touched with the list's lock held.
@@ -146,6 +150,10 @@ impl Callback {
             || layout.size() == 0
         {
             return Ok(Callback::new(f)); // inline, or a box that allocates nothing
+        }
+        // The `call_rcu` fault point refuses like the allocator would.
+        if crate::fault::should_fail(crate::fault::Point::CallRcu, layout.size()) {
+            return Err(f);
         }
         // SAFETY: the layout has a non-zero size (checked above).
         let p = unsafe { std::alloc::alloc(layout) }.cast::<F>();
@@ -310,8 +318,14 @@ impl CbList {
     #[inline]
     fn push_locked(&self, cb: Callback) -> Result<(), Callback> {
         let cb = self.with_segs(|s| {
+            // Growth only (`len == capacity`): the fault point is off the common path.
             if s.next.len() == s.next.capacity()
-                && (s.next.len() >= NEXT_MAX || s.next.try_reserve(1).is_err())
+                && (s.next.len() >= NEXT_MAX
+                    || crate::fault::should_fail(
+                        crate::fault::Point::CallRcu,
+                        core::mem::size_of::<Callback>(),
+                    )
+                    || s.next.try_reserve(1).is_err())
             {
                 return Some(cb);
             }
@@ -373,6 +387,13 @@ impl CbList {
         self.locked(|s| {
             if self.pending.load(Ordering::Relaxed) == 0 {
                 return Ok(false);
+            }
+            // The `barrier` fault point refuses like the allocator would (the caller retries).
+            if crate::fault::should_fail(
+                crate::fault::Point::Barrier,
+                core::mem::size_of::<Callback>(),
+            ) {
+                return Err(());
             }
             let room = if !s.next.is_empty() {
                 s.next.try_reserve(1)

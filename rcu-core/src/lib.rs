@@ -76,6 +76,7 @@ compile_error!(
 );
 
 mod callback;
+pub mod fault;
 mod gp;
 #[doc(hidden)]
 pub mod lowmem;

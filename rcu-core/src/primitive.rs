@@ -17,8 +17,8 @@
 pub(crate) mod sync {
     pub(crate) mod atomic {
         pub(crate) use core::sync::atomic::{
-            compiler_fence, fence, AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8,
-            AtomicUsize, Ordering,
+            compiler_fence, fence, AtomicBool, AtomicI64, AtomicPtr, AtomicU32, AtomicU64,
+            AtomicU8, AtomicUsize, Ordering,
         };
     }
 }

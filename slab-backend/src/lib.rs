@@ -166,6 +166,8 @@ mod nolock;
 #[cfg(not(rcu_loom))]
 pub mod page;
 #[cfg(not(rcu_loom))]
+pub mod sanitize;
+#[cfg(not(rcu_loom))]
 pub mod shrink;
 #[cfg(not(rcu_loom))]
 mod stats;

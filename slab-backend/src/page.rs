@@ -16,6 +16,9 @@
 //! * **Reclaim**: [`alloc_pages`] may run shrinkers (never recursively on one thread: a
 //!   thread-local flag marks a thread that is inside a shrinker); [`try_alloc_pages`] never does
 //!   and is async-signal-safe (atomics plus the `mmap`/`munmap` system calls).
+//! * **Fault injection**: each attempt first asks the `pages` point of `rcu_core::fault`
+//!   (with the slab cache's name for slab refills); an injected refusal takes the path of an OS
+//!   refusal and is counted in [`MemoryStats::injected_failures`].
 //! * **Near the limit** (over 7/8 of it after an allocation) the shrinkers are kicked at most once
 //!   per 10 ms, so pressure is relieved before allocations start failing.
 //!
@@ -50,6 +53,8 @@ static FAILURES: AtomicU64 = AtomicU64::new(0);
 /// Attempts refused by the budget / by the OS (each attempt counts, retries included).
 static BUDGET_REFUSALS: AtomicU64 = AtomicU64::new(0);
 static OS_REFUSALS: AtomicU64 = AtomicU64::new(0);
+/// Attempts refused by the `pages` fault point (`rcu_core::fault`).
+static INJECTED: AtomicU64 = AtomicU64::new(0);
 /// Nanoseconds (since `EPOCH`) of the last near-limit shrinker kick.
 static LAST_KICK: AtomicU64 = AtomicU64::new(0);
 
@@ -88,6 +93,9 @@ pub struct MemoryStats {
     pub os_refusals: u64,
     /// Reclaim passes over the registered shrinkers.
     pub shrinker_runs: u64,
+    /// Attempts refused by the `pages` fault point (`rcu_core::fault`), each handled like an
+    /// OS refusal (reclaim, retry, `None`).
+    pub injected_failures: u64,
 }
 
 /// Sets (`Some(bytes)`) or clears (`None`) the process-wide limit on bytes handed out by the page
@@ -127,6 +135,7 @@ pub fn memory_stats() -> MemoryStats {
         budget_refusals: BUDGET_REFUSALS.load(Ordering::Relaxed),
         os_refusals: OS_REFUSALS.load(Ordering::Relaxed),
         shrinker_runs: crate::shrink::runs(),
+        injected_failures: INJECTED.load(Ordering::Relaxed),
     }
 }
 
@@ -152,17 +161,28 @@ pub(crate) fn alloc_pages_aligned(
     align: usize,
     reclaim: bool,
 ) -> Option<NonNull<u8>> {
+    alloc_pages_for(npages, align, reclaim, None)
+}
+
+/// [`alloc_pages_aligned`] on behalf of the slab cache named `cache` (for the `cache` filter of
+/// the `pages` fault point).
+pub(crate) fn alloc_pages_for(
+    npages: usize,
+    align: usize,
+    reclaim: bool,
+    cache: Option<&str>,
+) -> Option<NonNull<u8>> {
     debug_assert!(align.is_power_of_two() && align >= PAGE_SIZE);
     let len = npages.checked_mul(PAGE_SIZE)?;
     if len == 0 {
         return None;
     }
-    let first = map_accounted(len, align);
+    let first = attempt(len, align, cache);
     let p = match first {
         Ok(p) => p,
         Err(_) if reclaim && !IN_RECLAIM.with(Cell::get) => {
             crate::shrink::reclaim();
-            match map_accounted(len, align) {
+            match attempt(len, align, cache) {
                 Ok(p) => p,
                 Err(_) => {
                     FAILURES.fetch_add(1, Ordering::Relaxed);
@@ -188,6 +208,9 @@ pub(crate) fn alloc_pages_aligned(
 /// been freed already, and nothing may access the run afterwards (it is unmapped).
 pub unsafe fn free_pages(ptr: NonNull<u8>, npages: usize) {
     let len = npages * PAGE_SIZE;
+    // Under the sanitizer a later access is reported even if the address is mapped again by
+    // someone else (`crate::sanitize`); nothing in normal builds.
+    crate::sanitize::poison(ptr.as_ptr(), len);
     // SAFETY: by the contract, [ptr, ptr+len) is one mapping of ours that nobody uses any more.
     let rc = unsafe { libc::munmap(ptr.as_ptr().cast(), len) };
     debug_assert_eq!(rc, 0, "munmap of a page run failed");
@@ -206,6 +229,22 @@ pub fn is_mapped(addr: *const u8) -> bool {
     rc == 0
 }
 
+/// One allocation attempt: refused by the `pages` fault point (handled like an OS refusal by
+/// the caller: reclaim, retry, `None`), else [`map_accounted`]. The point costs one Relaxed load
+/// when nothing is armed.
+fn attempt(len: usize, align: usize, cache: Option<&str>) -> Result<NonNull<u8>, Refusal> {
+    use rcu_core::fault::{should_fail, should_fail_cache, Point};
+    let injected = match cache {
+        Some(name) => should_fail_cache(Point::Pages, len, name),
+        None => should_fail(Point::Pages, len),
+    };
+    if injected {
+        INJECTED.fetch_add(1, Ordering::Relaxed);
+        return Err(Refusal::Os);
+    }
+    map_accounted(len, align)
+}
+
 /// Reserves `len` bytes of budget and maps an aligned run.
 fn map_accounted(len: usize, align: usize) -> Result<NonNull<u8>, Refusal> {
     reserve(len).inspect_err(|_| {
@@ -214,6 +253,8 @@ fn map_accounted(len: usize, align: usize) -> Result<NonNull<u8>, Refusal> {
     match map_aligned(len, align) {
         Some(p) => {
             RUNS_ALLOCATED.fetch_add(1, Ordering::Relaxed);
+            // The address may have been poisoned by an earlier run's free (`crate::sanitize`).
+            crate::sanitize::unpoison(p.as_ptr(), len);
             Ok(p)
         }
         None => {

@@ -115,6 +115,10 @@ impl Sheaf {
     /// like the others, with `Box::from_raw`.
     fn try_new_boxed() -> Option<*mut Sheaf> {
         let layout = core::alloc::Layout::new::<Sheaf>();
+        // The `heap` fault point refuses like the allocator would.
+        if rcu_core::fault::should_fail(rcu_core::fault::Point::Heap, layout.size()) {
+            return None;
+        }
         // SAFETY: `Sheaf` has a non-zero size.
         let p = unsafe { std::alloc::alloc(layout) }.cast::<Sheaf>();
         if p.is_null() {

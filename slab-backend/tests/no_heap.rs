@@ -16,6 +16,12 @@ fn limit_address_space() {
 }
 
 fn check(test: &str, case: &str, expect: &str) {
+    if cfg!(rcu_sanitize) {
+        // AddressSanitizer's own allocator needs address space RLIMIT_AS takes away (it aborts in
+        // its InternalMmapVector); the cases run in the plain and no-membarrier test jobs.
+        eprintln!("skipped under AddressSanitizer: RLIMIT_AS starves the sanitizer runtime");
+        return;
+    }
     let out = run_child(test, case, &[], Duration::from_secs(60));
     let err = stderr(&out);
     assert!(

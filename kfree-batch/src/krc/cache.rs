@@ -12,6 +12,9 @@
 //! cache (`drain_caches`), and while the page source is over its limit every freed page goes
 //! back (and a collection pass empties the caches, `worker::pass`).
 //!
+//! The refill asks the `emergency` fault point of `rcu_core::fault` before each page: an
+//! injected refusal stops it like a real one (counted in `KfreeStats::injected_failures`).
+//!
 //! Invariants (numbered as in `krc`):
 //! 1. The list and `ncache` are touched only under the slot's lock; `cached` is written under it.
 //! 2. A cached page is one of the places a block can be (its header says it is empty).
@@ -113,7 +116,13 @@ impl<P: Pages> Batcher<'_, P> {
                 {
                     return added;
                 }
-                let Some(p) = self.pages.alloc() else {
+                // The `emergency` fault point refuses like the page source would.
+                let page = if crate::block::inject(rcu_core::fault::Point::Emergency, PAGE_SIZE) {
+                    None
+                } else {
+                    self.pages.alloc()
+                };
+                let Some(p) = page else {
                     self.budget.release(PAGE_SIZE);
                     return added;
                 };

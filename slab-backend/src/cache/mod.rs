@@ -475,6 +475,7 @@ impl RawCache {
                 if self.debug {
                     self.mark_allocated(p);
                 }
+                crate::sanitize::on_alloc(self, p);
                 // SAFETY: objects are addresses inside mapped slabs, never null.
                 Ok(unsafe { NonNull::new_unchecked(p) })
             }
@@ -596,6 +597,9 @@ impl RawCache {
             // Before the object enters any cache layer, so a thread cache cannot hide a double
             // free.
             self.check_free(p.as_ptr());
+        }
+        if crate::sanitize::on_free(self, p) {
+            return; // deferred by a grace period (typesafe RCU debug mode)
         }
         if !tcache::free(self, tc_id, p.as_ptr()) {
             self.free_spill(p.as_ptr());

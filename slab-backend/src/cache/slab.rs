@@ -170,6 +170,11 @@ pub(crate) fn is_slab_object(obj: *const u8) -> bool {
     if obj.is_null() || !page::is_mapped(h as *const u8) {
         return false;
     }
+    // Under the sanitizer, a poisoned word is not the header of a live slab (headers are never
+    // poisoned while their slab lives); reading it would be reported.
+    if crate::sanitize::is_poisoned(h as *const u8, core::mem::size_of::<usize>()) {
+        return false;
+    }
     // SAFETY: the page at `h` is mapped (checked just above; slabs are only unmapped after every
     // object is free, so a caller holding a live object keeps it mapped), and reading a usize at
     // a page base is in bounds. A non-slab page yields an arbitrary value, compared below.
@@ -182,7 +187,7 @@ impl SlabHeader {
     /// `reclaim` allows the page layer to run shrinkers.
     pub(crate) fn create(cache: &RawCache, reclaim: bool) -> Option<NonNull<SlabHeader>> {
         let l = &cache.layout;
-        let base = page::alloc_pages_aligned(l.pages, SLAB_ALIGN, reclaim)?;
+        let base = page::alloc_pages_for(l.pages, SLAB_ALIGN, reclaim, Some(&cache.name))?;
         let h = base.as_ptr().cast::<SlabHeader>();
         // SAFETY: `base` is a fresh, zeroed, writable run of `l.pages` pages aligned to
         // SLAB_ALIGN; the layout puts the header, bitmap, states and objects inside it.
@@ -320,6 +325,9 @@ pub(crate) unsafe fn discard_now(slab: NonNull<SlabHeader>) {
     let h = unsafe { slab.as_ref() };
     debug_assert_eq!(h.inuse, 0, "discarding a slab with objects in use");
     debug_assert_eq!(h.list, ListId::None);
+    // Free objects are poisoned under the sanitizer; the drops below read them (the page
+    // layer poisons the whole run again when it unmaps it).
+    crate::sanitize::unpoison(slab.as_ptr().cast(), l.pages * page::PAGE_SIZE);
     if let Some(drop_obj) = cache.drop_obj {
         for i in 0..l.nr {
             // SAFETY: Invariant 4: each object is a valid T that nobody uses any more.

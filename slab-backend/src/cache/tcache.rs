@@ -224,6 +224,10 @@ std::thread_local! {
 fn try_box<T>(v: T) -> Option<*mut T> {
     let layout = core::alloc::Layout::new::<T>();
     debug_assert!(layout.size() != 0);
+    // The `heap` fault point refuses like the allocator would.
+    if rcu_core::fault::should_fail(rcu_core::fault::Point::Heap, layout.size()) {
+        return None;
+    }
     // SAFETY: `T` (a block or an entry) has a non-zero size.
     let p = unsafe { std::alloc::alloc(layout) }.cast::<T>();
     if p.is_null() {

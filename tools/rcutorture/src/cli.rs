@@ -90,6 +90,8 @@ pub(crate) struct Opts {
     pub(crate) cells: usize,
     /// Test-only: destroy retired elements before their grace period (see `--help`).
     pub(crate) broken: bool,
+    /// `--fail-rate`: thousandths of allocations failed at every fault point (0: none).
+    pub(crate) fail_rate: u32,
 }
 
 /// Whether this build can run the deliberately broken variant.
@@ -188,6 +190,11 @@ struct Cli {
     /// rcutorture --features torture-broken)
     #[arg(long)]
     broken_free_early: bool,
+    /// Fail PCT % of the kit's allocations at every fault point (rcu_core::fault: pages, heap,
+    /// block, emergency, park, call_rcu, barrier); a FAULTS line per mode shows the failures
+    /// injected and the fallbacks taken
+    #[arg(long, value_name = "PCT", default_value = "0", value_parser = super::faults::parse_rate)]
+    fail_rate: u32,
 }
 
 fn default_readers() -> usize {
@@ -299,6 +306,7 @@ fn parse_with(args: &[String], broken_available: bool) -> Result<Opts, clap::Err
         pool: c.pool,
         cells: c.cells,
         broken: c.broken_free_early,
+        fail_rate: c.fail_rate,
     })
 }
 

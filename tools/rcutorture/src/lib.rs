@@ -24,6 +24,7 @@
 pub(crate) mod cli;
 mod ctx;
 mod elem;
+mod faults;
 mod reader;
 mod run;
 mod table;
@@ -99,6 +100,7 @@ pub fn main_with_args(args: &[String]) -> i32 {
         rcu_kit::rcu_core::set_stall_timeout(Duration::from_millis((opts.stall_ms / 2).max(20)));
     }
     table::init(opts.pool);
+    faults::arm_all(opts.fail_rate);
     let kcfg = rcu_kit::kfree_batch::config();
     eprintln!(
         "rcutorture: {} mode(s) x {:.1}s, {} readers, {} writers, seed {:#x}, barrier mode {:?}, \

@@ -228,6 +228,7 @@ fn watchdog(deadline: Instant, done: Arc<AtomicBool>, mode: Mode) {
 /// Runs `mode` for `opts.duration`; prints the progress, summary and histogram.
 pub(crate) fn run_mode(opts: &Opts, mode: Mode) -> ModeResult {
     let base = Snap::take();
+    let fault_base = super::faults::Base::take();
     let cache = (mode == Mode::Typesafe).then(|| {
         Arc::new(
             KmemCache::<Elem>::builder("rcutorture_elem")
@@ -598,6 +599,7 @@ pub(crate) fn run_mode(opts: &Opts, mode: Mode) -> ModeResult {
          {lost}  aborts {aborts}",
         kinds.join(", ")
     );
+    o.push_str(&super::faults::summary(mode.name(), &fault_base));
     let _ = writeln!(
         o,
         "RESULT mode={} pass={} errors={errors} lost={lost} aborts={aborts} reads={reads} \

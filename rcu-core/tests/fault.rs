@@ -1,0 +1,100 @@
+//! Injected allocation failures in `call_rcu` and `rcu_barrier`: `call_rcu` falls back to
+//! waiting for a grace period and running the callback itself (never early), `rcu_barrier`
+//! retries, and every callback runs. Each case runs in a child process (fault points are
+//! process-wide).
+#![cfg(not(rcu_loom))]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use rcu_core::fault::{self, FaultAttr, Point};
+use rcu_core::{call_rcu, rcu_barrier, rcu_read_lock, stats};
+use test_support::{child_case, run_child, stderr};
+
+static RAN: AtomicU64 = AtomicU64::new(0);
+
+/// A callback too large to be stored inline (boxed: `call_rcu`'s allocation).
+fn big_callback() -> impl FnOnce() + Send + 'static {
+    let payload = [7u64; 8];
+    move || {
+        assert_eq!(payload[7], 7);
+        RAN.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn case_call_rcu() {
+    call_rcu(|| {}); // the lists and the worker exist
+    rcu_barrier();
+    let before = stats();
+    fault::arm(Point::CallRcu, FaultAttr::always(5));
+    // A reader that began before the first call_rcu: no callback may run before it ends.
+    let (started, go) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let g = rcu_read_lock();
+        started.send(()).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let seen = RAN.load(Ordering::SeqCst);
+        drop(g);
+        seen
+    });
+    go.recv().unwrap();
+    for _ in 0..20 {
+        call_rcu(big_callback());
+    }
+    assert_eq!(
+        reader.join().unwrap(),
+        0,
+        "a callback ran inside an older reader"
+    );
+    rcu_barrier();
+    let after = stats();
+    println!("call_rcu: {before:?} -> {after:?}");
+    assert_eq!(RAN.load(Ordering::SeqCst), 20, "callbacks lost");
+    assert_eq!(fault::injected(Point::CallRcu), 5);
+    assert_eq!(
+        after.callbacks_inline_fallback - before.callbacks_inline_fallback,
+        5,
+        "the no-memory fallback did not run once per injected failure"
+    );
+}
+
+fn case_barrier() {
+    // A reader holds the grace period for 300 ms, so the callbacks stay pending while the
+    // barrier's first tries fail (each try on a list with nothing pending would skip the point).
+    let (started, go) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let _g = rcu_read_lock();
+        started.send(()).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    });
+    go.recv().unwrap();
+    for _ in 0..50 {
+        call_rcu(big_callback());
+    }
+    fault::arm(Point::Barrier, FaultAttr::always(3));
+    rcu_barrier();
+    reader.join().unwrap();
+    println!("barrier: injected {}", fault::injected(Point::Barrier));
+    assert_eq!(RAN.load(Ordering::SeqCst), 50, "rcu_barrier returned early");
+    assert_eq!(
+        fault::injected(Point::Barrier),
+        3,
+        "the barrier's allocation never failed"
+    );
+}
+
+#[test]
+fn fault_cases() {
+    match child_case().as_deref() {
+        Some("call_rcu") => return case_call_rcu(),
+        Some("barrier") => return case_barrier(),
+        Some(other) => panic!("unknown case {other}"),
+        None => {}
+    }
+    for case in ["call_rcu", "barrier"] {
+        let o = run_child("fault_cases", case, &[], Duration::from_secs(60));
+        assert!(o.status.success(), "case {case}: {}", stderr(&o));
+        print!("{}", String::from_utf8_lossy(&o.stdout));
+    }
+}

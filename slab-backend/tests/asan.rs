@@ -1,0 +1,131 @@
+//! Deliberately wrong programs, each in a child process, that AddressSanitizer must report when
+//! the slab poisons freed memory (`--cfg rcu_sanitize` with `-Zsanitizer=address`): a use of a
+//! freed `KmemCache` object, of a freed `kmalloc` object, of a typesafe object after its slab was
+//! released, and of a typesafe object after the grace period of its deferred free in the RCU
+//! debug mode. A legal read of a typesafe object after its free (inside a reader) must not be
+//! reported. In other builds the test only says it skipped (nothing is poisoned there).
+#![cfg(not(rcu_loom))]
+
+use std::ptr::NonNull;
+use std::time::Duration;
+
+use slab_backend::{kfree, kmalloc, sanitize, KmemCache};
+use test_support::{child_case, run_child, stderr};
+
+fn read(p: NonNull<u64>) -> u64 {
+    // SAFETY: none in the wrong programs, deliberately (ASan must report the read); volatile,
+    // so the access stays.
+    unsafe { core::ptr::read_volatile(p.as_ptr()) }
+}
+
+fn case_cache_uaf() {
+    let c = KmemCache::<[u64; 8]>::builder("asan_plain")
+        .build()
+        .unwrap();
+    let p = c.alloc().unwrap().cast::<u64>();
+    // SAFETY: a fresh object.
+    unsafe { p.as_ptr().write(1) };
+    // SAFETY: freed once.
+    unsafe { c.free(p.cast()) };
+    println!("read after free: {}", read(p));
+}
+
+fn case_kmalloc_uaf() {
+    let p = kmalloc(48).unwrap().cast::<u64>();
+    // SAFETY: from kmalloc, freed once.
+    unsafe { kfree(p.cast()) };
+    println!("read after kfree: {}", read(p));
+}
+
+fn typesafe_cache(name: &str) -> KmemCache<u64> {
+    KmemCache::<u64>::builder(name)
+        .typesafe_by_rcu(true)
+        .ctor(|| 7)
+        .build()
+        .unwrap()
+}
+
+/// Legal: a typesafe object read after its free, inside a reader. Then the slab is released
+/// (after a grace period) and read again: wrong.
+fn case_typesafe_after_release(wrong: bool) {
+    let c = typesafe_cache("asan_typesafe");
+    let p = c.alloc().unwrap();
+    {
+        let _g = rcu_core::rcu_read_lock();
+        // SAFETY: freed once; readers may still look at it (typesafe).
+        unsafe { c.free(p) };
+        assert_eq!(read(p), 7, "typesafe read after free");
+    }
+    if !wrong {
+        println!("legal read not reported");
+        return;
+    }
+    c.shrink(); // the empty slab is released after a grace period
+    rcu_core::rcu_barrier();
+    println!("read after slab release: {}", read(p));
+}
+
+fn case_typesafe_rcu_debug() {
+    sanitize::set_rcu_debug(true);
+    let c = typesafe_cache("asan_typesafe_debug");
+    let keep = c.alloc().unwrap(); // keeps the slab alive: only the object's poisoning counts
+    let p = c.alloc().unwrap();
+    // SAFETY: freed once.
+    unsafe { c.free(p) };
+    assert_eq!(read(p), 7, "read before the grace period is legal");
+    rcu_core::rcu_barrier(); // the deferred free ran
+    println!("read a grace period after free: {}", read(p));
+    // SAFETY: freed once.
+    unsafe { c.free(keep) };
+}
+
+#[test]
+fn wrong_programs_are_reported() {
+    match child_case().as_deref() {
+        Some("cache") => return case_cache_uaf(),
+        Some("kmalloc") => return case_kmalloc_uaf(),
+        Some("typesafe-legal") => return case_typesafe_after_release(false),
+        Some("typesafe-release") => return case_typesafe_after_release(true),
+        Some("typesafe-debug") => return case_typesafe_rcu_debug(),
+        Some(other) => panic!("unknown case {other}"),
+        None => {}
+    }
+    if !sanitize::POISONING {
+        eprintln!("skipped: only builds with --cfg rcu_sanitize and AddressSanitizer poison");
+        return;
+    }
+    let run = |case| {
+        run_child(
+            "wrong_programs_are_reported",
+            case,
+            &[],
+            Duration::from_secs(60),
+        )
+    };
+    let o = run("typesafe-legal");
+    assert!(
+        o.status.success(),
+        "a legal typesafe read was reported:\n{}",
+        stderr(&o)
+    );
+    for (case, frame) in [
+        ("cache", "case_cache_uaf"),
+        ("kmalloc", "case_kmalloc_uaf"),
+        ("typesafe-release", "case_typesafe_after_release"),
+        ("typesafe-debug", "case_typesafe_rcu_debug"),
+    ] {
+        let o = run(case);
+        let err = stderr(&o);
+        assert!(
+            !o.status.success() && err.contains("ERROR: AddressSanitizer") && err.contains(frame),
+            "case {case}: no AddressSanitizer report naming {frame} (status {}):\n{err}",
+            o.status
+        );
+        println!(
+            "{case}: {}",
+            err.lines()
+                .find(|l| l.contains("ERROR: AddressSanitizer"))
+                .unwrap()
+        );
+    }
+}
