@@ -179,7 +179,7 @@ pub(crate) fn worker_reset_after_fork() {
     WORKER.reset_after_fork();
 }
 
-std::thread_local! {
+crate::primitive::rcu_thread_local! {
     /// Depth of the frees this thread runs: collection passes and a producer's own ready-first
     /// reclaim (destructors of freed objects run inside them).
     pub(crate) static FREEING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
@@ -222,7 +222,7 @@ pub(crate) fn count_freed(res: &Processed) {
     }
 }
 
-std::thread_local! {
+crate::primitive::rcu_thread_local! {
     /// Blocks this thread holds while it frees them (`free_reclaimed`): what the `fork()` child
     /// handler restores `held` to when a destructor forked (`krc`, Invariant 5).
     pub(crate) static HOLDING: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };

@@ -114,7 +114,7 @@ pub(crate) struct Front {
 /// Registered fronts (Release push, Acquire walk; never freed).
 static FRONTS: AtomicPtr<Front> = AtomicPtr::new(core::ptr::null_mut());
 
-std::thread_local! {
+crate::primitive::rcu_thread_local! {
     static MINE: Cell<*const Front> = const { Cell::new(core::ptr::null()) };
     static EXIT: ExitHook = const { ExitHook };
 }
@@ -344,7 +344,7 @@ fn refill_and_retry(
 }
 
 /// Reclaimers' tickets (unique per claim round; 0 means unclaimed).
-static TICKETS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+static TICKETS: AtomicU64 = AtomicU64::new(1);
 
 /// Slices claimed by one reclaimer, to take after a grace period ([`finish_claims`]).
 #[derive(Debug)]
@@ -362,7 +362,7 @@ fn mine() -> *const Front {
 /// Claims the unspent slices of every other thread (`slice.rs`). The caller finishes with
 /// [`finish_claims`] (it must: a claimed slice refuses its owner's fast path until then).
 pub(crate) fn claim_slices(b: &Global) -> Claims {
-    let ticket = TICKETS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let ticket = TICKETS.fetch_add(1, Ordering::Relaxed);
     let me = mine();
     let mut n = 0;
     for f in fronts() {

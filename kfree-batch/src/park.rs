@@ -110,7 +110,7 @@ pub(crate) static PARKED_TOTAL: AtomicU64 = AtomicU64::new(0);
 /// Grace periods owners waited for to drain their full arrays.
 static PARK_WAITS: AtomicU64 = AtomicU64::new(0);
 
-std::thread_local! {
+crate::primitive::rcu_thread_local! {
     static MINE: core::cell::Cell<*const ParkArray> = const { core::cell::Cell::new(core::ptr::null()) };
     static RELEASE: Release = const { Release };
     /// Set while this thread frees its own parked objects (`drain_own`).

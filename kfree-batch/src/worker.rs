@@ -96,7 +96,7 @@
 //!   try-lock (`INIT`) the child resets, not in a `OnceLock` the child would wait on forever,
 //!   and the child creates its own, skipping the steps already done (`SETUP`).
 
-use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
+use crate::primitive::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use crate::batcher::{
     freeing, in_free, kick_after_publish, now_ms, worker_reset_after_fork, Global, PageLayer,
@@ -298,7 +298,7 @@ pub(crate) struct PassResult {
     handed_left: bool,
 }
 
-std::thread_local! {
+crate::primitive::rcu_thread_local! {
     /// This thread holds the busy lock (`pass`); 2: for a barrier, between `barrier_begin` and
     /// `barrier_end`. Read by the `fork()` child handler.
     static IN_PASS: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
@@ -561,7 +561,7 @@ pub fn with_slot_locked<R>(cpu: usize, f: impl FnOnce() -> R) -> R {
 /// Objects retired through a fallback (synchronize-and-free or park), counted as queued.
 pub(crate) static FALLBACK_QUEUED: AtomicU64 = AtomicU64::new(0);
 
-std::thread_local! {
+crate::primitive::rcu_thread_local! {
     /// Whether this thread's `fork()` prepare handler took the batcher's locks (its parent
     /// handler releases only those: the batcher may have been created between the two, and
     /// another thread's fork may hold them by then). A `const` thread-local without destructor:
