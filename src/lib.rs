@@ -91,6 +91,8 @@
 
 mod cell_ext;
 pub mod map;
+mod primitive;
+pub mod ptr;
 
 #[doc = include_str!("../docs/guide.md")]
 pub mod guide {}
@@ -100,6 +102,7 @@ pub use rcu_core;
 pub use slab_backend;
 
 pub use cell_ext::{RcuCellExt, RetireByKfree};
+pub use ptr::{Atomic, CompareExchangeFailure, Retired, Shared};
 
 pub use rcu_core::{
     call_rcu, cond_synchronize_rcu, get_state_synchronize_rcu, poll_state_synchronize_rcu,
