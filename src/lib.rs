@@ -90,6 +90,7 @@
 //! critical section) panics with a message that says "read-side critical section".
 
 mod cell_ext;
+pub mod list;
 pub mod map;
 mod primitive;
 pub mod ptr;
@@ -102,6 +103,7 @@ pub use rcu_core;
 pub use slab_backend;
 
 pub use cell_ext::{RcuCellExt, RetireByKfree};
+pub use list::{ListNode, ListWriter, RcuList};
 pub use ptr::{Atomic, CompareExchangeFailure, Retired, Shared};
 
 pub use rcu_core::{
