@@ -2,9 +2,11 @@
 //!
 //! The Linux kernel's RCU memory-reclamation machinery in userspace: the grace-period engine
 //! ([`rcu_core`]), a slab allocator with `SLAB_TYPESAFE_BY_RCU` semantics ([`slab_backend`]) and
-//! the `kfree_rcu()` batcher ([`kfree_batch`]). This facade re-exports all three, and adds
-//! [`RcuCellExt`] (an [`RcuCell`] that retires through `kfree_rcu`), a concurrent hash map built
-//! on the kit ([`map::RcuHashMap`]) and a [`guide`].
+//! the `kfree_rcu()` batcher ([`kfree_batch`]). This facade re-exports all three, and adds safe
+//! building blocks for concurrent data structures: guard-bound pointers ([`Atomic`],
+//! [`Shared`], [`Retired`]), owning RCU pointers whose writers retire through `kfree_rcu`
+//! ([`RcuCell`], [`RcuBox`]), a kernel-style list ([`RcuList`]), a concurrent hash map
+//! ([`map::RcuHashMap`]) and a [`guide`].
 //!
 //! ## Concepts
 //!
@@ -43,7 +45,9 @@
 //! | I want to ...                                   | use                                                       |
 //! |-------------------------------------------------|-----------------------------------------------------------|
 //! | read shared data                                | [`rcu_read_lock`], [`RcuCell::read`], [`rcu_read_lock_held`] |
-//! | publish a single owned value                    | [`RcuCell`]: `replace`, `compare_exchange`, [`RcuCellExt::update`] |
+//! | publish a single owned value                    | [`RcuCell`] (nullable), [`RcuBox`] (always set): `replace`, `update`, `compare_exchange` retire with `kfree_rcu`; `*_call_rcu`, `*_sync`, `*_with` |
+//! | link nodes of my own structure                  | [`Atomic`]: `load(&guard)` gives a [`Shared`]; `swap` / `compare_exchange` hand back a [`Retired`] |
+//! | keep a list                                     | [`RcuList`]: `push_front`/`push_back`/`remove`/`replace`, `iter(&guard)` |
 //! | wait for readers                                | [`synchronize_rcu`], [`synchronize_rcu_expedited`]         |
 //! | wait without blocking now                       | [`get_state_synchronize_rcu`], [`start_poll_synchronize_rcu`], [`poll_state_synchronize_rcu`], [`cond_synchronize_rcu`] |
 //! | run code after a grace period                   | [`call_rcu`], then [`rcu_barrier`] to wait for all of it   |
@@ -54,7 +58,7 @@
 //! | be told about stalled readers                   | [`rcu_core::set_stall_hook`], [`rcu_core::set_stall_timeout`] |
 //!
 //! ```
-//! use rcu_kit::{kvfree_rcu_barrier, rcu_read_lock, RcuCell, RcuCellExt};
+//! use rcu_kit::{kvfree_rcu_barrier, rcu_read_lock, RcuCell};
 //!
 //! #[derive(Debug)]
 //! struct Config {
@@ -85,10 +89,12 @@
 //!
 //! Fallible calls return typed errors that implement [`std::error::Error`]: [`SlabError`]
 //! (cache creation and destruction), [`ConfigError`] (batcher configuration),
-//! [`CompareExchangeError`] ([`RcuCell::compare_exchange`]). Allocation failure is `None`, never
+//! [`CompareExchangeError`] ([`RcuCell::compare_exchange`]), [`CompareExchangeFailure`]
+//! ([`Atomic::compare_exchange`]). Allocation failure is `None`, never
 //! an abort. Misuse that could only hang or free early (blocking for a grace period inside a
 //! critical section) panics with a message that says "read-side critical section".
 
+mod cell;
 mod cell_ext;
 pub mod list;
 pub mod map;
@@ -102,6 +108,7 @@ pub use kfree_batch;
 pub use rcu_core;
 pub use slab_backend;
 
+pub use cell::{RcuBox, RcuCell};
 pub use cell_ext::{RcuCellExt, RetireByKfree};
 pub use list::{ListNode, ListWriter, RcuList};
 pub use ptr::{Atomic, CompareExchangeFailure, Retired, Shared};
@@ -109,7 +116,7 @@ pub use ptr::{Atomic, CompareExchangeFailure, Retired, Shared};
 pub use rcu_core::{
     call_rcu, cond_synchronize_rcu, get_state_synchronize_rcu, poll_state_synchronize_rcu,
     rcu_barrier, rcu_read_lock, rcu_read_lock_held, start_poll_synchronize_rcu, synchronize_rcu,
-    synchronize_rcu_expedited, CompareExchangeError, GpState, RcuCell, RcuReadGuard, Retire,
+    synchronize_rcu_expedited, CompareExchangeError, GpState, RcuReadGuard, Retire,
     RetireByCallRcu, RetireBySync,
 };
 

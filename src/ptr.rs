@@ -401,6 +401,13 @@ impl<'g, T> Shared<'g, T> {
         }
     }
 
+    /// A `Shared` of any address, for comparisons only ([`Atomic::compare_exchange`]'s
+    /// `current`): the crate never dereferences one made here.
+    #[inline]
+    pub(crate) fn from_ptr(ptr: *const T) -> Self {
+        Self::from_raw(ptr)
+    }
+
     #[inline]
     fn from_raw(ptr: *const T) -> Self {
         Shared {
@@ -521,9 +528,10 @@ impl<T: Send + 'static> Retired<T> {
         }
     }
 
-    /// Takes the pointer out without running `Drop`.
+    /// Takes the pointer out without running `Drop`: the caller takes over the duty to retire
+    /// it (after a grace period, never earlier).
     #[inline]
-    fn into_raw(self) -> *mut T {
+    pub(crate) fn into_raw_for_retire(self) -> *mut T {
         let p = self.ptr.as_ptr();
         core::mem::forget(self);
         p
@@ -552,7 +560,7 @@ impl<T: Send + 'static> Retired<T> {
     /// ```
     #[inline]
     pub fn kfree_rcu(self) {
-        let p = self.into_raw();
+        let p = self.into_raw_for_retire();
         // SAFETY: `from_unpublished`'s contract is `kfree_rcu_raw`'s; ownership passes here.
         unsafe { kfree_batch::kfree_rcu_raw(p) };
     }
@@ -566,7 +574,7 @@ impl<T: Send + 'static> Retired<T> {
     /// ```
     #[inline]
     pub fn call_rcu(self) {
-        let p = self.into_raw();
+        let p = self.into_raw_for_retire();
         // SAFETY: as for `kfree_rcu`; `Retire::retire_raw` has the same contract.
         unsafe { RetireByCallRcu.retire_raw(p) };
     }
@@ -587,7 +595,7 @@ impl<T: Send + 'static> Retired<T> {
     pub fn synchronize(self) -> Box<T> {
         // A panic here drops `self`, which retires through `kfree_rcu` (Invariant 2).
         rcu_core::synchronize_rcu();
-        let p = self.into_raw();
+        let p = self.into_raw_for_retire();
         // SAFETY: a `Box<T>` allocation owned by the handle (Invariant 1), and a grace period
         // has passed since its unpublish: no reader can still hold it.
         unsafe { Box::from_raw(p) }
