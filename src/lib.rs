@@ -100,6 +100,7 @@ pub mod list;
 pub mod map;
 mod primitive;
 pub mod ptr;
+pub mod typesafe;
 
 #[doc = include_str!("../docs/guide.md")]
 pub mod guide {}
@@ -112,6 +113,7 @@ pub use cell::{RcuBox, RcuCell};
 pub use cell_ext::{RcuCellExt, RetireByKfree};
 pub use list::{ListNode, ListWriter, RcuList};
 pub use ptr::{Atomic, CompareExchangeFailure, Retired, Shared};
+pub use typesafe::{TsAtomic, TsRef, TypesafeCache};
 
 pub use rcu_core::{
     call_rcu, cond_synchronize_rcu, get_state_synchronize_rcu, poll_state_synchronize_rcu,
