@@ -9,6 +9,12 @@ use rcu_core::{CompareExchangeError, RcuCell, RcuReadGuard, Retire};
 ///
 /// Never blocks inside a read-side critical section (under memory pressure it parks the object;
 /// outside a reader it may wait for a grace period itself, see the `kfree_batch` docs).
+///
+/// ```
+/// let cell = rcu_kit::rcu_core::RcuCell::new(Some(Box::new(1u8)));
+/// cell.replace_with(Some(Box::new(2)), rcu_kit::RetireByKfree);
+/// rcu_kit::kvfree_rcu_barrier();
+/// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RetireByKfree;
 

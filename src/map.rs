@@ -105,6 +105,21 @@ struct WriterState {
 ///   through `kfree_rcu`, never under a reader's feet.
 /// * `K` and `V` must be `Send + Sync + 'static` (values are read from many threads and freed on
 ///   the batcher's worker) and `Clone` (resize copies nodes).
+///
+/// ```
+/// use rcu_kit::{map::RcuHashMap, rcu_read_lock};
+/// let users = RcuHashMap::new();
+/// std::thread::scope(|s| {
+///     s.spawn(|| {
+///         let g = rcu_read_lock();
+///         if let Some(name) = users.get(&1, &g) {
+///             assert_eq!(name, "ann");
+///         }
+///     });
+///     users.insert(1, "ann".to_string());
+/// });
+/// assert_eq!(users.get_cloned(&1).as_deref(), Some("ann"));
+/// ```
 pub struct RcuHashMap<K, V, S = RandomState> {
     table: AtomicPtr<Table<K, V>>,
     writer: Mutex<WriterState>,
@@ -390,6 +405,14 @@ where
 }
 
 /// Iterator over an [`RcuHashMap`], from [`RcuHashMap::iter`].
+///
+/// ```
+/// let m = rcu_kit::map::RcuHashMap::new();
+/// m.insert(1, 10);
+/// m.insert(2, 20);
+/// let g = rcu_kit::rcu_read_lock();
+/// assert_eq!(m.iter(&g).map(|(_, v)| v).sum::<i32>(), 30);
+/// ```
 pub struct Iter<'g, K, V> {
     table: &'g Table<K, V>,
     bucket: usize,
