@@ -175,6 +175,15 @@ impl<T: Send + 'static> Atomic<T> {
         Shared::from_raw(self.ptr.load(Ordering::Acquire))
     }
 
+    /// The current pointer, Relaxed, for a writer that holds the lock serialising every writer
+    /// of this `Atomic` (the lock orders it after the previous writer's store); dereferencing
+    /// it is on the caller, valid until the caller itself unpublishes it.
+    #[inline]
+    pub(crate) fn load_relaxed_by_writer(&self) -> *mut T {
+        // Relaxed: the writers' lock orders this after the previous store (doc above).
+        self.ptr.load(Ordering::Relaxed)
+    }
+
     /// Whether the pointer is null now (a snapshot; needs no guard since nothing is
     /// dereferenced).
     ///
