@@ -204,8 +204,10 @@ fn main() {
 mod tests {
     #[test]
     fn session_table_runs_clean() {
-        let (inserts, removes, hits) =
-            super::run(std::time::Duration::from_millis(300), 20_000);
-        assert!(inserts > 0 && removes > 0 && hits > 0, "{inserts} {removes} {hits}");
+        let (inserts, removes, hits) = super::run(std::time::Duration::from_millis(300), 20_000);
+        assert!(
+            inserts > 0 && removes > 0 && hits > 0,
+            "{inserts} {removes} {hits}"
+        );
     }
 }
