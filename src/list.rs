@@ -32,6 +32,28 @@
 //! # kvfree_rcu_barrier();
 //! ```
 //!
+//! A value seen while walking cannot outlive the guard:
+//!
+//! ```compile_fail,E0597
+//! use rcu_kit::{rcu_read_lock, RcuList};
+//! let list = RcuList::new();
+//! list.push_back(1u32);
+//! let first: &u32;
+//! {
+//!     let g = rcu_read_lock();
+//!     first = list.iter(&g).next().unwrap();
+//! }
+//! println!("{first}");
+//! ```
+//!
+//! and an unlinked node gives its value back only through a grace period (no `Box` before it):
+//!
+//! ```compile_fail,E0599
+//! let list = rcu_kit::RcuList::new();
+//! list.push_back(String::new());
+//! let v: String = list.pop_front().unwrap().into_value();
+//! ```
+//!
 //! # Implementation
 //!
 //! A singly linked list: `head` and each node's `next` are `AtomicPtr`s; a node is a

@@ -50,6 +50,21 @@
 //! assert_eq!(cache.stats().active_objects, 0);
 //! ```
 //!
+//! A reference cannot outlive its cache, and the cache hands out no `&mut T`:
+//!
+//! ```compile_fail,E0505
+//! let cache = rcu_kit::TypesafeCache::new("c", || 0u64).unwrap();
+//! let r = cache.alloc(|_| ()).unwrap();
+//! drop(cache);
+//! println!("{}", *r);
+//! ```
+//!
+//! ```compile_fail,E0594
+//! let cache = rcu_kit::TypesafeCache::new("c", || 0u64).unwrap();
+//! let r = cache.alloc(|_| ()).unwrap();
+//! *r = 5;
+//! ```
+//!
 //! # Implementation
 //!
 //! A `TypesafeCache<T>` is a typesafe [`KmemCache`] of `Slot<T> { cache_id, refs, value }`;
