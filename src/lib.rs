@@ -35,7 +35,11 @@
 //! * **A typesafe cache** ([`KmemCache`] with `typesafe_by_rcu(true)`): objects are freed back to
 //!   the cache at once and may be reused immediately, but their memory stays a valid `T` of the
 //!   cache while any reader could see it. Readers must revalidate identity after taking a
-//!   reference; in return there is no waiting at all and reuse stays cache-hot.
+//!   reference; in return there is no waiting at all and reuse stays cache-hot. **WARNING**: such
+//!   an object can be freed and reused while a reader holds a pointer to it, and a stale reader
+//!   may read fields while the new owner writes them; [`TypesafeCache`] (module
+//!   [`typesafe`]) enforces the rule that follows — only `&T` of a `Sync` `T`, never `&mut T` —
+//!   and provides the revalidating lookup ([`TsAtomic::get`]).
 //!
 //! The [`guide`] explains how to choose between them, how to size the memory bound, which misuse
 //! is caught, and how to move from crossbeam-epoch or liburcu.
@@ -52,8 +56,8 @@
 //! | wait without blocking now                       | [`get_state_synchronize_rcu`], [`start_poll_synchronize_rcu`], [`poll_state_synchronize_rcu`], [`cond_synchronize_rcu`] |
 //! | run code after a grace period                   | [`call_rcu`], then [`rcu_barrier`] to wait for all of it   |
 //! | free boxes after a grace period                 | [`kfree_rcu`], [`kfree_rcu_raw`] (a published raw pointer), [`kfree_rcu_raw_charged`] (one owning a buffer), [`kfree_rcu_head`], [`kvfree_rcu_barrier`], [`kfree_stats`] |
-//! | allocate objects that readers may see reused    | [`KmemCache`], [`kfree_rcu_cache`], [`slabinfo`]           |
-//! | bound or inspect memory                         | [`set_memory_limit`], [`slab_backend::memory_stats`], [`kfree_batch::configure`] |
+//! | allocate objects that readers may see reused    | [`TypesafeCache`] (safe: [`TsRef`], [`TsAtomic::get`]); raw: [`KmemCache`], [`KmemCacheBuilder`], [`kfree_rcu_cache`], [`slabinfo`], [`CacheStats`] |
+//! | bound or inspect memory                         | [`set_memory_limit`], [`slab_backend::memory_stats`], [`kfree_configure`] with a [`Config`], [`kfree_stats`] |
 //! | get a concurrent map                            | [`map::RcuHashMap`]                                        |
 //! | be told about stalled readers                   | [`rcu_core::set_stall_hook`], [`rcu_core::set_stall_timeout`] |
 //!
