@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rcu_kit::{rcu_barrier, rcu_read_lock, RcuCell};
+use rcu_kit::{kvfree_rcu_barrier, rcu_read_lock, RcuCell};
 
 /// A configuration snapshot: readers must always see a consistent one.
 #[derive(Debug)]
@@ -76,7 +76,7 @@ fn main() {
     stop.store(true, Ordering::Relaxed);
     let newest: Vec<u64> = readers.into_iter().map(|r| r.join().unwrap()).collect();
     let last = cell.replace_sync(None); // wait for readers, get the last value back
-    rcu_barrier(); // every retired value has been freed
+    kvfree_rcu_barrier(); // every retired value has been freed
 
     let stats = rcu_kit::rcu_core::stats();
     let elapsed = start.elapsed().as_secs_f64();

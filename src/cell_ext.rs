@@ -1,5 +1,6 @@
-//! `RcuCell` retiring through `kfree_rcu`: the [`RetireByKfree`] strategy and the
-//! [`RcuCellExt`] extension trait.
+//! `rcu_core::RcuCell` retiring through `kfree_rcu`: the [`RetireByKfree`] strategy and the
+//! [`RcuCellExt`] extension trait. (The facade's own [`crate::RcuCell`] retires through
+//! `kfree_rcu` by default and implements the trait too, for code written against it.)
 
 use rcu_core::{CompareExchangeError, RcuCell, RcuReadGuard, Retire};
 
@@ -8,6 +9,12 @@ use rcu_core::{CompareExchangeError, RcuCell, RcuReadGuard, Retire};
 ///
 /// Never blocks inside a read-side critical section (under memory pressure it parks the object;
 /// outside a reader it may wait for a grace period itself, see the `kfree_batch` docs).
+///
+/// ```
+/// let cell = rcu_kit::rcu_core::RcuCell::new(Some(Box::new(1u8)));
+/// cell.replace_with(Some(Box::new(2)), rcu_kit::RetireByKfree);
+/// rcu_kit::kvfree_rcu_barrier();
+/// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RetireByKfree;
 
@@ -25,14 +32,16 @@ unsafe impl<T: Send + 'static> Retire<T> for RetireByKfree {
     }
 }
 
-/// [`RcuCell`] writers that retire the replaced value with `kfree_rcu`.
+/// `rcu_core::RcuCell` writers that retire the replaced value with `kfree_rcu`.
 ///
-/// The inherent `RcuCell::replace` / `take` / `compare_exchange` retire through `call_rcu` (one
-/// callback per value); these retire through the `kfree_rcu` batcher (8 bytes per value, bounded
-/// pending memory), which is what most writers want.
+/// The inherent `rcu_core::RcuCell::replace` / `take` / `compare_exchange` retire through
+/// `call_rcu` (one callback per value); these retire through the `kfree_rcu` batcher (8 bytes per
+/// value, bounded pending memory), which is what most writers want. The facade's
+/// [`crate::RcuCell`] does so without the trait.
 ///
 /// ```
-/// use rcu_kit::{kvfree_rcu_barrier, rcu_read_lock, RcuCell, RcuCellExt};
+/// use rcu_kit::rcu_core::RcuCell;
+/// use rcu_kit::{kvfree_rcu_barrier, rcu_read_lock, RcuCellExt};
 /// let hits = RcuCell::new(Some(Box::new(0u64)));
 /// hits.update(|old| Some(Box::new(old.copied().unwrap_or(0) + 1)));
 /// hits.replace_kfree(Some(Box::new(10)));
@@ -85,5 +94,32 @@ impl<T: Send + 'static> RcuCellExt<T> for RcuCell<T> {
         guard: &'g RcuReadGuard,
     ) -> Result<Option<&'g T>, CompareExchangeError<'g, T>> {
         self.compare_exchange_with(current, new, guard, RetireByKfree)
+    }
+}
+
+impl<T: Send + 'static> RcuCellExt<T> for crate::RcuCell<T> {
+    #[inline]
+    fn update<F: FnMut(Option<&T>) -> Option<Box<T>>>(&self, f: F) {
+        crate::RcuCell::update(self, f)
+    }
+
+    #[inline]
+    fn replace_kfree(&self, value: Option<Box<T>>) {
+        self.replace(value)
+    }
+
+    #[inline]
+    fn take_kfree(&self) {
+        self.take()
+    }
+
+    #[inline]
+    fn compare_exchange_kfree<'g>(
+        &'g self,
+        current: Option<&T>,
+        new: Option<Box<T>>,
+        guard: &'g RcuReadGuard,
+    ) -> Result<Option<&'g T>, CompareExchangeError<'g, T>> {
+        self.compare_exchange(current, new, guard)
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! # Design
 //!
-//! * The map points (an `AtomicPtr`) at a **table**: a power-of-two array of bucket heads, each
+//! * The map points (an [`Atomic`], owning) at a **table**: a power-of-two array of bucket heads, each
 //!   the start of a singly linked chain of immutable **nodes** `(hash, key, value, next)`.
 //! * **Readers** enter a read-side critical section ([`rcu_read_lock`]), load the table and walk
 //!   one chain with Acquire loads. They never block, never retry and never write shared memory;
@@ -14,11 +14,14 @@
 //!   [`kfree_batch::kfree_rcu`], so a reader still standing on one can finish its walk.
 //! * **Resize** is copy-and-publish: when the map grows past 3/4 of its buckets, the writer
 //!   builds a table twice as large holding copies of every node, publishes it with one Release
-//!   store, and retires the whole old table (which frees its nodes when dropped) with `kfree_rcu`.
+//!   swap, and retires the whole old table (which frees its nodes when dropped) through the
+//!   [`Retired`] handle the swap returns, with `kfree_rcu`.
 //!   Readers that loaded the old table keep walking it, intact, until their guard drops.
 //!
 //! Every node reachable from a table's chains is owned by that table; a node leaves the table's
-//! ownership only when a writer unlinks it, and is then retired on its own.
+//! ownership only when a writer unlinks it, and is then retired on its own, as a [`Retired`].
+//! (Chain links stay raw `AtomicPtr`s: an unlinked node keeps pointing at its successor for the
+//! readers standing on it, without owning it, which an owning [`Atomic`] link could not do.)
 //!
 //! ```
 //! use rcu_kit::map::RcuHashMap;
@@ -45,8 +48,11 @@ use std::collections::hash_map::RandomState;
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use kfree_batch::kfree_rcu_raw;
+use core::ptr::NonNull;
+
 use rcu_core::{rcu_read_lock, RcuReadGuard};
+
+use crate::ptr::{Atomic, Retired};
 
 /// Smallest table (buckets).
 const MIN_BUCKETS: usize = 16;
@@ -105,8 +111,24 @@ struct WriterState {
 ///   through `kfree_rcu`, never under a reader's feet.
 /// * `K` and `V` must be `Send + Sync + 'static` (values are read from many threads and freed on
 ///   the batcher's worker) and `Clone` (resize copies nodes).
-pub struct RcuHashMap<K, V, S = RandomState> {
-    table: AtomicPtr<Table<K, V>>,
+///
+/// ```
+/// use rcu_kit::{map::RcuHashMap, rcu_read_lock};
+/// let users = RcuHashMap::new();
+/// std::thread::scope(|s| {
+///     s.spawn(|| {
+///         let g = rcu_read_lock();
+///         if let Some(name) = users.get(&1, &g) {
+///             assert_eq!(name, "ann");
+///         }
+///     });
+///     users.insert(1, "ann".to_string());
+/// });
+/// assert_eq!(users.get_cloned(&1).as_deref(), Some("ann"));
+/// ```
+pub struct RcuHashMap<K: 'static, V: 'static, S = RandomState> {
+    /// Never null.
+    table: Atomic<Table<K, V>>,
     writer: Mutex<WriterState>,
     /// Number of entries, readable without the mutex (a snapshot).
     len: AtomicUsize,
@@ -115,9 +137,15 @@ pub struct RcuHashMap<K, V, S = RandomState> {
 
 // SAFETY: the map owns its keys and values (moved to the kfree worker when retired: `Send`) and
 // hands out `&K`/`&V` to many threads (`Sync`).
-unsafe impl<K: Send + Sync, V: Send + Sync, S: Send> Send for RcuHashMap<K, V, S> {}
+unsafe impl<K: Send + Sync + 'static, V: Send + Sync + 'static, S: Send> Send
+    for RcuHashMap<K, V, S>
+{
+}
 // SAFETY: as above; all shared mutation goes through atomics and the writer mutex.
-unsafe impl<K: Send + Sync, V: Send + Sync, S: Sync> Sync for RcuHashMap<K, V, S> {}
+unsafe impl<K: Send + Sync + 'static, V: Send + Sync + 'static, S: Sync> Sync
+    for RcuHashMap<K, V, S>
+{
+}
 
 impl<K, V> RcuHashMap<K, V, RandomState>
 where
@@ -157,7 +185,7 @@ where
             .max(MIN_BUCKETS)
             .next_power_of_two();
         RcuHashMap {
-            table: AtomicPtr::new(Box::into_raw(Table::new(buckets))),
+            table: Atomic::from_box(Some(Table::new(buckets))),
             writer: Mutex::new(WriterState { len: 0 }),
             len: AtomicUsize::new(0),
             hasher,
@@ -172,13 +200,12 @@ where
     /// The current table, valid while `_guard` lives.
     #[inline]
     fn table<'g>(&'g self, _guard: &'g RcuReadGuard) -> &'g Table<K, V> {
-        // Acquire pairs with the Release store in `resize` that published the table (and, through
-        // it, the nodes it was built with).
-        let t = self.table.load(Ordering::Acquire);
-        // SAFETY: the table pointer is never null; an unpublished table is retired with
-        // `kfree_rcu`, i.e. freed only after a grace period, and `_guard` holds this thread's
-        // critical section open for `'g`.
-        unsafe { &*t }
+        // `Atomic::load` is Acquire: pairs with the swap in `resize` that published the table
+        // (and, through it, the nodes it was built with).
+        match self.table.load(_guard).as_ref() {
+            Some(t) => t,
+            None => unreachable!("the table pointer is never null"),
+        }
     }
 
     /// The value for `key`, valid while `guard` lives. Lock-free and wait-free.
@@ -244,7 +271,7 @@ where
         let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         // Writers hold the mutex: the table pointer and every chain link are ours to change.
         // Relaxed loads of them suffice (the mutex orders us after the previous writer).
-        let table_ptr = self.table.load(Ordering::Relaxed);
+        let table_ptr = self.table.load_relaxed_by_writer();
         // SAFETY: only writers (serialised by the mutex) unpublish a table, so it is alive; this
         // borrow is last used before `resize` may free the table.
         let table = unsafe { &*table_ptr };
@@ -265,10 +292,10 @@ where
                 }));
                 // Release: publishes the new node's fields to readers' Acquire loads.
                 link.store(new, Ordering::Release);
-                // SAFETY: `p` came from `Box::into_raw`, is now unreachable for new readers, and
-                // was owned by the table; we retire it exactly once, as the raw pointer readers
-                // may still hold (no `Box` of it is made before the grace period).
-                unsafe { kfree_rcu_raw(p) };
+                // SAFETY: `p` (non-null: it was `node`) came from `Box::into_raw`, is now
+                // unreachable for new readers, and was owned by the table; it is handed over
+                // once, as the raw pointer readers may still hold.
+                unsafe { Retired::from_unpublished(NonNull::new_unchecked(p)) }.kfree_rcu();
                 return false;
             }
             link = &node.next;
@@ -300,7 +327,7 @@ where
         let hash = self.hash(key);
         let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         // SAFETY: as in `insert`.
-        let table = unsafe { &*self.table.load(Ordering::Relaxed) };
+        let table = unsafe { &*self.table.load_relaxed_by_writer() };
         let mut link = table.bucket(hash);
         loop {
             let p = link.load(Ordering::Relaxed);
@@ -313,9 +340,9 @@ where
                 // ordered after it for readers that follow the new link (pairs with their
                 // Acquire loads).
                 link.store(node.next.load(Ordering::Relaxed), Ordering::Release);
-                // SAFETY: from `Box::into_raw`; unlinked above, so unreachable for new readers;
-                // owned by the table until now; retired once, as a raw pointer.
-                unsafe { kfree_rcu_raw(p) };
+                // SAFETY: non-null (it was `node`), from `Box::into_raw`; unlinked above, so
+                // unreachable for new readers; owned by the table until now; handed over once.
+                unsafe { Retired::from_unpublished(NonNull::new_unchecked(p)) }.kfree_rcu();
                 w.len -= 1;
                 self.len.store(w.len, Ordering::Relaxed);
                 return true;
@@ -351,14 +378,15 @@ where
                 p = node.next.load(Ordering::Relaxed);
             }
         }
-        // Release: publishes the new table and every node built above (pairs with the Acquire
-        // load in `table`).
-        let prev = self.table.swap(Box::into_raw(new), Ordering::Release);
-        debug_assert!(ptr::eq(prev, old));
-        // SAFETY: `prev` came from `Box::into_raw`, is unreachable for new readers, and is
-        // retired once, as a raw pointer; its drop (after a grace period) frees the nodes it
-        // owns.
-        unsafe { kfree_rcu_raw(prev) };
+        // `Atomic::swap` (AcqRel): its Release publishes the new table and every node built above
+        // (pairs with the Acquire load in `table`).
+        let prev = self
+            .table
+            .swap(Some(new))
+            .expect("the table pointer is never null");
+        debug_assert!(ptr::eq(prev.as_ptr(), old));
+        // Freed after a grace period; its drop then frees the nodes it owns.
+        prev.kfree_rcu();
     }
 
     /// Number of entries (a snapshot).
@@ -390,6 +418,14 @@ where
 }
 
 /// Iterator over an [`RcuHashMap`], from [`RcuHashMap::iter`].
+///
+/// ```
+/// let m = rcu_kit::map::RcuHashMap::new();
+/// m.insert(1, 10);
+/// m.insert(2, 20);
+/// let g = rcu_kit::rcu_read_lock();
+/// assert_eq!(m.iter(&g).map(|(_, v)| v).sum::<i32>(), 30);
+/// ```
 pub struct Iter<'g, K, V> {
     table: &'g Table<K, V>,
     bucket: usize,
@@ -420,14 +456,6 @@ impl<K, V> fmt::Debug for Iter<'_, K, V> {
         f.debug_struct("Iter")
             .field("bucket", &self.bucket)
             .finish()
-    }
-}
-
-impl<K, V, S> Drop for RcuHashMap<K, V, S> {
-    fn drop(&mut self) {
-        // SAFETY: `&mut self`: no reader can hold a reference into the map (they borrow it), and
-        // the table pointer came from `Box::into_raw`.
-        drop(unsafe { Box::from_raw(*self.table.get_mut()) });
     }
 }
 

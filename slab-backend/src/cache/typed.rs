@@ -66,7 +66,7 @@ pub struct KmemCacheBuilder<T> {
     hwcache: bool,
     debug: bool,
     align: usize,
-    ctor: Option<fn() -> T>,
+    ctor: Option<Arc<dyn Fn() -> T + Send + Sync>>,
 }
 
 impl<T> fmt::Debug for KmemCacheBuilder<T> {
@@ -99,9 +99,23 @@ impl<T: Send + 'static> KmemCacheBuilder<T> {
 
     /// A constructor run once per object when a fresh slab is made (never on `alloc`). Its state
     /// survives reuse: `free` hands the object back still holding a valid `T`, which the cache
-    /// drops only when the slab's pages are released.
-    pub fn ctor(mut self, f: fn() -> T) -> Self {
-        self.ctor = Some(f);
+    /// drops only when the slab's pages are released. It may be a closure that captures (it runs
+    /// on whichever thread makes a slab, hence `Send + Sync`).
+    ///
+    /// ```
+    /// use slab_backend::KmemCache;
+    /// let tag = 7u32;
+    /// let c = KmemCache::<(u32, u64)>::builder("doc-ctor-closure")
+    ///     .ctor(move || (tag, 0))
+    ///     .build()
+    ///     .unwrap();
+    /// let p = c.alloc().unwrap();
+    /// // SAFETY (doc): with a ctor, `p` is a valid (u32, u64) that we own.
+    /// assert_eq!(unsafe { p.as_ref() }.0, 7);
+    /// unsafe { c.free(p) };
+    /// ```
+    pub fn ctor<F: Fn() -> T + Send + Sync + 'static>(mut self, f: F) -> Self {
+        self.ctor = Some(Arc::new(f));
         self
     }
 
@@ -136,6 +150,7 @@ impl<T: Send + 'static> KmemCacheBuilder<T> {
         if self.hwcache {
             align = align.max(64);
         }
+        let has_ctor = self.ctor.is_some();
         let ctor: Option<Box<CtorFn>> = self.ctor.map(|f| {
             Box::new(move |p: *mut u8| {
                 // SAFETY: `p` is an object slot of a `T` cache: sized and aligned for `T`
@@ -143,12 +158,11 @@ impl<T: Send + 'static> KmemCacheBuilder<T> {
                 unsafe { p.cast::<T>().write(f()) }
             }) as Box<CtorFn>
         });
-        let drop_obj: Option<unsafe fn(*mut u8)> =
-            if self.ctor.is_some() && core::mem::needs_drop::<T>() {
-                Some(drop_slot::<T>)
-            } else {
-                None
-            };
+        let drop_obj: Option<unsafe fn(*mut u8)> = if has_ctor && core::mem::needs_drop::<T>() {
+            Some(drop_slot::<T>)
+        } else {
+            None
+        };
         let raw = RawCache::create(RawConfig {
             name,
             size: size_of::<T>(),

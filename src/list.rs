@@ -1,0 +1,833 @@
+//! [`RcuList`]: a linked list in the style of the kernel's `list_add_rcu()` /
+//! `list_del_rcu()` / `list_replace_rcu()` / `list_for_each_entry_rcu()`, with no `unsafe` for
+//! its user.
+//!
+//! Readers walk the list under a guard ([`RcuList::iter`]) with no lock and no store to shared
+//! memory. Writers are serialised by a mutex the list owns: each writer method takes it for its
+//! own duration, and [`RcuList::writer`] holds it across several operations (the kernel's "writers
+//! hold the list's lock" pattern, with the lock inside the list so that it cannot be forgotten).
+//! What a writer unlinks comes back as a [`Retired<ListNode<T>>`](Retired): dropping it frees the
+//! node with `kfree_rcu` after a grace period; [`Retired::call_rcu`] and
+//! [`Retired::synchronize`] are the other ways (the latter gives the node back, and
+//! [`ListNode::into_value`] the value, once no reader can see it).
+//!
+//! ```
+//! use rcu_kit::{kvfree_rcu_barrier, rcu_read_lock, RcuList};
+//!
+//! static LIST: RcuList<u32> = RcuList::new();
+//! LIST.push_back(2);
+//! LIST.push_front(1);
+//! LIST.push_back(3);
+//! {
+//!     let g = rcu_read_lock();
+//!     assert_eq!(LIST.iter(&g).copied().collect::<Vec<_>>(), [1, 2, 3]);
+//! }
+//! let old = LIST.replace(|v| *v == 2, 20).unwrap(); // list_replace_rcu
+//! assert_eq!(old.synchronize().into_value(), 2);
+//! LIST.remove(|v| *v == 1); // list_del_rcu; the node is freed with kfree_rcu
+//! let g = rcu_read_lock();
+//! assert_eq!(LIST.iter(&g).copied().collect::<Vec<_>>(), [20, 3]);
+//! # drop(g);
+//! # LIST.retain(|_| false);
+//! # kvfree_rcu_barrier();
+//! ```
+//!
+//! A value seen while walking cannot outlive the guard:
+//!
+//! ```compile_fail,E0597
+//! use rcu_kit::{rcu_read_lock, RcuList};
+//! let list = RcuList::new();
+//! list.push_back(1u32);
+//! let first: &u32;
+//! {
+//!     let g = rcu_read_lock();
+//!     first = list.iter(&g).next().unwrap();
+//! }
+//! println!("{first}");
+//! ```
+//!
+//! and an unlinked node gives its value back only through a grace period (no `Box` before it):
+//!
+//! ```compile_fail,E0599
+//! let list = rcu_kit::RcuList::new();
+//! list.push_back(String::new());
+//! let v: String = list.pop_front().unwrap().into_value();
+//! ```
+//!
+//! # Implementation
+//!
+//! A singly linked list: `head` and each node's `next` are `AtomicPtr`s; a node is a
+//! `Box<ListNode<T>>` turned into a raw pointer when linked.
+//!
+//! Invariants (writers hold the writer mutex for every change):
+//! 1. Every node reachable from `head` is owned by the list. A node leaves the list's ownership
+//!    only when a writer unlinks it (one Release store to its predecessor's link), and its
+//!    ownership then passes to the `Retired` returned for it, which frees it only after a grace
+//!    period (`ptr` Invariant 2).
+//! 2. An unlinked node's `next` is left as it was (the kernel's `list_del_rcu` leaves `next`
+//!    intact): a reader standing on it finishes its walk through nodes that were linked after
+//!    it. Dropping a `ListNode` never follows `next` (the link does not own).
+//! 3. `tail` (writer state) is the last reachable node, or null for an empty list.
+//! 4. A value is never changed, moved or dropped while the node is reachable or within a grace
+//!    period of its unlink: `replace` links a new node; the value comes back only through
+//!    `Retired::synchronize` (after the grace period).
+//!
+//! A reader that reaches a node began its critical section before that node's unlink (after the
+//! unlink no link leads to it, except from nodes unlinked earlier, which only such readers can
+//! stand on), so the node's grace period waits for it.
+//!
+//! Re-entrancy: writer methods run the caller's predicates under the mutex. A predicate (or a
+//! `ListWriter` holder) that calls a writer method of the same list on the same thread would
+//! deadlock on the mutex; the list records the writer thread and panics instead. Retiring
+//! happens after the mutex is released (the returned handles drop in the caller), so a value's
+//! destructor run by the batcher's inline reclaim may use the list.
+//!
+//! ## Memory orderings
+//! * Linking (push, replace) stores the new node with Release after initialising it (and its
+//!   `next`); readers load every link with Acquire: pairs, so a reader never sees a node before
+//!   its value (`rcu_assign_pointer` / `rcu_dereference`).
+//! * Unlinking stores the successor with Release: the successor was published earlier, and the
+//!   Release keeps readers that follow the new link ordered after it.
+//! * Writers read links Relaxed: the mutex orders them after the previous writer.
+//! * `len` is a Relaxed snapshot counter, published by nothing.
+
+use core::fmt;
+use core::marker::PhantomData;
+use core::ptr::{self, NonNull};
+use std::sync::{Mutex, MutexGuard};
+
+use rcu_core::RcuReadGuard;
+
+use crate::primitive::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use crate::ptr::Retired;
+
+/// A node of an [`RcuList`]: the value and the link readers follow. Handed out only inside a
+/// [`Retired`], once unlinked.
+///
+/// ```
+/// let list = rcu_kit::RcuList::new();
+/// list.push_back(String::from("a"));
+/// let node = list.pop_front().unwrap().synchronize(); // after a grace period
+/// assert_eq!(node.value(), "a");
+/// assert_eq!(node.into_value(), "a");
+/// ```
+pub struct ListNode<T> {
+    value: T,
+    next: AtomicPtr<ListNode<T>>,
+}
+
+impl<T> ListNode<T> {
+    /// The value.
+    ///
+    /// ```
+    /// let list = rcu_kit::RcuList::new();
+    /// list.push_back(1u8);
+    /// assert_eq!(*list.pop_front().unwrap().synchronize().value(), 1);
+    /// ```
+    pub fn value(&self) -> &T {
+        &self.value
+    }
+
+    /// The value, out of a node no reader can see any more (a `Box<ListNode>` is only had from
+    /// [`Retired::synchronize`]).
+    ///
+    /// ```
+    /// let list = rcu_kit::RcuList::new();
+    /// list.push_back(vec![1u8]);
+    /// let v: Vec<u8> = list.pop_front().unwrap().synchronize().into_value();
+    /// assert_eq!(v, [1]);
+    /// ```
+    #[allow(clippy::boxed_local)] // the `Box` is what `Retired::synchronize` hands out
+    pub fn into_value(self: Box<Self>) -> T {
+        self.value
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for ListNode<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListNode")
+            .field("value", &self.value)
+            .finish()
+    }
+}
+
+/// Writer-side state, under the list's mutex.
+struct WriterState<T> {
+    /// Invariant 3.
+    tail: *mut ListNode<T>,
+    len: usize,
+}
+
+// SAFETY: `tail` points into the list, which the mutex's owner may change from any thread.
+unsafe impl<T: Send> Send for WriterState<T> {}
+
+/// A singly linked RCU list: lock-free readers, writers serialised by the list's own mutex (see
+/// the [module docs](self)).
+///
+/// ```
+/// use rcu_kit::{rcu_read_lock, RcuList};
+/// let list = RcuList::new();
+/// std::thread::scope(|s| {
+///     s.spawn(|| {
+///         let g = rcu_read_lock();
+///         for v in list.iter(&g) {
+///             assert!(*v < 100);
+///         }
+///     });
+///     for i in 0..100 {
+///         list.push_back(i);
+///     }
+/// });
+/// assert_eq!(list.len(), 100);
+/// ```
+pub struct RcuList<T: Send + Sync + 'static> {
+    head: AtomicPtr<ListNode<T>>,
+    writer: Mutex<WriterState<T>>,
+    /// The thread holding `writer` (its id, `thread_id()`), 0 when none: re-entrancy check.
+    writer_thread: AtomicUsize,
+    len: AtomicUsize,
+    _owns: PhantomData<Box<ListNode<T>>>,
+}
+
+// SAFETY: the list owns its values (moved to other threads when retired: `T: Send`) and hands
+// out `&T` to many threads (`T: Sync`); all shared mutation goes through atomics and the mutex.
+unsafe impl<T: Send + Sync + 'static> Send for RcuList<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send + Sync + 'static> Sync for RcuList<T> {}
+
+/// A non-zero number unique to the calling thread while it lives.
+fn thread_id() -> usize {
+    std::thread_local!(static ID: u8 = const { 0 });
+    ID.with(|b| b as *const u8 as usize)
+}
+
+impl<T: Send + Sync + 'static> Default for RcuList<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Send + Sync + 'static> RcuList<T> {
+    /// An empty list. `const`: usable in a `static`.
+    ///
+    /// ```
+    /// static L: rcu_kit::RcuList<u8> = rcu_kit::RcuList::new();
+    /// assert!(L.is_empty());
+    /// ```
+    pub const fn new() -> Self {
+        RcuList {
+            head: AtomicPtr::new(ptr::null_mut()),
+            writer: Mutex::new(WriterState {
+                tail: ptr::null_mut(),
+                len: 0,
+            }),
+            writer_thread: AtomicUsize::new(0),
+            len: AtomicUsize::new(0),
+            _owns: PhantomData,
+        }
+    }
+
+    /// Takes the writer lock for several operations in a row (they appear to readers one by
+    /// one, in order).
+    ///
+    /// # Panics
+    /// When the calling thread already holds it (a predicate or a held `ListWriter` calling
+    /// back into the list): that would deadlock.
+    ///
+    /// ```
+    /// let list = rcu_kit::RcuList::new();
+    /// let mut w = list.writer();
+    /// w.push_back(1);
+    /// w.push_back(2);
+    /// drop(w.pop_front());
+    /// drop(w);
+    /// assert_eq!(list.len(), 1);
+    /// ```
+    #[track_caller]
+    pub fn writer(&self) -> ListWriter<'_, T> {
+        let me = thread_id();
+        // Relaxed: only this thread stores its own id, so reading it back needs no ordering.
+        if self.writer_thread.load(Ordering::Relaxed) == me {
+            panic!(
+                "RcuList: a writer method was called by the thread that already holds the \
+                 list's writer lock (from a predicate, or while a ListWriter is alive): it \
+                 would deadlock"
+            );
+        }
+        let state = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        // Relaxed: a re-entrancy marker read only by this thread (above).
+        self.writer_thread.store(me, Ordering::Relaxed);
+        ListWriter { list: self, state }
+    }
+
+    /// Walks the list under `guard`: the kernel's `list_for_each_entry_rcu()`. Nodes added or
+    /// removed during the walk may or may not be seen; every value seen stays valid while
+    /// `guard` lives.
+    ///
+    /// ```
+    /// let list = rcu_kit::RcuList::new();
+    /// list.push_back('a');
+    /// let g = rcu_kit::rcu_read_lock();
+    /// assert_eq!(list.iter(&g).next(), Some(&'a'));
+    /// ```
+    #[doc(alias = "list_for_each_entry_rcu")]
+    pub fn iter<'g>(&'g self, _guard: &'g RcuReadGuard) -> Iter<'g, T> {
+        Iter {
+            // Acquire: pairs with the Release store that linked the first node.
+            next: self.head.load(Ordering::Acquire),
+            _life: PhantomData,
+        }
+    }
+
+    /// The number of values (a snapshot).
+    ///
+    /// ```
+    /// let list = rcu_kit::RcuList::new();
+    /// list.push_front(1);
+    /// assert_eq!(list.len(), 1);
+    /// ```
+    pub fn len(&self) -> usize {
+        // Relaxed: a snapshot counter.
+        self.len.load(Ordering::Relaxed)
+    }
+
+    /// Whether the list is empty (a snapshot).
+    ///
+    /// ```
+    /// assert!(rcu_kit::RcuList::<u8>::new().is_empty());
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds `value` at the front: the kernel's `list_add_rcu()`.
+    ///
+    /// ```
+    /// let list = rcu_kit::RcuList::new();
+    /// list.push_front(2);
+    /// list.push_front(1);
+    /// assert_eq!(list.iter(&rcu_kit::rcu_read_lock()).next(), Some(&1));
+    /// ```
+    #[doc(alias = "list_add_rcu")]
+    #[track_caller]
+    pub fn push_front(&self, value: T) {
+        self.writer().push_front(value)
+    }
+
+    /// Adds `value` at the back: the kernel's `list_add_tail_rcu()`.
+    ///
+    /// ```
+    /// let list = rcu_kit::RcuList::new();
+    /// list.push_back(1);
+    /// list.push_back(2);
+    /// assert_eq!(list.iter(&rcu_kit::rcu_read_lock()).last(), Some(&2));
+    /// ```
+    #[doc(alias = "list_add_tail_rcu")]
+    #[track_caller]
+    pub fn push_back(&self, value: T) {
+        self.writer().push_back(value)
+    }
+
+    /// Unlinks the first node (a stack's pop). Dropping the result frees it with `kfree_rcu`.
+    ///
+    /// ```
+    /// let list = rcu_kit::RcuList::new();
+    /// list.push_front(1);
+    /// assert!(list.pop_front().is_some());
+    /// assert!(list.pop_front().is_none());
+    /// rcu_kit::kvfree_rcu_barrier();
+    /// ```
+    #[track_caller]
+    pub fn pop_front(&self) -> Option<Retired<ListNode<T>>> {
+        self.writer().pop_front()
+    }
+
+    /// Unlinks the first node whose value matches: the kernel's `list_del_rcu()`. Dropping the
+    /// result frees it with `kfree_rcu`.
+    ///
+    /// ```
+    /// let list = rcu_kit::RcuList::new();
+    /// list.push_back(1);
+    /// list.push_back(2);
+    /// assert!(list.remove(|v| *v == 1).is_some());
+    /// assert_eq!(list.len(), 1);
+    /// rcu_kit::kvfree_rcu_barrier();
+    /// ```
+    #[doc(alias = "list_del_rcu")]
+    #[track_caller]
+    pub fn remove<F: FnMut(&T) -> bool>(&self, pred: F) -> Option<Retired<ListNode<T>>> {
+        self.writer().remove(pred)
+    }
+
+    /// Replaces the first node whose value matches with a new node holding `value`: the kernel's
+    /// `list_replace_rcu()`. Readers see the old value or the new one, never neither. Returns the
+    /// old node, or `value` back when nothing matched.
+    ///
+    /// ```
+    /// let list = rcu_kit::RcuList::new();
+    /// list.push_back(1);
+    /// assert!(list.replace(|v| *v == 1, 10).is_ok());
+    /// assert_eq!(list.replace(|v| *v == 1, 11).unwrap_err(), 11);
+    /// rcu_kit::kvfree_rcu_barrier();
+    /// ```
+    #[doc(alias = "list_replace_rcu")]
+    #[track_caller]
+    pub fn replace<F: FnMut(&T) -> bool>(
+        &self,
+        pred: F,
+        value: T,
+    ) -> Result<Retired<ListNode<T>>, T> {
+        self.writer().replace(pred, value)
+    }
+
+    /// Unlinks every node whose value does not satisfy `keep`, and frees them with `kfree_rcu`
+    /// (after releasing the writer lock). Returns how many were removed.
+    ///
+    /// ```
+    /// let list = rcu_kit::RcuList::new();
+    /// for i in 0..10 {
+    ///     list.push_back(i);
+    /// }
+    /// assert_eq!(list.retain(|v| v % 2 == 0), 5);
+    /// rcu_kit::kvfree_rcu_barrier();
+    /// ```
+    #[track_caller]
+    pub fn retain<F: FnMut(&T) -> bool>(&self, keep: F) -> usize {
+        let removed = self.writer().retain(keep);
+        let n = removed.len();
+        drop(removed); // after the writer lock is released: `kfree_rcu` each
+        n
+    }
+}
+
+impl<T: Send + Sync + 'static> Drop for RcuList<T> {
+    fn drop(&mut self) {
+        let mut p = *self.head.get_mut();
+        while !p.is_null() {
+            // SAFETY: `&mut self`: no reader can hold a reference into the list (they borrow
+            // it); every reachable node is owned by the list (Invariant 1), came from
+            // `Box::into_raw`, and is freed here once.
+            let mut node = unsafe { Box::from_raw(p) };
+            p = *node.next.get_mut();
+        }
+    }
+}
+
+impl<T: Send + Sync + fmt::Debug + 'static> fmt::Debug for RcuList<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let g = rcu_core::rcu_read_lock();
+        f.debug_list().entries(self.iter(&g)).finish()
+    }
+}
+
+/// The writer lock of an [`RcuList`], from [`RcuList::writer`]: the list's writer methods, for
+/// several operations under one lock.
+///
+/// Drop the [`Retired`] handles it returns after the writer (or keep them): retiring while the
+/// lock is held is allowed, but a destructor run by the batcher's inline reclaim that calls back
+/// into this list panics (re-entrancy).
+///
+/// ```
+/// let list = rcu_kit::RcuList::new();
+/// let mut w = list.writer();
+/// w.push_front(1);
+/// let old = w.replace(|v| *v == 1, 2).unwrap();
+/// drop(w);
+/// drop(old);
+/// rcu_kit::kvfree_rcu_barrier();
+/// ```
+pub struct ListWriter<'a, T: Send + Sync + 'static> {
+    list: &'a RcuList<T>,
+    state: MutexGuard<'a, WriterState<T>>,
+}
+
+impl<T: Send + Sync + 'static> Drop for ListWriter<'_, T> {
+    fn drop(&mut self) {
+        // Before the mutex guard (a field) unlocks. Relaxed: the re-entrancy marker.
+        self.list.writer_thread.store(0, Ordering::Relaxed);
+    }
+}
+
+impl<T: Send + Sync + 'static> fmt::Debug for ListWriter<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListWriter")
+            .field("len", &self.state.len)
+            .finish()
+    }
+}
+
+impl<T: Send + Sync + 'static> ListWriter<'_, T> {
+    fn new_node(value: T, next: *mut ListNode<T>) -> *mut ListNode<T> {
+        Box::into_raw(Box::new(ListNode {
+            value,
+            next: AtomicPtr::new(next),
+        }))
+    }
+
+    fn set_len(&mut self, len: usize) {
+        self.state.len = len;
+        // Relaxed: a snapshot counter.
+        self.list.len.store(len, Ordering::Relaxed);
+    }
+
+    /// The link that points at `prev`'s successor: `head` for null, else `prev.next`.
+    fn link_after(&self, prev: *mut ListNode<T>) -> &AtomicPtr<ListNode<T>> {
+        if prev.is_null() {
+            &self.list.head
+        } else {
+            // SAFETY: `prev` is a node reachable now (the caller found it under the writer lock),
+            // so it is alive: only writers unlink, and we are the writer.
+            unsafe { &(*prev).next }
+        }
+    }
+
+    /// [`RcuList::push_front`] under this lock.
+    ///
+    /// ```
+    /// let list = rcu_kit::RcuList::new();
+    /// list.writer().push_front(1);
+    /// assert_eq!(list.len(), 1);
+    /// ```
+    pub fn push_front(&mut self, value: T) {
+        // Relaxed: the writer lock orders us after the previous writer.
+        let first = self.list.head.load(Ordering::Relaxed);
+        let node = Self::new_node(value, first);
+        // Release: publishes the node's value and link (pairs with readers' Acquire loads).
+        self.list.head.store(node, Ordering::Release);
+        if first.is_null() {
+            self.state.tail = node;
+        }
+        let len = self.state.len + 1;
+        self.set_len(len);
+    }
+
+    /// [`RcuList::push_back`] under this lock.
+    ///
+    /// ```
+    /// let list = rcu_kit::RcuList::new();
+    /// list.writer().push_back(1);
+    /// assert_eq!(list.len(), 1);
+    /// ```
+    pub fn push_back(&mut self, value: T) {
+        let node = Self::new_node(value, ptr::null_mut());
+        let tail = self.state.tail;
+        // Release: as in `push_front`.
+        self.link_after(tail).store(node, Ordering::Release);
+        self.state.tail = node;
+        let len = self.state.len + 1;
+        self.set_len(len);
+    }
+
+    /// [`RcuList::pop_front`] under this lock.
+    ///
+    /// ```
+    /// let list = rcu_kit::RcuList::new();
+    /// list.push_back(1);
+    /// assert!(list.writer().pop_front().is_some());
+    /// ```
+    pub fn pop_front(&mut self) -> Option<Retired<ListNode<T>>> {
+        self.remove(|_| true)
+    }
+
+    /// Finds the first node matching `pred`: `(predecessor or null, node)`.
+    fn find<F: FnMut(&T) -> bool>(
+        &self,
+        mut pred: F,
+    ) -> Option<(*mut ListNode<T>, NonNull<ListNode<T>>)> {
+        let mut prev: *mut ListNode<T> = ptr::null_mut();
+        loop {
+            // Relaxed: writer lock held.
+            let p = self.link_after(prev).load(Ordering::Relaxed);
+            let node = NonNull::new(p)?;
+            // SAFETY: reachable under the writer lock, hence alive (Invariant 1).
+            if pred(unsafe { &node.as_ref().value }) {
+                return Some((prev, node));
+            }
+            prev = p;
+        }
+    }
+
+    /// Unlinks `node` (successor of `prev`) and hands it over.
+    fn unlink(
+        &mut self,
+        prev: *mut ListNode<T>,
+        node: NonNull<ListNode<T>>,
+    ) -> Retired<ListNode<T>> {
+        // SAFETY: reachable under the writer lock, hence alive.
+        let next = unsafe { node.as_ref() }.next.load(Ordering::Relaxed);
+        // Release: memory-orderings note on unlinking. `node.next` stays (Invariant 2).
+        self.link_after(prev).store(next, Ordering::Release);
+        if self.state.tail == node.as_ptr() {
+            self.state.tail = prev;
+        }
+        let len = self.state.len - 1;
+        self.set_len(len);
+        // SAFETY: from `Box::into_raw`, unlinked above (no new reader can reach it: Invariant 1
+        // and the module docs), owned by the list until now and handed over once.
+        unsafe { Retired::from_unpublished(node) }
+    }
+
+    /// [`RcuList::remove`] under this lock.
+    ///
+    /// ```
+    /// let list = rcu_kit::RcuList::new();
+    /// list.push_back(1);
+    /// assert!(list.writer().remove(|v| *v == 1).is_some());
+    /// ```
+    pub fn remove<F: FnMut(&T) -> bool>(&mut self, pred: F) -> Option<Retired<ListNode<T>>> {
+        let (prev, node) = self.find(pred)?;
+        Some(self.unlink(prev, node))
+    }
+
+    /// [`RcuList::replace`] under this lock.
+    ///
+    /// ```
+    /// let list = rcu_kit::RcuList::new();
+    /// list.push_back(1);
+    /// assert!(list.writer().replace(|v| *v == 1, 2).is_ok());
+    /// ```
+    pub fn replace<F: FnMut(&T) -> bool>(
+        &mut self,
+        pred: F,
+        value: T,
+    ) -> Result<Retired<ListNode<T>>, T> {
+        let Some((prev, node)) = self.find(pred) else {
+            return Err(value);
+        };
+        // SAFETY: reachable under the writer lock, hence alive.
+        let next = unsafe { node.as_ref() }.next.load(Ordering::Relaxed);
+        let new = Self::new_node(value, next);
+        // Release: publishes the new node (as in `push_front`); readers see the old node or the
+        // new one, both leading to `next`.
+        self.link_after(prev).store(new, Ordering::Release);
+        if self.state.tail == node.as_ptr() {
+            self.state.tail = new;
+        }
+        // SAFETY: as in `unlink`.
+        Ok(unsafe { Retired::from_unpublished(node) })
+    }
+
+    /// Unlinks every node whose value does not satisfy `keep`; returns them.
+    ///
+    /// ```
+    /// let list = rcu_kit::RcuList::new();
+    /// list.push_back(1);
+    /// let removed = list.writer().retain(|_| false);
+    /// assert_eq!(removed.len(), 1);
+    /// ```
+    pub fn retain<F: FnMut(&T) -> bool>(&mut self, mut keep: F) -> Vec<Retired<ListNode<T>>> {
+        let mut out = Vec::new();
+        let mut prev: *mut ListNode<T> = ptr::null_mut();
+        loop {
+            // Relaxed: writer lock held.
+            let Some(node) = NonNull::new(self.link_after(prev).load(Ordering::Relaxed)) else {
+                return out;
+            };
+            // SAFETY: reachable under the writer lock, hence alive.
+            if keep(unsafe { &node.as_ref().value }) {
+                prev = node.as_ptr();
+            } else {
+                out.push(self.unlink(prev, node));
+            }
+        }
+    }
+}
+
+/// Iterator over an [`RcuList`], from [`RcuList::iter`].
+///
+/// ```
+/// let list = rcu_kit::RcuList::new();
+/// list.push_back(1);
+/// list.push_back(2);
+/// let g = rcu_kit::rcu_read_lock();
+/// assert_eq!(list.iter(&g).sum::<i32>(), 3);
+/// ```
+pub struct Iter<'g, T> {
+    next: *const ListNode<T>,
+    _life: PhantomData<&'g T>,
+}
+
+impl<'g, T> Iterator for Iter<'g, T> {
+    type Item = &'g T;
+
+    fn next(&mut self) -> Option<&'g T> {
+        // SAFETY: `next` was loaded under the guard borrowed for `'g` from a link reachable
+        // from the list (or from a node unlinked after this walk began): the node is freed only
+        // after a grace period that this critical section holds back (module docs).
+        let node = unsafe { self.next.as_ref() }?;
+        // Acquire: pairs with the Release store that linked the successor.
+        self.next = node.next.load(Ordering::Acquire);
+        Some(&node.value)
+    }
+}
+
+impl<T> fmt::Debug for Iter<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Iter").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    const LIVE: u64 = 0x11FE_11FE_11FE_11FE;
+
+    /// A value that checks itself: a canary, and a payload whose words must all be equal.
+    struct Checked {
+        canary: u64,
+        words: [u64; 4],
+        drops: Arc<AtomicUsize>,
+    }
+    impl Checked {
+        fn new(v: u64, drops: &Arc<AtomicUsize>) -> Self {
+            Checked {
+                canary: LIVE,
+                words: [v; 4],
+                drops: drops.clone(),
+            }
+        }
+        fn check(&self) -> u64 {
+            assert_eq!(self.canary, LIVE, "a reader saw a freed value");
+            assert!(
+                self.words.iter().all(|w| *w == self.words[0]),
+                "a reader saw a torn value {:?}",
+                self.words
+            );
+            self.words[0]
+        }
+    }
+    impl Drop for Checked {
+        fn drop(&mut self) {
+            self.canary = 0xDEAD;
+            self.words = [0, 1, 2, 3];
+            self.drops.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn order_tail_and_len_stay_consistent() {
+        let l = RcuList::new();
+        l.push_back(2);
+        l.push_front(1);
+        l.push_back(3);
+        let collect = |l: &RcuList<i32>| {
+            let g = rcu_core::rcu_read_lock();
+            l.iter(&g).copied().collect::<Vec<_>>()
+        };
+        assert_eq!(collect(&l), [1, 2, 3]);
+        drop(l.remove(|v| *v == 3)); // the tail
+        l.push_back(4);
+        assert_eq!(collect(&l), [1, 2, 4]);
+        drop(l.replace(|v| *v == 4, 5)); // the tail again
+        l.push_back(6);
+        assert_eq!(collect(&l), [1, 2, 5, 6]);
+        assert_eq!(l.retain(|v| *v > 2), 2);
+        assert_eq!(collect(&l), [5, 6]);
+        assert_eq!(l.retain(|_| false), 2);
+        assert!(l.is_empty() && l.pop_front().is_none());
+        l.push_back(7);
+        assert_eq!(collect(&l), [7]);
+        assert_eq!(format!("{l:?}"), "[7]");
+        kfree_batch::kvfree_rcu_barrier();
+    }
+
+    #[test]
+    fn a_predicate_calling_back_into_the_list_panics_instead_of_deadlocking() {
+        let l = RcuList::new();
+        l.push_back(1);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            l.remove(|_| {
+                l.push_back(2);
+                true
+            })
+        }));
+        let msg = r.expect_err("re-entrant writer");
+        let msg = msg
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| msg.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        assert!(
+            msg.contains("already holds the list's writer lock"),
+            "{msg}"
+        );
+        // The list stays usable.
+        l.push_back(3);
+        assert_eq!(l.len(), 2);
+    }
+
+    #[test]
+    fn readers_never_see_freed_or_torn_values_and_every_node_is_freed() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let made = AtomicUsize::new(0);
+        let list = RcuList::new();
+        for i in 0..64 {
+            list.push_back(Checked::new(i, &drops));
+            made.fetch_add(1, Ordering::Relaxed);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    let mut walks = 0;
+                    while walks < 20_000 && Instant::now() < deadline {
+                        let g = rcu_core::rcu_read_lock();
+                        let seen: Vec<(&Checked, u64)> =
+                            list.iter(&g).map(|v| (v, v.check())).collect();
+                        // Values seen under a guard stay as they were while it is held, even
+                        // when writers unlink them meanwhile.
+                        std::thread::yield_now();
+                        for (v, was) in seen {
+                            assert_eq!(v.check(), was, "a value changed under a reader's guard");
+                        }
+                        walks += 1;
+                    }
+                });
+            }
+            for t in 0..2u64 {
+                let (list, drops, made) = (&list, &drops, &made);
+                s.spawn(move || {
+                    for i in 0..20_000u64 {
+                        if Instant::now() > deadline {
+                            break;
+                        }
+                        let v = 1000 + i * 2 + t;
+                        if matches!(i % 5, 0 | 1 | 3) {
+                            made.fetch_add(1, Ordering::Relaxed);
+                        }
+                        match i % 5 {
+                            0 => list.push_front(Checked::new(v, drops)),
+                            1 => list.push_back(Checked::new(v, drops)),
+                            2 => drop(list.pop_front()),
+                            3 => {
+                                match list.replace(|x| x.words[0] % 3 == 0, Checked::new(v, drops))
+                                {
+                                    Ok(old) => old.call_rcu(),
+                                    Err(v) => drop(v),
+                                }
+                            }
+                            _ => {
+                                if let Some(old) = list.remove(|x| x.words[0] % 2 == t) {
+                                    old.kfree_rcu();
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let left = list.len();
+        drop(list);
+        rcu_core::rcu_barrier();
+        kfree_batch::kvfree_rcu_barrier();
+        assert!(left <= made.load(Ordering::Relaxed));
+        assert_eq!(
+            drops.load(Ordering::SeqCst),
+            made.load(Ordering::Relaxed),
+            "every value made was dropped exactly once"
+        );
+    }
+}
