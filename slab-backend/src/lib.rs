@@ -108,14 +108,15 @@
 //!
 //! Bottom to top; a module uses the ones above it in this list, never one below it:
 //!
-//! 1. `primitive`, `lock`: the loom-aware shim and the locks.
+//! 1. `primitive`, `lock`: the loom-aware shim and the locks; `sanitize`: ASan's poisoning
+//!    interface and the typesafe RCU debug switch (the cache's hooks are `cache::sanitize`).
 //! 2. `sheaf`: the per-CPU sheaves and the barn (generic over its backing; the loom model runs
 //!    it alone).
 //! 3. `page`: page runs and the memory limit.
 //! 4. `fork`: the `pthread_atfork` registration and the init lock; `shrink`: the shrinkers
 //!    `page` runs under pressure.
 //! 5. `cache`: `RawCache` and `KmemCache` (its own modules: `slab`, `node`, `tcache`,
-//!    `deferred`, then `cache` itself, then `destroy`, `fork`, `typed`).
+//!    `deferred`, then `cache` itself, then `sanitize`, `destroy`, `fork`, `typed`).
 //! 6. `typesafe`: the RCU-deferred discard of a typesafe cache's slabs; `stats`.
 //! 7. `kmalloc`: the size classes over `cache`; it drains the deferred frees of `cache::deferred`
 //!    on its normal paths.

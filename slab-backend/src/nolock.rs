@@ -85,12 +85,12 @@ pub unsafe fn kfree_nolock(p: NonNull<u8>) {
         "kfree_nolock: {p:p} belongs to cache {}, not to a kmalloc class",
         cache.name
     );
-    crate::sanitize::on_free_nolock(cache, p);
+    crate::cache::sanitize::on_free_nolock(cache, p);
     // SAFETY: forwarded contract.
     let r = unsafe { cache.free(p, Mode::Nolock, false) };
     if let Err(p) = r {
         // Addressable again: the deferred list links it through its first word.
-        crate::sanitize::on_alloc(cache, p.as_ptr());
+        crate::cache::sanitize::on_alloc(cache, p.as_ptr());
         defer(p);
     }
 }

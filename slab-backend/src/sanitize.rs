@@ -27,7 +27,8 @@
 //!
 //! # Implementation
 //!
-//! 1. Hooks: `RawCache::alloc` (after an object is taken, before it is returned) calls
+//! 1. Hooks (in `cache::sanitize`, above the cache; this module sits below the page layer and
+//!    knows no cache): `RawCache::alloc` (after an object is taken, before it is returned) calls
 //!    `on_alloc`; the frees (`free_normal`; `kfree_nolock`) call `on_free` /
 //!    `on_free_nolock` after the debug checks and before the object enters any cache layer
 //!    (so no other thread can have it yet); a `Nolock` free that fails unpoisons the object
@@ -44,10 +45,6 @@
 //!
 //! Orderings: the debug switch is a Relaxed flag (a free racing with the switch takes either
 //! path; both are correct).
-
-use core::ptr::NonNull;
-
-use crate::cache::RawCache;
 
 #[cfg(rcu_sanitize)]
 extern "C" {
@@ -101,7 +98,7 @@ pub(crate) fn is_poisoned(p: *const u8, len: usize) -> bool {
 pub const POISONING: bool = cfg!(rcu_sanitize);
 
 #[cfg(rcu_sanitize)]
-mod debug {
+pub(crate) mod debug {
     use crate::primitive::sync::atomic::{AtomicU8, Ordering};
 
     /// 0: not read from the environment yet; 1: off; 2: on.
@@ -109,14 +106,14 @@ mod debug {
 
     std::thread_local! {
         /// Set while a deferred free's callback performs the real free.
-        pub(super) static REAL_FREE: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+        pub(crate) static REAL_FREE: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
     }
 
     pub(super) fn set(on: bool) {
         RCU_DEBUG.store(if on { 2 } else { 1 }, Ordering::Relaxed);
     }
 
-    pub(super) fn get() -> bool {
+    pub(crate) fn get() -> bool {
         match RCU_DEBUG.load(Ordering::Relaxed) {
             0 => {
                 let on = std::env::var_os("RCU_KIT_SLAB_RCU_DEBUG").is_some_and(|v| v == "1");
@@ -148,79 +145,4 @@ pub fn rcu_debug() -> bool {
     return debug::get();
     #[cfg(not(rcu_sanitize))]
     false
-}
-
-/// An object of `cache` is handed out.
-#[inline(always)]
-pub(crate) fn on_alloc(cache: &RawCache, p: *mut u8) {
-    unpoison(p, cache.layout.size);
-}
-
-/// An object of `cache` is being freed (`Normal` mode). Returns `true` if the free was deferred
-/// by a grace period (typesafe RCU debug mode): the caller must not free it now.
-#[inline(always)]
-pub(crate) fn on_free(cache: &RawCache, p: NonNull<u8>) -> bool {
-    #[cfg(rcu_sanitize)]
-    {
-        if cache.typesafe {
-            if debug::REAL_FREE.with(|f| f.get()) {
-                poison(p.as_ptr(), cache.layout.size);
-                return false;
-            }
-            if debug::get() {
-                defer_free(cache, p);
-                return true;
-            }
-            return false;
-        }
-        poison(p.as_ptr(), cache.layout.size);
-    }
-    #[cfg(not(rcu_sanitize))]
-    let _ = (cache, p);
-    false
-}
-
-/// A kmalloc object is about to be freed in `Nolock` mode (maybe in a signal handler: no
-/// deferral there). If the free fails, `on_alloc` makes it addressable again before the
-/// deferred list links it through its first word.
-#[inline(always)]
-pub(crate) fn on_free_nolock(cache: &RawCache, p: NonNull<u8>) {
-    if !cache.typesafe {
-        poison(p.as_ptr(), cache.layout.size);
-    }
-}
-
-/// Queues the real free of a typesafe object after a grace period (Implementation, 3).
-#[cfg(rcu_sanitize)]
-#[cold]
-fn defer_free(cache: &RawCache, p: NonNull<u8>) {
-    // SAFETY: every `RawCache` lives in an `Arc` (`RawCache::create`; the kmalloc classes hold
-    // theirs), and the caller's reference keeps it alive now, so taking one more strong count
-    // is sound.
-    let arc = unsafe {
-        let raw = cache as *const RawCache;
-        std::sync::Arc::increment_strong_count(raw);
-        std::sync::Arc::from_raw(raw)
-    };
-    let addr = p.as_ptr() as usize;
-    rcu_core::call_rcu(move || {
-        // SAFETY: `addr` is an object of this cache that its owner freed a grace period ago;
-        // nobody else frees it.
-        let p = unsafe { NonNull::new_unchecked(addr as *mut u8) };
-        debug::REAL_FREE.with(|f| f.set(true));
-        // SAFETY: as above; `checked`: the debug checks ran at the first free.
-        unsafe { arc.free_normal(p, arc.tc_id, true) };
-        debug::REAL_FREE.with(|f| f.set(false));
-    });
-}
-
-/// Before a typesafe cache is destroyed: in the RCU debug mode, wait for its deferred frees.
-/// The caller checked that the thread may block (`destroy_blocked`).
-pub(crate) fn before_destroy(cache: &RawCache) {
-    #[cfg(rcu_sanitize)]
-    if cache.typesafe && debug::get() && rcu_core::may_block() {
-        rcu_core::rcu_barrier();
-    }
-    #[cfg(not(rcu_sanitize))]
-    let _ = cache;
 }

@@ -8,6 +8,7 @@ fn modules_depend_downwards_only() {
     let order = [
         "primitive",
         "lock",
+        "sanitize",
         "sheaf",
         "page",
         "fork",

@@ -94,6 +94,7 @@ pub(crate) mod deferred;
 mod destroy;
 pub(crate) mod fork;
 pub(crate) mod node;
+pub(crate) mod sanitize;
 pub(crate) mod slab;
 pub(crate) mod tcache;
 mod typed;
@@ -475,7 +476,7 @@ impl RawCache {
                 if self.debug {
                     self.mark_allocated(p);
                 }
-                crate::sanitize::on_alloc(self, p);
+                sanitize::on_alloc(self, p);
                 // SAFETY: objects are addresses inside mapped slabs, never null.
                 Ok(unsafe { NonNull::new_unchecked(p) })
             }
@@ -598,7 +599,7 @@ impl RawCache {
             // free.
             self.check_free(p.as_ptr());
         }
-        if crate::sanitize::on_free(self, p) {
+        if sanitize::on_free(self, p) {
             return; // deferred by a grace period (typesafe RCU debug mode)
         }
         if !tcache::free(self, tc_id, p.as_ptr()) {
