@@ -86,6 +86,28 @@ int compat_futex_noasync(int32_t *uaddr, int op, int32_t val, const struct times
 int compat_futex_async(int32_t *uaddr, int op, int32_t val, const struct timespec *timeout,
 		       int32_t *uaddr2, int32_t val3);
 
+/* liburcu 0.14's flavour table (urcu/flavor.h), exported as urcu_memb_flavor. */
+struct urcu_atfork;
+struct rcu_flavor_struct {
+	void (*read_lock)(void);
+	void (*read_unlock)(void);
+	int (*read_ongoing)(void);
+	void (*read_quiescent_state)(void);
+	void (*update_call_rcu)(struct rcu_head *head, void (*func)(struct rcu_head *head));
+	void (*update_synchronize_rcu)(void);
+	void (*update_defer_rcu)(void (*fct)(void *p), void *p);
+	void (*thread_offline)(void);
+	void (*thread_online)(void);
+	void (*register_thread)(void);
+	void (*unregister_thread)(void);
+	void (*barrier)(void);
+	void (*register_rculfhash_atfork)(struct urcu_atfork *atfork);
+	void (*unregister_rculfhash_atfork)(struct urcu_atfork *atfork);
+	struct urcu_gp_poll_state (*update_start_poll_synchronize_rcu)(void);
+	bool (*update_poll_state_synchronize_rcu)(struct urcu_gp_poll_state state);
+};
+extern const struct rcu_flavor_struct urcu_memb_flavor;
+
 /* liburcu's short names. */
 #define rcu_read_lock urcu_memb_read_lock
 #define rcu_read_unlock urcu_memb_read_unlock
@@ -116,6 +138,7 @@ int compat_futex_async(int32_t *uaddr, int op, int32_t val, const struct timespe
 #define rcu_defer_unregister_thread urcu_memb_defer_unregister_thread
 #define rcu_defer_barrier urcu_memb_defer_barrier
 #define rcu_defer_barrier_thread urcu_memb_defer_barrier_thread
+#define rcu_flavor urcu_memb_flavor
 
 #ifdef __cplusplus
 }

@@ -96,6 +96,15 @@ fn register_read_call_rcu_synchronize_barrier_poll_defer() {
 }
 
 #[test]
+fn the_flavour_table_has_liburcus_layout() {
+    let Some((code, out, err)) = run("flavor") else {
+        return;
+    };
+    assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("flavor ok"), "stdout:\n{out}");
+}
+
+#[test]
 fn fork_hooks_and_callbacks_across_fork() {
     let Some((code, out, err)) = run("fork") else {
         return;

@@ -157,6 +157,34 @@ static int basic(void)
 	return 0;
 }
 
+/* The same operations through the flavour table, as liburcu's data structures make them. */
+static int flavor(void)
+{
+	const struct rcu_flavor_struct *f = &rcu_flavor;
+	f->register_thread();
+	f->read_lock();
+	CHECK(f->read_ongoing());
+	f->read_quiescent_state(); /* a no-op in memb */
+	f->read_unlock();
+	CHECK(!f->read_ongoing());
+	f->thread_offline();
+	f->thread_online();
+	struct obj *o = malloc(sizeof(*o));
+	o->before = 0x1111;
+	o->after = 0x2222;
+	f->update_call_rcu(&o->head, free_obj);
+	f->update_defer_rcu(defer_fn, &deferred);
+	f->update_synchronize_rcu();
+	struct urcu_gp_poll_state s = f->update_start_poll_synchronize_rcu();
+	f->barrier();
+	CHECK(atomic_load(&freed) == 1 && atomic_load(&deferred) == 1);
+	f->update_synchronize_rcu();
+	CHECK(f->update_poll_state_synchronize_rcu(s));
+	f->unregister_thread();
+	printf("flavor ok\n");
+	return 0;
+}
+
 static int fork_case(void)
 {
 	rcu_register_thread();
@@ -196,6 +224,8 @@ int main(int argc, char **argv)
 		return 64;
 	if (!strcmp(argv[1], "basic"))
 		return basic();
+	if (!strcmp(argv[1], "flavor"))
+		return flavor();
 	if (!strcmp(argv[1], "fork"))
 		return fork_case();
 	if (!strcmp(argv[1], "sync_in_reader")) {
