@@ -32,7 +32,8 @@ fn program() -> Option<&'static PathBuf> {
         let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         // The program records the SONAME, `liburcu.so.8`: a directory of its own holds that name
         // (a symlink to the built library), so the system's liburcu is never picked up.
-        let tmp = std::env::temp_dir().join(format!("urcu-compat-abi-{}", std::process::id()));
+        // Under the target directory (one per build, replaced by the next run), not /tmp.
+        let tmp = dir.join("urcu-compat-abi");
         std::fs::create_dir_all(&tmp).expect("temporary directory");
         for name in ["liburcu.so", "liburcu.so.8"] {
             let link = tmp.join(name);
