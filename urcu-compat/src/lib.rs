@@ -38,6 +38,10 @@
 //!   prints a message naming the call and aborts. A panic of rcu-core (its misuse checks, such as
 //!   `rcu_barrier` from a callback) is caught at the boundary, reported, and aborts: no unwind
 //!   crosses `extern "C"`.
+//! * **When a callback cannot be queued** (no memory, or the lists at their bound), rcu-core's
+//!   `call_rcu` waits for a grace period and runs the callback itself; its check for a caller
+//!   inside a read-side critical section sees only its own records, so a C thread that calls
+//!   `call_rcu` inside its section at that moment waits for itself.
 //! * **call_rcu_data** handles are tokens: creating, setting and getting them behaves as in
 //!   liburcu (per-thread, per-CPU, default), but every callback runs on rcu-core's invoker of the
 //!   CPU the caller runs on, whichever handle applies. Flags and CPU affinity of a handle are
