@@ -141,3 +141,14 @@ pub mod raw {
     pub use crate::sys::lock::{futex_wait, futex_wake, futex_wake_all};
     pub use crate::util::monotonic_ns;
 }
+
+#[cfg(not(rcu_loom))]
+impl GpState {
+    /// The cookie whose sequence value is `seq` (the inverse of [`GpState::seq`]), for layers
+    /// that carry a cookie as a plain integer, such as a C interface: `GpState::from_seq(
+    /// GpSeq::from_raw(s.seq().raw()))` polls like `s`. A value that no call returned polls true
+    /// once the sequence has passed it, like any cookie.
+    pub fn from_seq(seq: GpSeq) -> GpState {
+        GpState(seq)
+    }
+}
