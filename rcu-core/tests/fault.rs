@@ -4,7 +4,7 @@
 //! process-wide).
 #![cfg(not(rcu_loom))]
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -84,15 +84,63 @@ fn case_barrier() {
     );
 }
 
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// A callback that queues itself again until `STOP` (a common pattern: a periodic RCU job).
+fn repost() {
+    if !STOP.load(Ordering::SeqCst) {
+        call_rcu(repost);
+    }
+}
+
+fn case_barrier_always() {
+    // Every barrier allocation fails, for ever, while a self-reposting callback keeps one list
+    // busy: the barrier must still return once the callbacks queued before it have run (the
+    // kernel's rcu_barrier does not wait for callbacks queued after it).
+    call_rcu(repost);
+    let (started, go) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let _g = rcu_read_lock();
+        started.send(()).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    });
+    go.recv().unwrap();
+    for _ in 0..20 {
+        call_rcu(big_callback());
+    }
+    fault::arm(Point::Barrier, FaultAttr::always(-1));
+    let (done, returned) = mpsc::channel();
+    std::thread::spawn(move || {
+        rcu_barrier();
+        done.send(RAN.load(Ordering::SeqCst)).unwrap();
+    });
+    let ran = returned.recv_timeout(Duration::from_secs(10));
+    STOP.store(true, Ordering::SeqCst);
+    reader.join().unwrap();
+    let ran = ran.expect(
+        "rcu_barrier did not return within 10 s with every barrier allocation failing and a \
+         self-reposting callback queued",
+    );
+    assert_eq!(
+        ran, 20,
+        "rcu_barrier returned before the callbacks queued before it ran"
+    );
+    assert!(
+        fault::injected(Point::Barrier) > 0,
+        "the barrier point never failed"
+    );
+}
+
 #[test]
 fn fault_cases() {
     match child_case().as_deref() {
         Some("call_rcu") => return case_call_rcu(),
         Some("barrier") => return case_barrier(),
+        Some("barrier_always") => return case_barrier_always(),
         Some(other) => panic!("unknown case {other}"),
         None => {}
     }
-    for case in ["call_rcu", "barrier"] {
+    for case in ["call_rcu", "barrier", "barrier_always"] {
         let o = run_child("fault_cases", case, &[], Duration::from_secs(60));
         assert!(o.status.success(), "case {case}: {}", stderr(&o));
         print!("{}", String::from_utf8_lossy(&o.stdout));

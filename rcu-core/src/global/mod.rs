@@ -487,15 +487,23 @@ pub fn rcu_barrier() {
     let mut entrained = false;
     for l in lists.iter() {
         // Entraining only fails when no memory can be had; the worker frees memory as it runs
-        // callbacks, and we are outside any reader, so wait and retry.
+        // callbacks, and we are outside any reader, so wait and retry. Meanwhile the list's
+        // callbacks that were queued at the first failure may all finish (it needs no memory):
+        // that is what the barrier callback would have waited for, so it ends the wait too —
+        // a list that never empties (self-reposting callbacks) with no memory cannot hang it.
         let mut tries = 0u32;
+        let mut target = None;
         loop {
             match l.entrain(&barrier) {
                 Ok(e) => {
                     entrained |= e;
                     break;
                 }
-                Err(()) => {
+                Err(t) => {
+                    let t = *target.get_or_insert(t);
+                    if l.retired_reaches(t) {
+                        break;
+                    }
                     tries += 1;
                     ensure_worker_or_wake();
                     std::thread::sleep(std::time::Duration::from_micros(100 << tries.min(6)));
