@@ -40,7 +40,8 @@
 //! 3. The deferred free holds an `Arc` of the cache in the callback (two words: stored inline,
 //!    no allocation), so the cache outlives it; a thread-local flag marks the callback's own
 //!    free, which is the real one. Destroying a typesafe cache in this mode waits for the
-//!    deferred frees first (`rcu_barrier`, where the destroy may block anyway).
+//!    deferred frees first (`rcu_barrier`, where the destroy may block anyway: `destroy_raw`,
+//!    so a destroy deferred to a thread of its own waits too).
 //!
 //! Orderings: the debug switch is a Relaxed flag (a free racing with the switch takes either
 //! path; both are correct).

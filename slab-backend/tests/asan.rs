@@ -129,3 +129,45 @@ fn wrong_programs_are_reported() {
         );
     }
 }
+
+/// Legal: in the RCU debug mode, an object freed (its free deferred by a grace period), then the
+/// cache dropped inside a reader (destroyed on a thread of its own). The free happened before
+/// the destroy: it must not be reported as a leak.
+fn case_rcu_debug_drop_in_reader() {
+    sanitize::set_rcu_debug(true);
+    let c = typesafe_cache("asan_debug_drop");
+    let p = c.alloc().unwrap();
+    // SAFETY: freed once.
+    unsafe { c.free(p) };
+    {
+        let _g = rcu_core::rcu_read_lock();
+        drop(c); // destroyed on another thread, which may wait
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    rcu_core::rcu_barrier();
+    std::thread::sleep(Duration::from_millis(500)); // the destroy thread finishes
+    println!("dropped");
+}
+
+#[test]
+fn rcu_debug_drop_in_reader_is_not_a_leak() {
+    if child_case().as_deref() == Some("debug-drop") {
+        return case_rcu_debug_drop_in_reader();
+    }
+    if !sanitize::POISONING {
+        eprintln!("skipped: only builds with --cfg rcu_sanitize and AddressSanitizer poison");
+        return;
+    }
+    let o = run_child(
+        "rcu_debug_drop_in_reader_is_not_a_leak",
+        "debug-drop",
+        &[],
+        Duration::from_secs(60),
+    );
+    let err = stderr(&o);
+    assert!(
+        o.status.success() && !err.contains("leaked"),
+        "a free deferred by the RCU debug mode was reported as a leak (status {}):\n{err}",
+        o.status
+    );
+}

@@ -258,9 +258,6 @@ impl<T: Send + 'static> KmemCache<T> {
         let mut this = ManuallyDrop::new(self);
         // SAFETY: `this` is never used or dropped again, so the Arc is taken exactly once.
         let raw = unsafe { ManuallyDrop::take(&mut this.raw) };
-        if destroy_blocked(&raw).is_none() {
-            crate::sanitize::before_destroy(&raw);
-        }
         destroy_raw(raw)
     }
 
@@ -278,7 +275,6 @@ impl<T> Drop for KmemCache<T> {
         match destroy_blocked(&raw) {
             Some(why) => destroy_deferred(raw, why),
             None => {
-                crate::sanitize::before_destroy(&raw);
                 let _ = destroy_raw(raw);
             }
         }
