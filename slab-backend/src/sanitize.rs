@@ -19,7 +19,9 @@
 //! * with [`set_rcu_debug`] (or `RCU_KIT_SLAB_RCU_DEBUG=1`), in the spirit of the kernel's
 //!   `CONFIG_SLUB_RCU_DEBUG`, the free of a typesafe object is delayed by a grace period
 //!   (`call_rcu`) and the object is poisoned then: any access after that grace period — by
-//!   definition outside every reader that could have found it — is reported.
+//!   definition outside every reader that could have found it — is reported. A free inside a
+//!   read-side critical section is not delayed (there `call_rcu` could not fall back to waiting
+//!   when it has no memory for the callback): it is a normal typesafe free.
 //!
 //! kfree-batch's blocks and park arrays are page-layer memory the kit itself reads; they stay
 //! unpoisoned while the kit uses them. In normal builds every function here is an empty inline
@@ -168,7 +170,10 @@ pub(crate) fn on_free(cache: &RawCache, p: NonNull<u8>) -> bool {
                 poison(p.as_ptr(), cache.layout.size);
                 return false;
             }
-            if debug::get() {
+            // Inside a reader `call_rcu` could not fall back to waiting if it had no memory for
+            // the callback (it would panic): the object is freed at once, unpoisoned, as in the
+            // normal mode (typesafe permits it; `typesafe.rs` files a slab back the same way).
+            if debug::get() && !rcu_core::rcu_read_lock_held() {
                 defer_free(cache, p);
                 return true;
             }

@@ -171,3 +171,47 @@ fn rcu_debug_drop_in_reader_is_not_a_leak() {
         o.status
     );
 }
+
+/// Legal: in the RCU debug mode, typesafe objects freed inside a reader while `call_rcu` has no
+/// memory (the `call_rcu` fault point fails every allocation). The free must not panic.
+fn case_rcu_debug_free_in_reader_no_memory() {
+    use rcu_core::fault::{self, FaultAttr, Point};
+    sanitize::set_rcu_debug(true);
+    let c = typesafe_cache("asan_debug_nomem");
+    let objs: Vec<_> = (0..64).map(|_| c.alloc().unwrap()).collect();
+    fault::arm(Point::CallRcu, FaultAttr::always(-1));
+    {
+        let _g = rcu_core::rcu_read_lock();
+        for &p in &objs {
+            // SAFETY: freed once; typesafe: readers may still read it.
+            unsafe { c.free(p) };
+            assert_eq!(read(p), 7, "typesafe read after free inside the reader");
+        }
+    }
+    fault::disarm(Point::CallRcu);
+    println!("freed");
+}
+
+#[test]
+fn rcu_debug_free_in_reader_without_memory() {
+    if child_case().as_deref() == Some("debug-nomem") {
+        return case_rcu_debug_free_in_reader_no_memory();
+    }
+    if !sanitize::POISONING {
+        eprintln!("skipped: only builds with --cfg rcu_sanitize and AddressSanitizer poison");
+        return;
+    }
+    let o = run_child(
+        "rcu_debug_free_in_reader_without_memory",
+        "debug-nomem",
+        &[],
+        Duration::from_secs(60),
+    );
+    assert!(
+        o.status.success(),
+        "a typesafe free inside a reader failed in the RCU debug mode without memory (status \
+         {}):\n{}",
+        o.status,
+        stderr(&o)
+    );
+}
