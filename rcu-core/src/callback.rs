@@ -175,6 +175,27 @@ impl Callback {
         Ok(Callback::Boxed(b))
     }
 
+    /// Gives back the closure a callback was built from (`try_call_rcu` could not queue it).
+    ///
+    /// # Safety
+    /// `self` was made by [`Callback::new`] or [`Callback::try_new`] from an `F`.
+    #[cfg(not(rcu_loom))]
+    pub(crate) unsafe fn into_closure<F: FnOnce() + Send + 'static>(self) -> F {
+        match self {
+            Callback::Inline { mut data, .. } => {
+                // SAFETY: `new` wrote an `F` into `data` (the contract) and `self` is consumed,
+                // so the value is moved out once and never run.
+                unsafe { data.as_mut_ptr().cast::<F>().read() }
+            }
+            Callback::Boxed(b) => {
+                // SAFETY: the box was made from a `Box<F>` (the contract), so its data pointer
+                // is that allocation, with `F`'s layout.
+                *unsafe { Box::from_raw(Box::into_raw(b).cast::<F>()) }
+            }
+            _ => unreachable!("a closure's callback is inline or boxed"),
+        }
+    }
+
     /// Runs the callback.
     pub(crate) fn invoke(self) {
         match self {

@@ -131,16 +131,49 @@ fn case_barrier_always() {
     );
 }
 
+fn case_try_call_rcu() {
+    call_rcu(|| {}); // the lists and the worker exist
+    rcu_barrier();
+    fault::arm(Point::CallRcu, FaultAttr::always(-1));
+    let g = rcu_read_lock();
+    // Boxed and inline closures alike come back, inside a reader too, without waiting.
+    let big = rcu_core::try_call_rcu(big_callback())
+        .expect_err("queued a boxed closure with every call_rcu allocation failing");
+    let mut small = Vec::new();
+    for _ in 0..64 {
+        if let Err(f) = rcu_core::try_call_rcu(|| {
+            RAN.fetch_add(1, Ordering::SeqCst);
+        }) {
+            small.push(f);
+        }
+    }
+    drop(g);
+    fault::disarm(Point::CallRcu);
+    assert!(!small.is_empty(), "no inline closure given back");
+    let back = small.len() as u64;
+    big();
+    small.into_iter().for_each(|f| f());
+    rcu_barrier();
+    assert_eq!(
+        RAN.load(Ordering::SeqCst),
+        65,
+        "a closure lost or run twice"
+    );
+    assert_eq!(stats().callbacks_inline_fallback, 0, "try_call_rcu waited");
+    println!("try_call_rcu: {back} inline closures given back");
+}
+
 #[test]
 fn fault_cases() {
     match child_case().as_deref() {
         Some("call_rcu") => return case_call_rcu(),
         Some("barrier") => return case_barrier(),
         Some("barrier_always") => return case_barrier_always(),
+        Some("try_call_rcu") => return case_try_call_rcu(),
         Some(other) => panic!("unknown case {other}"),
         None => {}
     }
-    for case in ["call_rcu", "barrier", "barrier_always"] {
+    for case in ["call_rcu", "barrier", "barrier_always", "try_call_rcu"] {
         let o = run_child("fault_cases", case, &[], Duration::from_secs(60));
         assert!(o.status.success(), "case {case}: {}", stderr(&o));
         print!("{}", String::from_utf8_lossy(&o.stdout));

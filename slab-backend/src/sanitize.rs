@@ -19,9 +19,10 @@
 //! * with [`set_rcu_debug`] (or `RCU_KIT_SLAB_RCU_DEBUG=1`), in the spirit of the kernel's
 //!   `CONFIG_SLUB_RCU_DEBUG`, the free of a typesafe object is delayed by a grace period
 //!   (`call_rcu`) and the object is poisoned then: any access after that grace period — by
-//!   definition outside every reader that could have found it — is reported. A free inside a
-//!   read-side critical section is not delayed (there `call_rcu` could not fall back to waiting
-//!   when it has no memory for the callback): it is a normal typesafe free.
+//!   definition outside every reader that could have found it — is reported. When the callback
+//!   cannot be queued (no memory) the free is not delayed but a normal typesafe free: it never
+//!   waits for a grace period (the caller may be inside a reader, or hold a lock a reader waits
+//!   for), as a free in the normal mode never does.
 //!
 //! kfree-batch's blocks and park arrays are page-layer memory the kit itself reads; they stay
 //! unpoisoned while the kit uses them. In normal builds every function here is an empty inline
@@ -170,11 +171,7 @@ pub(crate) fn on_free(cache: &RawCache, p: NonNull<u8>) -> bool {
                 poison(p.as_ptr(), cache.layout.size);
                 return false;
             }
-            // Inside a reader `call_rcu` could not fall back to waiting if it had no memory for
-            // the callback (it would panic): the object is freed at once, unpoisoned, as in the
-            // normal mode (typesafe permits it; `typesafe.rs` files a slab back the same way).
-            if debug::get() && !rcu_core::rcu_read_lock_held() {
-                defer_free(cache, p);
+            if debug::get() && defer_free(cache, p) {
                 return true;
             }
             return false;
@@ -196,10 +193,11 @@ pub(crate) fn on_free_nolock(cache: &RawCache, p: NonNull<u8>) {
     }
 }
 
-/// Queues the real free of a typesafe object after a grace period (Implementation, 3).
+/// Queues the real free of a typesafe object after a grace period (Implementation, 3); `false`
+/// if the callback could not be queued (the caller frees the object now).
 #[cfg(rcu_sanitize)]
 #[cold]
-fn defer_free(cache: &RawCache, p: NonNull<u8>) {
+fn defer_free(cache: &RawCache, p: NonNull<u8>) -> bool {
     // SAFETY: every `RawCache` lives in an `Arc` (`RawCache::create`; the kmalloc classes hold
     // theirs), and the caller's reference keeps it alive now, so taking one more strong count
     // is sound.
@@ -209,7 +207,7 @@ fn defer_free(cache: &RawCache, p: NonNull<u8>) {
         std::sync::Arc::from_raw(raw)
     };
     let addr = p.as_ptr() as usize;
-    rcu_core::call_rcu(move || {
+    rcu_core::try_call_rcu(move || {
         // SAFETY: `addr` is an object of this cache that its owner freed a grace period ago;
         // nobody else frees it.
         let p = unsafe { NonNull::new_unchecked(addr as *mut u8) };
@@ -217,7 +215,8 @@ fn defer_free(cache: &RawCache, p: NonNull<u8>) {
         // SAFETY: as above; `checked`: the debug checks ran at the first free.
         unsafe { arc.free_normal(p, arc.tc_id, true) };
         debug::REAL_FREE.with(|f| f.set(false));
-    });
+    })
+    .is_ok() // the closure given back drops its `Arc`
 }
 
 /// Before a typesafe cache is destroyed: in the RCU debug mode, wait for its deferred frees.

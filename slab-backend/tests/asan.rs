@@ -215,3 +215,65 @@ fn rcu_debug_free_in_reader_without_memory() {
         stderr(&o)
     );
 }
+
+/// Legal: in the RCU debug mode, a typesafe object freed with a lock held that a reader waits
+/// for inside its critical section, while `call_rcu` has no memory. `kmem_cache_free` never
+/// waits for a grace period in the normal mode, so it must not in the debug mode either (the
+/// reader would never end: a deadlock).
+fn case_rcu_debug_free_with_lock_no_memory() {
+    use rcu_core::fault::{self, FaultAttr, Point};
+    use std::sync::{mpsc, Arc, Mutex};
+    sanitize::set_rcu_debug(true);
+    let c = typesafe_cache("asan_debug_lock");
+    let p = c.alloc().unwrap();
+    let m = Arc::new(Mutex::new(()));
+    let held = m.lock().unwrap();
+    let (started, go) = mpsc::channel();
+    let m2 = Arc::clone(&m);
+    std::thread::spawn(move || {
+        let _g = rcu_core::rcu_read_lock();
+        started.send(()).unwrap();
+        drop(m2.lock()); // waits for the freeing thread's lock inside the reader
+    });
+    go.recv().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    fault::arm(Point::CallRcu, FaultAttr::always(-1));
+    let (done, freed) = mpsc::channel();
+    let addr = p.as_ptr() as usize;
+    std::thread::spawn(move || {
+        let p = NonNull::new(addr as *mut u64).unwrap();
+        // SAFETY: freed once.
+        unsafe { c.free(p) };
+        done.send(()).unwrap();
+        std::mem::forget(c);
+    });
+    freed
+        .recv_timeout(Duration::from_secs(5))
+        .expect("kmem_cache_free of a typesafe object waited for a grace period (debug mode)");
+    drop(held);
+    println!("freed");
+}
+
+#[test]
+fn rcu_debug_free_with_lock_held_does_not_wait() {
+    if child_case().as_deref() == Some("debug-lock") {
+        return case_rcu_debug_free_with_lock_no_memory();
+    }
+    if !sanitize::POISONING {
+        eprintln!("skipped: only builds with --cfg rcu_sanitize and AddressSanitizer poison");
+        return;
+    }
+    let o = run_child(
+        "rcu_debug_free_with_lock_held_does_not_wait",
+        "debug-lock",
+        &[],
+        Duration::from_secs(60),
+    );
+    assert!(
+        o.status.success(),
+        "a typesafe free with a lock held deadlocked in the RCU debug mode without memory \
+         (status {}):\n{}",
+        o.status,
+        stderr(&o)
+    );
+}

@@ -369,6 +369,16 @@ pub fn call_rcu<F: FnOnce() + Send + 'static>(f: F) {
     }
 }
 
+/// [`call_rcu`] that never waits and never panics: `Err(f)` gives the closure back when it
+/// cannot be queued (no memory for its box or its place on a list, or the lists are at their
+/// bound), where `call_rcu` would wait for a grace period and run it itself. For callers that
+/// must not wait (they may hold locks a reader waits for) and have another way out.
+pub fn try_call_rcu<F: FnOnce() + Send + 'static>(f: F) -> Result<(), F> {
+    let cb = Callback::try_new(f)?;
+    // SAFETY: `cb` was made from an `F` just above.
+    try_enqueue(cb).map_err(|back| unsafe { back.into_closure::<F>() })
+}
+
 /// Runs `f(data)` after a grace period, without allocating (on an invoker thread, as
 /// [`call_rcu`]).
 ///
@@ -380,8 +390,15 @@ pub unsafe fn call_rcu_raw(f: unsafe fn(*mut ()), data: *mut ()) {
 }
 
 fn enqueue(cb: Callback) {
+    if let Err(back) = try_enqueue(cb) {
+        no_memory(move || back.invoke());
+    }
+}
+
+/// Queues `cb` on a list, or gives it back when no list has room for it.
+fn try_enqueue(cb: Callback) -> Result<(), Callback> {
     let Some(lists) = try_lists() else {
-        return no_memory(move || cb.invoke());
+        return Err(cb);
     };
     let n = lists.len();
     // No `%` on this path (two integer divisions per call before): `current_cpu() <
@@ -392,15 +409,17 @@ fn enqueue(cb: Callback) {
     for i in 0..n.min(4) {
         let j = home + i; // < 2n
         match lists[if j < n { j } else { j - n }].try_enqueue(cb) {
-            Ok(()) => return enqueued(),
+            Ok(()) => {
+                enqueued();
+                return Ok(());
+            }
             Err(EnqueueError::Busy(back)) => cb = back,
-            Err(EnqueueError::NoMemory(back)) => return no_memory(move || back.invoke()),
+            Err(EnqueueError::NoMemory(back)) => return Err(back),
         }
     }
-    match lists[home].enqueue(cb) {
-        Ok(()) => enqueued(),
-        Err(back) => no_memory(move || back.invoke()),
-    }
+    lists[home].enqueue(cb)?;
+    enqueued();
+    Ok(())
 }
 
 /// `call_rcu` could not queue the callback (no memory, or the list is full because the worker is
