@@ -163,6 +163,42 @@ fn case_try_call_rcu() {
     println!("try_call_rcu: {back} inline closures given back");
 }
 
+fn case_in_callback() {
+    // Callbacks queued while memory is there; when they run, every call_rcu they make has no
+    // memory: each waits for a grace period on the callback thread and runs its callback there,
+    // while another thread's rcu_barrier waits for them. Nothing may hang or be lost.
+    call_rcu(|| {});
+    rcu_barrier();
+    let (started, go) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let _g = rcu_read_lock();
+        started.send(()).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    });
+    go.recv().unwrap();
+    for _ in 0..50 {
+        let payload = [1u64; 8];
+        call_rcu(move || {
+            assert_eq!(payload[0], 1);
+            call_rcu(big_callback());
+        });
+    }
+    fault::arm(Point::CallRcu, FaultAttr::always(-1));
+    reader.join().unwrap();
+    let (done, returned) = mpsc::channel();
+    std::thread::spawn(move || {
+        rcu_barrier();
+        done.send(()).unwrap();
+    });
+    returned
+        .recv_timeout(Duration::from_secs(20))
+        .expect("rcu_barrier hung while callbacks fell back to running call_rcu inline");
+    fault::disarm(Point::CallRcu);
+    rcu_barrier();
+    assert_eq!(RAN.load(Ordering::SeqCst), 50, "callbacks lost");
+    println!("in_callback: {:?}", stats());
+}
+
 #[test]
 fn fault_cases() {
     match child_case().as_deref() {
@@ -170,10 +206,17 @@ fn fault_cases() {
         Some("barrier") => return case_barrier(),
         Some("barrier_always") => return case_barrier_always(),
         Some("try_call_rcu") => return case_try_call_rcu(),
+        Some("in_callback") => return case_in_callback(),
         Some(other) => panic!("unknown case {other}"),
         None => {}
     }
-    for case in ["call_rcu", "barrier", "barrier_always", "try_call_rcu"] {
+    for case in [
+        "call_rcu",
+        "barrier",
+        "barrier_always",
+        "try_call_rcu",
+        "in_callback",
+    ] {
         let o = run_child("fault_cases", case, &[], Duration::from_secs(60));
         assert!(o.status.success(), "case {case}: {}", stderr(&o));
         print!("{}", String::from_utf8_lossy(&o.stdout));
