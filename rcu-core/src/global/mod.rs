@@ -525,6 +525,11 @@ pub fn rcu_barrier() {
                     }
                     tries += 1;
                     ensure_worker_or_wake();
+                    // No worker thread (it could not be created): do its work here, as the
+                    // wait below does, or nobody runs what the target waits for.
+                    if !WORKER.is_running() && stand_in_for_worker(lists) {
+                        continue;
+                    }
                     std::thread::sleep(std::time::Duration::from_micros(100 << tries.min(6)));
                 }
             }
