@@ -80,7 +80,7 @@ pub(crate) fn destroy_raw(raw: Arc<RawCache>) -> Result<(), SlabError> {
         );
         g.counts()
     };
-    raw.discard(out);
+    raw.discard_with(out, true);
     // Slabs that a registry or flush holder detached before we unregistered the cache are
     // discarded right after that lock is released; they point to the cache (cache Invariant 1).
     let mut waited = 0u32;
