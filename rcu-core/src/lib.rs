@@ -56,7 +56,7 @@
 //!
 //! 1. `primitive` (std or loom), `util`, `seq` (grace-period sequence numbers), `sys` (futex
 //!    locks, `membarrier`, CPU numbers), `lowmem` (thread start and reports without allocating),
-//!    `stall` (stall reports).
+//!    `fault` (fault injection), `stall` (stall reports).
 //! 2. `reader` (reader records and the read side), `gp` (the [`raw::Domain`]: grace periods),
 //!    `callback` (callback lists). The loom models run these alone.
 //! 3. `background`: a lazily started, fork-aware background thread ([`raw::BackgroundThread`],
