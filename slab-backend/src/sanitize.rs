@@ -110,6 +110,10 @@ mod debug {
 
     /// 0: not read from the environment yet; 1: off; 2: on.
     static RCU_DEBUG: AtomicU8 = AtomicU8::new(0);
+    /// Set at the first deferred free: destroy waits for deferred frees from then on, even if
+    /// the mode was switched off since.
+    pub(super) static DEFERRED: crate::primitive::sync::atomic::AtomicBool =
+        crate::primitive::sync::atomic::AtomicBool::new(false);
 
     std::thread_local! {
         /// Set while a deferred free's callback performs the real free.
@@ -207,6 +211,9 @@ fn defer_free(cache: &RawCache, p: NonNull<u8>) -> bool {
         std::sync::Arc::from_raw(raw)
     };
     let addr = p.as_ptr() as usize;
+    // Relaxed: destroy's owner freed the objects (program order) before destroying the cache;
+    // a free on another thread reaches the destroy through whatever handed the cache over.
+    debug::DEFERRED.store(true, crate::primitive::sync::atomic::Ordering::Relaxed);
     rcu_core::try_call_rcu(move || {
         // SAFETY: `addr` is an object of this cache that its owner freed a grace period ago;
         // nobody else frees it.
@@ -219,11 +226,15 @@ fn defer_free(cache: &RawCache, p: NonNull<u8>) -> bool {
     .is_ok() // the closure given back drops its `Arc`
 }
 
-/// Before a typesafe cache is destroyed: in the RCU debug mode, wait for its deferred frees.
+/// Before a typesafe cache is destroyed: once the RCU debug mode deferred a free (it may have
+/// been switched off since), wait for the deferred frees.
 /// The caller checked that the thread may block (`destroy_blocked`).
 pub(crate) fn before_destroy(cache: &RawCache) {
     #[cfg(rcu_sanitize)]
-    if cache.typesafe && debug::get() && rcu_core::may_block() {
+    if cache.typesafe
+        && debug::DEFERRED.load(crate::primitive::sync::atomic::Ordering::Relaxed)
+        && rcu_core::may_block()
+    {
         rcu_core::rcu_barrier();
     }
     #[cfg(not(rcu_sanitize))]

@@ -277,3 +277,36 @@ fn rcu_debug_free_with_lock_held_does_not_wait() {
         stderr(&o)
     );
 }
+
+/// The RCU debug mode switched off after a free it deferred: destroy must still wait for that
+/// free (the object was freed before the destroy; not a leak).
+#[test]
+fn rcu_debug_switched_off_before_destroy_is_not_a_leak() {
+    if !sanitize::POISONING {
+        eprintln!("skipped: only builds with --cfg rcu_sanitize and AddressSanitizer poison");
+        return;
+    }
+    if child_case().as_deref() == Some("debug-off") {
+        sanitize::set_rcu_debug(true);
+        let c = typesafe_cache("asan_debug_off");
+        let p = c.alloc().unwrap();
+        // SAFETY: freed once.
+        unsafe { c.free(p) };
+        sanitize::set_rcu_debug(false);
+        c.destroy().expect("destroy after a deferred free");
+        return;
+    }
+    let o = run_child(
+        "rcu_debug_switched_off_before_destroy_is_not_a_leak",
+        "debug-off",
+        &[],
+        Duration::from_secs(60),
+    );
+    assert!(
+        o.status.success(),
+        "destroy reported a deferred free as a leak after the debug mode was switched off \
+         (status {}):\n{}",
+        o.status,
+        stderr(&o)
+    );
+}
