@@ -58,8 +58,9 @@
 //! holding `FLUSH`.
 //!
 //! **Nothing that may wait for a grace period runs under `REGISTRY` or `FLUSH`.** Discarding a
-//! slab may (a typesafe slab's `call_rcu` waits for a grace period inline when it cannot queue
-//! the callback) and drops user objects, while readers may need those locks (a reader's page
+//! slab drops user objects, and in destroy a typesafe slab's `call_rcu` waits for a grace
+//! period inline when it cannot queue the callback (elsewhere the release is queued with
+//! `try_call_rcu` and the slab kept when it cannot be), while readers may need those locks (a reader's page
 //! allocation runs the slab shrinker). So slabs detached while a thread holds either lock are
 //! stashed on that thread and discarded when it releases the last of them ([`DeferDiscards`]);
 //! `discards_in_flight` counts them, and destroy waits for it to drop to zero before the cache
