@@ -199,6 +199,42 @@ fn case_random() {
     assert!(fault::total_injected() > 0);
 }
 
+/// Every point refused and the pending budget tiny: a new thread retires inside its own reader
+/// (no park array, no block, no front; the budget overdrawn). Nothing may panic, be freed
+/// before the reader ends, or be lost.
+fn case_all_in_reader() {
+    kfree_batch::configure(kfree_batch::Config {
+        drain_delay: Duration::from_millis(20),
+        gp_batch: Duration::from_micros(100),
+        pending_cap: 2 * 4096,
+        pages_per_cpu: 0,
+    })
+    .unwrap();
+    for p in Point::ALL {
+        fault::arm(p, FaultAttr::always(-1));
+    }
+    std::thread::spawn(|| {
+        let dropped: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(0)));
+        {
+            let _g = rcu_read_lock();
+            for i in 0..3_000u64 {
+                kfree_rcu(Box::new(Tracked(dropped, [i; 3])));
+            }
+            assert_eq!(
+                dropped.load(Ordering::SeqCst),
+                0,
+                "freed inside the retiring reader"
+            );
+        }
+        kvfree_rcu_barrier();
+        assert_eq!(dropped.load(Ordering::SeqCst), 3_000, "objects lost");
+    })
+    .join()
+    .unwrap();
+    fault::disarm_all();
+    println!("all_in_reader: {:?}", stats());
+}
+
 #[test]
 fn fault_cases() {
     match child_case().as_deref() {
@@ -226,11 +262,23 @@ fn fault_cases() {
             case_random();
             return all_freed();
         }
+        Some("all_in_reader") => {
+            case_all_in_reader();
+            return all_freed();
+        }
         Some(other) => panic!("unknown case {other}"),
         None => {}
     }
     let mut failed = Vec::new();
-    for case in ["block", "emergency", "park", "pages", "heap", "random"] {
+    for case in [
+        "block",
+        "emergency",
+        "park",
+        "pages",
+        "heap",
+        "random",
+        "all_in_reader",
+    ] {
         let o = run_child("fault_cases", case, &[], Duration::from_secs(120));
         if !o.status.success() {
             eprintln!("case {case} failed ({}):\n{}", o.status, stderr(&o));

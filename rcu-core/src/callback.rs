@@ -32,6 +32,12 @@
 //! they are updated with plain load + store (one atomic read-modify-write per `call_rcu`: the
 //! lock's CAS; the unlock is a Release store).
 //!
+//! `retired` counts the entries finished, in list order (one invoker per list); `retired +
+//! pending` is therefore the number ever pushed. When `entrain` has no memory for the barrier
+//! callback it returns that number, and `rcu_barrier` may instead wait until `retired` reaches
+//! it: every callback queued before it has then run, without any allocation, even while new
+//! callbacks keep the list from ever being empty.
+//!
 //! Allocations that can fail (the box of a large closure, the growth of `next`, the barrier's
 //! room) first ask the `call_rcu`/`barrier` points of [`crate::fault`]: an injected refusal
 //! takes the path of a real one.
@@ -169,6 +175,27 @@ impl Callback {
         Ok(Callback::Boxed(b))
     }
 
+    /// Gives back the closure a callback was built from (`try_call_rcu` could not queue it).
+    ///
+    /// # Safety
+    /// `self` was made by [`Callback::new`] or [`Callback::try_new`] from an `F`.
+    #[cfg(not(rcu_loom))]
+    pub(crate) unsafe fn into_closure<F: FnOnce() + Send + 'static>(self) -> F {
+        match self {
+            Callback::Inline { mut data, .. } => {
+                // SAFETY: `new` wrote an `F` into `data` (the contract) and `self` is consumed,
+                // so the value is moved out once and never run.
+                unsafe { data.as_mut_ptr().cast::<F>().read() }
+            }
+            Callback::Boxed(b) => {
+                // SAFETY: the box was made from a `Box<F>` (the contract), so its data pointer
+                // is that allocation, with `F`'s layout.
+                *unsafe { Box::from_raw(Box::into_raw(b).cast::<F>()) }
+            }
+            _ => unreachable!("a closure's callback is inline or boxed"),
+        }
+    }
+
     /// Runs the callback.
     pub(crate) fn invoke(self) {
         match self {
@@ -258,6 +285,9 @@ pub struct CbList {
     pub(crate) pending: AtomicUsize,
     /// Callbacks ever queued here (statistics). Written under `lock` only.
     pub(crate) queued: AtomicU64,
+    /// Entries (callbacks and barrier callbacks) ever finished here, in list order. Written
+    /// under `lock` only; `retired + pending` is the count of entries ever pushed.
+    retired: AtomicU64,
 }
 
 // SAFETY: `segs` is only accessed with `lock` held (Invariant 1), and everything in it is `Send`.
@@ -279,6 +309,7 @@ impl CbList {
             segs: UnsafeCell::new(Segments::default()),
             pending: AtomicUsize::new(0),
             queued: AtomicU64::new(0),
+            retired: AtomicU64::new(0),
         }
     }
 
@@ -381,19 +412,24 @@ impl CbList {
     }
 
     /// Appends a barrier callback behind the newest callback; returns `Ok(false)` (and does
-    /// nothing) if nothing queued here is unfinished, `Err(())` if no memory could be had (the
-    /// caller retries).
-    pub(crate) fn entrain(&self, barrier: &BarrierWait) -> Result<bool, ()> {
+    /// nothing) if nothing queued here is unfinished, `Err(target)` if no memory could be had:
+    /// every entry queued so far is finished once [`CbList::retired_reaches`]`(target)` (the
+    /// caller retries, or waits for that without an allocation).
+    pub(crate) fn entrain(&self, barrier: &BarrierWait) -> Result<bool, u64> {
         self.locked(|s| {
             if self.pending.load(Ordering::Relaxed) == 0 {
                 return Ok(false);
             }
+            // Entries finish in list order, so once `retired` reaches every entry pushed so far,
+            // the callbacks queued before this call have all run.
+            let target =
+                self.retired.load(Ordering::Relaxed) + self.pending.load(Ordering::Relaxed) as u64;
             // The `barrier` fault point refuses like the allocator would (the caller retries).
             if crate::fault::should_fail(
                 crate::fault::Point::Barrier,
                 core::mem::size_of::<Callback>(),
             ) {
-                return Err(());
+                return Err(target);
             }
             let room = if !s.next.is_empty() {
                 s.next.try_reserve(1)
@@ -403,7 +439,7 @@ impl CbList {
                 s.done.try_reserve(1)
             };
             if room.is_err() {
-                return Err(());
+                return Err(target);
             }
             // Counted before it becomes visible to the worker (the lock orders both).
             barrier.remaining.fetch_add(1, Ordering::Relaxed);
@@ -421,7 +457,7 @@ impl CbList {
                     barrier.remaining.fetch_sub(1, Ordering::Relaxed);
                     self.pending
                         .store(self.pending.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
-                    return Err(());
+                    return Err(target);
                 }
                 one.push(cb);
                 s.done.push(one);
@@ -462,12 +498,24 @@ impl CbList {
         self.locked(|s| !s.next.is_empty() || !s.wait.is_empty() || !s.done.is_empty())
     }
 
+    /// Whether `target` entries of this list have finished ([`CbList::entrain`]'s fallback).
+    /// Read under the lock: the lock's Acquire pairs with the Release unlock of the
+    /// `finished` that counted them, so their callbacks' effects happen-before the caller's
+    /// return.
+    pub(crate) fn retired_reaches(&self, target: u64) -> bool {
+        self.locked(|_| self.retired.load(Ordering::Relaxed) >= target)
+    }
+
     /// Marks `n` callbacks of this list finished and takes back the emptied batch buffers of
     /// `ran` for reuse (up to [`MAX_SPARE`]; the rest are freed after unlocking).
     pub(crate) fn finished(&self, n: usize, ran: &mut Vec<Vec<Callback>>) {
         self.locked(|s| {
             self.pending
                 .store(self.pending.load(Ordering::Relaxed) - n, Ordering::Relaxed);
+            self.retired.store(
+                self.retired.load(Ordering::Relaxed) + n as u64,
+                Ordering::Relaxed,
+            );
             // Grown fallibly: the worker finishes callbacks when memory may be short (without
             // room, the buffers are simply freed).
             while s.spare.len() < MAX_SPARE && s.spare.try_reserve(1).is_ok() {

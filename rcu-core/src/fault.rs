@@ -100,9 +100,12 @@ pub enum Point {
     /// kfree-batch's per-thread park array (fallback: "no slots"; retires go to the other paths).
     Park = 4,
     /// `call_rcu`'s allocations: the box of a large closure and the growth of a callback list
-    /// (fallback: the caller waits for a grace period and runs the callback itself).
+    /// (fallback: the caller waits for a grace period and runs the callback itself;
+    /// `try_call_rcu` gives the closure back instead).
     CallRcu = 5,
-    /// `rcu_barrier`'s allocation of room for its barrier callback (fallback: wait and retry).
+    /// `rcu_barrier`'s allocation of room for its barrier callback (fallback: retry, and stop
+    /// waiting on a list once every callback it held at the first failure has finished; with
+    /// no worker thread, run the worker's passes meanwhile).
     Barrier = 6,
 }
 

@@ -56,7 +56,7 @@
 //!
 //! 1. `primitive` (std or loom), `util`, `seq` (grace-period sequence numbers), `sys` (futex
 //!    locks, `membarrier`, CPU numbers), `lowmem` (thread start and reports without allocating),
-//!    `stall` (stall reports).
+//!    `fault` (fault injection), `stall` (stall reports).
 //! 2. `reader` (reader records and the read side), `gp` (the [`raw::Domain`]: grace periods),
 //!    `callback` (callback lists). The loom models run these alone.
 //! 3. `background`: a lazily started, fork-aware background thread ([`raw::BackgroundThread`],
@@ -120,8 +120,8 @@ pub use cell::{CompareExchangeError, RcuCell, Retire, RetireByCallRcu, RetireByS
 pub use global::{
     barrier_mode, call_rcu, call_rcu_raw, cond_synchronize_rcu, get_state_synchronize_rcu,
     may_block, poll_state_synchronize_rcu, rcu_barrier, rcu_read_lock, rcu_read_lock_held,
-    start_poll_synchronize_rcu, stats, synchronize_rcu, synchronize_rcu_expedited, GpState,
-    GpStats, RcuReadGuard,
+    start_poll_synchronize_rcu, stats, synchronize_rcu, synchronize_rcu_expedited, try_call_rcu,
+    GpState, GpStats, RcuReadGuard,
 };
 
 /// The raw core, for loom models and white-box tests: a [`raw::Domain`] with explicit reader

@@ -153,6 +153,27 @@ fn child_no_thread_barrier() {
     assert_eq!(RAN.load(Ordering::Relaxed), 101);
 }
 
+/// No thread can be created and every allocation of `rcu_barrier` fails (the `barrier` fault
+/// point at 100%): the barrier cannot entrain, and nobody else runs the callbacks, so it must run
+/// them itself rather than wait for a worker that never comes.
+fn child_no_thread_barrier_no_memory() {
+    static RAN: AtomicUsize = AtomicUsize::new(0);
+    limit_new_threads(0);
+    for _ in 0..100 {
+        call_rcu(|| {
+            RAN.fetch_add(1, Ordering::Relaxed);
+        });
+    }
+    fault::arm(fault::Point::Barrier, fault::FaultAttr::always(-1));
+    rcu_barrier();
+    assert_eq!(
+        RAN.load(Ordering::Relaxed),
+        100,
+        "callbacks run by rcu_barrier"
+    );
+    assert!(fault::injected(fault::Point::Barrier) > 0, "never failed");
+}
+
 /// The parent had threads waiting for a grace period's leader when it forked: the child has no
 /// such callers and must not count them.
 fn child_fork_resets_waiters() {
@@ -377,6 +398,7 @@ fn worker_child() {
         Some("fork_start_poll") => child_fork_start_poll(),
         Some("no_thread_start_poll") => child_no_thread_start_poll(),
         Some("no_thread_barrier") => child_no_thread_barrier(),
+        Some("no_thread_barrier_no_memory") => child_no_thread_barrier_no_memory(),
         Some("fork_waiters") => child_fork_resets_waiters(),
         Some("callback_forks") => child_callback_forks(),
         Some("fork_held") => child_fork_held_callbacks(None, false),
@@ -417,6 +439,22 @@ fn start_poll_completes_when_no_thread_can_be_created() {
 #[test]
 fn rcu_barrier_returns_when_no_thread_can_be_created() {
     expect_ok("no_thread_barrier");
+}
+
+#[test]
+fn rcu_barrier_returns_when_no_thread_and_no_memory() {
+    let out = run_child(
+        "worker_child",
+        "no_thread_barrier_no_memory",
+        &[],
+        Duration::from_secs(20),
+    );
+    assert!(
+        out.status.success(),
+        "child case no_thread_barrier_no_memory failed ({}):\n{}",
+        out.status,
+        stderr(&out)
+    );
 }
 
 #[test]

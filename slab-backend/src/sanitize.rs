@@ -19,7 +19,10 @@
 //! * with [`set_rcu_debug`] (or `RCU_KIT_SLAB_RCU_DEBUG=1`), in the spirit of the kernel's
 //!   `CONFIG_SLUB_RCU_DEBUG`, the free of a typesafe object is delayed by a grace period
 //!   (`call_rcu`) and the object is poisoned then: any access after that grace period — by
-//!   definition outside every reader that could have found it — is reported.
+//!   definition outside every reader that could have found it — is reported. When the callback
+//!   cannot be queued (no memory) the free is not delayed but a normal typesafe free: it never
+//!   waits for a grace period (the caller may be inside a reader, or hold a lock a reader waits
+//!   for), as a free in the normal mode never does.
 //!
 //! kfree-batch's blocks and park arrays are page-layer memory the kit itself reads; they stay
 //! unpoisoned while the kit uses them. In normal builds every function here is an empty inline
@@ -41,7 +44,8 @@
 //! 3. The deferred free holds an `Arc` of the cache in the callback (two words: stored inline,
 //!    no allocation), so the cache outlives it; a thread-local flag marks the callback's own
 //!    free, which is the real one. Destroying a typesafe cache in this mode waits for the
-//!    deferred frees first (`rcu_barrier`, where the destroy may block anyway).
+//!    deferred frees first (`rcu_barrier`, where the destroy may block anyway: `destroy_raw`,
+//!    so a destroy deferred to a thread of its own waits too).
 //!
 //! Orderings: the debug switch is a Relaxed flag (a free racing with the switch takes either
 //! path; both are correct).
@@ -103,6 +107,10 @@ pub(crate) mod debug {
 
     /// 0: not read from the environment yet; 1: off; 2: on.
     static RCU_DEBUG: AtomicU8 = AtomicU8::new(0);
+    /// Set at the first deferred free: destroy waits for deferred frees from then on, even if
+    /// the mode was switched off since.
+    pub(crate) static DEFERRED: crate::primitive::sync::atomic::AtomicBool =
+        crate::primitive::sync::atomic::AtomicBool::new(false);
 
     std::thread_local! {
         /// Set while a deferred free's callback performs the real free.

@@ -13,13 +13,15 @@
 //!    detached but stays on the node's empty list, where it is reused before any new slab is
 //!    mapped (it is a slab of this cache, so reusing its objects is what typesafe permits);
 //! 1. the node detaches the empty slab (no further allocation can come from it);
-//! 2. [`defer_discard`] takes a GP snapshot and queues `call_rcu` (the place reserved in step 0 counts it).
-//!    It is never called with a slab lock held: `call_rcu` may wait for a grace period inline
-//!    (no memory for the callback), and readers may need those locks (the cache module stashes
-//!    slabs detached under its registry or flush lock until they are released). Inside a
-//!    read-side critical section (a reader's free, or reclaim run by a reader's page
-//!    allocation) the slab is not queued but filed back as an empty slab (giving its place back): `call_rcu` could not
-//!    fall back to waiting there if it had no room for the callback;
+//! 2. [`defer_discard`] takes a GP snapshot and queues the release with `try_call_rcu` (the place
+//!    reserved in step 0 counts it). With no memory for the callback the slab is not queued but
+//!    filed back as an empty slab (giving its place back), so that a free or a shrink never
+//!    waits for a grace period: the caller may hold a lock a reader waits for, or be inside a
+//!    read-side critical section itself (a reader's free, or reclaim run by a reader's page
+//!    allocation), where the slab is always filed back. Only destroy, which may block and must
+//!    release every slab, queues with `call_rcu`, whose fallback waits. It is never called with
+//!    a slab lock held (the cache module stashes slabs detached under its registry or flush
+//!    lock until they are released);
 //! 3. after a full grace period the callback asserts (debug) that the snapshot's GP completed,
 //!    drops the objects, unmaps the pages and gives the place back — a drop guard gives it back
 //!    also when a user `Drop` panics there (the slab's pages then leak).
@@ -106,12 +108,15 @@ pub(crate) fn force_reserve_discard(cache: &RawCache) -> bool {
 struct SlabAddr(usize);
 
 /// Queues the discard of a detached, empty slab of a typesafe cache after a grace period. Its
-/// pending-discard place was reserved before the detach ([`reserve_discard`]).
-pub(crate) fn defer_discard(cache: &RawCache, slab: NonNull<SlabHeader>) {
+/// pending-discard place was reserved before the detach ([`reserve_discard`]). With `wait`
+/// (destroy, which may block), no memory for the callback makes it wait for a grace period
+/// (`call_rcu`'s fallback); without, it returns `false` and queues nothing (the caller files
+/// the slab back).
+pub(crate) fn defer_discard(cache: &RawCache, slab: NonNull<SlabHeader>, wait: bool) -> bool {
     debug_assert!(cache.typesafe);
     let snap = rcu_core::get_state_synchronize_rcu();
     let addr = SlabAddr(slab.as_ptr() as usize);
-    rcu_core::call_rcu(move || {
+    let release = move || {
         let addr = addr;
         debug_assert!(
             rcu_core::poll_state_synchronize_rcu(snap),
@@ -128,7 +133,13 @@ pub(crate) fn defer_discard(cache: &RawCache, slab: NonNull<SlabHeader>) {
         // SAFETY: detached with every object free (node::put / detach_empty), and a grace period
         // has elapsed since, so no reader can still hold a pointer into it (module docs).
         unsafe { slab::discard_now(slab) };
-    });
+    };
+    if wait {
+        rcu_core::call_rcu(release);
+        true
+    } else {
+        rcu_core::try_call_rcu(release).is_ok()
+    }
 }
 
 /// Gives a pending-discard place of its cache back when dropped.

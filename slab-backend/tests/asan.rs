@@ -129,3 +129,184 @@ fn wrong_programs_are_reported() {
         );
     }
 }
+
+/// Legal: in the RCU debug mode, an object freed (its free deferred by a grace period), then the
+/// cache dropped inside a reader (destroyed on a thread of its own). The free happened before
+/// the destroy: it must not be reported as a leak.
+fn case_rcu_debug_drop_in_reader() {
+    sanitize::set_rcu_debug(true);
+    let c = typesafe_cache("asan_debug_drop");
+    let p = c.alloc().unwrap();
+    // SAFETY: freed once.
+    unsafe { c.free(p) };
+    {
+        let _g = rcu_core::rcu_read_lock();
+        drop(c); // destroyed on another thread, which may wait
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    rcu_core::rcu_barrier();
+    std::thread::sleep(Duration::from_millis(500)); // the destroy thread finishes
+    println!("dropped");
+}
+
+#[test]
+fn rcu_debug_drop_in_reader_is_not_a_leak() {
+    if child_case().as_deref() == Some("debug-drop") {
+        return case_rcu_debug_drop_in_reader();
+    }
+    if !sanitize::POISONING {
+        eprintln!("skipped: only builds with --cfg rcu_sanitize and AddressSanitizer poison");
+        return;
+    }
+    let o = run_child(
+        "rcu_debug_drop_in_reader_is_not_a_leak",
+        "debug-drop",
+        &[],
+        Duration::from_secs(60),
+    );
+    let err = stderr(&o);
+    assert!(
+        o.status.success() && !err.contains("leaked"),
+        "a free deferred by the RCU debug mode was reported as a leak (status {}):\n{err}",
+        o.status
+    );
+}
+
+/// Legal: in the RCU debug mode, typesafe objects freed inside a reader while `call_rcu` has no
+/// memory (the `call_rcu` fault point fails every allocation). The free must not panic.
+fn case_rcu_debug_free_in_reader_no_memory() {
+    use rcu_core::fault::{self, FaultAttr, Point};
+    sanitize::set_rcu_debug(true);
+    let c = typesafe_cache("asan_debug_nomem");
+    let objs: Vec<_> = (0..64).map(|_| c.alloc().unwrap()).collect();
+    fault::arm(Point::CallRcu, FaultAttr::always(-1));
+    {
+        let _g = rcu_core::rcu_read_lock();
+        for &p in &objs {
+            // SAFETY: freed once; typesafe: readers may still read it.
+            unsafe { c.free(p) };
+            assert_eq!(read(p), 7, "typesafe read after free inside the reader");
+        }
+    }
+    fault::disarm(Point::CallRcu);
+    println!("freed");
+}
+
+#[test]
+fn rcu_debug_free_in_reader_without_memory() {
+    if child_case().as_deref() == Some("debug-nomem") {
+        return case_rcu_debug_free_in_reader_no_memory();
+    }
+    if !sanitize::POISONING {
+        eprintln!("skipped: only builds with --cfg rcu_sanitize and AddressSanitizer poison");
+        return;
+    }
+    let o = run_child(
+        "rcu_debug_free_in_reader_without_memory",
+        "debug-nomem",
+        &[],
+        Duration::from_secs(60),
+    );
+    assert!(
+        o.status.success(),
+        "a typesafe free inside a reader failed in the RCU debug mode without memory (status \
+         {}):\n{}",
+        o.status,
+        stderr(&o)
+    );
+}
+
+/// Legal: in the RCU debug mode, a typesafe object freed with a lock held that a reader waits
+/// for inside its critical section, while `call_rcu` has no memory. `kmem_cache_free` never
+/// waits for a grace period in the normal mode, so it must not in the debug mode either (the
+/// reader would never end: a deadlock).
+fn case_rcu_debug_free_with_lock_no_memory() {
+    use rcu_core::fault::{self, FaultAttr, Point};
+    use std::sync::{mpsc, Arc, Mutex};
+    sanitize::set_rcu_debug(true);
+    let c = typesafe_cache("asan_debug_lock");
+    let p = c.alloc().unwrap();
+    let m = Arc::new(Mutex::new(()));
+    let held = m.lock().unwrap();
+    let (started, go) = mpsc::channel();
+    let m2 = Arc::clone(&m);
+    std::thread::spawn(move || {
+        let _g = rcu_core::rcu_read_lock();
+        started.send(()).unwrap();
+        drop(m2.lock()); // waits for the freeing thread's lock inside the reader
+    });
+    go.recv().unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    fault::arm(Point::CallRcu, FaultAttr::always(-1));
+    let (done, freed) = mpsc::channel();
+    let addr = p.as_ptr() as usize;
+    std::thread::spawn(move || {
+        let p = NonNull::new(addr as *mut u64).unwrap();
+        // SAFETY: freed once.
+        unsafe { c.free(p) };
+        done.send(()).unwrap();
+        std::mem::forget(c);
+    });
+    freed
+        .recv_timeout(Duration::from_secs(5))
+        .expect("kmem_cache_free of a typesafe object waited for a grace period (debug mode)");
+    drop(held);
+    println!("freed");
+}
+
+#[test]
+fn rcu_debug_free_with_lock_held_does_not_wait() {
+    if child_case().as_deref() == Some("debug-lock") {
+        return case_rcu_debug_free_with_lock_no_memory();
+    }
+    if !sanitize::POISONING {
+        eprintln!("skipped: only builds with --cfg rcu_sanitize and AddressSanitizer poison");
+        return;
+    }
+    let o = run_child(
+        "rcu_debug_free_with_lock_held_does_not_wait",
+        "debug-lock",
+        &[],
+        Duration::from_secs(60),
+    );
+    assert!(
+        o.status.success(),
+        "a typesafe free with a lock held deadlocked in the RCU debug mode without memory \
+         (status {}):\n{}",
+        o.status,
+        stderr(&o)
+    );
+}
+
+/// The RCU debug mode switched off after a free it deferred: destroy must still wait for that
+/// free (the object was freed before the destroy; not a leak).
+#[test]
+fn rcu_debug_switched_off_before_destroy_is_not_a_leak() {
+    if !sanitize::POISONING {
+        eprintln!("skipped: only builds with --cfg rcu_sanitize and AddressSanitizer poison");
+        return;
+    }
+    if child_case().as_deref() == Some("debug-off") {
+        sanitize::set_rcu_debug(true);
+        let c = typesafe_cache("asan_debug_off");
+        let p = c.alloc().unwrap();
+        // SAFETY: freed once.
+        unsafe { c.free(p) };
+        sanitize::set_rcu_debug(false);
+        c.destroy().expect("destroy after a deferred free");
+        return;
+    }
+    let o = run_child(
+        "rcu_debug_switched_off_before_destroy_is_not_a_leak",
+        "debug-off",
+        &[],
+        Duration::from_secs(60),
+    );
+    assert!(
+        o.status.success(),
+        "destroy reported a deferred free as a leak after the debug mode was switched off \
+         (status {}):\n{}",
+        o.status,
+        stderr(&o)
+    );
+}

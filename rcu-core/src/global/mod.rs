@@ -369,6 +369,16 @@ pub fn call_rcu<F: FnOnce() + Send + 'static>(f: F) {
     }
 }
 
+/// [`call_rcu`] that never waits and never panics: `Err(f)` gives the closure back when it
+/// cannot be queued (no memory for its box or its place on a list, or the lists are at their
+/// bound), where `call_rcu` would wait for a grace period and run it itself. For callers that
+/// must not wait (they may hold locks a reader waits for) and have another way out.
+pub fn try_call_rcu<F: FnOnce() + Send + 'static>(f: F) -> Result<(), F> {
+    let cb = Callback::try_new(f)?;
+    // SAFETY: `cb` was made from an `F` just above.
+    try_enqueue(cb).map_err(|back| unsafe { back.into_closure::<F>() })
+}
+
 /// Runs `f(data)` after a grace period, without allocating (on an invoker thread, as
 /// [`call_rcu`]).
 ///
@@ -380,8 +390,15 @@ pub unsafe fn call_rcu_raw(f: unsafe fn(*mut ()), data: *mut ()) {
 }
 
 fn enqueue(cb: Callback) {
+    if let Err(back) = try_enqueue(cb) {
+        no_memory(move || back.invoke());
+    }
+}
+
+/// Queues `cb` on a list, or gives it back when no list has room for it.
+fn try_enqueue(cb: Callback) -> Result<(), Callback> {
     let Some(lists) = try_lists() else {
-        return no_memory(move || cb.invoke());
+        return Err(cb);
     };
     let n = lists.len();
     // No `%` on this path (two integer divisions per call before): `current_cpu() <
@@ -392,15 +409,17 @@ fn enqueue(cb: Callback) {
     for i in 0..n.min(4) {
         let j = home + i; // < 2n
         match lists[if j < n { j } else { j - n }].try_enqueue(cb) {
-            Ok(()) => return enqueued(),
+            Ok(()) => {
+                enqueued();
+                return Ok(());
+            }
             Err(EnqueueError::Busy(back)) => cb = back,
-            Err(EnqueueError::NoMemory(back)) => return no_memory(move || back.invoke()),
+            Err(EnqueueError::NoMemory(back)) => return Err(back),
         }
     }
-    match lists[home].enqueue(cb) {
-        Ok(()) => enqueued(),
-        Err(back) => no_memory(move || back.invoke()),
-    }
+    lists[home].enqueue(cb)?;
+    enqueued();
+    Ok(())
 }
 
 /// `call_rcu` could not queue the callback (no memory, or the list is full because the worker is
@@ -487,17 +506,30 @@ pub fn rcu_barrier() {
     let mut entrained = false;
     for l in lists.iter() {
         // Entraining only fails when no memory can be had; the worker frees memory as it runs
-        // callbacks, and we are outside any reader, so wait and retry.
+        // callbacks, and we are outside any reader, so wait and retry. Meanwhile the list's
+        // callbacks that were queued at the first failure may all finish (it needs no memory):
+        // that is what the barrier callback would have waited for, so it ends the wait too —
+        // a list that never empties (self-reposting callbacks) with no memory cannot hang it.
         let mut tries = 0u32;
+        let mut target = None;
         loop {
             match l.entrain(&barrier) {
                 Ok(e) => {
                     entrained |= e;
                     break;
                 }
-                Err(()) => {
+                Err(t) => {
+                    let t = *target.get_or_insert(t);
+                    if l.retired_reaches(t) {
+                        break;
+                    }
                     tries += 1;
                     ensure_worker_or_wake();
+                    // No worker thread (it could not be created): do its work here, as the
+                    // wait below does, or nobody runs what the target waits for.
+                    if !WORKER.is_running() && stand_in_for_worker(lists) {
+                        continue;
+                    }
                     std::thread::sleep(std::time::Duration::from_micros(100 << tries.min(6)));
                 }
             }

@@ -48,6 +48,10 @@ pub(crate) fn destroy_raw(raw: Arc<RawCache>) -> Result<(), SlabError> {
             raw.name
         );
     }
+    // In the typesafe RCU debug mode, frees deferred by a grace period must land before the
+    // objects are counted below (else they would be reported as leaked); also on the thread of
+    // a deferred destroy.
+    super::sanitize::before_destroy(&raw);
     // From here on slabs may be queued for discard through `call_rcu`, pointing to the cache: it
     // is freed only at the end, when every one of them has run, and never by an unwind (a panic
     // on the way leaks it; cache Invariant 1).
@@ -76,7 +80,7 @@ pub(crate) fn destroy_raw(raw: Arc<RawCache>) -> Result<(), SlabError> {
         );
         g.counts()
     };
-    raw.discard(out);
+    raw.discard_with(out, true);
     // Slabs that a registry or flush holder detached before we unregistered the cache are
     // discarded right after that lock is released; they point to the cache (cache Invariant 1).
     let mut waited = 0u32;

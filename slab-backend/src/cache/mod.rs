@@ -58,8 +58,9 @@
 //! holding `FLUSH`.
 //!
 //! **Nothing that may wait for a grace period runs under `REGISTRY` or `FLUSH`.** Discarding a
-//! slab may (a typesafe slab's `call_rcu` waits for a grace period inline when it cannot queue
-//! the callback) and drops user objects, while readers may need those locks (a reader's page
+//! slab drops user objects, and in destroy a typesafe slab's `call_rcu` waits for a grace
+//! period inline when it cannot queue the callback (elsewhere the release is queued with
+//! `try_call_rcu` and the slab kept when it cannot be), while readers may need those locks (a reader's page
 //! allocation runs the slab shrinker). So slabs detached while a thread holds either lock are
 //! stashed on that thread and discarded when it releases the last of them ([`DeferDiscards`]);
 //! `discards_in_flight` counts them, and destroy waits for it to drop to zero before the cache
@@ -342,7 +343,7 @@ fn discard_stash() {
             // `discards_in_flight` drops to zero (destroy waits for it).
             let cache = unsafe { &*(*s.as_ptr()).cache };
             let _done = InFlightDone(cache);
-            cache.discard_one(s);
+            cache.discard_one(s, false);
         }
     }
 }
@@ -676,6 +677,12 @@ impl RawCache {
     /// `REGISTRY` or `FLUSH` they are stashed and discarded when the lock is released
     /// ([`DeferDiscards`]). Returns how many.
     fn discard(&self, chain: Detached) -> usize {
+        self.discard_with(chain, false)
+    }
+
+    /// [`RawCache::discard`]; `wait` (destroy) lets a typesafe release wait for a grace period
+    /// when `call_rcu` has no memory, instead of keeping the slab.
+    pub(crate) fn discard_with(&self, chain: Detached, wait: bool) -> usize {
         let defer = DEFER_DEPTH.with(Cell::get) != 0;
         let mut n = 0;
         for s in chain {
@@ -690,7 +697,7 @@ impl RawCache {
                     unsafe { (*s.as_ptr()).next = c.get() };
                     c.set(s.as_ptr());
                 });
-            } else if !self.discard_one(s) {
+            } else if !self.discard_one(s, wait) {
                 n -= 1;
             }
         }
@@ -698,13 +705,15 @@ impl RawCache {
     }
 
     /// Discards one detached slab (no `REGISTRY` or `FLUSH` held). Returns `false` if the slab
-    /// was kept instead: a typesafe slab inside a read-side critical section.
-    fn discard_one(&self, s: NonNull<SlabHeader>) -> bool {
+    /// was kept instead: a typesafe slab inside a read-side critical section, or whose release
+    /// could not be queued without waiting (unless `wait`).
+    fn discard_one(&self, s: NonNull<SlabHeader>, wait: bool) -> bool {
         if self.typesafe {
-            if rcu_core::rcu_read_lock_held() {
-                // `call_rcu` may find no room for the callback, and inside a reader it cannot
-                // fall back to waiting for a grace period (it panics). Keep the empty slab for
-                // reuse; a shrink outside a reader releases it.
+            if rcu_core::rcu_read_lock_held() || !crate::typesafe::defer_discard(self, s, wait) {
+                // `call_rcu` may find no room for the callback, and its fallback waits for a
+                // grace period: inside a reader it cannot (it panics), and a free or shrink
+                // must not (the caller may hold a lock a reader waits for). Keep the empty
+                // slab for reuse; a later shrink releases it.
                 self.node()
                     .lock(Mode::Normal)
                     .expect("Normal lock succeeds")
@@ -714,7 +723,6 @@ impl RawCache {
                 self.rcu_pending.fetch_sub(1, Ordering::Relaxed);
                 return false;
             }
-            crate::typesafe::defer_discard(self, s);
         } else {
             // SAFETY: the slab was detached with every object free (node::put / detach_empty),
             // and an ordinary cache promises nothing to readers of freed objects.

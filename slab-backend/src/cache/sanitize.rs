@@ -27,8 +27,7 @@ pub(crate) fn on_free(cache: &RawCache, p: NonNull<u8>) -> bool {
                 poison(p.as_ptr(), cache.layout.size);
                 return false;
             }
-            if debug::get() {
-                defer_free(cache, p);
+            if debug::get() && defer_free(cache, p) {
                 return true;
             }
             return false;
@@ -50,10 +49,11 @@ pub(crate) fn on_free_nolock(cache: &RawCache, p: NonNull<u8>) {
     }
 }
 
-/// Queues the real free of a typesafe object after a grace period (Implementation, 3).
+/// Queues the real free of a typesafe object after a grace period (Implementation, 3); `false`
+/// if the callback could not be queued (the caller frees the object now).
 #[cfg(rcu_sanitize)]
 #[cold]
-fn defer_free(cache: &RawCache, p: NonNull<u8>) {
+fn defer_free(cache: &RawCache, p: NonNull<u8>) -> bool {
     // SAFETY: every `RawCache` lives in an `Arc` (`RawCache::create`; the kmalloc classes hold
     // theirs), and the caller's reference keeps it alive now, so taking one more strong count
     // is sound.
@@ -63,7 +63,10 @@ fn defer_free(cache: &RawCache, p: NonNull<u8>) {
         std::sync::Arc::from_raw(raw)
     };
     let addr = p.as_ptr() as usize;
-    rcu_core::call_rcu(move || {
+    // Relaxed: destroy's owner freed the objects (program order) before destroying the cache;
+    // a free on another thread reaches the destroy through whatever handed the cache over.
+    debug::DEFERRED.store(true, crate::primitive::sync::atomic::Ordering::Relaxed);
+    rcu_core::try_call_rcu(move || {
         // SAFETY: `addr` is an object of this cache that its owner freed a grace period ago;
         // nobody else frees it.
         let p = unsafe { NonNull::new_unchecked(addr as *mut u8) };
@@ -71,14 +74,19 @@ fn defer_free(cache: &RawCache, p: NonNull<u8>) {
         // SAFETY: as above; `checked`: the debug checks ran at the first free.
         unsafe { arc.free_normal(p, arc.tc_id, true) };
         debug::REAL_FREE.with(|f| f.set(false));
-    });
+    })
+    .is_ok() // the closure given back drops its `Arc`
 }
 
-/// Before a typesafe cache is destroyed: in the RCU debug mode, wait for its deferred frees.
+/// Before a typesafe cache is destroyed: once the RCU debug mode deferred a free (it may have
+/// been switched off since), wait for the deferred frees.
 /// The caller checked that the thread may block (`destroy_blocked`).
 pub(crate) fn before_destroy(cache: &RawCache) {
     #[cfg(rcu_sanitize)]
-    if cache.typesafe && debug::get() && rcu_core::may_block() {
+    if cache.typesafe
+        && debug::DEFERRED.load(crate::primitive::sync::atomic::Ordering::Relaxed)
+        && rcu_core::may_block()
+    {
         rcu_core::rcu_barrier();
     }
     #[cfg(not(rcu_sanitize))]

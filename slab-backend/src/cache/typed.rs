@@ -272,9 +272,6 @@ impl<T: Send + 'static> KmemCache<T> {
         let mut this = ManuallyDrop::new(self);
         // SAFETY: `this` is never used or dropped again, so the Arc is taken exactly once.
         let raw = unsafe { ManuallyDrop::take(&mut this.raw) };
-        if destroy_blocked(&raw).is_none() {
-            super::sanitize::before_destroy(&raw);
-        }
         destroy_raw(raw)
     }
 
@@ -292,7 +289,6 @@ impl<T> Drop for KmemCache<T> {
         match destroy_blocked(&raw) {
             Some(why) => destroy_deferred(raw, why),
             None => {
-                super::sanitize::before_destroy(&raw);
                 let _ = destroy_raw(raw);
             }
         }
