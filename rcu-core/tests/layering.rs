@@ -10,6 +10,7 @@ fn modules_depend_downwards_only() {
         "seq",
         "sys",
         "lowmem",
+        "fault",
         "stall",
         "reader",
         "gp",
