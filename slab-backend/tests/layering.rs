@@ -9,6 +9,7 @@ fn modules_depend_downwards_only() {
         "primitive",
         "lock",
         "sheaf",
+        "sanitize",
         "page",
         "fork",
         "shrink",
@@ -26,6 +27,7 @@ fn modules_depend_downwards_only() {
         ("fork", "cache"),
         ("cache", "typesafe"),
         ("cache", "stats"),
+        ("sanitize", "cache"),
     ];
     if let Err(e) = test_support::layering::check(&src, &order, &allowed) {
         panic!("module layering violated:\n{e}");
