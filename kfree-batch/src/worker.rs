@@ -71,7 +71,8 @@
 //!   reclaimers that do not exist in the child and empties the park slots that such threads
 //!   had claimed (`park.rs`, "fork()"; always, also after a fork from a destructor: the forking
 //!   thread's own claims stay), resets the slot locks, the busy lock and the barrier's counts,
-//!   restarts the worker lazily, and recounts the pending budget as
+//!   restarts the worker lazily (unless the forking thread is the worker: a destructor it ran
+//!   forked, and it goes on as the child's only worker), and recounts the pending budget as
 //!   what the child holds (`krc`, "fork()"): the slots' reservations, open, handed and
 //!   cached blocks, every front's open block, the forking thread's own slice, the parked
 //!   objects and those on the spill stack (`park.rs`, "fork()"), and the head-linked objects
@@ -213,7 +214,14 @@ pub fn resume_batcher_creation() {
 /// what is ready instead of the allocating thread.
 static PRESSURE: AtomicBool = AtomicBool::new(false);
 
+std::thread_local! {
+    /// Set on the worker thread (read by the `fork()` child handler: a destructor the worker
+    /// runs forked, and this thread goes on as the child's worker).
+    static IS_WORKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 fn worker_main() {
+    IS_WORKER.with(|w| w.set(true));
     // Not the affinity of whichever thread happened to start us.
     rcu_core::cpu::unbind_thread();
     let b = batcher();
@@ -654,7 +662,12 @@ fn install_fork_handlers() {
           // child creates its own (`create_batcher`; its steps done so far are in `SETUP`).
         INIT.reset_after_fork();
         IDLE.store(false, Ordering::Relaxed);
-        worker_reset_after_fork();
+        // The worker thread does not exist here, unless a destructor it ran forked: then this
+        // thread goes on with its loop (and is the thread the handle names), so a kick must not
+        // start a second one.
+        if !IS_WORKER.with(|w| w.get()) {
+            worker_reset_after_fork();
+        }
     }
     // The slab layer's handlers first: prepare handlers run in reverse order of registration,
     // so our prepare runs before the slab layer's (our lock holders call into it).

@@ -211,8 +211,8 @@ impl Domain {
             Mode::Membarrier => 0,
             Mode::Fences => 1,
         };
-        // Relaxed: published to readers by the registration path (OnceLock / Once), which
-        // happens-before any record is handed out.
+        // Relaxed: published to readers by the registration path (`init`'s Release store of its
+        // done mark, read with Acquire), which happens-before any record is handed out.
         self.mode.store(v, Ordering::Relaxed);
     }
 

@@ -4,7 +4,10 @@
 //! # Implementation
 //!
 //! `pthread_atfork` handlers, installed once (first cache or shrinker registration, or
-//! [`install_fork_handlers`]); none of them allocates.
+//! [`install_fork_handlers`]); none of them allocates. The registration is claimed with the
+//! claimer's process id, not run in a `std::sync::Once`: a child of a `fork()` during it
+//! registers the handlers itself unless the child handler ran (which marks them registered),
+//! instead of waiting for a thread it does not have.
 //!
 //! * **prepare** takes the slab layer's locks in the documented order: the init lock (held
 //!   while the kmalloc classes or the slab shrinker are set up, so no `OnceLock` is inherited
@@ -47,14 +50,16 @@
 //! `DEAD_SLOTS` is a hint (Relaxed); a dead slot is claimed by a CAS on its `dead` flag, and its
 //! new sheaves are published by the slot's Release unlock.
 
-use std::sync::Once;
-
 use crate::lock::{Locked, LockedGuard};
-use crate::primitive::sync::atomic::{AtomicBool, Ordering};
+use crate::primitive::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Set in a `fork()` child that has dead slots, until they are revived.
 static DEAD_SLOTS: AtomicBool = AtomicBool::new(false);
-static INSTALL: Once = Once::new();
+/// The registration of the handlers: 0 before it, the process id of the process whose thread
+/// registers them, or [`INSTALL_DONE`] (`install_slow`).
+static INSTALL: AtomicU64 = AtomicU64::new(0);
+/// `INSTALL` once the handlers are registered.
+const INSTALL_DONE: u64 = u64::MAX;
 /// Held while a one-time initialiser runs (kmalloc classes, the slab shrinker), first in the
 /// lock order; prepare takes it, so a child never inherits a `OnceLock` in mid-initialisation
 /// (it would wait for a thread that does not exist).
@@ -71,18 +76,52 @@ pub(crate) fn init_lock() -> LockedGuard<'static, ()> {
 /// use). Crates layered on this one call it before installing their own handlers, so that their
 /// prepare handler runs before this one's (module docs of `fork`).
 pub fn install_fork_handlers() {
-    INSTALL.call_once(|| {
-        // rcu-core's handlers first, so that its prepare runs after ours.
-        let _ = rcu_core::barrier_mode();
-        // SAFETY: static `extern "C" fn()`s that only take and release locks and store to
-        // atomics (no allocation).
-        let r = unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
-        if r != 0 {
-            eprintln!(
-                "slab: pthread_atfork failed ({r}); fork() children may hang in the allocator"
-            );
+    // Acquire pairs with the Release store of `INSTALL_DONE` (rcu-core's handlers came first).
+    if INSTALL.load(Ordering::Acquire) != INSTALL_DONE {
+        install_slow();
+    }
+}
+
+/// The registration, by one thread at a time. Not a `std::sync::Once`: a `fork()` while another
+/// thread is inside it (rcu-core's initialisation runs there) would leave the child's copy
+/// "running" for a thread the child does not have, and every cache creation in the child would
+/// wait forever. The claim holds the claimer's process id instead: a fork child that finds its
+/// parent's id there registers the handlers itself (the parent had not yet: its registration
+/// would have run [`child`], which marks them registered).
+#[cold]
+#[inline(never)]
+fn install_slow() {
+    // rcu-core's handlers first, so that its prepare runs after ours (idempotent).
+    let _ = rcu_core::barrier_mode();
+    // SAFETY: getpid has no preconditions.
+    let me = u64::from(unsafe { libc::getpid() } as u32);
+    loop {
+        // Acquire: as in `install_fork_handlers`.
+        let cur = INSTALL.load(Ordering::Acquire);
+        if cur == INSTALL_DONE {
+            return;
         }
-    });
+        if cur == me {
+            // Another thread of this process registers them.
+            std::thread::sleep(std::time::Duration::from_micros(50));
+            continue;
+        }
+        // Unclaimed, or claimed by the parent of this fork child: ours.
+        if INSTALL
+            .compare_exchange(cur, me, Ordering::Acquire, Ordering::Acquire)
+            .is_ok()
+        {
+            break;
+        }
+    }
+    // SAFETY: static `extern "C" fn()`s that only take and release locks and store to
+    // atomics (no allocation).
+    let r = unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
+    if r != 0 {
+        eprintln!("slab: pthread_atfork failed ({r}); fork() children may hang in the allocator");
+    }
+    // Release pairs with the Acquire loads above (failed or not: it is not retried).
+    INSTALL.store(INSTALL_DONE, Ordering::Release);
 }
 
 /// Crate-internal alias of [`install_fork_handlers`].
@@ -105,6 +144,9 @@ extern "C" fn parent() {
 }
 
 extern "C" fn child() {
+    // This handler runs only if the parent had registered it (registration and `fork()` exclude
+    // each other in the C library), even if its registering thread had not marked that yet.
+    INSTALL.store(INSTALL_DONE, Ordering::Relaxed);
     crate::shrink::registry_lock().unlock();
     crate::cache::tcache::ids_lock().unlock();
     crate::cache::tcache::fork_child();

@@ -35,15 +35,25 @@
 //!   leaked guard remains, which no state of the record shows; waiting too long is the failure
 //!   mode that cannot free memory still in use.
 
-use crate::primitive::sync::atomic::Ordering;
+use crate::primitive::sync::atomic::{AtomicBool, Ordering};
 
 use super::invoker;
 use super::registry::LOCAL;
 use super::state::{DOMAIN, LISTS};
 use super::worker::{IDLE, ORPHANS, URGENT, WORKER, WORKER_HELD};
 
+/// Whether the handlers are registered: set after the registration, and by the child handler
+/// (registration and `fork()` exclude each other in the C library, so a child runs the handler
+/// exactly when the parent had registered it). A fork child that runs `init` again (its parent
+/// forked during `init`) registers them only if they were not.
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
 /// Registers the handlers (once, from `init`).
 pub(super) fn install_fork_handlers() {
+    // Relaxed: `init` runs on one thread at a time (its mark orders one runner after another).
+    if INSTALLED.load(Ordering::Relaxed) {
+        return;
+    }
     // Lock order: held batches (worker's, then invokers'), lists, inboxes — the order in which
     // the worker and the invokers nest them.
     extern "C" fn prepare() {
@@ -67,6 +77,7 @@ pub(super) fn install_fork_handlers() {
         WORKER_HELD.fork_unlock();
     }
     extern "C" fn child() {
+        INSTALLED.store(true, Ordering::Relaxed);
         let mut orphans = invoker::fork_child();
         if let Some(lists) = LISTS.get() {
             for l in lists.iter() {
@@ -95,5 +106,7 @@ pub(super) fn install_fork_handlers() {
         crate::lowmem::report(format_args!(
             "rcu: pthread_atfork failed ({r}); fork() children may hang in grace periods"
         ));
+    } else {
+        INSTALLED.store(true, Ordering::Relaxed);
     }
 }

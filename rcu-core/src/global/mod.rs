@@ -20,6 +20,11 @@
 //!    `ensure_worker`, the stand-in through [`rcu_barrier`], and the invokers through the
 //!    worker's passes.
 //!
+//! * **Initialisation and fork().** `init` runs once per process, marked with the process id of
+//!   the runner while it runs (`INIT`), not in a `std::sync::Once`: a `fork()` while another
+//!   thread runs it leaves the child the parent's id, and the child's first use runs it again
+//!   (its steps are idempotent; the fork handlers are registered once) instead of waiting for a
+//!   thread it does not have.
 //! * **Short of memory.** The paths above run exactly when memory may be exhausted, and an
 //!   infallible allocation failing there aborts the process, so none of them allocates
 //!   infallibly: threads are started by `lowmem::spawn` (fails softly, with an `OutOfMemory`
@@ -52,7 +57,6 @@ mod state;
 mod worker;
 
 use core::marker::PhantomData;
-use std::sync::Once;
 
 use crate::callback::{BarrierWait, Callback, EnqueueError};
 use crate::gp::Domain;
@@ -67,8 +71,11 @@ pub use state::{enter_no_barrier, no_barrier_reason, NoBarrierScope};
 use state::{try_lists, DOMAIN, INVOKED, IN_CALLBACK, LISTS};
 use worker::{stand_in_for_worker, wake_worker, IDLE, POLL_REQUEST, URGENT, WORKER};
 
-/// Decides the barrier mode and installs the fork handlers, once.
-static INIT: Once = Once::new();
+/// `init`'s progress: 0 before it, the process id of the process whose thread runs it, or
+/// [`INIT_DONE`] (`init_slow`).
+static INIT: AtomicU64 = AtomicU64::new(0);
+/// `INIT` once the initialisation is done (no process id).
+const INIT_DONE: u64 = u64::MAX;
 /// Callbacks a `call_rcu` caller ran itself after a grace period because no memory could be had.
 static INLINE_FALLBACK: AtomicU64 = AtomicU64::new(0);
 
@@ -89,16 +96,54 @@ pub fn heavy_barrier() {
 }
 
 /// Decides the barrier mode and installs the fork handlers (idempotent).
+#[inline]
 pub(crate) fn init() {
-    INIT.call_once(|| {
-        DOMAIN.set_mode(crate::sys::membarrier::probe());
-        fork::install_fork_handlers();
-        // Allocated here, where the caller can afford it, rather than on a later path that may
-        // run short of memory (both retry fallibly when they find nothing).
-        let _ = try_lists();
-        DOMAIN.reserve_records(); // for threads that register with no memory
-        let _ = crate::stall::stall_timeout(); // reads the environment once
-    });
+    // Acquire pairs with the Release store of `INIT_DONE`: the mode and the lists are set.
+    if INIT.load(Ordering::Acquire) != INIT_DONE {
+        init_slow();
+    }
+}
+
+/// The initialisation itself, run by one thread; the others wait for it. Not a `std::sync::Once`:
+/// a `fork()` while another thread runs it would leave the child's copy "running" for a thread
+/// the child does not have, and every later use of the engine in the child would wait forever.
+/// The runner's process id marks it instead: a fork child finds its parent's id there and runs
+/// the steps again (each is idempotent; the fork handlers are registered once, `fork.rs`).
+#[cold]
+#[inline(never)]
+fn init_slow() {
+    // SAFETY: getpid has no preconditions.
+    let me = u64::from(unsafe { libc::getpid() } as u32);
+    loop {
+        // Acquire (load and CAS): as in `init`; a runner that takes over a fork child's stale
+        // mark needs nothing from the parent's partial run (the steps are idempotent).
+        let cur = INIT.load(Ordering::Acquire);
+        if cur == INIT_DONE {
+            return;
+        }
+        if cur == me {
+            // Another thread of this process runs it.
+            std::thread::sleep(std::time::Duration::from_micros(50));
+            continue;
+        }
+        // Not started (0), or started by the parent of this fork child (another process id):
+        // ours to run.
+        if INIT
+            .compare_exchange(cur, me, Ordering::Acquire, Ordering::Acquire)
+            .is_ok()
+        {
+            break;
+        }
+    }
+    DOMAIN.set_mode(crate::sys::membarrier::probe());
+    fork::install_fork_handlers();
+    // Allocated here, where the caller can afford it, rather than on a later path that may
+    // run short of memory (both retry fallibly when they find nothing).
+    let _ = try_lists();
+    DOMAIN.reserve_records(); // for threads that register with no memory
+    let _ = crate::stall::stall_timeout(); // reads the environment once
+                                           // Release pairs with the Acquire loads in `init` and `init_slow`.
+    INIT.store(INIT_DONE, Ordering::Release);
 }
 
 /// This thread's record, registering on first use.
