@@ -112,8 +112,7 @@
 //!    interface and the typesafe RCU debug switch (the cache's hooks are `cache::sanitize`).
 //! 2. `sheaf`: the per-CPU sheaves and the barn (generic over its backing; the loom model runs
 //!    it alone).
-//! 3. `sanitize`: the sanitizer's poisoning, which `page` and `cache` call; `page`: page runs and
-//!    the memory limit.
+//! 3. `page`: page runs and the memory limit.
 //! 4. `fork`: the `pthread_atfork` registration and the init lock; `shrink`: the shrinkers
 //!    `page` runs under pressure.
 //! 5. `cache`: `RawCache` and `KmemCache` (its own modules: `slab`, `node`, `tcache`,
@@ -128,8 +127,8 @@
 //!
 //! Known exceptions (`tests/layering.rs` checks the order and allows only these): the fork
 //! handlers of `fork`, which `shrink` and `cache` register, call into `shrink` and
-//! `cache::fork`; `page` runs the shrinkers of `shrink` under pressure; `cache` calls `typesafe` for the discard cap and
-//! returns `stats`' `CacheStats`; `sanitize`'s hooks read the `RawCache` that calls them.
+//! `cache::fork`; `page` runs the shrinkers of `shrink` under pressure; `cache` calls `typesafe`
+//! for the discard cap and returns `stats`' `CacheStats`.
 //!
 //! # Lock order
 //!
