@@ -196,7 +196,7 @@ unsafe impl<T: Send + Sync + 'static> Send for RcuList<T> {}
 unsafe impl<T: Send + Sync + 'static> Sync for RcuList<T> {}
 
 /// A non-zero number unique to the calling thread while it lives.
-fn thread_id() -> usize {
+pub(crate) fn thread_id() -> usize {
     std::thread_local!(static ID: u8 = const { 0 });
     ID.with(|b| b as *const u8 as usize)
 }
