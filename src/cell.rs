@@ -241,7 +241,10 @@ impl<T: Send + 'static> RcuCell<T> {
         self.compare_exchange_with(current, new, guard, RetireByCallRcu)
     }
 
-    /// [`RcuCell::compare_exchange`] with any [`Retire`] strategy.
+    /// [`RcuCell::compare_exchange`] with any [`Retire`] strategy. It runs inside `guard`'s
+    /// critical section, so a waiting strategy ([`RetireBySync`](rcu_core::RetireBySync))
+    /// panics there after the exchange, leaking the replaced value rather than freeing it under
+    /// the readers.
     ///
     /// ```
     /// let c = rcu_kit::RcuCell::new(Some(Box::new(1u8)));
@@ -271,6 +274,11 @@ impl<T: Send + 'static> RcuCell<T> {
 
     /// Replaces the value with `f(current)` in a compare-and-swap loop and retires the replaced
     /// value with `kfree_rcu`. `f` may run more than once when writers race.
+    ///
+    /// `f` runs inside a read-side critical section (it reads the current value): it must not
+    /// wait for a grace period (`synchronize_rcu`, [`Retired::synchronize`](crate::Retired::synchronize), `*_sync`: they
+    /// panic there), nor take a lock that a thread waiting for a grace period holds (that
+    /// deadlocks).
     ///
     /// ```
     /// let c = rcu_kit::RcuCell::new(Some(Box::new(1u8)));
@@ -476,6 +484,11 @@ impl<T: Send + 'static> RcuBox<T> {
 
     /// Replaces the value with `f(current)` in a compare-and-swap loop and retires the replaced
     /// value with `kfree_rcu`. `f` may run more than once when writers race.
+    ///
+    /// `f` runs inside a read-side critical section (it reads the current value): it must not
+    /// wait for a grace period (`synchronize_rcu`, [`Retired::synchronize`](crate::Retired::synchronize), `*_sync`: they
+    /// panic there), nor take a lock that a thread waiting for a grace period holds (that
+    /// deadlocks).
     ///
     /// ```
     /// let b = rcu_kit::RcuBox::new(1u64);

@@ -289,6 +289,11 @@ impl<T: Send + 'static> Atomic<T> {
     /// Replaces the pointee with `f(current)` in a compare-and-swap loop and retires the old one
     /// with `kfree_rcu`. `f` may run more than once when writers race.
     ///
+    /// `f` runs inside a read-side critical section (it reads the current value): it must not
+    /// wait for a grace period (`synchronize_rcu`, [`Retired::synchronize`], `*_sync`: they
+    /// panic there), nor take a lock that a thread waiting for a grace period holds (that
+    /// deadlocks).
+    ///
     /// ```
     /// let hits = rcu_kit::Atomic::new(0u64);
     /// hits.update(|old| Some(Box::new(old.copied().unwrap_or(0) + 1)));
