@@ -21,7 +21,9 @@
 //! 2. The bitmap, `inuse`, `list` and the `prev`/`next` links are only touched under the owning
 //!    node's lock, or by the single owner of a slab detached from every list.
 //! 3. `inuse + popcount(bitmap) == nr_objects`.
-//! 4. With a ctor, every object holds a valid `T` from slab creation until [`discard_now`].
+//! 4. With a ctor, every object holds a valid `T` from slab creation until [`discard_now`]. A
+//!    ctor that panics leaves no slab: the objects it made are dropped and the run unmapped
+//!    before the unwind leaves [`SlabHeader::create`].
 //!
 //! ## Memory orderings
 //! Slab memory is published to other threads only through locks (node lock, slot lock) or the
