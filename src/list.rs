@@ -78,7 +78,10 @@
 //!
 //! Re-entrancy: writer methods run the caller's predicates under the mutex. A predicate (or a
 //! `ListWriter` holder) that calls a writer method of the same list on the same thread would
-//! deadlock on the mutex; the list records the writer thread and panics instead. Retiring
+//! deadlock on the mutex; the list records the writer thread and panics instead. Readers may call
+//! writer methods, so they may wait for the mutex inside their critical section: a `ListWriter`
+//! holder that waited for a grace period could wait for such a reader forever. Each thread
+//! counts the writers it holds, and [`Retired::synchronize`] panics while the count is not 0. Retiring
 //! happens after the mutex is released (the returned handles drop in the caller), so a value's
 //! destructor run by the batcher's inline reclaim may use the list.
 //!
@@ -195,6 +198,18 @@ unsafe impl<T: Send + Sync + 'static> Send for RcuList<T> {}
 // SAFETY: as above.
 unsafe impl<T: Send + Sync + 'static> Sync for RcuList<T> {}
 
+std::thread_local!(
+    /// How many `ListWriter`s the calling thread holds (of any list).
+    static WRITERS_HELD: core::cell::Cell<usize> = const { core::cell::Cell::new(0) }
+);
+
+/// Whether the calling thread holds the writer lock of some [`RcuList`]: waiting for a grace
+/// period there could wait for a reader that waits for that lock ([`Retired::synchronize`]
+/// panics instead).
+pub(crate) fn holds_a_list_writer() -> bool {
+    WRITERS_HELD.with(|n| n.get() != 0)
+}
+
 /// A non-zero number unique to the calling thread while it lives.
 pub(crate) fn thread_id() -> usize {
     std::thread_local!(static ID: u8 = const { 0 });
@@ -257,6 +272,7 @@ impl<T: Send + Sync + 'static> RcuList<T> {
         let state = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         // Relaxed: a re-entrancy marker read only by this thread (above).
         self.writer_thread.store(me, Ordering::Relaxed);
+        WRITERS_HELD.with(|n| n.set(n.get() + 1));
         ListWriter { list: self, state }
     }
 
@@ -425,7 +441,9 @@ impl<T: Send + Sync + fmt::Debug + 'static> fmt::Debug for RcuList<T> {
 ///
 /// Drop the [`Retired`] handles it returns after the writer (or keep them): retiring while the
 /// lock is held is allowed, but a destructor run by the batcher's inline reclaim that calls back
-/// into this list panics (re-entrancy).
+/// into this list panics (re-entrancy), and [`Retired::synchronize`] panics while any
+/// `ListWriter` is held on the thread (a reader waiting for this lock would hold its grace period
+/// back forever): drop the writer first.
 ///
 /// ```
 /// let list = rcu_kit::RcuList::new();
@@ -445,6 +463,8 @@ impl<T: Send + Sync + 'static> Drop for ListWriter<'_, T> {
     fn drop(&mut self) {
         // Before the mutex guard (a field) unlocks. Relaxed: the re-entrancy marker.
         self.list.writer_thread.store(0, Ordering::Relaxed);
+        // `ListWriter` is not `Send` (its mutex guard): this is the thread that counted it.
+        WRITERS_HELD.with(|n| n.set(n.get() - 1));
     }
 }
 
@@ -732,6 +752,52 @@ mod tests {
         assert_eq!(collect(&l), [7]);
         assert_eq!(format!("{l:?}"), "[7]");
         kfree_batch::kvfree_rcu_barrier();
+    }
+
+    /// A reader may call a writer method (it waits for the writer lock inside its critical
+    /// section); a `ListWriter` holder that waits for a grace period would then wait for that
+    /// reader, which waits for the holder.
+    #[test]
+    fn synchronize_under_a_list_writer_panics_instead_of_deadlocking() {
+        if test_support::child_case().as_deref() == Some("sync-under-writer") {
+            let list = RcuList::new();
+            list.push_back(1u32);
+            let in_reader = std::sync::Barrier::new(2);
+            std::thread::scope(|s| {
+                let mut w = list.writer();
+                s.spawn(|| {
+                    let _g = rcu_core::rcu_read_lock();
+                    in_reader.wait();
+                    list.push_back(2); // waits for `w` inside the critical section
+                });
+                in_reader.wait();
+                let old = w.pop_front().unwrap();
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    old.synchronize().into_value()
+                }));
+                drop(w);
+                let msg = r.expect_err("synchronize under a ListWriter");
+                let msg = msg
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| msg.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                assert!(msg.contains("holds an RcuList writer lock"), "{msg}");
+            });
+            assert_eq!(list.len(), 1);
+            kfree_batch::kvfree_rcu_barrier();
+            return;
+        }
+        if test_support::child_case().is_some() {
+            return;
+        }
+        let out = test_support::run_child(
+            "list::tests::synchronize_under_a_list_writer_panics_instead_of_deadlocking",
+            "sync-under-writer",
+            &[],
+            std::time::Duration::from_secs(60),
+        );
+        assert!(out.status.success(), "{}", test_support::stderr(&out));
     }
 
     #[test]

@@ -597,8 +597,11 @@ impl<T: Send + 'static> Retired<T> {
     /// hold it any more.
     ///
     /// # Panics
-    /// Inside a read-side critical section (the wait could never end). The value is then retired
-    /// with `kfree_rcu` by the unwind, never freed under the readers.
+    /// Inside a read-side critical section (the wait could never end), and while the thread
+    /// holds an [`RcuList`](crate::RcuList) writer lock (a [`ListWriter`](crate::ListWriter)):
+    /// readers may wait for that lock inside their critical sections, so the wait could never end
+    /// either. The value is then retired with `kfree_rcu` by the unwind, never freed under the
+    /// readers.
     ///
     /// ```
     /// let a = rcu_kit::Atomic::new(vec![1, 2]);
@@ -608,6 +611,13 @@ impl<T: Send + 'static> Retired<T> {
     #[track_caller]
     pub fn synchronize(self) -> Box<T> {
         // A panic here drops `self`, which retires through `kfree_rcu` (Invariant 2).
+        if crate::list::holds_a_list_writer() {
+            panic!(
+                "Retired::synchronize called while this thread holds an RcuList writer lock (a \
+                 ListWriter): a reader waiting for that lock inside its read-side critical \
+                 section would hold the grace period back forever; drop the ListWriter first"
+            );
+        }
         rcu_core::synchronize_rcu();
         let p = self.into_raw_for_retire();
         // SAFETY: a `Box<T>` allocation owned by the handle (Invariant 1), and a grace period
