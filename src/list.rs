@@ -199,14 +199,26 @@ unsafe impl<T: Send + Sync + 'static> Send for RcuList<T> {}
 unsafe impl<T: Send + Sync + 'static> Sync for RcuList<T> {}
 
 std::thread_local!(
-    /// How many `ListWriter`s the calling thread holds (of any list).
+    /// How many writer locks of lists and maps (`ListWriter`, the map's writer guard) the
+    /// calling thread holds.
     static WRITERS_HELD: core::cell::Cell<usize> = const { core::cell::Cell::new(0) }
 );
 
-/// Whether the calling thread holds the writer lock of some [`RcuList`]: waiting for a grace
-/// period there could wait for a reader that waits for that lock ([`Retired::synchronize`]
-/// panics instead).
-pub(crate) fn holds_a_list_writer() -> bool {
+/// Counts a writer lock the calling thread took (released by [`writer_lock_released`] on the
+/// same thread: the guards are not `Send`).
+pub(crate) fn writer_lock_taken() {
+    WRITERS_HELD.with(|n| n.set(n.get() + 1));
+}
+
+/// Uncounts a writer lock taken by [`writer_lock_taken`] on this thread.
+pub(crate) fn writer_lock_released() {
+    WRITERS_HELD.with(|n| n.set(n.get() - 1));
+}
+
+/// Whether the calling thread holds the writer lock of some [`RcuList`] or
+/// [`RcuHashMap`](crate::map::RcuHashMap): waiting for a grace period there could wait for a
+/// reader that waits for that lock ([`Retired::synchronize`] panics instead).
+pub(crate) fn holds_a_writer_lock() -> bool {
     WRITERS_HELD.with(|n| n.get() != 0)
 }
 
@@ -272,7 +284,7 @@ impl<T: Send + Sync + 'static> RcuList<T> {
         let state = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         // Relaxed: a re-entrancy marker read only by this thread (above).
         self.writer_thread.store(me, Ordering::Relaxed);
-        WRITERS_HELD.with(|n| n.set(n.get() + 1));
+        writer_lock_taken();
         ListWriter { list: self, state }
     }
 
@@ -464,7 +476,7 @@ impl<T: Send + Sync + 'static> Drop for ListWriter<'_, T> {
         // Before the mutex guard (a field) unlocks. Relaxed: the re-entrancy marker.
         self.list.writer_thread.store(0, Ordering::Relaxed);
         // `ListWriter` is not `Send` (its mutex guard): this is the thread that counted it.
-        WRITERS_HELD.with(|n| n.set(n.get() - 1));
+        writer_lock_released();
     }
 }
 
@@ -782,7 +794,10 @@ mod tests {
                     .map(|s| s.to_string())
                     .or_else(|| msg.downcast_ref::<String>().cloned())
                     .unwrap_or_default();
-                assert!(msg.contains("holds an RcuList writer lock"), "{msg}");
+                assert!(
+                    msg.contains("holds an RcuList or RcuHashMap writer lock"),
+                    "{msg}"
+                );
             });
             assert_eq!(list.len(), 1);
             kfree_batch::kvfree_rcu_barrier();

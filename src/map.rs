@@ -18,7 +18,9 @@
 //!   [`Retired`] handle the swap returns, with `kfree_rcu`.
 //! * **Re-entrancy.** Writers run user code under the mutex (`Hash`, `Eq`, and `Clone` in a
 //!   resize); one that calls a writer method of the same map on the same thread would relock it
-//!   and deadlock, so the map records the writer thread and panics instead. Replaced, removed
+//!   and deadlock, so the map records the writer thread and panics instead; and
+//!   [`Retired::synchronize`] run by such code panics (a reader may wait for the mutex inside its
+//!   critical section, so the grace period could never end). Replaced, removed
 //!   and resized-away memory is retired only after the mutex is released: the batcher may free
 //!   ready objects inline in that retire (running their `Drop`, which may use the map) or wait
 //!   for a grace period there (which a reader blocked on the mutex would hold back forever).
@@ -120,6 +122,8 @@ impl Drop for MapWriter<'_> {
     fn drop(&mut self) {
         // Before the mutex guard (a field) unlocks. Relaxed: the re-entrancy marker.
         self.marker.store(0, Ordering::Relaxed);
+        // Not `Send` (its mutex guard): this is the thread that counted it.
+        crate::list::writer_lock_released();
     }
 }
 
@@ -233,6 +237,7 @@ where
         let state = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         // Relaxed: a re-entrancy marker read only by this thread (above).
         self.writer_thread.store(me, Ordering::Relaxed);
+        crate::list::writer_lock_taken();
         MapWriter {
             marker: &self.writer_thread,
             state,
@@ -626,6 +631,68 @@ mod tests {
         let out = test_support::run_child(
             "map::tests::a_clone_calling_back_into_the_map_panics_instead_of_deadlocking",
             "clone",
+            &[],
+            std::time::Duration::from_secs(60),
+        );
+        assert!(out.status.success(), "{}", test_support::stderr(&out));
+    }
+
+    /// A value whose `Clone` (run by a resize, under the writer mutex) waits for a grace period
+    /// while a reader waits for that mutex inside its critical section.
+    static SYNC_ON_CLONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    static IN_READER: std::sync::Barrier = std::sync::Barrier::new(2);
+    static OLD: Atomic<u64> = Atomic::null();
+
+    struct SyncOnClone;
+    impl Clone for SyncOnClone {
+        fn clone(&self) -> Self {
+            if SYNC_ON_CLONE.swap(false, Ordering::SeqCst) {
+                IN_READER.wait();
+                OLD.store(Some(Box::new(1)));
+                drop(OLD.swap(None).unwrap().synchronize());
+            }
+            SyncOnClone
+        }
+    }
+
+    #[test]
+    fn synchronize_under_the_map_writer_lock_panics_instead_of_deadlocking() {
+        if test_support::child_case().as_deref() == Some("sync-under-writer") {
+            let m = RcuHashMap::new();
+            for i in 0..12u64 {
+                m.insert(i, SyncOnClone);
+            }
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    let _g = rcu_read_lock();
+                    IN_READER.wait();
+                    m.insert(1_000, SyncOnClone); // waits for the mutex inside the reader
+                });
+                SYNC_ON_CLONE.store(true, Ordering::SeqCst);
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    m.insert(12, SyncOnClone); // 13 > 12: resize, clone
+                }));
+                let msg = r.expect_err("synchronize under the map's writer lock");
+                let msg = msg
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| msg.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                assert!(
+                    msg.contains("holds an RcuList or RcuHashMap writer lock"),
+                    "{msg}"
+                );
+            });
+            assert!(m.contains_key(&1_000));
+            kfree_batch::kvfree_rcu_barrier();
+            return;
+        }
+        if test_support::child_case().is_some() {
+            return;
+        }
+        let out = test_support::run_child(
+            "map::tests::synchronize_under_the_map_writer_lock_panics_instead_of_deadlocking",
+            "sync-under-writer",
             &[],
             std::time::Duration::from_secs(60),
         );

@@ -598,7 +598,8 @@ impl<T: Send + 'static> Retired<T> {
     ///
     /// # Panics
     /// Inside a read-side critical section (the wait could never end), and while the thread
-    /// holds an [`RcuList`](crate::RcuList) writer lock (a [`ListWriter`](crate::ListWriter)):
+    /// holds an [`RcuList`](crate::RcuList) writer lock (a [`ListWriter`](crate::ListWriter)) or
+    /// an [`RcuHashMap`](crate::map::RcuHashMap)'s (user code run by its writers):
     /// readers may wait for that lock inside their critical sections, so the wait could never end
     /// either. The value is then retired with `kfree_rcu` by the unwind, never freed under the
     /// readers.
@@ -611,11 +612,12 @@ impl<T: Send + 'static> Retired<T> {
     #[track_caller]
     pub fn synchronize(self) -> Box<T> {
         // A panic here drops `self`, which retires through `kfree_rcu` (Invariant 2).
-        if crate::list::holds_a_list_writer() {
+        if crate::list::holds_a_writer_lock() {
             panic!(
-                "Retired::synchronize called while this thread holds an RcuList writer lock (a \
-                 ListWriter): a reader waiting for that lock inside its read-side critical \
-                 section would hold the grace period back forever; drop the ListWriter first"
+                "Retired::synchronize called while this thread holds an RcuList or RcuHashMap \
+                 writer lock (a ListWriter, or code run by a map writer): a reader waiting for \
+                 that lock inside its read-side critical section would hold the grace period \
+                 back forever; drop the ListWriter first"
             );
         }
         rcu_core::synchronize_rcu();
