@@ -81,9 +81,11 @@
 //! deadlock on the mutex; the list records the writer thread and panics instead. Readers may call
 //! writer methods, so they may wait for the mutex inside their critical section: a `ListWriter`
 //! holder that waited for a grace period could wait for such a reader forever. Each thread
-//! counts the writers it holds, and [`Retired::synchronize`] panics while the count is not 0. Retiring
-//! happens after the mutex is released (the returned handles drop in the caller), so a value's
-//! destructor run by the batcher's inline reclaim may use the list.
+//! counts the writers it holds, and [`Retired::synchronize`] panics while the count is not 0.
+//! The list's own methods retire after the mutex is released (the returned handles drop in the
+//! caller), so a value's destructor run by the batcher's inline reclaim may use the list; a
+//! handle retired with `kfree_rcu` while a writer is held retires under a read guard of its own,
+//! where the batcher neither runs destructors inline nor waits (`ptr` Invariant 2).
 //!
 //! ## Memory orderings
 //! * Linking (push, replace) stores the new node with Release after initialising it (and its
@@ -451,9 +453,9 @@ impl<T: Send + Sync + fmt::Debug + 'static> fmt::Debug for RcuList<T> {
 /// The writer lock of an [`RcuList`], from [`RcuList::writer`]: the list's writer methods, for
 /// several operations under one lock.
 ///
-/// Drop the [`Retired`] handles it returns after the writer (or keep them): retiring while the
-/// lock is held is allowed, but a destructor run by the batcher's inline reclaim that calls back
-/// into this list panics (re-entrancy), and [`Retired::synchronize`] panics while any
+/// Drop the [`Retired`] handles it returns after the writer (or keep them): retiring with
+/// `kfree_rcu` (or by dropping them) while the lock is held is allowed (it then neither runs
+/// destructors inline nor waits), and [`Retired::synchronize`] panics while any
 /// `ListWriter` is held on the thread (a reader waiting for this lock would hold its grace period
 /// back forever): drop the writer first.
 ///
@@ -764,6 +766,59 @@ mod tests {
         assert_eq!(collect(&l), [7]);
         assert_eq!(format!("{l:?}"), "[7]");
         kfree_batch::kvfree_rcu_barrier();
+    }
+
+    /// Handles dropped while a `ListWriter` is held retire without running destructors inline:
+    /// a destructor that uses the list would otherwise meet the re-entrancy panic inside the
+    /// batcher, which leaks the rest of its batch.
+    #[test]
+    fn retiring_under_a_list_writer_runs_no_destructor_that_reenters_it() {
+        static MADE: AtomicUsize = AtomicUsize::new(0);
+        static DROPPED: AtomicUsize = AtomicUsize::new(0);
+        static LIST: RcuList<Reenters> = RcuList::new();
+        struct Reenters(u32);
+        impl Reenters {
+            fn new(v: u32) -> Self {
+                MADE.fetch_add(1, Ordering::SeqCst);
+                Reenters(v)
+            }
+        }
+        impl Drop for Reenters {
+            fn drop(&mut self) {
+                DROPPED.fetch_add(1, Ordering::SeqCst);
+                if self.0 % 2 == 1 {
+                    LIST.push_back(Reenters::new(0)); // uses the list from a destructor
+                }
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for round in 0..400u32 {
+            if Instant::now() > deadline {
+                break;
+            }
+            let mut w = LIST.writer();
+            for i in 0..50 {
+                w.push_back(Reenters::new(round * 50 + i));
+            }
+            while let Some(old) = w.pop_front() {
+                drop(old); // kfree_rcu under the writer lock (allowed)
+            }
+            drop(w);
+            if round % 20 == 0 {
+                rcu_core::synchronize_rcu(); // earlier blocks become ready for inline frees
+            }
+        }
+        for _ in 0..4 {
+            LIST.retain(|_| false);
+            kfree_batch::kvfree_rcu_barrier();
+        }
+        LIST.retain(|_| false);
+        kfree_batch::kvfree_rcu_barrier();
+        assert_eq!(
+            DROPPED.load(Ordering::SeqCst) + LIST.len(),
+            MADE.load(Ordering::SeqCst),
+            "every value is dropped once (none leaked with a batch)"
+        );
     }
 
     /// A reader may call a writer method (it waits for the writer lock inside its critical

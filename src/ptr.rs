@@ -71,6 +71,8 @@
 //! 2. A `Retired` frees its pointer only after a grace period that starts after the unpublish
 //!    (through `kfree_rcu`, `call_rcu` or `synchronize_rcu`), never earlier; its drop retires
 //!    through `kfree_rcu`, so an ignored or unwound handle is never freed early (nor leaked).
+//!    While the thread holds a list or map writer lock, `kfree_rcu` runs under a read guard of
+//!    its own: the batcher then neither runs other objects' destructors inline nor waits.
 //! 3. A [`Shared<'g, T>`] is only made by [`Atomic::load`] under a guard borrowed for `'g`, so
 //!    its pointee was published when this thread's critical section was already open; by 2 it
 //!    stays valid for `'g`.
@@ -576,7 +578,7 @@ impl<T: Send + 'static> Retired<T> {
     pub fn kfree_rcu(self) {
         let p = self.into_raw_for_retire();
         // SAFETY: `from_unpublished`'s contract is `kfree_rcu_raw`'s; ownership passes here.
-        unsafe { kfree_batch::kfree_rcu_raw(p) };
+        unsafe { kfree_under_writer_aware(p) };
     }
 
     /// Drops the value in a `call_rcu` callback after a grace period.
@@ -632,8 +634,23 @@ impl<T: Send + 'static> Drop for Retired<T> {
     fn drop(&mut self) {
         // SAFETY: the handle owns the unpublished pointer (`from_unpublished`), and `drop` runs
         // once; `kfree_rcu_raw` frees it after a grace period and never panics.
-        unsafe { kfree_batch::kfree_rcu_raw(self.ptr.as_ptr()) };
+        unsafe { kfree_under_writer_aware(self.ptr.as_ptr()) };
     }
+}
+
+/// `kfree_rcu_raw`, which outside a reader may run ready objects' destructors inline or wait for
+/// a grace period (crate docs of `kfree_batch`). While this thread holds an `RcuList` or
+/// `RcuHashMap` writer lock, neither is allowed: a destructor using that structure would meet
+/// its re-entrancy panic (and the batcher leaks the rest of that batch), and a reader waiting
+/// for the lock would hold the grace period back forever. So the retire then runs inside a
+/// read-side critical section of its own, where the batcher does neither (it parks the object).
+///
+/// # Safety
+/// `kfree_rcu_raw`'s contract.
+unsafe fn kfree_under_writer_aware<T: Send + 'static>(p: *mut T) {
+    let _reader = crate::list::holds_a_writer_lock().then(rcu_core::rcu_read_lock);
+    // SAFETY: forwarded contract.
+    unsafe { kfree_batch::kfree_rcu_raw(p) };
 }
 
 impl<T: Send + 'static> fmt::Debug for Retired<T> {
