@@ -776,6 +776,7 @@ mod tests {
         static MADE: AtomicUsize = AtomicUsize::new(0);
         static DROPPED: AtomicUsize = AtomicUsize::new(0);
         static LIST: RcuList<Reenters> = RcuList::new();
+        static CELL: crate::RcuCell<Reenters> = crate::RcuCell::empty();
         struct Reenters(u32);
         impl Reenters {
             fn new(v: u32) -> Self {
@@ -796,12 +797,20 @@ mod tests {
             if Instant::now() > deadline {
                 break;
             }
+            // Outside the writer: values that re-enter, batched for later frees.
+            for i in 0..50 {
+                CELL.replace(Some(Box::new(Reenters::new(round * 100 + i * 2 + 1))));
+            }
             let mut w = LIST.writer();
             for i in 0..50 {
                 w.push_back(Reenters::new(round * 50 + i));
             }
             while let Some(old) = w.pop_front() {
                 drop(old); // kfree_rcu under the writer lock (allowed)
+            }
+            // RcuCell's `update` retires with kfree_rcu too (through `RetireByKfree`).
+            for _ in 0..10 {
+                CELL.update(|_| Some(Box::new(Reenters::new(2))));
             }
             drop(w);
             if round % 20 == 0 {
@@ -812,6 +821,7 @@ mod tests {
             LIST.retain(|_| false);
             kfree_batch::kvfree_rcu_barrier();
         }
+        CELL.take();
         LIST.retain(|_| false);
         kfree_batch::kvfree_rcu_barrier();
         assert_eq!(

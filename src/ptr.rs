@@ -647,7 +647,7 @@ impl<T: Send + 'static> Drop for Retired<T> {
 ///
 /// # Safety
 /// `kfree_rcu_raw`'s contract.
-unsafe fn kfree_under_writer_aware<T: Send + 'static>(p: *mut T) {
+pub(crate) unsafe fn kfree_under_writer_aware<T: Send + 'static>(p: *mut T) {
     let _reader = crate::list::holds_a_writer_lock().then(rcu_core::rcu_read_lock);
     // SAFETY: forwarded contract.
     unsafe { kfree_batch::kfree_rcu_raw(p) };
