@@ -16,15 +16,15 @@
 //!   builds a table twice as large holding copies of every node, publishes it with one Release
 //!   swap, and retires the whole old table (which frees its nodes when dropped) through the
 //!   [`Retired`] handle the swap returns, with `kfree_rcu`.
-//! * **Re-entrancy.** Writers run user code under the mutex (`Hash`, `Eq`, and `Clone` in a
-//!   resize); one that calls a writer method of the same map on the same thread would relock it
-//!   and deadlock, so the map records the writer thread and panics instead; and
-//!   [`Retired::synchronize`] run by such code panics (a reader may wait for the mutex inside its
-//!   critical section, so the grace period could never end). Replaced, removed
-//!   and resized-away memory is retired only after the mutex is released: the batcher may free
-//!   ready objects inline in that retire (running their `Drop`, which may use the map) or wait
-//!   for a grace period there (which a reader blocked on the mutex would hold back forever).
 //!   Readers that loaded the old table keep walking it, intact, until their guard drops.
+//! * **Re-entrancy.** Writers run user code under the mutex (`Eq`, and `Clone` in a resize);
+//!   one that calls a writer method of the same map on the same thread would relock it and
+//!   deadlock, so the map records the writer thread and panics instead; and
+//!   [`Retired::synchronize`] run by such code panics (a reader may wait for the mutex inside its
+//!   critical section, so the grace period could never end). Replaced, removed and resized-away
+//!   memory is retired only after the mutex is released: the batcher may free ready objects
+//!   inline in that retire (running their `Drop`, which may use the map) or wait for a grace
+//!   period there (which a reader blocked on the mutex would hold back forever).
 //!
 //! Every node reachable from a table's chains is owned by that table; a node leaves the table's
 //! ownership only when a writer unlinks it, and is then retired on its own, as a [`Retired`].
@@ -230,8 +230,8 @@ where
         if self.writer_thread.load(Ordering::Relaxed) == me {
             panic!(
                 "RcuHashMap: a writer method was called by the thread that already holds the \
-                 map's writer lock (from a key's or value's Hash, Eq or Clone run by a writer): \
-                 it would deadlock"
+                 map's writer lock (from a key's or value's Eq or Clone run by a writer): it \
+                 would deadlock"
             );
         }
         let state = self.writer.lock().unwrap_or_else(|e| e.into_inner());
