@@ -20,8 +20,15 @@ use rcu_core::{CompareExchangeError, RcuReadGuard, Retire, RetireByCallRcu};
 use crate::ptr::{Atomic, Retired, Shared};
 
 /// Hands a retired value to a [`Retire`] strategy as the raw pointer it is.
+///
+/// While the thread holds a list or map writer lock, the strategy runs inside a read-side
+/// critical section of its own: a reader may be waiting for that lock inside its critical
+/// section, so a strategy that waits for a grace period (`RetireBySync`) would wait forever; in
+/// a reader it panics instead (and leaks the value, never frees it early), and the non-waiting
+/// strategies behave as in any reader (`ptr` Invariant 2).
 fn retire_with<T: Send + 'static, R: Retire<T>>(old: Option<Retired<T>>, how: R) {
     if let Some(old) = old {
+        let _reader = crate::list::holds_a_writer_lock().then(rcu_core::rcu_read_lock);
         let p = old.into_raw_for_retire();
         // SAFETY: `p` came from `Box::into_raw`, is unpublished, and the handle gave up its
         // ownership to this call (`Retire::retire_raw`'s contract).

@@ -880,6 +880,42 @@ mod tests {
         assert!(out.status.success(), "{}", test_support::stderr(&out));
     }
 
+    /// The same wait through an `RcuCell` retire strategy that waits (`RetireBySync`).
+    #[test]
+    fn a_waiting_retire_strategy_under_a_list_writer_panics_instead_of_deadlocking() {
+        if test_support::child_case().as_deref() == Some("sync-strategy-under-writer") {
+            let list = RcuList::new();
+            let cell = crate::RcuCell::new(Some(Box::new(1u32)));
+            let in_reader = std::sync::Barrier::new(2);
+            std::thread::scope(|s| {
+                let w = list.writer();
+                s.spawn(|| {
+                    let _g = rcu_core::rcu_read_lock();
+                    in_reader.wait();
+                    list.push_back(2u32); // waits for `w` inside the critical section
+                });
+                in_reader.wait();
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    cell.replace_with(Some(Box::new(2)), rcu_core::RetireBySync)
+                }));
+                drop(w);
+                assert!(r.is_err(), "a waiting strategy under a ListWriter panics");
+            });
+            assert_eq!(list.len(), 1);
+            return;
+        }
+        if test_support::child_case().is_some() {
+            return;
+        }
+        let out = test_support::run_child(
+            "list::tests::a_waiting_retire_strategy_under_a_list_writer_panics_instead_of_deadlocking",
+            "sync-strategy-under-writer",
+            &[],
+            std::time::Duration::from_secs(60),
+        );
+        assert!(out.status.success(), "{}", test_support::stderr(&out));
+    }
+
     #[test]
     fn a_predicate_calling_back_into_the_list_panics_instead_of_deadlocking() {
         let l = RcuList::new();
