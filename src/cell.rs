@@ -20,8 +20,15 @@ use rcu_core::{CompareExchangeError, RcuReadGuard, Retire, RetireByCallRcu};
 use crate::ptr::{Atomic, Retired, Shared};
 
 /// Hands a retired value to a [`Retire`] strategy as the raw pointer it is.
+///
+/// While the thread holds a list or map writer lock, the strategy runs inside a read-side
+/// critical section of its own: a reader may be waiting for that lock inside its critical
+/// section, so a strategy that waits for a grace period (`RetireBySync`) would wait forever; in
+/// a reader it panics instead (and leaks the value, never frees it early), and the non-waiting
+/// strategies behave as in any reader (`ptr` Invariant 2).
 fn retire_with<T: Send + 'static, R: Retire<T>>(old: Option<Retired<T>>, how: R) {
     if let Some(old) = old {
+        let _reader = crate::list::holds_a_writer_lock().then(rcu_core::rcu_read_lock);
         let p = old.into_raw_for_retire();
         // SAFETY: `p` came from `Box::into_raw`, is unpublished, and the handle gave up its
         // ownership to this call (`Retire::retire_raw`'s contract).
@@ -241,7 +248,10 @@ impl<T: Send + 'static> RcuCell<T> {
         self.compare_exchange_with(current, new, guard, RetireByCallRcu)
     }
 
-    /// [`RcuCell::compare_exchange`] with any [`Retire`] strategy.
+    /// [`RcuCell::compare_exchange`] with any [`Retire`] strategy. It runs inside `guard`'s
+    /// critical section, so a waiting strategy ([`RetireBySync`](rcu_core::RetireBySync))
+    /// panics there after the exchange, leaking the replaced value rather than freeing it under
+    /// the readers.
     ///
     /// ```
     /// let c = rcu_kit::RcuCell::new(Some(Box::new(1u8)));
@@ -271,6 +281,11 @@ impl<T: Send + 'static> RcuCell<T> {
 
     /// Replaces the value with `f(current)` in a compare-and-swap loop and retires the replaced
     /// value with `kfree_rcu`. `f` may run more than once when writers race.
+    ///
+    /// `f` runs inside a read-side critical section (it reads the current value): it must not
+    /// wait for a grace period (`synchronize_rcu`, [`Retired::synchronize`](crate::Retired::synchronize), `*_sync`: they
+    /// panic there), nor take a lock that a thread waiting for a grace period holds (that
+    /// deadlocks).
     ///
     /// ```
     /// let c = rcu_kit::RcuCell::new(Some(Box::new(1u8)));
@@ -476,6 +491,11 @@ impl<T: Send + 'static> RcuBox<T> {
 
     /// Replaces the value with `f(current)` in a compare-and-swap loop and retires the replaced
     /// value with `kfree_rcu`. `f` may run more than once when writers race.
+    ///
+    /// `f` runs inside a read-side critical section (it reads the current value): it must not
+    /// wait for a grace period (`synchronize_rcu`, [`Retired::synchronize`](crate::Retired::synchronize), `*_sync`: they
+    /// panic there), nor take a lock that a thread waiting for a grace period holds (that
+    /// deadlocks).
     ///
     /// ```
     /// let b = rcu_kit::RcuBox::new(1u64);

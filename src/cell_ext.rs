@@ -22,13 +22,15 @@ pub struct RetireByKfree;
 unsafe impl<T: Send + 'static> Retire<T> for RetireByKfree {
     #[inline]
     fn retire(self, old: Box<T>) {
-        kfree_batch::kfree_rcu(old);
+        // SAFETY: a `Box<T>` allocation given up here; nobody else frees it.
+        unsafe { crate::ptr::kfree_under_writer_aware(Box::into_raw(old)) };
     }
     #[inline]
     unsafe fn retire_raw(self, old: *mut T) {
+        // Under a list or map writer lock, as inside a reader (`ptr` Invariant 2).
         // SAFETY: `retire_raw`'s contract is `kfree_rcu_raw`'s: an unpublished `Box<T>`
         // allocation whose ownership passes to the call.
-        unsafe { kfree_batch::kfree_rcu_raw(old) };
+        unsafe { crate::ptr::kfree_under_writer_aware(old) };
     }
 }
 

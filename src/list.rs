@@ -78,9 +78,14 @@
 //!
 //! Re-entrancy: writer methods run the caller's predicates under the mutex. A predicate (or a
 //! `ListWriter` holder) that calls a writer method of the same list on the same thread would
-//! deadlock on the mutex; the list records the writer thread and panics instead. Retiring
-//! happens after the mutex is released (the returned handles drop in the caller), so a value's
-//! destructor run by the batcher's inline reclaim may use the list.
+//! deadlock on the mutex; the list records the writer thread and panics instead. Readers may call
+//! writer methods, so they may wait for the mutex inside their critical section: a `ListWriter`
+//! holder that waited for a grace period could wait for such a reader forever. Each thread
+//! counts the writers it holds, and [`Retired::synchronize`] panics while the count is not 0.
+//! The list's own methods retire after the mutex is released (the returned handles drop in the
+//! caller), so a value's destructor run by the batcher's inline reclaim may use the list; a
+//! handle retired with `kfree_rcu` while a writer is held retires under a read guard of its own,
+//! where the batcher neither runs destructors inline nor waits (`ptr` Invariant 2).
 //!
 //! ## Memory orderings
 //! * Linking (push, replace) stores the new node with Release after initialising it (and its
@@ -195,8 +200,32 @@ unsafe impl<T: Send + Sync + 'static> Send for RcuList<T> {}
 // SAFETY: as above.
 unsafe impl<T: Send + Sync + 'static> Sync for RcuList<T> {}
 
+std::thread_local!(
+    /// How many writer locks of lists and maps (`ListWriter`, the map's writer guard) the
+    /// calling thread holds.
+    static WRITERS_HELD: core::cell::Cell<usize> = const { core::cell::Cell::new(0) }
+);
+
+/// Counts a writer lock the calling thread took (released by [`writer_lock_released`] on the
+/// same thread: the guards are not `Send`).
+pub(crate) fn writer_lock_taken() {
+    WRITERS_HELD.with(|n| n.set(n.get() + 1));
+}
+
+/// Uncounts a writer lock taken by [`writer_lock_taken`] on this thread.
+pub(crate) fn writer_lock_released() {
+    WRITERS_HELD.with(|n| n.set(n.get() - 1));
+}
+
+/// Whether the calling thread holds the writer lock of some [`RcuList`] or
+/// [`RcuHashMap`](crate::map::RcuHashMap): waiting for a grace period there could wait for a
+/// reader that waits for that lock ([`Retired::synchronize`] panics instead).
+pub(crate) fn holds_a_writer_lock() -> bool {
+    WRITERS_HELD.with(|n| n.get() != 0)
+}
+
 /// A non-zero number unique to the calling thread while it lives.
-fn thread_id() -> usize {
+pub(crate) fn thread_id() -> usize {
     std::thread_local!(static ID: u8 = const { 0 });
     ID.with(|b| b as *const u8 as usize)
 }
@@ -257,6 +286,7 @@ impl<T: Send + Sync + 'static> RcuList<T> {
         let state = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         // Relaxed: a re-entrancy marker read only by this thread (above).
         self.writer_thread.store(me, Ordering::Relaxed);
+        writer_lock_taken();
         ListWriter { list: self, state }
     }
 
@@ -423,9 +453,11 @@ impl<T: Send + Sync + fmt::Debug + 'static> fmt::Debug for RcuList<T> {
 /// The writer lock of an [`RcuList`], from [`RcuList::writer`]: the list's writer methods, for
 /// several operations under one lock.
 ///
-/// Drop the [`Retired`] handles it returns after the writer (or keep them): retiring while the
-/// lock is held is allowed, but a destructor run by the batcher's inline reclaim that calls back
-/// into this list panics (re-entrancy).
+/// Drop the [`Retired`] handles it returns after the writer (or keep them): retiring with
+/// `kfree_rcu` (or by dropping them) while the lock is held is allowed (it then neither runs
+/// destructors inline nor waits), and [`Retired::synchronize`] panics while any
+/// `ListWriter` is held on the thread (a reader waiting for this lock would hold its grace period
+/// back forever): drop the writer first.
 ///
 /// ```
 /// let list = rcu_kit::RcuList::new();
@@ -445,6 +477,8 @@ impl<T: Send + Sync + 'static> Drop for ListWriter<'_, T> {
     fn drop(&mut self) {
         // Before the mutex guard (a field) unlocks. Relaxed: the re-entrancy marker.
         self.list.writer_thread.store(0, Ordering::Relaxed);
+        // `ListWriter` is not `Send` (its mutex guard): this is the thread that counted it.
+        writer_lock_released();
     }
 }
 
@@ -732,6 +766,154 @@ mod tests {
         assert_eq!(collect(&l), [7]);
         assert_eq!(format!("{l:?}"), "[7]");
         kfree_batch::kvfree_rcu_barrier();
+    }
+
+    /// Handles dropped while a `ListWriter` is held retire without running destructors inline:
+    /// a destructor that uses the list would otherwise meet the re-entrancy panic inside the
+    /// batcher, which leaks the rest of its batch.
+    #[test]
+    fn retiring_under_a_list_writer_runs_no_destructor_that_reenters_it() {
+        static MADE: AtomicUsize = AtomicUsize::new(0);
+        static DROPPED: AtomicUsize = AtomicUsize::new(0);
+        static LIST: RcuList<Reenters> = RcuList::new();
+        static CELL: crate::RcuCell<Reenters> = crate::RcuCell::empty();
+        struct Reenters(u32);
+        impl Reenters {
+            fn new(v: u32) -> Self {
+                MADE.fetch_add(1, Ordering::SeqCst);
+                Reenters(v)
+            }
+        }
+        impl Drop for Reenters {
+            fn drop(&mut self) {
+                DROPPED.fetch_add(1, Ordering::SeqCst);
+                if self.0 % 2 == 1 {
+                    LIST.push_back(Reenters::new(0)); // uses the list from a destructor
+                }
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for round in 0..400u32 {
+            if Instant::now() > deadline {
+                break;
+            }
+            // Outside the writer: values that re-enter, batched for later frees.
+            for i in 0..50 {
+                CELL.replace(Some(Box::new(Reenters::new(round * 100 + i * 2 + 1))));
+            }
+            let mut w = LIST.writer();
+            for i in 0..50 {
+                w.push_back(Reenters::new(round * 50 + i));
+            }
+            while let Some(old) = w.pop_front() {
+                drop(old); // kfree_rcu under the writer lock (allowed)
+            }
+            // RcuCell's `update` retires with kfree_rcu too (through `RetireByKfree`).
+            for _ in 0..10 {
+                CELL.update(|_| Some(Box::new(Reenters::new(2))));
+            }
+            drop(w);
+            if round % 20 == 0 {
+                rcu_core::synchronize_rcu(); // earlier blocks become ready for inline frees
+            }
+        }
+        for _ in 0..4 {
+            LIST.retain(|_| false);
+            kfree_batch::kvfree_rcu_barrier();
+        }
+        CELL.take();
+        LIST.retain(|_| false);
+        kfree_batch::kvfree_rcu_barrier();
+        assert_eq!(
+            DROPPED.load(Ordering::SeqCst) + LIST.len(),
+            MADE.load(Ordering::SeqCst),
+            "every value is dropped once (none leaked with a batch)"
+        );
+    }
+
+    /// A reader may call a writer method (it waits for the writer lock inside its critical
+    /// section); a `ListWriter` holder that waits for a grace period would then wait for that
+    /// reader, which waits for the holder.
+    #[test]
+    fn synchronize_under_a_list_writer_panics_instead_of_deadlocking() {
+        if test_support::child_case().as_deref() == Some("sync-under-writer") {
+            let list = RcuList::new();
+            list.push_back(1u32);
+            let in_reader = std::sync::Barrier::new(2);
+            std::thread::scope(|s| {
+                let mut w = list.writer();
+                s.spawn(|| {
+                    let _g = rcu_core::rcu_read_lock();
+                    in_reader.wait();
+                    list.push_back(2); // waits for `w` inside the critical section
+                });
+                in_reader.wait();
+                let old = w.pop_front().unwrap();
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    old.synchronize().into_value()
+                }));
+                drop(w);
+                let msg = r.expect_err("synchronize under a ListWriter");
+                let msg = msg
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| msg.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                assert!(
+                    msg.contains("holds an RcuList or RcuHashMap writer lock"),
+                    "{msg}"
+                );
+            });
+            assert_eq!(list.len(), 1);
+            kfree_batch::kvfree_rcu_barrier();
+            return;
+        }
+        if test_support::child_case().is_some() {
+            return;
+        }
+        let out = test_support::run_child(
+            "list::tests::synchronize_under_a_list_writer_panics_instead_of_deadlocking",
+            "sync-under-writer",
+            &[],
+            std::time::Duration::from_secs(60),
+        );
+        assert!(out.status.success(), "{}", test_support::stderr(&out));
+    }
+
+    /// The same wait through an `RcuCell` retire strategy that waits (`RetireBySync`).
+    #[test]
+    fn a_waiting_retire_strategy_under_a_list_writer_panics_instead_of_deadlocking() {
+        if test_support::child_case().as_deref() == Some("sync-strategy-under-writer") {
+            let list = RcuList::new();
+            let cell = crate::RcuCell::new(Some(Box::new(1u32)));
+            let in_reader = std::sync::Barrier::new(2);
+            std::thread::scope(|s| {
+                let w = list.writer();
+                s.spawn(|| {
+                    let _g = rcu_core::rcu_read_lock();
+                    in_reader.wait();
+                    list.push_back(2u32); // waits for `w` inside the critical section
+                });
+                in_reader.wait();
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    cell.replace_with(Some(Box::new(2)), rcu_core::RetireBySync)
+                }));
+                drop(w);
+                assert!(r.is_err(), "a waiting strategy under a ListWriter panics");
+            });
+            assert_eq!(list.len(), 1);
+            return;
+        }
+        if test_support::child_case().is_some() {
+            return;
+        }
+        let out = test_support::run_child(
+            "list::tests::a_waiting_retire_strategy_under_a_list_writer_panics_instead_of_deadlocking",
+            "sync-strategy-under-writer",
+            &[],
+            std::time::Duration::from_secs(60),
+        );
+        assert!(out.status.success(), "{}", test_support::stderr(&out));
     }
 
     #[test]

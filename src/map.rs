@@ -17,6 +17,14 @@
 //!   swap, and retires the whole old table (which frees its nodes when dropped) through the
 //!   [`Retired`] handle the swap returns, with `kfree_rcu`.
 //!   Readers that loaded the old table keep walking it, intact, until their guard drops.
+//! * **Re-entrancy.** Writers run user code under the mutex (`Eq`, and `Clone` in a resize);
+//!   one that calls a writer method of the same map on the same thread would relock it and
+//!   deadlock, so the map records the writer thread and panics instead; and
+//!   [`Retired::synchronize`] run by such code panics (a reader may wait for the mutex inside its
+//!   critical section, so the grace period could never end). Replaced, removed and resized-away
+//!   memory is retired only after the mutex is released: the batcher may free ready objects
+//!   inline in that retire (running their `Drop`, which may use the map) or wait for a grace
+//!   period there (which a reader blocked on the mutex would hold back forever).
 //!
 //! Every node reachable from a table's chains is owned by that table; a node leaves the table's
 //! ownership only when a writer unlinks it, and is then retired on its own, as a [`Retired`].
@@ -46,7 +54,7 @@ use core::hash::{BuildHasher, Hash};
 use core::ptr;
 use std::collections::hash_map::RandomState;
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use core::ptr::NonNull;
 
@@ -104,6 +112,21 @@ struct WriterState {
     len: usize,
 }
 
+/// The held writer mutex, with the re-entrancy marker cleared before the unlock.
+struct MapWriter<'a> {
+    marker: &'a AtomicUsize,
+    state: MutexGuard<'a, WriterState>,
+}
+
+impl Drop for MapWriter<'_> {
+    fn drop(&mut self) {
+        // Before the mutex guard (a field) unlocks. Relaxed: the re-entrancy marker.
+        self.marker.store(0, Ordering::Relaxed);
+        // Not `Send` (its mutex guard): this is the thread that counted it.
+        crate::list::writer_lock_released();
+    }
+}
+
 /// A concurrent hash map with lock-free, wait-free readers (see the [module docs](self)).
 ///
 /// * `get(&key, &guard)` returns a reference valid while the [`RcuReadGuard`] lives.
@@ -130,6 +153,8 @@ pub struct RcuHashMap<K: 'static, V: 'static, S = RandomState> {
     /// Never null.
     table: Atomic<Table<K, V>>,
     writer: Mutex<WriterState>,
+    /// The thread holding `writer` (`list::thread_id`), 0 when none: re-entrancy check.
+    writer_thread: AtomicUsize,
     /// Number of entries, readable without the mutex (a snapshot).
     len: AtomicUsize,
     hasher: S,
@@ -187,8 +212,35 @@ where
         RcuHashMap {
             table: Atomic::from_box(Some(Table::new(buckets))),
             writer: Mutex::new(WriterState { len: 0 }),
+            writer_thread: AtomicUsize::new(0),
             len: AtomicUsize::new(0),
             hasher,
+        }
+    }
+
+    /// Takes the writer mutex.
+    ///
+    /// # Panics
+    /// When the calling thread already holds it (user code run by a writer calling back into the
+    /// map): that would deadlock.
+    #[track_caller]
+    fn lock_writer(&self) -> MapWriter<'_> {
+        let me = crate::list::thread_id();
+        // Relaxed: only this thread stores its own id, so reading it back needs no ordering.
+        if self.writer_thread.load(Ordering::Relaxed) == me {
+            panic!(
+                "RcuHashMap: a writer method was called by the thread that already holds the \
+                 map's writer lock (from a key's or value's Eq or Clone run by a writer): it \
+                 would deadlock"
+            );
+        }
+        let state = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        // Relaxed: a re-entrancy marker read only by this thread (above).
+        self.writer_thread.store(me, Ordering::Relaxed);
+        crate::list::writer_lock_taken();
+        MapWriter {
+            marker: &self.writer_thread,
+            state,
         }
     }
 
@@ -268,7 +320,7 @@ where
     /// `kfree_rcu` (readers holding it keep a valid reference until their guard drops).
     pub fn insert(&self, key: K, value: V) -> bool {
         let hash = self.hash(&key);
-        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut w = self.lock_writer();
         // Writers hold the mutex: the table pointer and every chain link are ours to change.
         // Relaxed loads of them suffice (the mutex orders us after the previous writer).
         let table_ptr = self.table.load_relaxed_by_writer();
@@ -295,7 +347,9 @@ where
                 // SAFETY: `p` (non-null: it was `node`) came from `Box::into_raw`, is now
                 // unreachable for new readers, and was owned by the table; it is handed over
                 // once, as the raw pointer readers may still hold.
-                unsafe { Retired::from_unpublished(NonNull::new_unchecked(p)) }.kfree_rcu();
+                let old = unsafe { Retired::from_unpublished(NonNull::new_unchecked(p)) };
+                drop(w); // retire outside the lock (module docs, re-entrancy)
+                old.kfree_rcu();
                 return false;
             }
             link = &node.next;
@@ -308,12 +362,13 @@ where
         }));
         // Release: as above.
         head.store(new, Ordering::Release);
-        w.len += 1;
-        self.len.store(w.len, Ordering::Relaxed);
+        w.state.len += 1;
+        self.len.store(w.state.len, Ordering::Relaxed);
         let buckets = table.buckets.len();
-        if w.len > buckets / 4 * 3 {
-            // A pointer, not `table`: resize may free the old table before it returns.
-            self.resize(table_ptr, buckets * 2);
+        if w.state.len > buckets / 4 * 3 {
+            let old = self.resize(table_ptr, buckets * 2);
+            drop(w); // retire outside the lock (module docs, re-entrancy)
+            old.kfree_rcu();
         }
         true
     }
@@ -325,7 +380,7 @@ where
         Q: Hash + Eq + ?Sized,
     {
         let hash = self.hash(key);
-        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut w = self.lock_writer();
         // SAFETY: as in `insert`.
         let table = unsafe { &*self.table.load_relaxed_by_writer() };
         let mut link = table.bucket(hash);
@@ -342,9 +397,11 @@ where
                 link.store(node.next.load(Ordering::Relaxed), Ordering::Release);
                 // SAFETY: non-null (it was `node`), from `Box::into_raw`; unlinked above, so
                 // unreachable for new readers; owned by the table until now; handed over once.
-                unsafe { Retired::from_unpublished(NonNull::new_unchecked(p)) }.kfree_rcu();
-                w.len -= 1;
-                self.len.store(w.len, Ordering::Relaxed);
+                let old = unsafe { Retired::from_unpublished(NonNull::new_unchecked(p)) };
+                w.state.len -= 1;
+                self.len.store(w.state.len, Ordering::Relaxed);
+                drop(w); // retire outside the lock (module docs, re-entrancy)
+                old.kfree_rcu();
                 return true;
             }
             link = &node.next;
@@ -352,12 +409,14 @@ where
     }
 
     /// Copy-and-publish: a table of `buckets` buckets with copies of every node replaces `old`
-    /// (the current table), which is retired whole. Called with the writer mutex held.
+    /// (the current table), which comes back to be retired whole once the caller has released
+    /// the writer mutex. Called with the writer mutex held.
     ///
-    /// `old` is a raw pointer, not a `&Table`: `kfree_rcu` may free the old table before it
-    /// returns (with no page to queue it in, it waits for a grace period and frees inline), and a
-    /// reference argument would still be live (protected) for the whole call.
-    fn resize(&self, old: *const Table<K, V>, buckets: usize) {
+    /// `old` is a raw pointer, not a `&Table`: the caller's `kfree_rcu` may free the old table
+    /// before it returns (with no page to queue it in, it waits for a grace period and frees
+    /// inline), and a reference argument would be live for the caller's whole borrow.
+    #[must_use = "the old table is handed back to be retired"]
+    fn resize(&self, old: *const Table<K, V>, buckets: usize) -> Retired<Table<K, V>> {
         let new = Table::new(buckets);
         // SAFETY: `old` is the current table, alive under the writer mutex until it is retired
         // below; this borrow ends before that.
@@ -385,8 +444,9 @@ where
             .swap(Some(new))
             .expect("the table pointer is never null");
         debug_assert!(ptr::eq(prev.as_ptr(), old));
-        // Freed after a grace period; its drop then frees the nodes it owns.
-        prev.kfree_rcu();
+        // Freed after a grace period (by the caller's retire); its drop then frees the nodes it
+        // owns.
+        prev
     }
 
     /// Number of entries (a snapshot).
@@ -516,6 +576,161 @@ mod tests {
         let mut seen: Vec<_> = m.iter(&g).map(|(k, v)| (*k, *v)).collect();
         seen.sort_unstable();
         assert_eq!(seen, (0..1000).map(|i| (i, i * 2)).collect::<Vec<_>>());
+    }
+
+    /// A key or value whose `Clone` (run by a resize), `Eq` or `Drop` calls back into the map
+    /// from inside a writer would relock the writer mutex on the same thread.
+    static REENTRANT: std::sync::OnceLock<RcuHashMap<u64, Reenter>> = std::sync::OnceLock::new();
+    static REENTER_ON_CLONE: std::sync::atomic::AtomicBool =
+        std::sync::atomic::AtomicBool::new(false);
+
+    struct Reenter(u64);
+    impl Clone for Reenter {
+        fn clone(&self) -> Self {
+            if REENTER_ON_CLONE.swap(false, Ordering::SeqCst) {
+                REENTRANT.get().unwrap().insert(u64::MAX, Reenter(0));
+            }
+            Reenter(self.0)
+        }
+    }
+    impl Drop for Reenter {
+        fn drop(&mut self) {
+            // Runs wherever the batcher frees it: on the worker, or inline in a later retire
+            // (inside an `insert`, say).
+            if self.0 % 2 == 1 {
+                REENTRANT.get().unwrap().remove(&(u64::MAX - 1));
+            }
+        }
+    }
+
+    #[test]
+    fn a_clone_calling_back_into_the_map_panics_instead_of_deadlocking() {
+        if test_support::child_case().as_deref() == Some("clone") {
+            let m = REENTRANT.get_or_init(RcuHashMap::new);
+            REENTER_ON_CLONE.store(true, Ordering::SeqCst);
+            let r = std::panic::catch_unwind(|| {
+                for i in 0..100 {
+                    m.insert(i * 2, Reenter(i * 2)); // the first resize clones
+                }
+            });
+            let msg = r.expect_err("re-entrant writer");
+            let msg = msg
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| msg.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            assert!(msg.contains("already holds the map's writer lock"), "{msg}");
+            // The map stays usable.
+            m.insert(1_000_000, Reenter(0));
+            assert!(m.contains_key(&1_000_000));
+            return;
+        }
+        if test_support::child_case().is_some() {
+            return;
+        }
+        let out = test_support::run_child(
+            "map::tests::a_clone_calling_back_into_the_map_panics_instead_of_deadlocking",
+            "clone",
+            &[],
+            std::time::Duration::from_secs(60),
+        );
+        assert!(out.status.success(), "{}", test_support::stderr(&out));
+    }
+
+    /// A value whose `Clone` (run by a resize, under the writer mutex) waits for a grace period
+    /// while a reader waits for that mutex inside its critical section.
+    static SYNC_ON_CLONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    static IN_READER: std::sync::Barrier = std::sync::Barrier::new(2);
+    static OLD: Atomic<u64> = Atomic::null();
+
+    struct SyncOnClone;
+    impl Clone for SyncOnClone {
+        fn clone(&self) -> Self {
+            if SYNC_ON_CLONE.swap(false, Ordering::SeqCst) {
+                IN_READER.wait();
+                OLD.store(Some(Box::new(1)));
+                drop(OLD.swap(None).unwrap().synchronize());
+            }
+            SyncOnClone
+        }
+    }
+
+    #[test]
+    fn synchronize_under_the_map_writer_lock_panics_instead_of_deadlocking() {
+        if test_support::child_case().as_deref() == Some("sync-under-writer") {
+            let m = RcuHashMap::new();
+            for i in 0..12u64 {
+                m.insert(i, SyncOnClone);
+            }
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    let _g = rcu_read_lock();
+                    IN_READER.wait();
+                    m.insert(1_000, SyncOnClone); // waits for the mutex inside the reader
+                });
+                SYNC_ON_CLONE.store(true, Ordering::SeqCst);
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    m.insert(12, SyncOnClone); // 13 > 12: resize, clone
+                }));
+                let msg = r.expect_err("synchronize under the map's writer lock");
+                let msg = msg
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| msg.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                assert!(
+                    msg.contains("holds an RcuList or RcuHashMap writer lock"),
+                    "{msg}"
+                );
+            });
+            assert!(m.contains_key(&1_000));
+            kfree_batch::kvfree_rcu_barrier();
+            return;
+        }
+        if test_support::child_case().is_some() {
+            return;
+        }
+        let out = test_support::run_child(
+            "map::tests::synchronize_under_the_map_writer_lock_panics_instead_of_deadlocking",
+            "sync-under-writer",
+            &[],
+            std::time::Duration::from_secs(60),
+        );
+        assert!(out.status.success(), "{}", test_support::stderr(&out));
+    }
+
+    /// Values retired by `insert` and `remove` may be freed inline by a later retire; one whose
+    /// `Drop` uses the map must not find the writer mutex held by its own thread.
+    #[test]
+    fn a_value_whose_drop_uses_the_map_can_be_replaced_and_removed() {
+        if test_support::child_case().as_deref() == Some("drop") {
+            let m = REENTRANT.get_or_init(RcuHashMap::new);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            for i in 0..20_000u64 {
+                if std::time::Instant::now() > deadline {
+                    break;
+                }
+                m.insert(i % 64, Reenter(i));
+                if i % 3 == 0 {
+                    m.remove(&((i + 7) % 64));
+                }
+                if i % 256 == 0 {
+                    rcu_core::synchronize_rcu(); // let earlier blocks become ready
+                }
+            }
+            kfree_batch::kvfree_rcu_barrier();
+            return;
+        }
+        if test_support::child_case().is_some() {
+            return;
+        }
+        let out = test_support::run_child(
+            "map::tests::a_value_whose_drop_uses_the_map_can_be_replaced_and_removed",
+            "drop",
+            &[],
+            std::time::Duration::from_secs(60),
+        );
+        assert!(out.status.success(), "{}", test_support::stderr(&out));
     }
 
     #[test]

@@ -71,6 +71,8 @@
 //! 2. A `Retired` frees its pointer only after a grace period that starts after the unpublish
 //!    (through `kfree_rcu`, `call_rcu` or `synchronize_rcu`), never earlier; its drop retires
 //!    through `kfree_rcu`, so an ignored or unwound handle is never freed early (nor leaked).
+//!    While the thread holds a list or map writer lock, `kfree_rcu` runs under a read guard of
+//!    its own: the batcher then neither runs other objects' destructors inline nor waits.
 //! 3. A [`Shared<'g, T>`] is only made by [`Atomic::load`] under a guard borrowed for `'g`, so
 //!    its pointee was published when this thread's critical section was already open; by 2 it
 //!    stays valid for `'g`.
@@ -288,6 +290,11 @@ impl<T: Send + 'static> Atomic<T> {
 
     /// Replaces the pointee with `f(current)` in a compare-and-swap loop and retires the old one
     /// with `kfree_rcu`. `f` may run more than once when writers race.
+    ///
+    /// `f` runs inside a read-side critical section (it reads the current value): it must not
+    /// wait for a grace period (`synchronize_rcu`, [`Retired::synchronize`], `*_sync`: they
+    /// panic there), nor take a lock that a thread waiting for a grace period holds (that
+    /// deadlocks).
     ///
     /// ```
     /// let hits = rcu_kit::Atomic::new(0u64);
@@ -571,7 +578,7 @@ impl<T: Send + 'static> Retired<T> {
     pub fn kfree_rcu(self) {
         let p = self.into_raw_for_retire();
         // SAFETY: `from_unpublished`'s contract is `kfree_rcu_raw`'s; ownership passes here.
-        unsafe { kfree_batch::kfree_rcu_raw(p) };
+        unsafe { kfree_under_writer_aware(p) };
     }
 
     /// Drops the value in a `call_rcu` callback after a grace period.
@@ -592,8 +599,12 @@ impl<T: Send + 'static> Retired<T> {
     /// hold it any more.
     ///
     /// # Panics
-    /// Inside a read-side critical section (the wait could never end). The value is then retired
-    /// with `kfree_rcu` by the unwind, never freed under the readers.
+    /// Inside a read-side critical section (the wait could never end), and while the thread
+    /// holds an [`RcuList`](crate::RcuList) writer lock (a [`ListWriter`](crate::ListWriter)) or
+    /// an [`RcuHashMap`](crate::map::RcuHashMap)'s (user code run by its writers):
+    /// readers may wait for that lock inside their critical sections, so the wait could never end
+    /// either. The value is then retired with `kfree_rcu` by the unwind, never freed under the
+    /// readers.
     ///
     /// ```
     /// let a = rcu_kit::Atomic::new(vec![1, 2]);
@@ -603,6 +614,14 @@ impl<T: Send + 'static> Retired<T> {
     #[track_caller]
     pub fn synchronize(self) -> Box<T> {
         // A panic here drops `self`, which retires through `kfree_rcu` (Invariant 2).
+        if crate::list::holds_a_writer_lock() {
+            panic!(
+                "Retired::synchronize called while this thread holds an RcuList or RcuHashMap \
+                 writer lock (a ListWriter, or code run by a map writer): a reader waiting for \
+                 that lock inside its read-side critical section would hold the grace period \
+                 back forever; drop the ListWriter first"
+            );
+        }
         rcu_core::synchronize_rcu();
         let p = self.into_raw_for_retire();
         // SAFETY: a `Box<T>` allocation owned by the handle (Invariant 1), and a grace period
@@ -615,8 +634,23 @@ impl<T: Send + 'static> Drop for Retired<T> {
     fn drop(&mut self) {
         // SAFETY: the handle owns the unpublished pointer (`from_unpublished`), and `drop` runs
         // once; `kfree_rcu_raw` frees it after a grace period and never panics.
-        unsafe { kfree_batch::kfree_rcu_raw(self.ptr.as_ptr()) };
+        unsafe { kfree_under_writer_aware(self.ptr.as_ptr()) };
     }
+}
+
+/// `kfree_rcu_raw`, which outside a reader may run ready objects' destructors inline or wait for
+/// a grace period (crate docs of `kfree_batch`). While this thread holds an `RcuList` or
+/// `RcuHashMap` writer lock, neither is allowed: a destructor using that structure would meet
+/// its re-entrancy panic (and the batcher leaks the rest of that batch), and a reader waiting
+/// for the lock would hold the grace period back forever. So the retire then runs inside a
+/// read-side critical section of its own, where the batcher does neither (it parks the object).
+///
+/// # Safety
+/// `kfree_rcu_raw`'s contract.
+pub(crate) unsafe fn kfree_under_writer_aware<T: Send + 'static>(p: *mut T) {
+    let _reader = crate::list::holds_a_writer_lock().then(rcu_core::rcu_read_lock);
+    // SAFETY: forwarded contract.
+    unsafe { kfree_batch::kfree_rcu_raw(p) };
 }
 
 impl<T: Send + 'static> fmt::Debug for Retired<T> {

@@ -77,7 +77,8 @@
 //!    `typesafe` module). So a pointer to an object found under a guard reads a valid `Slot<T>`
 //!    until the guard drops, whatever happened to the object meanwhile.
 //! 2. `refs` is 0 exactly while the object is free (or being freed: the put that reached 0).
-//!    `alloc` takes a free object (0), runs `init`, then stores 1; a reference is taken only by
+//!    `alloc` takes a free object (0), runs `init`, then stores 1 (or, if `init` panics, frees
+//!    it back with the count still 0); a reference is taken only by
 //!    `alloc`, by cloning a reference, or by an increment from a non-zero value (inc-not-zero),
 //!    so nobody gains a reference to a free object. The put that brings `refs` to 0 frees the
 //!    object to this cache, once.
@@ -181,7 +182,11 @@ impl<T: Send + Sync + 'static> TypesafeCache<T> {
         debug_assert_eq!(slot.cache_id, self.id);
         // Relaxed: Invariant 2 says a free object's count is 0 and stays 0 until our store.
         debug_assert_eq!(slot.refs.load(Ordering::Relaxed), 0);
+        // If `init` (user code) panics, the object goes back to the cache: its count is still
+        // 0, so nobody took a reference (Invariant 2), and it holds a valid `T` (Invariant 1).
+        let back = GiveBack { cache: self, p };
         init(&slot.value);
+        core::mem::forget(back);
         // Release: publishes `init` to readers' Acquire inc-not-zero (module docs).
         slot.refs.store(1, Ordering::Release);
         Some(TsRef {
@@ -225,7 +230,8 @@ impl<T: Send + Sync + 'static> TypesafeCache<T> {
     /// Frees the object at `p` if `slot` belongs here; panics otherwise (Invariant 3).
     fn put_last(&self, p: NonNull<Slot<T>>) {
         // SAFETY: Invariants 1-3: an object of this cache (checked by the callers), whose last
-        // reference was just put, so it is allocated and nobody else frees it; it holds a valid
+        // reference was just put (or that `alloc` took and gives back before any reference was
+        // made), so it is allocated and nobody else frees it; it holds a valid
         // `Slot<T>`, which the cache keeps for its next owner.
         unsafe { self.cache.free(p) };
     }
@@ -246,6 +252,18 @@ impl<T: Send + Sync + 'static> fmt::Debug for TypesafeCache<T> {
         f.debug_struct("TypesafeCache")
             .field("name", &self.name())
             .finish()
+    }
+}
+
+/// Frees an object whose `alloc` is unwinding out of `init` (dropped only then).
+struct GiveBack<'c, T: Send + Sync + 'static> {
+    cache: &'c TypesafeCache<T>,
+    p: NonNull<Slot<T>>,
+}
+
+impl<T: Send + Sync + 'static> Drop for GiveBack<'_, T> {
+    fn drop(&mut self) {
+        self.cache.put_last(self.p);
     }
 }
 
@@ -579,6 +597,22 @@ mod tests {
         });
         drop(slot.swap(&cache, None));
         assert_eq!(cache.stats().active_objects, 0, "every object freed");
+    }
+
+    #[test]
+    fn a_panicking_init_gives_the_object_back() {
+        let cache = TypesafeCache::new("t-init", || AtomicU64::new(0)).unwrap();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            cache.alloc(|_| panic!("init fails")).is_some()
+        }));
+        assert!(r.is_err(), "init's panic reaches the caller");
+        assert_eq!(
+            cache.stats().active_objects,
+            0,
+            "the object goes back to the cache, not leaked"
+        );
+        let r = cache.alloc(|k| k.store(3, Ordering::Relaxed)).unwrap();
+        assert_eq!(r.load(Ordering::Relaxed), 3);
     }
 
     #[test]

@@ -21,7 +21,9 @@
 //! 2. The bitmap, `inuse`, `list` and the `prev`/`next` links are only touched under the owning
 //!    node's lock, or by the single owner of a slab detached from every list.
 //! 3. `inuse + popcount(bitmap) == nr_objects`.
-//! 4. With a ctor, every object holds a valid `T` from slab creation until [`discard_now`].
+//! 4. With a ctor, every object holds a valid `T` from slab creation until [`discard_now`]. A
+//!    ctor that panics leaves no slab: the objects it made are dropped and the run unmapped
+//!    before the unwind leaves [`SlabHeader::create`].
 //!
 //! ## Memory orderings
 //! Slab memory is published to other threads only through locks (node lock, slot lock) or the
@@ -182,8 +184,34 @@ pub(crate) fn is_slab_object(obj: *const u8) -> bool {
     magic == SLAB_MAGIC ^ (h as usize)
 }
 
+/// A slab whose ctor loop is running: dropped only by an unwind out of a ctor, it drops the
+/// `made` objects constructed so far and unmaps the run (Invariant 4 never held for it).
+struct Unmade<'a> {
+    cache: &'a RawCache,
+    base: NonNull<u8>,
+    made: usize,
+}
+
+impl Drop for Unmade<'_> {
+    fn drop(&mut self) {
+        let l = &self.cache.layout;
+        if let Some(drop_obj) = self.cache.drop_obj {
+            for i in 0..self.made {
+                // SAFETY: objects `0..made` were written by the ctor and were never handed out
+                // (the slab is on no list): each is a valid `T` that nobody else can reach.
+                unsafe { drop_obj(self.base.as_ptr().add(l.objs_off + i * l.stride)) };
+            }
+        }
+        // SAFETY: the run came from `alloc_pages_for` with `l.pages` pages in `create`, and no
+        // list or thread knows of it.
+        unsafe { page::free_pages(self.base, l.pages) };
+    }
+}
+
 impl SlabHeader {
-    /// Maps and initialises a new slab for `cache`; runs the ctor over every object.
+    /// Maps and initialises a new slab for `cache`; runs the ctor over every object (if the
+    /// ctor panics, the objects it made are dropped and the run unmapped before the unwind goes
+    /// on).
     /// `reclaim` allows the page layer to run shrinkers.
     pub(crate) fn create(cache: &RawCache, reclaim: bool) -> Option<NonNull<SlabHeader>> {
         let l = &cache.layout;
@@ -213,9 +241,18 @@ impl SlabHeader {
             }
             // Debug states start at OBJ_FREE (0): the run is zeroed.
             if let Some(ctor) = &cache.ctor {
+                // A ctor (user code) may panic: the unwind drops the objects made so far and
+                // unmaps the run, which nothing else knows of yet.
+                let mut made = Unmade {
+                    cache,
+                    base,
+                    made: 0,
+                };
                 for i in 0..l.nr {
                     ctor(base.as_ptr().add(l.objs_off + i * l.stride));
+                    made.made = i + 1;
                 }
+                core::mem::forget(made);
             }
         }
         cache.slabs_created.fetch_add(1, Ordering::Relaxed);
