@@ -10,13 +10,38 @@ use std::time::Duration;
 
 use test_support::run_with_deadline;
 
-/// The directory holding the built `liburcu.so` (the profile directory: `deps/..`).
-fn lib_dir() -> PathBuf {
+/// The directory of this test binary's profile (`target/<profile>`, the parent of `deps/`).
+fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     exe.parent()
         .and_then(|d| d.parent())
         .expect("target dir")
         .to_path_buf()
+}
+
+/// Builds the cdylib and returns the directory holding `liburcu.so`. `cargo test` does not build
+/// a `cdylib`-only library (the tests cannot link it), so the test runs `cargo build` itself, in a
+/// target directory of its own (the outer build's may still be locked) and without the outer
+/// build's RUSTFLAGS (a sanitizer build of the test must still give a plain shared object that a
+/// plain C program can load).
+fn lib_dir() -> PathBuf {
+    let target = profile_dir().join("urcu-compat-cdylib");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["build", "--quiet", "-p", "urcu-compat", "--lib"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("CARGO_TARGET_DIR", &target)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .output()
+        .expect("run cargo build for the cdylib");
+    assert!(
+        out.status.success(),
+        "cargo build -p urcu-compat failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    target.join("debug")
 }
 
 /// Compiles the C program once; `None` when there is no C compiler.
@@ -26,7 +51,7 @@ fn program() -> Option<&'static PathBuf> {
         let dir = lib_dir();
         assert!(
             dir.join("liburcu.so").exists(),
-            "{} has no liburcu.so (cargo builds the cdylib before the tests)",
+            "{} has no liburcu.so after cargo build -p urcu-compat",
             dir.display()
         );
         let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
