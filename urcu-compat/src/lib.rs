@@ -50,7 +50,9 @@
 //!   working in the child; this library's child handler (installed after rcu-core's, so it runs
 //!   after them) gives the forking thread a fresh record with the same depth, since the child
 //!   reset frees the records of every thread but rcu-core's own. The `call_rcu_*_fork` hooks
-//!   have nothing left to do and return at once.
+//!   pause callback invocation between two callbacks (`before`) and resume it (`after_*`), as
+//!   liburcu's do: a fork between them leaves no callback taken by a callback thread but not
+//!   yet entered, which the child would otherwise never run.
 //! * **defer_rcu** queues `fct(p)` with [`rcu_core::call_rcu`] (two words: stored without
 //!   allocation); `rcu_defer_barrier*` is `rcu_barrier`.
 //! * **Memory orderings.** The read side is rcu-core's (its light/heavy barrier pair). The depth
@@ -548,17 +550,35 @@ pub extern "C" fn urcu_memb_get_call_rcu_thread(_crdp: *mut CallRcuData) -> libc
     0
 }
 
-/// `call_rcu_before_fork()`: rcu-core's own `pthread_atfork` handlers do the work.
+/// `call_rcu_before_fork()`: pauses the callback threads between two callbacks, as liburcu
+/// does, so that a `fork()` before the matching `after_fork` hook finds no callback taken but not
+/// yet entered (one would run in neither process's copy of the child); rcu-core's own
+/// `pthread_atfork` handlers do the rest.
 #[no_mangle]
-pub extern "C" fn urcu_memb_call_rcu_before_fork() {}
+pub extern "C" fn urcu_memb_call_rcu_before_fork() {
+    ffi(
+        "urcu_memb_call_rcu_before_fork",
+        rcu_core::raw::pause_callbacks,
+    )
+}
 
-/// `call_rcu_after_fork_parent()`: see [`urcu_memb_call_rcu_before_fork`].
+/// `call_rcu_after_fork_parent()`: resumes the callback threads.
 #[no_mangle]
-pub extern "C" fn urcu_memb_call_rcu_after_fork_parent() {}
+pub extern "C" fn urcu_memb_call_rcu_after_fork_parent() {
+    ffi(
+        "urcu_memb_call_rcu_after_fork_parent",
+        rcu_core::raw::resume_callbacks,
+    )
+}
 
-/// `call_rcu_after_fork_child()`: see [`urcu_memb_call_rcu_before_fork`].
+/// `call_rcu_after_fork_child()`: resumes callback invocation in the child.
 #[no_mangle]
-pub extern "C" fn urcu_memb_call_rcu_after_fork_child() {}
+pub extern "C" fn urcu_memb_call_rcu_after_fork_child() {
+    ffi(
+        "urcu_memb_call_rcu_after_fork_child",
+        rcu_core::raw::resume_callbacks,
+    )
+}
 
 // ---------------------------------------------------------------------------------------------
 // defer_rcu.

@@ -513,6 +513,29 @@ fn enqueued() {
     }
 }
 
+/// Stops callback invocation: returns once no callback thread runs a callback (the caller's own,
+/// if it is a callback that calls this, excepted), and none starts one until
+/// [`resume_callbacks`]. For liburcu's `call_rcu_before_fork()`: a `fork()` made while paused
+/// finds every callback thread between two callbacks, so the child runs each callback the parent
+/// had not started exactly once (without it, one that a thread had taken but not yet entered
+/// runs in neither copy of the child's memory). Pauses nest. A callback that waits for the
+/// caller while paused waits forever, and so does `rcu_barrier` in the paused process.
+#[cfg(not(rcu_loom))]
+pub fn pause_callbacks() {
+    crate::callback::pause_invocation();
+    worker::WORKER_HELD.wait_idle();
+    invoker::wait_idle();
+}
+
+/// Ends one [`pause_callbacks`] (in the parent after a `fork()`, or in the child).
+///
+/// # Panics
+/// Without a matching [`pause_callbacks`] in this process.
+#[cfg(not(rcu_loom))]
+pub fn resume_callbacks() {
+    crate::callback::resume_invocation();
+}
+
 /// Waits until every callback queued (by any thread) before this call has run.
 ///
 /// On an idle engine this returns at once; with pending callbacks it takes about one grace
