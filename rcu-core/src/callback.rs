@@ -651,12 +651,12 @@ pub(crate) fn pause_invocation() {
     crate::primitive::sync::atomic::fence(Ordering::SeqCst);
 }
 
-/// Undoes one [`pause_invocation`].
+/// Undoes one [`pause_invocation`]; nothing without one (liburcu's `after_fork` hooks are
+/// harmless without `before_fork`).
 #[cfg(not(rcu_loom))]
 pub(crate) fn resume_invocation() {
     // Relaxed: the waiting holders poll; nothing is published through this store.
-    let prev = PAUSED.fetch_sub(1, Ordering::Relaxed);
-    assert!(prev != 0, "callback invocation resumed without a pause");
+    let _ = PAUSED.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| p.checked_sub(1));
 }
 
 // SAFETY: `batches` is only changed by the holder with `lock` held, and read without the lock

@@ -194,3 +194,8 @@ fn fork_between_the_hooks_while_callbacks_run_loses_none() {
         assert_ok(plain(), "fork_running");
     }
 }
+
+#[test]
+fn the_after_fork_hooks_without_before_fork_are_harmless() {
+    assert_ok(plain(), "unmatched_hooks");
+}

@@ -527,10 +527,8 @@ pub fn pause_callbacks() {
     invoker::wait_idle();
 }
 
-/// Ends one [`pause_callbacks`] (in the parent after a `fork()`, or in the child).
-///
-/// # Panics
-/// Without a matching [`pause_callbacks`] in this process.
+/// Ends one [`pause_callbacks`] (in the parent after a `fork()`, or in the child); does nothing
+/// when no pause is in effect.
 #[cfg(not(rcu_loom))]
 pub fn resume_callbacks() {
     crate::callback::resume_invocation();
