@@ -12,13 +12,13 @@ use std::time::Duration;
 
 use test_support::run_with_deadline;
 
-/// The directory holding the built `liburcu.so` (the profile directory: `deps/..`).
+/// The directory holding the `liburcu.so` built with this test: `deps/`, next to the test
+/// binary. The crate is also an `rlib`, so `cargo test` compiles the library itself (and with it
+/// the shared object) before the tests; the profile directory's copy is refreshed only by
+/// `cargo build` and may be stale.
 fn lib_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    exe.parent()
-        .and_then(|d| d.parent())
-        .expect("target dir")
-        .to_path_buf()
+    exe.parent().expect("deps dir").to_path_buf()
 }
 
 /// Compiles `tests/c/edge.c` once per variant (`extra` flags, e.g. AddressSanitizer); `None`
