@@ -26,7 +26,8 @@
 //!      the C program (lock and unlock change both; a signal handler's nested pair restores
 //!      both before it returns).
 //!   3. A record is given back (`unregister`) only at depth 0: by `urcu_memb_unregister_thread`
-//!      or by the thread-exit hook. A thread that exits inside a section keeps its record, and
+//!      or by the thread-exit hook (a pthread key destructor, so that a reader in another
+//!      library's key destructor, which runs after Rust's thread-local destructors, is covered). A thread that exits inside a section keeps its record, and
 //!      grace periods wait for it forever, as with liburcu (a message says so).
 //!   4. Callbacks are queued with [`rcu_core::call_rcu_raw`] on the `rcu_head` itself: the head's
 //!      16 bytes `{next, func}` are the only memory of the caller written, and the trampoline
@@ -112,33 +113,49 @@ thread_local! {
     };
 }
 
-/// Gives the record back when the thread exits (Invariant 3).
-struct ExitHook;
-
-impl Drop for ExitHook {
-    fn drop(&mut self) {
-        let _ = LOCAL.try_with(|l| {
-            let rec = l.rec.get();
-            if rec.is_null() {
-                return;
-            }
-            if l.depth.get() != 0 {
-                eprintln!(
-                    "liburcu (rcu-kit): a thread exited inside an RCU read-side critical section \
-                     (nesting depth {}); grace periods will wait for it forever",
-                    l.depth.get()
-                );
-                return;
-            }
-            l.rec.set(ptr::null());
-            // SAFETY: Invariant 1: `rec` was registered by this thread and not given back.
-            global_domain().unregister(unsafe { &*rec });
-        });
-    }
+/// Gives the record back when the thread exits (Invariant 3): the destructor of a pthread key,
+/// not of a Rust thread-local. Rust's thread-local destructors run before pthread key
+/// destructors, so a reader in another library's key destructor would register a record after
+/// them and keep it for good (one leaked, forever scanned record per such thread). A key
+/// destructor that registers again sets the key again, and the C library then runs this
+/// destructor in its next round.
+extern "C" fn exit_key_dtor(_: *mut c_void) {
+    let _ = LOCAL.try_with(|l| {
+        let rec = l.rec.get();
+        if rec.is_null() {
+            return;
+        }
+        if l.depth.get() != 0 {
+            eprintln!(
+                "liburcu (rcu-kit): a thread exited inside an RCU read-side critical section \
+                 (nesting depth {}); grace periods will wait for it forever",
+                l.depth.get()
+            );
+            return;
+        }
+        l.rec.set(ptr::null());
+        // SAFETY: Invariant 1: `rec` was registered by this thread and not given back.
+        global_domain().unregister(unsafe { &*rec });
+    });
 }
 
-thread_local! {
-    static EXIT: ExitHook = const { ExitHook };
+/// The key of [`exit_key_dtor`]; `None` if none could be created (records then stay
+/// registered, quiescent, after their thread exits).
+fn exit_key() -> Option<libc::pthread_key_t> {
+    static KEY: OnceLock<Option<libc::pthread_key_t>> = OnceLock::new();
+    *KEY.get_or_init(|| {
+        let mut k: libc::pthread_key_t = 0;
+        // SAFETY: `k` is a valid out-pointer; the destructor is a plain function.
+        let r = unsafe { libc::pthread_key_create(&mut k, Some(exit_key_dtor)) };
+        if r != 0 {
+            eprintln!(
+                "liburcu (rcu-kit): pthread_key_create failed ({r}): records of exiting \
+                 threads are not given back"
+            );
+            return None;
+        }
+        Some(k)
+    })
 }
 
 /// Runs `f`, turning a panic into a message and an abort (no unwind crosses `extern "C"`).
@@ -212,7 +229,10 @@ fn register_slow(l: &Local) -> &'static Record {
     });
     let rec = dom.register();
     l.rec.set(rec);
-    let _ = EXIT.try_with(|_| ());
+    if let Some(k) = exit_key() {
+        // SAFETY: `k` is a key created above; any non-null value makes its destructor run.
+        unsafe { libc::pthread_setspecific(k, ptr::NonNull::<c_void>::dangling().as_ptr()) };
+    }
     rec
 }
 

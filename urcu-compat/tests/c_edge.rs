@@ -199,3 +199,25 @@ fn fork_between_the_hooks_while_callbacks_run_loses_none() {
 fn the_after_fork_hooks_without_before_fork_are_harmless() {
     assert_ok(plain(), "unmatched_hooks");
 }
+
+#[test]
+fn readers_in_pthread_key_destructors_do_not_leak_records() {
+    assert_ok(plain(), "key_dtor_reader");
+    assert_ok(plain(), "key_dtor_leak");
+}
+
+#[test]
+fn polled_states_wait_for_the_callers_own_section() {
+    assert_ok(plain(), "poll_own_reader");
+}
+
+#[test]
+fn readers_never_see_a_freed_node() {
+    assert_ok(plain(), "early_free");
+    assert_ok(asan(), "early_free");
+}
+
+#[test]
+fn fork_while_another_thread_reads() {
+    assert_ok(plain(), "fork_other_reader");
+}

@@ -1,12 +1,15 @@
 /* Edge cases of the C ABI: readers of other threads, implicit registration, callbacks that
  * queue or wait, fork() with pending or running callbacks, the rcu_head rule (built with
  * AddressSanitizer too). Usage: edge CASE; the Rust test checks the output and exit status. */
+#include <malloc.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -355,6 +358,220 @@ static void barrier_cb(struct rcu_head *h)
 	rcu_defer_barrier();
 }
 
+/* Readers (registered, implicitly registered, and in signal handlers) against a writer that
+ * frees through call_rcu and synchronize_rcu: built with AddressSanitizer, an early free is a
+ * heap-use-after-free report. Bounded in time and count. */
+struct node {
+	long canary;
+	struct rcu_head head;
+};
+static struct node *_Atomic cur;
+static atomic_int stop_readers;
+
+static void poison_free(struct rcu_head *h)
+{
+	struct node *n = (struct node *)((char *)h - offsetof(struct node, head));
+	n->canary = 0xdead;
+	free(n);
+}
+
+static void read_once(void)
+{
+	rcu_read_lock();
+	struct node *n = rcu_dereference_sym(atomic_load_explicit(&cur, memory_order_consume));
+	if (n && n->canary != 0x600d) {
+		fprintf(stderr, "reader saw a freed node (canary %lx)\n", n->canary);
+		_exit(3);
+	}
+	rcu_read_unlock();
+}
+
+static void on_signal(int sig)
+{
+	(void)sig;
+	read_once();
+}
+
+static atomic_int readers_ready;
+
+static void *stress_reader(void *arg)
+{
+	if (arg)
+		rcu_register_thread();
+	read_once(); /* registers the implicit reader: signals may come from now on */
+	atomic_fetch_add(&readers_ready, 1);
+	while (!atomic_load(&stop_readers)) {
+		rcu_read_lock();
+		read_once(); /* nested */
+		rcu_read_unlock();
+		read_once();
+	}
+	if (arg)
+		rcu_unregister_thread();
+	return NULL;
+}
+
+static int early_free(void)
+{
+	signal(SIGUSR1, on_signal);
+	pthread_t t[3];
+	for (int i = 0; i < 3; i++)
+		CHECK(pthread_create(&t[i], NULL, stress_reader, i ? (void *)1 : NULL) == 0);
+	while (atomic_load(&readers_ready) < 3)
+		usleep(1000);
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (int i = 0; i < 200000; i++) {
+		struct node *n = malloc(sizeof(*n));
+		n->canary = 0x600d;
+		struct node *old = atomic_exchange(&cur, n);
+		if (old) {
+			if (i % 16 == 0) {
+				synchronize_rcu();
+				old->canary = 0xdead;
+				free(old);
+			} else {
+				call_rcu(&old->head, poison_free);
+			}
+		}
+		if (i % 64 == 0)
+			pthread_kill(t[i % 3], SIGUSR1);
+		clock_gettime(CLOCK_MONOTONIC, &t1);
+		if (t1.tv_sec - t0.tv_sec >= 2)
+			break;
+	}
+	atomic_store(&stop_readers, 1);
+	for (int i = 0; i < 3; i++)
+		pthread_join(t[i], NULL);
+	struct node *last = atomic_exchange(&cur, NULL);
+	call_rcu(&last->head, poison_free);
+	rcu_barrier();
+	printf("early_free ok\n");
+	return 0;
+}
+
+/* fork() while another thread is inside a read-side critical section: the child's grace
+ * periods do not wait for a thread it does not have. */
+static int fork_other_reader(void)
+{
+	static struct rcu_head h;
+	pthread_t t;
+	CHECK(pthread_create(&t, NULL, holder, NULL) == 0);
+	while (!atomic_load(&reader_in))
+		usleep(1000);
+	pid_t pid = fork();
+	CHECK(pid >= 0);
+	if (pid == 0) {
+		synchronize_rcu();
+		call_rcu(&h, count_cb);
+		rcu_barrier();
+		CHECK(atomic_load(&ran) == 1);
+		printf("child ok\n");
+		_exit(0);
+	}
+	int st;
+	CHECK(waitpid(pid, &st, 0) == pid);
+	CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	atomic_store(&reader_out, 1);
+	pthread_join(t, NULL);
+	synchronize_rcu();
+	printf("fork_other_reader ok\n");
+	return 0;
+}
+
+/* A polled state started inside the caller's own section is not done before it ends. */
+static int poll_own_reader(void)
+{
+	rcu_register_thread();
+	rcu_read_lock();
+	struct urcu_gp_poll_state s = start_poll_synchronize_rcu();
+	usleep(100000);
+	CHECK(!poll_state_synchronize_rcu(s));
+	rcu_read_unlock();
+	for (int i = 0; i < 5000 && !poll_state_synchronize_rcu(s); i++)
+		usleep(1000);
+	CHECK(poll_state_synchronize_rcu(s));
+	/* A later state is not done at once either while a reader of another thread runs. */
+	pthread_t t;
+	CHECK(pthread_create(&t, NULL, holder, NULL) == 0);
+	while (!atomic_load(&reader_in))
+		usleep(1000);
+	struct urcu_gp_poll_state s2 = start_poll_synchronize_rcu();
+	usleep(50000);
+	CHECK(!poll_state_synchronize_rcu(s2));
+	atomic_store(&reader_out, 1);
+	pthread_join(t, NULL);
+	for (int i = 0; i < 5000 && !poll_state_synchronize_rcu(s2); i++)
+		usleep(1000);
+	CHECK(poll_state_synchronize_rcu(s2));
+	rcu_unregister_thread();
+	printf("poll_own_reader ok\n");
+	return 0;
+}
+
+/* Readers in pthread key destructors (after the library's own thread-exit hook ran). */
+static pthread_key_t key;
+
+static void key_dtor(void *p)
+{
+	(void)p;
+	rcu_read_lock();
+	rcu_read_unlock();
+}
+
+static void *key_thread(void *arg)
+{
+	if (arg) {
+		rcu_register_thread();
+		rcu_read_lock();
+		rcu_read_unlock();
+	}
+	pthread_setspecific(key, (void *)1);
+	return NULL;
+}
+
+static void key_threads(int n, void *arg)
+{
+	for (int i = 0; i < n; i++) {
+		pthread_t t;
+		CHECK(pthread_create(&t, NULL, key_thread, arg) == 0);
+		pthread_join(t, NULL);
+	}
+	synchronize_rcu();
+}
+
+/* The reader record of a thread whose last section is in a key destructor is given back: the
+ * heap does not grow with the number of such threads (a record is over 100 bytes). */
+static int key_dtor_leak(void)
+{
+	CHECK(pthread_key_create(&key, key_dtor) == 0);
+	for (int v = 0; v < 2; v++) {
+		void *arg = v ? (void *)1 : NULL;
+		key_threads(50, arg);
+		size_t a = mallinfo2().uordblks;
+		key_threads(2000, arg);
+		size_t b = mallinfo2().uordblks;
+		long growth = (long)b - (long)a;
+		printf("registered=%d: heap growth %ld bytes over 2000 threads\n", v, growth);
+		CHECK(growth < 2000 * 32);
+	}
+	printf("key_dtor_leak ok\n");
+	return 0;
+}
+
+static int key_dtor_reader(void)
+{
+	static struct rcu_head h;
+	CHECK(pthread_key_create(&key, key_dtor) == 0);
+	key_threads(100, NULL);
+	key_threads(100, (void *)1);
+	call_rcu(&h, count_cb);
+	rcu_barrier();
+	CHECK(atomic_load(&ran) == 1);
+	printf("key_dtor_reader ok\n");
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IONBF, 0);
@@ -377,6 +594,16 @@ int main(int argc, char **argv)
 		return exit_pending();
 	if (!strcmp(c, "defer_in_reader"))
 		return defer_in_reader();
+	if (!strcmp(c, "early_free"))
+		return early_free();
+	if (!strcmp(c, "fork_other_reader"))
+		return fork_other_reader();
+	if (!strcmp(c, "poll_own_reader"))
+		return poll_own_reader();
+	if (!strcmp(c, "key_dtor_reader"))
+		return key_dtor_reader();
+	if (!strcmp(c, "key_dtor_leak"))
+		return key_dtor_leak();
 	if (!strcmp(c, "flavor_ptrs"))
 		return flavor_ptrs();
 	if (!strcmp(c, "unmatched_hooks")) {
