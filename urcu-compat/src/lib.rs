@@ -33,7 +33,10 @@
 //!      16 bytes `{next, func}` are the only memory of the caller written, and the trampoline
 //!      reads `func` before calling it and never touches the head afterwards.
 //! * **Thread registration is implicit too**: a read lock on a thread that never registered
-//!   registers it (liburcu leaves that undefined).
+//!   registers it (liburcu leaves that undefined). Registration is not reentrant (nor is the
+//!   engine's initialisation, which the first one runs): a signal handler that takes a read lock
+//!   while its thread is inside `register_slow` aborts with a message instead of waiting for
+//!   itself.
 //! * **Misuse** that would deadlock (`synchronize_rcu` or `rcu_barrier` inside a read-side
 //!   critical section of the calling thread, unlock without lock, unregister inside a section)
 //!   prints a message naming the call and aborts. A panic of rcu-core (its misuse checks, such as
@@ -99,6 +102,9 @@ pub struct CallRcuData {
 struct Local {
     rec: Cell<*const Record>,
     depth: Cell<u32>,
+    /// True while `register_slow` runs on this thread: a signal handler that interrupts it
+    /// cannot register (the steps are not reentrant) and would wait for itself.
+    registering: Cell<bool>,
     crdp: Cell<*mut CallRcuData>,
 }
 
@@ -108,6 +114,7 @@ thread_local! {
         Local {
             rec: Cell::new(ptr::null()),
             depth: Cell::new(0),
+            registering: Cell::new(false),
             crdp: Cell::new(ptr::null_mut()),
         }
     };
@@ -217,6 +224,21 @@ extern "C" fn after_fork_child() {
 #[cold]
 #[inline(never)]
 fn register_slow(l: &Local) -> &'static Record {
+    if l.registering.get() {
+        misuse(format_args!(
+            "a signal handler used RCU while its thread was being registered (the \
+             registration, or the library's initialisation, is not reentrant and would wait for \
+             itself): register the thread with urcu_memb_register_thread() before its signal \
+             handlers take read locks"
+        ));
+    }
+    l.registering.set(true);
+    let rec = register_slow_inner(l);
+    l.registering.set(false);
+    rec
+}
+
+fn register_slow_inner(l: &Local) -> &'static Record {
     let dom = global_domain(); // installs rcu-core's fork handlers first
     FORK_HANDLER.call_once(|| {
         // SAFETY: registers a plain function with no captured state.

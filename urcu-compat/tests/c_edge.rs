@@ -86,7 +86,7 @@ fn run(prog: Option<&PathBuf>, case: &str) -> Option<(Option<i32>, String, Strin
     let prog = prog?;
     let mut cmd = Command::new(prog);
     cmd.arg(case).env("RUST_BACKTRACE", "0");
-    let f = run_with_deadline(&mut cmd, Duration::from_secs(120)).expect("spawn the C program");
+    let f = run_with_deadline(&mut cmd, Duration::from_secs(60)).expect("spawn the C program");
     assert!(
         !f.timed_out(),
         "case {case} hung\nstdout:\n{}\nstderr:\n{}",
@@ -220,4 +220,25 @@ fn readers_never_see_a_freed_node() {
 #[test]
 fn fork_while_another_thread_reads() {
     assert_ok(plain(), "fork_other_reader");
+}
+
+#[test]
+fn a_signal_handler_reading_during_the_first_registration_never_hangs() {
+    // The handler may interrupt the thread's first registration (and the library's
+    // initialisation): then it aborts with a message; otherwise the case succeeds. Many
+    // processes, since the window is the first use of each.
+    for _ in 0..20 {
+        let Some((code, out, err)) = run(plain(), "signal_at_first_use") else {
+            return;
+        };
+        if code == Some(0) {
+            assert!(out.contains("signal_at_first_use ok"), "stdout:\n{out}");
+        } else {
+            assert_eq!(code, None, "stdout:\n{out}\nstderr:\n{err}");
+            assert!(
+                err.contains("a signal handler used RCU while its thread was being registered"),
+                "stderr:\n{err}"
+            );
+        }
+    }
 }

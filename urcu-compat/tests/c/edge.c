@@ -572,6 +572,39 @@ static int key_dtor_reader(void)
 	return 0;
 }
 
+/* Signals flood a thread while its first rcu_read_lock() initialises the library; the handler
+ * reads too. Must neither hang nor fail. */
+static atomic_int first_done;
+
+static void first_handler(int sig)
+{
+	(void)sig;
+	rcu_read_lock();
+	rcu_read_unlock();
+}
+
+static void *first_reader(void *arg)
+{
+	(void)arg;
+	rcu_read_lock();
+	rcu_read_unlock();
+	atomic_store(&first_done, 1);
+	return NULL;
+}
+
+static int signal_at_first_use(void)
+{
+	signal(SIGUSR1, first_handler);
+	pthread_t t;
+	CHECK(pthread_create(&t, NULL, first_reader, NULL) == 0);
+	while (!atomic_load(&first_done))
+		pthread_kill(t, SIGUSR1);
+	pthread_join(t, NULL);
+	synchronize_rcu();
+	printf("signal_at_first_use ok\n");
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IONBF, 0);
@@ -604,6 +637,8 @@ int main(int argc, char **argv)
 		return key_dtor_reader();
 	if (!strcmp(c, "key_dtor_leak"))
 		return key_dtor_leak();
+	if (!strcmp(c, "signal_at_first_use"))
+		return signal_at_first_use();
 	if (!strcmp(c, "flavor_ptrs"))
 		return flavor_ptrs();
 	if (!strcmp(c, "unmatched_hooks")) {
