@@ -242,3 +242,26 @@ fn a_signal_handler_reading_during_the_first_registration_never_hangs() {
         }
     }
 }
+
+#[test]
+fn a_signal_handler_reading_during_the_first_call_rcu_never_hangs() {
+    // The thread's first call_rcu() initialises the engine; a handler that reads then aborts
+    // with a message, else the case succeeds.
+    for _ in 0..20 {
+        let Some((code, out, err)) = run(plain(), "signal_at_first_call_rcu") else {
+            return;
+        };
+        if code == Some(0) {
+            assert!(
+                out.contains("signal_at_first_call_rcu ok"),
+                "stdout:\n{out}"
+            );
+        } else {
+            assert_eq!(code, None, "stdout:\n{out}\nstderr:\n{err}");
+            assert!(
+                err.contains("interrupted this thread's initialisation of the engine"),
+                "stderr:\n{err}"
+            );
+        }
+    }
+}

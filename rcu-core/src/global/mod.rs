@@ -24,7 +24,9 @@
 //!   the runner while it runs (`INIT`), not in a `std::sync::Once`: a `fork()` while another
 //!   thread runs it leaves the child the parent's id, and the child's first use runs it again
 //!   (its steps are idempotent; the fork handlers are registered once) instead of waiting for a
-//!   thread it does not have.
+//!   thread it does not have. A signal handler that needs the engine on the thread running
+//!   `init` would wait for its own interrupted run (and every other thread behind it): a
+//!   thread-local mark of the runner turns that into a panic with a message.
 //! * **Short of memory.** The paths above run exactly when memory may be exhausted, and an
 //!   infallible allocation failing there aborts the process, so none of them allocates
 //!   infallibly: threads are started by `lowmem::spawn` (fails softly, with an `OutOfMemory`
@@ -122,6 +124,15 @@ fn init_slow() {
             return;
         }
         if cur == me {
+            if RUNNING_INIT.with(|r| r.get()) {
+                // A signal handler interrupted this very thread's run: waiting would wait for
+                // itself (the whole process then waits behind it).
+                panic!(
+                    "rcu-core: RCU used in a signal handler that interrupted this thread's \
+                     initialisation of the engine; use RCU once (or call rcu_read_lock()) on \
+                     this thread before its signal handlers do"
+                );
+            }
             // Another thread of this process runs it.
             std::thread::sleep(std::time::Duration::from_micros(50));
             continue;
@@ -135,6 +146,7 @@ fn init_slow() {
             break;
         }
     }
+    RUNNING_INIT.with(|r| r.set(true));
     DOMAIN.set_mode(crate::sys::membarrier::probe());
     fork::install_fork_handlers();
     // Allocated here, where the caller can afford it, rather than on a later path that may
@@ -144,6 +156,13 @@ fn init_slow() {
     let _ = crate::stall::stall_timeout(); // reads the environment once
                                            // Release pairs with the Acquire loads in `init` and `init_slow`.
     INIT.store(INIT_DONE, Ordering::Release);
+    RUNNING_INIT.with(|r| r.set(false));
+}
+
+crate::primitive::rcu_thread_local! {
+    /// Set while this thread runs `init_slow`'s steps: a signal handler on it that needs the
+    /// engine would otherwise wait for its own interrupted run forever.
+    static RUNNING_INIT: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
 }
 
 /// This thread's record, registering on first use.

@@ -605,6 +605,29 @@ static int signal_at_first_use(void)
 	return 0;
 }
 
+/* The same while the thread's first call_rcu() initialises the library. */
+static void *first_caller(void *arg)
+{
+	(void)arg;
+	static struct rcu_head h;
+	call_rcu(&h, count_cb);
+	atomic_store(&first_done, 1);
+	return NULL;
+}
+
+static int signal_at_first_call_rcu(void)
+{
+	signal(SIGUSR1, first_handler);
+	pthread_t t;
+	CHECK(pthread_create(&t, NULL, first_caller, NULL) == 0);
+	while (!atomic_load(&first_done))
+		pthread_kill(t, SIGUSR1);
+	pthread_join(t, NULL);
+	rcu_barrier();
+	printf("signal_at_first_call_rcu ok\n");
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IONBF, 0);
@@ -639,6 +662,8 @@ int main(int argc, char **argv)
 		return key_dtor_leak();
 	if (!strcmp(c, "signal_at_first_use"))
 		return signal_at_first_use();
+	if (!strcmp(c, "signal_at_first_call_rcu"))
+		return signal_at_first_call_rcu();
 	if (!strcmp(c, "flavor_ptrs"))
 		return flavor_ptrs();
 	if (!strcmp(c, "unmatched_hooks")) {
