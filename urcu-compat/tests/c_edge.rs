@@ -265,3 +265,8 @@ fn a_signal_handler_reading_during_the_first_call_rcu_never_hangs() {
         }
     }
 }
+
+#[test]
+fn a_callback_may_read_and_wait_for_grace_periods() {
+    assert_ok(plain(), "sync_in_cb");
+}

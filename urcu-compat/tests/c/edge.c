@@ -257,8 +257,23 @@ static void free_big(struct rcu_head *h)
 	atomic_fetch_add(&ran, 1);
 }
 
+static void free_bare(struct rcu_head *h)
+{
+	free(h);
+	atomic_fetch_add(&ran, 1);
+}
+
 static int head_reuse(void)
 {
+	/* Bare 16-byte heads: under AddressSanitizer any access past them is reported. */
+	for (int i = 0; i < 1000; i++) {
+		struct rcu_head *h = malloc(sizeof(*h));
+		CHECK(h);
+		call_rcu(h, free_bare);
+	}
+	rcu_barrier();
+	CHECK(atomic_load(&ran) == 1000);
+	atomic_store(&ran, 0);
 	for (int r = 0; r < 20; r++) {
 		for (int i = 0; i < 500; i++) {
 			struct big *b = malloc(sizeof(*b));
@@ -628,6 +643,32 @@ static int signal_at_first_call_rcu(void)
 	return 0;
 }
 
+/* A callback may wait for a grace period and read (liburcu's callback threads are registered). */
+static void sync_cb(struct rcu_head *h)
+{
+	(void)h;
+	rcu_read_lock();
+	CHECK(rcu_read_ongoing());
+	rcu_read_unlock();
+	synchronize_rcu();
+	struct urcu_gp_poll_state s = start_poll_synchronize_rcu();
+	synchronize_rcu();
+	synchronize_rcu();
+	CHECK(poll_state_synchronize_rcu(s));
+	atomic_fetch_add(&ran, 1);
+}
+
+static int sync_in_cb(void)
+{
+	static struct rcu_head hs[4];
+	for (int i = 0; i < 4; i++)
+		call_rcu(&hs[i], sync_cb);
+	rcu_barrier();
+	CHECK(atomic_load(&ran) == 4);
+	printf("sync_in_cb ok\n");
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IONBF, 0);
@@ -664,6 +705,8 @@ int main(int argc, char **argv)
 		return signal_at_first_use();
 	if (!strcmp(c, "signal_at_first_call_rcu"))
 		return signal_at_first_call_rcu();
+	if (!strcmp(c, "sync_in_cb"))
+		return sync_in_cb();
 	if (!strcmp(c, "flavor_ptrs"))
 		return flavor_ptrs();
 	if (!strcmp(c, "unmatched_hooks")) {
