@@ -612,6 +612,12 @@ crate::primitive::rcu_thread_local! {
 /// the callbacks out in order *without* the lock and counts them in `taken` before running each.
 /// In the child, the callbacks at positions `taken..` never started in the parent; the one at
 /// `taken - 1` was running (or about to run) at the fork and is not run again.
+///
+/// *Pausing.* Between [`pause_invocation`] and [`resume_invocation`] no holder starts a
+/// callback: it waits at the gate before counting the next one in `taken`, with `busy` false.
+/// A fork made while paused therefore finds every holder between two callbacks, and its child
+/// runs each callback the parent had not started exactly once (none is "about to run"). This is
+/// what liburcu's `call_rcu_before_fork()` / `call_rcu_after_fork_*()` hooks promise.
 #[cfg(not(rcu_loom))]
 #[derive(Debug)]
 pub(crate) struct Held {
@@ -625,6 +631,32 @@ pub(crate) struct Held {
     /// `taken` and `list` when the child reads them: the child handler runs on the only thread
     /// of the child, and threads the child starts later see its stores through their spawn.
     orphaned: crate::primitive::sync::atomic::AtomicBool,
+    /// True while the holder is in [`Held::invoke`] past the pause gate (a callback may be
+    /// running); false while it waits at the gate or does not invoke.
+    busy: crate::primitive::sync::atomic::AtomicBool,
+}
+
+/// Callers of [`pause_invocation`] not yet resumed: while non-zero, no holder starts a callback.
+#[cfg(not(rcu_loom))]
+static PAUSED: AtomicUsize = AtomicUsize::new(0);
+
+/// Stops every [`Held`] from starting callbacks until [`resume_invocation`]; the caller then
+/// waits for the running ones with [`Held::wait_idle`].
+#[cfg(not(rcu_loom))]
+pub(crate) fn pause_invocation() {
+    PAUSED.fetch_add(1, Ordering::Relaxed);
+    // Pairs with the fence in `Held::gate` (store-buffering): either the holder sees PAUSED
+    // and waits, or the `busy` load in `wait_idle` after this sees its `true`. Without it both
+    // could miss each other and a callback start while the caller believes all are paused.
+    crate::primitive::sync::atomic::fence(Ordering::SeqCst);
+}
+
+/// Undoes one [`pause_invocation`]; nothing without one (liburcu's `after_fork` hooks are
+/// harmless without `before_fork`).
+#[cfg(not(rcu_loom))]
+pub(crate) fn resume_invocation() {
+    // Relaxed: the waiting holders poll; nothing is published through this store.
+    let _ = PAUSED.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| p.checked_sub(1));
 }
 
 // SAFETY: `batches` is only changed by the holder with `lock` held, and read without the lock
@@ -642,6 +674,37 @@ impl Held {
             taken: AtomicUsize::new(0),
             list: AtomicUsize::new(0),
             orphaned: crate::primitive::sync::atomic::AtomicBool::new(false),
+            busy: crate::primitive::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// The pause gate (type docs): returns with `busy` true and no pause in effect.
+    fn gate(&self) {
+        loop {
+            self.busy.store(true, Ordering::Relaxed);
+            // Pairs with the fence in `pause_invocation` (see there).
+            crate::primitive::sync::atomic::fence(Ordering::SeqCst);
+            if PAUSED.load(Ordering::Relaxed) == 0 {
+                return;
+            }
+            // Release pairs with the Acquire load in `wait_idle`: the callbacks run so far
+            // happen-before the pauser's return.
+            self.busy.store(false, Ordering::Release);
+            while PAUSED.load(Ordering::Relaxed) != 0 {
+                std::thread::sleep(std::time::Duration::from_micros(100));
+            }
+        }
+    }
+
+    /// Waits until this holder runs no callback (after [`pause_invocation`]); returns at once
+    /// if the caller is the holder itself (a callback that pauses).
+    pub(crate) fn wait_idle(&self) {
+        if INVOKING.with(|c| core::ptr::eq(c.get(), self)) {
+            return;
+        }
+        // Acquire pairs with the Release stores of `busy` in `gate` and `invoke`.
+        while self.busy.load(Ordering::Acquire) {
+            std::thread::sleep(std::time::Duration::from_micros(50));
         }
     }
 
@@ -676,6 +739,7 @@ impl Held {
     /// many ran; the batches keep their (moved-out) elements until [`Held::finish`].
     pub(crate) fn invoke(&self, invoked: &AtomicU64) -> usize {
         let prev = INVOKING.with(|c| c.replace(self));
+        self.gate();
         let mut unflushed = 0u64;
         let mut n = 0usize;
         // SAFETY: only the holder (the caller) changes the batches, and not while invoking; the
@@ -692,6 +756,10 @@ impl Held {
                 // batch's length is set to 0 in `finish` before the buffer is reused, so the
                 // moved-out element is never dropped or read again.
                 let cb = unsafe { ptr.add(j).read() };
+                // Relaxed: a hint; `gate` decides with its fence.
+                if PAUSED.load(Ordering::Relaxed) != 0 {
+                    self.gate();
+                }
                 n += 1;
                 self.taken.store(n, Ordering::Relaxed);
                 // Orders the count before the callback's own stores (a store-store barrier, free
@@ -702,6 +770,8 @@ impl Held {
             }
         }
         invoked.fetch_add(unflushed, Ordering::Relaxed);
+        // Release: as in `gate`.
+        self.busy.store(false, Ordering::Release);
         INVOKING.with(|c| c.set(prev));
         n
     }
@@ -745,6 +815,9 @@ impl Held {
         if INVOKING.with(|c| core::ptr::eq(c.get(), self)) {
             return true;
         }
+        // The holder does not exist here: a callback it was running at the fork is not
+        // running in the child, and `wait_idle` must not wait for it.
+        self.busy.store(false, Ordering::Relaxed);
         // SAFETY: the child runs this handler alone.
         let any = self
             .batches

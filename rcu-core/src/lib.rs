@@ -133,7 +133,8 @@ pub mod raw {
     pub use crate::callback::CbList;
     #[cfg(not(rcu_loom))]
     pub use crate::global::{
-        enter_no_barrier, global_domain, heavy_barrier, no_barrier_reason, NoBarrierScope,
+        enter_no_barrier, global_domain, heavy_barrier, no_barrier_reason, pause_callbacks,
+        resume_callbacks, NoBarrierScope,
     };
     pub use crate::gp::Domain;
     pub use crate::reader::Record;

@@ -10,7 +10,8 @@
  *  - every call_rcu callback runs on rcu-kit's callback thread of the CPU the caller ran on;
  *    call_rcu_data handles are kept and returned as in liburcu but only select which handle
  *    the get_* functions report (get_call_rcu_thread() returns 0);
- *  - the fork hooks do nothing: the library handles fork() itself;
+ *  - fork() works without the fork hooks too (the library's own atfork handlers); the hooks
+ *    pause callback invocation between two callbacks, so that a fork between them loses none;
  *  - misuse that would deadlock (synchronize_rcu or rcu_barrier inside a read-side critical
  *    section, unlock without lock, rcu_barrier from a callback) prints a message and aborts;
  *  - a thread that calls rcu_read_lock() without registering is registered then.

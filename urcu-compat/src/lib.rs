@@ -26,13 +26,17 @@
 //!      the C program (lock and unlock change both; a signal handler's nested pair restores
 //!      both before it returns).
 //!   3. A record is given back (`unregister`) only at depth 0: by `urcu_memb_unregister_thread`
-//!      or by the thread-exit hook. A thread that exits inside a section keeps its record, and
+//!      or by the thread-exit hook (a pthread key destructor, so that a reader in another
+//!      library's key destructor, which runs after Rust's thread-local destructors, is covered). A thread that exits inside a section keeps its record, and
 //!      grace periods wait for it forever, as with liburcu (a message says so).
 //!   4. Callbacks are queued with [`rcu_core::call_rcu_raw`] on the `rcu_head` itself: the head's
 //!      16 bytes `{next, func}` are the only memory of the caller written, and the trampoline
 //!      reads `func` before calling it and never touches the head afterwards.
 //! * **Thread registration is implicit too**: a read lock on a thread that never registered
-//!   registers it (liburcu leaves that undefined).
+//!   registers it (liburcu leaves that undefined). Registration is not reentrant (nor is the
+//!   engine's initialisation, which the first one runs): a signal handler that takes a read lock
+//!   while its thread is inside `register_slow` aborts with a message instead of waiting for
+//!   itself.
 //! * **Misuse** that would deadlock (`synchronize_rcu` or `rcu_barrier` inside a read-side
 //!   critical section of the calling thread, unlock without lock, unregister inside a section)
 //!   prints a message naming the call and aborts. A panic of rcu-core (its misuse checks, such as
@@ -50,7 +54,9 @@
 //!   working in the child; this library's child handler (installed after rcu-core's, so it runs
 //!   after them) gives the forking thread a fresh record with the same depth, since the child
 //!   reset frees the records of every thread but rcu-core's own. The `call_rcu_*_fork` hooks
-//!   have nothing left to do and return at once.
+//!   pause callback invocation between two callbacks (`before`) and resume it (`after_*`), as
+//!   liburcu's do: a fork between them leaves no callback taken by a callback thread but not
+//!   yet entered, which the child would otherwise never run.
 //! * **defer_rcu** queues `fct(p)` with [`rcu_core::call_rcu`] (two words: stored without
 //!   allocation); `rcu_defer_barrier*` is `rcu_barrier`.
 //! * **Memory orderings.** The read side is rcu-core's (its light/heavy barrier pair). The depth
@@ -96,6 +102,9 @@ pub struct CallRcuData {
 struct Local {
     rec: Cell<*const Record>,
     depth: Cell<u32>,
+    /// True while `register_slow` runs on this thread: a signal handler that interrupts it
+    /// cannot register (the steps are not reentrant) and would wait for itself.
+    registering: Cell<bool>,
     crdp: Cell<*mut CallRcuData>,
 }
 
@@ -105,38 +114,55 @@ thread_local! {
         Local {
             rec: Cell::new(ptr::null()),
             depth: Cell::new(0),
+            registering: Cell::new(false),
             crdp: Cell::new(ptr::null_mut()),
         }
     };
 }
 
-/// Gives the record back when the thread exits (Invariant 3).
-struct ExitHook;
-
-impl Drop for ExitHook {
-    fn drop(&mut self) {
-        let _ = LOCAL.try_with(|l| {
-            let rec = l.rec.get();
-            if rec.is_null() {
-                return;
-            }
-            if l.depth.get() != 0 {
-                eprintln!(
-                    "liburcu (rcu-kit): a thread exited inside an RCU read-side critical section \
-                     (nesting depth {}); grace periods will wait for it forever",
-                    l.depth.get()
-                );
-                return;
-            }
-            l.rec.set(ptr::null());
-            // SAFETY: Invariant 1: `rec` was registered by this thread and not given back.
-            global_domain().unregister(unsafe { &*rec });
-        });
-    }
+/// Gives the record back when the thread exits (Invariant 3): the destructor of a pthread key,
+/// not of a Rust thread-local. Rust's thread-local destructors run before pthread key
+/// destructors, so a reader in another library's key destructor would register a record after
+/// them and keep it for good (one leaked, forever scanned record per such thread). A key
+/// destructor that registers again sets the key again, and the C library then runs this
+/// destructor in its next round.
+extern "C" fn exit_key_dtor(_: *mut c_void) {
+    let _ = LOCAL.try_with(|l| {
+        let rec = l.rec.get();
+        if rec.is_null() {
+            return;
+        }
+        if l.depth.get() != 0 {
+            eprintln!(
+                "liburcu (rcu-kit): a thread exited inside an RCU read-side critical section \
+                 (nesting depth {}); grace periods will wait for it forever",
+                l.depth.get()
+            );
+            return;
+        }
+        l.rec.set(ptr::null());
+        // SAFETY: Invariant 1: `rec` was registered by this thread and not given back.
+        global_domain().unregister(unsafe { &*rec });
+    });
 }
 
-thread_local! {
-    static EXIT: ExitHook = const { ExitHook };
+/// The key of [`exit_key_dtor`]; `None` if none could be created (records then stay
+/// registered, quiescent, after their thread exits).
+fn exit_key() -> Option<libc::pthread_key_t> {
+    static KEY: OnceLock<Option<libc::pthread_key_t>> = OnceLock::new();
+    *KEY.get_or_init(|| {
+        let mut k: libc::pthread_key_t = 0;
+        // SAFETY: `k` is a valid out-pointer; the destructor is a plain function.
+        let r = unsafe { libc::pthread_key_create(&mut k, Some(exit_key_dtor)) };
+        if r != 0 {
+            eprintln!(
+                "liburcu (rcu-kit): pthread_key_create failed ({r}): records of exiting \
+                 threads are not given back"
+            );
+            return None;
+        }
+        Some(k)
+    })
 }
 
 /// Runs `f`, turning a panic into a message and an abort (no unwind crosses `extern "C"`).
@@ -198,6 +224,21 @@ extern "C" fn after_fork_child() {
 #[cold]
 #[inline(never)]
 fn register_slow(l: &Local) -> &'static Record {
+    if l.registering.get() {
+        misuse(format_args!(
+            "a signal handler used RCU while its thread was being registered (the \
+             registration, or the library's initialisation, is not reentrant and would wait for \
+             itself): register the thread with urcu_memb_register_thread() before its signal \
+             handlers take read locks"
+        ));
+    }
+    l.registering.set(true);
+    let rec = register_slow_inner(l);
+    l.registering.set(false);
+    rec
+}
+
+fn register_slow_inner(l: &Local) -> &'static Record {
     let dom = global_domain(); // installs rcu-core's fork handlers first
     FORK_HANDLER.call_once(|| {
         // SAFETY: registers a plain function with no captured state.
@@ -210,7 +251,10 @@ fn register_slow(l: &Local) -> &'static Record {
     });
     let rec = dom.register();
     l.rec.set(rec);
-    let _ = EXIT.try_with(|_| ());
+    if let Some(k) = exit_key() {
+        // SAFETY: `k` is a key created above; any non-null value makes its destructor run.
+        unsafe { libc::pthread_setspecific(k, ptr::NonNull::<c_void>::dangling().as_ptr()) };
+    }
     rec
 }
 
@@ -548,17 +592,35 @@ pub extern "C" fn urcu_memb_get_call_rcu_thread(_crdp: *mut CallRcuData) -> libc
     0
 }
 
-/// `call_rcu_before_fork()`: rcu-core's own `pthread_atfork` handlers do the work.
+/// `call_rcu_before_fork()`: pauses the callback threads between two callbacks, as liburcu
+/// does, so that a `fork()` before the matching `after_fork` hook finds no callback taken but not
+/// yet entered (one would run in neither process's copy of the child); rcu-core's own
+/// `pthread_atfork` handlers do the rest.
 #[no_mangle]
-pub extern "C" fn urcu_memb_call_rcu_before_fork() {}
+pub extern "C" fn urcu_memb_call_rcu_before_fork() {
+    ffi(
+        "urcu_memb_call_rcu_before_fork",
+        rcu_core::raw::pause_callbacks,
+    )
+}
 
-/// `call_rcu_after_fork_parent()`: see [`urcu_memb_call_rcu_before_fork`].
+/// `call_rcu_after_fork_parent()`: resumes the callback threads.
 #[no_mangle]
-pub extern "C" fn urcu_memb_call_rcu_after_fork_parent() {}
+pub extern "C" fn urcu_memb_call_rcu_after_fork_parent() {
+    ffi(
+        "urcu_memb_call_rcu_after_fork_parent",
+        rcu_core::raw::resume_callbacks,
+    )
+}
 
-/// `call_rcu_after_fork_child()`: see [`urcu_memb_call_rcu_before_fork`].
+/// `call_rcu_after_fork_child()`: resumes callback invocation in the child.
 #[no_mangle]
-pub extern "C" fn urcu_memb_call_rcu_after_fork_child() {}
+pub extern "C" fn urcu_memb_call_rcu_after_fork_child() {
+    ffi(
+        "urcu_memb_call_rcu_after_fork_child",
+        rcu_core::raw::resume_callbacks,
+    )
+}
 
 // ---------------------------------------------------------------------------------------------
 // defer_rcu.

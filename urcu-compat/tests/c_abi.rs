@@ -10,63 +10,15 @@ use std::time::Duration;
 
 use test_support::run_with_deadline;
 
-/// The directory of this test binary's profile (`target/<profile>`, the parent of `deps/`).
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    exe.parent()
-        .and_then(|d| d.parent())
-        .expect("target dir")
-        .to_path_buf()
-}
-
-/// Builds the cdylib and returns the directory holding `liburcu.so`. `cargo test` does not build
-/// a `cdylib`-only library (the tests cannot link it), so the test runs `cargo build` itself, in a
-/// target directory of its own (the outer build's may still be locked) and without the outer
-/// build's RUSTFLAGS (a sanitizer build of the test must still give a plain shared object that a
-/// plain C program can load).
-fn lib_dir() -> PathBuf {
-    let target = profile_dir().join("urcu-compat-cdylib");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .args(["build", "--quiet", "-p", "urcu-compat", "--lib"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("CARGO_TARGET_DIR", &target)
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("CARGO_BUILD_TARGET")
-        .output()
-        .expect("run cargo build for the cdylib");
-    assert!(
-        out.status.success(),
-        "cargo build -p urcu-compat failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    target.join("debug")
-}
+mod common;
 
 /// Compiles the C program once; `None` when there is no C compiler.
 fn program() -> Option<&'static PathBuf> {
     static PROG: OnceLock<Option<PathBuf>> = OnceLock::new();
     PROG.get_or_init(|| {
-        let dir = lib_dir();
-        assert!(
-            dir.join("liburcu.so").exists(),
-            "{} has no liburcu.so after cargo build -p urcu-compat",
-            dir.display()
-        );
         let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        // The program records the SONAME, `liburcu.so.8`: a directory of its own holds that name
-        // (a symlink to the built library), so the system's liburcu is never picked up.
-        // Under the target directory (one per build, replaced by the next run), not /tmp.
-        let tmp = dir.join("urcu-compat-abi");
-        std::fs::create_dir_all(&tmp).expect("temporary directory");
-        for name in ["liburcu.so", "liburcu.so.8"] {
-            let link = tmp.join(name);
-            let _ = std::fs::remove_file(&link);
-            std::os::unix::fs::symlink(dir.join("liburcu.so"), &link).expect("symlink");
-        }
-        let dir = tmp.clone();
-        let out = tmp.join("abi");
+        let dir = common::soname_dir("urcu-compat-abi");
+        let out = dir.join("abi");
         let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
         let status = Command::new(&cc)
             .arg("-std=gnu11")

@@ -18,7 +18,10 @@
 //!   pass puts orphaned batches back into the inbox, an invoker's in front, the worker's
 //!   behind). A callback that was running in the parent at the moment of the fork is not run in
 //!   the child (its effects up to that moment are in the child's memory, as for any other
-//!   thread of the parent); neither are those that had already run. If the forking thread is
+//!   thread of the parent); neither are those that had already run. One counted as started but
+//!   not yet entered therefore runs in neither copy of the child's memory; a caller that forks
+//!   between `raw::pause_callbacks` and `raw::resume_callbacks` (liburcu's fork hooks) finds
+//!   every callback thread between two callbacks, so the child runs each exactly once. If the forking thread is
 //!   itself a callback thread (a callback called `fork()`), it keeps its role and its batch in
 //!   the child.
 //!

@@ -306,6 +306,15 @@ fn invoked() -> &'static AtomicU64 {
     &super::state::INVOKED
 }
 
+/// After `callback::pause_invocation`: waits until no invoker runs a callback.
+pub(crate) fn wait_idle() {
+    if let Some(invs) = INVOKERS.get() {
+        for inv in invs.iter() {
+            inv.held.wait_idle();
+        }
+    }
+}
+
 /// `fork()` prepare handler, first step: hold every invoker's held-batches lock.
 pub(crate) fn fork_lock_held() {
     if let Some(invs) = INVOKERS.get() {

@@ -24,7 +24,9 @@
 //!   the runner while it runs (`INIT`), not in a `std::sync::Once`: a `fork()` while another
 //!   thread runs it leaves the child the parent's id, and the child's first use runs it again
 //!   (its steps are idempotent; the fork handlers are registered once) instead of waiting for a
-//!   thread it does not have.
+//!   thread it does not have. A signal handler that needs the engine on the thread running
+//!   `init` would wait for its own interrupted run (and every other thread behind it): a
+//!   thread-local mark of the runner turns that into a panic with a message.
 //! * **Short of memory.** The paths above run exactly when memory may be exhausted, and an
 //!   infallible allocation failing there aborts the process, so none of them allocates
 //!   infallibly: threads are started by `lowmem::spawn` (fails softly, with an `OutOfMemory`
@@ -122,6 +124,15 @@ fn init_slow() {
             return;
         }
         if cur == me {
+            if RUNNING_INIT.with(|r| r.get()) {
+                // A signal handler interrupted this very thread's run: waiting would wait for
+                // itself (the whole process then waits behind it).
+                panic!(
+                    "rcu-core: RCU used in a signal handler that interrupted this thread's \
+                     initialisation of the engine; use RCU once (or call rcu_read_lock()) on \
+                     this thread before its signal handlers do"
+                );
+            }
             // Another thread of this process runs it.
             std::thread::sleep(std::time::Duration::from_micros(50));
             continue;
@@ -135,6 +146,7 @@ fn init_slow() {
             break;
         }
     }
+    RUNNING_INIT.with(|r| r.set(true));
     DOMAIN.set_mode(crate::sys::membarrier::probe());
     fork::install_fork_handlers();
     // Allocated here, where the caller can afford it, rather than on a later path that may
@@ -144,6 +156,13 @@ fn init_slow() {
     let _ = crate::stall::stall_timeout(); // reads the environment once
                                            // Release pairs with the Acquire loads in `init` and `init_slow`.
     INIT.store(INIT_DONE, Ordering::Release);
+    RUNNING_INIT.with(|r| r.set(false));
+}
+
+crate::primitive::rcu_thread_local! {
+    /// Set while this thread runs `init_slow`'s steps: a signal handler on it that needs the
+    /// engine would otherwise wait for its own interrupted run forever.
+    static RUNNING_INIT: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
 }
 
 /// This thread's record, registering on first use.
@@ -511,6 +530,27 @@ fn enqueued() {
     } else if IDLE.load(Ordering::Relaxed) {
         wake_worker();
     }
+}
+
+/// Stops callback invocation: returns once no callback thread runs a callback (the caller's own,
+/// if it is a callback that calls this, excepted), and none starts one until
+/// [`resume_callbacks`]. For liburcu's `call_rcu_before_fork()`: a `fork()` made while paused
+/// finds every callback thread between two callbacks, so the child runs each callback the parent
+/// had not started exactly once (without it, one that a thread had taken but not yet entered
+/// runs in neither copy of the child's memory). Pauses nest. A callback that waits for the
+/// caller while paused waits forever, and so does `rcu_barrier` in the paused process.
+#[cfg(not(rcu_loom))]
+pub fn pause_callbacks() {
+    crate::callback::pause_invocation();
+    worker::WORKER_HELD.wait_idle();
+    invoker::wait_idle();
+}
+
+/// Ends one [`pause_callbacks`] (in the parent after a `fork()`, or in the child); does nothing
+/// when no pause is in effect.
+#[cfg(not(rcu_loom))]
+pub fn resume_callbacks() {
+    crate::callback::resume_invocation();
 }
 
 /// Waits until every callback queued (by any thread) before this call has run.
