@@ -318,11 +318,13 @@ fn call_rcu_survives_tight_rlimit_as() {
 #[test]
 fn broken_build_is_caught() {
     if child_case().as_deref() == Some("broken") {
+        let mode = std::env::var("RCUTORTURE_TEST_MODE").unwrap_or_else(|_| "all".into());
+        let seconds = std::env::var("RCUTORTURE_TEST_SECONDS").unwrap_or_else(|_| "1".into());
         let args: Vec<String> = [
             "--mode",
-            "all",
+            &mode,
             "--seconds",
-            "1",
+            &seconds,
             "--threads",
             "3",
             "--broken-free-early",
@@ -332,18 +334,30 @@ fn broken_build_is_caught() {
         .collect();
         std::process::exit(rcutorture::main_with_args(&args));
     }
-    let out = run_child(
-        "broken_build_is_caught",
-        "broken",
-        &[],
-        Duration::from_secs(150),
-    );
-    let r = Run {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    let broken = |mode: &str, seconds: &str| {
+        let out = run_child(
+            "broken_build_is_caught",
+            "broken",
+            &[
+                ("RCUTORTURE_TEST_MODE", mode),
+                ("RCUTORTURE_TEST_SECONDS", seconds),
+            ],
+            Duration::from_secs(150),
+        );
+        Run {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
     };
-    assert_eq!(r.code, Some(1), "the broken run must fail\n{}", r.dump());
+    let all = broken("all", "1");
+    assert_eq!(
+        all.code,
+        Some(1),
+        "the broken run must fail\n{}",
+        all.dump()
+    );
+    assert!(all.stderr.contains("freed-under-reader"), "{}", all.dump());
     for mode in [
         "call-rcu",
         "kfree-rcu",
@@ -352,6 +366,23 @@ fn broken_build_is_caught() {
         "polled",
         "typesafe",
     ] {
+        // A mode that made too few updates in its second (a loaded machine makes a grace period
+        // per update slow: synchronize once did 21 updates in 1 s) may see no early free at all;
+        // it runs again alone, for longer, at most twice. Each run still has to be clean of
+        // losses and aborts, and the last one has to report the errors.
+        let mut again;
+        let mut r = &all;
+        for attempt in 0..3 {
+            if attempt > 0 {
+                again = broken(mode, "4");
+                r = &again;
+            }
+            assert_eq!(r.num(mode, "lost"), 0, "{mode}\n{}", r.dump());
+            assert_eq!(r.num(mode, "aborts"), 0, "{mode}\n{}", r.dump());
+            if r.num(mode, "errors") > 0 {
+                break;
+            }
+        }
         assert_eq!(r.num(mode, "pass"), 0, "{mode}\n{}", r.dump());
         assert!(
             r.num(mode, "errors") > 0,
@@ -363,10 +394,7 @@ fn broken_build_is_caught() {
             "{mode}: histogram shows nothing past age 1\n{}",
             r.dump()
         );
-        assert_eq!(r.num(mode, "lost"), 0, "{mode}\n{}", r.dump());
-        assert_eq!(r.num(mode, "aborts"), 0, "{mode}\n{}", r.dump());
     }
-    assert!(r.stderr.contains("freed-under-reader"), "{}", r.dump());
 }
 
 #[test]
