@@ -19,7 +19,7 @@
 //! Freeing a whole ready block at once overflows the allocator's thread cache (glibc's tcache
 //! keeps 7 chunks per size): 498 of 505 frees then go to the arena's shared bins with an atomic
 //! operation each, and the next 498 allocations come back through the arena's slow path. A
-//! malloc-and-free loop costs about 19 ns per pair on this machine; 505 mallocs then 505 frees
+//! malloc-and-free loop costs about 19 ns per pair on a 2-vCPU x86-64 VM; 505 mallocs then 505 frees
 //! cost about 48 ns per pair. So when a block of an `inline_free` channel (no drop glue: the free
 //! is `dealloc` alone) fills up, the owner takes the oldest *ready* block of the same channel
 //! from its CPU slot in the same locked hand-over and makes it the open block: every retire then

@@ -146,7 +146,7 @@ struct JsonMachine<'a> {
     loadavg_end: &'a str,
 }
 
-/// nproc, kernel and CPU model of this machine.
+/// nproc, kernel and CPU model of the machine the comparison runs on.
 struct Machine {
     nproc: usize,
     kernel: String,
