@@ -28,7 +28,7 @@ use crate::ptr::{Atomic, Retired, Shared};
 /// strategies behave as in any reader (`ptr` Invariant 2).
 fn retire_with<T: Send + 'static, R: Retire<T>>(old: Option<Retired<T>>, how: R) {
     if let Some(old) = old {
-        let _reader = crate::list::holds_a_writer_lock().then(rcu_core::rcu_read_lock);
+        let _reader = crate::writer_lock::holds_a_writer_lock().then(rcu_core::rcu_read_lock);
         let p = old.into_raw_for_retire();
         // SAFETY: `p` came from `Box::into_raw`, is unpublished, and the handle gave up its
         // ownership to this call (`Retire::retire_raw`'s contract).

@@ -111,6 +111,7 @@ pub mod map;
 mod primitive;
 pub mod ptr;
 pub mod typesafe;
+mod writer_lock;
 
 #[doc = include_str!("../docs/guide.md")]
 pub mod guide {}

@@ -99,12 +99,12 @@
 use core::fmt;
 use core::marker::PhantomData;
 use core::ptr::{self, NonNull};
-use std::sync::{Mutex, MutexGuard};
 
 use rcu_core::RcuReadGuard;
 
 use crate::primitive::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use crate::ptr::Retired;
+use crate::writer_lock::{WriterGuard, WriterLock};
 
 /// A node of an [`RcuList`]: the value and the link readers follow. Handed out only inside a
 /// [`Retired`], once unlinked.
@@ -187,9 +187,7 @@ unsafe impl<T: Send> Send for WriterState<T> {}
 /// ```
 pub struct RcuList<T: Send + Sync + 'static> {
     head: AtomicPtr<ListNode<T>>,
-    writer: Mutex<WriterState<T>>,
-    /// The thread holding `writer` (its id, `thread_id()`), 0 when none: re-entrancy check.
-    writer_thread: AtomicUsize,
+    writer: WriterLock<WriterState<T>>,
     len: AtomicUsize,
     _owns: PhantomData<Box<ListNode<T>>>,
 }
@@ -199,36 +197,6 @@ pub struct RcuList<T: Send + Sync + 'static> {
 unsafe impl<T: Send + Sync + 'static> Send for RcuList<T> {}
 // SAFETY: as above.
 unsafe impl<T: Send + Sync + 'static> Sync for RcuList<T> {}
-
-std::thread_local!(
-    /// How many writer locks of lists and maps (`ListWriter`, the map's writer guard) the
-    /// calling thread holds.
-    static WRITERS_HELD: core::cell::Cell<usize> = const { core::cell::Cell::new(0) }
-);
-
-/// Counts a writer lock the calling thread took (released by [`writer_lock_released`] on the
-/// same thread: the guards are not `Send`).
-pub(crate) fn writer_lock_taken() {
-    WRITERS_HELD.with(|n| n.set(n.get() + 1));
-}
-
-/// Uncounts a writer lock taken by [`writer_lock_taken`] on this thread.
-pub(crate) fn writer_lock_released() {
-    WRITERS_HELD.with(|n| n.set(n.get() - 1));
-}
-
-/// Whether the calling thread holds the writer lock of some [`RcuList`] or
-/// [`RcuHashMap`](crate::map::RcuHashMap): waiting for a grace period there could wait for a
-/// reader that waits for that lock ([`Retired::synchronize`] panics instead).
-pub(crate) fn holds_a_writer_lock() -> bool {
-    WRITERS_HELD.with(|n| n.get() != 0)
-}
-
-/// A non-zero number unique to the calling thread while it lives.
-pub(crate) fn thread_id() -> usize {
-    std::thread_local!(static ID: u8 = const { 0 });
-    ID.with(|b| b as *const u8 as usize)
-}
 
 impl<T: Send + Sync + 'static> Default for RcuList<T> {
     fn default() -> Self {
@@ -246,11 +214,10 @@ impl<T: Send + Sync + 'static> RcuList<T> {
     pub const fn new() -> Self {
         RcuList {
             head: AtomicPtr::new(ptr::null_mut()),
-            writer: Mutex::new(WriterState {
+            writer: WriterLock::new(WriterState {
                 tail: ptr::null_mut(),
                 len: 0,
             }),
-            writer_thread: AtomicUsize::new(0),
             len: AtomicUsize::new(0),
             _owns: PhantomData,
         }
@@ -274,19 +241,10 @@ impl<T: Send + Sync + 'static> RcuList<T> {
     /// ```
     #[track_caller]
     pub fn writer(&self) -> ListWriter<'_, T> {
-        let me = thread_id();
-        // Relaxed: only this thread stores its own id, so reading it back needs no ordering.
-        if self.writer_thread.load(Ordering::Relaxed) == me {
-            panic!(
-                "RcuList: a writer method was called by the thread that already holds the \
-                 list's writer lock (from a predicate, or while a ListWriter is alive): it \
-                 would deadlock"
-            );
-        }
-        let state = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        // Relaxed: a re-entrancy marker read only by this thread (above).
-        self.writer_thread.store(me, Ordering::Relaxed);
-        writer_lock_taken();
+        let state = self.writer.lock(
+            "RcuList: a writer method was called by the thread that already holds the list's \
+             writer lock (from a predicate, or while a ListWriter is alive): it would deadlock",
+        );
         ListWriter { list: self, state }
     }
 
@@ -470,16 +428,7 @@ impl<T: Send + Sync + fmt::Debug + 'static> fmt::Debug for RcuList<T> {
 /// ```
 pub struct ListWriter<'a, T: Send + Sync + 'static> {
     list: &'a RcuList<T>,
-    state: MutexGuard<'a, WriterState<T>>,
-}
-
-impl<T: Send + Sync + 'static> Drop for ListWriter<'_, T> {
-    fn drop(&mut self) {
-        // Before the mutex guard (a field) unlocks. Relaxed: the re-entrancy marker.
-        self.list.writer_thread.store(0, Ordering::Relaxed);
-        // `ListWriter` is not `Send` (its mutex guard): this is the thread that counted it.
-        writer_lock_released();
-    }
+    state: WriterGuard<'a, WriterState<T>>,
 }
 
 impl<T: Send + Sync + 'static> fmt::Debug for ListWriter<'_, T> {

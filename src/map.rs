@@ -54,13 +54,13 @@ use core::hash::{BuildHasher, Hash};
 use core::ptr;
 use std::collections::hash_map::RandomState;
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
 
 use core::ptr::NonNull;
 
 use rcu_core::{rcu_read_lock, RcuReadGuard};
 
 use crate::ptr::{Atomic, Retired};
+use crate::writer_lock::{WriterGuard, WriterLock};
 
 /// Smallest table (buckets).
 const MIN_BUCKETS: usize = 16;
@@ -113,19 +113,7 @@ struct WriterState {
 }
 
 /// The held writer mutex, with the re-entrancy marker cleared before the unlock.
-struct MapWriter<'a> {
-    marker: &'a AtomicUsize,
-    state: MutexGuard<'a, WriterState>,
-}
-
-impl Drop for MapWriter<'_> {
-    fn drop(&mut self) {
-        // Before the mutex guard (a field) unlocks. Relaxed: the re-entrancy marker.
-        self.marker.store(0, Ordering::Relaxed);
-        // Not `Send` (its mutex guard): this is the thread that counted it.
-        crate::list::writer_lock_released();
-    }
-}
+type MapWriter<'a> = WriterGuard<'a, WriterState>;
 
 /// A concurrent hash map with lock-free, wait-free readers (see the [module docs](self)).
 ///
@@ -152,9 +140,7 @@ impl Drop for MapWriter<'_> {
 pub struct RcuHashMap<K: 'static, V: 'static, S = RandomState> {
     /// Never null.
     table: Atomic<Table<K, V>>,
-    writer: Mutex<WriterState>,
-    /// The thread holding `writer` (`list::thread_id`), 0 when none: re-entrancy check.
-    writer_thread: AtomicUsize,
+    writer: WriterLock<WriterState>,
     /// Number of entries, readable without the mutex (a snapshot).
     len: AtomicUsize,
     hasher: S,
@@ -211,8 +197,7 @@ where
             .next_power_of_two();
         RcuHashMap {
             table: Atomic::from_box(Some(Table::new(buckets))),
-            writer: Mutex::new(WriterState { len: 0 }),
-            writer_thread: AtomicUsize::new(0),
+            writer: WriterLock::new(WriterState { len: 0 }),
             len: AtomicUsize::new(0),
             hasher,
         }
@@ -225,23 +210,10 @@ where
     /// map): that would deadlock.
     #[track_caller]
     fn lock_writer(&self) -> MapWriter<'_> {
-        let me = crate::list::thread_id();
-        // Relaxed: only this thread stores its own id, so reading it back needs no ordering.
-        if self.writer_thread.load(Ordering::Relaxed) == me {
-            panic!(
-                "RcuHashMap: a writer method was called by the thread that already holds the \
-                 map's writer lock (from a key's or value's Eq or Clone run by a writer): it \
-                 would deadlock"
-            );
-        }
-        let state = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        // Relaxed: a re-entrancy marker read only by this thread (above).
-        self.writer_thread.store(me, Ordering::Relaxed);
-        crate::list::writer_lock_taken();
-        MapWriter {
-            marker: &self.writer_thread,
-            state,
-        }
+        self.writer.lock(
+            "RcuHashMap: a writer method was called by the thread that already holds the map's \
+             writer lock (from a key's or value's Eq or Clone run by a writer): it would deadlock",
+        )
     }
 
     #[inline]
@@ -362,10 +334,10 @@ where
         }));
         // Release: as above.
         head.store(new, Ordering::Release);
-        w.state.len += 1;
-        self.len.store(w.state.len, Ordering::Relaxed);
+        w.len += 1;
+        self.len.store(w.len, Ordering::Relaxed);
         let buckets = table.buckets.len();
-        if w.state.len > buckets / 4 * 3 {
+        if w.len > buckets / 4 * 3 {
             let old = self.resize(table_ptr, buckets * 2);
             drop(w); // retire outside the lock (module docs, re-entrancy)
             old.kfree_rcu();
@@ -398,8 +370,8 @@ where
                 // SAFETY: non-null (it was `node`), from `Box::into_raw`; unlinked above, so
                 // unreachable for new readers; owned by the table until now; handed over once.
                 let old = unsafe { Retired::from_unpublished(NonNull::new_unchecked(p)) };
-                w.state.len -= 1;
-                self.len.store(w.state.len, Ordering::Relaxed);
+                w.len -= 1;
+                self.len.store(w.len, Ordering::Relaxed);
                 drop(w); // retire outside the lock (module docs, re-entrancy)
                 old.kfree_rcu();
                 return true;

@@ -614,7 +614,7 @@ impl<T: Send + 'static> Retired<T> {
     #[track_caller]
     pub fn synchronize(self) -> Box<T> {
         // A panic here drops `self`, which retires through `kfree_rcu` (Invariant 2).
-        if crate::list::holds_a_writer_lock() {
+        if crate::writer_lock::holds_a_writer_lock() {
             panic!(
                 "Retired::synchronize called while this thread holds an RcuList or RcuHashMap \
                  writer lock (a ListWriter, or code run by a map writer): a reader waiting for \
@@ -648,7 +648,7 @@ impl<T: Send + 'static> Drop for Retired<T> {
 /// # Safety
 /// `kfree_rcu_raw`'s contract.
 pub(crate) unsafe fn kfree_under_writer_aware<T: Send + 'static>(p: *mut T) {
-    let _reader = crate::list::holds_a_writer_lock().then(rcu_core::rcu_read_lock);
+    let _reader = crate::writer_lock::holds_a_writer_lock().then(rcu_core::rcu_read_lock);
     // SAFETY: forwarded contract.
     unsafe { kfree_batch::kfree_rcu_raw(p) };
 }
