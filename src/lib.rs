@@ -106,6 +106,7 @@ compile_error!(
 
 mod cell;
 mod cell_ext;
+mod link;
 pub mod list;
 pub mod map;
 mod primitive;

@@ -56,8 +56,10 @@
 //!
 //! # Implementation
 //!
-//! A singly linked list: `head` and each node's `next` are `AtomicPtr`s; a node is a
-//! `Box<ListNode<T>>` turned into a raw pointer when linked.
+//! A singly linked list: `head` and each node's `next` are the crate's non-owning RCU links
+//! (`link` module: readers load them as guard-bound `Shared` pointers, writers link boxes and
+//! get what they unlink back as `Retired`); a node is a `Box<ListNode<T>>` turned into a raw
+//! pointer when linked.
 //!
 //! Invariants (writers hold the writer mutex for every change):
 //! 1. Every node reachable from `head` is owned by the list. A node leaves the list's ownership
@@ -102,8 +104,9 @@ use core::ptr::{self, NonNull};
 
 use rcu_core::RcuReadGuard;
 
-use crate::primitive::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
-use crate::ptr::Retired;
+use crate::link::Link;
+use crate::primitive::sync::atomic::{AtomicUsize, Ordering};
+use crate::ptr::{Retired, Shared};
 use crate::writer_lock::{WriterGuard, WriterLock};
 
 /// A node of an [`RcuList`]: the value and the link readers follow. Handed out only inside a
@@ -118,7 +121,7 @@ use crate::writer_lock::{WriterGuard, WriterLock};
 /// ```
 pub struct ListNode<T> {
     value: T,
-    next: AtomicPtr<ListNode<T>>,
+    next: Link<ListNode<T>>,
 }
 
 impl<T> ListNode<T> {
@@ -186,7 +189,7 @@ unsafe impl<T: Send> Send for WriterState<T> {}
 /// assert_eq!(list.len(), 100);
 /// ```
 pub struct RcuList<T: Send + Sync + 'static> {
-    head: AtomicPtr<ListNode<T>>,
+    head: Link<ListNode<T>>,
     writer: WriterLock<WriterState<T>>,
     len: AtomicUsize,
     _owns: PhantomData<Box<ListNode<T>>>,
@@ -213,7 +216,7 @@ impl<T: Send + Sync + 'static> RcuList<T> {
     /// ```
     pub const fn new() -> Self {
         RcuList {
-            head: AtomicPtr::new(ptr::null_mut()),
+            head: Link::null(),
             writer: WriterLock::new(WriterState {
                 tail: ptr::null_mut(),
                 len: 0,
@@ -259,11 +262,11 @@ impl<T: Send + Sync + 'static> RcuList<T> {
     /// assert_eq!(list.iter(&g).next(), Some(&'a'));
     /// ```
     #[doc(alias = "list_for_each_entry_rcu")]
-    pub fn iter<'g>(&'g self, _guard: &'g RcuReadGuard) -> Iter<'g, T> {
+    pub fn iter<'g>(&'g self, guard: &'g RcuReadGuard) -> Iter<'g, T> {
         Iter {
-            // Acquire: pairs with the Release store that linked the first node.
-            next: self.head.load(Ordering::Acquire),
-            _life: PhantomData,
+            // Acquire (`Link::load`): pairs with the Release store that linked the first node.
+            next: self.head.load(guard),
+            guard,
         }
     }
 
@@ -390,13 +393,12 @@ impl<T: Send + Sync + 'static> RcuList<T> {
 
 impl<T: Send + Sync + 'static> Drop for RcuList<T> {
     fn drop(&mut self) {
-        let mut p = *self.head.get_mut();
-        while !p.is_null() {
-            // SAFETY: `&mut self`: no reader can hold a reference into the list (they borrow
-            // it); every reachable node is owned by the list (Invariant 1), came from
-            // `Box::into_raw`, and is freed here once.
-            let mut node = unsafe { Box::from_raw(p) };
-            p = *node.next.get_mut();
+        // SAFETY: `&mut self`: no reader can hold a reference into the list (they borrow it);
+        // every reachable node is owned by the list (Invariant 1) and is freed here once.
+        let mut next = unsafe { self.head.take_for_drop() };
+        while let Some(mut node) = next {
+            // SAFETY: as above: the rest of the chain.
+            next = unsafe { node.next.take_for_drop() };
         }
     }
 }
@@ -440,11 +442,8 @@ impl<T: Send + Sync + 'static> fmt::Debug for ListWriter<'_, T> {
 }
 
 impl<T: Send + Sync + 'static> ListWriter<'_, T> {
-    fn new_node(value: T, next: *mut ListNode<T>) -> *mut ListNode<T> {
-        Box::into_raw(Box::new(ListNode {
-            value,
-            next: AtomicPtr::new(next),
-        }))
+    fn new_node(value: T, next: Link<ListNode<T>>) -> Box<ListNode<T>> {
+        Box::new(ListNode { value, next })
     }
 
     fn set_len(&mut self, len: usize) {
@@ -454,7 +453,7 @@ impl<T: Send + Sync + 'static> ListWriter<'_, T> {
     }
 
     /// The link that points at `prev`'s successor: `head` for null, else `prev.next`.
-    fn link_after(&self, prev: *mut ListNode<T>) -> &AtomicPtr<ListNode<T>> {
+    fn link_after(&self, prev: *mut ListNode<T>) -> &Link<ListNode<T>> {
         if prev.is_null() {
             &self.list.head
         } else {
@@ -472,13 +471,15 @@ impl<T: Send + Sync + 'static> ListWriter<'_, T> {
     /// assert_eq!(list.len(), 1);
     /// ```
     pub fn push_front(&mut self, value: T) {
-        // Relaxed: the writer lock orders us after the previous writer.
-        let first = self.list.head.load(Ordering::Relaxed);
-        let node = Self::new_node(value, first);
-        // Release: publishes the node's value and link (pairs with readers' Acquire loads).
-        self.list.head.store(node, Ordering::Release);
-        if first.is_null() {
-            self.state.tail = node;
+        let head = &self.list.head;
+        // SAFETY: writer lock held; only compared with null.
+        let was_empty = unsafe { head.load_by_writer() }.is_none();
+        let node = Self::new_node(value, Link::copy_by_writer(head));
+        // SAFETY: writer lock held; the old first node is the new node's successor, still
+        // reachable. Release publishes the node's value and link (`Link` docs).
+        let node = unsafe { head.publish(node) };
+        if was_empty {
+            self.state.tail = node.as_ptr();
         }
         let len = self.state.len + 1;
         self.set_len(len);
@@ -492,11 +493,12 @@ impl<T: Send + Sync + 'static> ListWriter<'_, T> {
     /// assert_eq!(list.len(), 1);
     /// ```
     pub fn push_back(&mut self, value: T) {
-        let node = Self::new_node(value, ptr::null_mut());
+        let node = Self::new_node(value, Link::null());
         let tail = self.state.tail;
-        // Release: as in `push_front`.
-        self.link_after(tail).store(node, Ordering::Release);
-        self.state.tail = node;
+        // SAFETY: writer lock held; the link after the tail is null (Invariant 3): nothing is
+        // overwritten. Release: as in `push_front`.
+        let node = unsafe { self.link_after(tail).publish(node) };
+        self.state.tail = node.as_ptr();
         let len = self.state.len + 1;
         self.set_len(len);
     }
@@ -519,14 +521,12 @@ impl<T: Send + Sync + 'static> ListWriter<'_, T> {
     ) -> Option<(*mut ListNode<T>, NonNull<ListNode<T>>)> {
         let mut prev: *mut ListNode<T> = ptr::null_mut();
         loop {
-            // Relaxed: writer lock held.
-            let p = self.link_after(prev).load(Ordering::Relaxed);
-            let node = NonNull::new(p)?;
-            // SAFETY: reachable under the writer lock, hence alive (Invariant 1).
-            if pred(unsafe { &node.as_ref().value }) {
-                return Some((prev, node));
+            // SAFETY: writer lock held; the node is used before this writer unlinks it.
+            let node = unsafe { self.link_after(prev).load_by_writer() }?;
+            if pred(&node.value) {
+                return Some((prev, NonNull::from(node)));
             }
-            prev = p;
+            prev = ptr::from_ref(node).cast_mut();
         }
     }
 
@@ -537,17 +537,17 @@ impl<T: Send + Sync + 'static> ListWriter<'_, T> {
         node: NonNull<ListNode<T>>,
     ) -> Retired<ListNode<T>> {
         // SAFETY: reachable under the writer lock, hence alive.
-        let next = unsafe { node.as_ref() }.next.load(Ordering::Relaxed);
-        // Release: memory-orderings note on unlinking. `node.next` stays (Invariant 2).
-        self.link_after(prev).store(next, Ordering::Release);
+        let node_ref = unsafe { node.as_ref() };
+        // SAFETY: writer lock held; the link after `prev` points at `node` (found so), owned by
+        // the list (Invariant 1); `node.next` is its successor and stays (Invariant 2). Release:
+        // memory-orderings note on unlinking.
+        let old = unsafe { self.link_after(prev).unlink(node_ref, &node_ref.next) };
         if self.state.tail == node.as_ptr() {
             self.state.tail = prev;
         }
         let len = self.state.len - 1;
         self.set_len(len);
-        // SAFETY: from `Box::into_raw`, unlinked above (no new reader can reach it: Invariant 1
-        // and the module docs), owned by the list until now and handed over once.
-        unsafe { Retired::from_unpublished(node) }
+        old
     }
 
     /// [`RcuList::remove`] under this lock.
@@ -578,16 +578,16 @@ impl<T: Send + Sync + 'static> ListWriter<'_, T> {
             return Err(value);
         };
         // SAFETY: reachable under the writer lock, hence alive.
-        let next = unsafe { node.as_ref() }.next.load(Ordering::Relaxed);
-        let new = Self::new_node(value, next);
-        // Release: publishes the new node (as in `push_front`); readers see the old node or the
-        // new one, both leading to `next`.
-        self.link_after(prev).store(new, Ordering::Release);
+        let node_ref = unsafe { node.as_ref() };
+        let new = Self::new_node(value, Link::copy_by_writer(&node_ref.next));
+        // SAFETY: as in `unlink`, with `new.next` set to the successor. Release publishes the
+        // new node (as in `push_front`); readers see the old node or the new one, both leading
+        // to the successor.
+        let (new, old) = unsafe { self.link_after(prev).replace(node_ref, new) };
         if self.state.tail == node.as_ptr() {
-            self.state.tail = new;
+            self.state.tail = new.as_ptr();
         }
-        // SAFETY: as in `unlink`.
-        Ok(unsafe { Retired::from_unpublished(node) })
+        Ok(old)
     }
 
     /// Unlinks every node whose value does not satisfy `keep`; returns them.
@@ -602,15 +602,14 @@ impl<T: Send + Sync + 'static> ListWriter<'_, T> {
         let mut out = Vec::new();
         let mut prev: *mut ListNode<T> = ptr::null_mut();
         loop {
-            // Relaxed: writer lock held.
-            let Some(node) = NonNull::new(self.link_after(prev).load(Ordering::Relaxed)) else {
+            // SAFETY: writer lock held; the node is used before this writer unlinks it.
+            let Some(node) = (unsafe { self.link_after(prev).load_by_writer() }) else {
                 return out;
             };
-            // SAFETY: reachable under the writer lock, hence alive.
-            if keep(unsafe { &node.as_ref().value }) {
-                prev = node.as_ptr();
+            if keep(&node.value) {
+                prev = ptr::from_ref(node).cast_mut();
             } else {
-                out.push(self.unlink(prev, node));
+                out.push(self.unlink(prev, NonNull::from(node)));
             }
         }
     }
@@ -626,20 +625,20 @@ impl<T: Send + Sync + 'static> ListWriter<'_, T> {
 /// assert_eq!(list.iter(&g).sum::<i32>(), 3);
 /// ```
 pub struct Iter<'g, T> {
-    next: *const ListNode<T>,
-    _life: PhantomData<&'g T>,
+    next: Shared<'g, ListNode<T>>,
+    guard: &'g RcuReadGuard,
 }
 
 impl<'g, T> Iterator for Iter<'g, T> {
     type Item = &'g T;
 
     fn next(&mut self) -> Option<&'g T> {
-        // SAFETY: `next` was loaded under the guard borrowed for `'g` from a link reachable
-        // from the list (or from a node unlinked after this walk began): the node is freed only
-        // after a grace period that this critical section holds back (module docs).
-        let node = unsafe { self.next.as_ref() }?;
-        // Acquire: pairs with the Release store that linked the successor.
-        self.next = node.next.load(Ordering::Acquire);
+        // `next` was loaded under the guard borrowed for `'g` from a link reachable from the
+        // list (or from a node unlinked after this walk began): the node is freed only after a
+        // grace period that this critical section holds back (module docs).
+        let node = self.next.as_ref()?;
+        // Acquire (`Link::load`): pairs with the Release store that linked the successor.
+        self.next = node.next.load(self.guard);
         Some(&node.value)
     }
 }

@@ -28,8 +28,10 @@
 //!
 //! Every node reachable from a table's chains is owned by that table; a node leaves the table's
 //! ownership only when a writer unlinks it, and is then retired on its own, as a [`Retired`].
-//! (Chain links stay raw `AtomicPtr`s: an unlinked node keeps pointing at its successor for the
-//! readers standing on it, without owning it, which an owning [`Atomic`] link could not do.)
+//! Chain links are the crate's non-owning RCU links (an unlinked node keeps pointing at its
+//! successor for the readers standing on it, without owning it, which an owning [`Atomic`]
+//! could not do); readers load them as guard-bound [`Shared`](crate::Shared) pointers, the same
+//! as the table pointer, so the read path has no `unsafe` of its own.
 //!
 //! ```
 //! use rcu_kit::map::RcuHashMap;
@@ -53,13 +55,12 @@ use core::fmt;
 use core::hash::{BuildHasher, Hash};
 use core::ptr;
 use std::collections::hash_map::RandomState;
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
-
-use core::ptr::NonNull;
 
 use rcu_core::{rcu_read_lock, RcuReadGuard};
 
-use crate::ptr::{Atomic, Retired};
+use crate::link::Link;
+use crate::primitive::sync::atomic::{AtomicUsize, Ordering};
+use crate::ptr::{Atomic, Retired, Shared};
 use crate::writer_lock::{WriterGuard, WriterLock};
 
 /// Smallest table (buckets).
@@ -69,23 +70,25 @@ struct Node<K, V> {
     hash: u64,
     key: K,
     value: V,
-    next: AtomicPtr<Node<K, V>>,
+    next: Link<Node<K, V>>,
 }
 
 struct Table<K, V> {
-    buckets: Box<[AtomicPtr<Node<K, V>>]>,
+    buckets: Box<[Link<Node<K, V>>]>,
 }
 
 impl<K, V> Table<K, V> {
     fn new(n: usize) -> Box<Self> {
         debug_assert!(n.is_power_of_two());
         Box::new(Table {
-            buckets: (0..n).map(|_| AtomicPtr::new(ptr::null_mut())).collect(),
+            buckets: (0..n).map(|_| Link::null()).collect(),
         })
     }
+}
 
+impl<K, V> Table<K, V> {
     #[inline]
-    fn bucket(&self, hash: u64) -> &AtomicPtr<Node<K, V>> {
+    fn bucket(&self, hash: u64) -> &Link<Node<K, V>> {
         // Truncating the hash is intended: the low bits pick the bucket.
         &self.buckets[(hash as usize) & (self.buckets.len() - 1)]
     }
@@ -94,13 +97,12 @@ impl<K, V> Table<K, V> {
 impl<K, V> Drop for Table<K, V> {
     fn drop(&mut self) {
         for head in self.buckets.iter_mut() {
-            let mut p = *head.get_mut();
-            while !p.is_null() {
-                // SAFETY: a table is dropped only when no reader can reach it (map dropped, or a
-                // grace period after it was unpublished), and it owns every node on its chains:
-                // each came from `Box::into_raw` and is freed here once.
-                let mut node = unsafe { Box::from_raw(p) };
-                p = *node.next.get_mut();
+            // SAFETY: a table is dropped only when no reader can reach it (map dropped, or a
+            // grace period after it was unpublished), and it owns every node on its chains.
+            let mut next = unsafe { head.take_for_drop() };
+            while let Some(mut node) = next {
+                // SAFETY: as above: the rest of the chain.
+                next = unsafe { node.next.take_for_drop() };
             }
         }
     }
@@ -254,16 +256,15 @@ where
     {
         let hash = self.hash(key);
         let table = self.table(guard);
-        // Acquire (here and on every `next`) pairs with the Release stores in `insert`/`remove`
-        // that linked a node: its fields are initialised before we read them.
-        let mut p = table.bucket(hash).load(Ordering::Acquire);
-        // SAFETY: every non-null pointer on a chain is a node that is freed only after a grace
-        // period that begins after it became unreachable, and `guard` is held for `'g`.
-        while let Some(node) = unsafe { p.as_ref() } {
+        // Link loads are Acquire (here and on every `next`): they pair with the Release stores
+        // in `insert`/`remove` that linked a node, so its fields are initialised before we read
+        // them; the `Shared` they give is valid while `guard` lives.
+        let mut cur = table.bucket(hash).load(guard);
+        while let Some(node) = cur.as_ref() {
             if node.hash == hash && node.key.borrow() == key {
                 return Some((&node.key, &node.value));
             }
-            p = node.next.load(Ordering::Acquire);
+            cur = node.next.load(guard);
         }
         None
     }
@@ -301,39 +302,32 @@ where
         let table = unsafe { &*table_ptr };
         let head = table.bucket(hash);
         let mut link = head;
-        loop {
-            let p = link.load(Ordering::Relaxed);
-            // SAFETY: nodes on the current table's chains are alive while we hold the mutex.
-            let Some(node) = (unsafe { p.as_ref() }) else {
-                break;
-            };
+        // SAFETY: we hold the writer mutex, and use a node only before we unlink it.
+        while let Some(node) = unsafe { link.load_by_writer() } {
             if node.hash == hash && node.key == key {
-                let new = Box::into_raw(Box::new(Node {
+                let new = Box::new(Node {
                     hash,
                     key,
                     value,
-                    next: AtomicPtr::new(node.next.load(Ordering::Relaxed)),
-                }));
-                // Release: publishes the new node's fields to readers' Acquire loads.
-                link.store(new, Ordering::Release);
-                // SAFETY: `p` (non-null: it was `node`) came from `Box::into_raw`, is now
-                // unreachable for new readers, and was owned by the table; it is handed over
-                // once, as the raw pointer readers may still hold.
-                let old = unsafe { Retired::from_unpublished(NonNull::new_unchecked(p)) };
+                    next: Link::copy_by_writer(&node.next),
+                });
+                // SAFETY: writer mutex held; `link` points at `node`, owned by the table;
+                // `new.next` is `node`'s successor. Release publishes `new` (`Link` docs).
+                let (_, old) = unsafe { link.replace(node, new) };
                 drop(w); // retire outside the lock (module docs, re-entrancy)
                 old.kfree_rcu();
                 return false;
             }
             link = &node.next;
         }
-        let new = Box::into_raw(Box::new(Node {
+        let new = Box::new(Node {
             hash,
             key,
             value,
-            next: AtomicPtr::new(head.load(Ordering::Relaxed)),
-        }));
-        // Release: as above.
-        head.store(new, Ordering::Release);
+            next: Link::copy_by_writer(head),
+        });
+        // SAFETY: writer mutex held; the old first node is `new`'s successor, still reachable.
+        unsafe { head.publish(new) };
         w.len += 1;
         self.len.store(w.len, Ordering::Relaxed);
         let buckets = table.buckets.len();
@@ -356,20 +350,12 @@ where
         // SAFETY: as in `insert`.
         let table = unsafe { &*self.table.load_relaxed_by_writer() };
         let mut link = table.bucket(hash);
-        loop {
-            let p = link.load(Ordering::Relaxed);
-            // SAFETY: as in `insert`.
-            let Some(node) = (unsafe { p.as_ref() }) else {
-                return false;
-            };
+        // SAFETY: as in `insert`.
+        while let Some(node) = unsafe { link.load_by_writer() } {
             if node.hash == hash && node.key.borrow() == key {
-                // Release: the successor was published earlier; Release keeps this store
-                // ordered after it for readers that follow the new link (pairs with their
-                // Acquire loads).
-                link.store(node.next.load(Ordering::Relaxed), Ordering::Release);
-                // SAFETY: non-null (it was `node`), from `Box::into_raw`; unlinked above, so
-                // unreachable for new readers; owned by the table until now; handed over once.
-                let old = unsafe { Retired::from_unpublished(NonNull::new_unchecked(p)) };
+                // SAFETY: writer mutex held; `link` points at `node`, owned by the table, and
+                // `node.next` is its successor. The store is Release (`Link` docs).
+                let old = unsafe { link.unlink(node, &node.next) };
                 w.len -= 1;
                 self.len.store(w.len, Ordering::Relaxed);
                 drop(w); // retire outside the lock (module docs, re-entrancy)
@@ -378,6 +364,7 @@ where
             }
             link = &node.next;
         }
+        false
     }
 
     /// Copy-and-publish: a table of `buckets` buckets with copies of every node replaces `old`
@@ -394,19 +381,22 @@ where
         // below; this borrow ends before that.
         let old_table = unsafe { &*old };
         for head in old_table.buckets.iter() {
-            let mut p = head.load(Ordering::Relaxed);
-            // SAFETY: nodes of the current table, alive under the writer mutex.
-            while let Some(node) = unsafe { p.as_ref() } {
+            // SAFETY: nodes of the current table, alive under the writer mutex (unlinked by
+            // nobody while we hold it).
+            let mut cur = unsafe { head.load_by_writer() };
+            while let Some(node) = cur {
                 let slot = new.bucket(node.hash);
                 let copy = Box::new(Node {
                     hash: node.hash,
                     key: node.key.clone(),
                     value: node.value.clone(),
-                    next: AtomicPtr::new(slot.load(Ordering::Relaxed)),
+                    next: Link::copy_by_writer(slot),
                 });
-                // The new table is private until published below: Relaxed is enough.
-                slot.store(Box::into_raw(copy), Ordering::Relaxed);
-                p = node.next.load(Ordering::Relaxed);
+                // SAFETY: the new table is private to this writer until published below; the
+                // previous first node becomes the copy's successor.
+                unsafe { slot.publish(copy) };
+                // SAFETY: as above.
+                cur = unsafe { node.next.load_by_writer() };
             }
         }
         // `Atomic::swap` (AcqRel): its Release publishes the new table and every node built above
@@ -443,8 +433,9 @@ where
     pub fn iter<'g>(&'g self, guard: &'g RcuReadGuard) -> Iter<'g, K, V> {
         Iter {
             table: self.table(guard),
+            guard,
             bucket: 0,
-            node: ptr::null(),
+            node: Shared::null(),
         }
     }
 }
@@ -460,8 +451,9 @@ where
 /// ```
 pub struct Iter<'g, K, V> {
     table: &'g Table<K, V>,
+    guard: &'g RcuReadGuard,
     bucket: usize,
-    node: *const Node<K, V>,
+    node: Shared<'g, Node<K, V>>,
 }
 
 impl<'g, K, V> Iterator for Iter<'g, K, V> {
@@ -469,16 +461,15 @@ impl<'g, K, V> Iterator for Iter<'g, K, V> {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            // SAFETY: nodes reached from a table loaded under the guard stay valid for `'g`
-            // (see `get_key_value`).
-            if let Some(node) = unsafe { self.node.as_ref() } {
-                // Acquire: as in `get_key_value`.
-                self.node = node.next.load(Ordering::Acquire);
+            // Nodes reached from a table loaded under the guard stay valid for `'g`; link loads
+            // are Acquire (see `get_key_value`).
+            if let Some(node) = self.node.as_ref() {
+                self.node = node.next.load(self.guard);
                 return Some((&node.key, &node.value));
             }
             let head = self.table.buckets.get(self.bucket)?;
             self.bucket += 1;
-            self.node = head.load(Ordering::Acquire);
+            self.node = head.load(self.guard);
         }
     }
 }

@@ -73,7 +73,8 @@
 //!    through `kfree_rcu`, so an ignored or unwound handle is never freed early (nor leaked).
 //!    While the thread holds a list or map writer lock, `kfree_rcu` runs under a read guard of
 //!    its own: the batcher then neither runs other objects' destructors inline nor waits.
-//! 3. A [`Shared<'g, T>`] is only made by [`Atomic::load`] under a guard borrowed for `'g`, so
+//! 3. A [`Shared<'g, T>`] is only made by [`Atomic::load`] (or a chain link's load, whose
+//!    structure keeps the same contract: `link` module) under a guard borrowed for `'g`, so
 //!    its pointee was published when this thread's critical section was already open; by 2 it
 //!    stays valid for `'g`.
 //! 4. Dropping the `Atomic` (or [`Atomic::get_mut`], [`Atomic::into_box`]) needs `&mut self` or
@@ -421,6 +422,13 @@ impl<'g, T> Shared<'g, T> {
     /// `current`): the crate never dereferences one made here.
     #[inline]
     pub(crate) fn from_ptr(ptr: *const T) -> Self {
+        Self::from_raw(ptr)
+    }
+
+    /// A `Shared` loaded from a chain [`Link`](crate::link::Link) under a guard borrowed for
+    /// `'g`: the link's Invariants 1 and 2 give it Invariant 3.
+    #[inline]
+    pub(crate) fn from_link(ptr: *const T) -> Self {
         Self::from_raw(ptr)
     }
 
