@@ -123,7 +123,7 @@ pub use slab_backend;
 
 pub use cell::{RcuBox, RcuCell};
 pub use cell_ext::{RcuCellExt, RetireByKfree};
-pub use list::{ListNode, ListWriter, RcuList};
+pub use list::{ListNode, ListWriter, ListWriterToken, RcuList};
 pub use ptr::{Atomic, CompareExchangeFailure, Retired, Shared};
 pub use typesafe::{TsAtomic, TsRef, TypesafeCache};
 

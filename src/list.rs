@@ -6,6 +6,9 @@
 //! memory. Writers are serialised by a mutex the list owns: each writer method takes it for its
 //! own duration, and [`RcuList::writer`] holds it across several operations (the kernel's "writers
 //! hold the list's lock" pattern, with the lock inside the list so that it cannot be forgotten).
+//! Or by a lock the caller provides: a list made with [`RcuList::with_writer_token`] is written
+//! only through its [`ListWriterToken`], which the caller keeps behind a lock of its own (one
+//! lock over several structures).
 //! What a writer unlinks comes back as a [`Retired<ListNode<T>>`](Retired): dropping it frees the
 //! node with `kfree_rcu` after a grace period; [`Retired::call_rcu`] and
 //! [`Retired::synchronize`] are the other ways (the latter gives the node back, and
@@ -73,6 +76,10 @@
 //! 4. A value is never changed, moved or dropped while the node is reachable or within a grace
 //!    period of its unlink: `replace` links a new node; the value comes back only through
 //!    `Retired::synchronize` (after the grace period).
+//! 5. Writers are serialised by exactly one thing: the list's mutex (`token_id == 0`), or
+//!    `&mut` access to the one [`ListWriterToken`] whose id the list holds (the caller's lock
+//!    around the token provides it); the writer state then lives in the token. The list's own
+//!    writer methods panic on a token list, and a token writes only the list with its id.
 //!
 //! A reader that reaches a node began its critical section before that node's unlink (after the
 //! unlink no link leads to it, except from nodes unlinked earlier, which only such readers can
@@ -100,6 +107,7 @@
 
 use core::fmt;
 use core::marker::PhantomData;
+use core::ops::{Deref, DerefMut};
 use core::ptr::{self, NonNull};
 
 use rcu_core::RcuReadGuard;
@@ -107,7 +115,7 @@ use rcu_core::RcuReadGuard;
 use crate::link::Link;
 use crate::primitive::sync::atomic::{AtomicUsize, Ordering};
 use crate::ptr::{Retired, Shared};
-use crate::writer_lock::{WriterGuard, WriterLock};
+use crate::writer_lock::{HeldMark, WriterGuard, WriterLock};
 
 /// A node of an [`RcuList`]: the value and the link readers follow. Handed out only inside a
 /// [`Retired`], once unlinked.
@@ -159,7 +167,10 @@ impl<T: fmt::Debug> fmt::Debug for ListNode<T> {
     }
 }
 
-/// Writer-side state, under the list's mutex.
+/// Ids of writer tokens (Invariant 5); 0 is never used.
+static NEXT_TOKEN_ID: AtomicUsize = AtomicUsize::new(1);
+
+/// Writer-side state, under the list's mutex (or in its [`ListWriterToken`]).
 struct WriterState<T> {
     /// Invariant 3.
     tail: *mut ListNode<T>,
@@ -191,6 +202,9 @@ unsafe impl<T: Send> Send for WriterState<T> {}
 pub struct RcuList<T: Send + Sync + 'static> {
     head: Link<ListNode<T>>,
     writer: WriterLock<WriterState<T>>,
+    /// 0 for a list whose writers take `writer`; else the id of its [`ListWriterToken`]
+    /// (Invariant 5).
+    token_id: usize,
     len: AtomicUsize,
     _owns: PhantomData<Box<ListNode<T>>>,
 }
@@ -221,9 +235,63 @@ impl<T: Send + Sync + 'static> RcuList<T> {
                 tail: ptr::null_mut(),
                 len: 0,
             }),
+            token_id: 0,
             len: AtomicUsize::new(0),
             _owns: PhantomData,
         }
+    }
+
+    /// An empty list whose writers are serialised by a lock the caller provides: the returned
+    /// [`ListWriterToken`] is the only way to write to it, and `&mut` access to the token is what
+    /// serialises writers. Keep the token behind your own lock (a `Mutex` over the state this
+    /// list belongs to, say), and several structures change under one lock, as the kernel's
+    /// callers do with `list_add_rcu()` under a lock of their own.
+    ///
+    /// The list's own writer methods ([`RcuList::push_back`], [`RcuList::writer`], …) panic on
+    /// such a list: they would race with the token's writers.
+    ///
+    /// ```
+    /// use std::sync::Mutex;
+    /// use rcu_kit::{rcu_read_lock, ListWriterToken, RcuList};
+    ///
+    /// // Two lists that change together, under one lock of ours.
+    /// struct Writers {
+    ///     pending: ListWriterToken<u32>,
+    ///     done: ListWriterToken<u32>,
+    /// }
+    /// let (pending, pending_w) = RcuList::with_writer_token();
+    /// let (done, done_w) = RcuList::with_writer_token();
+    /// let lock = Mutex::new(Writers { pending: pending_w, done: done_w });
+    ///
+    /// lock.lock().unwrap().pending.writer(&pending).push_back(7);
+    /// {
+    ///     // Moves job 7 from one list to the other under our lock: no writer of either list
+    ///     // sees one change without the other.
+    ///     let mut w = lock.lock().unwrap();
+    ///     let Writers { pending: p, done: d } = &mut *w;
+    ///     if let Some(old) = p.writer(&pending).remove(|job| *job == 7) {
+    ///         d.writer(&done).push_back(7);
+    ///         drop(old); // kfree_rcu; never wait for a grace period while holding our lock
+    ///     };
+    /// }
+    /// let g = rcu_read_lock();
+    /// assert_eq!(pending.iter(&g).count(), 0);
+    /// assert_eq!(done.iter(&g).copied().collect::<Vec<_>>(), [7]);
+    /// ```
+    pub fn with_writer_token() -> (Self, ListWriterToken<T>) {
+        // Relaxed: a unique number, publishing nothing.
+        let id = NEXT_TOKEN_ID.fetch_add(1, Ordering::Relaxed);
+        assert!(id != 0, "RcuList: writer token ids exhausted");
+        let mut list = Self::new();
+        list.token_id = id;
+        let token = ListWriterToken {
+            list_id: id,
+            state: WriterState {
+                tail: ptr::null_mut(),
+                len: 0,
+            },
+        };
+        (list, token)
     }
 
     /// Takes the writer lock for several operations in a row (they appear to readers one by
@@ -242,13 +310,27 @@ impl<T: Send + Sync + 'static> RcuList<T> {
     /// drop(w);
     /// assert_eq!(list.len(), 1);
     /// ```
+    ///
+    /// Also panics on a list made with [`RcuList::with_writer_token`]: its writers go through the
+    /// token.
     #[track_caller]
     pub fn writer(&self) -> ListWriter<'_, T> {
+        if self.token_id != 0 {
+            panic!(
+                "RcuList: a writer method of the list was called on a list made with \
+                 with_writer_token: its writers are serialised by the caller's lock around its \
+                 ListWriterToken, and this one would race with them; write through \
+                 token.writer(&list)"
+            );
+        }
         let state = self.writer.lock(
             "RcuList: a writer method was called by the thread that already holds the list's \
              writer lock (from a predicate, or while a ListWriter is alive): it would deadlock",
         );
-        ListWriter { list: self, state }
+        ListWriter {
+            list: self,
+            state: Held::Lock(state),
+        }
     }
 
     /// Walks the list under `guard`: the kernel's `list_for_each_entry_rcu()`. Nodes added or
@@ -430,7 +512,89 @@ impl<T: Send + Sync + fmt::Debug + 'static> fmt::Debug for RcuList<T> {
 /// ```
 pub struct ListWriter<'a, T: Send + Sync + 'static> {
     list: &'a RcuList<T>,
-    state: WriterGuard<'a, WriterState<T>>,
+    state: Held<'a, T>,
+}
+
+/// What serialises a [`ListWriter`]: the list's own mutex, or `&mut` access to its token (with
+/// the thread's writer count raised, as the mutex does).
+enum Held<'a, T> {
+    Lock(WriterGuard<'a, WriterState<T>>),
+    Token(&'a mut WriterState<T>, HeldMark),
+}
+
+impl<T> Deref for Held<'_, T> {
+    type Target = WriterState<T>;
+    fn deref(&self) -> &WriterState<T> {
+        match self {
+            Held::Lock(g) => g,
+            Held::Token(s, _) => s,
+        }
+    }
+}
+
+impl<T> DerefMut for Held<'_, T> {
+    fn deref_mut(&mut self) -> &mut WriterState<T> {
+        match self {
+            Held::Lock(g) => g,
+            Held::Token(s, _) => s,
+        }
+    }
+}
+
+/// The right to write to one [`RcuList`] made with [`RcuList::with_writer_token`]: writers are
+/// serialised by `&mut` access to it, so keep it behind a lock of your own (see there).
+///
+/// Dropping the token leaves its list readable and dropped normally, but no longer writable.
+/// As with [`ListWriter`], [`Retired::synchronize`] panics while a writer made from a token is
+/// alive on the thread; waiting for a grace period while holding *your* lock, though, is yours
+/// to avoid if readers may wait for that lock.
+///
+/// ```
+/// let (list, mut token) = rcu_kit::RcuList::with_writer_token();
+/// token.writer(&list).push_back("a");
+/// assert_eq!(list.len(), 1);
+/// ```
+pub struct ListWriterToken<T: Send + Sync + 'static> {
+    list_id: usize,
+    state: WriterState<T>,
+}
+
+impl<T: Send + Sync + 'static> ListWriterToken<T> {
+    /// A writer for `list`, serialised by this `&mut` borrow (so by the caller's lock around
+    /// the token).
+    ///
+    /// # Panics
+    /// When `list` is not the list this token was made with.
+    ///
+    /// ```
+    /// let (list, mut token) = rcu_kit::RcuList::with_writer_token();
+    /// let mut w = token.writer(&list);
+    /// w.push_back(1);
+    /// w.push_front(0);
+    /// drop(w);
+    /// let g = rcu_kit::rcu_read_lock();
+    /// assert_eq!(list.iter(&g).copied().collect::<Vec<_>>(), [0, 1]);
+    /// ```
+    #[track_caller]
+    pub fn writer<'a>(&'a mut self, list: &'a RcuList<T>) -> ListWriter<'a, T> {
+        assert!(
+            list.token_id == self.list_id,
+            "ListWriterToken::writer: this token belongs to another RcuList (writing this one \
+             with it would race with that list's own writers)"
+        );
+        ListWriter {
+            list,
+            state: Held::Token(&mut self.state, HeldMark::new()),
+        }
+    }
+}
+
+impl<T: Send + Sync + 'static> fmt::Debug for ListWriterToken<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListWriterToken")
+            .field("len", &self.state.len)
+            .finish()
+    }
 }
 
 impl<T: Send + Sync + 'static> fmt::Debug for ListWriter<'_, T> {
@@ -687,6 +851,118 @@ mod tests {
             self.words = [0, 1, 2, 3];
             self.drops.fetch_add(1, Ordering::SeqCst);
         }
+    }
+
+    /// Writers serialised only by the caller's mutex around the token: two writer threads
+    /// push and pop, readers walk; every value seen is intact, and the writer state in the token
+    /// (tail, len) stays consistent with the list.
+    #[test]
+    fn a_token_list_under_the_callers_lock() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let made = AtomicUsize::new(0);
+        let (list, token) = RcuList::<Checked>::with_writer_token();
+        let lock = std::sync::Mutex::new((token, 0u64));
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let g = rcu_core::rcu_read_lock();
+                    for v in list.iter(&g) {
+                        v.check();
+                    }
+                }
+            });
+            let writers: Vec<_> = (0..2u64)
+                .map(|t| {
+                    let (list, lock, drops, made) = (&list, &lock, &drops, &made);
+                    s.spawn(move || {
+                        for i in 0..20_000u64 {
+                            if Instant::now() > deadline {
+                                break;
+                            }
+                            let mut held = lock.lock().unwrap();
+                            let (token, pushed) = &mut *held;
+                            let mut w = token.writer(list);
+                            if i % 3 == 2 {
+                                drop(w.pop_front());
+                            } else {
+                                w.push_back(Checked::new(t << 32 | i, drops));
+                                made.fetch_add(1, Ordering::SeqCst);
+                                *pushed += 1;
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for w in writers {
+                w.join().unwrap();
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        let (mut token, _) = lock.into_inner().unwrap();
+        let g = rcu_core::rcu_read_lock();
+        let walked = list.iter(&g).count();
+        drop(g);
+        assert_eq!(walked, list.len(), "len matches the list");
+        // The token's tail is the real tail: a push_back lands last.
+        token
+            .writer(&list)
+            .push_back(Checked::new(u64::MAX, &drops));
+        made.fetch_add(1, Ordering::SeqCst);
+        let g = rcu_core::rcu_read_lock();
+        assert_eq!(list.iter(&g).last().map(Checked::check), Some(u64::MAX));
+        drop(g);
+        drop(list);
+        kfree_batch::kvfree_rcu_barrier();
+        assert_eq!(drops.load(Ordering::SeqCst), made.load(Ordering::SeqCst));
+    }
+
+    fn panic_message(r: std::thread::Result<()>) -> String {
+        let e = r.expect_err("expected a panic");
+        e.downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| e.downcast_ref::<String>().cloned())
+            .unwrap_or_default()
+    }
+
+    /// On a token list the list's own writer methods would race with the token's writers, and a
+    /// token must not write another list.
+    #[test]
+    fn token_misuse_panics_with_a_message() {
+        let (list, mut token) = RcuList::with_writer_token();
+        token.writer(&list).push_back(1u32);
+        let msg = panic_message(std::panic::catch_unwind(|| list.push_back(2)));
+        assert!(msg.contains("made with with_writer_token"), "{msg}");
+        let (other, _other_token) = RcuList::<u32>::with_writer_token();
+        let msg = panic_message(std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+            || {
+                token.writer(&other).push_back(3);
+            },
+        )));
+        assert!(msg.contains("belongs to another RcuList"), "{msg}");
+        let own = RcuList::<u32>::new();
+        let msg = panic_message(std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+            || {
+                token.writer(&own).push_back(4);
+            },
+        )));
+        assert!(msg.contains("belongs to another RcuList"), "{msg}");
+        // Waiting for a grace period under a token writer panics as under the list's mutex.
+        let msg = panic_message(std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+            || {
+                let mut w = token.writer(&list);
+                let old = w.pop_front().unwrap();
+                drop(old.synchronize());
+            },
+        )));
+        assert!(msg.contains("writer lock"), "{msg}");
+        assert!(!crate::writer_lock::holds_a_writer_lock(), "count restored");
+        let g = rcu_core::rcu_read_lock();
+        assert_eq!(list.iter(&g).count(), 0);
+        assert!(other.is_empty() && own.is_empty());
+        drop(g);
+        kfree_batch::kvfree_rcu_barrier();
     }
 
     #[test]

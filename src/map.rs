@@ -30,7 +30,7 @@
 //! ownership only when a writer unlinks it, and is then retired on its own, as a [`Retired`].
 //! Chain links are the crate's non-owning RCU links (an unlinked node keeps pointing at its
 //! successor for the readers standing on it, without owning it, which an owning [`Atomic`]
-//! could not do); readers load them as guard-bound [`Shared`](crate::Shared) pointers, the same
+//! could not do); readers load them as guard-bound [`Shared`] pointers, the same
 //! as the table pointer, so the read path has no `unsafe` of its own.
 //!
 //! ```

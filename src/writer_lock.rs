@@ -16,7 +16,13 @@
 //!    unlock) and compared only with the reader's own id, so a stale value can never equal it:
 //!    Relaxed is enough. The guard is not `Send` (it holds a `MutexGuard`), so the count is
 //!    decremented on the thread that incremented it.
+//! 4. **A lock the caller provides.** A list made with
+//!    [`RcuList::with_writer_token`](crate::RcuList::with_writer_token) has no mutex of its own
+//!    in use: its writers are serialised by `&mut` access to its token, which the caller keeps
+//!    behind a lock of its own. A writer made from the token counts as held for the thread
+//!    ([`HeldMark`]) exactly like a locked one, so 2 holds for it too.
 
+use core::marker::PhantomData;
 use core::ops::{Deref, DerefMut};
 use std::sync::{Mutex, MutexGuard};
 
@@ -30,6 +36,27 @@ std::thread_local!(
 /// Whether the calling thread holds the writer lock of some list or map (Implementation, 2).
 pub(crate) fn holds_a_writer_lock() -> bool {
     WRITERS_HELD.with(|n| n.get() != 0)
+}
+
+/// Counts one writer as held by the calling thread while it lives (Implementation, 4); not
+/// `Send`, so the count is decremented on the thread that incremented it.
+pub(crate) struct HeldMark {
+    _not_send: PhantomData<*const ()>,
+}
+
+impl HeldMark {
+    pub(crate) fn new() -> Self {
+        WRITERS_HELD.with(|n| n.set(n.get() + 1));
+        HeldMark {
+            _not_send: PhantomData,
+        }
+    }
+}
+
+impl Drop for HeldMark {
+    fn drop(&mut self) {
+        WRITERS_HELD.with(|n| n.set(n.get() - 1));
+    }
 }
 
 /// A non-zero number unique to the calling thread while it lives.
