@@ -359,9 +359,22 @@ pub struct RcuBox<T: Send + 'static> {
 impl<T: Send + 'static> RcuBox<T> {
     /// A pointer to `value`.
     ///
+    /// Not `const`: it allocates (stable Rust has no allocation in `const`). A `static` that
+    /// always holds a value is a `LazyLock` around it (made on first use); an RCU pointer that
+    /// may be empty has `const` constructors: [`RcuCell::empty`], [`Atomic::null`].
+    ///
     /// ```
     /// let b = rcu_kit::RcuBox::new(1u8);
     /// assert_eq!(*b.read(&rcu_kit::rcu_read_lock()), 1);
+    /// ```
+    ///
+    /// ```
+    /// use std::sync::LazyLock;
+    /// use rcu_kit::{rcu_read_lock, RcuBox};
+    ///
+    /// static LIMIT: LazyLock<RcuBox<u32>> = LazyLock::new(|| RcuBox::new(100));
+    /// LIMIT.replace(Box::new(200));
+    /// assert_eq!(*LIMIT.read(&rcu_read_lock()), 200);
     /// ```
     pub fn new(value: T) -> Self {
         Self::from_box(Box::new(value))

@@ -98,6 +98,11 @@
 //! an abort. Misuse that could only hang or free early (blocking for a grace period inside a
 //! critical section) panics with a message that says "read-side critical section".
 
+// `.ci/run` checks that every public item has an example: rustdoc's lint for it is unstable, so
+// it runs only under `--cfg rcu_doc_examples` (with `RUSTC_BOOTSTRAP=1`).
+#![cfg_attr(rcu_doc_examples, feature(rustdoc_missing_doc_code_examples))]
+#![cfg_attr(rcu_doc_examples, deny(rustdoc::missing_doc_code_examples))]
+
 #[cfg(not(target_os = "linux"))]
 compile_error!(
     "rcu-kit supports Linux only: its crates need membarrier(2), futex(2), sched_getcpu(3), \

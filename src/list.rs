@@ -132,6 +132,7 @@ pub struct ListNode<T> {
     next: Link<ListNode<T>>,
 }
 
+#[cfg_attr(rcu_doc_examples, allow(rustdoc::missing_doc_code_examples))] // no page of its own
 impl<T> ListNode<T> {
     /// The value.
     ///
@@ -221,6 +222,7 @@ impl<T: Send + Sync + 'static> Default for RcuList<T> {
     }
 }
 
+#[cfg_attr(rcu_doc_examples, allow(rustdoc::missing_doc_code_examples))] // no page of its own
 impl<T: Send + Sync + 'static> RcuList<T> {
     /// An empty list. `const`: usable in a `static`.
     ///
@@ -559,6 +561,7 @@ pub struct ListWriterToken<T: Send + Sync + 'static> {
     state: WriterState<T>,
 }
 
+#[cfg_attr(rcu_doc_examples, allow(rustdoc::missing_doc_code_examples))] // no page of its own
 impl<T: Send + Sync + 'static> ListWriterToken<T> {
     /// A writer for `list`, serialised by this `&mut` borrow (so by the caller's lock around
     /// the token).
@@ -605,6 +608,7 @@ impl<T: Send + Sync + 'static> fmt::Debug for ListWriter<'_, T> {
     }
 }
 
+#[cfg_attr(rcu_doc_examples, allow(rustdoc::missing_doc_code_examples))] // no page of its own
 impl<T: Send + Sync + 'static> ListWriter<'_, T> {
     fn new_node(value: T, next: Link<ListNode<T>>) -> Box<ListNode<T>> {
         Box::new(ListNode { value, next })

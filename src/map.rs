@@ -160,17 +160,32 @@ unsafe impl<K: Send + Sync + 'static, V: Send + Sync + 'static, S: Sync> Sync
 {
 }
 
+#[cfg_attr(rcu_doc_examples, allow(rustdoc::missing_doc_code_examples))] // no page of its own
 impl<K, V> RcuHashMap<K, V, RandomState>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
 {
     /// An empty map.
+    ///
+    /// ```
+    /// let m: rcu_kit::map::RcuHashMap<u32, String> = rcu_kit::map::RcuHashMap::new();
+    /// assert!(m.is_empty());
+    /// ```
     pub fn new() -> Self {
         Self::with_capacity_and_hasher(0, RandomState::new())
     }
 
     /// An empty map sized for `capacity` entries without a resize.
+    ///
+    /// ```
+    /// let m = rcu_kit::map::RcuHashMap::with_capacity(1000);
+    /// let buckets = m.buckets();
+    /// for i in 0..1000u32 {
+    ///     m.insert(i, i);
+    /// }
+    /// assert_eq!(m.buckets(), buckets); // no resize
+    /// ```
     pub fn with_capacity(capacity: usize) -> Self {
         Self::with_capacity_and_hasher(capacity, RandomState::new())
     }
@@ -186,6 +201,7 @@ where
     }
 }
 
+#[cfg_attr(rcu_doc_examples, allow(rustdoc::missing_doc_code_examples))] // no page of its own
 impl<K, V, S> RcuHashMap<K, V, S>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
@@ -193,6 +209,13 @@ where
     S: BuildHasher,
 {
     /// An empty map sized for `capacity` entries, hashing with `hasher`.
+    ///
+    /// ```
+    /// use std::collections::hash_map::RandomState;
+    /// let m = rcu_kit::map::RcuHashMap::with_capacity_and_hasher(8, RandomState::new());
+    /// m.insert("k", 1);
+    /// assert_eq!(m.get_cloned("k"), Some(1));
+    /// ```
     pub fn with_capacity_and_hasher(capacity: usize, hasher: S) -> Self {
         let buckets = (capacity.saturating_mul(4) / 3 + 1)
             .max(MIN_BUCKETS)
@@ -235,6 +258,14 @@ where
     }
 
     /// The value for `key`, valid while `guard` lives. Lock-free and wait-free.
+    ///
+    /// ```
+    /// let m = rcu_kit::map::RcuHashMap::new();
+    /// m.insert(String::from("a"), 1);
+    /// let g = rcu_kit::rcu_read_lock();
+    /// assert_eq!(m.get("a", &g), Some(&1)); // a `&str` looks up a `String` key
+    /// assert_eq!(m.get("b", &g), None);
+    /// ```
     #[inline]
     pub fn get<'g, Q>(&'g self, key: &Q, guard: &'g RcuReadGuard) -> Option<&'g V>
     where
@@ -245,6 +276,13 @@ where
     }
 
     /// The stored key and value for `key`, valid while `guard` lives.
+    ///
+    /// ```
+    /// let m = rcu_kit::map::RcuHashMap::new();
+    /// m.insert(7u64, 'x');
+    /// let g = rcu_kit::rcu_read_lock();
+    /// assert_eq!(m.get_key_value(&7, &g), Some((&7, &'x')));
+    /// ```
     pub fn get_key_value<'g, Q>(
         &'g self,
         key: &Q,
@@ -270,6 +308,12 @@ where
     }
 
     /// A clone of the value for `key` (takes and drops a guard itself).
+    ///
+    /// ```
+    /// let m = rcu_kit::map::RcuHashMap::new();
+    /// m.insert(1, vec![1, 2]);
+    /// assert_eq!(m.get_cloned(&1), Some(vec![1, 2]));
+    /// ```
     pub fn get_cloned<Q>(&self, key: &Q) -> Option<V>
     where
         K: Borrow<Q>,
@@ -280,6 +324,12 @@ where
     }
 
     /// Whether `key` is present (takes and drops a guard itself).
+    ///
+    /// ```
+    /// let m = rcu_kit::map::RcuHashMap::new();
+    /// m.insert(1, ());
+    /// assert!(m.contains_key(&1) && !m.contains_key(&2));
+    /// ```
     pub fn contains_key<Q>(&self, key: &Q) -> bool
     where
         K: Borrow<Q>,
@@ -291,6 +341,16 @@ where
 
     /// Inserts or replaces; returns `true` when the key was new. A replaced entry is retired with
     /// `kfree_rcu` (readers holding it keep a valid reference until their guard drops).
+    ///
+    /// ```
+    /// let m = rcu_kit::map::RcuHashMap::new();
+    /// assert!(m.insert("k", 1)); // new
+    /// let g = rcu_kit::rcu_read_lock();
+    /// let old = m.get("k", &g).unwrap();
+    /// assert!(!m.insert("k", 2)); // replaced: the old entry is retired with kfree_rcu
+    /// assert_eq!(*old, 1); // still valid under `g`
+    /// assert_eq!(m.get("k", &g), Some(&2));
+    /// ```
     pub fn insert(&self, key: K, value: V) -> bool {
         let hash = self.hash(&key);
         let mut w = self.lock_writer();
@@ -340,6 +400,14 @@ where
     }
 
     /// Removes `key`; returns whether it was present. The entry is retired with `kfree_rcu`.
+    ///
+    /// ```
+    /// let m = rcu_kit::map::RcuHashMap::new();
+    /// m.insert(1, "one");
+    /// assert!(m.remove(&1));
+    /// assert!(!m.remove(&1));
+    /// rcu_kit::kvfree_rcu_barrier(); // the removed entry is freed by now
+    /// ```
     pub fn remove<Q>(&self, key: &Q) -> bool
     where
         K: Borrow<Q>,
@@ -412,16 +480,37 @@ where
     }
 
     /// Number of entries (a snapshot).
+    ///
+    /// ```
+    /// let m = rcu_kit::map::RcuHashMap::new();
+    /// m.insert(1, 1);
+    /// m.insert(2, 2);
+    /// assert_eq!(m.len(), 2);
+    /// ```
     pub fn len(&self) -> usize {
         self.len.load(Ordering::Relaxed)
     }
 
     /// Whether the map is empty (a snapshot).
+    ///
+    /// ```
+    /// let m = rcu_kit::map::RcuHashMap::<u8, u8>::default();
+    /// assert!(m.is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// Number of buckets of the current table (a snapshot).
+    ///
+    /// ```
+    /// let m = rcu_kit::map::RcuHashMap::new();
+    /// assert!(m.buckets().is_power_of_two());
+    /// for i in 0..100 {
+    ///     m.insert(i, i);
+    /// }
+    /// assert!(m.buckets() >= 128); // grown past 3/4 full
+    /// ```
     pub fn buckets(&self) -> usize {
         let g = rcu_read_lock();
         self.table(&g).buckets.len()
@@ -430,6 +519,16 @@ where
     /// Visits every entry of the table current at the call, under `guard`. Entries inserted or
     /// removed during the walk may or may not be seen; none is seen twice unless it is replaced
     /// during the walk.
+    ///
+    /// ```
+    /// let m = rcu_kit::map::RcuHashMap::new();
+    /// m.insert("a", 1);
+    /// m.insert("b", 2);
+    /// let g = rcu_kit::rcu_read_lock();
+    /// let mut keys: Vec<_> = m.iter(&g).map(|(k, _)| *k).collect();
+    /// keys.sort_unstable();
+    /// assert_eq!(keys, ["a", "b"]);
+    /// ```
     pub fn iter<'g>(&'g self, guard: &'g RcuReadGuard) -> Iter<'g, K, V> {
         Iter {
             table: self.table(guard),

@@ -126,6 +126,7 @@ unsafe impl<T: Send + 'static> Send for Atomic<T> {}
 // threads through `swap` and `Retired` (`T: Send`).
 unsafe impl<T: Send + Sync + 'static> Sync for Atomic<T> {}
 
+#[cfg_attr(rcu_doc_examples, allow(rustdoc::missing_doc_code_examples))] // no page of its own
 impl<T: Send + 'static> Atomic<T> {
     /// An empty (null) pointer. `const`: usable in a `static`.
     ///
@@ -405,6 +406,7 @@ impl<T> PartialEq for Shared<'_, T> {
 }
 impl<T> Eq for Shared<'_, T> {}
 
+#[cfg_attr(rcu_doc_examples, allow(rustdoc::missing_doc_code_examples))] // no page of its own
 impl<'g, T> Shared<'g, T> {
     /// The null pointer.
     ///
@@ -538,6 +540,7 @@ unsafe impl<T: Send + 'static> Send for Retired<T> {}
 // SAFETY: `&Retired` exposes only the address.
 unsafe impl<T: Send + 'static> Sync for Retired<T> {}
 
+#[cfg_attr(rcu_doc_examples, allow(rustdoc::missing_doc_code_examples))] // no page of its own
 impl<T: Send + 'static> Retired<T> {
     /// Wraps an unpublished pointer.
     ///

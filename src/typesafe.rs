@@ -136,6 +136,7 @@ pub struct TypesafeCache<T: Send + Sync + 'static> {
     cache: KmemCache<Slot<T>>,
 }
 
+#[cfg_attr(rcu_doc_examples, allow(rustdoc::missing_doc_code_examples))] // no page of its own
 impl<T: Send + Sync + 'static> TypesafeCache<T> {
     /// A typesafe cache named `name` (names need not be unique) whose objects `ctor` makes, once
     /// per object when a slab is created. `ctor` may capture.
@@ -313,6 +314,7 @@ unsafe impl<T: Send + Sync + 'static> Send for TsRef<'_, T> {}
 // SAFETY: as above.
 unsafe impl<T: Send + Sync + 'static> Sync for TsRef<'_, T> {}
 
+#[cfg_attr(rcu_doc_examples, allow(rustdoc::missing_doc_code_examples))] // no page of its own
 impl<T: Send + Sync + 'static> TsRef<'_, T> {
     fn slot(&self) -> &Slot<T> {
         // SAFETY: we hold a reference, so the object is allocated and a valid `Slot<T>`
@@ -401,6 +403,7 @@ impl<T: Send + Sync + 'static> Default for TsAtomic<T> {
     }
 }
 
+#[cfg_attr(rcu_doc_examples, allow(rustdoc::missing_doc_code_examples))] // no page of its own
 impl<T: Send + Sync + 'static> TsAtomic<T> {
     /// An empty slot. `const`.
     ///
