@@ -108,6 +108,7 @@ mod cell;
 mod cell_ext;
 pub mod list;
 pub mod map;
+mod map_typesafe;
 mod primitive;
 pub mod ptr;
 pub mod typesafe;

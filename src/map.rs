@@ -59,6 +59,7 @@ use core::ptr::NonNull;
 
 use rcu_core::{rcu_read_lock, RcuReadGuard};
 
+pub use crate::map_typesafe::{TsMapRef, TypesafeHashMap};
 use crate::ptr::{Atomic, Retired};
 use crate::writer_lock::{WriterGuard, WriterLock};
 
