@@ -271,7 +271,7 @@ fn stress(secs: u64) {
     }
     let stop = AtomicBool::new(false);
     let deadline = Instant::now() + Duration::from_secs(secs);
-    let restarts_seen = AtomicU64::new(0);
+    let churn_found = AtomicU64::new(0);
     std::thread::scope(|s| {
         for w in 0..2u64 {
             let (map, stop) = (&map, &stop);
@@ -294,7 +294,7 @@ fn stress(secs: u64) {
             });
         }
         for r in 0..2u64 {
-            let (map, stop, restarts_seen) = (&map, &stop, &restarts_seen);
+            let (map, stop, churn_found) = (&map, &stop, &churn_found);
             s.spawn(move || {
                 let mut x = r + 11;
                 let mut found_churn = 0u64;
@@ -327,12 +327,12 @@ fn stress(secs: u64) {
                         }
                     }
                 }
-                restarts_seen.fetch_add(found_churn, Ordering::Relaxed);
+                churn_found.fetch_add(found_churn, Ordering::Relaxed);
             });
         }
     });
     assert!(
-        restarts_seen.load(Ordering::Relaxed) > 0,
+        churn_found.load(Ordering::Relaxed) > 0,
         "readers found churned keys"
     );
     for k in 0..STABLE {
