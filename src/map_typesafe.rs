@@ -19,6 +19,12 @@
 //!   just before the push and reaches the old node's place just after the unlink finds neither
 //!   (keys that are not being replaced or removed are always found).
 //!
+//! An entry is dropped where its last reference is put: by the writer that removed or replaced
+//! it (after releasing the writer lock), by the last handle's drop, by a resize's retired table
+//! (on the `kfree_rcu` worker), or inside a lookup that held the last reference to a node
+//! removed meanwhile, within the lookup's read-side critical section. So a key's or value's
+//! `Drop` must not wait for a grace period (`synchronize_rcu` there panics).
+//!
 //! ```
 //! use rcu_kit::map::TypesafeHashMap;
 //!
@@ -101,8 +107,10 @@
 //!    outlives every handle and every retired table; it is destroyed with the last of them.
 //!
 //! ## Memory orderings
-//! * Publishing a node: its `entry`, `hash` and `next` are written, then `refs` is stored 1 with
-//!   Release, then the bucket head is stored with Release. A reader's Acquire load of a head or a
+//! * Publishing a node: its `entry` and `hash` are written, `next` is stored with Release (for
+//!   stale readers standing on the node's previous incarnation, who follow it without a head),
+//!   then `refs` is stored 1 with Release (also by a resize, whose copies stale readers may
+//!   reference before the table is published), then the bucket head is stored with Release. A reader's Acquire load of a head or a
 //!   `next` pairs with that store (it sees the node's `next` and `hash`); its Acquire inc-not-zero
 //!   pairs with the `refs` store (it sees `entry`). Without them a reader could take a reference
 //!   and read the previous owner's key, or follow a stale `next`.
@@ -626,11 +634,15 @@ where
         debug_assert_eq!(node.refs.load(Ordering::Relaxed), 0);
         // SAFETY: `refs` is 0 and the node is ours: nobody reads `entry` (Invariant 2).
         unsafe { (*node.entry.get()).write((key, value)) };
-        // Relaxed: published by the Release stores below. Stale readers may read both at any
-        // time; they are atomics for that reason.
+        // Relaxed: published by the Release stores below. Stale readers may read it at any
+        // time; it is atomic for that reason.
         node.hash.store(hash, Ordering::Relaxed);
+        // Release: a stale reader standing on this node (its previous incarnation) follows
+        // `next` with Acquire without going through the head: this orders the successor's
+        // publication (which the writer lock ordered before us) before its reads of the
+        // successor.
         node.next
-            .store(head.load(Ordering::Relaxed), Ordering::Relaxed);
+            .store(head.load(Ordering::Relaxed), Ordering::Release);
         // Release: publishes `entry` to readers' Acquire inc-not-zero. This is the table's
         // reference (Invariant 3).
         node.refs.store(1, Ordering::Release);
@@ -694,10 +706,12 @@ where
             }
             // SAFETY: as in `try_insert`.
             let node = unsafe { node_at::<K, V>(p) };
-            // SAFETY: as in `try_insert`.
-            if node.hash.load(Ordering::Relaxed) == hash
-                && <K as Borrow<Q>>::borrow(&unsafe { node.entry() }.0) == key
-            {
+            // Relaxed: as in `try_insert`.
+            if node.hash.load(Ordering::Relaxed) == hash && {
+                // SAFETY: as in `try_insert`: the table's reference keeps the entry.
+                let (k, _) = unsafe { node.entry() };
+                <K as Borrow<Q>>::borrow(k) == key
+            } {
                 // Release: pairs with readers' Acquire loads (module docs).
                 link.store(node.next.load(Ordering::Relaxed), Ordering::Release);
                 w.len -= 1;
@@ -747,13 +761,17 @@ where
                 // SAFETY: `refs` is 0: the node is ours (Invariant 2).
                 unsafe { (*c.entry.get()).write(entry) };
                 let slot = &new.buckets[new.index(hash)];
-                // Relaxed (these four): the new table is private until the swap below, whose
-                // Release publishes them; stale readers of the node's previous incarnation only
-                // read atomics.
+                // Relaxed (`hash`, and `slot` below): the new table is private until the swap
+                // below, whose Release publishes it to readers of the table.
                 c.hash.store(hash, Ordering::Relaxed);
+                // Release: as in `try_insert`, for stale readers of the node's previous
+                // incarnation that follow its `next` directly.
                 c.next
-                    .store(slot.load(Ordering::Relaxed), Ordering::Relaxed);
-                c.refs.store(1, Ordering::Relaxed);
+                    .store(slot.load(Ordering::Relaxed), Ordering::Release);
+                // Release: such a stale reader may take a reference to the copy before the table
+                // is published (its count is not 0 any more) and then read `entry`, written
+                // above; pairs with its Acquire inc-not-zero.
+                c.refs.store(1, Ordering::Release);
                 slot.store(copy.as_ptr() as usize, Ordering::Relaxed);
                 // Relaxed: under the writer lock.
                 p = node.next.load(Ordering::Relaxed);

@@ -172,8 +172,13 @@ fn a_value_whose_drop_uses_the_map_can_be_replaced_and_removed() {
 static REENTRANT_EQ: std::sync::OnceLock<TypesafeHashMap<EqReenter, u8>> =
     std::sync::OnceLock::new();
 static REENTER_ON_EQ: AtomicBool = AtomicBool::new(false);
-#[derive(Clone, Hash)]
+#[derive(Clone)]
 struct EqReenter(u8);
+impl Hash for EqReenter {
+    fn hash<H: core::hash::Hasher>(&self, h: &mut H) {
+        self.0.hash(h)
+    }
+}
 impl PartialEq for EqReenter {
     fn eq(&self, o: &Self) -> bool {
         if REENTER_ON_EQ.swap(false, Ordering::SeqCst) {
