@@ -1,54 +1,8 @@
 //! [`TypesafeHashMap`]: a concurrent hash map whose nodes come from a `SLAB_TYPESAFE_BY_RCU`
 //! cache, with counted lookups (the kernel's `hlist_nulls` pattern).
 //!
-//! Where [`RcuHashMap`](crate::map::RcuHashMap) retires a removed node with `kfree_rcu` (its memory
-//! comes back a grace period later), this map frees it to its typesafe cache **at once**, and the
-//! next insert may reuse it, even while readers still stand on it. Readers therefore take a
-//! reference (a counted [`TsMapRef`]) and check the key again before they trust a node.
-//!
-//! The trade-off:
-//! * **Memory is bounded by the live entries.** Removes and replaces leave no backlog waiting
-//!   for a grace period (only a resize retires the old table, whose nodes go back when it is
-//!   freed), and reuse stays cache-hot. Slow grace periods cost nothing.
-//! * **Readers write shared memory.** Every lookup increments and decrements the reference count
-//!   of the node it returns (and of each node of its chain with the same hash), so readers of the
-//!   same key contend on one cache line, and a lookup may restart its walk when a node it stood on
-//!   was reused meanwhile. A lookup returns a handle, not a `&V` bound to a guard.
-//! * **A replace is not atomic for a concurrent lookup of the same key**: the new node is pushed
-//!   at the head of the chain before the old one is unlinked, so a lookup that passed the head
-//!   just before the push and reaches the old node's place just after the unlink finds neither
-//!   (keys that are not being replaced or removed are always found).
-//!
-//! An entry is dropped where its last reference is put: by the writer that removed or replaced
-//! it (after releasing the writer lock), by the last handle's drop, by a resize's retired table
-//! (on the `kfree_rcu` worker), or inside a lookup that held the last reference to a node
-//! removed meanwhile, within the lookup's read-side critical section. So a key's or value's
-//! `Drop` must not wait for a grace period (`synchronize_rcu` there panics).
-//!
-//! ```
-//! use rcu_kit::map::TypesafeHashMap;
-//!
-//! let map = TypesafeHashMap::new();
-//! map.insert("one", 1);
-//! map.insert("two", 2);
-//! let one = map.get("one").expect("present");
-//! assert_eq!((*one.key(), *one), ("one", 1));
-//! assert!(map.remove("one"));
-//! assert_eq!(*one, 1); // the handle keeps the removed entry alive
-//! drop(one); // the last reference: the entry is dropped, the node goes back to the cache
-//! assert_eq!(map.get_cloned("one"), None);
-//! assert_eq!(map.len(), 1);
-//! ```
-//!
-//! A handle cannot outlive its map:
-//!
-//! ```compile_fail,E0505
-//! let map = rcu_kit::map::TypesafeHashMap::new();
-//! map.insert(1, 2);
-//! let v = map.get(&1).unwrap();
-//! drop(map);
-//! println!("{}", *v);
-//! ```
+//! The user-facing docs (the trade-off against `RcuHashMap`, examples) are on
+//! [`TypesafeHashMap`], re-exported as `rcu_kit::map::TypesafeHashMap`.
 //!
 //! # Implementation
 //!
@@ -326,14 +280,65 @@ struct WriterState {
 
 type MapWriter<'a> = WriterGuard<'a, WriterState>;
 
-/// A concurrent hash map whose nodes come from a `SLAB_TYPESAFE_BY_RCU` cache owned by the map
-/// (see the [module docs](self) for the trade-off against [`RcuHashMap`](crate::map::RcuHashMap)).
+/// A concurrent hash map whose nodes come from a `SLAB_TYPESAFE_BY_RCU` cache owned by the map,
+/// with counted lookups (the kernel's `hlist_nulls` pattern).
 ///
 /// * `get(&key)` returns a counted [`TsMapRef`], valid while the map lives; a removed entry is
 ///   dropped when its last handle drops.
 /// * `insert` / `remove` take a per-map writer lock; removed and replaced nodes go back to the
 ///   cache at once (no grace period), so memory is bounded by the live entries.
 /// * `K` and `V` are `Send + Sync + 'static`, and `Clone` (a resize copies the entries).
+///
+/// Where [`RcuHashMap`](crate::map::RcuHashMap) retires a removed node with `kfree_rcu` (its memory
+/// comes back a grace period later), this map frees it to its typesafe cache **at once**, and the
+/// next insert may reuse it, even while readers still stand on it. Readers therefore take a
+/// reference (a counted [`TsMapRef`]) and check the key again before they trust a node.
+///
+/// The trade-off:
+/// * **Memory is bounded by the live entries.** Removes and replaces leave no backlog waiting
+///   for a grace period (only a resize retires the old table, whose nodes go back when it is
+///   freed), and reuse stays cache-hot. Slow grace periods cost nothing.
+/// * **Readers write shared memory.** Every lookup increments and decrements the reference count
+///   of the node it returns (and of each node of its chain with the same hash), so readers of the
+///   same key contend on one cache line, and a lookup may restart its walk when a node it stood on
+///   was reused meanwhile. A lookup returns a handle, not a `&V` bound to a guard.
+/// * **A replace is not atomic for a concurrent lookup of the same key**: the new node is pushed
+///   at the head of the chain before the old one is unlinked, so a lookup that passed the head
+///   just before the push and reaches the old node's place just after the unlink finds neither
+///   (keys that are not being replaced or removed are always found).
+///
+/// An entry is dropped where its last reference is put: by the writer that removed or replaced
+/// it (after releasing the writer lock), by the last handle's drop, by a resize's retired table
+/// (on the `kfree_rcu` worker), or inside a lookup that held the last reference to a node
+/// removed meanwhile, within the lookup's read-side critical section. So a key's or value's
+/// `Drop` must not wait for a grace period (`synchronize_rcu` there panics).
+///
+/// ```
+/// use rcu_kit::map::TypesafeHashMap;
+///
+/// let map = TypesafeHashMap::new();
+/// map.insert("one", 1);
+/// map.insert("two", 2);
+/// let one = map.get("one").expect("present");
+/// assert_eq!((*one.key(), *one), ("one", 1));
+/// assert!(map.remove("one"));
+/// assert_eq!(*one, 1); // the handle keeps the removed entry alive
+/// drop(one); // the last reference: the entry is dropped, the node goes back to the cache
+/// assert_eq!(map.get_cloned("one"), None);
+/// assert_eq!(map.len(), 1);
+/// ```
+///
+/// A handle cannot outlive its map:
+///
+/// ```compile_fail,E0505
+/// let map = rcu_kit::map::TypesafeHashMap::new();
+/// map.insert(1, 2);
+/// let v = map.get(&1).unwrap();
+/// drop(map);
+/// println!("{}", *v);
+/// ```
+///
+/// Readers and a writer on several threads:
 ///
 /// ```
 /// use rcu_kit::map::TypesafeHashMap;
@@ -492,7 +497,7 @@ where
     }
 
     /// A counted handle to the entry of `key`. Lock-free; the walk restarts when a node it
-    /// stood on was reused into another chain meanwhile (module docs).
+    /// stood on was reused into another chain meanwhile (see [`TypesafeHashMap`]).
     ///
     /// ```
     /// let m = rcu_kit::map::TypesafeHashMap::new();
