@@ -268,14 +268,19 @@ impl Drop for Val {
 const STABLE: u64 = 24;
 const CHURN: u64 = 72;
 
-fn stress(secs: u64) {
-    let map = TypesafeHashMap::with_capacity_and_hasher(0, Mod8);
+/// Grown keys (never removed) start here.
+const GROWN: u64 = 1 << 32;
+
+/// `grow`: how many keys writer 0 inserts on the way (and never removes), so that the map
+/// resizes under the readers.
+fn stress<S: BuildHasher + Sync>(hasher: S, time: Duration, grow: u64) {
+    let map = TypesafeHashMap::with_capacity_and_hasher(0, hasher);
     let cache = map.cache.clone();
     for k in 0..STABLE {
         map.insert(k, Val::new(k));
     }
     let stop = AtomicBool::new(false);
-    let deadline = Instant::now() + Duration::from_secs(secs);
+    let deadline = Instant::now() + time;
     let churn_found = AtomicU64::new(0);
     std::thread::scope(|s| {
         for w in 0..2u64 {
@@ -289,6 +294,9 @@ fn stress(secs: u64) {
                     x = x
                         .wrapping_mul(6364136223846793005)
                         .wrapping_add(1442695040888963407);
+                    if w == 0 && i % 4 == 0 && i / 4 < grow {
+                        map.insert(GROWN + i / 4, Val::new(GROWN + i / 4));
+                    }
                     let k = STABLE + (x >> 33) % CHURN;
                     if (x >> 20) % 2 == 0 {
                         map.remove(&k);
@@ -336,8 +344,9 @@ fn stress(secs: u64) {
             });
         }
     });
+    // (Short lives on a loaded machine may give the readers too few lookups to tell.)
     assert!(
-        churn_found.load(Ordering::Relaxed) > 0,
+        time < Duration::from_secs(1) || churn_found.load(Ordering::Relaxed) > 0,
         "readers found churned keys"
     );
     for k in 0..STABLE {
@@ -352,7 +361,7 @@ fn stress(secs: u64) {
 #[test]
 fn readers_find_every_stable_key_and_only_intact_values_under_reuse() {
     if test_support::child_case().as_deref() == Some("stress") {
-        stress(4);
+        stress(Mod8, Duration::from_secs(4), 0);
         return;
     }
     if test_support::child_case().is_some() {
@@ -361,6 +370,31 @@ fn readers_find_every_stable_key_and_only_intact_values_under_reuse() {
     let out = test_support::run_child(
         "map_typesafe::tests::readers_find_every_stable_key_and_only_intact_values_under_reuse",
         "stress",
+        &[],
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", test_support::stderr(&out));
+}
+
+#[test]
+fn readers_find_every_stable_key_while_the_map_resizes() {
+    if test_support::child_case().as_deref() == Some("grow") {
+        // Many short lives: a map resizes most often while it is young.
+        let end = Instant::now() + Duration::from_secs(3);
+        for _ in 0..30 {
+            if Instant::now() > end {
+                break;
+            }
+            stress(Mod8, Duration::from_millis(150), 1_000);
+        }
+        return;
+    }
+    if test_support::child_case().is_some() {
+        return;
+    }
+    let out = test_support::run_child(
+        "map_typesafe::tests::readers_find_every_stable_key_while_the_map_resizes",
+        "grow",
         &[],
         Duration::from_secs(60),
     );
