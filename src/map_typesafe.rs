@@ -64,10 +64,11 @@
 //! * Publishing a node: its `entry` and `hash` are written, `next` is stored with Release (for
 //!   stale readers standing on the node's previous incarnation, who follow it without a head),
 //!   then `refs` is stored 1 with Release (also by a resize, whose copies stale readers may
-//!   reference before the table is published), then the bucket head is stored with Release. A reader's Acquire load of a head or a
-//!   `next` pairs with that store (it sees the node's `next` and `hash`); its Acquire inc-not-zero
-//!   pairs with the `refs` store (it sees `entry`). Without them a reader could take a reference
-//!   and read the previous owner's key, or follow a stale `next`.
+//!   reference before the table is published), then the bucket head is stored with Release. A
+//!   reader's Acquire load of a head or a `next` pairs with those link stores (it sees the node's
+//!   `next` and `hash`); its Acquire inc-not-zero pairs with the `refs` store (it sees `entry`).
+//!   Without them a reader could take a reference and read the previous owner's key, or follow a
+//!   stale `next`.
 //! * `hash` is read Relaxed: it is only a filter, the key check under a reference decides.
 //! * A put is a Release decrement; the one reaching 0 runs an Acquire fence (as `Arc`) before
 //!   dropping `entry` and freeing: every holder's access happens before the drop and the reuse.
@@ -447,7 +448,7 @@ where
     /// ```
     pub fn try_with_capacity_and_hasher(capacity: usize, hasher: S) -> Result<Self, SlabError> {
         let buckets = (capacity.saturating_mul(4) / 3 + 1)
-            .max(MIN_BUCKETS)
+            .clamp(MIN_BUCKETS, MAX_BUCKETS)
             .next_power_of_two();
         // Relaxed: a unique-number counter.
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
