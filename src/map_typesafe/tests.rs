@@ -144,6 +144,23 @@ fn no_leak_every_entry_dropped_once_and_every_node_freed() {
     );
 }
 
+#[test]
+fn a_map_dropped_before_its_retired_tables_are_freed_leaks_nothing() {
+    let live = Arc::new(AtomicUsize::new(0));
+    let m = TypesafeHashMap::new();
+    let weak = Arc::downgrade(&m.cache);
+    for i in 0..100u64 {
+        m.insert(i, Counted::new(i, &live)); // resizes: retired tables share the cache
+    }
+    drop(m);
+    kfree_batch::kvfree_rcu_barrier();
+    assert_eq!(live.load(Ordering::Relaxed), 0, "every value dropped");
+    assert!(
+        weak.upgrade().is_none(),
+        "the cache goes with the last retired table"
+    );
+}
+
 /// A value whose `Drop` uses the map: removes and replaces put outside the writer lock.
 static REENTRANT: std::sync::OnceLock<TypesafeHashMap<u64, Reenter>> = std::sync::OnceLock::new();
 #[derive(Clone)]
