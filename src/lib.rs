@@ -58,7 +58,7 @@
 //! | free boxes after a grace period                 | [`kfree_rcu`], [`kfree_rcu_raw`] (a published raw pointer), [`kfree_rcu_raw_charged`] (one owning a buffer), [`kfree_rcu_head`], [`kvfree_rcu_barrier`], [`kfree_stats`] |
 //! | allocate objects that readers may see reused    | [`TypesafeCache`] (safe: [`TsRef`], [`TsAtomic::get`]); raw: [`KmemCache`], [`KmemCacheBuilder`], [`kfree_rcu_cache`], [`slabinfo`], [`CacheStats`] |
 //! | bound or inspect memory                         | [`set_memory_limit`], [`slab_backend::memory_stats`], [`kfree_configure`] with a [`Config`], [`kfree_stats`] |
-//! | get a concurrent map                            | [`map::RcuHashMap`]                                        |
+//! | get a concurrent map                            | [`map::RcuHashMap`]; [`map::TypesafeHashMap`] (nodes from a typesafe cache, reused at once; counted lookups) |
 //! | be told about stalled readers                   | [`rcu_core::set_stall_hook`], [`rcu_core::set_stall_timeout`] |
 //!
 //! ```
@@ -114,6 +114,7 @@ mod cell_ext;
 mod link;
 pub mod list;
 pub mod map;
+mod map_typesafe;
 mod primitive;
 pub mod ptr;
 pub mod typesafe;

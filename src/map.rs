@@ -59,6 +59,7 @@ use std::collections::hash_map::RandomState;
 use rcu_core::{rcu_read_lock, RcuReadGuard};
 
 use crate::link::Link;
+pub use crate::map_typesafe::{InsertError, TsMapRef, TypesafeHashMap};
 use crate::primitive::sync::atomic::{AtomicUsize, Ordering};
 use crate::ptr::{Atomic, Retired, Shared};
 use crate::writer_lock::{WriterGuard, WriterLock};

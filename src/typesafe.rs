@@ -110,8 +110,10 @@ use slab_backend::{CacheStats, KmemCache, SlabError};
 
 use crate::primitive::sync::atomic::{fence, AtomicPtr, AtomicUsize, Ordering};
 
-/// Ids of typesafe caches (Invariant 3); 0 is never used.
-static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
+/// Ids of typesafe caches (Invariant 3); 0 is never used. Also numbers the caches of
+/// [`TypesafeHashMap`](crate::map::TypesafeHashMap)s, so that no two slab names built from it
+/// collide.
+pub(crate) static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
 
 /// An object of a [`TypesafeCache`]: its cache's id, its reference count and the value.
 struct Slot<T> {

@@ -1,4 +1,5 @@
-//! `RcuHashMap` against `RwLock<HashMap>` and papaya (seize-based), in one run.
+//! `RcuHashMap` and `TypesafeHashMap` (nodes from a `SLAB_TYPESAFE_BY_RCU` cache) against
+//! `RwLock<HashMap>` and papaya (seize-based), in one run.
 //!
 //! `cargo bench -p compare --bench map [-- SECONDS]` (default 1 s per cell, split into 3 interleaved rounds
 //! whose best is reported, so that the maps see the same machine load). Every thread runs a mix of
@@ -12,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier, RwLock};
 use std::time::{Duration, Instant};
 
-use rcu_kit::map::RcuHashMap;
+use rcu_kit::map::{RcuHashMap, TypesafeHashMap};
 use rcu_kit::{kvfree_rcu_barrier, rcu_read_lock};
 
 /// Keys in the key space; half of them present at any time in steady state of the 50/50 mix.
@@ -41,6 +42,24 @@ impl Map for RcuHashMap<u64, u64> {
     }
     fn remove(&self, k: u64) {
         RcuHashMap::remove(self, &k);
+    }
+}
+
+impl Map for TypesafeHashMap<u64, u64> {
+    const NAME: &'static str = "rcu-kit TypesafeHashMap";
+    fn make() -> Self {
+        TypesafeHashMap::with_capacity(KEYS as usize)
+    }
+    #[inline]
+    fn get(&self, k: u64) -> bool {
+        // A counted lookup (takes and leaves its own read-side critical section).
+        TypesafeHashMap::get(self, &k).is_some_and(|v| *v == k)
+    }
+    fn insert(&self, k: u64, v: u64) {
+        TypesafeHashMap::insert(self, k, v).expect("no memory limit is set");
+    }
+    fn remove(&self, k: u64) {
+        TypesafeHashMap::remove(self, &k);
     }
 }
 
@@ -150,27 +169,43 @@ fn main() {
          (best of {ROUNDS} interleaved rounds), one guard / lock per operation"
     );
     println!(
-        "{:<12} {:>12} {:>12} {:>12} {:>12} {:>12}",
-        "mix", "rcu Mops/s", "rwlock", "papaya", "rcu/rwlock", "rcu/papaya"
+        "{:<12} {:>10} {:>10} {:>10} {:>10} {:>11} {:>11} {:>10} {:>10} {:>10}",
+        "mix",
+        "rcu Mops/s",
+        "ts Mops/s",
+        "rwlock",
+        "papaya",
+        "rcu/rwlock",
+        "rcu/papaya",
+        "ts/rcu",
+        "ts/rwlock",
+        "ts/papaya"
     );
     for (name, read_pct) in [("100% reads", 100u64), ("99% reads", 99), ("50/50", 50)] {
-        // Interleaved rounds, best of each: the three maps see the same machine load.
-        let (mut rcu, mut rw, mut pa) = (0f64, 0f64, 0f64);
+        // Interleaved rounds, best of each: the four maps see the same machine load.
+        let (mut rcu, mut ts, mut rw, mut pa) = (0f64, 0f64, 0f64, 0f64);
         for _ in 0..ROUNDS {
             rcu = rcu.max(run::<RcuHashMap<u64, u64>>(threads, dur, read_pct));
+            kvfree_rcu_barrier();
+            ts = ts.max(run::<TypesafeHashMap<u64, u64>>(threads, dur, read_pct));
             kvfree_rcu_barrier();
             rw = rw.max(run::<RwLock<HashMap<u64, u64>>>(threads, dur, read_pct));
             pa = pa.max(run::<papaya::HashMap<u64, u64>>(threads, dur, read_pct));
         }
         println!(
-            "{name:<12} {rcu:>12.2} {rw:>12.2} {pa:>12.2} {:>11.2}x {:>11.2}x",
+            "{name:<12} {rcu:>10.2} {ts:>10.2} {rw:>10.2} {pa:>10.2} {:>10.2}x {:>10.2}x {:>9.2}x \
+             {:>9.2}x {:>9.2}x",
             rcu / rw,
-            rcu / pa
+            rcu / pa,
+            ts / rcu,
+            ts / rw,
+            ts / pa
         );
     }
     println!(
-        "(names: {}, {}, {})",
+        "(names: rcu = {}, ts = {}, rwlock = {}, papaya = {})",
         <RcuHashMap<u64, u64> as Map>::NAME,
+        <TypesafeHashMap<u64, u64> as Map>::NAME,
         <RwLock<HashMap<u64, u64>> as Map>::NAME,
         <papaya::HashMap<u64, u64> as Map>::NAME
     );
