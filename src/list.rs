@@ -250,6 +250,10 @@ impl<T: Send + Sync + 'static> RcuList<T> {
     /// The list's own writer methods ([`RcuList::push_back`], [`RcuList::writer`], …) panic on
     /// such a list: they would race with the token's writers.
     ///
+    /// # Panics
+    /// When the process has used up the token ids (`usize::MAX - 1` such lists): an id is never
+    /// given to two lists.
+    ///
     /// ```
     /// use std::sync::Mutex;
     /// use rcu_kit::{rcu_read_lock, ListWriterToken, RcuList};
@@ -279,9 +283,11 @@ impl<T: Send + Sync + 'static> RcuList<T> {
     /// assert_eq!(done.iter(&g).copied().collect::<Vec<_>>(), [7]);
     /// ```
     pub fn with_writer_token() -> (Self, ListWriterToken<T>) {
-        // Relaxed: a unique number, publishing nothing.
-        let id = NEXT_TOKEN_ID.fetch_add(1, Ordering::Relaxed);
-        assert!(id != 0, "RcuList: writer token ids exhausted");
+        // Relaxed: a unique number, publishing nothing. Never wraps: once the ids run out every
+        // call panics, so no id (and no list) is ever served by two tokens (Invariant 5).
+        let id = NEXT_TOKEN_ID
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_add(1))
+            .unwrap_or_else(|_| panic!("RcuList: writer token ids exhausted"));
         let mut list = Self::new();
         list.token_id = id;
         let token = ListWriterToken {
@@ -963,6 +969,48 @@ mod tests {
         assert!(other.is_empty() && own.is_empty());
         drop(g);
         kfree_batch::kvfree_rcu_barrier();
+    }
+
+    /// A token id is never handed out twice, even once the ids run out: two tokens with one id
+    /// would each write the other's list, unserialised, with the wrong tail.
+    #[test]
+    fn token_ids_are_never_reused_after_they_run_out() {
+        if test_support::child_case().as_deref() == Some("token-ids-run-out") {
+            let (first, mut first_token) = RcuList::<u32>::with_writer_token();
+            // Relaxed: this child process makes no other token.
+            NEXT_TOKEN_ID.store(usize::MAX - 1, Ordering::Relaxed);
+            let mut made = Vec::new();
+            for _ in 0..4 {
+                match std::panic::catch_unwind(RcuList::<u32>::with_writer_token) {
+                    Ok(pair) => made.push(pair),
+                    Err(e) => {
+                        let msg = panic_message(Err(e));
+                        assert!(msg.contains("ids exhausted"), "{msg}");
+                    }
+                }
+            }
+            for (list, _) in &made {
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    first_token.writer(list).push_back(1);
+                }));
+                assert!(
+                    r.is_err(),
+                    "the first list's token writes a list made after the token ids ran out"
+                );
+            }
+            assert!(first.is_empty());
+            return;
+        }
+        if test_support::child_case().is_some() {
+            return;
+        }
+        let out = test_support::run_child(
+            "list::tests::token_ids_are_never_reused_after_they_run_out",
+            "token-ids-run-out",
+            &[],
+            Duration::from_secs(60),
+        );
+        assert!(out.status.success(), "{}", test_support::stderr(&out));
     }
 
     #[test]
