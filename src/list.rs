@@ -273,10 +273,13 @@ impl<T: Send + Sync + 'static> RcuList<T> {
     ///     // sees one change without the other.
     ///     let mut w = lock.lock().unwrap();
     ///     let Writers { pending: p, done: d } = &mut *w;
-    ///     if let Some(old) = p.writer(&pending).remove(|job| *job == 7) {
+    ///     let mut pw = p.writer(&pending);
+    ///     if let Some(old) = pw.remove(|job| *job == 7) {
     ///         d.writer(&done).push_back(7);
-    ///         drop(old); // kfree_rcu; never wait for a grace period while holding our lock
-    ///     };
+    ///         // kfree_rcu while `pw` lives: it neither waits for a grace period nor runs
+    ///         // destructors here, under our lock (see `ListWriterToken`).
+    ///         drop(old);
+    ///     }
     /// }
     /// let g = rcu_read_lock();
     /// assert_eq!(pending.iter(&g).count(), 0);
@@ -553,7 +556,12 @@ impl<T> DerefMut for Held<'_, T> {
 /// Dropping the token leaves its list readable and dropped normally, but no longer writable.
 /// As with [`ListWriter`], [`Retired::synchronize`] panics while a writer made from a token is
 /// alive on the thread; waiting for a grace period while holding *your* lock, though, is yours
-/// to avoid if readers may wait for that lock.
+/// to avoid if readers may wait for that lock. Retiring is such a wait: drop (or
+/// [`Retired::kfree_rcu`]) the handles a token's writer returns while that [`ListWriter`] is
+/// still alive, where `kfree_rcu` neither waits nor runs other objects' destructors inline, or
+/// after releasing your lock, not in between: there `kfree_rcu` may wait for a grace period
+/// (when the batcher's pending cap is reached) or run destructors (which may take your lock)
+/// under your lock.
 ///
 /// ```
 /// let (list, mut token) = rcu_kit::RcuList::with_writer_token();
