@@ -21,8 +21,9 @@
 //!    node except from nodes unlinked earlier, which only such readers stand on): the node's
 //!    grace period waits for it. So a [`Shared<'g, T>`] made by [`Link::load`] under a guard
 //!    borrowed for `'g` stays valid for `'g` (`ptr`'s Invariant 3).
-//! 3. Only writers store into links, serialised by the structure's writer lock; a node they load
-//!    with [`Link::load_by_writer`] stays alive until that same writer unlinks it.
+//! 3. Only writers store into links, serialised by the structure's writer lock (for a list made
+//!    with `RcuList::with_writer_token`, by `&mut` access to its token); a node they load with
+//!    [`Link::load_by_writer`] stays alive until that same writer unlinks it.
 //!
 //! ## Memory orderings
 //! * [`Link::load`] is Acquire: pairs with the Release store that linked the node
@@ -31,8 +32,8 @@
 //!   see the pointer before the fields.
 //! * [`Link::publish`] and [`Link::unlink`] are Release stores (`rcu_assign_pointer`): the
 //!   node (or, for an unlink, the successor, published earlier) is ordered before the link.
-//! * [`Link::load_by_writer`] is Relaxed: the writer lock orders the writer after the previous
-//!   writer's stores.
+//! * [`Link::load_by_writer`] is Relaxed: the writer lock (or whatever handed the token's `&mut`
+//!   over) orders the writer after the previous writer's stores.
 
 use core::fmt;
 use core::ptr::{self, NonNull};
@@ -68,7 +69,10 @@ impl<T> Link<T> {
     #[inline]
     pub(crate) fn load<'g>(&'g self, _guard: &'g RcuReadGuard) -> Shared<'g, T> {
         // Acquire: pairs with the Release of `publish`/`unlink`/`replace` (module docs).
-        Shared::from_link(self.ptr.load(Ordering::Acquire))
+        let p = self.ptr.load(Ordering::Acquire);
+        // SAFETY: loaded from this link just now under `_guard`, borrowed for `'g`; Invariants
+        // 1 and 2 keep the pointee alive for `'g`.
+        unsafe { Shared::from_link(p) }
     }
 
     /// The pointee for the writer holding the structure's writer lock (Invariant 3).
