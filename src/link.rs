@@ -10,8 +10,8 @@
 //! holds the links owns the nodes. Readers get the same guard-bound [`Shared<'g, T>`] as from
 //! `Atomic::load`, and writers get what they unlink as the same [`Retired<T>`].
 //!
-//! Invariants, upheld by the structure (every method that stores into a link is `unsafe` or
-//! stores a fresh box, and links are crate-private):
+//! Invariants, upheld by the structure (every method that stores into a link or copies one is
+//! `unsafe`, and links are crate-private):
 //! 1. A non-null pointer in a link came from `Box::<T>::into_raw` and is a node of the
 //!    structure: reachable from its root now, or unlinked — then owned by exactly one
 //!    [`Retired`] (or by a table retired whole), freed only after a grace period that starts
@@ -59,7 +59,13 @@ impl<T> Link<T> {
     /// A link pointing where `other` points now, for a node not yet published (its `next`).
     /// Relaxed: the caller is a writer (Invariant 3), and the node is published later with
     /// Release.
-    pub(crate) fn copy_by_writer(other: &Link<T>) -> Self {
+    ///
+    /// # Safety
+    /// The caller holds the writer lock of `other`'s structure, and the new link becomes the
+    /// `next` of a node it publishes in that structure (or is dropped unused) before it lets
+    /// the lock go: a copied link loaded once its pointee is freed would hand out a dangling
+    /// [`Shared`] from the safe [`Link::load`].
+    pub(crate) unsafe fn copy_by_writer(other: &Link<T>) -> Self {
         Link {
             ptr: AtomicPtr::new(other.ptr.load(Ordering::Relaxed)),
         }

@@ -652,7 +652,8 @@ impl<T: Send + Sync + 'static> ListWriter<'_, T> {
         let head = &self.list.head;
         // SAFETY: writer lock held; only compared with null.
         let was_empty = unsafe { head.load_by_writer() }.is_none();
-        let node = Self::new_node(value, Link::copy_by_writer(head));
+        // SAFETY: writer lock held; the copy is the `next` of the node published below.
+        let node = Self::new_node(value, unsafe { Link::copy_by_writer(head) });
         // SAFETY: writer lock held; the old first node is the new node's successor, still
         // reachable. Release publishes the node's value and link (`Link` docs).
         let node = unsafe { head.publish(node) };
@@ -757,7 +758,8 @@ impl<T: Send + Sync + 'static> ListWriter<'_, T> {
         };
         // SAFETY: reachable under the writer lock, hence alive.
         let node_ref = unsafe { node.as_ref() };
-        let new = Self::new_node(value, Link::copy_by_writer(&node_ref.next));
+        // SAFETY: writer lock held; the copy is the `next` of the node published below.
+        let new = Self::new_node(value, unsafe { Link::copy_by_writer(&node_ref.next) });
         // SAFETY: as in `unlink`, with `new.next` set to the successor. Release publishes the
         // new node (as in `push_front`); readers see the old node or the new one, both leading
         // to the successor.

@@ -309,7 +309,8 @@ where
                     hash,
                     key,
                     value,
-                    next: Link::copy_by_writer(&node.next),
+                    // SAFETY: writer mutex held; `next` of the node published below.
+                    next: unsafe { Link::copy_by_writer(&node.next) },
                 });
                 // SAFETY: writer mutex held; `link` points at `node`, owned by the table;
                 // `new.next` is `node`'s successor. Release publishes `new` (`Link` docs).
@@ -324,7 +325,8 @@ where
             hash,
             key,
             value,
-            next: Link::copy_by_writer(head),
+            // SAFETY: writer mutex held; `next` of the node published below.
+            next: unsafe { Link::copy_by_writer(head) },
         });
         // SAFETY: writer mutex held; the old first node is `new`'s successor, still reachable.
         unsafe { head.publish(new) };
@@ -390,7 +392,8 @@ where
                     hash: node.hash,
                     key: node.key.clone(),
                     value: node.value.clone(),
-                    next: Link::copy_by_writer(slot),
+                    // SAFETY: writer mutex held; `next` of the copy published below.
+                    next: unsafe { Link::copy_by_writer(slot) },
                 });
                 // SAFETY: the new table is private to this writer until published below; the
                 // previous first node becomes the copy's successor.
