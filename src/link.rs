@@ -10,8 +10,8 @@
 //! holds the links owns the nodes. Readers get the same guard-bound [`Shared<'g, T>`] as from
 //! `Atomic::load`, and writers get what they unlink as the same [`Retired<T>`].
 //!
-//! Invariants, upheld by the structure (every method that stores into a link is `unsafe` or
-//! stores a fresh box, and links are crate-private):
+//! Invariants, upheld by the structure (every method that stores into a link or copies one is
+//! `unsafe`, and links are crate-private):
 //! 1. A non-null pointer in a link came from `Box::<T>::into_raw` and is a node of the
 //!    structure: reachable from its root now, or unlinked — then owned by exactly one
 //!    [`Retired`] (or by a table retired whole), freed only after a grace period that starts
@@ -21,8 +21,9 @@
 //!    node except from nodes unlinked earlier, which only such readers stand on): the node's
 //!    grace period waits for it. So a [`Shared<'g, T>`] made by [`Link::load`] under a guard
 //!    borrowed for `'g` stays valid for `'g` (`ptr`'s Invariant 3).
-//! 3. Only writers store into links, serialised by the structure's writer lock; a node they load
-//!    with [`Link::load_by_writer`] stays alive until that same writer unlinks it.
+//! 3. Only writers store into links, serialised by the structure's writer lock (for a list made
+//!    with `RcuList::with_writer_token`, by `&mut` access to its token); a node they load with
+//!    [`Link::load_by_writer`] stays alive until that same writer unlinks it.
 //!
 //! ## Memory orderings
 //! * [`Link::load`] is Acquire: pairs with the Release store that linked the node
@@ -31,8 +32,8 @@
 //!   see the pointer before the fields.
 //! * [`Link::publish`] and [`Link::unlink`] are Release stores (`rcu_assign_pointer`): the
 //!   node (or, for an unlink, the successor, published earlier) is ordered before the link.
-//! * [`Link::load_by_writer`] is Relaxed: the writer lock orders the writer after the previous
-//!   writer's stores.
+//! * [`Link::load_by_writer`] is Relaxed: the writer lock (or whatever handed the token's `&mut`
+//!   over) orders the writer after the previous writer's stores.
 
 use core::fmt;
 use core::ptr::{self, NonNull};
@@ -58,7 +59,13 @@ impl<T> Link<T> {
     /// A link pointing where `other` points now, for a node not yet published (its `next`).
     /// Relaxed: the caller is a writer (Invariant 3), and the node is published later with
     /// Release.
-    pub(crate) fn copy_by_writer(other: &Link<T>) -> Self {
+    ///
+    /// # Safety
+    /// The caller holds the writer lock of `other`'s structure, and the new link becomes the
+    /// `next` of a node it publishes in that structure (or is dropped unused) before it lets
+    /// the lock go: a copied link loaded once its pointee is freed would hand out a dangling
+    /// [`Shared`] from the safe [`Link::load`].
+    pub(crate) unsafe fn copy_by_writer(other: &Link<T>) -> Self {
         Link {
             ptr: AtomicPtr::new(other.ptr.load(Ordering::Relaxed)),
         }
@@ -68,7 +75,10 @@ impl<T> Link<T> {
     #[inline]
     pub(crate) fn load<'g>(&'g self, _guard: &'g RcuReadGuard) -> Shared<'g, T> {
         // Acquire: pairs with the Release of `publish`/`unlink`/`replace` (module docs).
-        Shared::from_link(self.ptr.load(Ordering::Acquire))
+        let p = self.ptr.load(Ordering::Acquire);
+        // SAFETY: loaded from this link just now under `_guard`, borrowed for `'g`; Invariants
+        // 1 and 2 keep the pointee alive for `'g`.
+        unsafe { Shared::from_link(p) }
     }
 
     /// The pointee for the writer holding the structure's writer lock (Invariant 3).

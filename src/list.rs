@@ -252,6 +252,10 @@ impl<T: Send + Sync + 'static> RcuList<T> {
     /// The list's own writer methods ([`RcuList::push_back`], [`RcuList::writer`], …) panic on
     /// such a list: they would race with the token's writers.
     ///
+    /// # Panics
+    /// When the process has used up the token ids (`usize::MAX - 1` such lists): an id is never
+    /// given to two lists.
+    ///
     /// ```
     /// use std::sync::Mutex;
     /// use rcu_kit::{rcu_read_lock, ListWriterToken, RcuList};
@@ -271,19 +275,24 @@ impl<T: Send + Sync + 'static> RcuList<T> {
     ///     // sees one change without the other.
     ///     let mut w = lock.lock().unwrap();
     ///     let Writers { pending: p, done: d } = &mut *w;
-    ///     if let Some(old) = p.writer(&pending).remove(|job| *job == 7) {
+    ///     let mut pw = p.writer(&pending);
+    ///     if let Some(old) = pw.remove(|job| *job == 7) {
     ///         d.writer(&done).push_back(7);
-    ///         drop(old); // kfree_rcu; never wait for a grace period while holding our lock
-    ///     };
+    ///         // kfree_rcu while `pw` lives: it neither waits for a grace period nor runs
+    ///         // destructors here, under our lock (see `ListWriterToken`).
+    ///         drop(old);
+    ///     }
     /// }
     /// let g = rcu_read_lock();
     /// assert_eq!(pending.iter(&g).count(), 0);
     /// assert_eq!(done.iter(&g).copied().collect::<Vec<_>>(), [7]);
     /// ```
     pub fn with_writer_token() -> (Self, ListWriterToken<T>) {
-        // Relaxed: a unique number, publishing nothing.
-        let id = NEXT_TOKEN_ID.fetch_add(1, Ordering::Relaxed);
-        assert!(id != 0, "RcuList: writer token ids exhausted");
+        // Relaxed: a unique number, publishing nothing. Never wraps: once the ids run out every
+        // call panics, so no id (and no list) is ever served by two tokens (Invariant 5).
+        let id = NEXT_TOKEN_ID
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_add(1))
+            .unwrap_or_else(|_| panic!("RcuList: writer token ids exhausted"));
         let mut list = Self::new();
         list.token_id = id;
         let token = ListWriterToken {
@@ -549,7 +558,12 @@ impl<T> DerefMut for Held<'_, T> {
 /// Dropping the token leaves its list readable and dropped normally, but no longer writable.
 /// As with [`ListWriter`], [`Retired::synchronize`] panics while a writer made from a token is
 /// alive on the thread; waiting for a grace period while holding *your* lock, though, is yours
-/// to avoid if readers may wait for that lock.
+/// to avoid if readers may wait for that lock. Retiring is such a wait: drop (or
+/// [`Retired::kfree_rcu`]) the handles a token's writer returns while that [`ListWriter`] is
+/// still alive, where `kfree_rcu` neither waits nor runs other objects' destructors inline, or
+/// after releasing your lock, not in between: there `kfree_rcu` may wait for a grace period
+/// (when the batcher's pending cap is reached) or run destructors (which may take your lock)
+/// under your lock.
 ///
 /// ```
 /// let (list, mut token) = rcu_kit::RcuList::with_writer_token();
@@ -642,7 +656,8 @@ impl<T: Send + Sync + 'static> ListWriter<'_, T> {
         let head = &self.list.head;
         // SAFETY: writer lock held; only compared with null.
         let was_empty = unsafe { head.load_by_writer() }.is_none();
-        let node = Self::new_node(value, Link::copy_by_writer(head));
+        // SAFETY: writer lock held; the copy is the `next` of the node published below.
+        let node = Self::new_node(value, unsafe { Link::copy_by_writer(head) });
         // SAFETY: writer lock held; the old first node is the new node's successor, still
         // reachable. Release publishes the node's value and link (`Link` docs).
         let node = unsafe { head.publish(node) };
@@ -747,7 +762,8 @@ impl<T: Send + Sync + 'static> ListWriter<'_, T> {
         };
         // SAFETY: reachable under the writer lock, hence alive.
         let node_ref = unsafe { node.as_ref() };
-        let new = Self::new_node(value, Link::copy_by_writer(&node_ref.next));
+        // SAFETY: writer lock held; the copy is the `next` of the node published below.
+        let new = Self::new_node(value, unsafe { Link::copy_by_writer(&node_ref.next) });
         // SAFETY: as in `unlink`, with `new.next` set to the successor. Release publishes the
         // new node (as in `push_front`); readers see the old node or the new one, both leading
         // to the successor.
@@ -967,6 +983,48 @@ mod tests {
         assert!(other.is_empty() && own.is_empty());
         drop(g);
         kfree_batch::kvfree_rcu_barrier();
+    }
+
+    /// A token id is never handed out twice, even once the ids run out: two tokens with one id
+    /// would each write the other's list, unserialised, with the wrong tail.
+    #[test]
+    fn token_ids_are_never_reused_after_they_run_out() {
+        if test_support::child_case().as_deref() == Some("token-ids-run-out") {
+            let (first, mut first_token) = RcuList::<u32>::with_writer_token();
+            // Relaxed: this child process makes no other token.
+            NEXT_TOKEN_ID.store(usize::MAX - 1, Ordering::Relaxed);
+            let mut made = Vec::new();
+            for _ in 0..4 {
+                match std::panic::catch_unwind(RcuList::<u32>::with_writer_token) {
+                    Ok(pair) => made.push(pair),
+                    Err(e) => {
+                        let msg = panic_message(Err(e));
+                        assert!(msg.contains("ids exhausted"), "{msg}");
+                    }
+                }
+            }
+            for (list, _) in &made {
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    first_token.writer(list).push_back(1);
+                }));
+                assert!(
+                    r.is_err(),
+                    "the first list's token writes a list made after the token ids ran out"
+                );
+            }
+            assert!(first.is_empty());
+            return;
+        }
+        if test_support::child_case().is_some() {
+            return;
+        }
+        let out = test_support::run_child(
+            "list::tests::token_ids_are_never_reused_after_they_run_out",
+            "token-ids-run-out",
+            &[],
+            Duration::from_secs(60),
+        );
+        assert!(out.status.success(), "{}", test_support::stderr(&out));
     }
 
     #[test]

@@ -370,7 +370,8 @@ where
                     hash,
                     key,
                     value,
-                    next: Link::copy_by_writer(&node.next),
+                    // SAFETY: writer mutex held; `next` of the node published below.
+                    next: unsafe { Link::copy_by_writer(&node.next) },
                 });
                 // SAFETY: writer mutex held; `link` points at `node`, owned by the table;
                 // `new.next` is `node`'s successor. Release publishes `new` (`Link` docs).
@@ -385,7 +386,8 @@ where
             hash,
             key,
             value,
-            next: Link::copy_by_writer(head),
+            // SAFETY: writer mutex held; `next` of the node published below.
+            next: unsafe { Link::copy_by_writer(head) },
         });
         // SAFETY: writer mutex held; the old first node is `new`'s successor, still reachable.
         unsafe { head.publish(new) };
@@ -459,7 +461,8 @@ where
                     hash: node.hash,
                     key: node.key.clone(),
                     value: node.value.clone(),
-                    next: Link::copy_by_writer(slot),
+                    // SAFETY: writer mutex held; `next` of the copy published below.
+                    next: unsafe { Link::copy_by_writer(slot) },
                 });
                 // SAFETY: the new table is private to this writer until published below; the
                 // previous first node becomes the copy's successor.

@@ -429,8 +429,12 @@ impl<'g, T> Shared<'g, T> {
 
     /// A `Shared` loaded from a chain [`Link`](crate::link::Link) under a guard borrowed for
     /// `'g`: the link's Invariants 1 and 2 give it Invariant 3.
+    ///
+    /// # Safety
+    /// `ptr` is null or was just loaded from a chain link under a guard borrowed for `'g`
+    /// (Invariant 3): [`Shared::as_ref`], a safe method, dereferences it for `'g`.
     #[inline]
-    pub(crate) fn from_link(ptr: *const T) -> Self {
+    pub(crate) unsafe fn from_link(ptr: *const T) -> Self {
         Self::from_raw(ptr)
     }
 

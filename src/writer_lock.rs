@@ -20,7 +20,9 @@
 //!    [`RcuList::with_writer_token`](crate::RcuList::with_writer_token) has no mutex of its own
 //!    in use: its writers are serialised by `&mut` access to its token, which the caller keeps
 //!    behind a lock of its own. A writer made from the token counts as held for the thread
-//!    ([`HeldMark`]) exactly like a locked one, so 2 holds for it too.
+//!    ([`HeldMark`]) exactly like a locked one while it lives, so 2 holds for it too. The
+//!    caller's lock itself is out of sight: holding it with no such writer alive counts for
+//!    nothing, and not waiting under it is the caller's part (`ListWriterToken` docs).
 
 use core::marker::PhantomData;
 use core::ops::{Deref, DerefMut};
