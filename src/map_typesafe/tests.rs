@@ -481,3 +481,124 @@ fn an_insert_without_memory_hands_the_entry_back() {
     );
     assert!(out.status.success(), "{}", test_support::stderr(&out));
 }
+
+/// A value whose `Clone` panics on demand and whose `Drop` calls a writer of the same map.
+static CLONE_BOMB_MAP: std::sync::OnceLock<TypesafeHashMap<u64, CloneBomb>> =
+    std::sync::OnceLock::new();
+/// Clones left before one panics (0: never).
+static CLONES_BEFORE_PANIC: AtomicUsize = AtomicUsize::new(0);
+static CLONE_BOMBS_LIVE: AtomicUsize = AtomicUsize::new(0);
+struct CloneBomb;
+impl CloneBomb {
+    fn new() -> Self {
+        CLONE_BOMBS_LIVE.fetch_add(1, Ordering::SeqCst);
+        CloneBomb
+    }
+}
+impl Clone for CloneBomb {
+    fn clone(&self) -> Self {
+        let left = CLONES_BEFORE_PANIC.load(Ordering::SeqCst);
+        if left == 1 {
+            CLONES_BEFORE_PANIC.store(0, Ordering::SeqCst);
+            panic!("CloneBomb: clone failed");
+        }
+        CLONES_BEFORE_PANIC.store(left.saturating_sub(1), Ordering::SeqCst);
+        CloneBomb::new()
+    }
+}
+impl Drop for CloneBomb {
+    fn drop(&mut self) {
+        CLONE_BOMBS_LIVE.fetch_sub(1, Ordering::SeqCst);
+        if let Some(m) = CLONE_BOMB_MAP.get() {
+            m.remove(&u64::MAX);
+        }
+    }
+}
+
+/// A panicking `Clone` in the middle of a resize: the copies made so far are dropped after the
+/// writer lock is released (their `Drop` may use the map), the panic reaches the caller, and the
+/// map keeps its table and its entries.
+#[test]
+fn a_clone_panicking_in_a_resize_drops_the_copies_outside_the_writer_lock() {
+    if test_support::child_case().as_deref() == Some("clone-panic") {
+        let m = CLONE_BOMB_MAP.get_or_init(TypesafeHashMap::new);
+        let buckets = m.buckets() as u64;
+        for k in 0..buckets / 4 * 3 {
+            m.insert(k, CloneBomb::new()).unwrap();
+        }
+        assert_eq!(m.buckets() as u64, buckets, "no resize yet");
+        CLONES_BEFORE_PANIC.store(5, Ordering::SeqCst);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            m.insert(buckets, CloneBomb::new())
+        }));
+        let e = r.expect_err("the clone's panic reaches the caller");
+        assert_eq!(e.downcast_ref::<&str>(), Some(&"CloneBomb: clone failed"));
+        assert_eq!(m.buckets() as u64, buckets, "the map keeps its table");
+        assert_eq!(m.len() as u64, buckets / 4 * 3 + 1);
+        assert_eq!(
+            CLONE_BOMBS_LIVE.load(Ordering::SeqCst) as u64,
+            buckets / 4 * 3 + 1,
+            "the copies made before the panic are dropped"
+        );
+        for k in (0..buckets / 4 * 3).chain([buckets]) {
+            assert!(m.contains_key(&k), "key {k}");
+        }
+        // The next insert resizes.
+        m.insert(buckets + 1, CloneBomb::new()).unwrap();
+        assert!(m.buckets() as u64 > buckets);
+        return;
+    }
+    if test_support::child_case().is_some() {
+        return;
+    }
+    let out = test_support::run_child(
+        "map_typesafe::tests::a_clone_panicking_in_a_resize_drops_the_copies_outside_the_writer_lock",
+        "clone-panic",
+        &[],
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", test_support::stderr(&out));
+}
+
+/// A value whose `Drop` panics when its number is `PANIC_ON_DROP`.
+static PANIC_ON_DROP: AtomicU64 = AtomicU64::new(u64::MAX);
+struct DropBomb(u64, Arc<AtomicUsize>);
+impl Drop for DropBomb {
+    fn drop(&mut self) {
+        self.1.fetch_sub(1, Ordering::SeqCst);
+        if self.0 == PANIC_ON_DROP.load(Ordering::SeqCst) {
+            panic!("DropBomb: drop failed");
+        }
+    }
+}
+impl Clone for DropBomb {
+    fn clone(&self) -> Self {
+        self.1.fetch_add(1, Ordering::SeqCst);
+        DropBomb(self.0, self.1.clone())
+    }
+}
+
+/// A value's `Drop` panicking while the map is dropped: the panic reaches the caller and every
+/// other entry is still dropped and its node freed (as `std` collections do).
+#[test]
+fn a_drop_panicking_while_the_map_drops_leaks_no_other_entry() {
+    let live = Arc::new(AtomicUsize::new(0));
+    // Every key in one chain: the panicking value sits in the middle of it.
+    let m = TypesafeHashMap::with_capacity_and_hasher(0, Mod8);
+    let cache = m.cache.clone();
+    for k in 0..10u64 {
+        live.fetch_add(1, Ordering::SeqCst);
+        m.insert(k * 8, DropBomb(k * 8, live.clone())).unwrap();
+        live.fetch_add(1, Ordering::SeqCst);
+        m.insert(k * 8 + 1, DropBomb(k * 8 + 1, live.clone()))
+            .unwrap();
+    }
+    kfree_batch::kvfree_rcu_barrier(); // the tables retired by the resizes
+    assert_eq!(live.load(Ordering::SeqCst), 20);
+    PANIC_ON_DROP.store(40, Ordering::SeqCst);
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(m)));
+    PANIC_ON_DROP.store(u64::MAX, Ordering::SeqCst);
+    assert!(r.is_err(), "the Drop's panic reaches the caller");
+    assert_eq!(live.load(Ordering::SeqCst), 0, "every other entry dropped");
+    assert_eq!(cache.stats().active_objects, 0, "every node freed");
+}
