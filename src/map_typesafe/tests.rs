@@ -602,3 +602,47 @@ fn a_drop_panicking_while_the_map_drops_leaks_no_other_entry() {
     assert_eq!(live.load(Ordering::SeqCst), 0, "every other entry dropped");
     assert_eq!(cache.stats().active_objects, 0, "every node freed");
 }
+
+/// A value whose `Drop` inserts into the same map (bounded), run on the `kfree_rcu` worker by a
+/// retired table's drop: the insert may resize and retire a table from there.
+static WORKER_REENTRANT: std::sync::OnceLock<TypesafeHashMap<u64, InsertOnDrop>> =
+    std::sync::OnceLock::new();
+static INSERTS_ON_DROP: AtomicU64 = AtomicU64::new(0);
+#[derive(Clone)]
+struct InsertOnDrop;
+impl Drop for InsertOnDrop {
+    fn drop(&mut self) {
+        let n = INSERTS_ON_DROP.fetch_add(1, Ordering::SeqCst);
+        if n < 5_000 {
+            let _ = WORKER_REENTRANT
+                .get()
+                .unwrap()
+                .insert(1_000_000 + n, InsertOnDrop);
+        }
+    }
+}
+
+#[test]
+fn a_value_whose_drop_inserts_can_be_dropped_by_a_retired_table() {
+    if test_support::child_case().as_deref() == Some("worker-insert") {
+        let m = WORKER_REENTRANT.get_or_init(TypesafeHashMap::new);
+        for k in 0..2_000u64 {
+            m.insert(k, InsertOnDrop).unwrap();
+        }
+        for _ in 0..20 {
+            kfree_batch::kvfree_rcu_barrier();
+        }
+        assert!(m.len() >= 2_000);
+        return;
+    }
+    if test_support::child_case().is_some() {
+        return;
+    }
+    let out = test_support::run_child(
+        "map_typesafe::tests::a_value_whose_drop_inserts_can_be_dropped_by_a_retired_table",
+        "worker-insert",
+        &[],
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", test_support::stderr(&out));
+}
