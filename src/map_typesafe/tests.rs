@@ -646,3 +646,91 @@ fn a_value_whose_drop_inserts_can_be_dropped_by_a_retired_table() {
     );
     assert!(out.status.success(), "{}", test_support::stderr(&out));
 }
+
+/// Under the memory limit inserts and resizes fail: readers still find every stable key intact,
+/// no call panics, and every entry is dropped once at the end.
+#[test]
+fn readers_find_every_stable_key_under_the_memory_limit() {
+    if test_support::child_case().as_deref() == Some("limit") {
+        let map = TypesafeHashMap::with_capacity_and_hasher(0, Mod8);
+        let cache = map.cache.clone();
+        for k in 0..STABLE {
+            map.insert(k, Val::new(k)).unwrap();
+        }
+        let in_use = slab_backend::memory_stats().bytes_in_use;
+        slab_backend::set_memory_limit(Some(in_use + (256 << 10)));
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let refused = AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for w in 0..2u64 {
+                let (map, refused) = (&map, &refused);
+                s.spawn(move || {
+                    let mut x = w + 1;
+                    for i in 0..2_000_000u64 {
+                        if i % 256 == 0 && Instant::now() > deadline {
+                            break;
+                        }
+                        x = x
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        // Grown keys fill the limit; replaces and churn then fail now and then.
+                        let k = if i % 3 == 0 {
+                            GROWN + (x >> 20) % 100_000
+                        } else if i % 3 == 1 {
+                            (x >> 40) % STABLE
+                        } else {
+                            STABLE + (x >> 33) % CHURN
+                        };
+                        if k >= STABLE && (x >> 10) % 4 == 0 {
+                            map.remove(&k);
+                        } else if map.insert(k, Val::new(k)).is_err() {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+            for r in 0..2u64 {
+                let map = &map;
+                s.spawn(move || {
+                    let mut x = r + 11;
+                    for i in 0..20_000_000u64 {
+                        if i % 256 == 0 && Instant::now() > deadline {
+                            break;
+                        }
+                        x = x
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        let k = (x >> 33) % (STABLE + CHURN);
+                        match map.get(&k) {
+                            Some(v) => {
+                                assert_eq!((v.key, *v.key(), v.words), (k, k, [k; 4]));
+                                assert_eq!(v.canary.load(Ordering::Relaxed), ALIVE);
+                            }
+                            None => assert!(k >= STABLE, "key {k} not found"),
+                        }
+                    }
+                });
+            }
+        });
+        assert!(refused.load(Ordering::Relaxed) > 0, "the limit was reached");
+        slab_backend::set_memory_limit(None);
+        for k in 0..STABLE {
+            assert_eq!(map.get(&k).map(|v| v.key), Some(k));
+        }
+        drop(map);
+        kfree_batch::kvfree_rcu_barrier();
+        assert_eq!(VALS_LIVE.load(Ordering::Relaxed), 0, "every value dropped");
+        assert_eq!(cache.stats().active_objects, 0, "every node freed");
+        return;
+    }
+    if test_support::child_case().is_some() {
+        return;
+    }
+    let out = test_support::run_child(
+        "map_typesafe::tests::readers_find_every_stable_key_under_the_memory_limit",
+        "limit",
+        &[],
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", test_support::stderr(&out));
+}
