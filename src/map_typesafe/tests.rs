@@ -734,3 +734,41 @@ fn readers_find_every_stable_key_under_the_memory_limit() {
     );
     assert!(out.status.success(), "{}", test_support::stderr(&out));
 }
+
+/// A resize retires the old table with `kfree_rcu`; with every fallible kfree-batch allocation
+/// failing, an insert made inside a read-side critical section (a value's `Drop` run by a lookup
+/// does that) still neither waits for a grace period nor panics.
+#[test]
+fn a_resize_inside_a_reader_with_kfree_allocations_failing() {
+    use rcu_core::fault::{self, FaultAttr, Point};
+    if test_support::child_case().as_deref() == Some("reader-resize") {
+        let live = Arc::new(AtomicUsize::new(0));
+        let m = TypesafeHashMap::new();
+        for p in [Point::Block, Point::Emergency, Point::Park, Point::Heap] {
+            fault::arm(p, FaultAttr::always(-1));
+        }
+        {
+            let _g = rcu_read_lock();
+            for i in 0..1_000u64 {
+                m.insert(i, Counted::new(i, &live)).unwrap();
+            }
+            assert!(m.buckets() >= 1024, "the map resized");
+        }
+        assert!(fault::total_injected() > 0, "allocations were failed");
+        fault::disarm_all();
+        drop(m);
+        kfree_batch::kvfree_rcu_barrier();
+        assert_eq!(live.load(Ordering::SeqCst), 0, "every entry dropped once");
+        return;
+    }
+    if test_support::child_case().is_some() {
+        return;
+    }
+    let out = test_support::run_child(
+        "map_typesafe::tests::a_resize_inside_a_reader_with_kfree_allocations_failing",
+        "reader-resize",
+        &[],
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "{}", test_support::stderr(&out));
+}
