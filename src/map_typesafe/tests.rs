@@ -772,3 +772,89 @@ fn a_resize_inside_a_reader_with_kfree_allocations_failing() {
     );
     assert!(out.status.success(), "{}", test_support::stderr(&out));
 }
+
+/// A key whose `Eq` panics on demand and whose `Drop` calls a writer of the same map.
+static EQ_BOMB_MAP: std::sync::OnceLock<TypesafeHashMap<EqBomb, u8>> = std::sync::OnceLock::new();
+static EQ_PANICS: AtomicBool = AtomicBool::new(false);
+#[derive(Clone)]
+struct EqBomb(u8);
+impl Hash for EqBomb {
+    fn hash<H: core::hash::Hasher>(&self, h: &mut H) {
+        self.0.hash(h)
+    }
+}
+impl PartialEq for EqBomb {
+    fn eq(&self, o: &Self) -> bool {
+        if EQ_PANICS.swap(false, Ordering::SeqCst) {
+            panic!("EqBomb: eq failed");
+        }
+        self.0 == o.0
+    }
+}
+impl Eq for EqBomb {}
+impl Drop for EqBomb {
+    fn drop(&mut self) {
+        if let (Some(m), false) = (EQ_BOMB_MAP.get(), self.0 == 255) {
+            m.remove(&EqBomb(255));
+        }
+    }
+}
+
+/// A key's `Eq` panicking inside `insert`: the key and value handed in are dropped after the
+/// writer lock is released (their `Drop` may use the map).
+#[test]
+fn an_eq_panicking_in_an_insert_drops_the_entry_outside_the_writer_lock() {
+    if test_support::child_case().as_deref() == Some("eq-panic") {
+        let m = EQ_BOMB_MAP.get_or_init(TypesafeHashMap::new);
+        m.insert(EqBomb(1), 1).unwrap();
+        EQ_PANICS.store(true, Ordering::SeqCst);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m.insert(EqBomb(1), 2)));
+        assert!(r.is_err(), "the Eq's panic reaches the caller");
+        assert_eq!(m.get_cloned(&EqBomb(1)), Some(1), "the map is unchanged");
+        return;
+    }
+    if test_support::child_case().is_some() {
+        return;
+    }
+    let out = test_support::run_child(
+        "map_typesafe::tests::an_eq_panicking_in_an_insert_drops_the_entry_outside_the_writer_lock",
+        "eq-panic",
+        &[],
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "{}", test_support::stderr(&out));
+}
+
+/// The last share of the node cache may go inside a read-side critical section (a map dropped
+/// there, its retired tables already freed): the cache's destroy must not wait there.
+#[test]
+fn a_map_dropped_inside_a_reader_does_not_wait() {
+    if test_support::child_case().as_deref() == Some("drop-in-reader") {
+        let live = Arc::new(AtomicUsize::new(0));
+        let m = TypesafeHashMap::new();
+        let weak = Arc::downgrade(&m.cache);
+        for i in 0..100u64 {
+            m.insert(i, Counted::new(i, &live)).unwrap();
+        }
+        kfree_batch::kvfree_rcu_barrier(); // the retired tables: the map holds the last share
+        {
+            let _g = rcu_read_lock();
+            drop(m);
+        }
+        kfree_batch::kvfree_rcu_barrier();
+        rcu_core::rcu_barrier();
+        assert_eq!(live.load(Ordering::SeqCst), 0, "every entry dropped once");
+        assert!(weak.upgrade().is_none());
+        return;
+    }
+    if test_support::child_case().is_some() {
+        return;
+    }
+    let out = test_support::run_child(
+        "map_typesafe::tests::a_map_dropped_inside_a_reader_does_not_wait",
+        "drop-in-reader",
+        &[],
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "{}", test_support::stderr(&out));
+}
