@@ -682,6 +682,11 @@ where
     /// allocated (the limit is reached, or a fault point fails it), the entry comes back in an
     /// [`InsertError`] and the map is unchanged.
     ///
+    /// # Panics
+    /// When a key's `Eq` panics (the map is unchanged), or a key's or value's `Clone` panics in
+    /// the resize an insert of a new key may run: the entry is inserted and the map keeps its
+    /// table; the copies made so far are dropped, then the panic reaches the caller.
+    ///
     /// ```
     /// let m = rcu_kit::map::TypesafeHashMap::new();
     /// assert_eq!(m.insert(1, 'a'), Ok(true));
