@@ -29,6 +29,10 @@
 //! **Resize** is copy-and-publish: past 3/4 load, a table twice as large, of the next generation,
 //! with fresh nodes holding clones of every entry, replaces the old one with one Release swap; the
 //! old table is retired with `kfree_rcu`, and its drop puts the map's references to its nodes.
+//! A resize that cannot allocate a node, or whose `Clone` panics (caught), leaves the map its
+//! table; the copies made so far are dropped, and the panic resumed, after the lock is released.
+//! A table's drop puts every node even when an entry's `Drop` panics (the rest are put by the
+//! unwind; a second panic aborts, as in `std` collections).
 //!
 //! Invariants:
 //! 1. Every node of the cache holds a valid `Node` from its slab's creation to its slab's discard,
@@ -86,6 +90,7 @@
 //! * Writers read links, hashes and keys Relaxed / plainly under the writer lock, which orders
 //!   them after the previous writer.
 
+use core::any::Any;
 use core::borrow::Borrow;
 use core::cell::UnsafeCell;
 use core::fmt;
@@ -95,6 +100,7 @@ use core::mem::MaybeUninit;
 use core::ops::Deref;
 use core::ptr::{self, NonNull};
 use std::collections::hash_map::RandomState;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use rcu_core::{rcu_read_lock, RcuReadGuard};
@@ -264,21 +270,90 @@ impl<K: Send + Sync + 'static, V: Send + Sync + 'static> Table<K, V> {
 
 impl<K: Send + Sync + 'static, V: Send + Sync + 'static> Drop for Table<K, V> {
     fn drop(&mut self) {
-        for head in self.buckets.iter_mut() {
-            let mut p = *head.get_mut();
-            while !is_nulls(p) {
-                // SAFETY: a table is dropped when no reader can reach it (the map dropped, or a
-                // grace period after it was unpublished), and it holds a reference to each node
-                // of its chains (Invariant 3), so the node is alive.
-                let node = unsafe { node_at::<K, V>(p) };
-                // Relaxed: the table is frozen (Invariant 3) and its last change happened before
-                // the grace period or the map's drop that lets us run. Read before the put,
-                // which may free the node for reuse.
-                let next = node.next.load(Ordering::Relaxed);
-                // SAFETY: a node of this table's cache; the table's reference is given up once.
-                unsafe { put(&self.cache, NonNull::from(node)) };
-                p = next;
+        let mut rest = PutRest {
+            table: self,
+            bucket: 0,
+            p: nulls(0, 0),
+        };
+        // When an entry's `Drop` panics, `rest` is dropped by the unwind and puts the nodes
+        // after it (a second panic there aborts, as in `std` collections).
+        rest.run();
+    }
+}
+
+/// The nodes of a table being dropped that are not put yet: from `p` in chain `bucket`, then
+/// the chains after it.
+struct PutRest<'t, K: Send + Sync + 'static, V: Send + Sync + 'static> {
+    table: &'t Table<K, V>,
+    bucket: usize,
+    p: usize,
+}
+
+impl<K: Send + Sync + 'static, V: Send + Sync + 'static> PutRest<'_, K, V> {
+    fn run(&mut self) {
+        loop {
+            while is_nulls(self.p) {
+                if self.bucket == self.table.buckets.len() {
+                    return;
+                }
+                // Relaxed: the table is frozen (Invariant 3) and its last change happened
+                // before the grace period or the map's drop that lets us run.
+                self.p = self.table.buckets[self.bucket].load(Ordering::Relaxed);
+                self.bucket += 1;
             }
+            // SAFETY: a table is dropped when no reader can reach it (the map dropped, or a
+            // grace period after it was unpublished), and it holds a reference to each node of
+            // its chains (Invariant 3) not put yet (`p` moves past a node before its put), so
+            // the node is alive.
+            let node = unsafe { node_at::<K, V>(self.p) };
+            // Relaxed: as above. Read before the put, which may free the node for reuse.
+            self.p = node.next.load(Ordering::Relaxed);
+            // SAFETY: a node of this table's cache; the table's reference is given up once.
+            unsafe { put(&self.table.cache, NonNull::from(node)) };
+        }
+    }
+}
+
+impl<K: Send + Sync + 'static, V: Send + Sync + 'static> Drop for PutRest<'_, K, V> {
+    fn drop(&mut self) {
+        self.run();
+    }
+}
+
+/// What a failed resize leaves, to drop after the writer lock is released (user `Drop` may use
+/// the map): the new table with the copies made so far, clones not linked yet, and the panic of
+/// a `Clone`, resumed last.
+struct Unused<K: Send + Sync + 'static, V: Send + Sync + 'static> {
+    table: Box<Table<K, V>>,
+    clones: Option<Box<dyn Any + Send>>,
+    panic: Option<Box<dyn Any + Send>>,
+}
+
+impl<K: Send + Sync + 'static, V: Send + Sync + 'static> Unused<K, V> {
+    fn new<C: Send + 'static>(
+        table: Box<Table<K, V>>,
+        clones: Option<C>,
+        panic: Option<Box<dyn Any + Send>>,
+    ) -> Self {
+        Unused {
+            table,
+            clones: clones.map(|c| Box::new(c) as Box<dyn Any + Send>),
+            panic,
+        }
+    }
+
+    /// Drops everything, then resumes the `Clone`'s panic if there was one. Called without the
+    /// writer lock.
+    fn finish(self) {
+        let Unused {
+            table,
+            clones,
+            panic,
+        } = self;
+        drop(clones);
+        drop(table);
+        if let Some(panic) = panic {
+            resume_unwind(panic);
         }
     }
 }
@@ -607,6 +682,11 @@ where
     /// allocated (the limit is reached, or a fault point fails it), the entry comes back in an
     /// [`InsertError`] and the map is unchanged.
     ///
+    /// # Panics
+    /// When a key's `Eq` panics (the map is unchanged), or a key's or value's `Clone` panics in
+    /// the resize an insert of a new key may run: the entry is inserted and the map keeps its
+    /// table; the copies made so far are dropped, then the panic reaches the caller.
+    ///
     /// ```
     /// let m = rcu_kit::map::TypesafeHashMap::new();
     /// assert_eq!(m.insert(1, 'a'), Ok(true));
@@ -696,7 +776,7 @@ where
             drop(w); // retire or drop outside the lock (module docs)
             match done {
                 Ok(old) => old.kfree_rcu(),
-                Err(unused) => drop(unused),
+                Err(unused) => unused.finish(),
             }
         }
         Ok(true)
@@ -754,14 +834,13 @@ where
     /// Copy-and-publish under the writer lock: a table of `buckets` buckets, the next
     /// generation, with fresh nodes holding clones of every entry, replaces `old` (the current
     /// table), which comes back to be retired once the lock is released. `Err` with the unused
-    /// new table (to drop outside the lock) when a node cannot be allocated: the map keeps
-    /// its table.
-    #[allow(clippy::type_complexity)]
+    /// new table and clones (to drop outside the lock: [`Unused::finish`]) when a node cannot
+    /// be allocated or a `Clone` panics: the map keeps its table.
     fn resize(
         &self,
         old: *const Table<K, V>,
         buckets: usize,
-    ) -> Result<Retired<Table<K, V>>, Box<Table<K, V>>> {
+    ) -> Result<Retired<Table<K, V>>, Unused<K, V>> {
         // SAFETY: `old` is the current table, alive under the writer lock until it is retired
         // by the caller; this borrow ends before that.
         let old_table = unsafe { &*old };
@@ -775,10 +854,20 @@ where
                 // SAFETY: as above.
                 let (k, v) = unsafe { node.entry() };
                 let hash = node.hash.load(Ordering::Relaxed);
-                // Cloned before the allocation: a panicking clone leaves no node behind.
-                let entry = (k.clone(), v.clone());
+                // Cloned before the allocation: a panicking clone leaves no node behind. The
+                // panic is caught so that the copies made so far (and the key's clone) are
+                // dropped after the writer lock is released: their `Drop` may use the map.
+                let k = match catch_unwind(AssertUnwindSafe(|| k.clone())) {
+                    Ok(k) => k,
+                    Err(panic) => return Err(Unused::new::<K>(new, None, Some(panic))),
+                };
+                let v = match catch_unwind(AssertUnwindSafe(|| v.clone())) {
+                    Ok(v) => v,
+                    Err(panic) => return Err(Unused::new(new, Some(k), Some(panic))),
+                };
+                let entry = (k, v);
                 let Some(copy) = self.cache.alloc() else {
-                    return Err(new);
+                    return Err(Unused::new(new, Some(entry), None));
                 };
                 // SAFETY: a valid node of the cache (Invariant 1).
                 let c = unsafe { copy.as_ref() };

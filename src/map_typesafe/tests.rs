@@ -481,3 +481,380 @@ fn an_insert_without_memory_hands_the_entry_back() {
     );
     assert!(out.status.success(), "{}", test_support::stderr(&out));
 }
+
+/// A value whose `Clone` panics on demand and whose `Drop` calls a writer of the same map.
+static CLONE_BOMB_MAP: std::sync::OnceLock<TypesafeHashMap<u64, CloneBomb>> =
+    std::sync::OnceLock::new();
+/// Clones left before one panics (0: never).
+static CLONES_BEFORE_PANIC: AtomicUsize = AtomicUsize::new(0);
+static CLONE_BOMBS_LIVE: AtomicUsize = AtomicUsize::new(0);
+struct CloneBomb;
+impl CloneBomb {
+    fn new() -> Self {
+        CLONE_BOMBS_LIVE.fetch_add(1, Ordering::SeqCst);
+        CloneBomb
+    }
+}
+impl Clone for CloneBomb {
+    fn clone(&self) -> Self {
+        let left = CLONES_BEFORE_PANIC.load(Ordering::SeqCst);
+        if left == 1 {
+            CLONES_BEFORE_PANIC.store(0, Ordering::SeqCst);
+            panic!("CloneBomb: clone failed");
+        }
+        CLONES_BEFORE_PANIC.store(left.saturating_sub(1), Ordering::SeqCst);
+        CloneBomb::new()
+    }
+}
+impl Drop for CloneBomb {
+    fn drop(&mut self) {
+        CLONE_BOMBS_LIVE.fetch_sub(1, Ordering::SeqCst);
+        if let Some(m) = CLONE_BOMB_MAP.get() {
+            m.remove(&u64::MAX);
+        }
+    }
+}
+
+/// A panicking `Clone` in the middle of a resize: the copies made so far are dropped after the
+/// writer lock is released (their `Drop` may use the map), the panic reaches the caller, and the
+/// map keeps its table and its entries.
+#[test]
+fn a_clone_panicking_in_a_resize_drops_the_copies_outside_the_writer_lock() {
+    if test_support::child_case().as_deref() == Some("clone-panic") {
+        let m = CLONE_BOMB_MAP.get_or_init(TypesafeHashMap::new);
+        let buckets = m.buckets() as u64;
+        for k in 0..buckets / 4 * 3 {
+            m.insert(k, CloneBomb::new()).unwrap();
+        }
+        assert_eq!(m.buckets() as u64, buckets, "no resize yet");
+        CLONES_BEFORE_PANIC.store(5, Ordering::SeqCst);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            m.insert(buckets, CloneBomb::new())
+        }));
+        let e = r.expect_err("the clone's panic reaches the caller");
+        assert_eq!(e.downcast_ref::<&str>(), Some(&"CloneBomb: clone failed"));
+        assert_eq!(m.buckets() as u64, buckets, "the map keeps its table");
+        assert_eq!(m.len() as u64, buckets / 4 * 3 + 1);
+        assert_eq!(
+            CLONE_BOMBS_LIVE.load(Ordering::SeqCst) as u64,
+            buckets / 4 * 3 + 1,
+            "the copies made before the panic are dropped"
+        );
+        for k in (0..buckets / 4 * 3).chain([buckets]) {
+            assert!(m.contains_key(&k), "key {k}");
+        }
+        // The next insert resizes.
+        m.insert(buckets + 1, CloneBomb::new()).unwrap();
+        assert!(m.buckets() as u64 > buckets);
+        return;
+    }
+    if test_support::child_case().is_some() {
+        return;
+    }
+    let out = test_support::run_child(
+        "map_typesafe::tests::a_clone_panicking_in_a_resize_drops_the_copies_outside_the_writer_lock",
+        "clone-panic",
+        &[],
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", test_support::stderr(&out));
+}
+
+/// A value whose `Drop` panics when its number is `PANIC_ON_DROP`.
+static PANIC_ON_DROP: AtomicU64 = AtomicU64::new(u64::MAX);
+struct DropBomb(u64, Arc<AtomicUsize>);
+impl Drop for DropBomb {
+    fn drop(&mut self) {
+        self.1.fetch_sub(1, Ordering::SeqCst);
+        if self.0 == PANIC_ON_DROP.load(Ordering::SeqCst) {
+            panic!("DropBomb: drop failed");
+        }
+    }
+}
+impl Clone for DropBomb {
+    fn clone(&self) -> Self {
+        self.1.fetch_add(1, Ordering::SeqCst);
+        DropBomb(self.0, self.1.clone())
+    }
+}
+
+/// A value's `Drop` panicking while the map is dropped: the panic reaches the caller and every
+/// other entry is still dropped and its node freed (as `std` collections do).
+#[test]
+fn a_drop_panicking_while_the_map_drops_leaks_no_other_entry() {
+    let live = Arc::new(AtomicUsize::new(0));
+    // Every key in one chain: the panicking value sits in the middle of it.
+    let m = TypesafeHashMap::with_capacity_and_hasher(0, Mod8);
+    let cache = m.cache.clone();
+    for k in 0..10u64 {
+        live.fetch_add(1, Ordering::SeqCst);
+        m.insert(k * 8, DropBomb(k * 8, live.clone())).unwrap();
+        live.fetch_add(1, Ordering::SeqCst);
+        m.insert(k * 8 + 1, DropBomb(k * 8 + 1, live.clone()))
+            .unwrap();
+    }
+    kfree_batch::kvfree_rcu_barrier(); // the tables retired by the resizes
+    assert_eq!(live.load(Ordering::SeqCst), 20);
+    PANIC_ON_DROP.store(40, Ordering::SeqCst);
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(m)));
+    PANIC_ON_DROP.store(u64::MAX, Ordering::SeqCst);
+    assert!(r.is_err(), "the Drop's panic reaches the caller");
+    assert_eq!(live.load(Ordering::SeqCst), 0, "every other entry dropped");
+    assert_eq!(cache.stats().active_objects, 0, "every node freed");
+}
+
+/// A value whose `Drop` inserts into the same map (bounded), run on the `kfree_rcu` worker by a
+/// retired table's drop: the insert may resize and retire a table from there.
+static WORKER_REENTRANT: std::sync::OnceLock<TypesafeHashMap<u64, InsertOnDrop>> =
+    std::sync::OnceLock::new();
+static INSERTS_ON_DROP: AtomicU64 = AtomicU64::new(0);
+#[derive(Clone)]
+struct InsertOnDrop;
+impl Drop for InsertOnDrop {
+    fn drop(&mut self) {
+        let n = INSERTS_ON_DROP.fetch_add(1, Ordering::SeqCst);
+        if n < 5_000 {
+            let _ = WORKER_REENTRANT
+                .get()
+                .unwrap()
+                .insert(1_000_000 + n, InsertOnDrop);
+        }
+    }
+}
+
+#[test]
+fn a_value_whose_drop_inserts_can_be_dropped_by_a_retired_table() {
+    if test_support::child_case().as_deref() == Some("worker-insert") {
+        let m = WORKER_REENTRANT.get_or_init(TypesafeHashMap::new);
+        for k in 0..2_000u64 {
+            m.insert(k, InsertOnDrop).unwrap();
+        }
+        for _ in 0..20 {
+            kfree_batch::kvfree_rcu_barrier();
+        }
+        assert!(m.len() >= 2_000);
+        return;
+    }
+    if test_support::child_case().is_some() {
+        return;
+    }
+    let out = test_support::run_child(
+        "map_typesafe::tests::a_value_whose_drop_inserts_can_be_dropped_by_a_retired_table",
+        "worker-insert",
+        &[],
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", test_support::stderr(&out));
+}
+
+/// Under the memory limit inserts and resizes fail: readers still find every stable key intact,
+/// no call panics, and every entry is dropped once at the end.
+#[test]
+fn readers_find_every_stable_key_under_the_memory_limit() {
+    if test_support::child_case().as_deref() == Some("limit") {
+        let map = TypesafeHashMap::with_capacity_and_hasher(0, Mod8);
+        let cache = map.cache.clone();
+        for k in 0..STABLE {
+            map.insert(k, Val::new(k)).unwrap();
+        }
+        let in_use = slab_backend::memory_stats().bytes_in_use;
+        slab_backend::set_memory_limit(Some(in_use + (256 << 10)));
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let refused = AtomicU64::new(0);
+        std::thread::scope(|s| {
+            for w in 0..2u64 {
+                let (map, refused) = (&map, &refused);
+                s.spawn(move || {
+                    let mut x = w + 1;
+                    for i in 0..2_000_000u64 {
+                        if i % 256 == 0 && Instant::now() > deadline {
+                            break;
+                        }
+                        x = x
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        // Grown keys fill the limit; replaces and churn then fail now and then.
+                        let k = if i % 3 == 0 {
+                            GROWN + (x >> 20) % 100_000
+                        } else if i % 3 == 1 {
+                            (x >> 40) % STABLE
+                        } else {
+                            STABLE + (x >> 33) % CHURN
+                        };
+                        if k >= STABLE && (x >> 10) % 4 == 0 {
+                            map.remove(&k);
+                        } else if map.insert(k, Val::new(k)).is_err() {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+            for r in 0..2u64 {
+                let map = &map;
+                s.spawn(move || {
+                    let mut x = r + 11;
+                    for i in 0..20_000_000u64 {
+                        if i % 256 == 0 && Instant::now() > deadline {
+                            break;
+                        }
+                        x = x
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        let k = (x >> 33) % (STABLE + CHURN);
+                        match map.get(&k) {
+                            Some(v) => {
+                                assert_eq!((v.key, *v.key(), v.words), (k, k, [k; 4]));
+                                assert_eq!(v.canary.load(Ordering::Relaxed), ALIVE);
+                            }
+                            None => assert!(k >= STABLE, "key {k} not found"),
+                        }
+                    }
+                });
+            }
+        });
+        assert!(refused.load(Ordering::Relaxed) > 0, "the limit was reached");
+        slab_backend::set_memory_limit(None);
+        for k in 0..STABLE {
+            assert_eq!(map.get(&k).map(|v| v.key), Some(k));
+        }
+        drop(map);
+        kfree_batch::kvfree_rcu_barrier();
+        assert_eq!(VALS_LIVE.load(Ordering::Relaxed), 0, "every value dropped");
+        assert_eq!(cache.stats().active_objects, 0, "every node freed");
+        return;
+    }
+    if test_support::child_case().is_some() {
+        return;
+    }
+    let out = test_support::run_child(
+        "map_typesafe::tests::readers_find_every_stable_key_under_the_memory_limit",
+        "limit",
+        &[],
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", test_support::stderr(&out));
+}
+
+/// A resize retires the old table with `kfree_rcu`; with every fallible kfree-batch allocation
+/// failing, an insert made inside a read-side critical section (a value's `Drop` run by a lookup
+/// does that) still neither waits for a grace period nor panics.
+#[test]
+fn a_resize_inside_a_reader_with_kfree_allocations_failing() {
+    use rcu_core::fault::{self, FaultAttr, Point};
+    if test_support::child_case().as_deref() == Some("reader-resize") {
+        let live = Arc::new(AtomicUsize::new(0));
+        let m = TypesafeHashMap::new();
+        for p in [Point::Block, Point::Emergency, Point::Park, Point::Heap] {
+            fault::arm(p, FaultAttr::always(-1));
+        }
+        {
+            let _g = rcu_read_lock();
+            for i in 0..1_000u64 {
+                m.insert(i, Counted::new(i, &live)).unwrap();
+            }
+            assert!(m.buckets() >= 1024, "the map resized");
+        }
+        assert!(fault::total_injected() > 0, "allocations were failed");
+        fault::disarm_all();
+        drop(m);
+        kfree_batch::kvfree_rcu_barrier();
+        assert_eq!(live.load(Ordering::SeqCst), 0, "every entry dropped once");
+        return;
+    }
+    if test_support::child_case().is_some() {
+        return;
+    }
+    let out = test_support::run_child(
+        "map_typesafe::tests::a_resize_inside_a_reader_with_kfree_allocations_failing",
+        "reader-resize",
+        &[],
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "{}", test_support::stderr(&out));
+}
+
+/// A key whose `Eq` panics on demand and whose `Drop` calls a writer of the same map.
+static EQ_BOMB_MAP: std::sync::OnceLock<TypesafeHashMap<EqBomb, u8>> = std::sync::OnceLock::new();
+static EQ_PANICS: AtomicBool = AtomicBool::new(false);
+#[derive(Clone)]
+struct EqBomb(u8);
+impl Hash for EqBomb {
+    fn hash<H: core::hash::Hasher>(&self, h: &mut H) {
+        self.0.hash(h)
+    }
+}
+impl PartialEq for EqBomb {
+    fn eq(&self, o: &Self) -> bool {
+        if EQ_PANICS.swap(false, Ordering::SeqCst) {
+            panic!("EqBomb: eq failed");
+        }
+        self.0 == o.0
+    }
+}
+impl Eq for EqBomb {}
+impl Drop for EqBomb {
+    fn drop(&mut self) {
+        if let (Some(m), false) = (EQ_BOMB_MAP.get(), self.0 == 255) {
+            m.remove(&EqBomb(255));
+        }
+    }
+}
+
+/// A key's `Eq` panicking inside `insert`: the key and value handed in are dropped after the
+/// writer lock is released (their `Drop` may use the map).
+#[test]
+fn an_eq_panicking_in_an_insert_drops_the_entry_outside_the_writer_lock() {
+    if test_support::child_case().as_deref() == Some("eq-panic") {
+        let m = EQ_BOMB_MAP.get_or_init(TypesafeHashMap::new);
+        m.insert(EqBomb(1), 1).unwrap();
+        EQ_PANICS.store(true, Ordering::SeqCst);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m.insert(EqBomb(1), 2)));
+        assert!(r.is_err(), "the Eq's panic reaches the caller");
+        assert_eq!(m.get_cloned(&EqBomb(1)), Some(1), "the map is unchanged");
+        return;
+    }
+    if test_support::child_case().is_some() {
+        return;
+    }
+    let out = test_support::run_child(
+        "map_typesafe::tests::an_eq_panicking_in_an_insert_drops_the_entry_outside_the_writer_lock",
+        "eq-panic",
+        &[],
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "{}", test_support::stderr(&out));
+}
+
+/// The last share of the node cache may go inside a read-side critical section (a map dropped
+/// there, its retired tables already freed): the cache's destroy must not wait there.
+#[test]
+fn a_map_dropped_inside_a_reader_does_not_wait() {
+    if test_support::child_case().as_deref() == Some("drop-in-reader") {
+        let live = Arc::new(AtomicUsize::new(0));
+        let m = TypesafeHashMap::new();
+        let weak = Arc::downgrade(&m.cache);
+        for i in 0..100u64 {
+            m.insert(i, Counted::new(i, &live)).unwrap();
+        }
+        kfree_batch::kvfree_rcu_barrier(); // the retired tables: the map holds the last share
+        {
+            let _g = rcu_read_lock();
+            drop(m);
+        }
+        kfree_batch::kvfree_rcu_barrier();
+        rcu_core::rcu_barrier();
+        assert_eq!(live.load(Ordering::SeqCst), 0, "every entry dropped once");
+        assert!(weak.upgrade().is_none());
+        return;
+    }
+    if test_support::child_case().is_some() {
+        return;
+    }
+    let out = test_support::run_child(
+        "map_typesafe::tests::a_map_dropped_inside_a_reader_does_not_wait",
+        "drop-in-reader",
+        &[],
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "{}", test_support::stderr(&out));
+}
