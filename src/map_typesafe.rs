@@ -66,9 +66,9 @@
 //! 7. A replace is atomic for lookups of its key. It pushes the new node at the head, then
 //!    increments its bucket's replace counter, then unlinks the old node. A lookup that missed
 //!    the new node (it read the head before the push) and the old one (it read the unlink, or
-//!    the 0 of the put that freed the old node, each ordered after the increment) sees the
-//!    counter changed at the end of its walk and walks again; a miss is reported only when the
-//!    counter did not move during the walk. Removes and inserts of new keys do not move it, so a
+//!    the 0 of the put that freed the old node, or the hash of its reuse: each ordered after the
+//!    increment) sees the counter changed at the end of its walk and walks again; a miss is
+//!    reported only when the counter did not move during the walk. Removes and inserts of new keys do not move it, so a
 //!    lookup of an absent key walks again only for replaces in its own bucket.
 //!
 //! ## Memory orderings
@@ -80,7 +80,10 @@
 //!   `next` and `hash`); its Acquire inc-not-zero pairs with the `refs` store (it sees `entry`).
 //!   Without them a reader could take a reference and read the previous owner's key, or follow a
 //!   stale `next`.
-//! * `hash` is read Relaxed: it is only a filter, the key check under a reference decides.
+//! * `hash` is stored with Release by every new owner and read with Acquire by lookups: a
+//!   reader that reads a reused node's new hash is ordered after the reuse, hence after the
+//!   freeing put and the replace increment before it (Invariant 7). The key check under a
+//!   reference decides a match; writers read `hash` Relaxed under the writer lock.
 //! * A put is a Release decrement; the one reaching 0 runs an Acquire fence (as `Arc`) before
 //!   dropping `entry` and freeing: every holder's access happens before the drop and the reuse.
 //! * Unlinks store the successor with Release (pairs with the readers' Acquire loads, as the
@@ -614,8 +617,11 @@ where
                 // SAFETY: read from this table's head or a node's `next` under `guard`
                 // (Invariant 1).
                 let node = unsafe { node_at::<K, V>(p) };
-                // Relaxed: a filter only; the key check under a reference decides.
-                if node.hash.load(Ordering::Relaxed) == hash && node.inc_not_zero() {
+                // Acquire: pairs with the Release store of a reusing owner (Invariant 7): a
+                // reader that reads a new owner's hash here is ordered after that reuse, hence
+                // after the put that freed the node and the replace increment before it. The
+                // key check under a reference decides a match.
+                if node.hash.load(Ordering::Acquire) == hash && node.inc_not_zero() {
                     let r = TsMapRef {
                         node: NonNull::from(node),
                         cache: &self.cache,
@@ -729,9 +735,12 @@ where
         debug_assert_eq!(node.refs.load(Ordering::Relaxed), 0);
         // SAFETY: `refs` is 0 and the node is ours: nobody reads `entry` (Invariant 2).
         unsafe { (*node.entry.get()).write((key, value)) };
-        // Relaxed: published by the Release stores below. Stale readers may read it at any
-        // time; it is atomic for that reason.
-        node.hash.store(hash, Ordering::Relaxed);
+        // Release: stale readers may read it at any time (it is atomic for that reason); one
+        // that reads it is ordered after our allocation of this node, so after its previous
+        // incarnation's freeing put and any replace increment before that (pairs with the
+        // Acquire load in `get`; Invariant 7). Without it such a reader could skip the replaced
+        // node and still read the old replace count.
+        node.hash.store(hash, Ordering::Release);
         // Release: a stale reader standing on this node (its previous incarnation) follows
         // `next` with Acquire without going through the head: this orders the successor's
         // publication (which the writer lock ordered before us) before its reads of the
@@ -874,9 +883,10 @@ where
                 // SAFETY: `refs` is 0: the node is ours (Invariant 2).
                 unsafe { (*c.entry.get()).write(entry) };
                 let slot = &new.buckets[new.index(hash)];
-                // Relaxed (`hash`, and `slot` below): the new table is private until the swap
-                // below, whose Release publishes it to readers of the table.
-                c.hash.store(hash, Ordering::Relaxed);
+                // Release: as in `insert`, for stale readers of the node's previous incarnation.
+                // (`slot` below is Relaxed: the new table is private until the swap below, whose
+                // Release publishes it to readers of the table.)
+                c.hash.store(hash, Ordering::Release);
                 // Release: as in `insert`, for stale readers of the node's previous
                 // incarnation that follow its `next` directly.
                 c.next
