@@ -266,7 +266,9 @@ impl<T: Send + 'static> RcuCell<T> {
         guard: &'g RcuReadGuard,
         retire: R,
     ) -> Result<Option<&'g T>, CompareExchangeError<'g, T>> {
-        let cur = Shared::from_ptr(current.map_or(core::ptr::null(), |r| r as *const T));
+        // SAFETY: only compared with the current pointer by `compare_exchange`, which hands
+        // back loaded pointers, never this one.
+        let cur = unsafe { Shared::from_ptr(current.map_or(core::ptr::null(), |r| r as *const T)) };
         match self.inner.compare_exchange(cur, new, guard) {
             Ok((now, old)) => {
                 retire_with(old, retire);
@@ -487,7 +489,8 @@ impl<T: Send + 'static> RcuBox<T> {
         new: Box<T>,
         guard: &'g RcuReadGuard,
     ) -> Result<&'g T, (&'g T, Box<T>)> {
-        let cur = Shared::from_ptr(current as *const T);
+        // SAFETY: as in `RcuCell::compare_exchange_with`: compared, never dereferenced.
+        let cur = unsafe { Shared::from_ptr(current as *const T) };
         match self.inner.compare_exchange(cur, Some(new), guard) {
             Ok((now, old)) => {
                 if let Some(old) = old {

@@ -421,9 +421,13 @@ impl<'g, T> Shared<'g, T> {
     }
 
     /// A `Shared` of any address, for comparisons only ([`Atomic::compare_exchange`]'s
-    /// `current`): the crate never dereferences one made here.
+    /// `current`).
+    ///
+    /// # Safety
+    /// The result is never dereferenced (`as_ref`) nor handed to safe code that could: nothing
+    /// keeps its pointee alive.
     #[inline]
-    pub(crate) fn from_ptr(ptr: *const T) -> Self {
+    pub(crate) unsafe fn from_ptr(ptr: *const T) -> Self {
         Self::from_raw(ptr)
     }
 
