@@ -939,11 +939,7 @@ mod tests {
     }
 
     fn panic_message(r: std::thread::Result<()>) -> String {
-        let e = r.expect_err("expected a panic");
-        e.downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| e.downcast_ref::<String>().cloned())
-            .unwrap_or_default()
+        test_support::panic_text(&*r.expect_err("expected a panic"))
     }
 
     /// On a token list the list's own writer methods would race with the token's writers, and a
@@ -1139,12 +1135,8 @@ mod tests {
                     old.synchronize().into_value()
                 }));
                 drop(w);
-                let msg = r.expect_err("synchronize under a ListWriter");
-                let msg = msg
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| msg.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
+                let msg =
+                    test_support::panic_text(&*r.expect_err("synchronize under a ListWriter"));
                 assert!(
                     msg.contains("holds an RcuList or RcuHashMap writer lock"),
                     "{msg}"
@@ -1212,12 +1204,7 @@ mod tests {
                 true
             })
         }));
-        let msg = r.expect_err("re-entrant writer");
-        let msg = msg
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| msg.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
+        let msg = test_support::panic_text(&*r.expect_err("re-entrant writer"));
         assert!(
             msg.contains("already holds the list's writer lock"),
             "{msg}"

@@ -679,12 +679,7 @@ mod tests {
                     m.insert(i * 2, Reenter(i * 2)); // the first resize clones
                 }
             });
-            let msg = r.expect_err("re-entrant writer");
-            let msg = msg
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| msg.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+            let msg = test_support::panic_text(&*r.expect_err("re-entrant writer"));
             assert!(msg.contains("already holds the map's writer lock"), "{msg}");
             // The map stays usable.
             m.insert(1_000_000, Reenter(0));
@@ -738,12 +733,9 @@ mod tests {
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     m.insert(12, SyncOnClone); // 13 > 12: resize, clone
                 }));
-                let msg = r.expect_err("synchronize under the map's writer lock");
-                let msg = msg
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| msg.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
+                let msg = test_support::panic_text(
+                    &*r.expect_err("synchronize under the map's writer lock"),
+                );
                 assert!(
                     msg.contains("holds an RcuList or RcuHashMap writer lock"),
                     "{msg}"

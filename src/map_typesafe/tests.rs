@@ -214,12 +214,7 @@ fn an_eq_calling_back_into_the_map_panics_instead_of_deadlocking() {
     m.insert(EqReenter(1), 1).unwrap();
     REENTER_ON_EQ.store(true, Ordering::SeqCst);
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m.insert(EqReenter(1), 2)));
-    let msg = r.expect_err("re-entrant writer");
-    let msg = msg
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| msg.downcast_ref::<String>().cloned())
-        .unwrap_or_default();
+    let msg = test_support::panic_text(&*r.expect_err("re-entrant writer"));
     assert!(msg.contains("already holds the map's writer lock"), "{msg}");
     assert_eq!(m.get_cloned(&EqReenter(1)), Some(1), "the map stays usable");
 }
@@ -373,6 +368,15 @@ fn stress<S: BuildHasher + Sync>(hasher: S, time: Duration, grow: u64) {
         time < Duration::from_secs(1) || churn_found.load(Ordering::Relaxed) > 0,
         "readers found churned keys"
     );
+    stable_found_then_everything_freed(map, &cache);
+}
+
+/// The end of a stress run: every stable key is there; dropping the map drops every value once
+/// and gives every node back.
+fn stable_found_then_everything_freed<S: BuildHasher>(
+    map: TypesafeHashMap<u64, Val, S>,
+    cache: &KmemCache<Node<u64, Val>>,
+) {
     for k in 0..STABLE {
         assert_eq!(map.get(&k).map(|v| v.key), Some(k));
     }
@@ -384,45 +388,33 @@ fn stress<S: BuildHasher + Sync>(hasher: S, time: Duration, grow: u64) {
 
 #[test]
 fn readers_find_every_stable_key_and_only_intact_values_under_reuse() {
-    if test_support::child_case().as_deref() == Some("stress") {
-        stress(Mod8, Duration::from_secs(4), 0);
-        return;
-    }
-    if test_support::child_case().is_some() {
-        return;
-    }
-    let out = test_support::run_child(
+    test_support::isolated(
         "map_typesafe::tests::readers_find_every_stable_key_and_only_intact_values_under_reuse",
         "stress",
-        &[],
         Duration::from_secs(60),
+        || {
+            stress(Mod8, Duration::from_secs(4), 0);
+        },
     );
-    assert!(out.status.success(), "{}", test_support::stderr(&out));
 }
 
 #[test]
 fn readers_find_every_stable_key_while_the_map_resizes() {
-    if test_support::child_case().as_deref() == Some("grow") {
-        // Many short lives: a map resizes most often while it is young.
-        let end = Instant::now() + Duration::from_secs(3);
-        for _ in 0..30 {
-            if Instant::now() > end {
-                break;
-            }
-            stress(Mod8, Duration::from_millis(150), 1_000);
-        }
-        return;
-    }
-    if test_support::child_case().is_some() {
-        return;
-    }
-    let out = test_support::run_child(
+    test_support::isolated(
         "map_typesafe::tests::readers_find_every_stable_key_while_the_map_resizes",
         "grow",
-        &[],
         Duration::from_secs(60),
+        || {
+            // Many short lives: a map resizes most often while it is young.
+            let end = Instant::now() + Duration::from_secs(3);
+            for _ in 0..30 {
+                if Instant::now() > end {
+                    break;
+                }
+                stress(Mod8, Duration::from_millis(150), 1_000);
+            }
+        },
     );
-    assert!(out.status.success(), "{}", test_support::stderr(&out));
 }
 
 /// No memory for a node is not misuse: `insert` hands the entry back, the map stays as it was,
@@ -430,56 +422,50 @@ fn readers_find_every_stable_key_while_the_map_resizes() {
 #[test]
 fn an_insert_without_memory_hands_the_entry_back() {
     use rcu_core::fault::{self, FaultAttr, Point};
-    if test_support::child_case().as_deref() == Some("no-memory") {
-        let live = Arc::new(AtomicUsize::new(0));
-        let m = TypesafeHashMap::with_capacity(1 << 16);
-        m.insert(0u64, Counted::new(0, &live)).unwrap();
-        // Every page refill of this map's cache fails from now on.
-        fault::arm(
-            Point::Pages,
-            FaultAttr::always(-1).for_cache(m.cache.name()),
-        );
-        let mut refused = None;
-        for i in 1..200_000u64 {
-            match m.insert(i, Counted::new(i, &live)) {
-                Ok(new) => assert!(new),
-                Err(e) => {
-                    assert_eq!((e.key, e.value.0), (i, i), "the entry comes back");
-                    assert!(e.to_string().contains("no memory for a node"), "{e}");
-                    refused = Some(i);
-                    break;
-                }
-            }
-        }
-        let refused = refused.expect("the cache ran out of nodes with its refills failing");
-        assert_eq!(
-            m.len() as u64,
-            refused,
-            "the refused entry was not inserted"
-        );
-        assert!(m.get(&refused).is_none());
-        // A replace needs a node too: refused, and the old entry stays.
-        let e = m.insert(0, Counted::new(99, &live)).unwrap_err();
-        assert_eq!(e.value.0, 99);
-        drop(e);
-        assert_eq!(m.get(&0).map(|v| v.0), Some(0));
-        fault::disarm(Point::Pages);
-        assert_eq!(m.insert(refused, Counted::new(refused, &live)), Ok(true));
-        drop(m);
-        kfree_batch::kvfree_rcu_barrier();
-        assert_eq!(live.load(Ordering::SeqCst), 0, "every entry dropped once");
-        return;
-    }
-    if test_support::child_case().is_some() {
-        return;
-    }
-    let out = test_support::run_child(
+    test_support::isolated(
         "map_typesafe::tests::an_insert_without_memory_hands_the_entry_back",
         "no-memory",
-        &[],
         Duration::from_secs(60),
+        || {
+            let live = Arc::new(AtomicUsize::new(0));
+            let m = TypesafeHashMap::with_capacity(1 << 16);
+            m.insert(0u64, Counted::new(0, &live)).unwrap();
+            // Every page refill of this map's cache fails from now on.
+            fault::arm(
+                Point::Pages,
+                FaultAttr::always(-1).for_cache(m.cache.name()),
+            );
+            let mut refused = None;
+            for i in 1..200_000u64 {
+                match m.insert(i, Counted::new(i, &live)) {
+                    Ok(new) => assert!(new),
+                    Err(e) => {
+                        assert_eq!((e.key, e.value.0), (i, i), "the entry comes back");
+                        assert!(e.to_string().contains("no memory for a node"), "{e}");
+                        refused = Some(i);
+                        break;
+                    }
+                }
+            }
+            let refused = refused.expect("the cache ran out of nodes with its refills failing");
+            assert_eq!(
+                m.len() as u64,
+                refused,
+                "the refused entry was not inserted"
+            );
+            assert!(m.get(&refused).is_none());
+            // A replace needs a node too: refused, and the old entry stays.
+            let e = m.insert(0, Counted::new(99, &live)).unwrap_err();
+            assert_eq!(e.value.0, 99);
+            drop(e);
+            assert_eq!(m.get(&0).map(|v| v.0), Some(0));
+            fault::disarm(Point::Pages);
+            assert_eq!(m.insert(refused, Counted::new(refused, &live)), Ok(true));
+            drop(m);
+            kfree_batch::kvfree_rcu_barrier();
+            assert_eq!(live.load(Ordering::SeqCst), 0, "every entry dropped once");
+        },
     );
-    assert!(out.status.success(), "{}", test_support::stderr(&out));
 }
 
 /// A value whose `Clone` panics on demand and whose `Drop` calls a writer of the same map.
@@ -520,44 +506,38 @@ impl Drop for CloneBomb {
 /// map keeps its table and its entries.
 #[test]
 fn a_clone_panicking_in_a_resize_drops_the_copies_outside_the_writer_lock() {
-    if test_support::child_case().as_deref() == Some("clone-panic") {
-        let m = CLONE_BOMB_MAP.get_or_init(TypesafeHashMap::new);
-        let buckets = m.buckets() as u64;
-        for k in 0..buckets / 4 * 3 {
-            m.insert(k, CloneBomb::new()).unwrap();
-        }
-        assert_eq!(m.buckets() as u64, buckets, "no resize yet");
-        CLONES_BEFORE_PANIC.store(5, Ordering::SeqCst);
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            m.insert(buckets, CloneBomb::new())
-        }));
-        let e = r.expect_err("the clone's panic reaches the caller");
-        assert_eq!(e.downcast_ref::<&str>(), Some(&"CloneBomb: clone failed"));
-        assert_eq!(m.buckets() as u64, buckets, "the map keeps its table");
-        assert_eq!(m.len() as u64, buckets / 4 * 3 + 1);
-        assert_eq!(
-            CLONE_BOMBS_LIVE.load(Ordering::SeqCst) as u64,
-            buckets / 4 * 3 + 1,
-            "the copies made before the panic are dropped"
-        );
-        for k in (0..buckets / 4 * 3).chain([buckets]) {
-            assert!(m.contains_key(&k), "key {k}");
-        }
-        // The next insert resizes.
-        m.insert(buckets + 1, CloneBomb::new()).unwrap();
-        assert!(m.buckets() as u64 > buckets);
-        return;
-    }
-    if test_support::child_case().is_some() {
-        return;
-    }
-    let out = test_support::run_child(
+    test_support::isolated(
         "map_typesafe::tests::a_clone_panicking_in_a_resize_drops_the_copies_outside_the_writer_lock",
         "clone-panic",
-        &[],
         Duration::from_secs(60),
+        || {
+            let m = CLONE_BOMB_MAP.get_or_init(TypesafeHashMap::new);
+            let buckets = m.buckets() as u64;
+            for k in 0..buckets / 4 * 3 {
+                m.insert(k, CloneBomb::new()).unwrap();
+            }
+            assert_eq!(m.buckets() as u64, buckets, "no resize yet");
+            CLONES_BEFORE_PANIC.store(5, Ordering::SeqCst);
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                m.insert(buckets, CloneBomb::new())
+            }));
+            let e = r.expect_err("the clone's panic reaches the caller");
+            assert_eq!(e.downcast_ref::<&str>(), Some(&"CloneBomb: clone failed"));
+            assert_eq!(m.buckets() as u64, buckets, "the map keeps its table");
+            assert_eq!(m.len() as u64, buckets / 4 * 3 + 1);
+            assert_eq!(
+                CLONE_BOMBS_LIVE.load(Ordering::SeqCst) as u64,
+                buckets / 4 * 3 + 1,
+                "the copies made before the panic are dropped"
+            );
+            for k in (0..buckets / 4 * 3).chain([buckets]) {
+                assert!(m.contains_key(&k), "key {k}");
+            }
+            // The next insert resizes.
+            m.insert(buckets + 1, CloneBomb::new()).unwrap();
+            assert!(m.buckets() as u64 > buckets);
+        },
     );
-    assert!(out.status.success(), "{}", test_support::stderr(&out));
 }
 
 /// A value whose `Drop` panics when its number is `PANIC_ON_DROP`.
@@ -624,115 +604,97 @@ impl Drop for InsertOnDrop {
 
 #[test]
 fn a_value_whose_drop_inserts_can_be_dropped_by_a_retired_table() {
-    if test_support::child_case().as_deref() == Some("worker-insert") {
-        let m = WORKER_REENTRANT.get_or_init(TypesafeHashMap::new);
-        for k in 0..2_000u64 {
-            m.insert(k, InsertOnDrop).unwrap();
-        }
-        for _ in 0..20 {
-            kfree_batch::kvfree_rcu_barrier();
-        }
-        assert!(m.len() >= 2_000);
-        return;
-    }
-    if test_support::child_case().is_some() {
-        return;
-    }
-    let out = test_support::run_child(
+    test_support::isolated(
         "map_typesafe::tests::a_value_whose_drop_inserts_can_be_dropped_by_a_retired_table",
         "worker-insert",
-        &[],
         Duration::from_secs(60),
+        || {
+            let m = WORKER_REENTRANT.get_or_init(TypesafeHashMap::new);
+            for k in 0..2_000u64 {
+                m.insert(k, InsertOnDrop).unwrap();
+            }
+            for _ in 0..20 {
+                kfree_batch::kvfree_rcu_barrier();
+            }
+            assert!(m.len() >= 2_000);
+        },
     );
-    assert!(out.status.success(), "{}", test_support::stderr(&out));
 }
 
 /// Under the memory limit inserts and resizes fail: readers still find every stable key intact,
 /// no call panics, and every entry is dropped once at the end.
 #[test]
 fn readers_find_every_stable_key_under_the_memory_limit() {
-    if test_support::child_case().as_deref() == Some("limit") {
-        let map = TypesafeHashMap::with_capacity_and_hasher(0, Mod8);
-        let cache = map.cache.clone();
-        for k in 0..STABLE {
-            map.insert(k, Val::new(k)).unwrap();
-        }
-        let in_use = slab_backend::memory_stats().bytes_in_use;
-        slab_backend::set_memory_limit(Some(in_use + (256 << 10)));
-        let deadline = Instant::now() + Duration::from_secs(2);
-        let refused = AtomicU64::new(0);
-        std::thread::scope(|s| {
-            for w in 0..2u64 {
-                let (map, refused) = (&map, &refused);
-                s.spawn(move || {
-                    let mut x = w + 1;
-                    for i in 0..2_000_000u64 {
-                        if i % 256 == 0 && Instant::now() > deadline {
-                            break;
-                        }
-                        x = x
-                            .wrapping_mul(6364136223846793005)
-                            .wrapping_add(1442695040888963407);
-                        // Grown keys fill the limit; replaces and churn then fail now and then.
-                        let k = if i % 3 == 0 {
-                            GROWN + (x >> 20) % 100_000
-                        } else if i % 3 == 1 {
-                            (x >> 40) % STABLE
-                        } else {
-                            STABLE + (x >> 33) % CHURN
-                        };
-                        if k >= STABLE && (x >> 10) % 4 == 0 {
-                            map.remove(&k);
-                        } else if map.insert(k, Val::new(k)).is_err() {
-                            refused.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                });
-            }
-            for r in 0..2u64 {
-                let map = &map;
-                s.spawn(move || {
-                    let mut x = r + 11;
-                    for i in 0..20_000_000u64 {
-                        if i % 256 == 0 && Instant::now() > deadline {
-                            break;
-                        }
-                        x = x
-                            .wrapping_mul(6364136223846793005)
-                            .wrapping_add(1442695040888963407);
-                        let k = (x >> 33) % (STABLE + CHURN);
-                        match map.get(&k) {
-                            Some(v) => {
-                                assert_eq!((v.key, *v.key(), v.words), (k, k, [k; 4]));
-                                assert_eq!(v.canary.load(Ordering::Relaxed), ALIVE);
-                            }
-                            None => assert!(k >= STABLE, "key {k} not found"),
-                        }
-                    }
-                });
-            }
-        });
-        assert!(refused.load(Ordering::Relaxed) > 0, "the limit was reached");
-        slab_backend::set_memory_limit(None);
-        for k in 0..STABLE {
-            assert_eq!(map.get(&k).map(|v| v.key), Some(k));
-        }
-        drop(map);
-        kfree_batch::kvfree_rcu_barrier();
-        assert_eq!(VALS_LIVE.load(Ordering::Relaxed), 0, "every value dropped");
-        assert_eq!(cache.stats().active_objects, 0, "every node freed");
-        return;
-    }
-    if test_support::child_case().is_some() {
-        return;
-    }
-    let out = test_support::run_child(
+    test_support::isolated(
         "map_typesafe::tests::readers_find_every_stable_key_under_the_memory_limit",
         "limit",
-        &[],
         Duration::from_secs(60),
+        || {
+            let map = TypesafeHashMap::with_capacity_and_hasher(0, Mod8);
+            let cache = map.cache.clone();
+            for k in 0..STABLE {
+                map.insert(k, Val::new(k)).unwrap();
+            }
+            let in_use = slab_backend::memory_stats().bytes_in_use;
+            slab_backend::set_memory_limit(Some(in_use + (256 << 10)));
+            let deadline = Instant::now() + Duration::from_secs(2);
+            let refused = AtomicU64::new(0);
+            std::thread::scope(|s| {
+                for w in 0..2u64 {
+                    let (map, refused) = (&map, &refused);
+                    s.spawn(move || {
+                        let mut x = w + 1;
+                        for i in 0..2_000_000u64 {
+                            if i % 256 == 0 && Instant::now() > deadline {
+                                break;
+                            }
+                            x = x
+                                .wrapping_mul(6364136223846793005)
+                                .wrapping_add(1442695040888963407);
+                            // Grown keys fill the limit; replaces and churn then fail now and then.
+                            let k = if i % 3 == 0 {
+                                GROWN + (x >> 20) % 100_000
+                            } else if i % 3 == 1 {
+                                (x >> 40) % STABLE
+                            } else {
+                                STABLE + (x >> 33) % CHURN
+                            };
+                            if k >= STABLE && (x >> 10) % 4 == 0 {
+                                map.remove(&k);
+                            } else if map.insert(k, Val::new(k)).is_err() {
+                                refused.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    });
+                }
+                for r in 0..2u64 {
+                    let map = &map;
+                    s.spawn(move || {
+                        let mut x = r + 11;
+                        for i in 0..20_000_000u64 {
+                            if i % 256 == 0 && Instant::now() > deadline {
+                                break;
+                            }
+                            x = x
+                                .wrapping_mul(6364136223846793005)
+                                .wrapping_add(1442695040888963407);
+                            let k = (x >> 33) % (STABLE + CHURN);
+                            match map.get(&k) {
+                                Some(v) => {
+                                    assert_eq!((v.key, *v.key(), v.words), (k, k, [k; 4]));
+                                    assert_eq!(v.canary.load(Ordering::Relaxed), ALIVE);
+                                }
+                                None => assert!(k >= STABLE, "key {k} not found"),
+                            }
+                        }
+                    });
+                }
+            });
+            assert!(refused.load(Ordering::Relaxed) > 0, "the limit was reached");
+            slab_backend::set_memory_limit(None);
+            stable_found_then_everything_freed(map, &cache);
+        },
     );
-    assert!(out.status.success(), "{}", test_support::stderr(&out));
 }
 
 /// A resize retires the old table with `kfree_rcu`; with every fallible kfree-batch allocation
@@ -741,36 +703,30 @@ fn readers_find_every_stable_key_under_the_memory_limit() {
 #[test]
 fn a_resize_inside_a_reader_with_kfree_allocations_failing() {
     use rcu_core::fault::{self, FaultAttr, Point};
-    if test_support::child_case().as_deref() == Some("reader-resize") {
-        let live = Arc::new(AtomicUsize::new(0));
-        let m = TypesafeHashMap::new();
-        for p in [Point::Block, Point::Emergency, Point::Park, Point::Heap] {
-            fault::arm(p, FaultAttr::always(-1));
-        }
-        {
-            let _g = rcu_read_lock();
-            for i in 0..1_000u64 {
-                m.insert(i, Counted::new(i, &live)).unwrap();
-            }
-            assert!(m.buckets() >= 1024, "the map resized");
-        }
-        assert!(fault::total_injected() > 0, "allocations were failed");
-        fault::disarm_all();
-        drop(m);
-        kfree_batch::kvfree_rcu_barrier();
-        assert_eq!(live.load(Ordering::SeqCst), 0, "every entry dropped once");
-        return;
-    }
-    if test_support::child_case().is_some() {
-        return;
-    }
-    let out = test_support::run_child(
+    test_support::isolated(
         "map_typesafe::tests::a_resize_inside_a_reader_with_kfree_allocations_failing",
         "reader-resize",
-        &[],
         Duration::from_secs(30),
+        || {
+            let live = Arc::new(AtomicUsize::new(0));
+            let m = TypesafeHashMap::new();
+            for p in [Point::Block, Point::Emergency, Point::Park, Point::Heap] {
+                fault::arm(p, FaultAttr::always(-1));
+            }
+            {
+                let _g = rcu_read_lock();
+                for i in 0..1_000u64 {
+                    m.insert(i, Counted::new(i, &live)).unwrap();
+                }
+                assert!(m.buckets() >= 1024, "the map resized");
+            }
+            assert!(fault::total_injected() > 0, "allocations were failed");
+            fault::disarm_all();
+            drop(m);
+            kfree_batch::kvfree_rcu_barrier();
+            assert_eq!(live.load(Ordering::SeqCst), 0, "every entry dropped once");
+        },
     );
-    assert!(out.status.success(), "{}", test_support::stderr(&out));
 }
 
 /// A key whose `Eq` panics on demand and whose `Drop` calls a writer of the same map.
@@ -804,57 +760,46 @@ impl Drop for EqBomb {
 /// writer lock is released (their `Drop` may use the map).
 #[test]
 fn an_eq_panicking_in_an_insert_drops_the_entry_outside_the_writer_lock() {
-    if test_support::child_case().as_deref() == Some("eq-panic") {
-        let m = EQ_BOMB_MAP.get_or_init(TypesafeHashMap::new);
-        m.insert(EqBomb(1), 1).unwrap();
-        EQ_PANICS.store(true, Ordering::SeqCst);
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m.insert(EqBomb(1), 2)));
-        assert!(r.is_err(), "the Eq's panic reaches the caller");
-        assert_eq!(m.get_cloned(&EqBomb(1)), Some(1), "the map is unchanged");
-        return;
-    }
-    if test_support::child_case().is_some() {
-        return;
-    }
-    let out = test_support::run_child(
+    test_support::isolated(
         "map_typesafe::tests::an_eq_panicking_in_an_insert_drops_the_entry_outside_the_writer_lock",
         "eq-panic",
-        &[],
         Duration::from_secs(30),
+        || {
+            let m = EQ_BOMB_MAP.get_or_init(TypesafeHashMap::new);
+            m.insert(EqBomb(1), 1).unwrap();
+            EQ_PANICS.store(true, Ordering::SeqCst);
+            let r =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m.insert(EqBomb(1), 2)));
+            assert!(r.is_err(), "the Eq's panic reaches the caller");
+            assert_eq!(m.get_cloned(&EqBomb(1)), Some(1), "the map is unchanged");
+        },
     );
-    assert!(out.status.success(), "{}", test_support::stderr(&out));
 }
 
 /// The last share of the node cache may go inside a read-side critical section (a map dropped
 /// there, its retired tables already freed): the cache's destroy must not wait there.
 #[test]
 fn a_map_dropped_inside_a_reader_does_not_wait() {
-    if test_support::child_case().as_deref() == Some("drop-in-reader") {
-        let live = Arc::new(AtomicUsize::new(0));
-        let m = TypesafeHashMap::new();
-        let weak = Arc::downgrade(&m.cache);
-        for i in 0..100u64 {
-            m.insert(i, Counted::new(i, &live)).unwrap();
-        }
-        kfree_batch::kvfree_rcu_barrier(); // the retired tables: the map holds the last share
-        {
-            let _g = rcu_read_lock();
-            drop(m);
-        }
-        kfree_batch::kvfree_rcu_barrier();
-        rcu_core::rcu_barrier();
-        assert_eq!(live.load(Ordering::SeqCst), 0, "every entry dropped once");
-        assert!(weak.upgrade().is_none());
-        return;
-    }
-    if test_support::child_case().is_some() {
-        return;
-    }
-    let out = test_support::run_child(
+    test_support::isolated(
         "map_typesafe::tests::a_map_dropped_inside_a_reader_does_not_wait",
         "drop-in-reader",
-        &[],
         Duration::from_secs(30),
+        || {
+            let live = Arc::new(AtomicUsize::new(0));
+            let m = TypesafeHashMap::new();
+            let weak = Arc::downgrade(&m.cache);
+            for i in 0..100u64 {
+                m.insert(i, Counted::new(i, &live)).unwrap();
+            }
+            kfree_batch::kvfree_rcu_barrier(); // the retired tables: the map holds the last share
+            {
+                let _g = rcu_read_lock();
+                drop(m);
+            }
+            kfree_batch::kvfree_rcu_barrier();
+            rcu_core::rcu_barrier();
+            assert_eq!(live.load(Ordering::SeqCst), 0, "every entry dropped once");
+            assert!(weak.upgrade().is_none());
+        },
     );
-    assert!(out.status.success(), "{}", test_support::stderr(&out));
 }

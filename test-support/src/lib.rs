@@ -45,6 +45,34 @@ pub fn run_child(test_name: &str, case: &str, env: &[(&str, &str)], deadline: Du
     }
 }
 
+/// Runs `body` in a child process: the test binary again, with only test `test_name` and
+/// [`CHILD_ENV`]` = case`, checked from outside: it must exit successfully within `deadline`
+/// (a hang is killed and reported). In the child, `body` runs; in a child run for another case
+/// of the same test, nothing does.
+pub fn isolated(test_name: &str, case: &str, deadline: Duration, body: impl FnOnce()) {
+    match child_case() {
+        Some(c) if c == case => body(),
+        Some(_) => {}
+        None => {
+            let out = run_child(test_name, case, &[], deadline);
+            assert!(
+                out.status.success(),
+                "child case '{case}' failed:\n{}",
+                stderr(&out)
+            );
+        }
+    }
+}
+
+/// The message of a panic payload (`&str` or `String`; empty for anything else).
+pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}
+
 /// What a child process run by [`run_with_deadline`] left behind.
 #[derive(Debug)]
 pub struct Finished {
