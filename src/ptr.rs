@@ -660,8 +660,8 @@ impl<T: Send + 'static> Drop for Retired<T> {
 /// `kfree_rcu_raw`, which outside a reader may run ready objects' destructors inline or wait for
 /// a grace period (crate docs of `kfree_batch`). While this thread holds an `RcuList` or
 /// `RcuHashMap` writer lock, neither is allowed: a destructor using that structure would meet
-/// its re-entrancy panic (and the batcher leaks the rest of that batch), and a reader waiting
-/// for the lock would hold the grace period back forever. So the retire then runs inside a
+/// its re-entrancy panic (a destructor's panic, which the batcher contains and reports), and a
+/// reader waiting for the lock would hold the grace period back forever. So the retire then runs inside a
 /// read-side critical section of its own, where the batcher does neither (it parks the object).
 ///
 /// # Safety

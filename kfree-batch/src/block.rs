@@ -215,7 +215,8 @@ impl Block {
 }
 
 /// Runs a free function, containing a panicking destructor so that it cannot unwind through a
-/// collector that holds locks (the rest of that batch leaks; nothing is freed twice).
+/// collector that holds locks. `Box` batches contain each destructor themselves and free the
+/// rest; for other free functions the rest of that batch leaks (nothing is freed twice).
 ///
 /// # Safety
 /// `objs` are retired objects of channel `(free, ctx)` whose grace period is over, freed once.
@@ -230,8 +231,8 @@ pub(crate) unsafe fn run_free(free: FreeFn, ctx: *const (), objs: &[*mut u8]) {
         if r.is_err() {
             // Written without allocating: frees run when memory is short.
             rcu_core::lowmem::report(format_args!(
-                "kfree-batch: a destructor panicked while freeing a batch of {} objects; the rest \
-                 of that batch is leaked",
+                "kfree-batch: a free function panicked while freeing a batch of {} objects; the \
+                 rest of that batch is leaked",
                 objs.len()
             ));
         }

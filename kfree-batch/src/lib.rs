@@ -177,12 +177,28 @@ mod api {
 
     pub use crate::worker::KfreeStats;
 
-    /// Frees a batch of `Box<T>`s.
+    /// Frees a batch of `Box<T>`s. A destructor that panics is contained here, per object,
+    /// and reported: the box's memory is still released (a `Box` deallocates when its
+    /// contents' drop unwinds) and the rest of the batch is freed, as a `Vec` drops its other
+    /// elements.
     unsafe fn free_boxes<T>(_ctx: *const (), objs: &[*mut u8]) {
         for &p in objs {
             // SAFETY: every pointer of a `free_boxes::<T>` channel is a retired `Box<T>` whose
             // grace period is over (FreeFn contract).
-            drop(unsafe { Box::from_raw(p.cast::<T>()) });
+            let b = unsafe { Box::from_raw(p.cast::<T>()) };
+            #[cfg(not(rcu_loom))]
+            if core::mem::needs_drop::<T>() {
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(b)));
+                if r.is_err() {
+                    // Written without allocating: frees run when memory is short.
+                    rcu_core::lowmem::report(format_args!(
+                        "kfree-batch: a destructor panicked while freeing an object; the panic \
+                         is contained and the rest of its batch is freed"
+                    ));
+                }
+                continue;
+            }
+            drop(b);
         }
     }
 

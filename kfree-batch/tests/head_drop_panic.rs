@@ -1,6 +1,6 @@
 //! A destructor that panics while the batcher frees a head-linked object (retired with
 //! `kfree_rcu_head` when no page could be had). Block frees contain such a panic (the rest of
-//! the batch leaks, the collector goes on); a head-linked free must not leave the batcher
+//! the batch is still freed, the collector goes on); a head-linked free must not leave the batcher
 //! wedged either: later barriers return and later retires are freed.
 //!
 //! Runs in a child process with a deadline checked from outside.
