@@ -228,9 +228,22 @@ mod api {
                 free();
             }
         }
-        for _ in objs {
-            // SAFETY: one strong count was taken per object in `kfree_rcu_cache`.
-            unsafe { Arc::decrement_strong_count(cache) };
+        if objs.is_empty() {
+            return;
+        }
+        // SAFETY: one strong count was taken per object in `kfree_rcu_cache`, and one is put
+        // per object below.
+        let put = || unsafe { Arc::decrement_strong_count(cache) };
+        // All of these counts are held at once, so only the last one put here can be the
+        // cache's last: its destroy drops the `T`s left in the slabs, contained likewise.
+        for _ in 1..objs.len() {
+            put();
+        }
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(put)).is_err() {
+            rcu_core::lowmem::report(format_args!(
+                "kfree-batch: a destructor panicked while a cache released by its last freed \
+                 object was destroyed; the panic is contained"
+            ));
         }
     }
 

@@ -74,3 +74,59 @@ fn a_panicking_slab_discard_does_not_leak_the_rest_of_its_batch() {
         },
     );
 }
+
+/// The batcher holds the last strong count: the cache is destroyed by the free of its last
+/// batch, and its destroy drops `T`s that panic. Nothing hangs or aborts, the batcher goes on
+/// with later retires, and the panic is reported for what it is (no batch was leaked).
+fn case_cache_dropped_by_the_batcher() {
+    std::panic::set_hook(Box::new(|_| {}));
+    let cache = Arc::new(
+        KmemCache::<Bomb>::builder("kfree-cache-bomb-last")
+            .ctor(|| Bomb { _pad: [0; 8] })
+            .build()
+            .unwrap(),
+    );
+    let objs: Vec<NonNull<Bomb>> = (0..N).map(|_| cache.alloc().unwrap()).collect();
+    ARMED.store(true, Ordering::Relaxed);
+    for p in objs {
+        // SAFETY: each object came from `cache`, is retired once and never used again.
+        unsafe { kfree_rcu_cache(&cache, p) };
+    }
+    drop(cache);
+    kvfree_rcu_barrier();
+    ARMED.store(false, Ordering::Relaxed);
+    for i in 0..1_000u64 {
+        kfree_batch::kfree_rcu(Box::new([i; 4]));
+    }
+    kvfree_rcu_barrier();
+    let k = kfree_batch::stats();
+    assert_eq!(
+        k.freed, k.queued,
+        "every retired object counted freed: {k:?}"
+    );
+    assert!(
+        !slab_backend::all_cache_stats()
+            .iter()
+            .any(|s| s.name == "kfree-cache-bomb-last"),
+        "the cache dropped by the batcher was not destroyed"
+    );
+}
+
+#[test]
+fn a_cache_destroyed_by_the_batcher_with_panicking_drops_does_not_wedge_it() {
+    const NAME: &str = "a_cache_destroyed_by_the_batcher_with_panicking_drops_does_not_wedge_it";
+    if test_support::child_case().is_some() {
+        return case_cache_dropped_by_the_batcher();
+    }
+    let out = test_support::run_child(NAME, "cache-bomb-last", &[], Duration::from_secs(60));
+    let err = test_support::stderr(&out);
+    assert!(out.status.success(), "child failed:\n{err}");
+    assert!(
+        err.contains("destroyed; the panic is contained") && !err.contains("is leaked"),
+        "the destroy's panic must be reported as contained, not as a leaked batch:\n{}",
+        err.lines()
+            .filter(|l| !l.contains("cache object was freed"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
