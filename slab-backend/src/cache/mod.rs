@@ -66,6 +66,11 @@
 //! `discards_in_flight` counts them, and destroy waits for it to drop to zero before the cache
 //! goes. The barn and node locks are released before any discard as well.
 //!
+//! **A discard's `Drop` may panic** (a user `T::drop` of a ctor cache). Objects handed to the
+//! slabs are forgotten by the layer that held them before any discard runs (a flushed sheaf is
+//! cleared first), so the unwind may leak what was in flight but never frees an object twice;
+//! a thread's exit flush contains such a panic (a thread-local destructor must not unwind).
+//!
 //! **fork()**: the handlers in [`crate::fork`] take these locks in this order before the fork
 //! and release them after it; in the child, CPU slots other threads held are dead until revived
 //! and other threads' thread caches are released ([`crate::fork`] says what is lost).
