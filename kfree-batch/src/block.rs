@@ -215,8 +215,9 @@ impl Block {
 }
 
 /// Runs a free function, containing a panicking destructor so that it cannot unwind through a
-/// collector that holds locks. `Box` batches contain each destructor themselves and free the
-/// rest; for other free functions the rest of that batch leaks (nothing is freed twice).
+/// collector that holds locks. `Box` and `KmemCache` batches contain each destructor themselves
+/// and free the rest; for other free functions the rest of that batch leaks (nothing is freed
+/// twice).
 ///
 /// # Safety
 /// `objs` are retired objects of channel `(free, ctx)` whose grace period is over, freed once.

@@ -66,6 +66,11 @@
 //! `discards_in_flight` counts them, and destroy waits for it to drop to zero before the cache
 //! goes. The barn and node locks are released before any discard as well.
 //!
+//! **A discard's `Drop` may panic** (a user `T::drop` of a ctor cache). Objects handed to the
+//! slabs are forgotten by the layer that held them before any discard runs (a flushed sheaf is
+//! cleared first), so the unwind may leak what was in flight but never frees an object twice;
+//! a thread's exit flush contains such a panic (a thread-local destructor must not unwind).
+//!
 //! **fork()**: the handlers in [`crate::fork`] take these locks in this order before the fork
 //! and release them after it; in the child, CPU slots other threads held are dead until revived
 //! and other threads' thread caches are released ([`crate::fork`] says what is lost).
@@ -648,11 +653,21 @@ impl RawCache {
 
     /// Returns objects to their slabs; false only for a `Nolock` caller whose try-lock failed.
     fn return_objects(&self, objs: &[*mut u8], mode: Mode) -> bool {
+        let Some(out) = self.put_objects(objs, mode) else {
+            return false;
+        };
+        self.discard(out);
+        true
+    }
+
+    /// Puts objects back into their slabs and returns the slabs that became empty and were
+    /// detached, for the caller to discard once it no longer refers to the objects (a discard
+    /// runs user `Drop`s, which may panic); `None` only for a `Nolock` caller whose try-lock
+    /// failed.
+    fn put_objects(&self, objs: &[*mut u8], mode: Mode) -> Option<Detached> {
         let mut out = Detached::new();
         {
-            let Some(mut g) = self.node().lock(mode) else {
-                return false;
-            };
+            let mut g = self.node().lock(mode)?;
             for &o in objs {
                 let s = header_of(o);
                 // SAFETY: `o` is an object of this cache (checked on entry in debug caches), so
@@ -669,8 +684,7 @@ impl RawCache {
                 );
             }
         }
-        self.discard(out);
-        true
+        Some(out)
     }
 
     /// Discards detached slabs: at once, or after a grace period for typesafe caches; under
@@ -869,11 +883,14 @@ impl Backing for RawCache {
         if sheaf.is_empty() {
             return true;
         }
-        let ok = self.return_objects(sheaf.objects(), mode);
-        if ok {
-            sheaf.clear();
-        }
-        ok
+        // The sheaf is emptied before the discard: a `Drop` panicking there must not leave it
+        // holding objects already back in their slabs (its next flush would free them twice).
+        let Some(out) = self.put_objects(sheaf.objects(), mode) else {
+            return false;
+        };
+        sheaf.clear();
+        self.discard(out);
+        true
     }
 }
 

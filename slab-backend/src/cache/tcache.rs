@@ -579,7 +579,10 @@ impl Drop for ExitHook {
         let Some(b) = (unsafe { b.as_ref() }) else {
             return;
         };
-        {
+        // The registry guard's drop discards the slabs our objects emptied, which drops the
+        // `T`s of caches with a constructor: a `Drop` panicking there must not unwind out of a
+        // thread-local destructor (that aborts the process), nor keep the block owned.
+        let flush = || {
             // Holding the registry keeps every listed cache alive and undestroyed while its
             // objects are in our hands (destroy unregisters before it steals).
             let reg = super::registry();
@@ -602,6 +605,13 @@ impl Drop for ExitHook {
                 leave(b);
                 c.give_back(&buf[..n]);
             }
+        };
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(flush)).is_err() {
+            // Written without allocating: the thread is being torn down.
+            rcu_core::lowmem::report(format_args!(
+                "slab: a destructor panicked while an exiting thread's cached objects were \
+                 given back; the panic is contained and the slab it was discarding is leaked"
+            ));
         }
         // Release: the next owner (Acquire claim) sees our last writes.
         b.owned.store(false, Ordering::Release);
