@@ -204,28 +204,35 @@ mod api {
 
     /// Frees a batch of objects of the `KmemCache<T>` at `ctx` (an `Arc` strong count held per
     /// object by `kfree_rcu_cache`). Giving an object back may discard an empty slab, which
-    /// drops the `T`s of a cache with a constructor: a destructor that panics there is
-    /// contained per object and reported, as in `free_boxes`, so that the rest of the batch
-    /// goes back to the cache and every strong count is given back.
+    /// drops the `T`s of a cache with a constructor: when `T` needs drop, objects go back one by
+    /// one, a destructor that panics is contained per object and reported, as in `free_boxes`,
+    /// and the rest of the batch goes back to the cache; every strong count is given back.
+    /// Otherwise no user code can run, and the batch goes back in bulk.
     unsafe fn free_cache_objs<T: Send + 'static>(ctx: *const (), objs: &[*mut u8]) {
         let cache = ctx.cast::<KmemCache<T>>();
-        for &p in objs {
+        if !core::mem::needs_drop::<T>() {
+            // No user code can run: the bulk path, as fast as before.
+            // SAFETY: `*mut u8` and `NonNull<T>` have the same layout, and every pointer is
+            // non-null (checked at retire).
+            let ptrs = unsafe {
+                core::slice::from_raw_parts(objs.as_ptr().cast::<NonNull<T>>(), objs.len())
+            };
+            // SAFETY: the cache is alive (we hold strong counts); the objects came from it,
+            // were retired once and their grace period is over.
+            unsafe { (*cache).free_bulk(ptrs) };
+        }
+        for &p in objs.iter().filter(|_| core::mem::needs_drop::<T>()) {
             // SAFETY: every pointer is non-null (checked at retire).
             let p = unsafe { NonNull::new_unchecked(p.cast::<T>()) };
             // SAFETY: the cache is alive (we hold strong counts); the object came from it, was
             // retired once and its grace period is over.
             let free = || unsafe { (*cache).free(p) };
-            // Only a cache whose `T` needs drop runs user code when it gives an object back.
-            if core::mem::needs_drop::<T>() {
-                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(free)).is_err() {
-                    // Written without allocating: frees run when memory is short.
-                    rcu_core::lowmem::report(format_args!(
-                        "kfree-batch: a destructor panicked while a cache object was freed; the \
-                         panic is contained and the rest of its batch is freed"
-                    ));
-                }
-            } else {
-                free();
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(free)).is_err() {
+                // Written without allocating: frees run when memory is short.
+                rcu_core::lowmem::report(format_args!(
+                    "kfree-batch: a destructor panicked while a cache object was freed; the \
+                     panic is contained and the rest of its batch is freed"
+                ));
             }
         }
         if objs.is_empty() {
