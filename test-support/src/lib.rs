@@ -10,6 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 pub mod layering;
+pub mod pausing_alloc;
 pub mod ring;
 
 /// Environment variable naming the case a child process should run.
