@@ -239,12 +239,18 @@ unsafe fn put<K: Send + Sync + 'static, V: Send + Sync + 'static>(
     unsafe { ptr::drop_in_place((*node.entry.get()).as_mut_ptr()) };
 }
 
+/// A chain's head and its replace counter, side by side: a lookup reads both, on one cache line.
+struct Bucket {
+    /// The first node's address, or the chain's marker.
+    head: AtomicUsize,
+    /// How many replaces this chain has seen (Invariant 7).
+    replaces: AtomicUsize,
+}
+
 /// A power-of-two array of chains, with its generation (Invariant 5) and a share of the cache.
 struct Table<K: Send + Sync + 'static, V: Send + Sync + 'static> {
     generation: usize,
-    buckets: Box<[AtomicUsize]>,
-    /// Per bucket, how many replaces it has seen (Invariant 7).
-    replaces: Box<[AtomicUsize]>,
+    buckets: Box<[Bucket]>,
     cache: Arc<KmemCache<Node<K, V>>>,
 }
 
@@ -257,9 +263,11 @@ impl<K: Send + Sync + 'static, V: Send + Sync + 'static> Table<K, V> {
         Box::new(Table {
             generation,
             buckets: (0..n)
-                .map(|i| AtomicUsize::new(nulls(generation, i)))
+                .map(|i| Bucket {
+                    head: AtomicUsize::new(nulls(generation, i)),
+                    replaces: AtomicUsize::new(0),
+                })
                 .collect(),
-            replaces: (0..n).map(|_| AtomicUsize::new(0)).collect(),
             cache,
         })
     }
@@ -301,7 +309,7 @@ impl<K: Send + Sync + 'static, V: Send + Sync + 'static> PutRest<'_, K, V> {
                 }
                 // Relaxed: the table is frozen (Invariant 3) and its last change happened
                 // before the grace period or the map's drop that lets us run.
-                self.p = self.table.buckets[self.bucket].load(Ordering::Relaxed);
+                self.p = self.table.buckets[self.bucket].head.load(Ordering::Relaxed);
                 self.bucket += 1;
             }
             // SAFETY: a table is dropped when no reader can reach it (the map dropped, or a
@@ -609,10 +617,10 @@ where
         loop {
             // Acquire: pairs with the Release increment of a replace (Invariant 7): a walk that
             // starts after it sees the new node at the head.
-            let replaces = table.replaces[idx].load(Ordering::Acquire);
+            let replaces = table.buckets[idx].replaces.load(Ordering::Acquire);
             // Acquire (here and on every `next`): pairs with the Release store that linked the
             // node (module docs, Memory orderings).
-            let mut p = table.buckets[idx].load(Ordering::Acquire);
+            let mut p = table.buckets[idx].head.load(Ordering::Acquire);
             while !is_nulls(p) {
                 // SAFETY: read from this table's head or a node's `next` under `guard`
                 // (Invariant 1).
@@ -642,7 +650,7 @@ where
             }
             // Acquire: as at the start. Unchanged: no replace in this bucket ran during the
             // walk, so a key it did not find was not present (Invariant 7).
-            if p == end && table.replaces[idx].load(Ordering::Acquire) == replaces {
+            if p == end && table.buckets[idx].replaces.load(Ordering::Acquire) == replaces {
                 return None;
             }
             // The walk was moved into another chain by a reuse (Invariant 4), or may have
@@ -708,7 +716,7 @@ where
         // alive; this borrow is last used before `resize` hands it back for retiring.
         let table = unsafe { &*table_ptr };
         let idx = table.index(hash);
-        let head = &table.buckets[idx];
+        let head = &table.buckets[idx].head;
         // Find the key's node, and the link that points at it. Relaxed loads: writers are
         // ordered by the lock (module docs, Memory orderings).
         let mut link = head;
@@ -757,7 +765,7 @@ where
             // Between the push and the unlink (Invariant 7). Release: a reader whose walk reads
             // the unlink below (Acquire), or the 0 of the put that frees the old node, reads
             // this increment too, and walks again.
-            let r = &table.replaces[idx];
+            let r = &table.buckets[idx].replaces;
             // Relaxed load: under the writer lock.
             r.store(r.load(Ordering::Relaxed).wrapping_add(1), Ordering::Release);
             // The old node's predecessor is the new node when it was first in the chain.
@@ -809,7 +817,7 @@ where
         let mut w = self.lock_writer();
         // SAFETY: as in `insert`.
         let table = unsafe { &*self.table.load_relaxed_by_writer() };
-        let mut link = &table.buckets[table.index(hash)];
+        let mut link = &table.buckets[table.index(hash)].head;
         loop {
             // Relaxed: as in `insert`.
             let p = link.load(Ordering::Relaxed);
@@ -854,7 +862,7 @@ where
         // by the caller; this borrow ends before that.
         let old_table = unsafe { &*old };
         let new = Table::new(buckets, old_table.generation + 1, self.cache.clone());
-        for head in old_table.buckets.iter() {
+        for head in old_table.buckets.iter().map(|b| &b.head) {
             // Relaxed: under the writer lock.
             let mut p = head.load(Ordering::Relaxed);
             while !is_nulls(p) {
@@ -882,7 +890,7 @@ where
                 let c = unsafe { copy.as_ref() };
                 // SAFETY: `refs` is 0: the node is ours (Invariant 2).
                 unsafe { (*c.entry.get()).write(entry) };
-                let slot = &new.buckets[new.index(hash)];
+                let slot = &new.buckets[new.index(hash)].head;
                 // Release: as in `insert`, for stale readers of the node's previous incarnation.
                 // (`slot` below is Relaxed: the new table is private until the swap below, whose
                 // Release publishes it to readers of the table.)
