@@ -975,6 +975,7 @@ where
     V: Send + Sync + 'static,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Relaxed: a snapshot for display, as `len`.
         f.debug_struct("TypesafeHashMap")
             .field("len", &self.len.load(Ordering::Relaxed))
             .field("cache", &self.cache.name())

@@ -211,7 +211,7 @@ mod api {
     unsafe fn free_cache_objs<T: Send + 'static>(ctx: *const (), objs: &[*mut u8]) {
         let cache = ctx.cast::<KmemCache<T>>();
         if !core::mem::needs_drop::<T>() {
-            // No user code can run: the bulk path, as fast as before.
+            // No user code can run: the bulk path.
             // SAFETY: `*mut u8` and `NonNull<T>` have the same layout, and every pointer is
             // non-null (checked at retire).
             let ptrs = unsafe {
@@ -220,19 +220,20 @@ mod api {
             // SAFETY: the cache is alive (we hold strong counts); the objects came from it,
             // were retired once and their grace period is over.
             unsafe { (*cache).free_bulk(ptrs) };
-        }
-        for &p in objs.iter().filter(|_| core::mem::needs_drop::<T>()) {
-            // SAFETY: every pointer is non-null (checked at retire).
-            let p = unsafe { NonNull::new_unchecked(p.cast::<T>()) };
-            // SAFETY: the cache is alive (we hold strong counts); the object came from it, was
-            // retired once and its grace period is over.
-            let free = || unsafe { (*cache).free(p) };
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(free)).is_err() {
-                // Written without allocating: frees run when memory is short.
-                rcu_core::lowmem::report(format_args!(
-                    "kfree-batch: a destructor panicked while a cache object was freed; the \
-                     panic is contained and the rest of its batch is freed"
-                ));
+        } else {
+            for &p in objs {
+                // SAFETY: every pointer is non-null (checked at retire).
+                let p = unsafe { NonNull::new_unchecked(p.cast::<T>()) };
+                // SAFETY: the cache is alive (we hold strong counts); the object came from it,
+                // was retired once and its grace period is over.
+                let free = || unsafe { (*cache).free(p) };
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(free)).is_err() {
+                    // Written without allocating: frees run when memory is short.
+                    rcu_core::lowmem::report(format_args!(
+                        "kfree-batch: a destructor panicked while a cache object was freed; \
+                         the panic is contained and the rest of its batch is freed"
+                    ));
+                }
             }
         }
         if objs.is_empty() {
