@@ -6,9 +6,6 @@
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::Duration;
-
-use test_support::run_with_deadline;
 
 mod common;
 
@@ -48,17 +45,8 @@ fn program() -> Option<&'static PathBuf> {
 }
 
 /// Runs the C program's `case`; returns (exit code, stdout, stderr).
-fn run(case: &str) -> Option<(Option<i32>, String, String)> {
-    let prog = program()?;
-    let f = run_with_deadline(Command::new(prog).arg(case), Duration::from_secs(60))
-        .expect("spawn the C program");
-    assert!(
-        !f.timed_out(),
-        "case {case} hung\nstdout:\n{}\nstderr:\n{}",
-        f.stdout_text(),
-        f.stderr_text()
-    );
-    Some((f.code(), f.stdout_text(), f.stderr_text()))
+fn run(case: &str) -> Option<common::Ran> {
+    program().map(|prog| common::run_case(prog, case))
 }
 
 #[test]
@@ -94,18 +82,7 @@ fn fork_hooks_and_callbacks_across_fork() {
 
 /// Misuse aborts (SIGABRT: no exit code) with a message naming the call.
 fn assert_aborts(case: &str, needle: &str) {
-    let Some((code, out, err)) = run(case) else {
-        return;
-    };
-    assert_eq!(
-        code, None,
-        "case {case} should abort\nstdout:\n{out}\nstderr:\n{err}"
-    );
-    assert!(!out.contains("not reached"), "stdout:\n{out}");
-    assert!(
-        err.contains(needle),
-        "stderr of {case} lacks {needle:?}:\n{err}"
-    );
+    common::assert_aborted(case, needle, run(case));
 }
 
 #[test]

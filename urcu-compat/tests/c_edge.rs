@@ -8,9 +8,6 @@
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::Duration;
-
-use test_support::run_with_deadline;
 
 mod common;
 
@@ -60,18 +57,8 @@ fn asan() -> Option<&'static PathBuf> {
 }
 
 /// Runs `case` of `prog`; returns (exit code, stdout, stderr).
-fn run(prog: Option<&PathBuf>, case: &str) -> Option<(Option<i32>, String, String)> {
-    let prog = prog?;
-    let mut cmd = Command::new(prog);
-    cmd.arg(case).env("RUST_BACKTRACE", "0");
-    let f = run_with_deadline(&mut cmd, Duration::from_secs(60)).expect("spawn the C program");
-    assert!(
-        !f.timed_out(),
-        "case {case} hung\nstdout:\n{}\nstderr:\n{}",
-        f.stdout_text(),
-        f.stderr_text()
-    );
-    Some((f.code(), f.stdout_text(), f.stderr_text()))
+fn run(prog: Option<&PathBuf>, case: &str) -> Option<common::Ran> {
+    prog.map(|prog| common::run_case(prog, case))
 }
 
 fn assert_ok(prog: Option<&PathBuf>, case: &str) {
@@ -84,18 +71,7 @@ fn assert_ok(prog: Option<&PathBuf>, case: &str) {
 
 /// Misuse aborts (SIGABRT: no exit code) with a message naming the call.
 fn assert_aborts(case: &str, needle: &str) {
-    let Some((code, out, err)) = run(plain(), case) else {
-        return;
-    };
-    assert_eq!(
-        code, None,
-        "case {case} should abort\nstdout:\n{out}\nstderr:\n{err}"
-    );
-    assert!(!out.contains("not reached"), "stdout:\n{out}");
-    assert!(
-        err.contains(needle),
-        "stderr of {case} lacks {needle:?}:\n{err}"
-    );
+    common::assert_aborted(case, needle, run(plain(), case));
 }
 
 #[test]

@@ -1,5 +1,5 @@
-//! What the C ABI tests share: the freshly built shared object, and a directory where it is
-//! found under its SONAME.
+//! What the C ABI tests share: the freshly built shared object, a directory where it is found
+//! under its SONAME, and running a case of a C test program.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -61,4 +61,40 @@ pub(crate) fn soname_dir(name: &str) -> PathBuf {
         std::os::unix::fs::symlink(lib.join("liburcu.so"), &link).expect("symlink");
     }
     dir
+}
+
+/// What a case of a C test program did: exit code (`None` when a signal ended it), stdout,
+/// stderr.
+pub(crate) type Ran = (Option<i32>, String, String);
+
+/// Runs case `case` of the C test program `prog`, with a deadline (a hang fails the test).
+pub(crate) fn run_case(prog: &Path, case: &str) -> Ran {
+    let mut cmd = Command::new(prog);
+    cmd.arg(case).env("RUST_BACKTRACE", "0");
+    let f = test_support::run_with_deadline(&mut cmd, std::time::Duration::from_secs(60))
+        .expect("spawn the C program");
+    assert!(
+        !f.timed_out(),
+        "case {case} hung\nstdout:\n{}\nstderr:\n{}",
+        f.stdout_text(),
+        f.stderr_text()
+    );
+    (f.code(), f.stdout_text(), f.stderr_text())
+}
+
+/// Misuse aborts (SIGABRT: no exit code) with a message naming the call. `None` (the program
+/// could not be built here) passes.
+pub(crate) fn assert_aborted(case: &str, needle: &str, ran: Option<Ran>) {
+    let Some((code, out, err)) = ran else {
+        return;
+    };
+    assert_eq!(
+        code, None,
+        "case {case} should abort\nstdout:\n{out}\nstderr:\n{err}"
+    );
+    assert!(!out.contains("not reached"), "stdout:\n{out}");
+    assert!(
+        err.contains(needle),
+        "stderr of {case} lacks {needle:?}:\n{err}"
+    );
 }
