@@ -398,6 +398,49 @@ fn readers_find_every_stable_key_and_only_intact_values_under_reuse() {
     );
 }
 
+/// Hashes every key to a distinct hash whose low bits (the bucket, in every table size) are
+/// `key % 2`: two long chains where a reused node's new hash differs from the lookup's, so the
+/// walk passes most nodes without a reference (the hash check and its Acquire decide).
+#[derive(Clone, Copy, Default)]
+struct TwoChains;
+impl BuildHasher for TwoChains {
+    type Hasher = TwoChainsHasher;
+    fn build_hasher(&self) -> TwoChainsHasher {
+        TwoChainsHasher(0)
+    }
+}
+struct TwoChainsHasher(u64);
+impl core::hash::Hasher for TwoChainsHasher {
+    fn finish(&self) -> u64 {
+        (self.0 % 2) | (self.0 << 40)
+    }
+    fn write(&mut self, _: &[u8]) {
+        unreachable!("u64 keys only")
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+#[test]
+fn readers_find_every_stable_key_in_two_chains_of_distinct_hashes() {
+    test_support::isolated(
+        "map_typesafe::tests::readers_find_every_stable_key_in_two_chains_of_distinct_hashes",
+        "two",
+        Duration::from_secs(60),
+        || {
+            stress(TwoChains, Duration::from_secs(3), 0);
+            let end = Instant::now() + Duration::from_secs(2);
+            for _ in 0..20 {
+                if Instant::now() > end {
+                    break;
+                }
+                stress(TwoChains, Duration::from_millis(100), 1_000);
+            }
+        },
+    );
+}
+
 #[test]
 fn readers_find_every_stable_key_while_the_map_resizes() {
     test_support::isolated(
